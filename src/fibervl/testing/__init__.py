@@ -1,0 +1,1 @@
+"""Helpers for tests that compare fibervl against the official FIBER fixtures."""
