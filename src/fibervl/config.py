@@ -1,0 +1,258 @@
+"""Model configuration: nested dataclasses, JSON round trip, named presets.
+
+A config fully describes a model's architecture; weights live beside it in
+``model.safetensors``. Everything that differs between the official coarse model, the official
+fine-grained backbone and the small CPU presets is a field here, never a code path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+
+class ConfigError(ValueError):
+    """A config file or override names an unknown key or holds a value of the wrong kind."""
+
+
+@dataclass
+class SwinConfig:
+    """The image backbone (Swin Transformer).
+
+    ``window_size`` None means ``image_size // 32``, the official coarse rule (12 at 384 px).
+    ``single_window_no_shift``: a stage whose grid fits in one window uses no shift (timm's Swin,
+    the official coarse model); the detection Swin of the fine-grained code pads and shifts anyway.
+    ``feature_norms``: stages whose outputs get their own LayerNorm for the detection FPN
+    (the fine-grained model has norms on stages 1, 2, 3 counted from 0).
+    """
+
+    image_size: int = 384
+    patch_size: int = 4
+    in_channels: int = 3
+    embed_dim: int = 128
+    depths: tuple[int, ...] = (2, 2, 18, 2)
+    num_heads: tuple[int, ...] = (4, 8, 16, 32)
+    window_size: int | None = None
+    mlp_ratio: float = 4.0
+    drop_path_rate: float = 0.2
+    layer_norm_eps: float = 1e-5
+    single_window_no_shift: bool = True
+    final_norm: bool = True
+    feature_norms: tuple[int, ...] = ()
+
+    @property
+    def resolved_window_size(self) -> int:
+        return self.window_size if self.window_size is not None else max(1, self.image_size // 32)
+
+    def stage_dims(self) -> list[int]:
+        return [self.embed_dim * 2**i for i in range(len(self.depths))]
+
+
+@dataclass
+class TextConfig:
+    """The text backbone (RoBERTa-style: learned positions offset by the padding id)."""
+
+    vocab_size: int = 50265
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 514
+    type_vocab_size: int = 1
+    pad_token_id: int = 1
+    bos_token_id: int = 0
+    eos_token_id: int = 2
+    mask_token_id: int = 50264
+    layer_norm_eps: float = 1e-5
+    dropout: float = 0.1
+    max_text_len: int = 40
+
+
+@dataclass
+class FusionConfig:
+    """Where and how the two backbones exchange information.
+
+    The last ``num_layers`` Swin blocks (counted across stages) are paired in order with the last
+    ``num_layers`` text layers. ``i2t_query_norm``: LayerNorm on the image queries of
+    image-to-text attention (official coarse and "v3"; absent in fine-grained "v2").
+    ``skip_last_text_norm``: in fusion mode the last text layer skips its output LayerNorm
+    (an official coarse quirk; the fine-grained code keeps it).
+    """
+
+    num_layers: int = 6
+    i2t_query_norm: bool = True
+    skip_last_text_norm: bool = True
+
+
+@dataclass
+class FiberConfig:
+    """A whole FIBER model: backbones, fusion, the cross-modal projections and task heads.
+
+    ``heads`` may hold itm, mlm, vqa, nlvr2 and caption; "caption" adds the projections of the
+    final image tokens to the fused text layers' key widths, and decodes with the MLM head.
+    """
+
+    vision: SwinConfig = field(default_factory=SwinConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    hidden_size: int = 768
+    heads: tuple[str, ...] = ("itm", "mlm", "vqa", "nlvr2", "caption")
+    vqa_num_answers: int = 3129
+    head_layer_norm_eps: float = 1e-5
+    mlm_layer_norm_eps: float = 1e-12
+    itc_temperature: float = 0.07
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        v, t, f = self.vision, self.text, self.fusion
+        if len(v.depths) != len(v.num_heads):
+            raise ConfigError(f"vision.depths {v.depths} and vision.num_heads {v.num_heads} differ in length")
+        for dim, heads in zip(v.stage_dims(), v.num_heads):
+            if dim % heads:
+                raise ConfigError(f"vision stage width {dim} is not divisible by its {heads} heads")
+        if t.hidden_size % t.num_heads:
+            raise ConfigError(f"text.hidden_size {t.hidden_size} is not divisible by text.num_heads {t.num_heads}")
+        if not 0 <= f.num_layers <= min(sum(v.depths), t.num_layers):
+            raise ConfigError(
+                f"fusion.num_layers={f.num_layers} must lie in [0, {min(sum(v.depths), t.num_layers)}] "
+                "(no more than the Swin blocks or the text layers)"
+            )
+        unknown = set(self.heads) - KNOWN_HEADS
+        if unknown:
+            raise ConfigError(f"unknown heads {sorted(unknown)}; known: {sorted(KNOWN_HEADS)}")
+        if "caption" in self.heads and "mlm" not in self.heads:
+            raise ConfigError("the caption head reuses the MLM head: heads must include 'mlm' too")
+        if v.image_size % (v.patch_size * 2 ** (len(v.depths) - 1)):
+            raise ConfigError(
+                f"vision.image_size {v.image_size} must be divisible by patch_size * 2**(stages-1) = "
+                f"{v.patch_size * 2 ** (len(v.depths) - 1)}"
+            )
+        if t.max_text_len + t.pad_token_id + 1 > t.max_position_embeddings:
+            raise ConfigError("text.max_text_len does not fit text.max_position_embeddings")
+
+    # ---- fusion layout -------------------------------------------------------------------
+    def fused_blocks(self) -> list[tuple[int, int]]:
+        """(stage, block) of every fused Swin block, in execution order."""
+        blocks = [(s, b) for s, d in enumerate(self.vision.depths) for b in range(d)]
+        return blocks[len(blocks) - self.fusion.num_layers :]
+
+    def fused_text_layers(self) -> list[int]:
+        """Indices of the fused text layers, paired in order with :meth:`fused_blocks`."""
+        n = self.text.num_layers
+        return list(range(n - self.fusion.num_layers, n))
+
+    # ---- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FiberConfig":
+        return _build(cls, data, "config")
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FiberConfig":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"config file not found: {path}") from None
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}: invalid JSON ({err})") from None
+        try:
+            return cls.from_dict(data)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
+
+    def replace(self, **changes: Any) -> "FiberConfig":
+        """A copy with top-level fields changed (nested: pass whole sub-configs)."""
+        return dataclasses.replace(self, **changes)
+
+
+KNOWN_HEADS = frozenset({"itm", "mlm", "vqa", "nlvr2", "caption"})
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from a dict, rejecting unknown keys and converting lists to tuples."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(names)}")
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, f"{where}.{key}")
+        elif isinstance(value, list):
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+# ---- presets -----------------------------------------------------------------------------
+
+def _fiber_base() -> FiberConfig:
+    """The official coarse FIBER-B: Swin-B 384 + RoBERTa-base, fusion in the top 6 blocks."""
+    return FiberConfig(name="fiber-base")
+
+
+def _fiber_base_fine() -> FiberConfig:
+    """The backbone of the official fine-grained model (fusion "v2"): detection Swin, no i2t norm."""
+    return FiberConfig(
+        name="fiber-base-fine",
+        vision=SwinConfig(
+            image_size=384, window_size=12, drop_path_rate=0.4, single_window_no_shift=False,
+            final_norm=False, feature_norms=(1, 2, 3),
+        ),
+        text=TextConfig(max_text_len=256),
+        fusion=FusionConfig(num_layers=6, i2t_query_norm=False, skip_last_text_norm=False),
+        heads=(),
+    )
+
+
+def _fiber_tiny() -> FiberConfig:
+    """A CPU preset for the embedded data set: 128 px, small Swin, 4-layer 256-wide text."""
+    return FiberConfig(
+        name="fiber-tiny",
+        vision=SwinConfig(
+            image_size=128, embed_dim=64, depths=(1, 1, 2, 2), num_heads=(2, 4, 8, 16),
+            window_size=4, drop_path_rate=0.0,
+        ),
+        text=TextConfig(
+            vocab_size=2048, hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024,
+            max_position_embeddings=66, mask_token_id=2047, dropout=0.0, max_text_len=40,
+        ),
+        fusion=FusionConfig(num_layers=2),
+        hidden_size=256,
+        vqa_num_answers=64,
+    )
+
+
+PRESETS = {
+    "fiber-base": _fiber_base,
+    "fiber-base-fine": _fiber_base_fine,
+    "fiber-tiny": _fiber_tiny,
+}
+
+
+def get_preset(name: str) -> FiberConfig:
+    """A fresh config for preset ``name``; an unknown name lists the known ones."""
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)}") from None

@@ -1,0 +1,233 @@
+"""FiberModel: Swin + text encoder with fusion in the backbone, in three modes.
+
+- dual encoder (:meth:`FiberModel.encode_image`, :meth:`FiberModel.encode_text`): no
+  cross-attention is computed; L2-normalised embeddings for ITC and O(n + m) retrieval;
+- fusion encoder (:meth:`FiberModel.fuse`): both directions of gated cross-attention in the
+  paired top blocks, updated simultaneously; features for ITM, MLM, VQA, NLVR2;
+- caption mode (:meth:`FiberModel.caption_features`): the image runs unimodally, the text is
+  causal and attends to the final image tokens in its fused layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import FiberConfig
+from .heads import Heads, Pooler
+from .swin import SwinTransformer
+from .text import TextEncoder
+
+
+@dataclass
+class FusionOutput:
+    """Fused features.
+
+    text_feats: [B, T, H] text tokens after the cross-modal text transform.
+    image_feats: [B, N, H] image tokens (last stage) after the cross-modal image transform.
+    cls_feats: [B, 2H] concat of the text pooler (token 0) and the image pooler (token mean).
+    text_hidden: [B, T, Dt] text states before the transform.
+    image_stages: per stage, [B, Hs, Ws, Cs] fused image grids before merging (for detection).
+    """
+
+    text_feats: torch.Tensor
+    image_feats: torch.Tensor
+    cls_feats: torch.Tensor
+    text_hidden: torch.Tensor
+    image_stages: list[torch.Tensor]
+
+
+class CrossModal(nn.Module):
+    """Projections from backbone widths to the shared width H, and the poolers.
+
+    ``caption_image_proj[str(layer)]`` maps the final image width to a fused text layer's key
+    width when they differ (official ``cross_modal_att_layers``).
+    """
+
+    def __init__(self, cfg: FiberConfig, caption_proj_layers: dict[int, int]) -> None:
+        super().__init__()
+        h, dt, di = cfg.hidden_size, cfg.text.hidden_size, cfg.vision.stage_dims()[-1]
+        self.text_transform = nn.Linear(dt, h)
+        self.image_transform = nn.Linear(di, h)
+        self.text_pooler = Pooler(h)
+        self.image_pooler = Pooler(h)
+        self.itc_text_transform = nn.Linear(dt, h)
+        self.itc_image_transform = nn.Linear(di, h)
+        self.itc_text_pooler = Pooler(h)
+        self.itc_image_pooler = Pooler(h)
+        self.caption_image_proj = nn.ModuleDict(
+            {str(layer): nn.Linear(di, width) for layer, width in caption_proj_layers.items()}
+        )
+
+
+class FiberModel(nn.Module):
+    def __init__(self, config: FiberConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        fused_blocks = config.fused_blocks()
+        fused_text = config.fused_text_layers()
+        dims = config.vision.stage_dims()
+        # Each fused text layer's keys/values come from the image grid entering its paired block.
+        self._pairs = dict(zip(fused_blocks, fused_text))
+        text_kv_width = {t: dims[s] for (s, _), t in self._pairs.items()}
+        self.vision = SwinTransformer(config.vision, fused_blocks, config.text.hidden_size, config.fusion.i2t_query_norm)
+        self.text = TextEncoder(config.text, text_kv_width)
+        caption_proj = {t: w for t, w in text_kv_width.items() if w != dims[-1]} if "caption" in config.heads else {}
+        self.cross_modal = CrossModal(config, caption_proj)
+        self.heads = Heads(config.heads, config.hidden_size, config.text.vocab_size, config.vqa_num_answers,
+                           config.head_layer_norm_eps, config.mlm_layer_norm_eps)
+        self.temperature = nn.Parameter(torch.tensor(float(config.itc_temperature)))
+        self.apply(_init_weights)
+
+    # ---- dual encoder --------------------------------------------------------------------
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> [B, H] L2-normalised ITC image embedding. No cross-attention runs."""
+        x = self.vision(images)[-1].flatten(1, 2)
+        if self.vision.norm is not None:
+            x = self.vision.norm(x)
+        cm = self.cross_modal
+        return _l2_normalise(cm.itc_image_pooler(cm.itc_image_transform(x).mean(dim=1)))
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[B, T] -> [B, H] L2-normalised ITC text embedding. No cross-attention runs."""
+        x = self.text(input_ids, attention_mask)
+        cm = self.cross_modal
+        return _l2_normalise(cm.itc_text_pooler(cm.itc_text_transform(x)[:, 0]))
+
+    def itc_logits(self, image_embed: torch.Tensor, text_embed: torch.Tensor) -> torch.Tensor:
+        """[Bi, H], [Bt, H] -> [Bi, Bt] similarities divided by the (clamped) temperature."""
+        return image_embed @ text_embed.t() / self.temperature.clamp(0.001, 1.0)
+
+    # ---- fusion encoder ------------------------------------------------------------------
+    def fuse(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> FusionOutput:
+        """Fusion-mode forward. images [B, 3, H, W]; input_ids, attention_mask [B, T]."""
+        text_hidden, image_stages = self._fused_backbones(images, input_ids, attention_mask)
+        cm = self.cross_modal
+        text_feats = cm.text_transform(text_hidden)
+        image_feats = cm.image_transform(image_stages[-1].flatten(1, 2))
+        cls = torch.cat([cm.text_pooler(text_feats[:, 0]), cm.image_pooler(image_feats.mean(dim=1))], dim=-1)
+        return FusionOutput(text_feats, image_feats, cls, text_hidden, image_stages)
+
+    def _fused_backbones(
+        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run both backbones with fusion. Returns text states [B, T, Dt] and per-stage image grids.
+
+        At each fused step the image block and its text layer read each other's state from
+        before the step (simultaneous update), as the official code does.
+        """
+        mask = attention_mask.bool()[:, None, None, :]
+        fused_text = self.config.fused_text_layers()
+        first_fused = fused_text[0] if fused_text else self.config.text.num_layers
+        last_layer = self.config.text.num_layers - 1
+        skip_last_norm = self.config.fusion.skip_last_text_norm
+
+        txt = self.text.embeddings(input_ids)
+        for layer in self.text.layers[:first_fused]:
+            txt = layer(txt, mask)
+        img = self.vision.patch_embed(images)
+        stages = []
+        for s, stage in enumerate(self.vision.stages):
+            for b, block in enumerate(stage.blocks):
+                t = self._pairs.get((s, b))
+                if t is None:
+                    img = block(img)
+                    continue
+                new_img = block(img, txt, mask)
+                output_norm = not (skip_last_norm and t == last_layer)
+                txt = self.text.layers[t](txt, mask, image=img.flatten(1, 2), output_norm=output_norm)
+                img = new_img
+            stages.append(img)
+            if stage.downsample is not None:
+                img = stage.downsample(img)
+        return txt, stages
+
+    # ---- caption mode --------------------------------------------------------------------
+    def caption_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Image tokens for captioning: unimodal Swin, no final norm. [B, 3, H, W] -> [B, N, C]."""
+        return self.vision(images)[-1].flatten(1, 2)
+
+    def caption_features(
+        self, image_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Causal text over the image (image never sees the text).
+
+        image_tokens: [B, N, C] from :meth:`caption_image`; input_ids [B, T]; attention_mask [B, T]
+        or None (no padding). Returns text_feats [B, T, H] for the LM head (position i predicts i+1).
+        """
+        if "caption" not in self.config.heads:
+            raise ValueError("this model was built without the caption head (add 'caption' to config.heads)")
+        t = input_ids.shape[1]
+        mask = torch.ones(t, t, dtype=torch.bool, device=input_ids.device).tril()[None, None]
+        if attention_mask is not None:
+            mask = mask & attention_mask.bool()[:, None, None, :]
+        x = self.text.embeddings(input_ids)
+        for i, layer in enumerate(self.text.layers):
+            image = None
+            if layer.t2i is not None:
+                proj = self.cross_modal.caption_image_proj
+                image = proj[str(i)](image_tokens) if str(i) in proj else image_tokens
+            x = layer(x, mask, image=image)
+        return self.cross_modal.text_transform(x)
+
+    # ---- heads ---------------------------------------------------------------------------
+    def itm_logits(self, cls_feats: torch.Tensor) -> torch.Tensor:
+        """[B, 2H] -> [B, 2] (column 1 = match; also the retrieval score)."""
+        return self.heads.get("itm")(cls_feats)
+
+    def mlm_logits(self, text_feats: torch.Tensor) -> torch.Tensor:
+        """[B, T, H] -> [B, T, vocab]; also the caption LM head."""
+        return self.heads.get("mlm")(text_feats)
+
+    def vqa_logits(self, cls_feats: torch.Tensor) -> torch.Tensor:
+        """[B, 2H] -> [B, num_answers]."""
+        return self.heads.get("vqa")(cls_feats)
+
+    def nlvr2_logits(self, cls_left: torch.Tensor, cls_right: torch.Tensor) -> torch.Tensor:
+        """Two fused passes' cls features [B, 2H] each -> [B, 2]."""
+        return self.heads.get("nlvr2")(torch.cat([cls_left, cls_right], dim=-1))
+
+    # ---- save / load ---------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> None:
+        from .pretrained import save_pretrained
+
+        save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "FiberModel":
+        from .pretrained import load_pretrained
+
+        return load_pretrained(cls, directory, map_location)
+
+    def fusion_parameters(self) -> dict[str, int]:
+        """Parameter counts of the fusion modules: {"i2t": n, "t2i": n, "caption_proj": n}."""
+        i2t = sum(p.numel() for b in self._fused_block_modules() for p in b.i2t.parameters())
+        t2i = sum(p.numel() for layer in self.text.layers if layer.t2i is not None for p in layer.t2i.parameters())
+        cap = sum(p.numel() for p in self.cross_modal.caption_image_proj.parameters())
+        return {"i2t": i2t, "t2i": t2i, "caption_proj": cap}
+
+    def _fused_block_modules(self):
+        return [self.vision.stages[s].blocks[b] for s, b in self.config.fused_blocks()]
+
+
+def _l2_normalise(x: torch.Tensor) -> torch.Tensor:
+    # The official code divides by the norm with no epsilon; keep that but guard against 0/0.
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+
+
+def _init_weights(module: nn.Module) -> None:
+    """BERT-style init (normal 0.02, zero bias, unit norms); alphas stay 0."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

@@ -1,0 +1,68 @@
+"""Gated cross-attention between the backbones: the heart of FIBER.
+
+Each fused Swin block gets :class:`ImageToTextAttention` (image tokens query the text) and its
+paired text layer gets :class:`TextToImageAttention` (text tokens query the image). Both add
+``alpha * cross`` to their branch; ``alpha`` starts at 0 so a freshly initialised fused model
+computes exactly its unimodal backbones.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import merge_heads, split_heads
+
+
+class ImageToTextAttention(nn.Module):
+    """Image tokens attend to all text tokens (per token, so windows and shifts do not matter).
+
+    Official names (Swin ``attn``): ``qkv_text_i2t`` -> ``text_kv``, ``qkv_i2t`` -> ``query``,
+    ``norm_i2t_i`` -> ``query_norm``, ``proj_i2t`` -> ``out``, ``alpha_i2t`` -> ``alpha``.
+    """
+
+    def __init__(self, dim: int, text_dim: int, num_heads: int, query_norm: bool, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.query_norm = nn.LayerNorm(dim, eps=eps) if query_norm else nn.Identity()
+        self.query = nn.Linear(dim, dim)
+        self.text_kv = nn.Linear(text_dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.alpha = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """x: [B, N, C] image tokens (attention-branch output); text: [B, T, Dt];
+        text_mask: [B, 1, 1, T] bool. Returns ``alpha * cross`` of shape [B, N, C]."""
+        q = split_heads(self.query(self.query_norm(x)), self.num_heads)
+        k, v = self.text_kv(text).chunk(2, dim=-1)
+        k, v = split_heads(k, self.num_heads), split_heads(v, self.num_heads)
+        cross = F.scaled_dot_product_attention(q, k, v, attn_mask=text_mask)
+        return self.alpha * self.out(merge_heads(cross))
+
+
+class TextToImageAttention(nn.Module):
+    """Text tokens attend to the whole (unwindowed) image sequence, no mask.
+
+    Official names (``crossattention_t2i``): ``self.query/key/value`` -> ``query/key/value``,
+    ``output.dense`` -> ``out``; the layer's ``alpha_t2i`` -> ``alpha``. The official
+    ``output.LayerNorm`` is never applied and has no counterpart here.
+    """
+
+    def __init__(self, dim: int, image_dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(image_dim, dim)
+        self.value = nn.Linear(image_dim, dim)
+        self.out = nn.Linear(dim, dim)
+        self.alpha = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """x: [B, T, D] text states (self-attention output); image: [B, N, Ci].
+        Returns ``alpha * cross`` of shape [B, T, D]."""
+        q = split_heads(self.query(x), self.num_heads)
+        k = split_heads(self.key(image), self.num_heads)
+        v = split_heads(self.value(image), self.num_heads)
+        cross = F.scaled_dot_product_attention(q, k, v)
+        return self.alpha * self.out(merge_heads(cross))

@@ -1,0 +1,91 @@
+"""``save_pretrained`` / ``from_pretrained``: a directory with ``config.json`` + ``model.safetensors``."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..config import FiberConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class CheckpointError(RuntimeError):
+    """A weights file does not fit the model: names the file and the offending keys."""
+
+
+def save_pretrained(model: nn.Module, directory: str | Path) -> None:
+    """Write config.json and model.safetensors atomically (temporary file, then rename)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    _atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(state, str(path), metadata={"format": "pt"}))
+    _atomic_write(directory / CONFIG_NAME, lambda path: model.config.save(path))
+
+
+def _atomic_write(target: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file; a missing or damaged file raises with its path."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot read safetensors weights ({err}); the file may be truncated or corrupt") from None
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load every key or fail, naming missing/unknown keys and shape mismatches with ``source``."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unknown = sorted(set(state) - set(expected))
+    wrong = [
+        f"{k}: file has {tuple(state[k].shape)}, model expects {tuple(expected[k].shape)}"
+        for k in expected if k in state and state[k].shape != expected[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {_preview(missing)}")
+    if unknown:
+        problems.append(f"unknown keys ({len(unknown)}): {_preview(unknown)}")
+    if wrong:
+        problems.append(f"shape mismatches ({len(wrong)}): {_preview(wrong)}")
+    if problems:
+        raise CheckpointError(f"{source} does not match the model: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+
+
+def _preview(items: list[str], n: int = 8) -> str:
+    more = f", ... ({len(items) - n} more)" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
+
+
+def load_pretrained(cls, directory: str | Path, map_location="cpu"):
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"model directory not found: {directory}")
+    config = FiberConfig.load(directory / CONFIG_NAME)
+    model = cls(config)
+    state = read_weights(directory / WEIGHTS_NAME)
+    load_state_strict(model, state, str(directory / WEIGHTS_NAME))
+    return model.to(map_location)

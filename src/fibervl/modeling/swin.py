@@ -1,0 +1,248 @@
+"""Swin Transformer image backbone with optional image-to-text fusion in chosen blocks.
+
+Tokens travel between blocks as [B, H, W, C] grids so windowing is a reshape, not a gather.
+Feature maps whose size is not a multiple of the window are zero-padded after ``norm1`` (the
+detection Swin's rule); padded tokens take part as keys, exactly as in the official code.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import SwinConfig
+from .fusion import ImageToTextAttention
+from .layers import DropPath, Mlp
+
+
+def relative_position_index(window: int) -> torch.Tensor:
+    """[w*w, w*w] index into the (2w-1)^2 relative-position table (Swin's layout)."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
+    return rel[..., 0] * (2 * window - 1) + rel[..., 1]
+
+
+def resize_relative_position_table(table: torch.Tensor, new_window: int) -> torch.Tensor:
+    """Bicubically resize a [(2w-1)^2, heads] table to a new window size (the official loader's rule)."""
+    old = int(round(table.shape[0] ** 0.5))
+    new = 2 * new_window - 1
+    if old == new:
+        return table
+    grid = table.T.reshape(1, table.shape[1], old, old).float()
+    grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
+    return grid.reshape(table.shape[1], new * new).T.to(table.dtype).contiguous()
+
+
+def shift_window_mask(height: int, width: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
+    """[nW, w*w, w*w] additive mask (0 / -100) keeping shifted windows from mixing regions."""
+    region = torch.zeros(height, width, device=device)
+    cuts = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
+    label = 0
+    for hs in cuts:
+        for ws in cuts:
+            region[hs, ws] = label
+            label += 1
+    windows = region.view(height // window, window, width // window, window).transpose(1, 2).reshape(-1, window * window)
+    diff = windows[:, None, :] - windows[:, :, None]
+    return torch.zeros_like(diff).masked_fill(diff != 0, -100.0)
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside non-overlapping windows, with relative position bias."""
+
+    def __init__(self, dim: int, num_heads: int, window: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.window = window
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+        self.register_buffer("relative_position_index", relative_position_index(window), persistent=False)
+
+    def position_bias(self) -> torch.Tensor:
+        """[heads, w*w, w*w]."""
+        n = self.window * self.window
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        return bias.view(n, n, self.num_heads).permute(2, 0, 1)
+
+    def forward(self, windows: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """windows: [B, nW, N, C]; mask: [nW, N, N] additive or None -> [B, nW, N, C]."""
+        b, nw, n, c = windows.shape
+        head_dim = c // self.num_heads
+        qkv = self.qkv(windows).view(b * nw, n, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
+        bias = self.position_bias()
+        if mask is not None:
+            # [nW, heads, N, N] broadcast over the batch: reshape q/k/v to [B, nW, heads, N, D].
+            bias = bias[None] + mask[:, None]
+            q, k, v = (t.reshape(b, nw, self.num_heads, n, head_dim) for t in qkv)
+        else:
+            q, k, v = qkv[0], qkv[1], qkv[2]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+        out = out.reshape(b, nw, self.num_heads, n, head_dim).transpose(2, 3).reshape(b, nw, n, c)
+        return self.proj(out)
+
+
+class SwinBlock(nn.Module):
+    """(Shifted) window attention + MLP, each pre-norm with a residual; optional i2t fusion."""
+
+    def __init__(
+        self, dim: int, num_heads: int, window: int, shift: bool, mlp_ratio: float, drop_path: float,
+        eps: float, single_window_no_shift: bool, fusion_text_dim: int | None = None, i2t_query_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        self.window = window
+        self.shift = window // 2 if shift else 0
+        self.single_window_no_shift = single_window_no_shift
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = WindowAttention(dim, num_heads, window)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path)
+        self.i2t = (
+            ImageToTextAttention(dim, fusion_text_dim, num_heads, i2t_query_norm, eps)
+            if fusion_text_dim is not None else None
+        )
+        self._mask_cache: dict[tuple, torch.Tensor] = {}
+
+    def _shift_for(self, height: int, width: int) -> int:
+        if self.single_window_no_shift and height <= self.window and width <= self.window:
+            return 0
+        return self.shift
+
+    def _mask(self, hp: int, wp: int, shift: int, device: torch.device) -> torch.Tensor:
+        key = (hp, wp, shift, str(device))
+        if key not in self._mask_cache:
+            self._mask_cache[key] = shift_window_mask(hp, wp, self.window, shift, device)
+        return self._mask_cache[key]
+
+    def attention_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, H, W, C] normalised tokens -> window attention output [B, H, W, C]."""
+        b, h, w, c = x.shape
+        ws = self.window
+        pad_h, pad_w = (-h) % ws, (-w) % ws
+        if pad_h or pad_w:
+            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+        hp, wp = h + pad_h, w + pad_w
+        shift = self._shift_for(h, w)
+        if shift:
+            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+        windows = x.view(b, hp // ws, ws, wp // ws, ws, c).transpose(2, 3).reshape(b, -1, ws * ws, c)
+        mask = self._mask(hp, wp, shift, x.device) if shift else None
+        out = self.attn(windows, mask)
+        out = out.view(b, hp // ws, wp // ws, ws, ws, c).transpose(2, 3).reshape(b, hp, wp, c)
+        if shift:
+            out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))
+        if pad_h or pad_w:
+            out = out[:, :h, :w]
+        return out
+
+    def forward(
+        self, x: torch.Tensor, text: torch.Tensor | None = None, text_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x: [B, H, W, C]; text: [B, T, Dt] and text_mask [B, 1, 1, T] bool in fusion mode."""
+        y = self.attention_branch(self.norm1(x))
+        if text is not None:
+            b, h, w, c = y.shape
+            y = y + self.i2t(y.reshape(b, h * w, c), text, text_mask).view(b, h, w, c)
+        x = x + self.drop_path(y)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchMerging(nn.Module):
+    """2x2 neighbour concat (taps (0,0), (1,0), (0,1), (1,1)) -> LayerNorm(4C) -> Linear(4C -> 2C)."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim, eps=eps)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, H, W, C] -> [B, ceil(H/2), ceil(W/2), 2C]."""
+        b, h, w, c = x.shape
+        if h % 2 or w % 2:
+            x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
+            h, w = h + h % 2, w + w % 2
+        # [B, H/2, dh, W/2, dw, C] -> taps ordered dw-major then dh: (0,0), (1,0), (0,1), (1,1).
+        x = x.view(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).reshape(b, h // 2, w // 2, 4 * c)
+        return self.reduction(self.norm(x))
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch projection (Conv2d) + LayerNorm; pads images to a patch multiple."""
+
+    def __init__(self, patch: int, in_channels: int, dim: int, eps: float) -> None:
+        super().__init__()
+        self.patch = patch
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch, stride=patch)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> [B, H/p, W/p, C]."""
+        _, _, h, w = images.shape
+        if h % self.patch or w % self.patch:
+            images = F.pad(images, (0, (-w) % self.patch, 0, (-h) % self.patch))
+        return self.norm(self.proj(images).permute(0, 2, 3, 1))
+
+
+class SwinStage(nn.Module):
+    def __init__(self, blocks: list[SwinBlock], downsample: PatchMerging | None) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.downsample = downsample
+
+
+class SwinTransformer(nn.Module):
+    """Swin backbone. Fusion blocks are given as (stage, block) pairs with the text width.
+
+    The fused forward is driven block by block from outside (see ``FiberModel``); this module
+    offers the unimodal forward and the pieces.
+    """
+
+    def __init__(self, cfg: SwinConfig, fused_blocks: list[tuple[int, int]] = (), text_dim: int = 768,
+                 i2t_query_norm: bool = True) -> None:
+        super().__init__()
+        self.cfg = cfg
+        window = cfg.resolved_window_size
+        dims = cfg.stage_dims()
+        self.dims = dims
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_channels, cfg.embed_dim, cfg.layer_norm_eps)
+        rates = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths)).tolist()
+        fused = set(map(tuple, fused_blocks))
+        stages, k = [], 0
+        for s, (depth, heads) in enumerate(zip(cfg.depths, cfg.num_heads)):
+            blocks = []
+            for b in range(depth):
+                blocks.append(SwinBlock(
+                    dims[s], heads, window, shift=b % 2 == 1, mlp_ratio=cfg.mlp_ratio, drop_path=rates[k],
+                    eps=cfg.layer_norm_eps, single_window_no_shift=cfg.single_window_no_shift,
+                    fusion_text_dim=text_dim if (s, b) in fused else None, i2t_query_norm=i2t_query_norm,
+                ))
+                k += 1
+            last = s == len(cfg.depths) - 1
+            stages.append(SwinStage(blocks, None if last else PatchMerging(dims[s], cfg.layer_norm_eps)))
+        self.stages = nn.ModuleList(stages)
+        self.norm = nn.LayerNorm(dims[-1], eps=cfg.layer_norm_eps) if cfg.final_norm else None
+        self.feature_norms = nn.ModuleDict(
+            {str(s): nn.LayerNorm(dims[s], eps=cfg.layer_norm_eps) for s in cfg.feature_norms}
+        )
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Unimodal forward. images: [B, 3, H, W] -> stage outputs (before merging), [B, Hs, Ws, Cs]."""
+        x = self.patch_embed(images)
+        outs = []
+        for stage in self.stages:
+            for block in stage.blocks:
+                x = block(x)
+            outs.append(x)
+            if stage.downsample is not None:
+                x = stage.downsample(x)
+        return outs
+
+    def feature_maps(self, stage_outputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Normalised stage outputs for a detection neck: [B, Cs, Hs, Ws] for each ``feature_norms`` stage."""
+        return [
+            self.feature_norms[str(s)](stage_outputs[s]).permute(0, 3, 1, 2).contiguous()
+            for s in self.cfg.feature_norms
+        ]

@@ -1,0 +1,104 @@
+"""RoBERTa-style text encoder whose top layers can attend to the image (text-to-image fusion)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import TextConfig
+from .fusion import TextToImageAttention
+from .layers import merge_heads, split_heads
+
+
+class TextEmbeddings(nn.Module):
+    """Word + position + token-type embeddings, LayerNorm, dropout.
+
+    Positions follow fairseq/RoBERTa: real tokens get ``pad_id + 1, pad_id + 2, ...`` and padding
+    gets ``pad_id``, whatever the attention mask says.
+    """
+
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__()
+        self.pad_id = cfg.pad_token_id
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id)
+        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size, padding_idx=cfg.pad_token_id)
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
+        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[B, T] int64 -> [B, T, D]."""
+        real = input_ids.ne(self.pad_id).long()
+        positions = torch.cumsum(real, dim=1) * real + self.pad_id
+        x = self.word_embeddings(input_ids) + self.position_embeddings(positions) + self.token_type_embeddings.weight[0]
+        return self.dropout(self.norm(x))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention followed by its output projection (no residual, no norm)."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """x: [B, T, D]; mask: bool, broadcastable to [B, heads, T, T] (True = attend)."""
+        q, k, v = (split_heads(proj(x), self.num_heads) for proj in (self.query, self.key, self.value))
+        p = self.dropout if self.training else 0.0
+        return self.out(merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)))
+
+
+class TextLayer(nn.Module):
+    """One transformer layer; with ``image`` given (fused layers only), gated text-to-image attention.
+
+    ``h = LN(self_out + alpha * cross(self_out, image) + x)``, then the FFN and its LayerNorm, which
+    the official coarse model skips on its last layer in fusion mode (``output_norm=False``).
+    """
+
+    def __init__(self, cfg: TextConfig, image_dim: int | None = None) -> None:
+        super().__init__()
+        d = cfg.hidden_size
+        self.attention = SelfAttention(d, cfg.num_heads, cfg.dropout)
+        self.t2i = TextToImageAttention(d, image_dim, cfg.num_heads) if image_dim is not None else None
+        self.attention_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+        self.intermediate = nn.Linear(d, cfg.intermediate_size)
+        self.output = nn.Linear(cfg.intermediate_size, d)
+        self.output_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None, image: torch.Tensor | None = None, output_norm: bool = True
+    ) -> torch.Tensor:
+        """x: [B, T, D]; mask: bool [B, 1, 1|T, T]; image: [B, N, Ci] -> [B, T, D]."""
+        attn = self.dropout(self.attention(x, mask))
+        if image is not None:
+            attn = attn + self.dropout(self.t2i(attn, image))
+        h = self.attention_norm(attn + x)
+        y = self.dropout(self.output(F.gelu(self.intermediate(h)))) + h
+        return self.output_norm(y) if output_norm else y
+
+
+class TextEncoder(nn.Module):
+    """Embeddings + layers. Layers listed in ``fused_layers`` get text-to-image attention whose
+    keys/values have the width given for that layer."""
+
+    def __init__(self, cfg: TextConfig, fused_layers: dict[int, int] | None = None) -> None:
+        super().__init__()
+        fused_layers = fused_layers or {}
+        self.cfg = cfg
+        self.embeddings = TextEmbeddings(cfg)
+        self.layers = nn.ModuleList(TextLayer(cfg, fused_layers.get(i)) for i in range(cfg.num_layers))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Unimodal forward (every layer with its output norm). [B, T] -> [B, T, D]."""
+        mask = attention_mask.bool()[:, None, None, :]
+        x = self.embeddings(input_ids)
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x
