@@ -116,6 +116,8 @@ class FiberConfig:
         for dim, heads in zip(v.stage_dims(), v.num_heads):
             if dim % heads:
                 raise ConfigError(f"vision stage width {dim} is not divisible by its {heads} heads")
+        if t.num_heads < 1 or min(v.num_heads) < 1:
+            raise ConfigError("head counts must be positive")
         if t.hidden_size % t.num_heads:
             raise ConfigError(f"text.hidden_size {t.hidden_size} is not divisible by text.num_heads {t.num_heads}")
         if not 0 <= f.num_layers <= min(sum(v.depths), t.num_layers):

@@ -75,8 +75,11 @@ _DROPS: list[tuple[str, str]] = [
 ]
 
 
-def infer_config(state: dict[str, torch.Tensor], image_size: int = 384) -> FiberConfig:
-    """Rebuild the architecture from the official key names and shapes."""
+def infer_config(state: dict[str, torch.Tensor], image_size: int = 384, text_head_dim: int = 64) -> FiberConfig:
+    """Rebuild the architecture from the official key names and shapes.
+
+    The text head count is not recorded in a state dict; RoBERTa's head width (64) is assumed.
+    """
     def has(pattern: str) -> list[re.Match]:
         return [m for k in state if (m := re.fullmatch(pattern, k))]
 
@@ -106,11 +109,12 @@ def infer_config(state: dict[str, torch.Tensor], image_size: int = 384) -> Fiber
                           num_heads=heads, window_size=None),
         text=TextConfig(
             vocab_size=word.shape[0], hidden_size=word.shape[1], num_layers=text_layers,
-            num_heads=word.shape[1] // 64,
+            num_heads=max(1, word.shape[1] // text_head_dim),
             intermediate_size=state["text_transformer.encoder.layer.0.intermediate.dense.weight"].shape[0],
             max_position_embeddings=state["text_transformer.embeddings.position_embeddings.weight"].shape[0],
             type_vocab_size=state["text_transformer.embeddings.token_type_embeddings.weight"].shape[0],
             mask_token_id=word.shape[0] - 1,
+            max_text_len=min(40, state["text_transformer.embeddings.position_embeddings.weight"].shape[0] - 2),
         ),
         fusion=FusionConfig(num_layers=len(fused), i2t_query_norm=bool(has(r".*norm_i2t_i\.weight"))),
         hidden_size=state["cross_modal_text_transform.weight"].shape[0],
@@ -120,11 +124,11 @@ def infer_config(state: dict[str, torch.Tensor], image_size: int = 384) -> Fiber
 
 
 def convert_official_coarse_state(
-    state: dict[str, torch.Tensor], image_size: int = 384
+    state: dict[str, torch.Tensor], image_size: int = 384, text_head_dim: int = 64
 ) -> tuple[FiberModel, dict[str, str]]:
     """Official coarse state_dict -> (loaded FiberModel, {dropped official key: reason})."""
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    config = infer_config(state, image_size)
+    config = infer_config(state, image_size, text_head_dim)
     model = FiberModel(config)
     expected = model.state_dict()
     mapper = KeyMapper(_RULES, _DROPS)
@@ -160,10 +164,11 @@ def convert_official_coarse_state(
     return model, dropped
 
 
-def convert_official_coarse(src: str | Path, dst: str | Path | None = None, image_size: int = 384):
+def convert_official_coarse(src: str | Path, dst: str | Path | None = None, image_size: int = 384,
+                            text_head_dim: int = 64):
     """Read ``src`` (Lightning .ckpt or a plain state_dict), convert, optionally save to ``dst``."""
     state = load_torch_checkpoint(src, nested_keys=("state_dict",))
-    model, dropped = convert_official_coarse_state(state, image_size)
+    model, dropped = convert_official_coarse_state(state, image_size, text_head_dim)
     if dst is not None:
         model.save_pretrained(dst)
     return model, dropped

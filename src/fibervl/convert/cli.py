@@ -1,0 +1,66 @@
+"""``fibervl convert``: official checkpoints and uni-modal backbones -> a fibervl model directory."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_convert_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "convert", help="convert checkpoints to a fibervl model directory",
+        description="Convert a checkpoint into DST (config.json + model.safetensors), loadable with "
+                    "FiberModel.from_pretrained(DST). Every source key is mapped or dropped for a stated reason.",
+    )
+    p.add_argument("kind", choices=["official-coarse", "roberta", "swin"],
+                   help="official-coarse: FIBER coarse Lightning .ckpt; roberta: Hugging Face RoBERTa weights "
+                        "(file or directory) into the text encoder; swin: Microsoft Swin ImageNet checkpoint into "
+                        "the image encoder")
+    p.add_argument("src", help="source checkpoint file (or directory for roberta)")
+    p.add_argument("dst", help="output directory")
+    p.add_argument("--image-size", type=int, default=384,
+                   help="official-coarse: image size the converted model runs at (window = size/32; the "
+                        "relative-position tables are resized bicubically if needed). Default 384")
+    p.add_argument("--text-head-dim", type=int, default=64,
+                   help="official-coarse: width of one text attention head (not stored in checkpoints; "
+                        "RoBERTa's is 64). Default 64")
+    p.add_argument("--preset", default="fiber-base",
+                   help="roberta/swin: the fibervl preset (or model directory) to initialise. Default fiber-base")
+    p.add_argument("--init", default=None,
+                   help="roberta/swin: start from this model directory instead of a fresh preset "
+                        "(e.g. apply swin after roberta)")
+    return p
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from ..config import get_preset
+    from ..modeling.fiber import FiberModel
+
+    if args.kind == "official-coarse":
+        from .official_coarse import convert_official_coarse
+
+        _, dropped = convert_official_coarse(args.src, args.dst, image_size=args.image_size,
+                                             text_head_dim=args.text_head_dim)
+        print(f"converted {args.src} -> {args.dst}")
+        _print_dropped(dropped)
+        return 0
+
+    from .unimodal import load_roberta, load_swin
+
+    model = FiberModel.from_pretrained(args.init) if args.init else FiberModel(get_preset(args.preset))
+    load = load_roberta if args.kind == "roberta" else load_swin
+    left, dropped = load(model, args.src)
+    model.save_pretrained(args.dst)
+    print(f"loaded {args.kind} weights from {args.src} into {model.config.name}; saved {args.dst}")
+    _print_dropped(dropped)
+    if left:
+        print(f"{len(left)} weights of that backbone keep their initialisation (fusion modules): "
+              + ", ".join(left[:4]) + (" ..." if len(left) > 4 else ""))
+    return 0
+
+
+def _print_dropped(dropped: dict[str, str]) -> None:
+    by_reason: dict[str, list[str]] = {}
+    for key, reason in dropped.items():
+        by_reason.setdefault(reason, []).append(key)
+    for reason, keys in by_reason.items():
+        print(f"  dropped {len(keys)} key(s), {reason}: {keys[0]}" + (" ..." if len(keys) > 1 else ""))

@@ -1,0 +1,19 @@
+"""Small configs for tests and examples."""
+
+from __future__ import annotations
+
+from ..config import FiberConfig, FusionConfig, SwinConfig, TextConfig
+
+
+def micro_config(**fusion) -> FiberConfig:
+    """A model small enough for unit tests, yet with shifted windows, merging and 2 fused blocks."""
+    return FiberConfig(
+        name="micro",
+        vision=SwinConfig(image_size=64, embed_dim=16, depths=(1, 1, 2, 2), num_heads=(1, 2, 2, 4), window_size=2,
+                          drop_path_rate=0.0),
+        text=TextConfig(vocab_size=100, hidden_size=32, num_layers=3, num_heads=2, intermediate_size=64,
+                        max_position_embeddings=40, mask_token_id=99, dropout=0.0, max_text_len=16),
+        fusion=FusionConfig(num_layers=2, **fusion),
+        hidden_size=24,
+        vqa_num_answers=7,
+    )

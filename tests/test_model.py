@@ -1,0 +1,154 @@
+"""Behaviour of FiberModel on a micro config: modes, gating, padding, gradients, bf16."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fibervl.modeling.fiber import FiberModel
+from fibervl.modeling.fusion import ImageToTextAttention, TextToImageAttention
+from fibervl.testing.configs import micro_config
+
+
+def set_alphas(model: FiberModel, value: float) -> None:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".alpha"):
+                p.fill_(value)
+
+
+def test_fusion_layout_pairs_top_blocks(micro):
+    assert micro.fused_blocks() == [(3, 0), (3, 1)]
+    assert micro.fused_text_layers() == [1, 2]
+    model = FiberModel(micro)
+    assert model.vision.stages[3].blocks[0].i2t is not None
+    assert model.vision.stages[2].blocks[1].i2t is None
+    assert [layer.t2i is not None for layer in model.text.layers] == [False, True, True]
+
+
+@torch.no_grad()
+def test_zero_alpha_fusion_equals_unimodal(batch):
+    images, ids, mask = batch
+    model = FiberModel(micro_config(skip_last_text_norm=False)).eval()
+    set_alphas(model, 0.0)
+    out = model.fuse(images, ids, mask)
+    uni_stages = model.vision(images)
+    for fused, uni in zip(out.image_stages, uni_stages):
+        torch.testing.assert_close(fused, uni, rtol=0, atol=0)
+    torch.testing.assert_close(out.text_hidden, model.text(ids, mask), rtol=0, atol=0)
+    # And with active gates the outputs do change.
+    set_alphas(model, 0.5)
+    assert not torch.allclose(model.fuse(images, ids, mask).cls_feats, out.cls_feats)
+
+
+def test_dual_mode_calls_no_cross_attention(micro, batch):
+    images, ids, mask = batch
+    model = FiberModel(micro).eval()
+    calls = []
+    for module in model.modules():
+        if isinstance(module, (ImageToTextAttention, TextToImageAttention)):
+            module.register_forward_hook(lambda m, a, o: calls.append(type(m).__name__))
+    with torch.no_grad():
+        image_embed = model.encode_image(images)
+        text_embed = model.encode_text(ids, mask)
+    assert calls == []
+    assert image_embed.shape == (2, 24) and text_embed.shape == (2, 24)
+    torch.testing.assert_close(image_embed.norm(dim=-1), torch.ones(2))
+    with torch.no_grad():
+        model.fuse(images, ids, mask)
+    assert sorted(set(calls)) == ["ImageToTextAttention", "TextToImageAttention"]
+    assert len(calls) == 4
+
+
+@torch.no_grad()
+def test_padding_does_not_change_real_tokens(micro, batch):
+    images, ids, mask = batch
+    model = FiberModel(micro).eval()
+    set_alphas(model, 0.7)
+    padded_ids = torch.cat([ids, torch.ones(2, 5, dtype=ids.dtype)], dim=1)
+    padded_mask = torch.cat([mask, torch.zeros(2, 5, dtype=mask.dtype)], dim=1)
+    a, b = model.fuse(images, ids, mask), model.fuse(images, padded_ids, padded_mask)
+    real = mask.bool()
+    torch.testing.assert_close(b.text_feats[:, :9][real], a.text_feats[real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b.image_feats, a.image_feats, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b.cls_feats, a.cls_feats, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.encode_text(padded_ids, padded_mask), model.encode_text(ids, mask), atol=1e-5, rtol=1e-5)
+    tokens = model.caption_image(images)
+    ca, cb = model.caption_features(tokens, ids, mask), model.caption_features(tokens, padded_ids, padded_mask)
+    torch.testing.assert_close(cb[:, :9][real], ca[real], atol=1e-5, rtol=1e-5)
+
+
+def test_caption_mode_is_causal(micro, batch):
+    images, ids, mask = batch
+    model = FiberModel(micro).eval()
+    set_alphas(model, 0.7)
+    tokens = model.caption_image(images)
+    with torch.no_grad():
+        full = model.caption_features(tokens, ids, mask)
+        changed = ids.clone()
+        changed[:, 5:] = 7
+        prefix = model.caption_features(tokens, changed, mask)
+    torch.testing.assert_close(prefix[:, :5], full[:, :5], atol=1e-6, rtol=0)
+    assert not torch.allclose(prefix[0, 5:], full[0, 5:])
+
+
+def test_gradients_reach_alphas_and_heads(micro, batch):
+    images, ids, mask = batch
+    model = FiberModel(micro).train()
+    out = model.fuse(images, ids, mask)
+    loss = model.itm_logits(out.cls_feats).logsumexp(-1).mean() + model.mlm_logits(out.text_feats).mean()
+    loss.backward()
+    alphas = {n: p.grad for n, p in model.named_parameters() if n.endswith(".alpha")}
+    assert len(alphas) == 4
+    for name, grad in alphas.items():
+        assert grad is not None and grad.abs().item() > 0, name
+
+
+def test_heads_shapes(micro, batch):
+    images, ids, mask = batch
+    model = FiberModel(micro).eval()
+    with torch.no_grad():
+        out = model.fuse(images, ids, mask)
+        assert out.text_feats.shape == (2, 9, 24)
+        assert out.image_feats.shape == (2, 4, 24)
+        assert out.cls_feats.shape == (2, 48)
+        assert model.vqa_logits(out.cls_feats).shape == (2, 7)
+        assert model.nlvr2_logits(out.cls_feats, out.cls_feats).shape == (2, 2)
+        assert model.mlm_logits(out.text_feats).shape == (2, 9, 100)
+
+
+def test_missing_head_is_a_clear_error(batch):
+    images, ids, mask = batch
+    model = FiberModel(micro_config().replace(heads=("itm",)))
+    with pytest.raises(ValueError, match="no 'vqa' head"):
+        model.vqa_logits(torch.zeros(1, 48))
+    with pytest.raises(ValueError, match="without the caption head"):
+        model.caption_features(torch.zeros(2, 4, 128), ids, mask)
+
+
+def test_bf16_autocast_and_bf16_weights(micro, batch):
+    images, ids, mask = batch
+    model = FiberModel(micro).eval()
+    set_alphas(model, 0.5)
+    with torch.no_grad():
+        ref = model.fuse(images, ids, mask).cls_feats
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto = model.fuse(images, ids, mask).cls_feats
+        model16 = FiberModel(micro).eval()
+        model16.load_state_dict(model.state_dict())
+        model16.to(torch.bfloat16)
+        pure = model16.fuse(images.bfloat16(), ids, mask).cls_feats
+    assert pure.dtype == torch.bfloat16
+    for value in (auto.float(), pure.float()):
+        assert (value - ref).norm() / ref.norm() < 2e-2
+
+
+def test_non_multiple_grid_pads_and_shifts():
+    """The detection Swin rule: grids not divisible by the window are padded; shifts still apply."""
+    cfg = micro_config()
+    cfg.vision.single_window_no_shift = False
+    model = FiberModel(cfg).eval()
+    with torch.no_grad():
+        stages = model.vision(torch.randn(1, 3, 72, 88))
+    assert [tuple(s.shape[1:3]) for s in stages] == [(18, 22), (9, 11), (5, 6), (3, 3)]
+    assert all(torch.isfinite(s).all() for s in stages)
