@@ -72,15 +72,13 @@ class WindowAttention(nn.Module):
         b, nw, n, c = windows.shape
         head_dim = c // self.num_heads
         qkv = self.qkv(windows).view(b * nw, n, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
-        bias = self.position_bias()
+        bias = self.position_bias()[None]
         if mask is not None:
-            # [nW, heads, N, N] broadcast over the batch: reshape q/k/v to [B, nW, heads, N, D].
-            bias = bias[None] + mask[:, None]
-            q, k, v = (t.reshape(b, nw, self.num_heads, n, head_dim) for t in qkv)
-        else:
-            q, k, v = qkv[0], qkv[1], qkv[2]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
-        out = out.reshape(b, nw, self.num_heads, n, head_dim).transpose(2, 3).reshape(b, nw, n, c)
+            # Materialise [B*nW, heads, N, N]: SDPA's fused CPU kernel needs a 4-D mask that
+            # broadcasts over the batch dimension; 5-D inputs fall back to a much slower path.
+            bias = (bias + mask[:, None]).expand(b, nw, self.num_heads, n, n).reshape(b * nw, self.num_heads, n, n)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=bias.to(qkv.dtype))
+        out = out.transpose(1, 2).reshape(b, nw, n, c)
         return self.proj(out)
 
 

@@ -1,0 +1,139 @@
+"""Fused-forward speed of FIBER presets against this machine's measured matmul peak.
+
+    python bench/forward.py [--threads 2] [--runs 5] [--presets fiber-base fiber-tiny] [--write BENCHMARKS.md]
+
+For each preset: one fused forward (``FiberModel.fuse``) at the preset's image size, batch 2,
+40 text tokens, in fp32, under bf16 autocast with fp32 weights, and with bf16 weights (no
+autocast). FLOPs are counted by ``torch.utils.flop_counter`` (matmuls, convolutions, attention);
+GFLOP/s is compared with a 2048x2048 matmul timed in the same run. Times are medians after one
+warm-up. The bf16 outputs are compared with fp32 (relative norm of ``cls_feats``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from fibervl.config import get_preset  # noqa: E402
+from fibervl.modeling.fiber import FiberModel  # noqa: E402
+
+
+def median_time(fn, runs: int) -> float:
+    fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak(dtype: torch.dtype, runs: int) -> float:
+    """GFLOP/s of a 2048^3 matmul in ``dtype``."""
+    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
+    seconds = median_time(lambda: torch.mm(a, b), max(runs, 5))
+    return 2 * 2048**3 / seconds / 1e9
+
+
+def inputs(cfg, batch: int, tokens: int):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, cfg.vision.image_size, cfg.vision.image_size, generator=g)
+    ids = torch.randint(4, min(cfg.text.vocab_size, 50000), (batch, tokens), generator=g)
+    ids[:, 0] = cfg.text.bos_token_id
+    ids[:, -1] = cfg.text.eos_token_id
+    return images, ids, torch.ones_like(ids)
+
+
+def bench_preset(name: str, runs: int, batch: int, tokens: int, peaks: dict[str, float]) -> list[dict]:
+    cfg = get_preset(name)
+    model = FiberModel(cfg).eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith(".alpha"):
+                p.fill_(0.5)  # fusion active, as after training
+    images, ids, mask = inputs(cfg, batch, tokens)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.fuse(images, ids, mask)
+    gflop = counter.get_total_flops() / 1e9
+
+    rows = []
+    with torch.no_grad():
+        ref = model.fuse(images, ids, mask).cls_feats
+
+        def fp32():
+            return model.fuse(images, ids, mask)
+
+        def autocast():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return model.fuse(images, ids, mask)
+
+        rows.append(dict(mode="fp32", seconds=median_time(fp32, runs), peak="fp32", out=ref))
+        rows.append(dict(mode="bf16 autocast (fp32 weights)", seconds=median_time(autocast, runs), peak="bf16",
+                         out=autocast().cls_feats))
+        model16 = model.to(torch.bfloat16)
+        images16 = images.bfloat16()
+
+        def bf16():
+            return model16.fuse(images16, ids, mask)
+
+        rows.append(dict(mode="bf16 weights", seconds=median_time(bf16, runs), peak="bf16", out=bf16().cls_feats))
+    for row in rows:
+        out = row.pop("out").float()
+        row.update(preset=name, gflop=gflop, gflops=gflop / row["seconds"],
+                   pct_peak=100 * gflop / row["seconds"] / peaks[row["peak"]],
+                   rel_err=((out - ref).norm() / ref.norm()).item())
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--tokens", type=int, default=40)
+    parser.add_argument("--presets", nargs="+", default=["fiber-base", "fiber-tiny"])
+    parser.add_argument("--write", type=Path, help="replace this section of the given markdown file")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    peaks = {"fp32": matmul_peak(torch.float32, args.runs), "bf16": matmul_peak(torch.bfloat16, args.runs)}
+    rows = [r for name in args.presets for r in bench_preset(name, args.runs, args.batch, args.tokens, peaks)]
+    lines = [
+        f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads. "
+        f"Matmul peak (2048^3): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s.",
+        f"Fused forward (`FiberModel.fuse`), batch {args.batch}, {args.tokens} tokens, median of {args.runs} after a warm-up.",
+        "",
+        "| preset | mode | GFLOP | seconds | GFLOP/s | % of peak | cls rel. diff vs fp32 |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(f"| {r['preset']} | {r['mode']} | {r['gflop']:.1f} | {r['seconds']:.3f} | {r['gflops']:.0f} | "
+                     f"{r['pct_peak']:.0f} % of {r['peak']} | {r['rel_err']:.1e} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.write:
+        write_section(args.write, "forward", f"Command: `python bench/forward.py --write {args.write}`\n\n" + text)
+
+
+def write_section(path: Path, name: str, body: str) -> None:
+    """Replace the block between ``<!-- bench:NAME -->`` markers (appending it if absent)."""
+    begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = f"{begin}\n{body}\n{end}"
+    if begin in old and end in old:
+        new = old[: old.index(begin)] + block + old[old.index(end) + len(end):]
+    else:
+        new = old.rstrip() + "\n\n" + block + "\n"
+    path.write_text(new)
+
+
+if __name__ == "__main__":
+    main()
