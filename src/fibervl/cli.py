@@ -41,7 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_convert_parser(sub).set_defaults(func=_convert)
 
     sub.add_parser("data", help="write data sets (fibervl data shapes --out DIR)", add_help=False)
+
+    for name, what in [("run", "the main job"), ("pretrain", "pre-training"), ("finetune", "fine-tuning"),
+                       ("evaluate", "evaluation"), ("predict", "prediction")]:
+        p = sub.add_parser(name, help=f"{what} (not available in this version yet)", add_help=False)
+        p.set_defaults(func=_not_yet, what=what)
     return parser
+
+
+def _not_yet(args: argparse.Namespace) -> int:
+    print(f"fibervl {args.command}: {args.what} is not available in this version of fibervl yet; "
+          "see README.md (Status) for what is.", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "data":
         return _data(argv[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.func is not _not_yet:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return args.func(args)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
