@@ -141,7 +141,7 @@ def official_names(model: FiberModel) -> dict[str, torch.Tensor]:
 
 @pytest.fixture
 def official_micro():
-    cfg = micro_config().replace(heads=("itm", "mlm", "vqa", "nlvr2"))
+    cfg = micro_config().replace(heads=("itc", "itm", "mlm", "vqa", "nlvr2"))
     cfg.vision.window_size = None  # the official rule: image_size / 32
     model = FiberModel(cfg)
     with torch.no_grad():

@@ -124,6 +124,13 @@ def test_missing_head_is_a_clear_error(batch):
         model.vqa_logits(torch.zeros(1, 48))
     with pytest.raises(ValueError, match="without the caption head"):
         model.caption_features(torch.zeros(2, 4, 128), ids, mask)
+    with pytest.raises(ValueError, match="without dual-encoder"):
+        model.encode_image(images)
+    backbone_only = FiberModel(micro_config().replace(heads=()))
+    with pytest.raises(ValueError, match="without fusion-mode projections"):
+        backbone_only.fuse(images, ids, mask)
+    text, stages = backbone_only.fuse_backbones(images, ids, mask)
+    assert text.shape == (2, 9, 32) and [s.shape[-1] for s in stages] == [16, 32, 64, 128]
 
 
 def test_bf16_autocast_and_bf16_weights(micro, batch):

@@ -91,15 +91,17 @@ class FusionConfig:
 class FiberConfig:
     """A whole FIBER model: backbones, fusion, the cross-modal projections and task heads.
 
-    ``heads`` may hold itm, mlm, vqa, nlvr2 and caption; "caption" adds the projections of the
-    final image tokens to the fused text layers' key widths, and decodes with the MLM head.
+    ``heads`` may hold itc, itm, mlm, vqa, nlvr2 and caption. "itc" builds the dual-encoder
+    projections; any of the others builds the fused-feature projections and poolers; "caption"
+    adds projections of the final image tokens to the fused text layers' key widths and decodes
+    with the MLM head. A backbone-only model (the detector's) has no heads.
     """
 
     vision: SwinConfig = field(default_factory=SwinConfig)
     text: TextConfig = field(default_factory=TextConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     hidden_size: int = 768
-    heads: tuple[str, ...] = ("itm", "mlm", "vqa", "nlvr2", "caption")
+    heads: tuple[str, ...] = ("itc", "itm", "mlm", "vqa", "nlvr2", "caption")
     vqa_num_answers: int = 3129
     head_layer_norm_eps: float = 1e-5
     mlm_layer_norm_eps: float = 1e-12
@@ -179,7 +181,7 @@ class FiberConfig:
         return dataclasses.replace(self, **changes)
 
 
-KNOWN_HEADS = frozenset({"itm", "mlm", "vqa", "nlvr2", "caption"})
+KNOWN_HEADS = frozenset({"itc", "itm", "mlm", "vqa", "nlvr2", "caption"})
 
 
 def _build(cls: type, data: Any, where: str) -> Any:

@@ -43,24 +43,34 @@ class FusionOutput:
 class CrossModal(nn.Module):
     """Projections from backbone widths to the shared width H, and the poolers.
 
-    ``caption_image_proj[str(layer)]`` maps the final image width to a fused text layer's key
-    width when they differ (official ``cross_modal_att_layers``).
+    Built as the heads need them: the fused transforms and poolers for fusion-mode heads, the
+    ``itc_*`` ones for the dual encoder. ``caption_image_proj[str(layer)]`` maps the final image
+    width to a fused text layer's key width when they differ (official ``cross_modal_att_layers``).
     """
 
     def __init__(self, cfg: FiberConfig, caption_proj_layers: dict[int, int]) -> None:
         super().__init__()
         h, dt, di = cfg.hidden_size, cfg.text.hidden_size, cfg.vision.stage_dims()[-1]
-        self.text_transform = nn.Linear(dt, h)
-        self.image_transform = nn.Linear(di, h)
-        self.text_pooler = Pooler(h)
-        self.image_pooler = Pooler(h)
-        self.itc_text_transform = nn.Linear(dt, h)
-        self.itc_image_transform = nn.Linear(di, h)
-        self.itc_text_pooler = Pooler(h)
-        self.itc_image_pooler = Pooler(h)
+        if set(cfg.heads) & FUSED_HEADS:
+            self.text_transform = nn.Linear(dt, h)
+            self.image_transform = nn.Linear(di, h)
+            self.text_pooler = Pooler(h)
+            self.image_pooler = Pooler(h)
+        if "itc" in cfg.heads:
+            self.itc_text_transform = nn.Linear(dt, h)
+            self.itc_image_transform = nn.Linear(di, h)
+            self.itc_text_pooler = Pooler(h)
+            self.itc_image_pooler = Pooler(h)
         self.caption_image_proj = nn.ModuleDict(
             {str(layer): nn.Linear(di, width) for layer, width in caption_proj_layers.items()}
         )
+
+    def require(self, part: str, mode: str) -> None:
+        if not hasattr(self, part):
+            raise ValueError(f"this model was built without {mode} projections (see config.heads)")
+
+
+FUSED_HEADS = frozenset({"itm", "mlm", "vqa", "nlvr2", "caption"})
 
 
 class FiberModel(nn.Module):
@@ -86,16 +96,18 @@ class FiberModel(nn.Module):
     # ---- dual encoder --------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] -> [B, H] L2-normalised ITC image embedding. No cross-attention runs."""
+        cm = self.cross_modal
+        cm.require("itc_image_transform", "dual-encoder (itc)")
         x = self.vision(images)[-1].flatten(1, 2)
         if self.vision.norm is not None:
             x = self.vision.norm(x)
-        cm = self.cross_modal
         return _l2_normalise(cm.itc_image_pooler(cm.itc_image_transform(x).mean(dim=1)))
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """[B, T] -> [B, H] L2-normalised ITC text embedding. No cross-attention runs."""
-        x = self.text(input_ids, attention_mask)
         cm = self.cross_modal
+        cm.require("itc_text_transform", "dual-encoder (itc)")
+        x = self.text(input_ids, attention_mask)
         return _l2_normalise(cm.itc_text_pooler(cm.itc_text_transform(x)[:, 0]))
 
     def itc_logits(self, image_embed: torch.Tensor, text_embed: torch.Tensor) -> torch.Tensor:
@@ -105,17 +117,19 @@ class FiberModel(nn.Module):
     # ---- fusion encoder ------------------------------------------------------------------
     def fuse(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> FusionOutput:
         """Fusion-mode forward. images [B, 3, H, W]; input_ids, attention_mask [B, T]."""
-        text_hidden, image_stages = self._fused_backbones(images, input_ids, attention_mask)
         cm = self.cross_modal
+        cm.require("text_transform", "fusion-mode")
+        text_hidden, image_stages = self.fuse_backbones(images, input_ids, attention_mask)
         text_feats = cm.text_transform(text_hidden)
         image_feats = cm.image_transform(image_stages[-1].flatten(1, 2))
         cls = torch.cat([cm.text_pooler(text_feats[:, 0]), cm.image_pooler(image_feats.mean(dim=1))], dim=-1)
         return FusionOutput(text_feats, image_feats, cls, text_hidden, image_stages)
 
-    def _fused_backbones(
+    def fuse_backbones(
         self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Run both backbones with fusion. Returns text states [B, T, Dt] and per-stage image grids.
+        """Run both backbones with fusion. Returns text states [B, T, Dt] and per-stage image grids
+        [B, Hs, Ws, Cs] (fused, before merging; what a detection neck takes).
 
         At each fused step the image block and its text layer read each other's state from
         before the step (simultaneous update), as the official code does.
