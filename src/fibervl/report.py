@@ -30,7 +30,7 @@ def parameter_breakdown(model: FiberModel) -> dict[str, int]:
         "fusion t2i (in text layers)": fusion["t2i"],
         "caption image projections": fusion["caption_proj"],
         "cross-modal transforms + poolers": cross,
-        "heads + temperature": _count(model.heads) + model.temperature.numel(),
+        "heads + temperature": _count(model.heads) + (model.temperature.numel() if hasattr(model, "temperature") else 0),
         "total": _count(model),
     }
 

@@ -117,7 +117,8 @@ def infer_config(state: dict[str, torch.Tensor], image_size: int = 384, text_hea
             max_text_len=min(40, state["text_transformer.embeddings.position_embeddings.weight"].shape[0] - 2),
         ),
         fusion=FusionConfig(num_layers=len(fused), i2t_query_norm=bool(has(r".*norm_i2t_i\.weight"))),
-        hidden_size=state["cross_modal_text_transform.weight"].shape[0],
+        hidden_size=state["cross_modal_text_transform.weight"].shape[0]
+        if "cross_modal_text_transform.weight" in state else word.shape[1],
         heads=tuple(head_names),
         vqa_num_answers=state["vqa_classifier.3.weight"].shape[0] if "vqa" in head_names else 3129,
     )

@@ -90,7 +90,8 @@ class FiberModel(nn.Module):
         self.cross_modal = CrossModal(config, caption_proj)
         self.heads = Heads(config.heads, config.hidden_size, config.text.vocab_size, config.vqa_num_answers,
                            config.head_layer_norm_eps, config.mlm_layer_norm_eps)
-        self.temperature = nn.Parameter(torch.tensor(float(config.itc_temperature)))
+        if "itc" in config.heads:
+            self.temperature = nn.Parameter(torch.tensor(float(config.itc_temperature)))
         self.apply(_init_weights)
 
     # ---- dual encoder --------------------------------------------------------------------
@@ -112,6 +113,7 @@ class FiberModel(nn.Module):
 
     def itc_logits(self, image_embed: torch.Tensor, text_embed: torch.Tensor) -> torch.Tensor:
         """[Bi, H], [Bt, H] -> [Bi, Bt] similarities divided by the (clamped) temperature."""
+        self.cross_modal.require("itc_text_transform", "dual-encoder (itc)")
         return image_embed @ text_embed.t() / self.temperature.clamp(0.001, 1.0)
 
     # ---- fusion encoder ------------------------------------------------------------------
