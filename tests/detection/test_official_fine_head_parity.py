@@ -60,3 +60,11 @@ def test_padding_token_columns_identical(parity_run):
     mask = tensors["lang.masks"][0].bool()
     pad_cols = out.dot_product_logits[0][0][:, ~mask]
     assert torch.equal(pad_cols, pad_cols[:, :1].expand_as(pad_cols))
+
+
+def test_detector_embedding_rule_matches_fixture():
+    # GroundingDetector builds the head's text input as hidden * mask, as the official language
+    # backbone does for language_dict_features["embedded"].
+    tensors, _ = load_fixture("fine", fixture_dir())
+    embedded = tensors["lang.hidden"] * tensors["lang.masks"][..., None].float()
+    assert torch.equal(embedded, tensors["lang.embedded"])
