@@ -1,0 +1,220 @@
+"""Training losses of the official fine-grained FIBER head (``ATSSLossComputation`` with
+``USE_DOT_PRODUCT_TOKEN_LOSS``), single process.
+
+Per image, ATSS assigns anchors to ground-truth boxes (:func:`atss_assign`). Then, with
+``num_pos = max(total positive anchors in the batch, 1)``:
+
+* ``loss_dot_product_token = sum(focal(logits, token_targets)[text_mask]) / num_pos`` — sigmoid focal
+  loss (alpha 0.25, gamma 2) on every (anchor, token) pair whose token is unmasked. A positive
+  anchor's targets are its box's row of the positive map (``[num_boxes, T]``, binarised as the
+  official collate does); a background anchor's targets are all 0 except the **last token column,
+  set to 1** ("no object" token, official quirk; it only counts when that column is unmasked, i.e.
+  when the text fills all ``T`` positions).
+* ``loss_reg = 2.0 * sum_pos(c * (1 - GIoU(decode(pred), decode(target)))) / sum_pos(c)`` with
+  ``c`` the centerness targets (``REG_LOSS_WEIGHT`` 2.0; plain sum if all ``c`` are 0).
+* ``loss_centerness = BCEWithLogits_sum(centerness_logits_pos, c) / num_pos``.
+
+With ``world_size > 1`` the official code averages ``num_pos`` and ``sum(c)`` over processes; pass
+the all-reduced values through ``num_pos_override`` / ``centerness_sum_override`` to reproduce it.
+All computations are in float32 (the official loss casts its inputs to float32 under AMP).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .atss import atss_assign
+from .box_coder import BoxCoder
+from .box_ops import check_boxes
+
+__all__ = [
+    "GroundingTarget",
+    "token_sigmoid_focal_loss",
+    "giou_loss",
+    "centerness_targets",
+    "GroundingLoss",
+]
+
+
+@dataclass
+class GroundingTarget:
+    """Ground truth of one image: ``boxes [G, 4]`` xyxy (pixels of the network input) and
+    ``positive_map [G, T]`` (box -> tokens it grounds; any non-zero entry counts as 1)."""
+
+    boxes: Tensor
+    positive_map: Tensor
+
+
+def token_sigmoid_focal_loss(
+    logits: Tensor, targets: Tensor, text_mask: Tensor | None = None, alpha: float = 0.25, gamma: float = 2.0
+) -> Tensor:
+    """Summed binary focal loss over (anchor, token) pairs with an unmasked token.
+
+    Args:
+        logits: ``[B, A, T]``. targets: ``[B, A, T]`` in {0, 1}. text_mask: ``[B, T]`` (non-zero = keep).
+
+    Per element: ``BCE(x, t) * (1 - p_t)^gamma * (alpha t + (1 - alpha)(1 - t))``,
+    ``p_t = p t + (1 - p)(1 - t)``, ``p = sigmoid(x)``. Returns a scalar.
+    """
+    if logits.dim() != 3 or targets.shape != logits.shape:
+        raise ValueError(f"logits and targets must be equal [B, A, T], got {tuple(logits.shape)}, {tuple(targets.shape)}")
+    logits = logits.float()
+    targets = targets.float()
+    if text_mask is not None:
+        if text_mask.shape != (logits.shape[0], logits.shape[2]):
+            raise ValueError(f"text_mask must be [B, T] = {(logits.shape[0], logits.shape[2])}, got {tuple(text_mask.shape)}")
+        keep = (text_mask > 0)[:, None, :].expand_as(logits)
+        logits = logits[keep]
+        targets = targets[keep]
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return loss.sum()
+
+
+def giou_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Summed ``1 - GIoU`` of paired boxes ``[N, 4]`` (continuous widths, official ``GIoULoss``).
+
+    ``pred``'s x2/y2 are first raised to at least x1/y1; areas get ``+1e-7`` in union and enclosure.
+    With ``weight [N]`` (and ``weight.sum() > 0``) returns ``sum(weight * loss)``.
+    """
+    if pred.shape != target.shape or pred.dim() != 2 or pred.shape[-1] != 4:
+        raise ValueError(f"pred and target must be equal [N, 4], got {tuple(pred.shape)}, {tuple(target.shape)}")
+    px1, py1, px2, py2 = pred.unbind(1)
+    px2 = torch.maximum(px1, px2)
+    py2 = torch.maximum(py1, py2)
+    tx1, ty1, tx2, ty2 = target.unbind(1)
+    pred_area = (px2 - px1) * (py2 - py1)
+    target_area = (tx2 - tx1) * (ty2 - ty1)
+    iw = torch.minimum(px2, tx2) - torch.maximum(px1, tx1)
+    ih = torch.minimum(py2, ty2) - torch.maximum(py1, ty1)
+    inter = torch.where((iw > 0) & (ih > 0), iw * ih, torch.zeros_like(iw))
+    enclosing = (torch.maximum(px2, tx2) - torch.minimum(px1, tx1)) * (torch.maximum(py2, ty2) - torch.minimum(py1, ty1)) + 1e-7
+    union = pred_area + target_area - inter + 1e-7
+    losses = 1 - (inter / union - (enclosing - union) / enclosing)
+    if weight is not None and weight.sum() > 0:
+        return (losses * weight).sum()
+    return losses.sum()
+
+
+def centerness_targets(gt_boxes: Tensor, anchors: Tensor) -> Tensor:
+    """``sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b))`` of anchor centres in paired boxes ``[N, 4]`` -> ``[N]``."""
+    cx = (anchors[:, 2] + anchors[:, 0]) / 2
+    cy = (anchors[:, 3] + anchors[:, 1]) / 2
+    lr = torch.stack((cx - gt_boxes[:, 0], gt_boxes[:, 2] - cx), dim=1)
+    tb = torch.stack((cy - gt_boxes[:, 1], gt_boxes[:, 3] - cy), dim=1)
+    return torch.sqrt((lr.min(1).values / lr.max(1).values) * (tb.min(1).values / tb.max(1).values))
+
+
+def _flatten_levels(maps: Sequence[Tensor], channels: int) -> Tensor:
+    """List of ``[B, channels, H, W]`` -> ``[B, sum H*W, channels]`` (row-major locations)."""
+    return torch.cat([m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, channels) for m in maps], dim=1)
+
+
+class GroundingLoss:
+    """``__call__(bbox_reg, centerness, dot_product_logits, anchors, targets, text_mask) -> dict``.
+
+    Args (call):
+        bbox_reg: per level ``[B, 4, H_l, W_l]``. centerness: per level ``[B, 1, H_l, W_l]``.
+        dot_product_logits: per level ``[B, H_l*W_l, T]``. anchors: per level ``[H_l*W_l, 4]``.
+        targets: ``B`` :class:`GroundingTarget`. text_mask: ``[B, T]``.
+
+    Returns ``{"loss_reg", "loss_centerness", "loss_dot_product_token"}`` (scalars, already weighted).
+    """
+
+    def __init__(
+        self,
+        box_coder: BoxCoder | None = None,
+        topk: int = 9,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        reg_loss_weight: float = 2.0,
+        token_loss_weight: float = 1.0,
+    ) -> None:
+        self.box_coder = box_coder or BoxCoder()
+        self.topk = topk
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+        self.reg_loss_weight = reg_loss_weight
+        self.token_loss_weight = token_loss_weight
+
+    def __call__(
+        self,
+        bbox_reg: Sequence[Tensor],
+        centerness: Sequence[Tensor],
+        dot_product_logits: Sequence[Tensor],
+        anchors: Sequence[Tensor],
+        targets: Sequence[GroundingTarget],
+        text_mask: Tensor,
+        num_pos_override: float | None = None,
+        centerness_sum_override: float | None = None,
+    ) -> dict[str, Tensor]:
+        batch = bbox_reg[0].shape[0]
+        if len(targets) != batch:
+            raise ValueError(f"{len(targets)} targets for a batch of {batch}")
+        if not (len(bbox_reg) == len(centerness) == len(dot_product_logits) == len(anchors)):
+            raise ValueError("bbox_reg, centerness, dot_product_logits and anchors need one entry per level")
+        box_flat = _flatten_levels(bbox_reg, 4).float()  # [B, A, 4]
+        ctr_flat = _flatten_levels(centerness, 1).float().squeeze(-1)  # [B, A]
+        logits = torch.cat(list(dot_product_logits), dim=1).float()  # [B, A, T]
+        anchors_flat = torch.cat(list(anchors)).to(box_flat)
+        num_anchors, num_tokens = anchors_flat.shape[0], logits.shape[-1]
+        if box_flat.shape[1] != num_anchors or logits.shape[1] != num_anchors:
+            raise ValueError(
+                f"predictions cover {box_flat.shape[1]} / {logits.shape[1]} locations but there are {num_anchors} anchors"
+            )
+
+        token_targets, reg_targets, positive = [], [], []
+        for b, target in enumerate(targets):
+            check_boxes(target.boxes, f"targets[{b}].boxes", self.box_coder.pixel_offset)
+            g = target.boxes.shape[0]
+            if target.positive_map.shape != (g, num_tokens):
+                raise ValueError(
+                    f"targets[{b}].positive_map must be [{g}, {num_tokens}], got {tuple(target.positive_map.shape)}"
+                )
+            gt = target.boxes.to(anchors_flat)
+            matched, _ = atss_assign(anchors, gt, self.topk, self.box_coder.pixel_offset)
+            pos = matched >= 0
+            tok = torch.zeros(num_anchors, num_tokens, device=logits.device)
+            tok[~pos, -1] = 1.0  # official "no object" token
+            if g:
+                tok[pos] = (target.positive_map[matched[pos]] != 0).to(tok)
+                reg_targets.append(self.box_coder.encode(gt[matched.clamp(min=0)], anchors_flat))
+            else:
+                reg_targets.append(torch.zeros(num_anchors, 4, device=logits.device))
+            token_targets.append(tok)
+            positive.append(pos)
+        token_targets = torch.stack(token_targets)
+        positive = torch.stack(positive)  # [B, A]
+        reg_targets = torch.stack(reg_targets)  # [B, A, 4]
+
+        num_pos = float(positive.sum()) if num_pos_override is None else float(num_pos_override)
+        num_pos = max(num_pos, 1.0)
+        token_loss = token_sigmoid_focal_loss(logits, token_targets, text_mask, self.focal_alpha, self.focal_gamma) / num_pos
+
+        box_pos = box_flat[positive]
+        ctr_pos = ctr_flat[positive]
+        if box_pos.shape[0] > 0:
+            anc_pos = anchors_flat.expand(batch, -1, -1)[positive]
+            gt_pos = self.box_coder.decode(reg_targets[positive], anc_pos)
+            ctr_t = centerness_targets(gt_pos, anc_pos)
+            ctr_sum = float(ctr_t.sum()) if centerness_sum_override is None else float(centerness_sum_override)
+            reg_loss = giou_loss(self.box_coder.decode(box_pos, anc_pos), gt_pos, weight=ctr_t) / ctr_sum
+            ctr_loss = F.binary_cross_entropy_with_logits(ctr_pos, ctr_t, reduction="sum") / num_pos
+        else:
+            # keep the graph (official: sum over the empty selection)
+            reg_loss = box_pos.sum()
+            ctr_loss = ctr_pos.sum()
+        return {
+            "loss_reg": reg_loss * self.reg_loss_weight,
+            "loss_centerness": ctr_loss,
+            "loss_dot_product_token": token_loss * self.token_loss_weight,
+        }
