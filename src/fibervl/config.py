@@ -88,6 +88,19 @@ class FusionConfig:
 
 
 @dataclass
+class DetectionConfig:
+    """The fine-grained detection part: FPN over the fused Swin stages named by
+    ``vision.feature_norms`` (strides 8/16/32), P6/P7, a DyHead tower and the grounding head."""
+
+    channels: int = 256
+    num_blocks: int = 6
+    num_groups: int = 16
+    strides: tuple[int, ...] = (8, 16, 32, 64, 128)
+    anchor_sizes: tuple[float, ...] = (64, 128, 256, 512, 1024)
+    max_query_len: int = 256
+
+
+@dataclass
 class FiberConfig:
     """A whole FIBER model: backbones, fusion, the cross-modal projections and task heads.
 
@@ -106,6 +119,7 @@ class FiberConfig:
     head_layer_norm_eps: float = 1e-5
     mlm_layer_norm_eps: float = 1e-12
     itc_temperature: float = 0.07
+    detection: DetectionConfig | None = None
     name: str = "custom"
 
     def __post_init__(self) -> None:
@@ -137,6 +151,11 @@ class FiberConfig:
                 f"vision.image_size {v.image_size} must be divisible by patch_size * 2**(stages-1) = "
                 f"{v.patch_size * 2 ** (len(v.depths) - 1)}"
             )
+        if self.detection is not None:
+            if len(v.feature_norms) != 3:
+                raise ConfigError(f"detection needs 3 backbone feature maps (vision.feature_norms), got {v.feature_norms}")
+            if self.detection.channels % self.detection.num_groups:
+                raise ConfigError("detection.channels must be divisible by detection.num_groups")
         if t.max_text_len + t.pad_token_id + 1 > t.max_position_embeddings:
             raise ConfigError("text.max_text_len does not fit text.max_position_embeddings")
 
@@ -188,7 +207,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
     """Build dataclass ``cls`` from a dict, rejecting unknown keys and converting lists to tuples."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    hints = get_type_hints(cls)
+    hints = {k: _dataclass_in(v) or v for k, v in get_type_hints(cls).items()}
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
@@ -196,7 +215,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         hint = hints[key]
-        if dataclasses.is_dataclass(hint):
+        if dataclasses.is_dataclass(hint) and value is not None:
             kwargs[key] = _build(hint, value, f"{where}.{key}")
         elif isinstance(value, list):
             kwargs[key] = tuple(value)
@@ -206,6 +225,14 @@ def _build(cls: type, data: Any, where: str) -> Any:
         return cls(**kwargs)
     except TypeError as err:
         raise ConfigError(f"{where}: {err}") from None
+
+
+def _dataclass_in(hint: Any) -> type | None:
+    """The dataclass inside ``X | None``, if any."""
+    for arg in getattr(hint, "__args__", ()):
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None
 
 
 # ---- presets -----------------------------------------------------------------------------
@@ -226,6 +253,7 @@ def _fiber_base_fine() -> FiberConfig:
         text=TextConfig(max_text_len=256),
         fusion=FusionConfig(num_layers=6, i2t_query_norm=False, skip_last_text_norm=False),
         heads=(),
+        detection=DetectionConfig(),
     )
 
 

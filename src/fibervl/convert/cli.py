@@ -11,8 +11,9 @@ def add_convert_parser(sub) -> argparse.ArgumentParser:
         description="Convert a checkpoint into DST (config.json + model.safetensors), loadable with "
                     "FiberModel.from_pretrained(DST). Every source key is mapped or dropped for a stated reason.",
     )
-    p.add_argument("kind", choices=["official-coarse", "roberta", "swin"],
-                   help="official-coarse: FIBER coarse Lightning .ckpt; roberta: Hugging Face RoBERTa weights "
+    p.add_argument("kind", choices=["official-coarse", "official-fine", "roberta", "swin"],
+                   help="official-coarse: FIBER coarse Lightning .ckpt; official-fine: FIBER fine-grained detector "
+                        "checkpoint ({'model': ...}); roberta: Hugging Face RoBERTa weights "
                         "(file or directory) into the text encoder; swin: Microsoft Swin ImageNet checkpoint into "
                         "the image encoder")
     p.add_argument("src", help="source checkpoint file (or directory for roberta)")
@@ -40,6 +41,13 @@ def run_convert(args: argparse.Namespace) -> int:
 
         _, dropped = convert_official_coarse(args.src, args.dst, image_size=args.image_size,
                                              text_head_dim=args.text_head_dim)
+        print(f"converted {args.src} -> {args.dst}")
+        _print_dropped(dropped)
+        return 0
+    if args.kind == "official-fine":
+        from .official_fine import convert_official_fine
+
+        _, dropped = convert_official_fine(args.src, args.dst)
         print(f"converted {args.src} -> {args.dst}")
         _print_dropped(dropped)
         return 0

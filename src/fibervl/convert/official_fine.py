@@ -8,8 +8,8 @@ rules serve once the prefixes are swapped:
 - ``fusion_backbone.backbone.body.norm{1,2,3}``  -> ``vision.feature_norms.{1,2,3}`` (FPN inputs)
 - ``fusion_backbone.language_backbone.body.model.*`` -> ``text_transformer.*``
 
-The detection neck and head (``fusion_backbone.backbone.fpn.*``, ``rpn.*``) are returned
-untouched for the detection converter.
+The detection neck and head (``fusion_backbone.backbone.fpn.*``, ``rpn.*``) go through
+:func:`fibervl.convert.official_fine_head.convert_official_fine_head` into ``detector.*``.
 """
 
 from __future__ import annotations
@@ -18,11 +18,15 @@ import re
 
 import torch
 
-from ..config import FiberConfig, FusionConfig, get_preset
+from pathlib import Path
+
+from ..config import DetectionConfig, FiberConfig, FusionConfig, get_preset
 from ..modeling.fiber import FiberModel
 from ..modeling.pretrained import CheckpointError, load_state_strict
 from .common import ConversionError, KeyMapper
+from .common import load_torch_checkpoint
 from .official_coarse import _DROPS, _RULES, infer_config
+from .official_fine_head import convert_official_fine_head
 
 BODY = "fusion_backbone.backbone.body."
 LANGUAGE = "fusion_backbone.language_backbone.body.model."
@@ -49,6 +53,14 @@ def split_official_fine(state: dict[str, torch.Tensor]):
     return backbone, norms, detection, unknown
 
 
+def detection_config(detection: dict[str, torch.Tensor]) -> DetectionConfig | None:
+    if not detection:
+        return None
+    blocks = {int(m.group(1)) for k in detection if (m := re.match(r"rpn\.head\.dyhead_tower\.(\d+)\.", k))}
+    channels = detection["rpn.head.bbox_pred.weight"].shape[1]
+    return DetectionConfig(channels=channels, num_blocks=len(blocks))
+
+
 def fine_backbone_config(backbone: dict[str, torch.Tensor], feature_norms: tuple[int, ...], image_size: int) -> FiberConfig:
     coarse = infer_config(backbone, image_size)
     base = get_preset("fiber-base-fine")
@@ -69,8 +81,8 @@ def fine_backbone_config(backbone: dict[str, torch.Tensor], feature_norms: tuple
     )
 
 
-def convert_official_fine_backbone(state: dict[str, torch.Tensor], image_size: int = 800):
-    """Official fine-grained state dict -> (FiberModel backbone, detection keys, {dropped: reason})."""
+def convert_official_fine_state(state: dict[str, torch.Tensor], image_size: int = 800):
+    """Official fine-grained state dict -> (FiberModel with ``detector``, {dropped key: reason})."""
     backbone, norms, detection, unknown = split_official_fine(state)
     if unknown:
         raise ConversionError(f"unknown source key(s) ({len(unknown)}): {', '.join(unknown[:10])}")
@@ -78,12 +90,28 @@ def convert_official_fine_backbone(state: dict[str, torch.Tensor], image_size: i
         raise ConversionError("no fusion_backbone.* keys: not an official FIBER fine-grained checkpoint")
     feature_norms = tuple(sorted(int(k.split(".")[2]) for k in norms if k.endswith(".weight")))
     config = fine_backbone_config(backbone, feature_norms, image_size)
+    config.detection = detection_config(detection)
     model = FiberModel(config)
-    mapper = KeyMapper(_RULES, _DROPS)
-    converted, dropped = mapper.apply(backbone)
+    converted, dropped = KeyMapper(_RULES, _DROPS).apply(backbone)
     converted.update(norms)
+    if detection:
+        try:
+            head, head_dropped = convert_official_fine_head(detection)
+        except KeyError as err:
+            raise ConversionError(str(err.args[0])) from None
+        converted.update({f"detector.{k}": v for k, v in head.items()})
+        dropped.update(dict(item.split(": ", 1) for item in head_dropped))
     try:
-        load_state_strict(model, {k: v.float() for k, v in converted.items()}, "converted official fine-grained backbone")
+        load_state_strict(model, {k: v.float() for k, v in converted.items()}, "converted official fine-grained checkpoint")
     except CheckpointError as err:
         raise ConversionError(str(err)) from None
-    return model, detection, dropped
+    return model, dropped
+
+
+def convert_official_fine(src: str | Path, dst: str | Path | None = None, image_size: int = 800):
+    """Read an official fine-grained checkpoint (``{"model": ...}``), convert, optionally save."""
+    state = load_torch_checkpoint(src, nested_keys=("model",))
+    model, dropped = convert_official_fine_state(state, image_size)
+    if dst is not None:
+        model.save_pretrained(dst)
+    return model, dropped

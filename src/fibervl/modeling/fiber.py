@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..config import FiberConfig
+from .detection.detector import DetectorOutput, GroundingDetector
 from .heads import Heads, Pooler
 from .swin import SwinTransformer
 from .text import TextEncoder
@@ -93,6 +94,13 @@ class FiberModel(nn.Module):
         if "itc" in config.heads:
             self.temperature = nn.Parameter(torch.tensor(float(config.itc_temperature)))
         self.apply(_init_weights)
+        # The detector keeps its own initialisation (focal-loss prior, conv inits).
+        det = config.detection
+        self.detector = None if det is None else GroundingDetector(
+            in_channels=[dims[s] for s in config.vision.feature_norms], channels=det.channels,
+            text_dim=config.text.hidden_size, num_blocks=det.num_blocks, num_groups=det.num_groups,
+            strides=det.strides, anchor_sizes=det.anchor_sizes,
+        )
 
     # ---- dual encoder --------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
@@ -161,6 +169,17 @@ class FiberModel(nn.Module):
             if stage.downsample is not None:
                 img = stage.downsample(img)
         return txt, stages
+
+    # ---- detection -------------------------------------------------------------------------
+    def detect(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> DetectorOutput:
+        """Fused backbones -> normalised stage maps -> FPN + DyHead grounding head.
+
+        images [B, 3, H, W] (any size; padded inside Swin); input_ids, attention_mask [B, T].
+        """
+        if self.detector is None:
+            raise ValueError("this model has no detection head (config.detection is None)")
+        text, stages = self.fuse_backbones(images, input_ids, attention_mask)
+        return self.detector(self.vision.feature_maps(stages), text, attention_mask)
 
     # ---- caption mode --------------------------------------------------------------------
     def caption_image(self, images: torch.Tensor) -> torch.Tensor:
