@@ -71,14 +71,21 @@ class WindowAttention(nn.Module):
         """windows: [B, nW, N, C]; mask: [nW, N, N] additive or None -> [B, nW, N, C]."""
         b, nw, n, c = windows.shape
         head_dim = c // self.num_heads
-        qkv = self.qkv(windows).view(b * nw, n, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
-        bias = self.position_bias()[None]
-        if mask is not None:
-            # Materialise [B*nW, heads, N, N]: SDPA's fused CPU kernel needs a 4-D mask that
-            # broadcasts over the batch dimension; 5-D inputs fall back to a much slower path.
-            bias = (bias + mask[:, None]).expand(b, nw, self.num_heads, n, n).reshape(b * nw, self.num_heads, n, n)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=bias.to(qkv.dtype))
-        out = out.transpose(1, 2).reshape(b, nw, n, c)
+        qkv = self.qkv(windows).view(b, nw * n, 3, self.num_heads, head_dim)
+        bias = self.position_bias()  # [heads, N, N]
+        if mask is None:
+            # [B*nW, heads, N, D] against a [1, heads, N, N] bias.
+            q, k, v = qkv.view(b * nw, n, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
+            bias = bias[None]
+        else:
+            # Fold windows into the head axis, [B, nW*heads, N, D], so the per-window shift mask is
+            # a [1, nW*heads, N, N] bias that broadcasts over the batch. SDPA's fused CPU kernel
+            # needs 4-D inputs; 5-D ones fall back to a path about 5x slower.
+            q, k, v = qkv.view(b, nw, n, 3, self.num_heads, head_dim).permute(3, 0, 1, 4, 2, 5).reshape(
+                3, b, nw * self.num_heads, n, head_dim)
+            bias = (bias[None] + mask[:, None]).reshape(1, nw * self.num_heads, n, n)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+        out = out.reshape(b, nw, self.num_heads, n, head_dim).transpose(2, 3).reshape(b, nw, n, c)
         return self.proj(out)
 
 
