@@ -1,7 +1,7 @@
 """Subprocess entry point for the engine tests.
 
     python engine_worker.py regression key=value ...   # toy regression run (TrainConfig overrides)
-    torchrun --nproc_per_node 2 engine_worker.py ddp OUT_DIR [itc|regression] key=value ...
+    torchrun --nproc_per_node 2 engine_worker.py ddp OUT_DIR
 
 Toy options come from environment variables: TOY_NOISE, TOY_DROPOUT, TOY_SLEEP.
 """
@@ -30,20 +30,30 @@ def run_regression(argv: list[str]) -> dict:
     return Trainer(cfg, model, task, data).fit()
 
 
-def run_ddp(out: Path, kind: str, argv: list[str]) -> None:
-    cfg, _ = parse_cli(TrainConfig, argv)
+def ddp_cases(out: Path) -> None:
+    """Train the DDP comparison cases; the global batch does not depend on the world size.
+
+    itc: ITC with global gathering and a feature queue, 8 pairs per step over all ranks.
+    regression: 8 samples per step as (8 / world / 2) per rank x 2 accumulation micro-steps,
+    with gradient clipping. Each rank saves its final weights (and task buffers).
+    """
+    D.init_distributed("cpu")
+    world = D.get_world_size()
     torch.set_num_threads(1)
-    if kind == "itc":
-        model, task, data = DualEncoder(), ITCTask(queue_size=16), PairData()
-    else:
-        model, task, data = ToyModel(), RegressionTask(), RegressionData()
-    Trainer(cfg, model, task, data).fit()
-    rank = D.get_rank()
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    if isinstance(task, torch.nn.Module):
+    cases = {
+        "itc": (DualEncoder(), ITCTask(queue_size=16), PairData(),
+                [f"batch_size={8 // world}", "optim.lr=3e-2"]),
+        "regression": (ToyModel(), RegressionTask(), RegressionData(),
+                       [f"batch_size={4 // world}", "grad_accum_steps=2", "clip_grad_norm=0.5", "optim.lr=1e-2"]),
+    }
+    for kind, (model, task, data, extra) in cases.items():
+        overrides = [f"run_dir={out / f'{kind}_world{world}'}", "max_steps=3", "schedule.warmup=0", "progress_bar=false",
+                     "ckpt_every=null", "device=cpu", *extra]
+        cfg, _ = parse_cli(TrainConfig, overrides)
+        Trainer(cfg, model, task, data).fit()
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         state.update({f"task.{k}": v.detach().clone() for k, v in task.state_dict().items()})
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save(state, out / f"{kind}_rank{rank}_world{D.get_world_size()}.pt")
+        torch.save(state, out / f"{kind}_rank{D.get_rank()}_world{world}.pt")
 
 
 if __name__ == "__main__":
@@ -51,7 +61,7 @@ if __name__ == "__main__":
     if mode == "regression":
         run_regression(sys.argv[2:])
     elif mode == "ddp":
-        run_ddp(Path(sys.argv[2]), sys.argv[3], sys.argv[4:])
+        ddp_cases(Path(sys.argv[2]))
         D.destroy_distributed()
     else:
         raise SystemExit(f"unknown mode {mode}")

@@ -203,11 +203,17 @@ class Trainer:
         if D.is_distributed():
             from torch.nn.parallel import DistributedDataParallel as DDP
 
+            import inspect
+
+            # buffers are synced from rank 0 at construction either way; per forward only if asked
+            # (torch >= 2.12 renamed broadcast_buffers to forward_sync_buffers)
+            sync_kw = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
+                       else "broadcast_buffers")
             self.ddp: Optional[nn.Module] = DDP(
                 self.step_module,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=cfg.find_unused_parameters,
-                broadcast_buffers=cfg.ddp_broadcast_buffers,
+                **{sync_kw: cfg.ddp_broadcast_buffers},
             )
         else:
             self.ddp = None
@@ -548,11 +554,13 @@ class Trainer:
                 for p in self._params:
                     if p.grad is not None:
                         p.grad.mul_(expected / done)
+            step_lr = self.optimizer.param_groups[0]["lr"] / max(self.optimizer.param_groups[0].get("lr_mult", 1.0), 1e-12)
             grad_norm = self._optimizer_step()
             compute_time += time.perf_counter() - t2
             self.step += 1
             steps_since_log += 1
             window_logs.append({k: v / done for k, v in step_logs.items()})
+            window_logs[-1]["lr"] = step_lr
             if grad_norm is not None:
                 window_logs[-1]["grad_norm"] = grad_norm
             if epoch_ended or (self.loader_len is not None and self.batches_in_epoch >= self.loader_len):
@@ -610,7 +618,6 @@ class Trainer:
         values: dict[str, Any] = {k: float(v) for k, v in zip(keys, means.tolist())}
         values.update({
             "epoch": self.epoch,
-            "lr": self.scheduler.get_last_lr()[0] / max(self.optimizer.param_groups[0].get("lr_mult", 1.0), 1e-12),
             "samples_per_s": samples / elapsed if elapsed > 0 else 0.0,
             "data_time_s": data_time / max(1, steps),
             "compute_time_s": compute_time / max(1, steps),
@@ -621,7 +628,7 @@ class Trainer:
         self.logger.info(
             "step %d/%d epoch %d | %s | lr %.3g | %.1f samples/s | data %.3fs compute %.3fs per step | eta %s",
             self.step, self.total_steps, self.epoch,
-            " ".join(f"{k} {values[k]:.4f}" for k in keys), values["lr"], values["samples_per_s"],
+            " ".join(f"{k} {values[k]:.4g}" for k in keys if k != "lr"), values["lr"], values["samples_per_s"],
             values["data_time_s"], values["compute_time_s"], _fmt_eta(eta),
         )
         return values
