@@ -158,3 +158,57 @@ def test_bad_task_output(tmp_path: Path) -> None:
 
     with pytest.raises(FloatingPointError, match="non-finite loss nan at step 1"):
         Trainer(make_cfg(tmp_path, "nan"), ToyModel(), NanLoss(), RegressionData()).fit()
+
+
+class StreamData(torch.utils.data.IterableDataset):
+    """Iterable dataset without a length: a (seed, epoch)-dependent order of 22 samples, i.e.
+    5 full batches of 4 and a partial one (kept: drop_last=False), so windows of 4 micro-batches
+    end short at every epoch end."""
+
+    def __init__(self) -> None:
+        self.base = RegressionData(n=22)
+        self.epoch = 0
+        self.set_epoch_calls = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.set_epoch_calls.append(epoch)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.base), generator=torch.Generator().manual_seed(100 + self.epoch))
+        for i in order.tolist():
+            yield self.base[i]
+
+
+def _resume_in_process(tmp_path: Path, data_factory, which: int, **kw):
+    """Run to the end, then resume a fresh model from a middle checkpoint: same final weights."""
+    ref_model = ToyModel(dropout=0.2)
+    cfg = make_cfg(tmp_path, "ref", keep_last=0, **kw)
+    Trainer(cfg, ref_model, RegressionTask(), data_factory()).fit()
+    mid = sorted((Path(cfg.run_dir) / "checkpoints").glob("step_*"))[which]
+    model = ToyModel(dropout=0.2, seed=42)  # different init: everything must come from the checkpoint
+    cfg2 = make_cfg(tmp_path, "resumed", keep_last=0, resume=str(mid), **kw)
+    data = data_factory()
+    Trainer(cfg2, model, RegressionTask(), data).fit()
+    for k, v in ref_model.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k
+    return data
+
+
+def test_iterable_dataset_short_windows_and_resume(tmp_path: Path) -> None:
+    data = _resume_in_process(tmp_path, StreamData, 0, max_steps=7, batch_size=4, grad_accum_steps=4, drop_last=False,
+                              ckpt_every=3, ema_decay=0.5)
+    # 6 batches per epoch in windows of 4 + 2: step 3 ends after batch 4 of epoch 1, whose first
+    # 4 batches the resumed run reads and drops (the dataset has no set_start)
+    assert data.set_epoch_calls[:2] == [1, 2]
+    log = (tmp_path / "resumed" / "train.log").read_text()
+    assert "at step 3 (epoch 1, batch 4)" in log
+
+
+def test_epochs_mode_resume_mid_epoch(tmp_path: Path) -> None:
+    _resume_in_process(tmp_path, lambda: RegressionData(noise=0.2), 0, max_steps=None, epochs=3, batch_size=4,
+                       grad_accum_steps=3, ckpt_every=2)
+    log = (tmp_path / "resumed" / "train.log").read_text()
+    assert "at step 2 (epoch 0, batch 6)" in log  # 10 batches = windows 3+3+3+1 -> 4 steps per epoch
+    m = read_metrics(str(tmp_path / "ref"))
+    assert m[-1]["step"] == 12 and m[-1]["samples_seen"] == 3 * 40
