@@ -42,6 +42,7 @@ class RunLogger:
         self._metrics = None
         self._tb = None
         self._bar = None
+        self._postfix: dict[str, str] = {}
         fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
         if enabled:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -60,8 +61,10 @@ class RunLogger:
             if progress_bar and total_steps is not None:
                 from tqdm import tqdm
 
+                # shown on a terminal (or when FIBERVL_FORCE_BAR is set); redirected logs get train.log lines
+                show = sys.stderr.isatty() or os.environ.get("FIBERVL_FORCE_BAR") is not None
                 self._bar = tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True,
-                                 file=sys.stderr, disable=not sys.stderr.isatty() and os.environ.get("FIBERVL_FORCE_BAR") is None)
+                                 file=sys.stderr, disable=not show)
         sh = logging.StreamHandler(sys.stderr)
         sh.setFormatter(fmt)
         sh.setLevel(logging.INFO if enabled else logging.WARNING)
@@ -94,10 +97,19 @@ class RunLogger:
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     self._tb.add_scalar(k, v, step)
 
-    def progress(self, n_steps: int, postfix: dict[str, str]) -> None:
+    def progress(self, n_steps: int, postfix: Optional[dict[str, str]] = None) -> None:
+        """Advance the bar (its rate and ETA come from tqdm) and update the shown values."""
         if self._bar is not None:
+            if postfix:
+                self._postfix.update(postfix)
+                self._bar.set_postfix(self._postfix, refresh=False)
             self._bar.update(n_steps)
-            self._bar.set_postfix(postfix, refresh=False)
+
+    def set_step(self, step: int) -> None:
+        """Move the bar to ``step`` (after a resume)."""
+        if self._bar is not None:
+            self._bar.n = step
+            self._bar.refresh()
 
     def close(self) -> None:
         if self._bar is not None:

@@ -471,8 +471,7 @@ class Trainer:
             else:
                 self.logger.info("starting a new run in %s (%d steps, world size %d, device %s)",
                                  self.run_dir, self.total_steps, self.world, self.device)
-            if self.logger._bar is not None:
-                self.logger._bar.n = self.step
+            self.logger.set_step(self.step)
             old_handlers = self._install_signal_handlers()
             try:
                 return self._loop()
@@ -574,6 +573,7 @@ class Trainer:
             if self.step % cfg.log_every == 0 or final:
                 elapsed = time.perf_counter() - t_last_log
                 last_metrics = self._log_metrics(window_logs, samples_since_log, elapsed, data_time, compute_time, steps_since_log)
+                self.logger.progress(0, {"samples/s": f"{last_metrics['samples_per_s']:.1f}"})
                 window_logs, samples_since_log, data_time, compute_time, steps_since_log = [], 0, 0.0, 0.0, 0
                 t_last_log = time.perf_counter()
             if cfg.eval_every is not None and self.step % cfg.eval_every == 0 and not final:
