@@ -30,6 +30,17 @@ def run_regression(argv: list[str]) -> dict:
     return Trainer(cfg, model, task, data).fit()
 
 
+def gather_check(out: Path) -> None:
+    """Rank r holds r + 1 rows (unequal sizes); record the gather and the gradient it returns."""
+    rank, world = D.get_rank(), D.get_world_size()
+    x = torch.full((rank + 1, 2), float(rank + 1), requires_grad=True)
+    g = D.all_gather_with_grad(x)
+    weights = torch.arange(g.numel(), dtype=torch.float32).reshape(g.shape)
+    (g * weights).sum().backward()
+    torch.save({"gathered": g.detach(), "grad": x.grad, "offset": D.rank_offset(rank + 1),
+                "no_grad": D.all_gather_no_grad(x.detach() * 10)}, out / f"gather_rank{rank}_world{world}.pt")
+
+
 def ddp_cases(out: Path) -> None:
     """Train the DDP comparison cases; the global batch does not depend on the world size.
 
@@ -40,6 +51,7 @@ def ddp_cases(out: Path) -> None:
     D.init_distributed("cpu")
     world = D.get_world_size()
     torch.set_num_threads(1)
+    gather_check(out)
     cases = {
         "itc": (DualEncoder(), ITCTask(queue_size=16), PairData(),
                 [f"batch_size={8 // world}", "optim.lr=3e-2"]),

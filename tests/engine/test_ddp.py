@@ -18,6 +18,17 @@ def test_two_process_ddp_matches_single_process(tmp_path: Path) -> None:
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
 
+    # all_gather_with_grad with unequal sizes: rank 0 has 1 row of 1s, rank 1 two rows of 2s
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"gather_rank{rank}_world2.pt", weights_only=True)
+        assert torch.equal(got["gathered"], torch.tensor([[1.0, 1.0], [2.0, 2.0], [2.0, 2.0]]))
+        assert torch.equal(got["no_grad"], got["gathered"] * 10)
+        assert got["offset"] == (0, 1)[rank]
+        # both ranks' losses weight the gathered rows by arange: the local slice gets 2x its weights
+        weights = torch.arange(6.0).reshape(3, 2)
+        local = weights[:1] if rank == 0 else weights[1:]
+        assert torch.equal(got["grad"], 2 * local)
+
     from engine_worker import ddp_cases
 
     ddp_cases(tmp_path)  # the same cases in this single process (world size 1)

@@ -212,3 +212,30 @@ def test_epochs_mode_resume_mid_epoch(tmp_path: Path) -> None:
     assert "at step 2 (epoch 0, batch 6)" in log  # 10 batches = windows 3+3+3+1 -> 4 steps per epoch
     m = read_metrics(str(tmp_path / "ref"))
     assert m[-1]["step"] == 12 and m[-1]["samples_seen"] == 3 * 40
+
+
+def test_existing_checkpoints_are_never_overwritten(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path, "run", max_steps=4, ckpt_every=2)
+    Trainer(cfg, ToyModel(), RegressionTask(), RegressionData()).fit()
+    with pytest.raises(CheckpointError, match=r"already holds checkpoints \(newest step_00000004\).*resume=auto"):
+        Trainer(cfg, ToyModel(), RegressionTask(), RegressionData()).fit()
+    for p in (Path(cfg.run_dir) / "checkpoints").glob("step_*/model.safetensors"):
+        p.write_bytes(b"broken")
+    auto = make_cfg(tmp_path, "run", max_steps=4, ckpt_every=2, resume="auto")
+    with pytest.raises(CheckpointError, match=r"no usable checkpoint .*step_00000002.*step_00000004"):
+        Trainer(auto, ToyModel(), RegressionTask(), RegressionData()).fit()
+    # resume=auto in an empty run_dir starts a new run
+    out = Trainer(make_cfg(tmp_path, "fresh", max_steps=2, resume="auto"), ToyModel(), RegressionTask(), RegressionData()).fit()
+    assert out["step"] == 2
+
+
+def test_tensorboard_is_optional(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path, "tb", max_steps=2, tensorboard=True)
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(RuntimeError, match="tensorboard=true needs the tensorboard package"):
+            Trainer(cfg, ToyModel(), RegressionTask(), RegressionData()).fit()
+    else:
+        Trainer(cfg, ToyModel(), RegressionTask(), RegressionData()).fit()
+        assert any((Path(cfg.run_dir) / "tensorboard").iterdir())

@@ -167,10 +167,11 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return _AllGatherWithGrad.apply(x)
 
 
-def rank_offset(n_local: int) -> int:
-    """Index of this rank's first row in a rank-order gather of per-rank ``n_local`` rows."""
+def rank_offset(n_local: int, device: torch.device | str = "cpu") -> int:
+    """Index of this rank's first row in a rank-order gather of per-rank ``n_local`` rows.
+
+    Collective (call on every rank). ``device`` must suit the backend (CUDA for NCCL).
+    """
     if not is_distributed():
         return 0
-    sizes = _gather_sizes(n_local, torch.device("cpu") if dist.get_backend() == "gloo" else
-                          torch.device("cuda", torch.cuda.current_device()))
-    return sum(sizes[: get_rank()])
+    return sum(_gather_sizes(n_local, torch.device(device))[: get_rank()])

@@ -45,19 +45,21 @@ class RunLogger:
         self._postfix: dict[str, str] = {}
         fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
         if enabled:
+            writer_cls = None
+            if tensorboard:  # checked first so that a failure leaves no open file behind
+                try:
+                    from torch.utils.tensorboard import SummaryWriter as writer_cls
+                except ImportError as e:
+                    raise RuntimeError(
+                        "tensorboard=true needs the tensorboard package (pip install tensorboard)"
+                    ) from e
             self.run_dir.mkdir(parents=True, exist_ok=True)
             fh = logging.FileHandler(self.run_dir / "train.log", encoding="utf-8")
             fh.setFormatter(fmt)
             self._handlers.append(fh)
             self._metrics = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
-            if tensorboard:
-                try:
-                    from torch.utils.tensorboard import SummaryWriter
-                except ImportError as e:
-                    raise RuntimeError(
-                        "tensorboard=true needs the tensorboard package (pip install tensorboard)"
-                    ) from e
-                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+            if writer_cls is not None:
+                self._tb = writer_cls(str(self.run_dir / "tensorboard"))
             if progress_bar and total_steps is not None:
                 from tqdm import tqdm
 

@@ -317,10 +317,23 @@ class Trainer:
 
     def _resolve_resume(self) -> Optional[Path]:
         r = self.cfg.resume
+        existing = ckpt.list_checkpoints(self.ckpt_root)
         if not r:
+            if existing:
+                # never overwrite (and let keep_last delete) another run's checkpoints
+                raise ckpt.CheckpointError(
+                    f"{self.ckpt_root} already holds checkpoints (newest {existing[-1][1].name}); "
+                    "resume with resume=auto / --resume, or choose a new run_dir"
+                )
             return None
         if r == "auto":
-            return ckpt.find_latest_checkpoint(self.ckpt_root, check_hash=self.cfg.verify_checkpoint_hash)
+            found = ckpt.find_latest_checkpoint(self.ckpt_root, check_hash=self.cfg.verify_checkpoint_hash)
+            if found is None and existing:
+                raise ckpt.CheckpointError(
+                    f"no usable checkpoint in {self.ckpt_root}: every one of {[p.name for _, p in existing]} "
+                    "is incomplete or corrupt (see the warnings above)"
+                )
+            return found
         path = Path(r)
         if path.name == "latest" or (path.is_dir() and (path / "latest").is_file()):
             pointer = path if path.name == "latest" else path / "latest"
