@@ -81,6 +81,7 @@ class _Evil:
         return (os.system, ("echo pwned > /dev/null",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_state_file_cannot_execute_code(tmp_path: Path) -> None:
     p = _save(tmp_path, 4)
     with open(p / "state.pt", "wb") as fh:

@@ -151,6 +151,7 @@ def test_sigterm_saves_and_resumes_exactly(tmp_path: Path, reference: dict) -> N
     assert 6 <= stopped_at < MAX_STEPS
     _run(tmp_path, "--resume")
     assert f"at step {stopped_at} " in _resumed_from(tmp_path)
+    assert (tmp_path / "config.yaml").is_file() and (tmp_path / f"config.resumed_step_{stopped_at}.yaml").is_file()
     _assert_same(reference, tmp_path)
 
 

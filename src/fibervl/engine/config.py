@@ -39,7 +39,6 @@ import yaml
 
 T = TypeVar("T")
 
-_MISSING = object()
 
 
 class ConfigError(ValueError):

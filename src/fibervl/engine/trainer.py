@@ -22,7 +22,6 @@ randomness from the sample index and epoch instead.
 from __future__ import annotations
 
 import math
-import os
 import signal
 import threading
 import time
@@ -443,8 +442,11 @@ class Trainer:
             loss = out["loss"]
             if loss.ndim != 0:
                 raise ValueError(f"training_step 'loss' must be a scalar, got shape {tuple(loss.shape)}")
-            if not torch.isfinite(loss.detach()):
-                raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.step + 1}; "
+            bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+            if D.is_distributed():  # every rank stops together instead of hanging in backward
+                dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+            if bool(bad.item()):
+                raise FloatingPointError(f"non-finite loss {loss.item()} (on some rank) at step {self.step + 1}; "
                                          f"last checkpoint is in {self.ckpt_root}")
             scaled = loss.float() * scale
             if self.scaler is not None:
