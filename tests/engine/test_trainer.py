@@ -97,8 +97,14 @@ def test_bf16_autocast_and_ema(tmp_path: Path) -> None:
         seen["w"] = m.heads["out"].weight.detach().clone()
         return {}
 
-    tr = Trainer(cfg, model, RegressionTask(), RegressionData(), evaluate=evaluate)
+    class CheckAutocast(RegressionTask):
+        def training_step(self, model, batch):
+            seen["dtype"] = model.backbone(batch["x"]).dtype  # a Linear under CPU bf16 autocast
+            return super().training_step(model, batch)
+
+    tr = Trainer(cfg, model, CheckAutocast(), RegressionData(), evaluate=evaluate)
     tr.fit()
+    assert seen["dtype"] == torch.bfloat16
     m = [r for r in read_metrics(cfg.run_dir) if "loss" in r]
     assert all(r["loss"] == r["loss"] for r in m) and m[-1]["loss"] < m[0]["loss"]
     # evaluation ran with the EMA weights, and the model got its own weights back
@@ -239,3 +245,14 @@ def test_tensorboard_is_optional(tmp_path: Path) -> None:
     else:
         Trainer(cfg, ToyModel(), RegressionTask(), RegressionData()).fit()
         assert any((Path(cfg.run_dir) / "tensorboard").iterdir())
+
+
+def test_extending_max_steps_on_resume_uses_the_new_schedule(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path, "ext", max_steps=4, schedule=ScheduleConfig(name="linear", warmup=0))
+    Trainer(cfg, ToyModel(), RegressionTask(), RegressionData()).fit()
+    cfg2 = make_cfg(tmp_path, "ext", max_steps=8, resume="auto", log_every=1,
+                    schedule=ScheduleConfig(name="linear", warmup=0))
+    Trainer(cfg2, ToyModel(), RegressionTask(), RegressionData()).fit()
+    lrs = {r["step"]: r["lr"] for r in read_metrics(cfg2.run_dir) if "lr" in r}
+    assert lrs[5] == pytest.approx(1e-2 * (1 - 4 / 8)) and lrs[8] == pytest.approx(1e-2 * (1 - 7 / 8))
+    assert "schedule differs from the checkpoint" in (Path(cfg2.run_dir) / "train.log").read_text()

@@ -348,6 +348,19 @@ class Trainer:
         state = ckpt.load_state(path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        # load_state_dict also restored the schedule's parameters; the current config wins
+        # (e.g. max_steps raised to extend a run), with a warning when they differ
+        fresh = build_scheduler(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), cfg.schedule, self.total_steps)
+        want = vars(fresh.lr_lambdas[0])
+        if any(vars(f) != want for f in self.scheduler.lr_lambdas):
+            self.logger.warning("schedule differs from the checkpoint's (%s): continuing with %s",
+                                vars(self.scheduler.lr_lambdas[0]), want)
+            for f in self.scheduler.lr_lambdas:
+                f.__dict__.update(want)
+            last = self.scheduler.last_epoch  # = optimizer steps taken: set the next step's lr now
+            for g, base, f in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+                g["lr"] = base * f(last)
+            self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
