@@ -1,0 +1,261 @@
+"""Atomic, verifiable training checkpoints.
+
+Layout under a checkpoint root (the trainer uses ``<run_dir>/checkpoints``)::
+
+    checkpoints/
+      latest                      # text "step_00000100": newest checkpoint (atomically replaced)
+      step_00000100/
+        model.safetensors         # model weights (shared/tied tensors stored once)
+        ema.safetensors           # EMA weights, when EMA is on (any extra weight file: <name>.safetensors)
+        state.pt                  # everything else, tensors and primitive containers only
+        meta.json                 # written last: format, step, and size + sha256 of every file
+
+Writing (:func:`save_checkpoint`): every file goes into a temporary directory
+``.tmp-step_00000100-<pid>`` beside the final one and is fsynced; ``meta.json`` is written last;
+the directory is renamed into place with :func:`os.replace` (atomic on POSIX) and the parent is
+fsynced; then ``latest`` is rewritten the same way (temp file, fsync, replace). A process killed at
+any point leaves either the previous complete checkpoints or the new complete one, plus at most a
+stale ``.tmp-*`` directory, which the next save removes.
+
+Reading: ``state.pt`` is loaded with ``torch.load(weights_only=True)`` and weights through
+safetensors, so a checkpoint file can never run code. :func:`verify_checkpoint` checks the files
+against ``meta.json``; a truncated or corrupt file raises :class:`CheckpointError` naming it.
+:func:`find_latest_checkpoint` returns the newest *complete* checkpoint (it does not trust
+``latest`` blindly: a run killed between the rename and the pointer update still resumes from the
+newest one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, load_model, save_file, save_model
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+_STEP_RE = re.compile(r"^step_(\d+)$")
+# Test hook (used by the resume tests only): "<phase>:<step>" with phase "before_rename" or
+# "before_latest" makes the save of that step touch <root>/.test-paused and sleep forever, so
+# that a test can SIGKILL the process at exactly that point of the protocol.
+_PAUSE_ENV = "FIBERVL_CKPT_TEST_PAUSE"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete or corrupt."""
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _maybe_pause(root: Path, phase: str, step: int) -> None:
+    spec = os.environ.get(_PAUSE_ENV)
+    if not spec:
+        return
+    want_phase, _, want_step = spec.partition(":")
+    if want_phase == phase and want_step and int(want_step) == step:
+        (root / ".test-paused").write_text(f"{phase}:{step}\n")
+        while True:  # wait to be killed
+            time.sleep(1.0)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a fsynced temp file in the same directory + os.replace."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def list_checkpoints(root: str | Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every ``step_*`` directory under ``root``, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    out = []
+    for p in root.iterdir():
+        m = _STEP_RE.match(p.name)
+        if m and p.is_dir():
+            out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def _cleanup_stale(root: Path) -> None:
+    for p in root.iterdir():
+        if p.name.startswith((".tmp-", ".del-")) and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def save_checkpoint(
+    root: str | Path,
+    step: int,
+    model: nn.Module,
+    state: dict[str, Any],
+    extra_weights: Optional[dict[str, dict[str, torch.Tensor]]] = None,
+    keep_last: int = 0,
+) -> Path:
+    """Write checkpoint ``root/step_<step>`` atomically and point ``root/latest`` at it.
+
+    ``model``: its ``state_dict`` goes to ``model.safetensors`` (tied tensors once).
+    ``state``: tensors and primitive containers only (loadable with ``weights_only=True``).
+    ``extra_weights``: ``{"ema": {name: tensor}}`` -> ``ema.safetensors``.
+    ``keep_last``: if > 0, delete all but the newest ``keep_last`` checkpoints afterwards.
+    Returns the final checkpoint directory. An existing directory for the same step is replaced.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    _cleanup_stale(root)
+    name = step_dir_name(step)
+    final = root / name
+    tmp = root / f".tmp-{name}-{os.getpid()}"
+    tmp.mkdir()
+    files = []
+    save_model(model, str(tmp / "model.safetensors"), metadata={"step": str(step)})
+    files.append("model.safetensors")
+    for key, tensors in (extra_weights or {}).items():
+        if not re.fullmatch(r"[A-Za-z0-9_]+", key) or key in ("model", "state", "meta"):
+            raise ValueError(f"bad extra weight file name {key!r}")
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp / f"{key}.safetensors"))
+        files.append(f"{key}.safetensors")
+    torch.save(state, tmp / "state.pt")
+    files.append("state.pt")
+    meta = {"format": FORMAT_VERSION, "step": int(step), "files": {}}
+    for fname in files:
+        _fsync_file(tmp / fname)
+        meta["files"][fname] = {"bytes": (tmp / fname).stat().st_size, "sha256": _sha256(tmp / fname)}
+    write_text_atomic(tmp / "meta.json", json.dumps(meta, indent=1))
+    _fsync_dir(tmp)
+    _maybe_pause(root, "before_rename", step)
+    if final.exists():
+        trash = root / f".del-{name}-{os.getpid()}"
+        os.replace(final, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    _maybe_pause(root, "before_latest", step)
+    write_text_atomic(root / "latest", name + "\n")
+    if keep_last > 0:
+        for _, old in list_checkpoints(root)[:-keep_last]:
+            if old == final:
+                continue
+            trash = root / f".del-{old.name}-{os.getpid()}"
+            os.replace(old, trash)  # rename first: a half-deleted dir never looks like a checkpoint
+            shutil.rmtree(trash, ignore_errors=True)
+        _fsync_dir(root)
+    return final
+
+
+def verify_checkpoint(path: str | Path, check_hash: bool = True) -> dict[str, Any]:
+    """Check ``path`` against its ``meta.json``; return the meta or raise :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint directory not found: {path}")
+    meta_path = path / "meta.json"
+    if not meta_path.is_file():
+        raise CheckpointError(f"incomplete checkpoint (no meta.json): {meta_path}")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        entries = meta["files"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"corrupt checkpoint metadata file: {meta_path} ({e})") from e
+    if meta.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"unsupported checkpoint format {meta.get('format')!r} in {meta_path}")
+    for fname, info in entries.items():
+        f = path / fname
+        if not f.is_file():
+            raise CheckpointError(f"checkpoint file missing: {f}")
+        size = f.stat().st_size
+        if size != info["bytes"]:
+            raise CheckpointError(f"checkpoint file truncated or altered: {f} ({size} bytes, expected {info['bytes']})")
+        if check_hash and _sha256(f) != info["sha256"]:
+            raise CheckpointError(f"checkpoint file corrupt (sha256 mismatch): {f}")
+    return meta
+
+
+def find_latest_checkpoint(root: str | Path, check_hash: bool = True) -> Optional[Path]:
+    """Newest checkpoint under ``root`` that passes :func:`verify_checkpoint`, or None."""
+    for step, path in reversed(list_checkpoints(root)):
+        try:
+            verify_checkpoint(path, check_hash=check_hash)
+            return path
+        except CheckpointError as e:
+            log.warning("skipping unusable checkpoint: %s", e)
+    return None
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    """Load ``state.pt`` of checkpoint ``path`` with ``weights_only=True``."""
+    f = Path(path) / "state.pt"
+    if not f.is_file():
+        raise CheckpointError(f"checkpoint file missing: {f}")
+    try:
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for truncated/corrupt/unsafe files
+        raise CheckpointError(f"cannot load checkpoint state file {f}: {type(e).__name__}: {e}") from e
+
+
+def load_model_weights(path: str | Path, model: nn.Module, strict: bool = True) -> None:
+    """Load ``model.safetensors`` of checkpoint ``path`` into ``model`` (in place)."""
+    f = Path(path) / "model.safetensors"
+    if not f.is_file():
+        raise CheckpointError(f"checkpoint file missing: {f}")
+    try:
+        missing, unexpected = load_model(model, str(f), strict=False)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"cannot load checkpoint weights file {f}: {e}") from e
+    if strict and (missing or unexpected):
+        raise CheckpointError(
+            f"weights in {f} do not match the model: missing {sorted(missing)[:10]}, unexpected {sorted(unexpected)[:10]}"
+        )
+
+
+def load_weights_file(path: str | Path, name: str) -> dict[str, torch.Tensor]:
+    """Load ``<name>.safetensors`` of checkpoint ``path`` as a CPU state dict."""
+    f = Path(path) / f"{name}.safetensors"
+    if not f.is_file():
+        raise CheckpointError(f"checkpoint file missing: {f}")
+    try:
+        return load_file(str(f), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"cannot load checkpoint weights file {f}: {e}") from e

@@ -1,0 +1,177 @@
+"""Process-group setup and collectives that degrade to no-ops in a single process.
+
+Launch with ``torchrun --nproc_per_node N script.py``; :func:`init_distributed` reads the torchrun
+environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) and picks
+NCCL when the device is CUDA, gloo otherwise. Without those variables everything runs as rank 0 of
+a world of 1 and every collective returns its input.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    """True when a process group with more than one process is initialised."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def get_rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def get_local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> torch.device:
+    """Initialise the default process group from torchrun variables; return this rank's device.
+
+    ``device``: ``"auto"`` (CUDA if available, else CPU), ``"cpu"`` or ``"cuda"``. Backend: NCCL
+    for CUDA, gloo for CPU. Safe to call twice and in a plain single process (no group is made).
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' requested but CUDA is not available")
+    if device == "cuda":
+        torch.cuda.set_device(get_local_rank())
+        dev = torch.device("cuda", get_local_rank())
+    else:
+        dev = torch.device("cpu")
+    if launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
+        backend = "nccl" if device == "cuda" else "gloo"
+        kwargs: dict[str, Any] = {"backend": backend, "timeout": timedelta(seconds=timeout_s)}
+        if device == "cuda":
+            kwargs["device_id"] = dev
+        dist.init_process_group(**kwargs)
+    return dev
+
+
+def destroy_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Send a picklable object from ``src`` to every rank (identity in a single process)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """List of every rank's ``obj`` in rank order (``[obj]`` in a single process)."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    """Mean of ``t`` over ranks (a copy; identity in a single process)."""
+    if not is_distributed():
+        return t
+    t = t.detach().clone()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t / get_world_size()
+
+
+def _gather_sizes(n: int, device: torch.device) -> list[int]:
+    size = torch.tensor([n], dtype=torch.long, device=device)
+    sizes = [torch.zeros_like(size) for _ in range(get_world_size())]
+    dist.all_gather(sizes, size)
+    return [int(s.item()) for s in sizes]
+
+
+def _all_gather_padded(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """all_gather along dim 0 allowing a different first dimension on every rank."""
+    max_n = max(sizes)
+    if x.shape[0] < max_n:
+        pad = x.new_zeros((max_n - x.shape[0], *x.shape[1:]))
+        x_p = torch.cat([x, pad], dim=0)
+    else:
+        x_p = x.contiguous()
+    parts = [torch.empty_like(x_p) for _ in sizes]
+    dist.all_gather(parts, x_p)
+    return torch.cat([p[:n] for p, n in zip(parts, sizes)], dim=0)
+
+
+@torch.no_grad()
+def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's ``x`` [n_r, ...] along dim 0 in rank order -> [sum n_r, ...].
+
+    No gradient. Ranks may hold different ``n_r``. Identity in a single process.
+    """
+    if not is_distributed():
+        return x
+    return _all_gather_padded(x, _gather_sizes(x.shape[0], x.device))
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        sizes = _gather_sizes(x.shape[0], x.device)
+        rank = get_rank()
+        ctx.start = sum(sizes[:rank])
+        ctx.n = sizes[rank]
+        ctx.sizes = sizes
+        return _all_gather_padded(x, sizes)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        # Every rank's loss depends on this rank's slice: sum their gradients, keep ours.
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.start : ctx.start + ctx.n]
+
+
+def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's ``x`` [n_r, ...] in rank order -> [sum n_r, ...], differentiably.
+
+    The backward pass sums the gradient of the gathered tensor over ranks (all-reduce) and returns
+    this rank's slice, so with DDP's gradient averaging the parameters receive exactly the gradient
+    of the mean of the per-rank losses, as a single process computing the same loss on the global
+    batch would (the open_clip ``gather_with_grad`` scheme, rows local, columns global).
+    Ranks may hold different ``n_r``. Identity (and ordinary autograd) in a single process.
+    """
+    if not is_distributed():
+        return x
+    return _AllGatherWithGrad.apply(x)
+
+
+def rank_offset(n_local: int, device: torch.device | str = "cpu") -> int:
+    """Index of this rank's first row in a rank-order gather of per-rank ``n_local`` rows.
+
+    Collective (call on every rank). ``device`` must suit the backend (CUDA for NCCL).
+    """
+    if not is_distributed():
+        return 0
+    return sum(_gather_sizes(n_local, torch.device(device))[: get_rank()])

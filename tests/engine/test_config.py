@@ -1,0 +1,94 @@
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import pytest
+
+from fibervl.engine.config import ConfigError, dump_config, load_config, parse_cli, save_config
+from fibervl.engine.optim import OptimConfig
+from fibervl.engine.trainer import TrainConfig
+
+
+@dataclass
+class Inner:
+    lr: float = 1e-4
+    names: list[str] = field(default_factory=list)
+    mult: dict[str, float] = field(default_factory=lambda: {"heads.": 5.0})
+
+
+@dataclass
+class Exp:
+    name: str
+    steps: int = 10
+    flag: bool = False
+    mode: Literal["a", "b"] = "a"
+    maybe: Optional[int] = None
+    betas: tuple[float, float] = (0.9, 0.98)
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_yaml_and_typed_overrides(tmp_path: Path) -> None:
+    p = tmp_path / "exp.yaml"
+    p.write_text("name: x\nsteps: 5\ninner:\n  lr: 1e-3\n  names: [a, b]\n")
+    cfg = load_config(Exp, p, ["steps=7", "flag=true", "mode=b", "maybe=null", "inner.lr=2e-4",
+                                "inner.mult.cross_modal.=3", "betas=[0.8, 0.9]"])
+    assert cfg.name == "x" and cfg.steps == 7 and cfg.flag is True and cfg.mode == "b" and cfg.maybe is None
+    assert cfg.inner.lr == pytest.approx(2e-4) and isinstance(cfg.inner.lr, float)  # "2e-4" is a str in YAML 1.1
+    assert cfg.inner.names == ["a", "b"]
+    # a dotted key below a dict field keeps its dots and starts from the default
+    assert cfg.inner.mult == {"heads.": 5.0, "cross_modal.": 3.0}
+    assert cfg.betas == (0.8, 0.9)
+
+
+def test_unknown_key_names_key_and_valid_keys(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"unknown config key 'inner.lrr'.*valid keys under 'inner': lr, mult, names"):
+        load_config(Exp, None, ["name=x", "inner.lrr=1"])
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: x\nstepz: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'stepz'.*betas, flag, inner, maybe, mode, name, steps"):
+        load_config(Exp, p)
+
+
+@pytest.mark.parametrize(
+    "override, pattern",
+    [
+        ("steps=abc", r"'steps': expected an integer"),
+        ("flag=3", r"'flag': expected a boolean"),
+        ("mode=c", r"'mode': 'c' is not one of \['a', 'b'\]"),
+        ("inner.lr=fast", r"'inner.lr': expected a number"),
+        ("betas=[1]", r"'betas': expected 2 items"),
+        ("steps", r"must look like dotted.key=value"),
+        ("name.sub=1", r"'name' is not a section"),
+    ],
+)
+def test_bad_values(override: str, pattern: str) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(Exp, None, ["name=x", override])
+
+
+def test_missing_required_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="missing required config key\\(s\\): name"):
+        load_config(Exp)
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+        load_config(Exp, tmp_path / "nope.yaml")
+
+
+def test_post_init_validation_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="lr must be > 0"):
+        load_config(OptimConfig, None, ["lr=-1"])
+    with pytest.raises(ConfigError, match="set max_steps or epochs"):
+        load_config(TrainConfig, None, [])
+
+
+def test_round_trip_and_cli(tmp_path: Path) -> None:
+    cfg = load_config(TrainConfig, None, ["max_steps=5", "optim.lr_multipliers={heads.: 5.0, '*.i2t*': 2}"])
+    save_config(cfg, tmp_path / "c.yaml")
+    again = load_config(TrainConfig, tmp_path / "c.yaml")
+    assert again == cfg and again.optim.lr_multipliers == {"heads.": 5.0, "*.i2t*": 2.0}
+    assert "lr_multipliers" in dump_config(cfg)
+    cfg2, flags = parse_cli(TrainConfig, ["--config", str(tmp_path / "c.yaml"), "--resume", "batch_size=3"])
+    assert flags == {"config": str(tmp_path / "c.yaml"), "resume": "auto"} and cfg2.batch_size == 3
+    _, flags = parse_cli(TrainConfig, ["max_steps=1", "--resume", "runs/x/checkpoints/step_00000004"])
+    assert flags["resume"] == "runs/x/checkpoints/step_00000004"
+    with pytest.raises(ConfigError, match="unknown option '--lr'"):
+        parse_cli(TrainConfig, ["--lr", "3"])
