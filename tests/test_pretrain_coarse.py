@@ -1,0 +1,84 @@
+"""The coarse pre-training task on the micro model: every loss and every module trains."""
+
+from __future__ import annotations
+
+import torch
+
+from fibervl.modeling.fiber import FiberModel
+from fibervl.tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask
+from fibervl.testing.configs import micro_config
+
+
+def make_batch(n: int = 6, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, 99, (n, 8), generator=g)
+    ids[:, 0], ids[:, -1] = 0, 2
+    ids[1, 5:] = 1
+    ids[1, 4] = 2
+    return {"images": torch.randn(n, 3, 64, 64, generator=g), "input_ids": ids,
+            "attention_mask": ids.ne(1).long(), "image_ids": torch.tensor([0, 0, 1, 2, 3, 4])[:n]}
+
+
+def make_task(model: FiberModel, **kw) -> CoarsePretrainTask:
+    cfg = model.config
+    return CoarsePretrainTask(CoarseObjectives(**kw), cfg.hidden_size, cfg.text.vocab_size, cfg.text.mask_token_id,
+                              (cfg.text.bos_token_id, cfg.text.eos_token_id, cfg.text.pad_token_id))
+
+
+def test_one_step_trains_every_part():
+    torch.manual_seed(0)
+    model = FiberModel(micro_config()).train()
+    task = make_task(model, queue_size=8)
+    out = task.training_step(model, make_batch())
+    assert set(out) >= {"loss", "itc", "itm", "mlm", "itm_acc", "mlm_acc", "temperature"}
+    assert torch.isfinite(out["loss"])
+    torch.testing.assert_close(out["loss"].detach(), out["itc"] + out["itm"] + out["mlm"])
+    out["loss"].backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    for name in ["temperature", "vision.stages.0.blocks.0.attn.qkv.weight", "text.layers.0.attention.query.weight",
+                 "vision.stages.3.blocks.1.i2t.alpha", "text.layers.2.t2i.alpha", "heads.itm.weight",
+                 "heads.mlm.decoder.weight", "cross_modal.itc_image_pooler.dense.weight",
+                 "cross_modal.text_pooler.dense.weight"]:
+        assert grads[name] is not None and grads[name].abs().sum() > 0, name
+    assert int(task.queue.ptr) == 6 or task.queue.get()[0].shape[0] == 6
+
+
+def test_losses_fall_on_a_fixed_batch():
+    torch.manual_seed(0)
+    model = FiberModel(micro_config()).train()
+    task = make_task(model)
+    batch = make_batch()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    first = None
+    for step in range(30):
+        out = task.training_step(model, batch)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        task.on_step_end(model, step + 1)
+        first = first if first is not None else {k: float(out[k].detach()) for k in ("itc", "mlm", "loss")}
+    assert float(out["itc"]) < 0.7 * first["itc"]
+    assert float(out["loss"].detach()) < 0.8 * first["loss"]
+    assert 0.001 <= float(model.temperature) <= 1.0
+
+
+def test_hard_negatives_skip_pairs_of_the_same_image(monkeypatch):
+    """Rows 0 and 1 share image 0: neither may be drawn as the other's negative."""
+    from fibervl.tasks import pretrain_coarse
+
+    seen = []
+    real = pretrain_coarse.sample_hard_negatives
+
+    def spy(logits, positive, generator=None, exclude=None):
+        choice = real(logits, positive, generator, exclude)
+        seen.append(choice)
+        return choice
+
+    monkeypatch.setattr(pretrain_coarse, "sample_hard_negatives", spy)
+    model = FiberModel(micro_config()).eval()
+    task = make_task(model, mlm=0.0)
+    for seed in range(20):
+        task.training_step(model, make_batch(seed=seed))
+    for choice in seen:
+        assert choice[0] != 1 and choice[1] != 0
+        assert (choice != torch.arange(6)).all()
