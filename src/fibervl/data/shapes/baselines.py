@@ -24,14 +24,23 @@ def vqa_accuracy(prediction: str, answers: list[str]) -> float:
     """VQAv2 accuracy of one prediction against the annotators' answers (exact match after
     lower-casing and stripping; the shapes answers need no further normalisation)."""
     pred = prediction.strip().lower()
-    norm = [a.strip().lower() for a in answers]
-    if len(norm) < 2:
-        return float(bool(norm) and norm[0] == pred)
-    scores = []
-    for skip in range(len(norm)):
-        others = norm[:skip] + norm[skip + 1:]
-        scores.append(min(1.0, sum(a == pred for a in others) / 3.0))
-    return sum(scores) / len(scores)
+    return _accuracy_from_count(sum(a.strip().lower() == pred for a in answers), len(answers))
+
+
+def _accuracy_from_count(c: int, n: int) -> float:
+    """Mean over the n leave-one-out subsets of min(matches / 3, 1), for c matching answers:
+    c subsets lose a match, n - c keep all c."""
+    if n == 0:
+        return 0.0
+    if n == 1:
+        return float(c == 1)
+    return (c * min(1.0, (c - 1) / 3.0) + (n - c) * min(1.0, c / 3.0)) / n
+
+
+def _chance_accuracy(answers: list[str], vocab: list[str]) -> float:
+    """Expected accuracy of a uniformly random answer from ``vocab``."""
+    counts = Counter(a.strip().lower() for a in answers)
+    return sum(_accuracy_from_count(counts.get(v, 0), len(answers)) for v in vocab) / len(vocab)
 
 
 def _mean(xs) -> float:
@@ -64,7 +73,7 @@ def vqa_baselines(ds: ShapesDataset, split: str) -> dict:
         groups.setdefault(s.answer_type, []).append(s)
     for name, samples in groups.items():
         out[name] = {
-            "chance": _mean(sum(vqa_accuracy(a, s.answers) for a in vocab) / len(vocab) for s in samples),
+            "chance": _mean(_chance_accuracy(s.answers, vocab) for s in samples),
             "majority": _mean(vqa_accuracy(majority, s.answers) for s in samples),
             "prefix_prior": _mean(
                 vqa_accuracy(_majority(by_type[s.question_type]) if s.question_type in by_type else majority, s.answers)

@@ -300,8 +300,8 @@ def _webdataset(cfg, out: Path, split: str, scenes, text) -> list[str]:
 
 def _dump(obj, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, separators=(",", ":"))
+    # json.dumps uses the C encoder; json.dump streams through the slow Python one.
+    path.write_text(json.dumps(obj, separators=(",", ":")), encoding="utf-8")
 
 
 # ---------------------------------------------------------------------- entry point

@@ -102,6 +102,13 @@ def count_where(scene: SceneSpec, color: str | None = None, shape: str | None = 
 def describe(scene: SceneSpec, index: int, use_color: bool = True) -> str | None:
     """Shortest attribute description ("star", "red star", "small red star") that matches only
     object ``index``; None if attributes alone cannot single it out."""
+    cache = scene.__dict__.setdefault("_describe_cache", {})  # called often per scene
+    if (index, use_color) not in cache:
+        cache[(index, use_color)] = _describe(scene, index, use_color)
+    return cache[(index, use_color)]
+
+
+def _describe(scene: SceneSpec, index: int, use_color: bool) -> str | None:
     objs = scene.objects
     t = objs[index]
     candidates = [("shape",), ("color", "shape"), ("size", "shape"), ("size", "color", "shape")]
@@ -476,7 +483,11 @@ def referring_expressions(scene: SceneSpec, rng: random.Random, max_targets: int
     for i in order[:max_targets]:
         forms = _ref_forms(scene, i)
         if forms:
-            out.append((i, rng.choice(forms)))
+            # Pick the kind first (attribute / position / relation), then a form of that kind:
+            # relation forms are the most numerous and would otherwise crowd out the rest.
+            kinds = sorted({f.kind for f in forms})
+            kind = rng.choice(kinds)
+            out.append((i, rng.choice([f for f in forms if f.kind == kind])))
     return out
 
 
