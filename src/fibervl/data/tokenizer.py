@@ -146,10 +146,10 @@ class Tokenizer:
         if not isinstance(text, str):
             raise TypeError(f"expected a str to tokenize, got {type(text).__name__}")
         enc = self._tok.encode(text, add_special_tokens=False)
-        return self._wrap(enc.ids, enc.offsets, max_length)
+        return self._wrap(text, enc.ids, enc.offsets, max_length)
 
-    def _wrap(self, ids, offsets, max_length):
-        ids, offsets = list(ids), [tuple(o) for o in offsets]
+    def _wrap(self, text, ids, offsets, max_length):
+        ids, offsets = list(ids), [_trim(text, s, e) for s, e in offsets]
         if max_length is not None:
             if max_length < 2:
                 raise ValueError(f"max_length must be >= 2 to hold <s> and </s>, got {max_length}")
@@ -174,7 +174,7 @@ class Tokenizer:
             if not isinstance(t, str):
                 raise TypeError(f"text {i} of the batch is a {type(t).__name__}, not a str")
         encs = self._tok.encode_batch(list(texts), add_special_tokens=False)
-        wrapped = [self._wrap(e.ids, e.offsets, max_length) for e in encs]
+        wrapped = [self._wrap(t, e.ids, e.offsets, max_length) for t, e in zip(texts, encs)]
         longest = max((len(ids) for ids, _ in wrapped), default=0)
         if padding == "longest":
             length = longest
@@ -213,6 +213,16 @@ class Tokenizer:
         return f"Tokenizer(vocab_size={self.vocab_size}, source={self.source!r})"
 
 
+def _trim(text: str, start: int, end: int) -> tuple[int, int]:
+    # roberta-base's post-processor trims offsets (trim_offsets=True): "Ġgreen" covers
+    # "green", not " green". We add specials ourselves, so we trim ourselves too.
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return (start, end)
+
+
 def _read_merges(path: Path) -> list[tuple[str, str]]:
     merges = []
     with open(path, encoding="utf-8") as f:
@@ -228,8 +238,8 @@ def _read_merges(path: Path) -> list[tuple[str, str]]:
 
 
 def _set_bytelevel_pipeline(backend: _HFTokenizer) -> None:
-    # roberta-base: ByteLevel pre-tokenizer without a prefix space; offsets trimmed of the
-    # leading "Ġ" space so that a token's span covers just its word characters.
+    # roberta-base: ByteLevel pre-tokenizer without a prefix space (offsets are trimmed of
+    # the leading space by Tokenizer._wrap, as roberta's post-processor does).
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True)
     backend.decoder = decoders.ByteLevel()
 

@@ -56,8 +56,8 @@ def _prefix(text: str, n: int) -> str:
     return " ".join(text.split()[:n])
 
 
-def vqa_baselines(ds: ShapesDataset, split: str) -> dict:
-    train, evals = ds.vqa("train"), ds.vqa(split)
+def vqa_baselines(train, evals) -> dict:
+    """``train`` and ``evals``: VqaReaders (or any lists of VQA Samples)."""
     best = lambda s: s.meta["multiple_choice_answer"]  # noqa: E731
     all_answers = Counter(best(s) for s in train)
     by_type: dict[str, Counter] = defaultdict(Counter)
@@ -87,8 +87,8 @@ def vqa_baselines(ds: ShapesDataset, split: str) -> dict:
     return out
 
 
-def nlvr2_baselines(ds: ShapesDataset, split: str) -> dict:
-    train, evals = ds.nlvr2("train"), ds.nlvr2(split)
+def nlvr2_baselines(train, evals) -> dict:
+    """``train`` and ``evals``: Nlvr2Readers (or any lists of NLVR2 Samples)."""
     overall = Counter(s.label for s in train)
     by_prefix: dict[str, Counter] = defaultdict(Counter)
     by_text: dict[str, Counter] = defaultdict(Counter)
@@ -113,14 +113,14 @@ def nlvr2_baselines(ds: ShapesDataset, split: str) -> dict:
     }
 
 
-def refexp_baselines(ds: ShapesDataset, split: str) -> dict:
+def refexp_baselines(ref) -> dict:
     """Chance of hitting the target by choosing one of the image's objects at random."""
-    ref = ds.refexp(split)
     return {"expressions": len(ref), "random_object": _mean(1.0 / s.meta["num_objects"] for s in ref)}
 
 
 def compute_baselines(root: str | Path, splits: tuple[str, ...] = ("val", "test")) -> dict:
     """Baselines per split; written by the generator to ``DIR/baselines.json``."""
     ds = ShapesDataset(root)
-    return {split: {"vqa": vqa_baselines(ds, split), "nlvr2": nlvr2_baselines(ds, split),
-                    "refexp": refexp_baselines(ds, split)} for split in splits}
+    vqa_train, nlvr2_train = ds.vqa("train"), ds.nlvr2("train")
+    return {split: {"vqa": vqa_baselines(vqa_train, ds.vqa(split)), "nlvr2": nlvr2_baselines(nlvr2_train, ds.nlvr2(split)),
+                    "refexp": refexp_baselines(ds.refexp(split))} for split in splits}

@@ -78,25 +78,39 @@ def parse_size(value: str | int) -> int:
 
 
 # ---------------------------------------------------------------------- rendering (workers)
-def _render_job(job) -> SceneSpec:
-    seed, split, index, image_id, image_size, path, fmt = job
-    scene = sample_scene(scene_rng(seed, split, index), image_id, split, image_size)
-    image = render(scene)
-    with open(path, "wb") as f:
-        f.write(encode(image, fmt))
-    return scene
+# Work is cut into fixed chunks of images; each chunk draws its scenes and their text with
+# its own generators and yes/no balancer, so the output does not depend on the number of
+# worker processes.
+CHUNK = 250
 
 
-def _render_split(cfg: ShapesConfig, out: Path, split: str, n: int, first_id: int, pool) -> list[SceneSpec]:
-    (out / "images" / split).mkdir(parents=True, exist_ok=True)
-    jobs = []
-    for index in range(n):
+def _render_chunk(job) -> tuple[list[SceneSpec], "_SplitText"]:
+    cfg, out, split, start, stop, first_id = job
+    text = _SplitText(cfg, split)
+    scenes = []
+    for index in range(start, stop):
         image_id = first_id + index
-        rel = IMAGE_TEMPLATE.format(split=split, image_id=image_id, ext=cfg.image_format)
-        jobs.append((cfg.seed, split, index, image_id, cfg.image_size, str(out / "images" / rel), cfg.image_format))
-    if pool is None:
-        return [_render_job(j) for j in jobs]
-    return list(pool.imap(_render_job, jobs, chunksize=64))
+        scene = sample_scene(scene_rng(cfg.seed, split, index), image_id, split, cfg.image_size)
+        image = render(scene)
+        path = Path(out) / "images" / IMAGE_TEMPLATE.format(split=split, image_id=image_id, ext=cfg.image_format)
+        path.write_bytes(encode(image, cfg.image_format))
+        scene.__dict__.pop("_describe_cache", None)
+        text.add(index, scene)
+        scene.__dict__.pop("_describe_cache", None)  # not worth pickling back
+        scenes.append(scene)
+    return scenes, text
+
+
+def _render_split(cfg: ShapesConfig, out: Path, split: str, n: int, first_id: int, pool):
+    """Render and describe ``n`` images of ``split``; returns (scenes, merged text)."""
+    (out / "images" / split).mkdir(parents=True, exist_ok=True)
+    jobs = [(cfg, str(out), split, a, min(a + CHUNK, n), first_id) for a in range(0, n, CHUNK)]
+    results = map(_render_chunk, jobs) if pool is None else pool.imap(_render_chunk, jobs)
+    scenes, text = [], _SplitText(cfg, split)
+    for chunk_scenes, chunk_text in results:
+        scenes.extend(chunk_scenes)
+        text.merge(chunk_text)
+    return scenes, text
 
 
 def image_file_name(split: str, image_id: int, ext: str) -> str:
@@ -130,6 +144,10 @@ class _SplitText:
         self.questions[scene.image_id] = qs
         self.answers[scene.image_id] = [lang.annotator_answers(q, rng) for q in qs]
         self.refexps[scene.image_id] = lang.referring_expressions(scene, rng, self.cfg.refexp_targets_per_image)
+
+    def merge(self, other: "_SplitText") -> None:
+        for name in ("captions", "questions", "answers", "refexps"):
+            getattr(self, name).update(getattr(other, name))
 
 
 def _karpathy(cfg, scenes_by_split, texts_by_split) -> dict:
@@ -319,21 +337,16 @@ def generate(out: str | Path, cfg: ShapesConfig | None = None, progress: bool = 
     first_ids = {"train": 1, "val": 1 + sizes["train"], "test": 1 + sizes["train"] + sizes["val"]}
     pool = mp.get_context("fork" if os.name == "posix" else "spawn").Pool(cfg.workers) if cfg.workers > 1 else None
     try:
-        scenes = {}
+        scenes, texts = {}, {}
         for split in SPLITS:
             t = time.perf_counter()
-            scenes[split] = _render_split(cfg, out, split, sizes[split], first_ids[split], pool)
+            scenes[split], texts[split] = _render_split(cfg, out, split, sizes[split], first_ids[split], pool)
             if progress:
-                print(f"rendered {sizes[split]} {split} images in {time.perf_counter() - t:.1f} s", flush=True)
+                print(f"rendered and described {sizes[split]} {split} images in {time.perf_counter() - t:.1f} s", flush=True)
     finally:
         if pool is not None:
             pool.close()
             pool.join()
-    texts = {}
-    for split in SPLITS:
-        texts[split] = _SplitText(cfg, split)
-        for index, scene in enumerate(scenes[split]):
-            texts[split].add(index, scene)
     _dump(_karpathy(cfg, scenes, texts), out / "captions" / "dataset_shapes.json")
     counts: dict[str, dict[str, int]] = {}
     for split in SPLITS:

@@ -86,7 +86,7 @@ def _texture(obj: ObjectSpec, h: int, w: int) -> np.ndarray:
         period = rng.integers(3, 6)
         shade = np.where(((xx.astype(int) % period) < 2) & ((yy.astype(int) % period) < 2), -28.0, 6.0)
     elif obj.texture == "noise":
-        shade = rng.normal(0, 14, size=(h, w)).astype(np.float32)
+        shade = 14 * rng.standard_normal((h, w), dtype=np.float32)
     elif obj.texture == "gradient":
         angle = rng.uniform(0, 2 * math.pi)
         ramp = xx * math.cos(angle) + yy * math.sin(angle)
@@ -99,12 +99,22 @@ def _texture(obj: ObjectSpec, h: int, w: int) -> np.ndarray:
     return base[None, None, :] + direction * shade[..., None]
 
 
+_GRIDS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    if size not in _GRIDS:
+        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+        _GRIDS[size] = (yy, xx)
+    return _GRIDS[size]
+
+
 def _background(scene: SceneSpec) -> np.ndarray:
     size = scene.size
     rng = np.random.default_rng(scene.bg_seed)
     img = np.empty((size, size, 3), dtype=np.float32)
     img[:] = np.array(scene.bg_color, dtype=np.float32)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    yy, xx = _grid(size)
     kind = scene.background
     if kind == "striped":
         period = rng.uniform(6, 16)
@@ -114,12 +124,12 @@ def _background(scene: SceneSpec) -> np.ndarray:
         cell = int(rng.integers(8, 20))
         img += (12 * (((xx // cell + yy // cell) % 2) * 2 - 1))[..., None]
     elif kind == "speckled":
-        img += rng.normal(0, 16, size=(size, size, 1)).astype(np.float32)
+        img += 16 * rng.standard_normal((size, size, 1), dtype=np.float32)
     elif kind == "cloudy":
         coarse = rng.normal(0, 22, size=(6, 6, 3)).astype(np.float32)
         up = np.asarray(Image.fromarray(coarse.astype(np.float32)[..., 0]).resize((size, size), Image.BICUBIC))
         img += up[..., None]
-    img += rng.normal(0, 4, size=(size, size, 3)).astype(np.float32)  # sensor-like noise everywhere
+    img += 4 * rng.standard_normal((size, size, 3), dtype=np.float32)  # sensor-like noise everywhere
     return img
 
 
