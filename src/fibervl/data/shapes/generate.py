@@ -261,14 +261,19 @@ def _nlvr2(cfg, out: Path, split: str, scenes: list[SceneSpec]) -> list[dict]:
         template = lang.NLVR2_TEMPLATES[k % len(lang.NLVR2_TEMPLATES)]
         t_count, f_count = balance[template]
         want = rng.random() < 0.5 if t_count == f_count else t_count < f_count
-        for _ in range(200):
+        # Statement first (from a random pair), then the label, then a pair giving that label:
+        # the words of a statement then carry no information about its label.
+        statement = None
+        while statement is None:
             a, b = rng.sample(range(len(scenes)), 2)
-            made = lang.nlvr2_statement(template, scenes[a], scenes[b], rng)
-            if made is not None and made[1] == want:
+            statement = lang.nlvr2_statement(template, scenes[a], scenes[b], rng)
+        for _ in range(300):
+            a, b = rng.sample(range(len(scenes)), 2)
+            if statement.truth(scenes[a], scenes[b]) == want:
                 break
         else:
-            continue  # no pair found for this label: rare, the balance counter corrects the next
-        sentence, label = made
+            continue  # no pair has this label: the balance counter corrects the next items
+        sentence, label = statement.text, want
         balance[template][0 if label else 1] += 1
         set_id, pair_id = k // 4, k % 4
         identifier = f"{split}-{set_id}-{pair_id}-0"

@@ -99,21 +99,21 @@ def count_where(scene: SceneSpec, color: str | None = None, shape: str | None = 
     return sum(1 for o in scene.objects if (color is None or o.color == color) and (shape is None or o.shape == shape))
 
 
-def describe(scene: SceneSpec, index: int, use_color: bool = True) -> str | None:
+def describe(scene: SceneSpec, index: int, use_color: bool = True, use_size: bool = True) -> str | None:
     """Shortest attribute description ("star", "red star", "small red star") that matches only
     object ``index``; None if attributes alone cannot single it out."""
     cache = scene.__dict__.setdefault("_describe_cache", {})  # called often per scene
-    if (index, use_color) not in cache:
-        cache[(index, use_color)] = _describe(scene, index, use_color)
-    return cache[(index, use_color)]
+    if (index, use_color, use_size) not in cache:
+        cache[(index, use_color, use_size)] = _describe(scene, index, use_color, use_size)
+    return cache[(index, use_color, use_size)]
 
 
-def _describe(scene: SceneSpec, index: int, use_color: bool) -> str | None:
+def _describe(scene: SceneSpec, index: int, use_color: bool, use_size: bool) -> str | None:
     objs = scene.objects
     t = objs[index]
     candidates = [("shape",), ("color", "shape"), ("size", "shape"), ("size", "color", "shape")]
     for attrs in candidates:
-        if "color" in attrs and not use_color:
+        if ("color" in attrs and not use_color) or ("size" in attrs and not use_size):
             continue
         matches = [o for o in objs if all(getattr(o, a) == getattr(t, a) for a in attrs)]
         if len(matches) == 1:
@@ -398,7 +398,9 @@ def _q_side(scene, rng, bal):
 
 def _q_bigger(scene, rng, bal):
     objs = scene.objects
-    pairs = [(i, j) for i, j in _unique_pairs(scene, need_relation=False) if SIZE_RANK[objs[i].size] != SIZE_RANK[objs[j].size]]
+    # Descriptions without size words: "is the large star bigger than ..." answers itself.
+    named = [i for i in range(len(objs)) if describe(scene, i, use_size=False) is not None]
+    pairs = [(i, j) for i in named for j in named if i != j and SIZE_RANK[objs[i].size] != SIZE_RANK[objs[j].size]]
     if not pairs:
         return None
     i, j = rng.choice(pairs)
@@ -408,7 +410,7 @@ def _q_bigger(scene, rng, bal):
     holds = holds if word != "smaller" else not holds
     if holds != yes:
         i, j = j, i
-    q = f"is the {describe(scene, i)} {word} than the {describe(scene, j)}?"
+    q = f"is the {describe(scene, i, use_size=False)} {word} than the {describe(scene, j, use_size=False)}?"
     return Question(q, "yes" if yes else "no", "yes/no", "is the", "bigger")
 
 
@@ -532,57 +534,91 @@ def _ref_forms(scene, i):
 NLVR2_TEMPLATES = ("count_left", "count_right", "more", "both", "exactly_one", "total", "relation_in")
 
 
-def nlvr2_statement(template: str, left: SceneSpec, right: SceneSpec, rng: random.Random) -> tuple[str, bool] | None:
-    """A statement about an image pair and whether it is true; parameters are drawn from the
-    pair's content so that true and false are both common."""
+@dataclass
+class Nlvr2Statement:
+    """A statement about an image pair; ``truth(left, right)`` evaluates it on any pair.
+
+    The generator draws the statement from one random pair, then the wanted label, then
+    searches a pair making the statement that label: the text alone says nothing of the label.
+    """
+
+    template: str
+    text: str
+    color: str | None = None
+    shape: str | None = None
+    number: int = 0
+    side: str = "left"
+    pair_keys: tuple = ()
+    rel: str = ""
+
+    def count(self, scene: SceneSpec) -> int:
+        return count_where(scene, self.color, self.shape)
+
+    def truth(self, left: SceneSpec, right: SceneSpec) -> bool | None:
+        t = self.template
+        if t == "count_left":
+            return self.count(left) == self.number
+        if t == "count_right":
+            return self.count(right) == self.number
+        if t == "more":
+            cl, cr = self.count(left), self.count(right)
+            return None if cl == cr else cl > cr  # ties make the statement odd: avoid such pairs
+        if t == "both":
+            return self.count(left) > 0 and self.count(right) > 0
+        if t == "exactly_one":
+            return (self.count(left) > 0) != (self.count(right) > 0)
+        if t == "total":
+            return self.count(left) + self.count(right) == self.number
+        if t == "relation_in":
+            scene = left if self.side == "left" else right
+            (ka, kb) = self.pair_keys
+            return any(x.key == ka and y.key == kb and self.rel in relation(x, y, scene)
+                       for x in scene.objects for y in scene.objects if x is not y)
+        raise ValueError(f"unknown NLVR2 template {t!r}")
+
+
+def nlvr2_statement(template: str, left: SceneSpec, right: SceneSpec, rng: random.Random) -> Nlvr2Statement | None:
+    """Draw a statement of ``template`` with parameters taken from the content of a pair
+    (so that it is plausible), or None if this pair offers none."""
     pool = left.objects + right.objects
     o = rng.choice(pool)
     use_color = rng.random() < 0.5
     color = o.color if use_color else None
     shape = o.shape if (not use_color or rng.random() < 0.5) else None
 
-    def count(scene):
-        return count_where(scene, color, shape)
-
-    def noun(n_or_plural):
+    def noun(n):
         if shape:
             head = f"{color} {shape}" if color else shape
-            return head if n_or_plural == 1 else (f"{color} {plural(shape)}" if color else plural(shape))
-        return f"{color} shape" if n_or_plural == 1 else f"{color} shapes"
+            return head if n == 1 else (f"{color} {plural(shape)}" if color else plural(shape))
+        return f"{color} shape" if n == 1 else f"{color} shapes"
 
+    st = Nlvr2Statement(template, "", color, shape)
     if template in ("count_left", "count_right"):
-        scene, side = (left, "left") if template == "count_left" else (right, "right")
-        n = max(1, count(scene) + rng.choice([-1, 0, 0, 1]))
-        return f"the {side} image contains exactly {NUMBER_WORDS[n]} {noun(n)}.", count(scene) == n
-    if template == "more":
-        cl, cr = count(left), count(right)
-        if cl == cr:
-            return None
-        return f"there are more {noun(2)} in the left image than in the right image.", cl > cr
-    if template == "both":
+        st.side = "left" if template == "count_left" else "right"
+        st.number = rng.randint(1, 3)
+        st.text = f"the {st.side} image contains exactly {NUMBER_WORDS[st.number]} {noun(st.number)}."
+    elif template == "more":
+        st.text = f"there are more {noun(2)} in the left image than in the right image."
+    elif template == "both":
+        st.text = f"both images contain at least one {noun(1)}."
+    elif template == "exactly_one":
         head = noun(1)
-        return f"both images contain at least one {head}.", count(left) > 0 and count(right) > 0
-    if template == "exactly_one":
-        head = noun(1)
-        return f"exactly one image contains {_a(head)} {head}.", (count(left) > 0) != (count(right) > 0)
-    if template == "total":
-        total = count(left) + count(right)
-        n = max(1, min(9, total + rng.choice([-1, 0, 0, 1])))
-        return f"there are {NUMBER_WORDS[n]} {noun(n)} in total.", total == n
-    if template == "relation_in":
-        side, scene = rng.choice([("left", left), ("right", right)])
-        other = right if scene is left else left
-        src = rng.choice([scene, other])
+        st.text = f"exactly one image contains {_a(head)} {head}."
+    elif template == "total":
+        st.number = rng.randint(1, 4)
+        st.text = f"there are {NUMBER_WORDS[st.number]} {noun(st.number)} in total."
+    elif template == "relation_in":
+        st.side = rng.choice(["left", "right"])
+        src = rng.choice([left, right])
         pairs = _unique_pairs(src)
         if not pairs:
             return None
         i, j = rng.choice(pairs)
         a, b = src.objects[i], src.objects[j]
-        rel = rng.choice(sorted(relation(a, b, src)))
-        truth = any(
-            x.key == a.key and y.key == b.key and rel in relation(x, y, scene)
-            for x in scene.objects for y in scene.objects if x is not y
-        )
+        st.rel = rng.choice(sorted(relation(a, b, src)))
+        st.pair_keys = (a.key, b.key)
         an, bn = f"{a.color} {a.shape}", f"{b.color} {b.shape}"
-        return f"in the {side} image, {_a(an)} {an} is {RELATION_WORDS[rel]} {_a(bn)} {bn}.", truth
-    raise ValueError(f"unknown NLVR2 template {template!r}")
+        st.text = f"in the {st.side} image, {_a(an)} {an} is {RELATION_WORDS[st.rel]} {_a(bn)} {bn}."
+    else:
+        raise ValueError(f"unknown NLVR2 template {template!r}")
+    return st
