@@ -22,6 +22,7 @@ import io
 import json
 import multiprocessing as mp
 import os
+import re
 import shutil
 import tarfile
 import time
@@ -122,8 +123,11 @@ def _xywh(box) -> list[float]:
     return [box[0], box[1], box[2] - box[0], box[3] - box[1]]
 
 
+_HELD_OUT_RE = re.compile(r"\b(" + "|".join(sorted(HELD_OUT_WORDS, key=len, reverse=True)) + r")\b")
+
+
 def _names_held_out(text: str) -> bool:
-    return any(w.strip(".,?") in HELD_OUT_WORDS for w in text.split())
+    return _HELD_OUT_RE.search(text) is not None
 
 
 class _SplitText:

@@ -419,13 +419,19 @@ def _q_same_color(scene, rng, bal):
     pairs = [(a, b) for a in cands for b in cands if a[0] < b[0]]
     if not pairs:
         return None
-    yes = bal.want_yes("same_color", rng)
     objs = scene.objects
-    fit = [(a, b) for a, b in pairs if (objs[a[0]].color == objs[b[0]].color) == yes]
+    # Two objects of one shape ("the large star and the small star") are more often of one
+    # colour too (repeated objects): balance such pairs apart from the rest, or the words
+    # would give the answer away.
+    same_shape = rng.random() < 0.5
+    template = "same_color_same_shape" if same_shape else "same_color_other_shape"
+    yes = bal.want_yes(template, rng)
+    fit = [(a, b) for a, b in pairs
+           if (objs[a[0]].shape == objs[b[0]].shape) == same_shape and (objs[a[0]].color == objs[b[0]].color) == yes]
     if not fit:
         return None
     (i, di), (j, dj) = rng.choice(fit)
-    return Question(f"are the {di} and the {dj} the same color?", "yes" if yes else "no", "yes/no", "are the", "same_color")
+    return Question(f"are the {di} and the {dj} the same color?", "yes" if yes else "no", "yes/no", "are the", template)
 
 
 def _q_more(scene, rng, bal):
