@@ -2,7 +2,8 @@
 
 VQA accuracy is VQAv2's: an answer scores min(#annotators who gave it / 3, 1), averaged
 over the 10 leave-one-out subsets of the 10 answers.
-- chance:     expected accuracy of an answer drawn uniformly from the train answer set.
+- chance:     expected accuracy of an answer drawn uniformly from the train answer set;
+              chance_within_type draws from the train answers of the question's answer type.
 - majority:   the single most common train answer, for every question.
 - prefix:     the most common train answer per question type (the template's first words).
 - question:   the most common train answer per exact question text (falls back to prefix);
@@ -71,9 +72,15 @@ def vqa_baselines(train, evals) -> dict:
     groups = {"all": list(evals)}
     for s in evals:
         groups.setdefault(s.answer_type, []).append(s)
+    type_vocab: dict[str, list[str]] = defaultdict(set)
+    for s in train:
+        type_vocab[s.answer_type].add(best(s))
+    type_vocab = {t: sorted(v) for t, v in type_vocab.items()}
     for name, samples in groups.items():
         out[name] = {
             "chance": _mean(_chance_accuracy(s.answers, vocab) for s in samples),
+            # A guesser that knows the answer type (yes/no, number, other) from the question.
+            "chance_within_type": _mean(_chance_accuracy(s.answers, type_vocab.get(s.answer_type, vocab)) for s in samples),
             "majority": _mean(vqa_accuracy(majority, s.answers) for s in samples),
             "prefix_prior": _mean(
                 vqa_accuracy(_majority(by_type[s.question_type]) if s.question_type in by_type else majority, s.answers)

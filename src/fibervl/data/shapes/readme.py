@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .vocab import COLOR_NAMES, HELD_OUT_SHAPES, SHAPES, SIZE_NAMES
@@ -18,7 +19,8 @@ def render_readme(meta: dict, baselines: dict) -> str:
         "",
         f"Written by `fibervl data shapes --out DIR --size {cfg['size']} --seed {cfg['seed']}` "
         f"({cfg['image_size']} px {cfg['image_format']} images) in {meta['generation_seconds']} s "
-        f"with {cfg['workers']} worker process(es).",
+        f"with {cfg['workers']} worker process(es) on a machine with {os.cpu_count()} CPU cores "
+        "(images, every annotation file, tokenizer and baselines).",
         "",
         f"- shapes ({len(SHAPES)}): {', '.join(SHAPES)}",
         f"- colours ({len(COLOR_NAMES)}): {', '.join(COLOR_NAMES)}; sizes: {', '.join(SIZE_NAMES)}",
@@ -53,18 +55,26 @@ def render_readme(meta: dict, baselines: dict) -> str:
         "most common train answer per exact question text (falling back to the prefix prior).",
         "",
     ]
-    keys = ("chance", "majority", "prefix_prior", "text_only_prior")
+    lines += [
+        "chance within type: a random train answer of the question's answer type. Yes/no answers are "
+        "balanced 50/50 per template, yet always answering \"yes\" scores above 50: the VQA metric gives "
+        "partial credit when 1 or 2 of the 10 annotators said yes to a \"no\" question.",
+        "",
+    ]
+    keys = ("chance", "chance_within_type", "majority", "prefix_prior", "text_only_prior")
+    nlvr2_keys = ("chance", "majority", "prefix_prior", "text_only_prior")
     for split, b in baselines.items():
         v = b["vqa"]
         lines += [f"### {split}: VQA ({v['questions']} questions, {v['answer_vocabulary']} answers)", "",
-                  "| answer type | chance | majority | prefix prior | text-only prior |", "| --- | --- | --- | --- | --- |"]
+                  "| answer type | chance | chance within type | majority | prefix prior | text-only prior |",
+                  "| --- | --- | --- | --- | --- | --- |"]
         for name in ("all", "yes/no", "number", "other"):
             if name in v:
                 lines.append(_row(f"{name} ({v[name]['count']})", v[name], keys))
         n = b["nlvr2"]
         lines += ["", f"### {split}: NLVR2 ({n['items']} statements, {n['true_fraction']:.1f} % true)", "",
                   "| chance | majority | prefix prior | text-only prior |", "| --- | --- | --- | --- |",
-                  "| " + " | ".join(f"{n[k]:.2f}" for k in keys) + " |", ""]
+                  "| " + " | ".join(f"{n[k]:.2f}" for k in nlvr2_keys) + " |", ""]
         r = b["refexp"]
         lines += [f"### {split}: referring expressions ({r['expressions']}): a random object of the image "
                   f"is right {r['random_object']:.2f} % of the time", ""]
