@@ -235,10 +235,16 @@ class Normalize:
         return (tensor - self.mean) / self.std
 
 
-def train_transforms(image_size: int, flip: bool = True, crop_scale=(0.5, 1.0)) -> Compose:
-    """The usual coarse-grained training pipeline: random resized crop, flip (with word
-    swapping), light colour jitter."""
-    steps: list[Transform] = [RandomResizedCrop(image_size, scale=crop_scale)]
+def train_transforms(image_size: int, flip: bool = True, crop_scale: tuple[float, float] | None = None) -> Compose:
+    """Coarse-grained training pipeline: resize (or random resized crop), flip with word
+    swapping, light colour jitter.
+
+    No crop by default: a caption or question about the whole image ("five shapes", "how many
+    stars?") turns false when a crop cuts an object away, and only grounding samples carry the
+    boxes that let a crop check for that. Pass ``crop_scale=(0.5, 1.0)`` for photo captions.
+    Leave ``flip`` off for NLVR2.
+    """
+    steps: list[Transform] = [RandomResizedCrop(image_size, scale=crop_scale) if crop_scale else Resize(image_size)]
     if flip:
         steps.append(RandomHorizontalFlip(0.5, swap_left_right=True))
     steps.append(ColorJitter())

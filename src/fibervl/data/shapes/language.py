@@ -156,7 +156,7 @@ def _cap_list(scene, rng):
     g = list(groups(scene).items())
     rng.shuffle(g)
     g = g[: rng.randint(2, 3)] if len(g) >= 2 else g
-    b = TextBuilder()
+    b = TextBuilder().add(rng.choice(["", "", "a picture of ", "an image with "]))
     for k, ((color, shape), idx) in enumerate(g):
         if k:
             b.add(" and " if k == len(g) - 1 else ", ")
@@ -187,7 +187,14 @@ def _cap_relation(scene, rng):
     rel = rng.choice(sorted(relation(o, p, scene)))
     a_desc, b_desc = f"{o.color} {o.shape}", f"{p.color} {p.shape}"
     b = TextBuilder()
-    b.add(f"{_a(a_desc)} {a_desc}", (i,)).add(f" {RELATION_WORDS[rel]} ").add(f"{_a(b_desc)} {b_desc}", (j,))
+    form = rng.randrange(3)
+    if form == 0:    # "a red star to the left of a blue square"
+        b.add(f"{_a(a_desc)} {a_desc}", (i,)).add(f" {RELATION_WORDS[rel]} ").add(f"{_a(b_desc)} {b_desc}", (j,))
+    elif form == 1:  # "a red star is to the left of a blue square"
+        b.add(f"{_a(a_desc)} {a_desc}", (i,)).add(f" is {RELATION_WORDS[rel]} ").add(f"{_a(b_desc)} {b_desc}", (j,))
+    else:            # "there is a red star to the left of a blue square"
+        b.add("there is ").add(f"{_a(a_desc)} {a_desc}", (i,)).add(f" {RELATION_WORDS[rel]} ")
+        b.add(f"{_a(b_desc)} {b_desc}", (j,))
     return b.build("relation")
 
 
@@ -236,7 +243,10 @@ def _cap_size(scene, rng):
         return None
     i, j = rng.choice(big), rng.choice(small)
     bi, sj = f"large {objs[i].color} {objs[i].shape}", f"small {objs[j].color} {objs[j].shape}"
-    b = TextBuilder().add(f"a {bi}", (i,)).add(" and ").add(f"a {sj}", (j,))
+    if rng.random() < 0.5:
+        b = TextBuilder().add(f"a {bi}", (i,)).add(" and ").add(f"a {sj}", (j,))
+    else:
+        b = TextBuilder().add(f"a {sj}", (j,)).add(rng.choice([" next to ", " and "])).add(f"a {bi}", (i,))
     return b.build("size")
 
 
