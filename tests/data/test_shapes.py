@@ -153,3 +153,6 @@ def test_cli(tmp_path, capsys):
     assert main(["shapes", "--out", str(out), "--size", "12"]) == 2  # not empty, no --force
     assert main(["shapes", "--out", str(tmp_path / "e"), "--size", "huge"]) == 2
     assert "must be an integer" in capsys.readouterr().err
+    (out / "README.md").unlink()
+    assert main(["baselines", str(out)]) == 0 and (out / "README.md").is_file()
+    assert main(["baselines", str(tmp_path)]) == 2 and "dataset.json missing" in capsys.readouterr().err

@@ -113,3 +113,13 @@ def test_missing_files_name_the_path(tmp_path):
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(TokenizerFileError, match="tokenizer.json"):
         Tokenizer.from_pretrained(tmp_path)
+
+
+def test_padding_settings_in_a_tokenizer_json_are_ignored(tok, tmp_path):
+    path = tok.save(tmp_path)
+    data = json.loads(path.read_text())
+    data["padding"] = {"strategy": {"Fixed": 64}, "direction": "Right", "pad_to_multiple_of": None,
+                       "pad_id": 1, "pad_type_id": 0, "pad_token": "<pad>"}
+    path.write_text(json.dumps(data))
+    again = Tokenizer.from_pretrained(tmp_path)
+    assert again(["a red circle"]).input_ids.shape == tok(["a red circle"]).input_ids.shape

@@ -62,8 +62,17 @@ def main(argv: list[str] | None = None) -> int:
 
         from .shapes import compute_baselines
 
-        result = compute_baselines(args.dir)
-        (Path(args.dir) / "baselines.json").write_text(json.dumps(result, indent=1))
+        from .errors import DataError
+        from .shapes.readme import write_readme
+
+        try:
+            result = compute_baselines(args.dir)
+        except DataError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        root = Path(args.dir)
+        (root / "baselines.json").write_text(json.dumps(result, indent=1))
+        write_readme(root, json.loads((root / "dataset.json").read_text()), result)
         print(json.dumps(result, indent=1))
         return 0
     return 2  # argparse rejects unknown commands before this

@@ -56,6 +56,10 @@ class Tokenizer:
     """Byte-level BPE with RoBERTa's special tokens, padding, truncation and char offsets."""
 
     def __init__(self, backend: _HFTokenizer, source: str = "<memory>"):
+        # A tokenizer.json may carry its own padding / truncation settings; this class pads
+        # and truncates itself, so switch them off to keep results independent of the file.
+        backend.no_padding()
+        backend.no_truncation()
         self._tok = backend
         self.source = source
         ids = {}
