@@ -146,6 +146,17 @@ def test_captions_fit_40_tokens(shapes):
     assert int(lengths.max()) <= 40
 
 
+def test_regenerating_smaller_replaces_old_files(tmp_path):
+    from fibervl.data.shapes import ShapesDataset
+
+    generate(tmp_path, ShapesConfig(size=30, seed=1, workers=1, vocab_size=400))
+    (tmp_path / "mine.txt").write_text("keep me")
+    generate(tmp_path, ShapesConfig(size=10, seed=1, workers=1, vocab_size=400))
+    assert len(list((tmp_path / "images" / "train").iterdir())) == 10
+    assert len(list(ShapesDataset(tmp_path).webdataset())) == 10
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
 def test_cli(tmp_path, capsys):
     out = tmp_path / "d"
     assert main(["shapes", "--out", str(out), "--size", "12", "--workers", "1", "--no-webdataset"]) == 0

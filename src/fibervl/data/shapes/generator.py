@@ -38,6 +38,7 @@ SPLITS = ("train", "val", "test")
 SIZE_PRESETS = {"tiny": 60, "small": 1000, "default": 10000, "large": 50000}
 IMAGE_TEMPLATE = "{split}/shapes_{split}_{image_id:012d}.{ext}"
 WEBDATASET_SHARD_SIZE = 1000
+OUTPUT_DIRS = ("images", "captions", "vqa", "nlvr2", "mdetr_annotations", "detection", "webdataset", "tokenizer")
 HELD_OUT_WORDS = frozenset(HELD_OUT_SHAPES) | {PLURALS[s] for s in HELD_OUT_SHAPES}
 
 
@@ -341,7 +342,11 @@ def _dump(obj, path: Path) -> None:
 
 # ---------------------------------------------------------------------- entry point
 def generate(out: str | Path, cfg: ShapesConfig | None = None, progress: bool = False) -> dict:
-    """Write the whole data set into ``out``; returns the metadata written to dataset.json."""
+    """Write the whole data set into ``out``; returns the metadata written to dataset.json.
+
+    Folders of ``out`` with the generator's names (images, vqa, ... see OUTPUT_DIRS) are
+    replaced; anything else in ``out`` is left alone.
+    """
     from ..tokenizer import train_shapes_tokenizer
     from .baselines import compute_baselines
     from .readme import write_readme
@@ -349,6 +354,11 @@ def generate(out: str | Path, cfg: ShapesConfig | None = None, progress: bool = 
     cfg = cfg or ShapesConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    # Files of an earlier, larger run would linger (and a shard glob would pick them up):
+    # clear the folders this generator owns, and only those.
+    for name in OUTPUT_DIRS:
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
     t0 = time.perf_counter()
     sizes = cfg.split_sizes()
     first_ids = {"train": 1, "val": 1 + sizes["train"], "test": 1 + sizes["train"] + sizes["val"]}
@@ -369,6 +379,7 @@ def generate(out: str | Path, cfg: ShapesConfig | None = None, progress: bool = 
             pool.join()
     _dump(_karpathy(cfg, scenes, texts), out / "captions" / "dataset_shapes.json")
     counts: dict[str, dict[str, int]] = {}
+    shard_files: dict[str, list[str]] = {}
     for split in SPLITS:
         q, a = _vqa(cfg, split, scenes[split], texts[split])
         _dump(q, out / "vqa" / f"v2_OpenEnded_shapes_{split}_questions.json")
@@ -385,6 +396,8 @@ def generate(out: str | Path, cfg: ShapesConfig | None = None, progress: bool = 
             for r in nlvr2:
                 f.write(json.dumps(r) + "\n")
         shards = _webdataset(cfg, out, split, scenes[split], texts[split]) if cfg.webdataset and split == "train" else []
+        if shards:
+            shard_files[split] = shards
         counts[split] = {
             "images": len(scenes[split]),
             "objects": sum(len(s.objects) for s in scenes[split]),
@@ -409,6 +422,7 @@ def generate(out: str | Path, cfg: ShapesConfig | None = None, progress: bool = 
         "shapes": list(SHAPES),
         "held_out_shapes": list(HELD_OUT_SHAPES),
         "image_template": IMAGE_TEMPLATE.replace("{ext}", cfg.image_format),
+        "webdataset_shards": shard_files,
         "tokenizer_vocab_size": tokenizer.vocab_size,
         "generation_seconds": None,
     }

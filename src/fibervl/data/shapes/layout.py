@@ -53,4 +53,7 @@ class ShapesDataset:
         return CocoDetectionReader(self.root / "detection" / f"instances_{split}.json", self.root / "images" / split, **kw)
 
     def webdataset(self, split: str = "train", **kw) -> WebDatasetReader:
-        return WebDatasetReader(str(self.root / "webdataset" / f"shapes-{split}-*.tar"), **kw)
+        names = self.meta.get("webdataset_shards", {}).get(split)
+        if not names:
+            raise DataError(self.root / "dataset.json", f"no webdataset shards were written for split {split!r}")
+        return WebDatasetReader([self.root / "webdataset" / n for n in names], **kw)
