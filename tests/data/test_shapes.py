@@ -3,13 +3,12 @@ import json
 import random
 from collections import Counter
 
-import pytest
 
 from fibervl.data.cli import main
 from fibervl.data.shapes import HELD_OUT_SHAPES, SHAPES, ShapesConfig, generate
 from fibervl.data.shapes import language as lang
 from fibervl.data.shapes.scene import sample_scene
-from fibervl.data.shapes.vocab import COLOR_NAMES, plural
+from fibervl.data.shapes.vocab import plural
 
 
 def _digest(root):

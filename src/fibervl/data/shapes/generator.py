@@ -96,7 +96,6 @@ def _render_chunk(job) -> tuple[list[SceneSpec], "_SplitText"]:
         image = render(scene)
         path = Path(out) / "images" / IMAGE_TEMPLATE.format(split=split, image_id=image_id, ext=cfg.image_format)
         path.write_bytes(encode(image, cfg.image_format))
-        scene.__dict__.pop("_describe_cache", None)
         text.add(index, scene)
         scene.__dict__.pop("_describe_cache", None)  # not worth pickling back
         scenes.append(scene)

@@ -40,9 +40,6 @@ class Text:
     phrases: list[Phrase] = field(default_factory=list)
     kind: str = ""  # template family, e.g. "relation"
 
-    def mentions(self) -> set[str]:
-        return {w.strip(".,?") for w in self.text.split()}
-
 
 class TextBuilder:
     """Concatenate pieces, recording the span of the pieces that name objects."""
