@@ -144,6 +144,18 @@ def test_mdetr_reader_and_bad_spans(tmp_path):
     assert len(r) == 0 and r.skipped.total == 1
 
 
+def test_mdetr_sizes_as_strings_and_bad_sizes(tmp_path):
+    path = _mdetr(tmp_path, "a red star", [[0, 10]])
+    data = json.loads(path.read_text())
+    data["images"][0]["height"] = "20"  # as in MDETR's Flickr30k files
+    _write(path, data)
+    assert MdetrReader(path, tmp_path)[0].height == 20
+    data["images"][0]["height"] = "-3"
+    _write(path, data)
+    with pytest.raises(DataError, match="'height' should be a positive integer"):
+        MdetrReader(path, tmp_path)
+
+
 def test_mdetr_rtl_and_emoji_spans(tmp_path):
     caption = "כוכב אדום 🌟 next to نجمة"
     s = caption.index("نجمة")

@@ -15,7 +15,7 @@ import torch
 from ..boxes import checked_xywh_box
 from ..errors import DataError
 from ..samples import Sample
-from .common import Reader, load_json, require
+from .common import Reader, load_json, require, require_size
 
 
 class CocoDetectionReader(Reader):
@@ -48,9 +48,7 @@ class CocoDetectionReader(Reader):
                     name = "/".join(img["coco_url"].split("/")[-2:])
                 if not isinstance(name, str):
                     raise DataError(f, "missing key 'file_name' (and no coco_url)", rid)
-                w, h = require(img, "width", f, rid, int), require(img, "height", f, rid, int)
-                if w <= 0 or h <= 0:
-                    raise DataError(f, f"bad image size {w}x{h}", rid)
+                w, h = require_size(img, "width", f, rid), require_size(img, "height", f, rid)
                 images[iid] = {"file_name": name, "width": w, "height": h, "boxes": [], "cats": [], "meta": img}
                 order.append(iid)
             except DataError as err:

@@ -41,6 +41,20 @@ def require(record: Any, key: str, file: Path, record_id: object, kind: type | t
     return value
 
 
+def require_size(record: Any, key: str, file: Path, record_id: object) -> int:
+    """A positive image dimension; MDETR's Flickr files store some as strings ("334")."""
+    value = require(record, key, file, record_id)
+    if isinstance(value, bool) or not isinstance(value, (int, str, float)):
+        raise DataError(file, f"key {key!r} should be a positive integer, got {value!r}", record_id)
+    try:
+        number = int(value)
+    except ValueError:
+        raise DataError(file, f"key {key!r} should be a positive integer, got {value!r}", record_id) from None
+    if number <= 0 or number != float(value):
+        raise DataError(file, f"key {key!r} should be a positive integer, got {value!r}", record_id)
+    return number
+
+
 def check_text(text: Any, file: Path, record_id: object, max_chars: int, what: str = "caption",
                truncate: bool = True) -> tuple[str, bool]:
     """Validate a text: a non-empty string. Returns (text, was_truncated).

@@ -15,7 +15,7 @@ import torch
 from ..boxes import checked_xywh_box
 from ..errors import DataError
 from ..samples import Sample
-from .common import DEFAULT_MAX_TEXT_CHARS, Reader, check_text, load_json, require
+from .common import DEFAULT_MAX_TEXT_CHARS, Reader, check_text, load_json, require, require_size
 
 
 class MdetrReader(Reader):
@@ -52,9 +52,7 @@ class MdetrReader(Reader):
         rec_id = require(img, "id", f, f"image {n}")
         rid = f"image {n} (id {rec_id})"
         file_name = require(img, "file_name", f, rid, str)
-        width, height = require(img, "width", f, rid, int), require(img, "height", f, rid, int)
-        if width <= 0 or height <= 0:
-            raise DataError(f, f"bad image size {width}x{height}", rid)
+        width, height = require_size(img, "width", f, rid), require_size(img, "height", f, rid)
         caption, _ = check_text(require(img, "caption", f, rid), f, rid, self.max_text_chars, truncate=False)
         boxes, cats, spans = [], [], []
         for k, ann in by_image.get(rec_id, []):
