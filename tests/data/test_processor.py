@@ -70,3 +70,33 @@ def test_color_and_shape_answers_match_the_annotations(shapes_dir):
                 assert a["multiple_choice_answer"] == ("yes" if any(o[:2] == (shape, color) for o in objs) else "no")
                 checked += 1
     assert checked >= 5
+
+
+def test_retrieval_lists(shapes):
+    paths, texts, t2i, i2t = shapes.captions("test").retrieval_lists()
+    assert len(paths) * 5 == len(texts) == len(t2i)
+    assert all(t2i[t] == i for i, ts in enumerate(i2t) for t in ts)
+
+
+def test_iterable_dataset_splits_shards_among_workers(tmp_path):
+    import io
+    import tarfile
+
+    from fibervl.data import ProcessedIterableDataset, WebDatasetReader
+
+    for k in range(4):
+        with tarfile.open(tmp_path / f"s{k}.tar", "w") as tar:
+            for j in range(3):
+                buf = io.BytesIO()
+                Image.new("RGB", (8, 8)).save(buf, "PNG")
+                for name, data in ((f"{k}{j}.png", buf.getvalue()), (f"{k}{j}.txt", f"caption {k}{j}".encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    reader = WebDatasetReader(str(tmp_path / "s*.tar"))
+    seen = []
+    for rank in (0, 1):
+        ds = ProcessedIterableDataset(reader, Processor(Resize(8)), rank=rank, world_size=2)
+        loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
+        seen += [item.sample.text for item in loader]
+    assert sorted(seen) == sorted(f"caption {k}{j}" for k in range(4) for j in range(3))

@@ -11,7 +11,7 @@ Never imports the model. Main entry points:
 
 from .answers import AnswerVocabulary, answer_score, normalize_answer
 from .collate import Batch, Collator, build_positive_map, normalize_positive_map, pad_images
-from .dataset import ProcessedDataset
+from .dataset import ProcessedDataset, ProcessedIterableDataset
 from .errors import DataError, SkipLog
 from .image_io import decode_image, load_image
 from .masking import mask_tokens
@@ -26,7 +26,7 @@ from .tokenizer import TokenBatch, Tokenizer, train_bytelevel_bpe, train_shapes_
 __all__ = [
     "AnswerVocabulary", "answer_score", "mask_tokens", "normalize_answer",
     "Batch", "CocoDetectionReader", "Collator", "DataError", "KarpathyCaptions", "MdetrReader", "Nlvr2Reader",
-    "ProcessedDataset", "ProcessedSample", "Processor", "Sample", "SkipLog", "TokenBatch", "Tokenizer", "VqaReader",
+    "ProcessedDataset", "ProcessedIterableDataset", "ProcessedSample", "Processor", "Sample", "SkipLog", "TokenBatch", "Tokenizer", "VqaReader",
     "WebDatasetReader", "build_positive_map", "clean_name", "decode_image", "detection_prompt",
     "detection_to_grounding", "load_image", "most_common_answer", "normalize_positive_map", "pad_images",
     "sync_image_size", "train_bytelevel_bpe", "train_shapes_tokenizer",

@@ -45,6 +45,9 @@ class Batch:
                     have been removed, with their category ids; ``dropped_boxes`` counts them).
     labels:         [B] int64 NLVR2 truth (1 = True), or None.
     answers:        B lists of annotator answers; texts: B strings; samples: the Samples.
+
+    To map predictions back to the original image: ``samples[i].width/height`` is the image
+    as loaded, ``image_sizes[i]`` the size after the transforms (a resize scales by their ratio).
     """
 
     pixel_values: torch.Tensor

@@ -59,3 +59,20 @@ class KarpathyCaptions(Reader):
         for k, text in enumerate(caps):
             self.samples.append(Sample(sample_id=f"{image_id}_{k}", image_id=image_id, image_path=path,
                                        text=text, captions=caps, dataset=dataset))
+
+
+    def retrieval_lists(self) -> tuple[list[Path], list[str], list[int], list[list[int]]]:
+        """The split as retrieval evaluation wants it.
+
+        Returns (image_paths [I], texts [T], text_to_image [T] index into image_paths,
+        image_to_texts [I] lists of indices into texts).
+        """
+        paths, texts, t2i, i2t = [], [], [], []
+        for i, img in enumerate(self.images):
+            paths.append(img["image_path"])
+            i2t.append([])
+            for caption in img["captions"]:
+                i2t[-1].append(len(texts))
+                t2i.append(i)
+                texts.append(caption)
+        return paths, texts, t2i, i2t
