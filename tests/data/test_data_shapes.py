@@ -6,7 +6,9 @@ from collections import Counter
 
 from fibervl.data.cli import main
 from fibervl.data.shapes import HELD_OUT_SHAPES, SHAPES, ShapesConfig, generate
-from fibervl.data.shapes import language as lang
+from fibervl.data.shapes.nlvr2 import NLVR2_TEMPLATES
+from fibervl.data.shapes.questions import YesNoBalancer, questions
+from fibervl.data.shapes.vocab import NUMBER_WORDS
 from fibervl.data.shapes.scene import sample_scene
 from fibervl.data.shapes.vocab import plural
 
@@ -95,10 +97,10 @@ def test_objects_are_visible_at_128px(shapes):
 
 def test_yes_no_answers_are_balanced_per_template():
     rng = random.Random(0)
-    bal = lang.YesNoBalancer()
+    bal = YesNoBalancer()
     for i in range(600):
         scene = sample_scene(rng, i, "train", 128)
-        lang.questions(scene, rng, bal)
+        questions(scene, rng, bal)
     for template, (yes, no) in bal.counts.items():
         assert yes + no > 50, template
         assert abs(yes - no) <= 2, (template, yes, no)
@@ -107,7 +109,7 @@ def test_yes_no_answers_are_balanced_per_template():
 def test_nlvr2_labels_balanced_and_statements_true(shapes):
     items = shapes.nlvr2("train")
     by_template = Counter((s.meta["template"], s.label) for s in items)
-    for t in lang.NLVR2_TEMPLATES:
+    for t in NLVR2_TEMPLATES:
         assert abs(by_template[(t, True)] - by_template[(t, False)]) <= 1
     det = {s.image_id: s for s in shapes.detection("train")}
     for s in items:  # check the count statements against the boxes (seen classes only)
@@ -119,7 +121,7 @@ def test_nlvr2_labels_balanced_and_statements_true(shapes):
                 words = s.text[len(prefix):].split()
                 if len(words) == 2 and shape not in HELD_OUT_SHAPES:
                     names = [SHAPES[c - 1] for c in det[s.meta[key]].category_ids.tolist()]
-                    n = lang.NUMBER_WORDS.index(words[0])
+                    n = NUMBER_WORDS.index(words[0])
                     assert (names.count(shape) == n) == s.label, s.text
 
 

@@ -29,7 +29,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import language as lang
+from .captions import captions as make_captions
+from .describe import Text
+from .nlvr2 import NLVR2_TEMPLATES, nlvr2_statement
+from .questions import Question, YesNoBalancer, annotator_answers, questions as make_questions
+from .refexps import referring_expressions
 from .render import encode, render
 from .scene import SceneSpec, sample_scene, scene_rng
 from .vocab import HELD_OUT_SHAPES, PLURALS, SEEN_SHAPES, SHAPES, category_id
@@ -143,19 +147,19 @@ class _SplitText:
 
     def __init__(self, cfg: ShapesConfig, split: str):
         self.cfg, self.split = cfg, split
-        self.balancer = lang.YesNoBalancer()
-        self.captions: dict[int, list[lang.Text]] = {}
-        self.questions: dict[int, list[lang.Question]] = {}
+        self.balancer = YesNoBalancer()
+        self.captions: dict[int, list[Text]] = {}
+        self.questions: dict[int, list[Question]] = {}
         self.answers: dict[int, list[list[str]]] = {}
-        self.refexps: dict[int, list[tuple[int, lang.Text]]] = {}
+        self.refexps: dict[int, list[tuple[int, Text]]] = {}
 
     def add(self, index: int, scene: SceneSpec) -> None:
         rng = scene_rng(self.cfg.seed, self.split, index, "text")
-        self.captions[scene.image_id] = lang.captions(scene, rng, self.cfg.captions_per_image)
-        qs = lang.questions(scene, rng, self.balancer, self.cfg.questions_per_image)
+        self.captions[scene.image_id] = make_captions(scene, rng, self.cfg.captions_per_image)
+        qs = make_questions(scene, rng, self.balancer, self.cfg.questions_per_image)
         self.questions[scene.image_id] = qs
-        self.answers[scene.image_id] = [lang.annotator_answers(q, rng) for q in qs]
-        self.refexps[scene.image_id] = lang.referring_expressions(scene, rng, self.cfg.refexp_targets_per_image)
+        self.answers[scene.image_id] = [annotator_answers(q, rng) for q in qs]
+        self.refexps[scene.image_id] = referring_expressions(scene, rng, self.cfg.refexp_targets_per_image)
 
     def merge(self, other: "_SplitText") -> None:
         for name in ("captions", "questions", "answers", "refexps"):
@@ -267,10 +271,10 @@ def _nlvr2(cfg, out: Path, split: str, scenes: list[SceneSpec]) -> list[dict]:
     (or copied) under nlvr2/images with NLVR2's file names."""
     rng = scene_rng(cfg.seed, split, -1, "nlvr2")
     n_items = max(4, int(len(scenes) * cfg.nlvr2_per_image))
-    balance = {t: [0, 0] for t in lang.NLVR2_TEMPLATES}
+    balance = {t: [0, 0] for t in NLVR2_TEMPLATES}
     records = []
     for k in range(n_items):
-        template = lang.NLVR2_TEMPLATES[k % len(lang.NLVR2_TEMPLATES)]
+        template = NLVR2_TEMPLATES[k % len(NLVR2_TEMPLATES)]
         t_count, f_count = balance[template]
         want = rng.random() < 0.5 if t_count == f_count else t_count < f_count
         # Statement first (from a random pair), then the label, then a pair giving that label:
@@ -278,7 +282,7 @@ def _nlvr2(cfg, out: Path, split: str, scenes: list[SceneSpec]) -> list[dict]:
         statement = None
         while statement is None:
             a, b = rng.sample(range(len(scenes)), 2)
-            statement = lang.nlvr2_statement(template, scenes[a], scenes[b], rng)
+            statement = nlvr2_statement(template, scenes[a], scenes[b], rng)
         for _ in range(300):
             a, b = rng.sample(range(len(scenes)), 2)
             if statement.truth(scenes[a], scenes[b]) == want:
