@@ -1,7 +1,8 @@
 """The embedded shapes data set: a seeded generator of grounded scenes in real formats."""
 
 from .baselines import compute_baselines, vqa_accuracy
-from .generator import SIZE_PRESETS, ShapesConfig, generate, parse_size
+from .config import SIZE_PRESETS, ShapesConfig, parse_size
+from .generator import generate
 from .layout import ShapesDataset
 from .vocab import COLOR_NAMES, HELD_OUT_SHAPES, SEEN_SHAPES, SHAPES, SIZE_NAMES
 
