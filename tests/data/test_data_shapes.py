@@ -62,6 +62,7 @@ def test_answers_have_a_clear_majority_and_some_disagreement(shapes):
 def test_held_out_classes_never_labelled_in_fine_grained_training(shapes):
     words = set(HELD_OUT_SHAPES) | {plural(s) for s in HELD_OUT_SHAPES}
     held_ids = {SHAPES.index(s) + 1 for s in HELD_OUT_SHAPES}
+    assert set(shapes.held_out_category_ids) == held_ids and len(shapes.seen_category_ids) == len(SHAPES) - 2
     for split in ("train", "val"):
         det = shapes.detection(split)
         assert not held_ids & set(det.categories)

@@ -26,6 +26,15 @@ class ShapesDataset:
         self.shapes: list[str] = self.meta["shapes"]
 
     @property
+    def held_out_category_ids(self) -> list[int]:
+        """Detection category ids of the zero-shot classes (AP on these = zero-shot AP)."""
+        return [self.shapes.index(s) + 1 for s in self.held_out_shapes]
+
+    @property
+    def seen_category_ids(self) -> list[int]:
+        return [i + 1 for i, s in enumerate(self.shapes) if s not in self.held_out_shapes]
+
+    @property
     def tokenizer_dir(self) -> Path:
         return self.root / "tokenizer"
 
