@@ -1,0 +1,82 @@
+"""``fibervl data ...`` commands (the top-level CLI routes ``fibervl data`` here).
+
+    fibervl data shapes --out DIR [--size N|tiny|small|default|large] [--seed S] [--workers W]
+    python -m fibervl.data.cli shapes --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fibervl data", description="Data sets of fibervl.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("shapes", help="write the embedded shapes data set (all formats) into DIR")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--size", default="default",
+                   help="training images: an integer or tiny (60), small (1000), default (10000), large (50000); "
+                        "val and test get a tenth each (at least 20)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=128, help="image side in pixels")
+    p.add_argument("--format", choices=("jpg", "png"), default="jpg", help="image files: JPEG q95 4:4:4, or PNG")
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="rendering processes")
+    p.add_argument("--vocab-size", type=int, default=1000, help="upper bound of the trained tokenizer's vocabulary")
+    p.add_argument("--no-webdataset", action="store_true", help="skip the webdataset tar shards")
+    p.add_argument("--force", action="store_true", help="write into a non-empty directory")
+    b = sub.add_parser("baselines", help="recompute DIR/baselines.json of a generated shapes directory")
+    b.add_argument("dir")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    if args.command == "shapes":
+        from pathlib import Path
+
+        from .shapes import ShapesConfig, generate, parse_size
+
+        out = Path(args.out)
+        if out.exists() and any(out.iterdir()) and not args.force:
+            print(f"error: {out} is not empty (use --force to write into it)", file=sys.stderr)
+            return 2
+        try:
+            size = parse_size(args.size)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if args.image_size < 64:
+            print("error: --image-size must be at least 64 (the smallest objects would vanish)", file=sys.stderr)
+            return 2
+        cfg = ShapesConfig(size=size, seed=args.seed, image_size=args.image_size, image_format=args.format,
+                           workers=max(1, args.workers), vocab_size=args.vocab_size, webdataset=not args.no_webdataset)
+        meta = generate(out, cfg, progress=True)
+        print(f"wrote {out} in {meta['generation_seconds']} s: "
+              + ", ".join(f"{s} {c['images']} images" for s, c in meta["splits"].items()))
+        return 0
+    if args.command == "baselines":
+        import json
+        from pathlib import Path
+
+        from .shapes import compute_baselines
+
+        from .errors import DataError
+        from .shapes.readme import write_readme
+
+        try:
+            result = compute_baselines(args.dir)
+        except DataError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        root = Path(args.dir)
+        (root / "baselines.json").write_text(json.dumps(result, indent=1))
+        write_readme(root, json.loads((root / "dataset.json").read_text()), result)
+        print(json.dumps(result, indent=1))
+        return 0
+    return 2  # argparse rejects unknown commands before this
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""VQAv2: ``v2_OpenEnded_mscoco_{split}_questions.json`` + ``v2_mscoco_{split}_annotations.json``.
+
+Splits are VQAv2's data subtypes (train2014, val2014, test2015, test-dev2015); test splits
+have no annotation file. Images are found with a template relative to ``image_root``:
+VQAv2's default is ``{split}/COCO_{split}_{image_id:012d}.jpg`` (with split = "train2014",
+i.e. ``train2014/COCO_train2014_000000000123.jpg``); the shapes set uses
+``{split}/shapes_{split}_{image_id:012d}.jpg``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import DataError
+from ..samples import Sample, most_common_answer
+from .common import DEFAULT_MAX_TEXT_CHARS, Reader, check_text, load_json, require
+
+VQAV2_IMAGE_TEMPLATE = "{split}/COCO_{split}_{image_id:012d}.jpg"
+ANSWER_TYPES = ("yes/no", "number", "other")
+
+
+def format_image_path(image_root: Path, template: str, file: Path, record: object, **fields) -> Path:
+    try:
+        return image_root / template.format(**fields)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise DataError(file, f"image template {template!r} cannot be filled from {sorted(fields)}: {exc}", record) from None
+
+
+class VqaReader(Reader):
+    """One Sample per question: text = question, answers = the annotators' answers.
+
+    root:        directory with the question/annotation files.
+    split:       data subtype used in the file names and the image template.
+    source:      the name in the files, "mscoco" for VQAv2, "shapes" for the shapes set.
+    image_root:  where the images are (default: root).
+    annotations: False for test splits (no answers), True to require them.
+    """
+
+    def __init__(self, root: str | Path, split: str, source: str = "mscoco", image_root: str | Path | None = None,
+                 image_template: str = VQAV2_IMAGE_TEMPLATE, annotations: bool = True,
+                 questions_file: str | Path | None = None, annotations_file: str | Path | None = None,
+                 skip_bad: bool = False, max_text_chars: int = DEFAULT_MAX_TEXT_CHARS):
+        super().__init__(skip_bad, max_text_chars)
+        root = Path(root)
+        self.split = split
+        self.questions_file = Path(questions_file or root / f"v2_OpenEnded_{source}_{split}_questions.json")
+        self.annotations_file = Path(annotations_file or root / f"v2_{source}_{split}_annotations.json") if annotations else None
+        image_root = Path(image_root) if image_root is not None else root
+        qdata = load_json(self.questions_file)
+        questions = require(qdata, "questions", self.questions_file, None, list)
+        by_qid: dict[int, dict] = {}
+        if self.annotations_file is not None:
+            adata = load_json(self.annotations_file)
+            for n, ann in enumerate(require(adata, "annotations", self.annotations_file, None, list)):
+                try:
+                    qid = require(ann, "question_id", self.annotations_file, n, int)
+                    by_qid[qid] = ann
+                except DataError as err:
+                    self._bad(err)
+        for n, q in enumerate(questions):
+            try:
+                self._add(n, q, by_qid, image_root, image_template, dataset=source)
+            except DataError as err:
+                self._bad(err)
+
+    def _add(self, n, q, by_qid, image_root, template, dataset):
+        f = self.questions_file
+        qid = require(q, "question_id", f, n, int)
+        rid = f"{n} (question_id {qid})"
+        image_id = require(q, "image_id", f, rid, int)
+        text, cut = check_text(require(q, "question", f, rid), f, rid, self.max_text_chars, what="question")
+        self.truncated += cut
+        sample = Sample(sample_id=str(qid), image_id=image_id, text=text, dataset=dataset,
+                        image_path=format_image_path(image_root, template, f, rid, split=self.split, image_id=image_id))
+        if self.annotations_file is not None:
+            af = self.annotations_file
+            if qid not in by_qid:
+                raise DataError(af, f"no annotation for question_id {qid}", rid)
+            ann = by_qid[qid]
+            if ann.get("image_id", image_id) != image_id:
+                raise DataError(af, f"image_id {ann.get('image_id')} differs from the question's {image_id}", rid)
+            answers = []
+            for k, a in enumerate(require(ann, "answers", af, rid, list)):
+                ans = require(a, "answer", af, f"{rid} answer {k}", str)
+                answers.append(ans)
+            if not answers:
+                raise DataError(af, "no answers", rid)
+            sample.answers = answers
+            sample.answer_type = ann.get("answer_type")
+            if sample.answer_type is not None and sample.answer_type not in ANSWER_TYPES:
+                raise DataError(af, f"unknown answer_type {sample.answer_type!r} (expected one of {ANSWER_TYPES})", rid)
+            sample.question_type = ann.get("question_type")
+            sample.meta["multiple_choice_answer"] = ann.get("multiple_choice_answer") or most_common_answer(answers)
+            if "template" in ann:
+                sample.meta["template"] = ann["template"]
+        self.samples.append(sample)

@@ -1,0 +1,17 @@
+"""A tiny shapes data set, generated once per test session (a few seconds)."""
+
+import pytest
+
+from fibervl.data.shapes import ShapesConfig, ShapesDataset, generate
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shapes")
+    generate(out, ShapesConfig(size=60, seed=3, workers=2, vocab_size=600))
+    return out
+
+
+@pytest.fixture(scope="session")
+def shapes(shapes_dir):
+    return ShapesDataset(shapes_dir)

@@ -1,0 +1,171 @@
+import hashlib
+import json
+import random
+from collections import Counter
+
+
+from fibervl.data.cli import main
+from fibervl.data.shapes import HELD_OUT_SHAPES, SHAPES, ShapesConfig, generate
+from fibervl.data.shapes.nlvr2 import NLVR2_TEMPLATES
+from fibervl.data.shapes.questions import YesNoBalancer, questions
+from fibervl.data.shapes.vocab import NUMBER_WORDS
+from fibervl.data.shapes.scene import sample_scene
+from fibervl.data.shapes.vocab import plural
+
+
+def _digest(root):
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name not in ("dataset.json", "README.md"):  # these hold the timing
+            h.update(str(p.relative_to(root)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_deterministic_and_independent_of_worker_count(tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    generate(a, ShapesConfig(size=12, seed=5, workers=1, vocab_size=400))
+    generate(b, ShapesConfig(size=12, seed=5, workers=2, vocab_size=400))
+    generate(c, ShapesConfig(size=12, seed=6, workers=1, vocab_size=400))
+    assert _digest(a) == _digest(b) != _digest(c)
+
+
+def test_counts_answers_match_the_boxes(shapes):
+    det = {s.image_id: s for s in shapes.detection("test")}
+    vqa = shapes.vqa("test")
+    checked = 0
+    for q in vqa:
+        if q.question_type != "how many":
+            continue
+        boxes = det[q.image_id]
+        names = [SHAPES[c - 1] for c in boxes.category_ids.tolist()]
+        if q.text in ("how many shapes are there?", "how many objects are in the picture?"):
+            assert q.meta["multiple_choice_answer"] == str(boxes.num_boxes)
+            checked += 1
+        for shape in SHAPES:
+            if q.text == f"how many {plural(shape)} are there?":
+                assert q.meta["multiple_choice_answer"] == str(names.count(shape))
+                checked += 1
+    assert checked >= 5
+
+
+def test_answers_have_a_clear_majority_and_some_disagreement(shapes):
+    vqa = shapes.vqa("train")
+    disagree = 0
+    for q in vqa:
+        counts = Counter(q.answers)
+        assert counts[q.meta["multiple_choice_answer"]] >= 6
+        disagree += len(counts) > 1
+    assert 0.1 < disagree / len(vqa) < 0.5
+
+
+def test_held_out_classes_never_labelled_in_fine_grained_training(shapes):
+    words = set(HELD_OUT_SHAPES) | {plural(s) for s in HELD_OUT_SHAPES}
+    held_ids = {SHAPES.index(s) + 1 for s in HELD_OUT_SHAPES}
+    assert set(shapes.held_out_category_ids) == held_ids and len(shapes.seen_category_ids) == len(SHAPES) - 2
+    for split in ("train", "val"):
+        det = shapes.detection(split)
+        assert not held_ids & set(det.categories)
+        assert all(not held_ids & set(s.category_ids.tolist()) for s in det)
+        for reader in (shapes.grounding(split), shapes.refexp(split)):
+            for s in reader:
+                assert not words & {w.strip(".,?") for w in s.text.split()}
+                assert not held_ids & set(s.category_ids.tolist())
+    test = shapes.detection("test")
+    assert held_ids <= set(test.categories)
+    assert any(held_ids & set(s.category_ids.tolist()) for s in test)
+    assert any(w in s.text for s in shapes.captions("train") for w in words)  # named in coarse data
+
+
+def test_grounding_phrases_name_their_boxes(shapes):
+    for s in shapes.grounding("test"):
+        for cat, spans in zip(s.category_ids.tolist(), s.tokens_positive):
+            phrase = s.text[spans[0][0]:spans[0][1]]
+            shape = SHAPES[cat - 1]
+            assert phrase.endswith((shape, plural(shape), "shape", "shapes")), (phrase, shape)
+    for s in shapes.refexp("test"):
+        phrase = s.text[s.tokens_positive[0][0][0]:s.tokens_positive[0][0][1]]
+        assert phrase.startswith("the ") and phrase.endswith(SHAPES[int(s.category_ids[0]) - 1])
+
+
+def test_objects_are_visible_at_128px(shapes):
+    for s in shapes.detection("test"):
+        w = s.boxes[:, 2] - s.boxes[:, 0]
+        h = s.boxes[:, 3] - s.boxes[:, 1]
+        assert (w >= 5).all() and (h >= 5).all() and (s.boxes >= 0).all() and (s.boxes <= 128).all()
+        assert 2 <= s.num_boxes <= 8
+
+
+def test_yes_no_answers_are_balanced_per_template():
+    rng = random.Random(0)
+    bal = YesNoBalancer()
+    for i in range(600):
+        scene = sample_scene(rng, i, "train", 128)
+        questions(scene, rng, bal)
+    for template, (yes, no) in bal.counts.items():
+        assert yes + no > 50, template
+        assert abs(yes - no) <= 2, (template, yes, no)
+
+
+def test_nlvr2_labels_balanced_and_statements_true(shapes):
+    items = shapes.nlvr2("train")
+    by_template = Counter((s.meta["template"], s.label) for s in items)
+    for t in NLVR2_TEMPLATES:
+        assert abs(by_template[(t, True)] - by_template[(t, False)]) <= 1
+    det = {s.image_id: s for s in shapes.detection("train")}
+    for s in items:  # check the count statements against the boxes (seen classes only)
+        for side, key in (("left", "left_image_id"), ("right", "right_image_id")):
+            prefix = f"the {side} image contains exactly "
+            if s.text.startswith(prefix) and s.text.split()[-1].rstrip(".") in {plural(x) for x in SHAPES} | set(SHAPES):
+                noun = s.text.split()[-1].rstrip(".")
+                shape = next(x for x in SHAPES if noun in (x, plural(x)))
+                words = s.text[len(prefix):].split()
+                if len(words) == 2 and shape not in HELD_OUT_SHAPES:
+                    names = [SHAPES[c - 1] for c in det[s.meta[key]].category_ids.tolist()]
+                    n = NUMBER_WORDS.index(words[0])
+                    assert (names.count(shape) == n) == s.label, s.text
+
+
+def test_baselines_and_readme_written(shapes_dir):
+    base = json.loads((shapes_dir / "baselines.json").read_text())
+    for split in ("val", "test"):
+        v = base[split]["vqa"]
+        assert v["all"]["chance"] < v["all"]["majority"] <= 100
+        assert base[split]["nlvr2"]["chance"] == 50.0
+    readme = (shapes_dir / "README.md").read_text()
+    assert "text-only prior" in readme
+    assert f"{base['test']['vqa']['all']['majority']:.2f}" in readme
+    meta = json.loads((shapes_dir / "dataset.json").read_text())
+    assert meta["tokenizer_vocab_size"] <= 600 and (shapes_dir / "tokenizer" / "tokenizer.json").is_file()
+
+
+def test_captions_fit_40_tokens(shapes):
+    from fibervl.data import Tokenizer
+
+    tok = Tokenizer.from_pretrained(shapes.tokenizer_dir)
+    texts = [s.text for s in shapes.captions("train")] + [s.text for s in shapes.vqa("train")]
+    lengths = tok(texts).attention_mask.sum(-1)
+    assert int(lengths.max()) <= 40
+
+
+def test_regenerating_smaller_replaces_old_files(tmp_path):
+    from fibervl.data.shapes import ShapesDataset
+
+    generate(tmp_path, ShapesConfig(size=30, seed=1, workers=1, vocab_size=400))
+    (tmp_path / "mine.txt").write_text("keep me")
+    generate(tmp_path, ShapesConfig(size=10, seed=1, workers=1, vocab_size=400))
+    assert len(list((tmp_path / "images" / "train").iterdir())) == 10
+    assert len(list(ShapesDataset(tmp_path).webdataset())) == 10
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_cli(tmp_path, capsys):
+    out = tmp_path / "d"
+    assert main(["shapes", "--out", str(out), "--size", "12", "--workers", "1", "--no-webdataset"]) == 0
+    assert (out / "dataset.json").is_file() and not (out / "webdataset").exists()
+    assert main(["shapes", "--out", str(out), "--size", "12"]) == 2  # not empty, no --force
+    assert main(["shapes", "--out", str(tmp_path / "e"), "--size", "huge"]) == 2
+    assert "must be an integer" in capsys.readouterr().err
+    (out / "README.md").unlink()
+    assert main(["baselines", str(out)]) == 0 and (out / "README.md").is_file()
+    assert main(["baselines", str(tmp_path)]) == 2 and "dataset.json missing" in capsys.readouterr().err
