@@ -14,7 +14,6 @@ from .collate import Batch, Collator, build_positive_map, normalize_positive_map
 from .dataset import ProcessedDataset, ProcessedIterableDataset
 from .errors import DataError, SkipLog
 from .image_io import decode_image, load_image
-from .masking import mask_tokens
 from .processor import ProcessedSample, Processor, sync_image_size
 from .prompts import clean_name, detection_prompt, detection_to_grounding
 from .readers import (
@@ -24,7 +23,7 @@ from .samples import Sample, most_common_answer
 from .tokenizer import TokenBatch, Tokenizer, train_bytelevel_bpe, train_shapes_tokenizer
 
 __all__ = [
-    "AnswerVocabulary", "answer_score", "mask_tokens", "normalize_answer",
+    "AnswerVocabulary", "answer_score", "normalize_answer",
     "Batch", "CocoDetectionReader", "Collator", "DataError", "KarpathyCaptions", "MdetrReader", "Nlvr2Reader",
     "ProcessedDataset", "ProcessedIterableDataset", "ProcessedSample", "Processor", "Sample", "SkipLog", "TokenBatch", "Tokenizer", "VqaReader",
     "WebDatasetReader", "build_positive_map", "clean_name", "decode_image", "detection_prompt",
