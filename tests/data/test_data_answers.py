@@ -1,6 +1,6 @@
 import torch
 
-from fibervl.data import AnswerVocabulary, Sample, answer_score, mask_tokens, normalize_answer
+from fibervl.data import AnswerVocabulary, Sample, answer_score, normalize_answer
 from fibervl.data.tokenizer import train_bytelevel_bpe
 
 
@@ -25,18 +25,3 @@ def test_vocabulary_targets_and_round_trip(tmp_path):
     assert vocab.batch_targets([s.answers for s in samples]).shape == (2, len(vocab))
     vocab.save(tmp_path / "v.json")
     assert AnswerVocabulary.load(tmp_path / "v.json").answers == vocab.answers
-
-
-def test_mask_tokens_never_touches_specials_or_padding():
-    tok = train_bytelevel_bpe(["a red circle and a blue star"] * 30, vocab_size=300)
-    batch = tok(["a red circle and a blue star " * 5, "a red"], max_length=40)
-    g = torch.Generator().manual_seed(0)
-    masked, labels = mask_tokens(batch.input_ids, batch.attention_mask, tok, probability=0.5, generator=g)
-    chosen = labels != -100
-    assert chosen.any()
-    assert torch.equal(labels[chosen], batch.input_ids[chosen])
-    special = torch.isin(batch.input_ids, torch.tensor(sorted(tok.special_token_ids)))
-    assert not (chosen & special).any() and torch.equal(masked[special], batch.input_ids[special])
-    assert torch.equal(masked[~chosen], batch.input_ids[~chosen])
-    frac_mask = (masked[chosen] == tok.mask_token_id).float().mean()
-    assert 0.6 < frac_mask < 0.95
