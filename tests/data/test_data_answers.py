@@ -1,7 +1,5 @@
-import torch
 
 from fibervl.data import AnswerVocabulary, Sample, answer_score, normalize_answer
-from fibervl.data.tokenizer import train_bytelevel_bpe
 
 
 def test_normalize_answer():
