@@ -20,3 +20,13 @@ def batch():
     ids[1, 7:] = 1
     mask = ids.ne(1).long()
     return images, ids, mask
+
+
+@pytest.fixture(scope="session")
+def shapes_tiny(tmp_path_factory):
+    """A tiny embedded data set (60/20/20 images), written once per test session."""
+    from fibervl.data.shapes import ShapesConfig, generate
+
+    out = tmp_path_factory.mktemp("shapes") / "tiny"
+    generate(out, ShapesConfig(size=60, seed=0, workers=1))
+    return out

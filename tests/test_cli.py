@@ -33,3 +33,8 @@ def test_info_unknown_model_is_an_error(capsys):
 def test_unbuilt_commands_say_so(capsys):
     assert main(["run", "--preset", "quick"]) == 2
     assert "not available in this version" in capsys.readouterr().err
+
+
+def test_bad_config_key_names_it(capsys):
+    assert main(["pretrain", "coarse", "train.max_stepz=3"]) == 1
+    assert "train.max_stepz" in capsys.readouterr().err

@@ -1,9 +1,34 @@
-"""The ``fibervl`` command line. Each subcommand lives in the module that owns its work."""
+"""The ``fibervl`` command line.
+
+Subcommands that run a recipe (``pretrain``, ``finetune``, ``evaluate``, ``predict``) find it by
+name in :data:`RECIPES`: each recipe module exposes ``COMMANDS = {"finetune": fn, ...}`` where
+``fn(argv) -> exit code`` parses its own arguments (``--config FILE [--resume] key=value ...``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+
+# recipe name -> module; the module's COMMANDS says which verbs it supports.
+RECIPES = {
+    "coarse": "fibervl.recipes.coarse_pretrain",
+    "fine": "fibervl.recipes.fine_pretrain",
+    "retrieval": "fibervl.recipes.retrieval",
+    "vqa": "fibervl.recipes.vqa",
+    "nlvr2": "fibervl.recipes.nlvr2",
+    "caption": "fibervl.recipes.caption",
+    "ground": "fibervl.recipes.grounding",
+    "refexp": "fibervl.recipes.refexp",
+    "detect": "fibervl.recipes.detection",
+}
+VERBS = {
+    "pretrain": ("pre-training stages", ["coarse", "fine"]),
+    "finetune": ("fine-tune a task", [n for n in RECIPES if n not in ("coarse", "fine")]),
+    "evaluate": ("evaluate a task", [n for n in RECIPES if n not in ("coarse", "fine")]),
+    "predict": ("predict with a trained model", [n for n in RECIPES if n not in ("coarse", "fine")]),
+}
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -19,13 +44,29 @@ def _convert(args: argparse.Namespace) -> int:
     return run_convert(args)
 
 
-def _data(argv: list[str]) -> int:
+def _recipe(args: argparse.Namespace) -> int:
+    module_name = RECIPES[args.recipe]
     try:
-        from .data.cli import main as data_main
-    except ImportError as err:
-        print(f"fibervl data: the data package is not available in this build ({err})", file=sys.stderr)
-        return 2
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name != module_name:
+            raise
+        return _not_yet(f"{args.command} {args.recipe}")
+    command = getattr(module, "COMMANDS", {}).get(args.command)
+    if command is None:
+        return _not_yet(f"{args.command} {args.recipe}")
+    return command(args.rest)
+
+
+def _data(argv: list[str]) -> int:
+    from .data.cli import main as data_main
+
     return data_main(argv)
+
+
+def _not_yet(what: str) -> int:
+    print(f"fibervl {what}: not available in this version of fibervl yet; see README.md (Status).", file=sys.stderr)
+    return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,20 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     from .convert.cli import add_convert_parser
 
     add_convert_parser(sub).set_defaults(func=_convert)
+    sub.add_parser("data", help="write data sets: fibervl data shapes --out DIR (see fibervl data -h)", add_help=False)
 
-    sub.add_parser("data", help="write data sets (fibervl data shapes --out DIR)", add_help=False)
-
-    for name, what in [("run", "the main job"), ("pretrain", "pre-training"), ("finetune", "fine-tuning"),
-                       ("evaluate", "evaluation"), ("predict", "prediction")]:
-        p = sub.add_parser(name, help=f"{what} (not available in this version yet)", add_help=False)
-        p.set_defaults(func=_not_yet, what=what)
+    for verb, (what, names) in VERBS.items():
+        p = sub.add_parser(verb, help=f"{what}: {', '.join(names)}",
+                           description=f"fibervl {verb} NAME --config FILE [--resume [PATH]] key=value ...")
+        p.add_argument("recipe", choices=names, metavar="NAME", help=", ".join(names))
+        p.set_defaults(func=_recipe)
+    sub.add_parser("run", help="the main job (not available in this version yet)", add_help=False).set_defaults(
+        func=lambda args: _not_yet("run"))
     return parser
-
-
-def _not_yet(args: argparse.Namespace) -> int:
-    print(f"fibervl {args.command}: {args.what} is not available in this version of fibervl yet; "
-          "see README.md (Status) for what is.", file=sys.stderr)
-    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,11 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         return _data(argv[1:])
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if rest and args.func is not _not_yet:
+    args.rest = rest
+    if rest and args.func not in (_recipe,) and args.command != "run":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
+    except (FileNotFoundError, ValueError, RuntimeError, KeyError) as err:
         print(f"fibervl {args.command}: error: {err}", file=sys.stderr)
         return 1
 

@@ -1,0 +1,74 @@
+"""What every stage and task shares: which model, which data, which tokenizer.
+
+Experiment configs (YAML + ``key=value`` overrides, loaded with :mod:`fibervl.engine.config`)
+embed :class:`ModelSpec` and :class:`DataSpec`; :func:`build_model` makes the model agree with
+the tokenizer so a preset and a data set's own vocabulary fit together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import FiberConfig, get_preset
+from .data import Tokenizer
+from .modeling.fiber import FiberModel
+
+
+@dataclass
+class ModelSpec:
+    """``preset``: a preset name or a model directory (config.json); ``init``: a model directory
+    (``save_pretrained`` output, e.g. an earlier stage's ``model/``) whose weights start the run.
+    ``heads``: override the preset's heads (empty: keep)."""
+
+    preset: str = "fiber-tiny"
+    init: str = ""
+    heads: tuple[str, ...] = ()
+
+
+@dataclass
+class DataSpec:
+    """``root``: the data set directory; ``tokenizer``: tokenizer directory or file (default: the
+    shapes set's own ``ROOT/tokenizer``); ``max_text_len`` / ``image_size`` 0 = the model's."""
+
+    root: str = "data/shapes"
+    tokenizer: str = ""
+    max_text_len: int = 0
+    image_size: int = 0
+    num_eval: int = 0  # evaluate on the first N items of the split (0 = all)
+
+
+def load_tokenizer(data: DataSpec) -> Tokenizer:
+    path = Path(data.tokenizer) if data.tokenizer else Path(data.root) / "tokenizer"
+    return Tokenizer.from_pretrained(path)
+
+
+def model_config(spec: ModelSpec, tokenizer: Tokenizer) -> FiberConfig:
+    """The preset (or saved) config with the text vocabulary and special ids of ``tokenizer``."""
+    if Path(spec.preset).is_dir():
+        config = FiberConfig.load(Path(spec.preset) / "config.json")
+    else:
+        config = get_preset(spec.preset)
+    text = dataclasses.replace(
+        config.text, vocab_size=tokenizer.vocab_size, mask_token_id=tokenizer.mask_token_id,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    changes = {"text": text}
+    if spec.heads:
+        changes["heads"] = tuple(spec.heads)
+    return config.replace(**changes)
+
+
+def build_model(spec: ModelSpec, tokenizer: Tokenizer) -> FiberModel:
+    """A fresh model of the preset, or the ``init`` model; the tokenizer must fit its vocabulary."""
+    if spec.init:
+        model = FiberModel.from_pretrained(spec.init)
+        t = model.config.text
+        if (t.vocab_size, t.mask_token_id, t.pad_token_id) != (tokenizer.vocab_size, tokenizer.mask_token_id, tokenizer.pad_token_id):
+            raise ValueError(
+                f"the tokenizer (vocab {tokenizer.vocab_size}, mask {tokenizer.mask_token_id}) does not fit the model "
+                f"in {spec.init} (vocab {t.vocab_size}, mask {t.mask_token_id})"
+            )
+        return model
+    return FiberModel(model_config(spec, tokenizer))
