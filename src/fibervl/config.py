@@ -108,6 +108,10 @@ class FiberConfig:
     projections; any of the others builds the fused-feature projections and poolers; "caption"
     adds projections of the final image tokens to the fused text layers' key widths and decodes
     with the MLM head. A backbone-only model (the detector's) has no heads.
+
+    ``text_pooling``: which text state the poolers read: "first" (token 0, the official model) or
+    "mean" (mean over real tokens). From scratch, token 0 of a small text encoder barely depends on
+    the other tokens at initialisation and contrastive training collapses; "mean" avoids that.
     """
 
     vision: SwinConfig = field(default_factory=SwinConfig)
@@ -119,6 +123,7 @@ class FiberConfig:
     head_layer_norm_eps: float = 1e-5
     mlm_layer_norm_eps: float = 1e-12
     itc_temperature: float = 0.07
+    text_pooling: str = "first"
     detection: DetectionConfig | None = None
     name: str = "custom"
 
@@ -151,6 +156,8 @@ class FiberConfig:
                 f"vision.image_size {v.image_size} must be divisible by patch_size * 2**(stages-1) = "
                 f"{v.patch_size * 2 ** (len(v.depths) - 1)}"
             )
+        if self.text_pooling not in ("first", "mean"):
+            raise ConfigError(f"text_pooling must be 'first' or 'mean', got {self.text_pooling!r}")
         if self.detection is not None:
             if len(v.feature_norms) != 3:
                 raise ConfigError(f"detection needs 3 backbone feature maps (vision.feature_norms), got {v.feature_norms}")

@@ -29,7 +29,8 @@ class FusionOutput:
 
     text_feats: [B, T, H] text tokens after the cross-modal text transform.
     image_feats: [B, N, H] image tokens (last stage) after the cross-modal image transform.
-    cls_feats: [B, 2H] concat of the text pooler (token 0) and the image pooler (token mean).
+    cls_feats: [B, 2H] concat of the text pooler (token 0, or the token mean: config.text_pooling) and
+        the image pooler (token mean).
     text_hidden: [B, T, Dt] text states before the transform.
     image_stages: per stage, [B, Hs, Ws, Cs] fused image grids before merging (for detection).
     """
@@ -117,12 +118,19 @@ class FiberModel(nn.Module):
         cm = self.cross_modal
         cm.require("itc_text_transform", "dual-encoder (itc)")
         x = self.text(input_ids, attention_mask)
-        return _l2_normalise(cm.itc_text_pooler(cm.itc_text_transform(x)[:, 0]))
+        return _l2_normalise(cm.itc_text_pooler(self._pool_text(cm.itc_text_transform(x), attention_mask)))
 
     def itc_logits(self, image_embed: torch.Tensor, text_embed: torch.Tensor) -> torch.Tensor:
         """[Bi, H], [Bt, H] -> [Bi, Bt] similarities divided by the (clamped) temperature."""
         self.cross_modal.require("itc_text_transform", "dual-encoder (itc)")
         return image_embed @ text_embed.t() / self.temperature.clamp(0.001, 1.0)
+
+    def _pool_text(self, feats: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[B, T, H] -> [B, H]: token 0, or the mean over real tokens (``config.text_pooling``)."""
+        if self.config.text_pooling == "first":
+            return feats[:, 0]
+        weights = attention_mask.to(feats.dtype)[..., None]
+        return (feats * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
     # ---- fusion encoder ------------------------------------------------------------------
     def fuse(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> FusionOutput:
@@ -132,7 +140,8 @@ class FiberModel(nn.Module):
         text_hidden, image_stages = self.fuse_backbones(images, input_ids, attention_mask)
         text_feats = cm.text_transform(text_hidden)
         image_feats = cm.image_transform(image_stages[-1].flatten(1, 2))
-        cls = torch.cat([cm.text_pooler(text_feats[:, 0]), cm.image_pooler(image_feats.mean(dim=1))], dim=-1)
+        cls = torch.cat([cm.text_pooler(self._pool_text(text_feats, attention_mask)),
+                         cm.image_pooler(image_feats.mean(dim=1))], dim=-1)
         return FusionOutput(text_feats, image_feats, cls, text_hidden, image_stages)
 
     def fuse_backbones(
