@@ -63,7 +63,8 @@ def run(cfg: CaptionConfig) -> dict:
 
     def evaluate(m) -> dict[str, float]:
         metrics, preds = evaluate_captioning(m, tokenizer, eval_reader, image_size, decode, limit=cfg.data.num_eval,
-                                             batch_size=cfg.caption.eval_batch_size, bf16=bf16)
+                                             batch_size=cfg.caption.eval_batch_size, bf16=bf16,
+                                             spice=cfg.caption.spice)
         last.update(step=trainer.step, metrics=metrics, predictions=preds)
         # The trainer logs numbers only; the SPICE status goes to metrics.json at the end.
         return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
@@ -131,7 +132,7 @@ def _evaluate_command(argv: list[str]) -> int:
     eval_reader = caption_reader(cfg.data, cfg.data.eval_split)
     if baseline:
         metrics = most_frequent_caption_baseline(caption_reader(cfg.data, cfg.data.train_split), eval_reader,
-                                                 limit=cfg.data.num_eval)
+                                                 limit=cfg.data.num_eval, spice=cfg.caption.spice)
         print(json.dumps({"eval_split": cfg.data.eval_split, "baseline": "most frequent training caption",
                           **metrics}, indent=2))
         return 0
@@ -143,7 +144,8 @@ def _evaluate_command(argv: list[str]) -> int:
     tokenizer = model_tokenizer(model_dir, fallback)
     image_size = cfg.data.image_size or model.config.vision.image_size
     metrics, preds = evaluate_captioning(model, tokenizer, eval_reader, image_size, cfg.caption.decode_config(),
-                                         limit=cfg.data.num_eval, batch_size=cfg.caption.eval_batch_size)
+                                         limit=cfg.data.num_eval, batch_size=cfg.caption.eval_batch_size,
+                                         spice=cfg.caption.spice)
     if predictions_file:
         Path(predictions_file).write_text(json.dumps(preds, indent=1))
     print(json.dumps({"eval_split": cfg.data.eval_split, "beam_size": cfg.caption.beam_size, **metrics}, indent=2))

@@ -27,7 +27,8 @@ class CaptionSettings:
     """Training and decoding settings. ``label_smoothing`` of the MLE loss; decoding:
     ``beam_size`` (1 = greedy), ``max_length`` generated tokens, ``min_length``,
     ``length_penalty`` (scores are ``sum log p / length ** length_penalty``), ``banned_ids``
-    (never generated; BOS, PAD and the mask token always are); ``eval_batch_size`` images."""
+    (never generated; BOS, PAD and the mask token always are); ``eval_batch_size`` images;
+    ``spice``: try SPICE too (when its models are absent it is reported unavailable, at no cost)."""
 
     label_smoothing: float = 0.0
     beam_size: int = 3
@@ -36,6 +37,7 @@ class CaptionSettings:
     length_penalty: float = 1.0
     banned_ids: tuple[int, ...] = ()
     eval_batch_size: int = 32
+    spice: bool = True
 
     def decode_config(self, beam_size: int | None = None, use_cache: bool = True) -> DecodeConfig:
         return DecodeConfig(beam_size=beam_size or self.beam_size, max_length=self.max_length,
