@@ -5,7 +5,8 @@
 - fusion encoder (:meth:`FiberModel.fuse`): both directions of gated cross-attention in the
   paired top blocks, updated simultaneously; features for ITM, MLM, VQA, NLVR2;
 - caption mode (:meth:`FiberModel.caption_features`): the image runs unimodally, the text is
-  causal and attends to the final image tokens in its fused layers.
+  causal and attends to the final image tokens in its fused layers; :meth:`FiberModel.start_caption`
+  and :meth:`FiberModel.caption_step` decode incrementally with a key/value cache.
 """
 
 from __future__ import annotations
@@ -40,6 +41,42 @@ class FusionOutput:
     cls_feats: torch.Tensor
     text_hidden: torch.Tensor
     image_stages: list[torch.Tensor]
+
+
+@dataclass
+class CaptionCache:
+    """State of incremental caption decoding (see :meth:`FiberModel.caption_step`).
+
+    image_kv: per text layer, the t2i keys/values [B, heads, N, d] of the image (None for
+        unfused layers); computed once by :meth:`FiberModel.start_caption`, never again.
+    self_kv: per text layer, self-attention keys/values [B, heads, P, d] of the P tokens fed so
+        far (None before the first step).
+    real: [B] int64, real (non-pad) tokens fed so far, for the RoBERTa positions of the next ones.
+    """
+
+    image_kv: list[tuple[torch.Tensor, torch.Tensor] | None]
+    self_kv: list[tuple[torch.Tensor, torch.Tensor] | None]
+    real: torch.Tensor
+
+    @property
+    def length(self) -> int:
+        """Tokens fed so far (P)."""
+        kv = self.self_kv[0]
+        return 0 if kv is None else int(kv[0].shape[2])
+
+    def index_select(self, index: torch.Tensor, same_images: bool = False) -> "CaptionCache":
+        """Rows ``index`` [B'] of the batch (beam reordering, dropping finished rows). With
+        ``same_images`` the caller promises row ``index[i]`` shows the same image as row ``i``
+        (beams reordered within their image), so the image keys/values are kept, not copied."""
+        def pick(kv):
+            return None if kv is None else (kv[0].index_select(0, index), kv[1].index_select(0, index))
+
+        image_kv = self.image_kv if same_images else [pick(kv) for kv in self.image_kv]
+        return CaptionCache(image_kv, [pick(kv) for kv in self.self_kv], self.real.index_select(0, index))
+
+    def repeat_interleave(self, n: int) -> "CaptionCache":
+        """Each row n times in a row (e.g. one per beam): [B, ...] -> [B * n, ...]."""
+        return self.index_select(torch.arange(self.real.shape[0], device=self.real.device).repeat_interleave(n))
 
 
 class CrossModal(nn.Module):
@@ -203,8 +240,7 @@ class FiberModel(nn.Module):
         image_tokens: [B, N, C] from :meth:`caption_image`; input_ids [B, T]; attention_mask [B, T]
         or None (no padding). Returns text_feats [B, T, H] for the LM head (position i predicts i+1).
         """
-        if "caption" not in self.config.heads:
-            raise ValueError("this model was built without the caption head (add 'caption' to config.heads)")
+        self._require_caption()
         t = input_ids.shape[1]
         mask = torch.ones(t, t, dtype=torch.bool, device=input_ids.device).tril()[None, None]
         if attention_mask is not None:
@@ -217,6 +253,42 @@ class FiberModel(nn.Module):
                 image = proj[str(i)](image_tokens) if str(i) in proj else image_tokens
             x = layer(x, mask, image=image)
         return self.cross_modal.text_transform(x)
+
+    def start_caption(self, image_tokens: torch.Tensor) -> CaptionCache:
+        """An empty decoding cache for ``image_tokens`` [B, N, C] (:meth:`caption_image`): the
+        t2i keys/values of every fused text layer are computed here, once per image."""
+        self._require_caption()
+        image_kv: list[tuple[torch.Tensor, torch.Tensor] | None] = []
+        for i, layer in enumerate(self.text.layers):
+            if layer.t2i is None:
+                image_kv.append(None)
+                continue
+            proj = self.cross_modal.caption_image_proj
+            image = proj[str(i)](image_tokens) if str(i) in proj else image_tokens
+            image_kv.append(layer.t2i.image_kv(image))
+        real = torch.zeros(image_tokens.shape[0], dtype=torch.long, device=image_tokens.device)
+        return CaptionCache(image_kv, [None] * len(self.text.layers), real)
+
+    def caption_step(self, input_ids: torch.Tensor, cache: CaptionCache) -> tuple[torch.Tensor, CaptionCache]:
+        """Feed S new tokens ``input_ids`` [B, S] after those in ``cache``; each costs one
+        position of every layer (the past is read from the cache, not recomputed).
+
+        Returns the LM logits [B, vocab] of the last new token (its prediction of the next one)
+        and the extended cache. Equals ``mlm_logits(caption_features(image, all_ids))[:, -1]``
+        with no attention mask (a pad fed here is attended to, as it is there).
+        """
+        x = self.text.embeddings(input_ids, past_real=cache.real)
+        self_kv = []
+        for layer, past, image_kv in zip(self.text.layers, cache.self_kv, cache.image_kv):
+            x, kv = layer.step(x, past, image_kv)
+            self_kv.append(kv)
+        real = cache.real + input_ids.ne(self.text.embeddings.pad_id).sum(dim=1)
+        logits = self.mlm_logits(self.cross_modal.text_transform(x[:, -1]))
+        return logits, CaptionCache(cache.image_kv, self_kv, real)
+
+    def _require_caption(self) -> None:
+        if "caption" not in self.config.heads:
+            raise ValueError("this model was built without the caption head (add 'caption' to config.heads)")
 
     # ---- heads ---------------------------------------------------------------------------
     def itm_logits(self, cls_feats: torch.Tensor) -> torch.Tensor:

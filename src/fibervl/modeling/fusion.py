@@ -61,8 +61,15 @@ class TextToImageAttention(nn.Module):
     def forward(self, x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """x: [B, T, D] text states (self-attention output); image: [B, N, Ci].
         Returns ``alpha * cross`` of shape [B, T, D]."""
+        return self.attend(x, *self.image_kv(image))
+
+    def image_kv(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """image [B, N, Ci] -> keys, values [B, heads, N, D/heads]. They depend on the image only,
+        so a caption decoder computes them once per image (see ``FiberModel.start_caption``)."""
+        return split_heads(self.key(image), self.num_heads), split_heads(self.value(image), self.num_heads)
+
+    def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """x [B, T, D] queries the image keys/values of :meth:`image_kv`. Returns ``alpha * cross``."""
         q = split_heads(self.query(x), self.num_heads)
-        k = split_heads(self.key(image), self.num_heads)
-        v = split_heads(self.value(image), self.num_heads)
         cross = F.scaled_dot_product_attention(q, k, v)
         return self.alpha * self.out(merge_heads(cross))

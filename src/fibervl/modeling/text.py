@@ -27,10 +27,14 @@ class TextEmbeddings(nn.Module):
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """[B, T] int64 -> [B, T, D]."""
+    def forward(self, input_ids: torch.Tensor, past_real: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, T] int64 -> [B, T, D]. ``past_real`` [B]: real tokens already embedded before these
+        (incremental decoding), so positions continue where the earlier call stopped."""
         real = input_ids.ne(self.pad_id).long()
-        positions = torch.cumsum(real, dim=1) * real + self.pad_id
+        count = torch.cumsum(real, dim=1)
+        if past_real is not None:
+            count = count + past_real[:, None]
+        positions = count * real + self.pad_id
         x = self.word_embeddings(input_ids) + self.position_embeddings(positions) + self.token_type_embeddings.weight[0]
         return self.dropout(self.norm(x))
 
@@ -52,6 +56,27 @@ class SelfAttention(nn.Module):
         q, k, v = (split_heads(proj(x), self.num_heads) for proj in (self.query, self.key, self.value))
         p = self.dropout if self.training else 0.0
         return self.out(merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)))
+
+    def step(
+        self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Causal attention of S new tokens over the cached past ones and themselves.
+
+        x: [B, S, D]; past: keys, values [B, heads, P, D/heads] or None. Returns the output
+        [B, S, D] and the keys/values of all P + S tokens (the next step's ``past``).
+        """
+        q, k, v = (split_heads(proj(x), self.num_heads) for proj in (self.query, self.key, self.value))
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        s, total = q.shape[2], k.shape[2]
+        # New token i (absolute position total - s + i) sees every key up to its own position;
+        # a single new token sees everything, so no mask at all.
+        mask = None
+        if s > 1:
+            mask = torch.ones(s, total, dtype=torch.bool, device=x.device).tril(diagonal=total - s)
+        p = self.dropout if self.training else 0.0
+        out = self.out(merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)))
+        return out, (k, v)
 
 
 class TextLayer(nn.Module):
@@ -79,6 +104,23 @@ class TextLayer(nn.Module):
         attn = self.dropout(self.attention(x, mask))
         if image is not None:
             attn = attn + self.dropout(self.t2i(attn, image))
+        return self._feed_forward(attn, x, output_norm)
+
+    def step(
+        self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None,
+        image_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Incremental caption-mode forward: x [B, S, D] new tokens, ``past`` the cached
+        self-attention keys/values, ``image_kv`` the t2i keys/values of the image (fused layers).
+        Equals :meth:`forward` with a causal mask over the whole sequence, for the new tokens.
+        Returns ([B, S, D], the keys/values of all tokens so far)."""
+        a, kv = self.attention.step(x, past)
+        attn = self.dropout(a)
+        if image_kv is not None:
+            attn = attn + self.dropout(self.t2i.attend(attn, *image_kv))
+        return self._feed_forward(attn, x, True), kv
+
+    def _feed_forward(self, attn: torch.Tensor, x: torch.Tensor, output_norm: bool) -> torch.Tensor:
         h = self.attention_norm(attn + x)
         y = self.dropout(self.output(F.gelu(self.intermediate(h)))) + h
         return self.output_norm(y) if output_norm else y

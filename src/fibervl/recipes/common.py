@@ -1,4 +1,5 @@
-"""Pieces every recipe shares: pair batches, run directories, the final model export."""
+"""Pieces every recipe shares: pair batches, run directories, the final model export (with the
+tokenizer, so that ``run_dir/model`` is self-contained)."""
 
 from __future__ import annotations
 
@@ -34,12 +35,26 @@ class PairCollator:
         }
 
 
-def export_model(model, run_dir: str | Path, metrics: dict | None = None) -> Path:
-    """Write ``run_dir/model`` (config.json + model.safetensors) and ``run_dir/metrics.json`` on rank 0."""
+def export_model(model, run_dir: str | Path, metrics: dict | None = None, tokenizer: Tokenizer | None = None) -> Path:
+    """Write ``run_dir/model`` (config.json + model.safetensors, and ``tokenizer/`` when a
+    tokenizer is given, see :func:`model_tokenizer`) and ``run_dir/metrics.json`` on rank 0."""
     out = Path(run_dir) / "model"
     if D.get_rank() == 0:
         model.save_pretrained(out)
+        if tokenizer is not None:
+            tokenizer.save(out / "tokenizer")
         if metrics is not None:
             (Path(run_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     D.barrier()
     return out
+
+
+def model_tokenizer(model_dir: str | Path, fallback: str | Path | None = None) -> Tokenizer:
+    """The tokenizer exported with a model (``MODEL_DIR/tokenizer``), else ``fallback``."""
+    own = Path(model_dir) / "tokenizer"
+    if own.exists():
+        return Tokenizer.from_pretrained(own)
+    if fallback is None:
+        raise FileNotFoundError(f"{model_dir} has no tokenizer/ directory; give the data set's tokenizer "
+                                "(data.root=DIR or data.tokenizer=PATH)")
+    return Tokenizer.from_pretrained(fallback)

@@ -1,0 +1,176 @@
+"""``fibervl finetune|evaluate|predict caption``: image captioning in caption mode.
+
+    fibervl finetune caption --config configs/fiber-tiny_caption_shapes.yaml model.init=runs/coarse/model
+    fibervl evaluate caption --model RUN/model data.root=data/shapes data.eval_split=test [--baseline]
+    fibervl predict caption --model RUN/model --image x.png [--beam 3] [--max-length 20]
+
+Fine-tuning is maximum likelihood with teacher forcing (``tasks.caption``); evaluation decodes
+with beam search and a key/value cache and scores BLEU-4, METEOR, ROUGE-L and CIDEr with
+pycocoevalcap (``pip install fibervl[eval]``, Java on PATH); SPICE is reported as unavailable
+when its models are not installed. The run directory ends with ``model/`` (weights, config and
+``tokenizer/``: self-contained for ``evaluate``/``predict``), ``metrics.json`` and
+``predictions_<split>.json`` (COCO results format).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..data import ProcessedDataset, Processor
+from ..data.transforms import train_transforms
+from ..engine import distributed as D
+from ..engine.trainer import Trainer, TrainConfig
+from ..experiment import ModelSpec, build_model, load_tokenizer
+from ..modeling.fiber import FiberModel
+from ..tasks.caption import (
+    CaptionSettings, CaptionTask, caption_paths, evaluate_captioning, most_frequent_caption_baseline,
+)
+from .coarse_pretrain import CaptionData, caption_reader
+from .common import PairCollator, export_model, model_tokenizer
+
+
+@dataclass
+class CaptionConfig:
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: CaptionData = field(default_factory=CaptionData)
+    caption: CaptionSettings = field(default_factory=CaptionSettings)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _check_caption_head(model: FiberModel, where: str) -> None:
+    if "caption" not in model.config.heads:
+        raise ValueError(f"the model {where} has no caption head (config.heads {list(model.config.heads)}); "
+                         "build it with model.heads including 'mlm' and 'caption'")
+
+
+def run(cfg: CaptionConfig) -> dict:
+    """Fine-tune, evaluate on ``data.eval_split`` and export. Returns the trainer summary with
+    ``eval`` (the final metrics)."""
+    tokenizer = load_tokenizer(cfg.data)
+    model = build_model(cfg.model, tokenizer)
+    _check_caption_head(model, cfg.model.init or cfg.model.preset)
+    mcfg = model.config
+    image_size = cfg.data.image_size or mcfg.vision.image_size
+    max_len = cfg.data.max_text_len or mcfg.text.max_text_len
+    train = ProcessedDataset(caption_reader(cfg.data, cfg.data.train_split), Processor(train_transforms(image_size)))
+    eval_reader = caption_reader(cfg.data, cfg.data.eval_split)
+    bf16 = cfg.train.precision == "bf16"
+    decode = cfg.caption.decode_config()
+    last: dict = {}  # the latest evaluation in full (step, metrics, predictions)
+
+    def evaluate(m) -> dict[str, float]:
+        metrics, preds = evaluate_captioning(m, tokenizer, eval_reader, image_size, decode, limit=cfg.data.num_eval,
+                                             batch_size=cfg.caption.eval_batch_size, bf16=bf16,
+                                             spice=cfg.caption.spice)
+        last.update(step=trainer.step, metrics=metrics, predictions=preds)
+        # The trainer logs numbers only; the SPICE status goes to metrics.json at the end.
+        return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
+
+    trainer = Trainer(cfg.train, model, CaptionTask(cfg.caption), train,
+                      collate_fn=PairCollator(tokenizer, max_len), evaluate=evaluate, config_snapshot=cfg)
+    summary = trainer.fit()
+    # The trainer evaluates after its last step; only a run stopped by a signal needs it again.
+    if last.get("step") != trainer.step:
+        evaluate(model)
+    metrics, preds = last["metrics"], last["predictions"]
+    export_model(model, cfg.train.run_dir, {"eval_split": cfg.data.eval_split, "beam_size": decode.beam_size,
+                                            **metrics}, tokenizer=tokenizer)
+    if D.get_rank() == 0:
+        (Path(cfg.train.run_dir) / f"predictions_{cfg.data.eval_split}.json").write_text(json.dumps(preds, indent=1))
+    summary["eval"] = metrics
+    return summary
+
+
+def _format(metrics: dict) -> str:
+    keys = ("bleu_4", "meteor", "rouge_l", "cider", "spice_status")
+    return "  ".join(f"{k}={metrics[k]:.2f}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}"
+                     for k in keys if k in metrics)
+
+
+def _finetune_command(argv: list[str]) -> int:
+    from ..engine.config import parse_cli
+
+    cfg, flags = parse_cli(CaptionConfig, argv)
+    if flags["resume"]:
+        cfg.train.resume = flags["resume"]
+    summary = run(cfg)
+    print(_format(summary["eval"]))
+    return 0
+
+
+def _pop_option(argv: list[str], name: str, takes_value: bool = True):
+    """Remove ``--name VALUE`` / ``--name=VALUE`` (or a bare ``--name`` flag) from argv."""
+    for i, a in enumerate(argv):
+        if a == name:
+            if not takes_value:
+                del argv[i]
+                return True
+            if i + 1 >= len(argv):
+                raise SystemExit(f"{name} needs a value")
+            value = argv[i + 1]
+            del argv[i:i + 2]
+            return value
+        if takes_value and a.startswith(name + "="):
+            del argv[i]
+            return a.split("=", 1)[1]
+    return False if not takes_value else None
+
+
+def _evaluate_command(argv: list[str]) -> int:
+    """``--model DIR [--predictions FILE] [--baseline] [--config FILE] key=value ...`` (the
+    config's ``data`` and ``caption`` sections apply; ``train`` is ignored). Prints JSON."""
+    from ..engine.config import parse_cli
+
+    argv = list(argv)
+    model_dir = _pop_option(argv, "--model")
+    predictions_file = _pop_option(argv, "--predictions")
+    baseline = _pop_option(argv, "--baseline", takes_value=False)
+    cfg, _ = parse_cli(CaptionConfig, argv + ["train.max_steps=1"])
+    eval_reader = caption_reader(cfg.data, cfg.data.eval_split)
+    if baseline:
+        metrics = most_frequent_caption_baseline(caption_reader(cfg.data, cfg.data.train_split), eval_reader,
+                                                 limit=cfg.data.num_eval, spice=cfg.caption.spice)
+        print(json.dumps({"eval_split": cfg.data.eval_split, "baseline": "most frequent training caption",
+                          **metrics}, indent=2))
+        return 0
+    if not model_dir:
+        raise SystemExit("evaluate caption needs --model DIR (or --baseline)")
+    model = FiberModel.from_pretrained(model_dir).eval()
+    _check_caption_head(model, model_dir)
+    fallback = cfg.data.tokenizer or (Path(cfg.data.root) / "tokenizer")
+    tokenizer = model_tokenizer(model_dir, fallback)
+    image_size = cfg.data.image_size or model.config.vision.image_size
+    metrics, preds = evaluate_captioning(model, tokenizer, eval_reader, image_size, cfg.caption.decode_config(),
+                                         limit=cfg.data.num_eval, batch_size=cfg.caption.eval_batch_size,
+                                         spice=cfg.caption.spice)
+    if predictions_file:
+        Path(predictions_file).write_text(json.dumps(preds, indent=1))
+    print(json.dumps({"eval_split": cfg.data.eval_split, "beam_size": cfg.caption.beam_size, **metrics}, indent=2))
+    return 0
+
+
+def _predict_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="fibervl predict caption",
+                                     description="Caption images with a fine-tuned model; prints JSON lines.")
+    parser.add_argument("--model", required=True, help="a model directory (run_dir/model of finetune caption)")
+    parser.add_argument("--image", required=True, nargs="+", help="image file(s)")
+    parser.add_argument("--beam", type=int, default=3, help="beam size (1 = greedy)")
+    parser.add_argument("--max-length", type=int, default=20, help="most generated tokens")
+    parser.add_argument("--length-penalty", type=float, default=1.0)
+    parser.add_argument("--tokenizer", help="tokenizer directory if the model directory has none")
+    args = parser.parse_args(argv)
+    model = FiberModel.from_pretrained(args.model).eval()
+    _check_caption_head(model, args.model)
+    tokenizer = model_tokenizer(args.model, args.tokenizer)
+    settings = CaptionSettings(beam_size=args.beam, max_length=args.max_length, length_penalty=args.length_penalty)
+    captions = caption_paths(model, tokenizer, [Path(p) for p in args.image], model.config.vision.image_size,
+                             settings.decode_config())
+    for path, caption in zip(args.image, captions):
+        print(json.dumps({"image": path, "caption": caption}))
+    return 0
+
+
+COMMANDS = {"finetune": _finetune_command, "evaluate": _evaluate_command, "predict": _predict_command}

@@ -1,0 +1,136 @@
+"""Image captioning: MLE fine-tuning in caption mode, decoding and COCO caption metrics.
+
+Caption mode (:meth:`FiberModel.caption_features`): the image runs through Swin alone, the
+text is causal and its fused layers attend to the final image tokens. The LM head is the MLM
+head; position i predicts token i + 1. A training batch is a dict with ``images [B, 3, H, W]``,
+``input_ids [B, T]`` (``<s> w1 .. wn </s>`` then padding) and ``attention_mask [B, T]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..data import Processor, Sample, Tokenizer
+from ..data.transforms import eval_transforms
+from .decoding import DecodeConfig, generate
+from .retrieval import precision_context
+
+
+@dataclass
+class CaptionSettings:
+    """Training and decoding settings. ``label_smoothing`` of the MLE loss; decoding:
+    ``beam_size`` (1 = greedy), ``max_length`` generated tokens, ``min_length``,
+    ``length_penalty`` (scores are ``sum log p / length ** length_penalty``), ``banned_ids``
+    (never generated; BOS, PAD and the mask token always are); ``eval_batch_size`` images;
+    ``spice``: try SPICE too (when its models are absent it is reported unavailable, at no cost)."""
+
+    label_smoothing: float = 0.0
+    beam_size: int = 3
+    max_length: int = 20
+    min_length: int = 0
+    length_penalty: float = 1.0
+    banned_ids: tuple[int, ...] = ()
+    eval_batch_size: int = 32
+    spice: bool = True
+
+    def decode_config(self, beam_size: int | None = None, use_cache: bool = True) -> DecodeConfig:
+        return DecodeConfig(beam_size=beam_size or self.beam_size, max_length=self.max_length,
+                            min_length=self.min_length, length_penalty=self.length_penalty,
+                            banned_ids=tuple(self.banned_ids), use_cache=use_cache)
+
+
+def caption_mle_loss(model, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced cross-entropy: inputs ``ids[:, :-1]`` predict ``ids[:, 1:]``; padding is
+    ignored. images [B, 3, H, W]; ids, mask [B, T]. Returns (mean loss over target tokens, token
+    accuracy)."""
+    feats = model.caption_features(model.caption_image(images), input_ids, attention_mask)
+    # A target is real when the token itself is (the mask is 1 on <s> .. </s>); position i of a
+    # causal model never sees i + 1, so the padding after </s> changes nothing before it.
+    target_real = attention_mask[:, 1:].bool()
+    logits = model.mlm_logits(feats[:, :-1][target_real]).float()
+    targets = input_ids[:, 1:][target_real]
+    loss = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    return loss, (logits.argmax(-1) == targets).float().mean().detach()
+
+
+class CaptionTask(nn.Module):
+    """The engine task for caption fine-tuning with maximum likelihood (teacher forcing)."""
+
+    def __init__(self, settings: CaptionSettings) -> None:
+        super().__init__()
+        self.settings = settings
+
+    def training_step(self, model, batch: dict) -> dict[str, torch.Tensor]:
+        loss, acc = caption_mle_loss(model, batch["images"], batch["input_ids"], batch["attention_mask"],
+                                     self.settings.label_smoothing)
+        return {"loss": loss, "mle": loss.detach(), "token_acc": acc}
+
+
+@torch.no_grad()
+def caption_images(model, tokenizer: Tokenizer, images: torch.Tensor, decode: DecodeConfig,
+                   bf16: bool = False) -> list[str]:
+    """Captions of ``images`` [B, 3, H, W] (already transformed and normalised)."""
+    device = next(model.parameters()).device
+    with precision_context(device, bf16):
+        image_tokens = model.caption_image(images.to(device))
+        decoded = generate(model, image_tokens, decode, tokenizer.bos_token_id, tokenizer.eos_token_id,
+                           tokenizer.pad_token_id, extra_banned=(tokenizer.mask_token_id,))
+    return [tokenizer.decode(d.tokens).strip() for d in decoded]
+
+
+def caption_paths(model, tokenizer: Tokenizer, paths: list[Path], image_size: int, decode: DecodeConfig,
+                  batch_size: int = 32, bf16: bool = False) -> list[str]:
+    """Captions of the image files ``paths`` (eval transforms at ``image_size``)."""
+    processor = Processor(eval_transforms(image_size))
+    samples = [Sample(sample_id=str(p), image_id=i, image_path=Path(p)) for i, p in enumerate(paths)]
+    loader = DataLoader(samples, batch_size=batch_size,
+                        collate_fn=lambda batch: torch.stack([processor(s).pixel_values for s in batch]))
+    was_training = model.training
+    model.eval()
+    try:
+        return [c for images in loader for c in caption_images(model, tokenizer, images, decode, bf16)]
+    finally:
+        model.train(was_training)
+
+
+def evaluate_captioning(model, tokenizer: Tokenizer, reader, image_size: int, decode: DecodeConfig,
+                        limit: int = 0, batch_size: int = 32, bf16: bool = False,
+                        spice: bool = False) -> tuple[dict, list[dict]]:
+    """Caption every image of a captions split (e.g. :class:`~fibervl.data.KarpathyCaptions`;
+    ``limit``: the first N images only) and score against all its references.
+
+    Returns (metrics of :func:`~fibervl.metrics.caption.caption_scores`, predictions
+    [{"image_id", "caption"}] in the COCO results format)."""
+    from ..metrics.caption import caption_scores
+
+    images = reader.images[:limit] if limit else reader.images
+    captions = caption_paths(model, tokenizer, [img["image_path"] for img in images], image_size, decode,
+                             batch_size, bf16)
+    predictions = {img["image_id"]: c for img, c in zip(images, captions)}
+    references = {img["image_id"]: img["captions"] for img in images}
+    metrics = caption_scores(predictions, references, spice=spice)
+    return metrics, [{"image_id": k, "caption": c} for k, c in predictions.items()]
+
+
+def most_frequent_caption_baseline(train_reader, eval_reader, limit: int = 0, spice: bool = False) -> dict:
+    """Scores of predicting the most frequent training caption for every evaluation image: what
+    a model that ignores the image can reach with one fixed answer."""
+    from ..metrics.caption import caption_scores
+
+    counts: dict[str, int] = {}
+    for img in train_reader.images:
+        for c in img["captions"]:
+            counts[c] = counts.get(c, 0) + 1
+    best = max(counts, key=lambda c: counts[c])
+    images = eval_reader.images[:limit] if limit else eval_reader.images
+    metrics = caption_scores({img["image_id"]: best for img in images},
+                             {img["image_id"]: img["captions"] for img in images}, spice=spice)
+    metrics["caption"] = best
+    return metrics

@@ -1,0 +1,187 @@
+"""Captioning: the key/value cache, cached == recomputed decoding, MLE training, metrics, CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from fibervl.modeling.fiber import FiberModel
+from fibervl.tasks.caption import caption_mle_loss
+from fibervl.tasks.decoding import DecodeConfig, generate
+from fibervl.testing.configs import micro_config
+
+BOS, PAD, EOS, MASK = 0, 1, 2, 99
+
+
+def _active_model(seed: int = 1, eos_bias: float = 1.5) -> FiberModel:
+    """A micro model with fusion switched on and weights spread enough for varied captions."""
+    torch.manual_seed(0)
+    model = FiberModel(micro_config()).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".alpha"):
+                p.fill_(0.7)
+            elif p.ndim == 2:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        # Make EOS likely enough that some captions end early and others run to max_length.
+        model.heads.get("mlm").bias[EOS] += eos_bias
+    return model
+
+
+def _image_tokens(model, n: int = 4, seed: int = 2) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        return model.caption_image(torch.randn(n, 3, 64, 64, generator=g))
+
+
+def test_cached_steps_match_full_sequence_logits():
+    model = _active_model()
+    assert all(layer.t2i is None or layer.t2i.alpha.item() != 0 for layer in model.text.layers)
+    image = _image_tokens(model, 2)
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(4, 99, (2, 9), generator=g)
+    ids[:, 0] = BOS
+    with torch.no_grad():
+        full = model.mlm_logits(model.caption_features(image, ids))
+        cache = model.start_caption(image)
+        logits, cache = model.caption_step(ids[:, :4], cache)  # a multi-token prefix, then one at a time
+        torch.testing.assert_close(logits, full[:, 3], atol=1e-5, rtol=1e-5)
+        for t in range(4, 9):
+            logits, cache = model.caption_step(ids[:, t:t + 1], cache)
+            torch.testing.assert_close(logits, full[:, t], atol=1e-5, rtol=1e-5)
+    assert cache.length == 9 and cache.real.tolist() == [9, 9]
+    # Reordering the batch of the cache reorders the next step's logits.
+    with torch.no_grad():
+        flipped = cache.index_select(torch.tensor([1, 0]))
+        nxt = torch.full((2, 1), 7)
+        a, _ = model.caption_step(nxt, cache)
+        b, _ = model.caption_step(nxt, flipped)
+    torch.testing.assert_close(b, a.flip(0))
+
+
+def test_cache_positions_follow_roberta_rule():
+    """Positions continue after the cached tokens: the cached embedding of a new token equals
+    the full-sequence embedding at that index (pad_id + 1 + index)."""
+    model = _active_model()
+    ids = torch.tensor([[BOS, 5, 6, 7]])
+    emb = model.text.embeddings
+    with torch.no_grad():
+        full = emb(ids)
+        step = emb(ids[:, 3:], past_real=torch.tensor([3]))
+    torch.testing.assert_close(step[:, 0], full[:, 3])
+
+
+@pytest.mark.parametrize("beam_size,length_penalty", [(1, 1.0), (3, 1.0), (3, 0.0), (4, 2.0)])
+def test_cached_and_recomputed_decoding_agree(beam_size, length_penalty):
+    model = _active_model()
+    image = _image_tokens(model)
+    kw = dict(beam_size=beam_size, max_length=10, length_penalty=length_penalty, banned_ids=(5,))
+    cached = generate(model, image, DecodeConfig(**kw), BOS, EOS, PAD, (MASK,))
+    recomputed = generate(model, image, DecodeConfig(**kw, use_cache=False), BOS, EOS, PAD, (MASK,))
+    assert [d.tokens for d in cached] == [d.tokens for d in recomputed]
+    assert [d.finished for d in cached] == [d.finished for d in recomputed]
+    for a, b in zip(cached, recomputed):
+        assert a.score == pytest.approx(b.score, abs=1e-4)
+    tokens = [t for d in cached for t in d.tokens]
+    assert not {BOS, PAD, MASK, 5, EOS} & set(tokens)
+    assert all(len(d.tokens) <= 10 for d in cached)
+    # The setting decodes non-trivially: captions differ between images.
+    assert len({tuple(d.tokens) for d in cached}) > 1
+
+
+def test_beam_search_scores_at_least_greedy():
+    """With no length normalisation, beam search maximises the summed log-probability over a
+    larger set than greedy does, so its best caption never scores below greedy's."""
+    model = _active_model(eos_bias=3.0)
+    image = _image_tokens(model)
+    greedy = generate(model, image, DecodeConfig(beam_size=1, max_length=8), BOS, EOS, PAD)
+    beam = generate(model, image, DecodeConfig(beam_size=4, max_length=8, length_penalty=0.0), BOS, EOS, PAD)
+    for g, b in zip(greedy, beam):
+        assert b.score >= g.score - 1e-4
+
+
+def test_mle_loss_falls_on_a_few_batches():
+    torch.manual_seed(0)
+    model = FiberModel(micro_config())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".alpha"):
+                p.fill_(0.5)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(4, 3, 64, 64, generator=g)
+    ids = torch.randint(4, 99, (4, 8), generator=g)
+    ids[:, 0], ids[:, -1] = BOS, EOS
+    ids[2, 5:] = PAD
+    ids[2, 4] = EOS
+    mask = ids.ne(PAD).long()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(20):
+        loss, _ = caption_mle_loss(model, images, ids, mask)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.75 * losses[0]
+    # Padding is ignored: changing the ids under padding changes nothing.
+    other = ids.clone()
+    other[2, 6:] = 50
+    with torch.no_grad():
+        a, _ = caption_mle_loss(model, images, ids, mask)
+        b, _ = caption_mle_loss(model, images, other, mask)
+    assert a.item() == pytest.approx(b.item(), abs=1e-6)
+
+
+java = pytest.mark.skipif(shutil.which("java") is None, reason="pycocoevalcap's tokenizer and METEOR need Java")
+
+
+@java
+def test_caption_metrics_plumbing():
+    pytest.importorskip("pycocoevalcap")
+    from fibervl.metrics.caption import caption_scores
+
+    refs = {1: ["a red circle and a blue square", "two shapes on grey"],
+            2: ["three green stars on a white background", "some green stars"],
+            3: ["one small yellow triangle", "a yellow triangle"]}
+    same = caption_scores({k: v[0] for k, v in refs.items()}, refs)
+    assert same["bleu_4"] == pytest.approx(100.0, abs=1e-3)
+    assert same["meteor"] == pytest.approx(100.0, abs=1e-3)
+    assert same["rouge_l"] == pytest.approx(100.0, abs=1e-3)
+    worse = caption_scores({1: "a red circle", 2: "blue things", 3: "a triangle"}, refs)
+    for key in ("bleu_4", "meteor", "rouge_l", "cider"):
+        assert worse[key] < same[key]
+    assert same["spice"] is None and same["spice_status"].startswith("unavailable")
+    with pytest.raises(ValueError, match="no reference"):
+        caption_scores({4: "x"}, refs)
+
+
+@java
+def test_finetune_evaluate_predict_cli(shapes_tiny, tmp_path, capsys):
+    pytest.importorskip("pycocoevalcap")
+    from fibervl.cli import main
+
+    run_dir = tmp_path / "run"
+    assert main(["finetune", "caption", "--config", "configs/fiber-tiny_caption_shapes.yaml", "model.init=",
+                 f"data.root={shapes_tiny}", f"train.run_dir={run_dir}", "train.max_steps=2", "train.batch_size=4",
+                 "train.progress_bar=false", "train.ckpt_every=null", "train.precision=fp32", "data.num_eval=4",
+                 "caption.max_length=6", "caption.beam_size=2"]) == 0
+    assert "cider=" in capsys.readouterr().out
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["images"] == 4 and metrics["spice_status"].startswith("unavailable")
+    assert (run_dir / "model" / "tokenizer" / "tokenizer.json").exists()
+    assert len(json.loads((run_dir / "predictions_val.json").read_text())) == 4
+
+    image = sorted((shapes_tiny / "images").rglob("*.jpg"))[0]
+    assert main(["predict", "caption", "--model", str(run_dir / "model"), "--image", str(image), "--beam", "2",
+                 "--max-length", "5"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["image"] == str(image) and isinstance(out["caption"], str)
+
+    assert main(["evaluate", "caption", "--model", str(run_dir / "model"), f"data.root={shapes_tiny}",
+                 "data.eval_split=test", "data.num_eval=3", "caption.max_length=5"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["eval_split"] == "test" and result["images"] == 3 and 0 <= result["bleu_4"] <= 100
