@@ -159,3 +159,18 @@ def test_non_multiple_grid_pads_and_shifts():
         stages = model.vision(torch.randn(1, 3, 72, 88))
     assert [tuple(s.shape[1:3]) for s in stages] == [(18, 22), (9, 11), (5, 6), (3, 3)]
     assert all(torch.isfinite(s).all() for s in stages)
+
+
+@torch.no_grad()
+def test_mean_text_pooling_ignores_padding(batch):
+    images, ids, mask = batch
+    model = FiberModel(micro_config().replace(text_pooling="mean")).eval()
+    set_alphas(model, 0.7)
+    padded_ids = torch.cat([ids, torch.ones(2, 3, dtype=ids.dtype)], dim=1)
+    padded_mask = torch.cat([mask, torch.zeros(2, 3, dtype=mask.dtype)], dim=1)
+    torch.testing.assert_close(model.encode_text(padded_ids, padded_mask), model.encode_text(ids, mask), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.fuse(images, padded_ids, padded_mask).cls_feats, model.fuse(images, ids, mask).cls_feats,
+                               atol=1e-5, rtol=1e-5)
+    first = FiberModel(micro_config()).eval()
+    first.load_state_dict(model.state_dict())
+    assert not torch.allclose(first.encode_text(ids, mask), model.encode_text(ids, mask))

@@ -281,6 +281,7 @@ def _fiber_tiny() -> FiberConfig:
         fusion=FusionConfig(num_layers=2),
         hidden_size=128,
         vqa_num_answers=64,
+        text_pooling="mean",
     )
 
 
