@@ -1,0 +1,104 @@
+"""Coarse pre-training throughput: one optimizer step of ITC + ITM (3B fused) + MLM.
+
+    python bench/train_step.py [--data data/shapes] [--write BENCHMARKS.md]
+
+For each (preset, precision): median seconds of a full training step (forward, backward, AdamW)
+on a fixed batch after a warm-up, and samples/s. With ``--data``, also the time to load and
+collate one batch of that size from the shapes set (one DataLoader process), so the split
+between data loading and compute is visible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from forward import write_section  # noqa: E402
+from fibervl.config import get_preset  # noqa: E402
+from fibervl.modeling.fiber import FiberModel  # noqa: E402
+from fibervl.tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask  # noqa: E402
+
+
+def step_time(preset: str, precision: str, batch_size: int, tokens: int, runs: int) -> float:
+    cfg = get_preset(preset)
+    model = FiberModel(cfg).train()
+    task = CoarsePretrainTask(CoarseObjectives(), cfg.hidden_size, cfg.text.vocab_size, cfg.text.mask_token_id,
+                              (cfg.text.bos_token_id, cfg.text.eos_token_id, cfg.text.pad_token_id))
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, cfg.text.vocab_size - 1, (batch_size, tokens), generator=g)
+    ids[:, 0], ids[:, -1] = cfg.text.bos_token_id, cfg.text.eos_token_id
+    size = cfg.vision.image_size
+    batch = {"images": torch.randn(batch_size, 3, size, size, generator=g), "input_ids": ids,
+             "attention_mask": torch.ones_like(ids), "image_ids": torch.arange(batch_size)}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = task.training_step(model, batch)
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        opt.step()
+
+    step()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def load_time(root: Path, batch_size: int, runs: int) -> float:
+    from fibervl.data import ProcessedDataset, Processor, Tokenizer
+    from fibervl.data.shapes import ShapesDataset
+    from fibervl.data.transforms import train_transforms
+    from fibervl.recipes.common import PairCollator
+
+    shapes = ShapesDataset(root)
+    data = ProcessedDataset(shapes.captions("train"), Processor(train_transforms(128)))
+    collate = PairCollator(Tokenizer.from_pretrained(shapes.tokenizer_dir), 40)
+    times = []
+    for r in range(runs + 1):
+        start = time.perf_counter()
+        collate([data[(r * batch_size + i) % len(data)] for i in range(batch_size)])
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--data", type=Path, help="a shapes data set, to time data loading too")
+    parser.add_argument("--write", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cases = [("fiber-tiny", 32, 24), ("fiber-base", 4, 40)]
+    lines = [f"{args.threads} threads, median of {args.runs} steps after a warm-up; a step is ITC + ITM on 3B "
+             "fused pairs + MLM, backward and AdamW.", "",
+             "| preset | batch | precision | s/step | samples/s |", "| --- | ---: | --- | ---: | ---: |"]
+    for preset, batch, tokens in cases:
+        for precision in ("fp32", "bf16"):
+            seconds = step_time(preset, precision, batch, tokens, args.runs)
+            lines.append(f"| {preset} | {batch} | {precision} | {seconds:.3f} | {batch / seconds:.1f} |")
+            print(lines[-1], flush=True)
+    if args.data:
+        seconds = load_time(args.data, 32, args.runs)
+        lines += ["", f"Loading and collating a batch of 32 shapes pairs in one process: {seconds:.3f} s "
+                  f"({32 / seconds:.0f} samples/s), against the fiber-tiny step above."]
+    text = "\n".join(lines)
+    print(text)
+    if args.write:
+        write_section(args.write, "train", f"Command: `python bench/train_step.py --data DIR --write {args.write}`\n\n" + text)
+
+
+if __name__ == "__main__":
+    main()
