@@ -193,20 +193,23 @@ def _image_slice(out, b: int):
 
 
 @torch.no_grad()
-def rank_phrase_boxes(model, batch: dict, phrase_maps: Sequence[Tensor], top_k: int = 10) -> list[list[Tensor]]:
-    """For each image ``b`` and each row of ``phrase_maps[b] [P_b, T]``: its boxes ``[<=top_k, 4]``
-    best first (score ``sqrt(mean token probability x centerness)``, class-wise NMS).
-    Every anchor is a candidate (no score threshold), so each phrase gets boxes."""
+def rank_phrase_boxes(model, batch: dict, phrase_maps: Sequence[Tensor],
+                      top_k: int = 10) -> list[list[tuple[Tensor, Tensor]]]:
+    """For each image ``b`` and each row of ``phrase_maps[b] [P_b, T]``: ``(boxes [<=top_k, 4],
+    scores [<=top_k])`` best first (score ``sqrt(mean token probability x centerness)``, NMS per
+    phrase). Every anchor is a candidate (no score threshold), so each phrase gets boxes."""
     out = model.detect(batch["images"], batch["input_ids"], batch["attention_mask"])
     result = []
     for b, pm in enumerate(phrase_maps):
         if pm.shape[0] == 0:
             result.append([])
             continue
-        post = GroundingPostProcessor(pre_nms_thresh=0.0, detections_per_img=top_k * pm.shape[0])
+        # no per-image cut (0): it would rank all phrases together; each phrase keeps its top_k below
+        post = GroundingPostProcessor(pre_nms_thresh=0.0, detections_per_img=0)
         size = tuple(int(v) for v in batch["image_sizes"][b])
         det = post(*_image_slice(out, b), [size], pm.to(batch["images"].device), torch.arange(pm.shape[0]))[0]
-        result.append([det.boxes[det.labels == p][:top_k].cpu() for p in range(pm.shape[0])])
+        result.append([(det.boxes[det.labels == p][:top_k].cpu(), det.scores[det.labels == p][:top_k].cpu())
+                       for p in range(pm.shape[0])])
     return result
 
 
@@ -235,7 +238,7 @@ def evaluate_grounding(model, tokenizer: Tokenizer, reader, image_size: int, max
         ranked = rank_phrase_boxes(model, _device_batch(batch, device), [g[0] for g in grouped], top_k=10)
         for (_, boxes), r in zip(grouped, ranked):
             gts.extend(boxes)
-            preds.extend(r)
+            preds.extend(b for b, _ in r)
     model.train(was_training)
     return grounding_recall(preds, gts)
 
@@ -255,7 +258,8 @@ def evaluate_refexp(model, tokenizer: Tokenizer, reader, image_size: int, max_le
             if boxes.shape[0] == 0:
                 continue  # the expression's words were truncated away (counted by the collator)
             targets.append(boxes[0])
-            top1.append(r[0][0] if r[0].shape[0] else torch.zeros(4))
+            best = r[0][0]
+            top1.append(best[0] if best.shape[0] else torch.zeros(4))
     model.train(was_training)
     if not targets:
         return rec_accuracy(torch.zeros(0, 4), torch.zeros(0, 4))
