@@ -114,3 +114,24 @@ def test_load_compatible_reports_new_and_unused_weights(tmp_path):
     wider = FiberModel(fine_cfg.replace(text=dataclasses.replace(fine_cfg.text, vocab_size=101)))
     with pytest.raises(ValueError, match="text.embeddings"):
         load_compatible(wider, tmp_path / "coarse")
+
+
+def test_detection_prompts_keep_present_classes_and_sample_negatives(shapes_tiny):
+    from fibervl.data.shapes import ShapesDataset
+    from fibervl.data.transforms import eval_transforms
+    from fibervl.tasks.grounding import DetectionPromptDataset, make_processor
+
+    det = ShapesDataset(shapes_tiny).detection("train")
+    ds = DetectionPromptDataset(det, det.categories, make_processor(eval_transforms(128)), max_classes=6)
+    torch.manual_seed(0)
+    prompts = set()
+    for i in range(8):
+        item = ds[i].sample
+        ids = item.meta["prompt_category_ids"]
+        present = set(det[i].category_ids.tolist())
+        assert present <= set(ids) and len(ids) == max(6, len(present))
+        assert item.num_boxes == det[i].num_boxes  # every box's class is named
+        for (s, e), c in zip([sp[0] for sp in item.tokens_positive], item.category_ids.tolist()):
+            assert item.text[s:e] == det.categories[c]
+        prompts.add(item.text)
+    assert len(prompts) > 1  # negatives and order vary
