@@ -137,48 +137,63 @@ def step_time(detect, detector, params, data, runs: int) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="fiber-tiny-fine")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--seq", type=int, default=24, help="text tokens (a detection prompt)")
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--image-size", type=int, default=0, help="override the preset's image size (multiple of 32)")
-    ap.add_argument("--fuse-dim", type=int, default=0,
-                    help="GLIP attention width (default: matched to FIBER's fusion parameter count)")
-    ap.add_argument("--write", default="")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+def measure(cfg: FiberConfig, batch: int, seq: int, runs: int, fuse_dim: int) -> dict:
+    """Step times and sizes of both variants for one config."""
     torch.manual_seed(0)
-    cfg = get_preset(args.preset)
-    if args.image_size:
-        cfg = cfg.replace(vision=dataclasses.replace(cfg.vision, image_size=args.image_size))
-    data = _batch(cfg, args.batch, args.seq)
+    data = _batch(cfg, batch, seq)
     fiber = FiberModel(cfg)
     fused = fiber.fusion_parameters()
     # "same size": the head's fusion layers get as many parameters as FIBER's backbone fusion
     # (a BiAttention layer holds about 3 * embed * (v_dim + l_dim) weights)
     per_embed = 3 * (cfg.detection.channels + cfg.text.hidden_size) * cfg.detection.num_blocks
-    fuse_dim = args.fuse_dim or max(4, round((fused["i2t"] + fused["t2i"]) / per_embed / 4) * 4)
+    fuse_dim = fuse_dim or max(4, round((fused["i2t"] + fused["t2i"]) / per_embed / 4) * 4)
     glip = GlipStyle(cfg, fuse_dim, 4)
-    n_fiber = sum(p.numel() for p in fiber.parameters())
-    n_glip = sum(p.numel() for p in glip.parameters())
-    t_fiber = step_time(fiber.detect, fiber.detector, fiber.parameters(), data, args.runs)
-    t_glip = step_time(glip.detect, glip.model.detector, glip.parameters(), data, args.runs)
-    size = cfg.vision.image_size
+    return {
+        "fuse_dim": fuse_dim, "fusers": len(glip.fusers),
+        "n_fiber": sum(p.numel() for p in fiber.parameters()), "n_glip": sum(p.numel() for p in glip.parameters()),
+        "t_fiber": step_time(fiber.detect, fiber.detector, fiber.parameters(), data, runs),
+        "t_glip": step_time(glip.detect, glip.model.detector, glip.parameters(), data, runs),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="fiber-tiny-fine")
+    ap.add_argument("--image-sizes", type=int, nargs="+", default=[0],
+                    help="image sizes to time (multiples of 32; 0 = the preset's)")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=24, help="text tokens (a detection prompt)")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--fuse-dim", type=int, default=0,
+                    help="GLIP attention width (default: matched to FIBER's fusion parameter count)")
+    ap.add_argument("--write", default="")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    base = get_preset(args.preset)
+    rows = []
+    for size in args.image_sizes:
+        cfg = base.replace(vision=dataclasses.replace(base.vision, image_size=size)) if size else base
+        m = measure(cfg, args.batch, args.seq, args.runs, args.fuse_dim)
+        px = cfg.vision.image_size
+        rows.append(
+            f"| {px} | FIBER: {cfg.fusion.num_layers} fused backbone layers, none in the head | "
+            f"{m['n_fiber'] / 1e6:.2f} M | {m['t_fiber']:.3f} |  |\n"
+            f"| {px} | GLIP-style: unfused backbone, {m['fusers']} bidirectional layers (width {m['fuse_dim']}) "
+            f"in the head | {m['n_glip'] / 1e6:.2f} M | {m['t_glip']:.3f} | **{m['t_glip'] / m['t_fiber']:.2f}x** |"
+        )
+    sizes = " ".join(str(s) for s in args.image_sizes)
     body = (
         f"### Detector training step: FIBER vs GLIP-style ({args.preset})\n\n"
-        f"`python bench/detector_step.py --preset {args.preset} --image-size {size} --batch {args.batch} "
-        f"--runs {args.runs} --threads {args.threads}` — batch {args.batch} at {size} px, {args.seq} text tokens, fp32, "
+        f"`python bench/detector_step.py --preset {args.preset} --image-sizes {sizes} --batch {args.batch} "
+        f"--runs {args.runs} --threads {args.threads}` — batch {args.batch}, {args.seq} text tokens, fp32, "
         f"forward + detector loss + backward + SGD step, median of {args.runs} after a warm-up, "
-        f"{args.threads} CPU threads ({torch.__version__}).\n\n"
-        "| variant | fusion | parameters | s/step |\n| --- | --- | --- | --- |\n"
-        f"| FIBER | {cfg.fusion.num_layers} fused backbone layers, none in the head | {n_fiber / 1e6:.2f} M | {t_fiber:.3f} |\n"
-        f"| GLIP-style | unfused backbone, {len(glip.fusers)} bidirectional layers (width {fuse_dim}) in the head | {n_glip / 1e6:.2f} M | {t_glip:.3f} |\n\n"
-        f"GLIP-style / FIBER = **{t_glip / t_fiber:.2f}x** (paper, base models at detection resolution on "
-        "GPUs: 2.14 / 1.38 = 1.55x). Both variants are timed one after the other in one process; on a "
-        "shared CPU the ratio moves with the load, so repeat it before reading much into it."
+        f"{args.threads} CPU threads (torch {torch.__version__}).\n\n"
+        "| image px | variant | parameters | s/step | GLIP / FIBER |\n| --- | --- | --- | --- | --- |\n"
+        + "\n".join(rows) + "\n\n"
+        "Paper (base models at detection resolution, GPUs): 1.38 (FIBER) against 2.14 s/iter (GLIP), 1.55x. "
+        "Both variants are timed one after the other in one process; on a shared CPU the ratio moves "
+        "with the load, so repeat it before reading much into it."
     )
     print(body)
     if args.write:
