@@ -285,10 +285,26 @@ def _fiber_tiny() -> FiberConfig:
     )
 
 
+def _fiber_tiny_fine() -> FiberConfig:
+    """``fiber-tiny`` with the fine-grained detector: FPN over stages 1-3 (16x16, 8x8, 4x4 at
+    128 px), a 64-wide 2-block DyHead, anchors 16..256 px (8 x stride / 4: the shapes objects are
+    13-51 px). Backbone and fusion are exactly the coarse model's (i2t query norm kept), so every
+    backbone weight of a coarse checkpoint is re-used; the coarse heads are dropped."""
+    tiny = _fiber_tiny()
+    return tiny.replace(
+        name="fiber-tiny-fine",
+        vision=dataclasses.replace(tiny.vision, feature_norms=(1, 2, 3)),
+        heads=(),
+        detection=DetectionConfig(channels=64, num_blocks=2, num_groups=8, anchor_sizes=(16, 32, 64, 128, 256),
+                                  max_query_len=40),
+    )
+
+
 PRESETS = {
     "fiber-base": _fiber_base,
     "fiber-base-fine": _fiber_base_fine,
     "fiber-tiny": _fiber_tiny,
+    "fiber-tiny-fine": _fiber_tiny_fine,
 }
 
 

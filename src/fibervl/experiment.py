@@ -72,3 +72,48 @@ def build_model(spec: ModelSpec, tokenizer: Tokenizer) -> FiberModel:
             )
         return model
     return FiberModel(model_config(spec, tokenizer))
+
+
+def load_compatible(model: FiberModel, source_dir: str | Path) -> tuple[list[str], list[str]]:
+    """Copy every weight of the saved model in ``source_dir`` whose name exists in ``model``
+    (e.g. a coarse checkpoint into a fine-grained model). Returns ``(new_keys, unused_keys)``:
+    ``model`` keys the file lacks (they keep their fresh initialisation) and file keys ``model``
+    has no place for. A shared name with a different shape is an error naming the key: the two
+    architectures disagree and silently re-initialising it would hide that."""
+    from .modeling.pretrained import WEIGHTS_NAME, read_weights
+
+    path = Path(source_dir) / WEIGHTS_NAME
+    state = read_weights(path)
+    own = model.state_dict()
+    wrong = [f"{k}: {path} has {tuple(v.shape)}, model expects {tuple(own[k].shape)}"
+             for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if wrong:
+        raise ValueError(f"{len(wrong)} shared weight(s) differ in shape: " + "; ".join(wrong[:8]))
+    shared = {k: v for k, v in state.items() if k in own}
+    new_keys = sorted(set(own) - set(state))
+    unused_keys = sorted(set(state) - set(own))
+    # strict load of the merged state: every key of the model is set (shared from the file, new
+    # ones from the model's own initialisation), so nothing is missed silently.
+    model.load_state_dict({**own, **shared}, strict=True)
+    return new_keys, unused_keys
+
+
+def summarize_keys(keys: list[str], depth: int = 2) -> dict[str, int]:
+    """Count parameter names by their first ``depth`` dotted parts, for a readable report:
+    ``["detector.fpn.a.weight", "detector.head.b"]`` -> ``{"detector.fpn": 1, "detector.head": 1}``."""
+    counts: dict[str, int] = {}
+    for k in keys:
+        prefix = ".".join(k.split(".")[:depth])
+        counts[prefix] = counts.get(prefix, 0) + 1
+    return counts
+
+
+def build_model_compatible(spec: ModelSpec, tokenizer: Tokenizer) -> tuple[FiberModel, dict]:
+    """A fresh model of ``spec.preset``; with ``spec.init``, every weight it shares with that
+    saved model (another architecture allowed, e.g. coarse -> fine) is loaded. Returns the model
+    and a report ``{"init", "new", "unused"}`` (key lists)."""
+    model = FiberModel(model_config(spec, tokenizer))
+    report = {"init": spec.init, "new": [], "unused": []}
+    if spec.init:
+        report["new"], report["unused"] = load_compatible(model, spec.init)
+    return model, report

@@ -1,0 +1,186 @@
+"""``finetune`` / ``evaluate`` / ``predict`` for the three fine-grained tasks (``ground``,
+``refexp``, ``detect``); :mod:`.grounding`, :mod:`.refexp` and :mod:`.detection` expose them.
+
+    fibervl finetune ground  --config configs/fiber-tiny_fine_shapes.yaml model.init=RUN/model train.run_dir=...
+    fibervl evaluate ground  model.init=RUN/model data.root=data/shapes data.eval_split=test
+    fibervl predict  ground  --model RUN/model --tokenizer data/shapes/tokenizer --image x.jpg --text "a red star" [--phrases "red star"]
+    fibervl predict  refexp  --model RUN/model --tokenizer ... --image x.jpg --text "the small red star"
+    fibervl predict  detect  --model RUN/model --tokenizer ... --image x.jpg --classes "star,heart,circle"
+
+``finetune`` trains the task's data alone (the fine pre-training recipe with one source switched
+on) starting from ``model.init`` (usually a ``pretrain fine`` model); ``evaluate`` loads
+``model.init`` and prints the task's metrics on ``data.eval_split`` (detection: seen classes, and
+zero-shot AP on the held-out names of ``data.zero_shot_split``). ``predict`` prints JSON and
+writes a PNG with labelled boxes (``--out``, default ``<image stem>_<task>.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+from ..data import Tokenizer, build_positive_map
+from ..data.collate import pad_images
+from ..data.samples import Sample
+from ..data.shapes import ShapesDataset
+from ..data.transforms import eval_transforms
+from ..experiment import load_tokenizer
+from ..modeling.fiber import FiberModel
+from ..tasks.grounding import SIZE_DIVISIBILITY, detect_with_prompt, make_processor, prompt_chunks, rank_phrase_boxes
+from .fine_pretrain import FineConfig, evaluate_all, print_metrics, run, sizes_of
+
+# task -> (training sources switched on, evaluations)
+TASKS = {
+    "ground": (("grounding",), ("grounding",)),
+    "refexp": (("refexp",), ("refexp",)),
+    "detect": (("detection",), ("detection", "zero_shot")),
+}
+SOURCES = ("grounding", "refexp", "detection")
+
+
+def _task_config(task: str, argv: list[str]) -> tuple[FineConfig, dict]:
+    from ..engine.config import parse_cli
+
+    cfg, flags = parse_cli(FineConfig, argv)
+    train_sources, _ = TASKS[task]
+    cfg.data = dataclasses.replace(cfg.data, **{s: s in train_sources for s in SOURCES})
+    return cfg, flags
+
+
+def finetune(task: str, argv: list[str]) -> int:
+    cfg, flags = _task_config(task, argv)
+    if flags["resume"]:
+        cfg.train.resume = flags["resume"]
+    print_metrics(run(cfg, eval_which=TASKS[task][1])["eval"])
+    return 0
+
+
+def evaluate(task: str, argv: list[str]) -> int:
+    cfg, _ = _task_config(task, argv)
+    if not cfg.model.init:
+        raise SystemExit("evaluate needs model.init=DIR (a saved fine-grained model)")
+    model = FiberModel.from_pretrained(cfg.model.init).eval()
+    tokenizer = load_tokenizer(cfg.data)
+    image_size, max_len = sizes_of(cfg.data, model.config)
+    metrics = evaluate_all(model, tokenizer, cfg.data, ShapesDataset(cfg.data.root), image_size, max_len, TASKS[task][1])
+    print_metrics(metrics)
+    return 0
+
+
+# ---- predict ---------------------------------------------------------------------------------
+
+def _predict_args(task: str, argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=f"fibervl predict {task}")
+    p.add_argument("--model", required=True, help="a saved fine-grained model directory")
+    p.add_argument("--tokenizer", default="data/shapes/tokenizer", help="tokenizer directory (default %(default)s)")
+    p.add_argument("--image", required=True)
+    if task == "detect":
+        p.add_argument("--classes", required=True, help='comma-separated class names, e.g. "star,heart"')
+        p.add_argument("--threshold", type=float, default=0.3, help="lowest score printed and drawn")
+        p.add_argument("--chunk-size", type=int, default=40)
+    else:
+        p.add_argument("--text", required=True)
+        if task == "ground":
+            p.add_argument("--phrases", default="", help="comma-separated phrases of --text (default: the whole text)")
+            p.add_argument("--top-k", type=int, default=1)
+    p.add_argument("--normalization", default="imagenet", choices=("imagenet", "official"))
+    p.add_argument("--out", default="", help="PNG to write (default: <image stem>_<task>.png beside the image)")
+    return p.parse_args(argv)
+
+
+def _load_image(path: str, image_size: int, normalization: str):
+    """-> (pixel batch [1, 3, H, W] padded, (h, w) network input size, PIL original)."""
+    original = Image.open(path).convert("RGB")
+    processed = make_processor(eval_transforms(image_size), normalization)(
+        Sample(sample_id=str(path), image_id=0, image=original, width=original.width, height=original.height))
+    pixels, _ = pad_images([processed.pixel_values], SIZE_DIVISIBILITY)
+    return pixels, tuple(processed.pixel_values.shape[1:]), original
+
+
+def _to_original(boxes: torch.Tensor, in_size, original: Image.Image) -> list[list[float]]:
+    sy, sx = original.height / in_size[0], original.width / in_size[1]
+    return [[round(v, 1) for v in b] for b in (boxes * torch.tensor([sx, sy, sx, sy])).tolist()]
+
+
+def draw_boxes(image: Image.Image, boxes: list[list[float]], labels: list[str], path: str | Path) -> None:
+    """Write ``image`` with each xyxy box outlined and labelled to a PNG at ``path``."""
+    canvas = image.copy()
+    draw = ImageDraw.Draw(canvas)
+    colours = ["red", "lime", "blue", "yellow", "magenta", "cyan", "orange", "white"]
+    for k, (box, label) in enumerate(zip(boxes, labels)):
+        c = colours[k % len(colours)]
+        draw.rectangle(box, outline=c, width=2)
+        tx, ty = box[0] + 2, max(0, box[1] - 11)
+        w = draw.textlength(label)
+        draw.rectangle([tx - 1, ty, tx + w + 1, ty + 10], fill="black")
+        draw.text((tx, ty), label, fill=c)
+    canvas.save(path, format="PNG")
+
+
+def _phrase_spans(text: str, phrases: list[str]) -> list[tuple[int, int]]:
+    spans = []
+    for ph in phrases:
+        start = text.find(ph)
+        if start < 0:
+            raise SystemExit(f"phrase {ph!r} does not occur in the text {text!r}")
+        spans.append((start, start + len(ph)))
+    return spans
+
+
+def predict(task: str, argv: list[str]) -> int:
+    args = _predict_args(task, argv)
+    model = FiberModel.from_pretrained(args.model).eval()
+    tokenizer = Tokenizer.from_pretrained(args.tokenizer)
+    image_size = model.config.vision.image_size
+    max_len = model.config.detection.max_query_len
+    pixels, in_size, original = _load_image(args.image, image_size, args.normalization)
+    out_png = args.out or str(Path(args.image).with_name(f"{Path(args.image).stem}_{task}.png"))
+    if task == "detect":
+        names = [c.strip() for c in args.classes.split(",") if c.strip()]
+        categories = dict(enumerate(names, start=1))
+        chunks = prompt_chunks(categories, list(categories), tokenizer, max_len, args.chunk_size)
+        boxes, scores, labels = detect_with_prompt(model, pixels, [in_size], chunks)[0]
+        keep = scores >= args.threshold
+        boxes = _to_original(boxes[keep], in_size, original)
+        dets = [{"class": categories[int(lb)], "score": round(float(s), 4), "box": b}
+                for b, s, lb in zip(boxes, scores[keep], labels[keep])]
+        result = {"image": args.image, "classes": names, "detections": dets}
+        draw_boxes(original, [d["box"] for d in dets], [f"{d['class']} {d['score']:.2f}" for d in dets], out_png)
+    else:
+        text = args.text
+        phrases = [p.strip() for p in getattr(args, "phrases", "").split(",") if p.strip()] or [text]
+        top_k = getattr(args, "top_k", 1)
+        tok = tokenizer([text], max_length=max_len)
+        pm = build_positive_map(tok.offsets[0], [[s] for s in _phrase_spans(text, phrases)], tok.input_ids.shape[1])
+        empty = [ph for ph, row in zip(phrases, pm) if row.sum() == 0]
+        if empty:
+            raise SystemExit(f"phrases {empty} fall outside the first {max_len} tokens")
+        batch = {"images": pixels, "input_ids": tok.input_ids, "attention_mask": tok.attention_mask,
+                 "image_sizes": torch.tensor([in_size])}
+        ranked = rank_phrase_boxes(model, batch, [pm], top_k=top_k)[0]
+        entries = []
+        for ph, (boxes, scores) in zip(phrases, ranked):
+            entries.append({"phrase": ph, "boxes": _to_original(boxes, in_size, original),
+                            "scores": [round(float(s), 4) for s in scores]})
+        result = {"image": args.image, "text": text, "phrases": entries}
+        drawn = [(b, f"{e['phrase']} {s:.2f}") for e in entries for b, s in zip(e["boxes"], e["scores"])]
+        draw_boxes(original, [d[0] for d in drawn], [d[1] for d in drawn], out_png)
+    result["png"] = out_png
+    print(json.dumps(result))
+    return 0
+
+
+def commands(task: str) -> dict:
+    """The CLI verbs of ``task`` ("ground", "refexp", "detect")."""
+    if task not in TASKS:
+        raise ValueError(f"unknown fine-grained task {task!r}; known: {sorted(TASKS)}")
+    return {
+        "finetune": lambda argv: finetune(task, argv),
+        "evaluate": lambda argv: evaluate(task, argv),
+        "predict": lambda argv: predict(task, argv),
+    }

@@ -1,0 +1,331 @@
+"""Fine-grained tasks: phrase grounding, referring expressions and detection through the
+fused-backbone grounding detector (``model.detect`` + ``model.detector``).
+
+Training (:class:`FineGrainedTask`): every sample is an (image, text, boxes, positive map)
+record. Grounding and referring records carry their own ``tokens_positive``; detection records
+become prompts of class names (:class:`DetectionPromptDataset`, with negative class sampling).
+
+Evaluation:
+
+* :func:`evaluate_grounding` — Flickr30k Entities protocol: the phrases of a sentence are the
+  distinct token sets of its boxes (several boxes may share one phrase); R@1/5/10 where a phrase
+  is found when any of its top-k boxes hits any of its boxes at IoU >= 0.5.
+* :func:`evaluate_refexp` — accuracy of the top-1 box for the expression's tokens at IoU >= 0.5.
+* :func:`evaluate_detection` — COCO AP via pycocotools over prompts of class names, chunked
+  (:func:`prompt_chunks`) when the vocabulary does not fit one prompt (LVIS: 40 names a forward).
+
+Normalisation: the :class:`~fibervl.data.Processor` default (ImageNet mean/std on RGB in [0, 1])
+is what models trained here use. Converted official fine-grained checkpoints expect the official
+input instead: :class:`OfficialDetectionNormalize` (BGR in 0..255).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ..data import Collator, ProcessedDataset, Processor, Tokenizer, build_positive_map, detection_prompt
+from ..data.prompts import detection_to_grounding
+from ..data.samples import Sample
+from ..data.transforms import eval_transforms
+from ..metrics.detection import ap_by_frequency, coco_ap
+from ..metrics.grounding import grounding_recall, rec_accuracy
+from ..modeling.detection.losses import GroundingTarget
+from ..modeling.detection.postprocess import GroundingPostProcessor
+
+__all__ = [
+    "OfficialDetectionNormalize", "DetectionPromptDataset", "FineCollator", "FineGrainedTask", "PromptChunk",
+    "prompt_chunks", "phrases_of", "rank_phrase_boxes", "evaluate_grounding", "evaluate_refexp", "evaluate_detection",
+    "detect_with_prompt",
+]
+
+# The detector's strides go to 32 on the backbone (128 for P7, which pads itself): batches are
+# padded to a multiple of 32 so every level's grid is whole.
+SIZE_DIVISIBILITY = 32
+
+
+class OfficialDetectionNormalize:
+    """The official fine-grained detector's input: ``[3, H, W]`` RGB in [0, 1] -> BGR in 0..255
+    minus mean, over std (maskrcnn-benchmark ``INPUT.PIXEL_MEAN/STD``, ``TO_BGR255``)."""
+
+    mean = torch.tensor([103.530, 116.280, 123.675]).view(3, 1, 1)
+    std = torch.tensor([57.375, 57.120, 58.395]).view(3, 1, 1)
+
+    def __call__(self, tensor: Tensor) -> Tensor:
+        return (tensor.flip(0) * 255.0 - self.mean) / self.std
+
+
+def make_processor(transforms, normalization: str = "imagenet") -> Processor:
+    """``normalization``: "imagenet" (models trained here) or "official" (converted checkpoints)."""
+    if normalization == "imagenet":
+        return Processor(transforms)
+    if normalization == "official":
+        return Processor(transforms, normalize=OfficialDetectionNormalize())
+    raise ValueError(f"normalization must be 'imagenet' or 'official', got {normalization!r}")
+
+
+# ---- training data -------------------------------------------------------------------------
+
+class DetectionPromptDataset(Dataset):
+    """Detection samples as grounding samples over a prompt of class names, processed.
+
+    Each item's prompt holds every class present in the image plus negative classes drawn at
+    random from ``category_ids`` until ``max_classes`` names (the prompt must also fit the text
+    length: keep ``max_classes`` such that the longest names fit). Classes are shuffled, so the
+    model cannot learn a class from its position. ``max_classes`` 0 = all classes, fixed order.
+    """
+
+    def __init__(self, reader: Sequence[Sample], categories: dict[int, str], processor: Processor,
+                 category_ids: Sequence[int] | None = None, max_classes: int = 0) -> None:
+        self.reader, self.categories, self.processor = reader, categories, processor
+        self.ids = sorted(categories) if category_ids is None else list(category_ids)
+        self.max_classes = max_classes
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def prompt_ids(self, sample: Sample, rng: random.Random) -> list[int]:
+        if not self.max_classes:
+            return list(self.ids)
+        present = sorted({int(c) for c in sample.category_ids.tolist() if int(c) in set(self.ids)})
+        others = [i for i in self.ids if i not in set(present)]
+        n_neg = max(0, self.max_classes - len(present))
+        chosen = present + rng.sample(others, min(n_neg, len(others)))
+        rng.shuffle(chosen)
+        return chosen
+
+    def __getitem__(self, i: int):
+        sample = self.reader[i]
+        # torch's RNG is seeded per DataLoader worker by the engine; draw a seed from it so the
+        # sampling is reproducible with the run's seed.
+        rng = random.Random(int(torch.randint(0, 2**31 - 1, ())))
+        return self.processor(detection_to_grounding(sample, self.categories, self.prompt_ids(sample, rng)))
+
+
+class FineCollator:
+    """ProcessedSamples -> dict of tensors (the engine moves it to the device):
+    images ``[B, 3, H, W]`` (padded to a multiple of 32), input_ids / attention_mask ``[B, T]``,
+    image_sizes ``[B, 2]`` (h, w before padding), boxes: B ``[N_i, 4]`` xyxy, positive_maps:
+    B ``[N_i, T]`` 0/1."""
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int) -> None:
+        self.collate = Collator(tokenizer, max_length=max_length, size_divisibility=SIZE_DIVISIBILITY)
+
+    def __call__(self, items) -> dict:
+        batch = self.collate(items)
+        return {
+            "images": batch.pixel_values, "input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+            "image_sizes": batch.image_sizes, "boxes": batch.boxes, "positive_maps": batch.positive_maps,
+        }
+
+
+@dataclass
+class FineGrainedTask:
+    """``training_step``: detector losses (ATSS + token focal + GIoU + centerness) on a batch of
+    :class:`FineCollator`; ``loss`` is their sum (each is already normalised per positive anchor)."""
+
+    def training_step(self, model, batch: dict) -> dict[str, Tensor]:
+        out = model.detect(batch["images"], batch["input_ids"], batch["attention_mask"])
+        targets = [GroundingTarget(b, pm) for b, pm in zip(batch["boxes"], batch["positive_maps"])]
+        losses = model.detector.loss(out, targets, batch["attention_mask"])
+        return {"loss": sum(losses.values()), **losses}
+
+
+# ---- prompts for inference -------------------------------------------------------------------
+
+@dataclass
+class PromptChunk:
+    """One detection prompt: ``category_ids [K]``, its ``text``, ``input_ids`` / ``attention_mask``
+    ``[1, T]`` and ``positive_map [K, T]`` (class -> its name's tokens)."""
+
+    category_ids: list[int]
+    text: str
+    input_ids: Tensor
+    attention_mask: Tensor
+    positive_map: Tensor
+
+
+def prompt_chunks(categories: dict[int, str], category_ids: Sequence[int], tokenizer: Tokenizer,
+                  max_length: int, chunk_size: int = 40) -> list[PromptChunk]:
+    """Split ``category_ids`` into prompts of at most ``chunk_size`` names (LVIS protocol: 40).
+    A class whose name is cut off by ``max_length`` is an error naming it (lower ``chunk_size``)."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    ids = list(category_ids)
+    chunks = []
+    for start in range(0, len(ids), chunk_size):
+        part = ids[start:start + chunk_size]
+        text, spans = detection_prompt([categories[i] for i in part])
+        tok = tokenizer([text], max_length=max_length)
+        pm = build_positive_map(tok.offsets[0], [[s] for s in spans], tok.input_ids.shape[1])
+        lost = [categories[i] for i, row in zip(part, pm) if row.sum() == 0]
+        # a partly cut name still has tokens; check the last name's end survives
+        last_end = max(e for _, e in tok.offsets[0])
+        if lost or last_end < spans[-1][1]:
+            raise ValueError(
+                f"the prompt of {len(part)} classes does not fit {max_length} tokens "
+                f"(cut: {lost or [categories[part[-1]]]}); use a smaller chunk_size"
+            )
+        chunks.append(PromptChunk(part, text, tok.input_ids, tok.attention_mask, pm))
+    return chunks
+
+
+def phrases_of(positive_map: Tensor, boxes: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """Group boxes by phrase: ``positive_map [N, T]`` -> ``(phrase_maps [P, T], boxes per phrase)``,
+    a phrase being a distinct row (boxes naming the same tokens belong to one phrase)."""
+    if positive_map.shape[0] == 0:
+        return positive_map, []
+    rows, inverse = torch.unique(positive_map, dim=0, return_inverse=True)
+    return rows, [boxes[inverse == p] for p in range(rows.shape[0])]
+
+
+def _image_slice(out, b: int):
+    h = out.head
+    return ([r[b:b + 1] for r in h.bbox_reg], [c[b:b + 1] for c in h.centerness],
+            [d[b:b + 1] for d in h.dot_product_logits], out.anchors)
+
+
+@torch.no_grad()
+def rank_phrase_boxes(model, batch: dict, phrase_maps: Sequence[Tensor],
+                      top_k: int = 10) -> list[list[tuple[Tensor, Tensor]]]:
+    """For each image ``b`` and each row of ``phrase_maps[b] [P_b, T]``: ``(boxes [<=top_k, 4],
+    scores [<=top_k])`` best first (score ``sqrt(mean token probability x centerness)``, NMS per
+    phrase). Every anchor is a candidate (no score threshold), so each phrase gets boxes."""
+    out = model.detect(batch["images"], batch["input_ids"], batch["attention_mask"])
+    result = []
+    for b, pm in enumerate(phrase_maps):
+        if pm.shape[0] == 0:
+            result.append([])
+            continue
+        # no per-image cut (0): it would rank all phrases together; each phrase keeps its top_k below
+        post = GroundingPostProcessor(pre_nms_thresh=0.0, detections_per_img=0)
+        size = tuple(int(v) for v in batch["image_sizes"][b])
+        det = post(*_image_slice(out, b), [size], pm.to(batch["images"].device), torch.arange(pm.shape[0]))[0]
+        result.append([(det.boxes[det.labels == p][:top_k].cpu(), det.scores[det.labels == p][:top_k].cpu())
+                       for p in range(pm.shape[0])])
+    return result
+
+
+def _eval_loader(reader, tokenizer, image_size, max_len, batch_size, limit, normalization):
+    samples = list(reader)[:limit] if limit else reader
+    data = ProcessedDataset(samples, make_processor(eval_transforms(image_size), normalization))
+    collate = Collator(tokenizer, max_length=max_len, size_divisibility=SIZE_DIVISIBILITY)
+    return torch.utils.data.DataLoader(data, batch_size=batch_size, collate_fn=collate)
+
+
+def _device_batch(batch, device) -> dict:
+    return {"images": batch.pixel_values.to(device), "input_ids": batch.input_ids.to(device),
+            "attention_mask": batch.attention_mask.to(device), "image_sizes": batch.image_sizes}
+
+
+@torch.no_grad()
+def evaluate_grounding(model, tokenizer: Tokenizer, reader, image_size: int, max_len: int, limit: int = 0,
+                       batch_size: int = 16, normalization: str = "imagenet") -> dict[str, float]:
+    """Phrase grounding R@1/5/10 (percent) on ``reader`` (MDETR format), first ``limit`` records."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    preds, gts = [], []
+    for batch in _eval_loader(reader, tokenizer, image_size, max_len, batch_size, limit, normalization):
+        grouped = [phrases_of(pm, bx) for pm, bx in zip(batch.positive_maps, batch.boxes)]
+        ranked = rank_phrase_boxes(model, _device_batch(batch, device), [g[0] for g in grouped], top_k=10)
+        for (_, boxes), r in zip(grouped, ranked):
+            gts.extend(boxes)
+            preds.extend(b for b, _ in r)
+    model.train(was_training)
+    return grounding_recall(preds, gts)
+
+
+@torch.no_grad()
+def evaluate_refexp(model, tokenizer: Tokenizer, reader, image_size: int, max_len: int, limit: int = 0,
+                    batch_size: int = 16, normalization: str = "imagenet") -> dict[str, float]:
+    """REC accuracy@0.5 (percent): the top-1 box for the tokens of each record's target box."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    top1, targets = [], []
+    for batch in _eval_loader(reader, tokenizer, image_size, max_len, batch_size, limit, normalization):
+        maps = [pm[:1] for pm in batch.positive_maps]  # the referred object is the record's (first) box
+        ranked = rank_phrase_boxes(model, _device_batch(batch, device), maps, top_k=1)
+        for boxes, r in zip(batch.boxes, ranked):
+            if boxes.shape[0] == 0:
+                continue  # the expression's words were truncated away (counted by the collator)
+            targets.append(boxes[0])
+            best = r[0][0]
+            top1.append(best[0] if best.shape[0] else torch.zeros(4))
+    model.train(was_training)
+    if not targets:
+        return rec_accuracy(torch.zeros(0, 4), torch.zeros(0, 4))
+    return rec_accuracy(torch.stack(top1), torch.stack(targets))
+
+
+@torch.no_grad()
+def detect_with_prompt(model, images: Tensor, image_sizes: Sequence[tuple[int, int]], chunks: Sequence[PromptChunk],
+                       postprocessor: GroundingPostProcessor | None = None):
+    """Run every prompt chunk over ``images [B, 3, H, W]``; per image the detections of all chunks
+    (``boxes [N, 4]`` xyxy in the network input frame, ``scores [N]``, ``labels [N]`` = category ids)."""
+    device = images.device
+    post = postprocessor or model.detector.postprocessor
+    per_image = [[] for _ in range(images.shape[0])]
+    for chunk in chunks:
+        ids = chunk.input_ids.to(device).expand(images.shape[0], -1)
+        mask = chunk.attention_mask.to(device).expand(images.shape[0], -1)
+        out = model.detect(images, ids, mask)
+        dets = post(
+            out.head.bbox_reg, out.head.centerness, out.head.dot_product_logits, out.anchors,
+            list(image_sizes), chunk.positive_map.to(device), torch.tensor(chunk.category_ids))
+        for b, d in enumerate(dets):
+            per_image[b].append(d)
+    merged = []
+    for dets in per_image:
+        boxes = torch.cat([d.boxes for d in dets]).cpu()
+        scores = torch.cat([d.scores for d in dets]).cpu()
+        labels = torch.cat([d.labels for d in dets]).cpu()
+        order = scores.argsort(descending=True)
+        merged.append((boxes[order], scores[order], labels[order]))
+    return merged
+
+
+@torch.no_grad()
+def evaluate_detection(model, tokenizer: Tokenizer, reader, category_ids: Sequence[int], image_size: int,
+                       max_len: int, limit: int = 0, batch_size: int = 16, chunk_size: int = 40,
+                       normalization: str = "imagenet", annotation_file: str | Path | None = None) -> dict[str, float]:
+    """COCO AP (percent) of ``category_ids`` on a :class:`~fibervl.data.CocoDetectionReader`'s images.
+
+    The prompt names only ``category_ids`` (zero-shot: the held-out names), in chunks of
+    ``chunk_size``. Boxes are mapped back to the annotation's pixel frame. With a ``frequency``
+    field on the categories (LVIS) the result adds APr / APc / APf.
+    """
+    gt = json.loads(Path(annotation_file or reader.file).read_text())
+    categories = {c["id"]: c["name"] for c in gt["categories"]}
+    missing = [i for i in category_ids if i not in categories]
+    if missing:
+        raise ValueError(f"category ids {missing} are not in {annotation_file or reader.file}")
+    sizes = {img["id"]: (img["height"], img["width"]) for img in gt["images"]}
+    chunks = prompt_chunks(categories, category_ids, tokenizer, max_len, chunk_size)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    results, image_ids = [], []
+    for batch in _eval_loader(reader, tokenizer, image_size, max_len, batch_size, limit, normalization):
+        in_sizes = [tuple(int(v) for v in s) for s in batch.image_sizes]
+        dets = detect_with_prompt(model, batch.pixel_values.to(device), in_sizes, chunks)
+        for sample, (h_in, w_in), (boxes, scores, labels) in zip(batch.samples, in_sizes, dets):
+            h0, w0 = sizes[sample.image_id]
+            boxes = boxes * torch.tensor([w0 / w_in, h0 / h_in, w0 / w_in, h0 / h_in])
+            image_ids.append(sample.image_id)
+            for box, score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
+                results.append({"image_id": sample.image_id, "category_id": int(label), "score": float(score),
+                                "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]})
+    model.train(was_training)
+    metrics = coco_ap(gt, results, category_ids, image_ids)
+    metrics.update(ap_by_frequency(gt, results, category_ids, image_ids))
+    metrics["images"] = len(image_ids)
+    return metrics
