@@ -59,7 +59,7 @@ def test_losses_fall_on_a_fixed_batch():
         first = first if first is not None else {k: float(out[k].detach()) for k in ("itc", "mlm", "loss")}
     assert float(out["itc"]) < 0.7 * first["itc"]
     assert float(out["loss"].detach()) < 0.8 * first["loss"]
-    assert 0.001 <= float(model.temperature) <= 1.0
+    assert 0.001 <= model.temperature.item() <= 1.0
 
 
 def test_hard_negatives_skip_pairs_of_the_same_image(monkeypatch):
