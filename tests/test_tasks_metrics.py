@@ -107,3 +107,17 @@ def test_topk_candidates_dense():
     q, g = torch.eye(3), torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
     scores, idx = topk_candidates(q, g, k=5)
     assert idx.shape == (3, 2) and idx[0, 0] == 1 and idx[1, 0] == 0
+
+
+def test_topk_candidates_faiss_is_optional():
+    g = torch.nn.functional.normalize(torch.randn(20, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    q = g[:4] + 0.01
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        with pytest.raises(RuntimeError, match="pip install faiss-cpu"):
+            topk_candidates(q, g, k=3, use_faiss=True)
+        return
+    dense = topk_candidates(q, g, k=3)
+    fast = topk_candidates(q, g, k=3, use_faiss=True)
+    assert torch.equal(dense[1], fast[1]) and torch.allclose(dense[0], fast[0], atol=1e-5)

@@ -91,7 +91,10 @@ def run(cfg: VqaConfig) -> dict:
     vocab = AnswerVocabulary.build(train_reader, min_count=cfg.vqa.min_count, max_size=cfg.vqa.max_answers)
     coverage = vocabulary_coverage(train_reader, vocab)
     print(f"answer vocabulary: {len(vocab)} answers; train coverage: {coverage}")
-    model, new = build_task_model(cfg.model, tokenizer, new_heads=("vqa",), vqa_num_answers=len(vocab))
+    # A fresh VQA head unless the init is a VQA model with this very answer list (continued training).
+    keep = cfg.model.init and (resolve_model_dir(cfg.model.init) / ANSWERS_FILE).is_file() and \
+        load_vocabulary(resolve_model_dir(cfg.model.init)).answers == vocab.answers
+    model, new = build_task_model(cfg.model, tokenizer, new_heads=() if keep else ("vqa",), vqa_num_answers=len(vocab))
     if cfg.model.init:
         print(f"new weights (not loaded from {cfg.model.init}): {new}")
     image_size, max_len = _sizes(cfg, model)
