@@ -146,3 +146,39 @@ def test_cli_nlvr2_and_retrieval(shapes_tiny, tmp_path, capsys):
     ranked = json.loads(capsys.readouterr().out)[0]["ranking"]
     assert sorted(r["item"] for r in ranked) == sorted(texts[:3])
     assert [r["score"] for r in ranked] == sorted((r["score"] for r in ranked), reverse=True)
+
+
+def test_cli_vqa_on_a_vqav2_layout_directory(shapes_tiny, tmp_path, capsys):
+    """Any directory in the VQAv2 layout works: mscoco file names, a custom image template, --init."""
+    import shutil
+
+    ds = ShapesDataset(shapes_tiny)
+    tok = Tokenizer.from_pretrained(ds.tokenizer_dir)
+    root = tmp_path / "vqav2"
+    (root / "pics").mkdir(parents=True)
+    for split, subtype in (("train", "train2014"), ("val", "val2014")):
+        reader = ds.vqa(split)
+        qs = json.loads(reader.questions_file.read_text())
+        anns = json.loads(reader.annotations_file.read_text())
+        qs["questions"] = qs["questions"][:12]
+        keep = {q["question_id"] for q in qs["questions"]}
+        anns["annotations"] = [a for a in anns["annotations"] if a["question_id"] in keep]
+        (root / f"v2_OpenEnded_mscoco_{subtype}_questions.json").write_text(json.dumps(qs))
+        (root / f"v2_mscoco_{subtype}_annotations.json").write_text(json.dumps(anns))
+        for s in reader.samples[:12]:
+            shutil.copy(s.image_path, root / "pics" / f"{subtype}-{s.image_id}.jpg")
+    init = tmp_path / "init"
+    _micro_for(tok).save_pretrained(init)
+    run = tmp_path / "run"
+    args = ["finetune", "vqa", "--init", str(init), "--data-root", str(root), "--image-template",
+            "pics/{split}-{image_id}.jpg", "data.source=mscoco", "data.train_split=train2014",
+            "data.eval_split=val2014", f"data.tokenizer={ds.tokenizer_dir}", f"--run-dir={run}", "train.batch_size=4",
+            "train.max_steps=2", "train.progress_bar=false", "train.ckpt_every=null"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "new weights" in out and "heads.vqa." in out
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["questions"] == 12 and metrics["eval_split"] == "val2014"
+    # A wrong template names the missing image file.
+    assert main(args[:7] + ["pics/{split}/{image_id}.png"] + args[8:] + [f"--run-dir={tmp_path / 'bad'}"]) == 1
+    assert "pics/train2014/" in capsys.readouterr().err
