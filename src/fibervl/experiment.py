@@ -117,3 +117,52 @@ def build_model_compatible(spec: ModelSpec, tokenizer: Tokenizer) -> tuple[Fiber
     if spec.init:
         report["new"], report["unused"] = load_compatible(model, spec.init)
     return model, report
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A model directory (``config.json`` + weights) or a run directory holding ``model/``."""
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return path
+    if (path / "model" / "config.json").is_file():
+        return path / "model"
+    raise FileNotFoundError(f"{path} is neither a model directory (config.json) nor a run directory with model/config.json")
+
+
+def build_task_model(spec: ModelSpec, tokenizer: Tokenizer, new_heads: tuple[str, ...] = (),
+                     **config_changes) -> tuple[FiberModel, list[str]]:
+    """The model a task fine-tunes: ``spec.init`` (a model or run directory) with its config
+    changed by ``config_changes`` (e.g. ``vqa_num_answers=len(vocab)``) and the heads in
+    ``new_heads`` added if missing and freshly initialised; every other weight is loaded from
+    the init file and must be there with the same shape. Without ``init``: a fresh model.
+
+    Returns (model, new weight names): the weights the init did not provide.
+    """
+    if not spec.init:
+        config = model_config(spec, tokenizer)
+        heads = tuple(config.heads) + tuple(h for h in new_heads if h not in config.heads)
+        model = FiberModel(config.replace(heads=heads, **config_changes))
+        return model, sorted(model.state_dict())
+    from .modeling.pretrained import CheckpointError, WEIGHTS_NAME, read_weights
+
+    directory = resolve_model_dir(spec.init)
+    base = FiberModel.from_pretrained(directory)  # validates the saved config and file as they are
+    t = base.config.text
+    if (t.vocab_size, t.mask_token_id, t.pad_token_id) != (tokenizer.vocab_size, tokenizer.mask_token_id, tokenizer.pad_token_id):
+        raise ValueError(f"the tokenizer (vocab {tokenizer.vocab_size}) does not fit the model in {directory} (vocab {t.vocab_size})")
+    heads = tuple(base.config.heads) + tuple(h for h in new_heads if h not in base.config.heads)
+    model = FiberModel(base.config.replace(heads=heads, **config_changes))
+    state = read_weights(directory / WEIGHTS_NAME)
+    fresh = tuple(f"heads.{h}." for h in new_heads)
+    expected = model.state_dict()
+    load = {k: v for k, v in state.items() if not k.startswith(fresh)}
+    missing = sorted(k for k in expected if k not in load and not k.startswith(fresh))
+    unknown = sorted(k for k in load if k not in expected)
+    wrong = sorted(k for k in load if k in expected and load[k].shape != expected[k].shape)
+    if missing or unknown or wrong:
+        raise CheckpointError(f"{directory / WEIGHTS_NAME} does not fit the task model: missing {missing[:8]}, "
+                              f"unknown {unknown[:8]}, shape mismatches {wrong[:8]}")
+    new = sorted(k for k in expected if k not in load)
+    expected.update(load)
+    model.load_state_dict(expected, strict=True)
+    return model, new

@@ -8,35 +8,24 @@ min(1, k / 3) averaged over the leave-one-out subsets, i.e. 0.3, 0.6, 0.9, 1.0 f
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
 import torch
 
-_NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
-                 "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
-_ARTICLES = {"a", "an", "the"}
-_PUNCT = re.compile(r"[;/\[\]\"{}()=+\\_\-><@`,?!*#%^&$~|:']")
-_PERIOD = re.compile(r"(?<!\d)\.(?!\d)")  # a period that is not a decimal point
+from ..metrics.vqa import accuracy_from_count, normalize_vqa_answer
 
 
 def normalize_answer(answer: str) -> str:
-    """VQAv2-style: lower case, punctuation and non-decimal periods dropped, number words to
-    digits, articles removed. (The official contraction table is not applied.)"""
-    a = answer.replace("\n", " ").replace("\t", " ").strip().lower()
-    a = _PUNCT.sub("", a)
-    a = _PERIOD.sub("", a)
-    words = [_NUMBER_WORDS.get(w, w) for w in a.split() if w not in _ARTICLES]
-    return " ".join(words)
+    """VQAv2's answer normalisation (punctuation, number words, articles, contractions): the key
+    of the vocabulary. One implementation: :func:`fibervl.metrics.vqa.normalize_vqa_answer`."""
+    return normalize_vqa_answer(answer)
 
 
 def answer_score(count: int, total: int = 10) -> float:
     """VQA accuracy of an answer that ``count`` of ``total`` annotators gave."""
-    if total <= 1:
-        return float(count >= 1)
-    return (count * min(1.0, (count - 1) / 3.0) + (total - count) * min(1.0, count / 3.0)) / total
+    return accuracy_from_count(count, total)
 
 
 class AnswerVocabulary:

@@ -58,3 +58,64 @@ def model_tokenizer(model_dir: str | Path, fallback: str | Path | None = None) -
         raise FileNotFoundError(f"{model_dir} has no tokenizer/ directory; give the data set's tokenizer "
                                 "(data.root=DIR or data.tokenizer=PATH)")
     return Tokenizer.from_pretrained(fallback)
+
+
+def rewrite_flags(argv: list[str], aliases: dict[str, str]) -> list[str]:
+    """``--flag VALUE`` / ``--flag=VALUE`` -> ``key=VALUE`` for each ``aliases[flag] = key``, so
+    recipes take friendly options (``--init RUN --data-root DIR``) beside ``key=value`` ones."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        name, eq, value = a.partition("=")
+        if name in aliases:
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise ValueError(f"{name} needs a value")
+                value = argv[i + 1]
+                i += 1
+            out.append(f"{aliases[name]}={value}")
+        else:
+            out.append(a)
+        i += 1
+    return out
+
+
+def warn_truncated(tokenizer: Tokenizer, texts, max_length: int, what: str = "texts") -> int:
+    """Count the texts longer than ``max_length`` tokens (specials included), which the
+    tokenizer will truncate, and warn once with the count. Returns the count."""
+    import warnings
+
+    texts = list(texts)
+    n = sum(len(tokenizer.encode(t)[0]) > max_length for t in texts)
+    if n:
+        warnings.warn(f"{n} of {len(texts)} {what} are longer than {max_length} tokens and are truncated", stacklevel=2)
+    return n
+
+
+def export_task_model(model, tokenizer: Tokenizer, run_dir: str | Path, metrics: dict | None = None,
+                      files: dict[str, object] | None = None) -> Path:
+    """:func:`export_model` plus what ``predict`` needs: the tokenizer in ``model/tokenizer/``
+    and ``files`` (name -> JSON-serialisable object, e.g. ``{"answers.json": [...]}``) beside
+    config.json, so a model directory is self-contained."""
+    out = export_model(model, run_dir, metrics, tokenizer)
+    if D.get_rank() == 0:
+        for name, obj in (files or {}).items():
+            (out / name).write_text(json.dumps(obj, ensure_ascii=False) + "\n", encoding="utf-8")
+    D.barrier()
+    return out
+
+
+def load_model_dir(path: str | Path, device: str = "cpu", fallback_tokenizer: Tokenizer | None = None):
+    """A self-contained model directory (or a run directory) -> (model in eval mode, tokenizer, dir).
+    ``fallback_tokenizer``: used when the directory has no ``tokenizer/`` (e.g. a pre-training export)."""
+    from ..experiment import resolve_model_dir
+    from ..modeling.fiber import FiberModel
+
+    directory = resolve_model_dir(path)
+    tok_dir = directory / "tokenizer"
+    if not tok_dir.is_dir() and fallback_tokenizer is None:
+        raise FileNotFoundError(f"{tok_dir} not found: the model directory has no tokenizer (export with a task recipe, "
+                                "or copy the data set's tokenizer there)")
+    model = FiberModel.from_pretrained(directory, map_location=device).eval()
+    tokenizer = Tokenizer.from_pretrained(tok_dir) if tok_dir.is_dir() else fallback_tokenizer
+    return model, tokenizer, directory

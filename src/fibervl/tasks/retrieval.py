@@ -1,4 +1,16 @@
-"""Image-text retrieval with the dual encoder (ITC): O(n + m) encoder passes for n images, m texts."""
+"""Image-text retrieval: the dual encoder (ITC), the fusion encoder (ITM), and re-ranking.
+
+- dual encoder: O(n + m) encoder passes for n images and m texts, then one matrix product
+  (:func:`embed_images`, :func:`embed_texts`); candidate search optionally with FAISS
+  (:func:`topk_candidates`, ``faiss`` imported only when asked for);
+- fusion encoder: one fused pass per (image, text) pair, so only for a shortlist
+  (:func:`itm_pair_scores`);
+- re-ranking (:func:`rerank_scores`): for every query the dual encoder's top ``k`` gallery items
+  are re-scored with ``score = s_itc + s_itm`` where ``s_itc = <e_image, e_text> / temperature``
+  (the ITC logit) and ``s_itm = itm_logit[match] - itm_logit[no match]`` (the ITM log-odds);
+  items outside the top ``k`` keep their ITC order below every candidate. ``k`` >= the gallery
+  size is the full ITC + ITM ensemble (n * m fused passes: small galleries only).
+"""
 
 from __future__ import annotations
 
@@ -50,17 +62,137 @@ def embed_texts(model, tokenizer: Tokenizer, texts: list[str], max_length: int, 
     return torch.cat(out)
 
 
-@torch.no_grad()
-def evaluate_itc_retrieval(model, tokenizer: Tokenizer, reader, image_size: int, max_length: int,
-                           limit: int = 0, bf16: bool = False) -> dict[str, float]:
-    """R@1/5/10 both ways over a captions split (e.g. :class:`~fibervl.data.KarpathyCaptions`),
-    with the chance level. ``limit``: only the first ``limit`` images (0 = all)."""
+def _limit(reader, limit: int):
+    """(paths, texts, text_to_image) of the first ``limit`` images (0 = all) and their texts."""
     paths, texts, text_to_image, image_to_texts = reader.retrieval_lists()
     if limit:
         paths, image_to_texts = paths[:limit], image_to_texts[:limit]
         keep = [t for ts in image_to_texts for t in ts]
         texts = [texts[t] for t in keep]
         text_to_image = [text_to_image[t] for t in keep]
+    return paths, texts, text_to_image
+
+
+def load_image_tensors(paths: list[Path], image_size: int) -> torch.Tensor:
+    """[I, 3, S, S] evaluation-transformed images (for the fused passes of re-ranking)."""
+    processor = Processor(eval_transforms(image_size))
+    return torch.stack([processor(Sample(sample_id=str(p), image_id=i, image_path=Path(p))).pixel_values
+                        for i, p in enumerate(paths)])
+
+
+def topk_candidates(queries: torch.Tensor, gallery: torch.Tensor, k: int, use_faiss: bool = False
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inner-product top-k: queries [Q, H], gallery [G, H] -> (scores [Q, k'], indices [Q, k'])
+    with k' = min(k, G). ``use_faiss``: an exact FAISS inner-product index (``pip install
+    faiss-cpu``) instead of the dense [Q, G] product, for galleries too large for memory."""
+    k = min(k, gallery.shape[0])
+    if not use_faiss:
+        return (queries @ gallery.t()).topk(k, dim=1)
+    try:
+        import faiss
+    except ImportError:
+        raise RuntimeError("retrieval with faiss=true needs the faiss package (pip install faiss-cpu)") from None
+    index = faiss.IndexFlatIP(gallery.shape[1])
+    index.add(gallery.float().contiguous().numpy())
+    scores, idx = index.search(queries.float().contiguous().numpy(), k)
+    return torch.from_numpy(scores), torch.from_numpy(idx).long()
+
+
+@torch.no_grad()
+def itm_pair_scores(model, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    pairs: torch.Tensor, batch_size: int = 64, bf16: bool = False) -> torch.Tensor:
+    """ITM log-odds (match logit minus no-match logit) of (image, text) pairs.
+
+    images [I, 3, S, S]; input_ids / attention_mask [T, L]; pairs [P, 2] (image index, text
+    index) -> [P] float32. One fused pass per pair, ``batch_size`` pairs at a time.
+    """
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, pairs.shape[0], batch_size):
+        p = pairs[start:start + batch_size]
+        mask = attention_mask[p[:, 1]]
+        length = int(mask.sum(1).max())  # drop the columns that are padding for every text here
+        with precision_context(device, bf16):
+            cls = model.fuse(images[p[:, 0]].to(device), input_ids[p[:, 1], :length].to(device),
+                             mask[:, :length].to(device)).cls_feats
+            logits = model.itm_logits(cls).float()
+        out.append((logits[:, 1] - logits[:, 0]).cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def rerank_scores(itc: torch.Tensor, pair_scorer, k: int,
+                  candidates: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Re-rank the ITC top-k of every query with ``itc + itm``.
+
+    itc: [I, T] ITC logits; pair_scorer: ``f(pairs [P, 2]) -> [P]`` ITM scores of (image,
+    text) pairs; candidates: optional (texts of each image [I, k], images of each text [T, k])
+    found elsewhere (e.g. :func:`topk_candidates` with FAISS), default the top-k of ``itc``.
+    Returns (i2t [I, T], t2i [I, T]) score matrices: in the i2t one each image row ranks its
+    top-k texts by ``itc + itm``, above every other text (kept in ITC order); t2i likewise per
+    text column. Each pair is scored once even when it is a candidate both ways.
+    """
+    n_images, n_texts = itc.shape
+    if candidates is None:
+        candidates = (itc.topk(min(k, n_texts), dim=1).indices, itc.t().topk(min(k, n_images), dim=1).indices)
+    cand_i2t = torch.zeros_like(itc, dtype=torch.bool)
+    cand_i2t.scatter_(1, candidates[0], True)
+    cand_t2i = torch.zeros_like(itc, dtype=torch.bool)
+    cand_t2i.scatter_(0, candidates[1].t(), True)
+    pairs = (cand_i2t | cand_t2i).nonzero()
+    combined = itc.clone()
+    combined[pairs[:, 0], pairs[:, 1]] += pair_scorer(pairs).to(itc.dtype)
+
+    def lift(cand: torch.Tensor) -> torch.Tensor:
+        # Shift the candidates above the best non-candidate so they always rank first.
+        shift = (itc.max() - combined[cand].min()).clamp_min(0) + 1.0
+        return torch.where(cand, combined + shift, itc)
+
+    return lift(cand_i2t), lift(cand_t2i)
+
+
+@torch.no_grad()
+def evaluate_retrieval(model, tokenizer: Tokenizer, reader, image_size: int, max_length: int, limit: int = 0,
+                       rerank_k: int = 16, use_faiss: bool = False, itm_batch_size: int = 64,
+                       bf16: bool = False) -> dict[str, float]:
+    """Dual-encoder recall (``itc_*`` keys) and, with ``rerank_k`` > 0, the re-ranked recall
+    (``rerank_*``: top ``rerank_k`` re-scored with ITC + ITM) over a captions split."""
+    paths, texts, text_to_image = _limit(reader, limit)
+    was_training = model.training
+    model.eval()
+    try:
+        image_embed = embed_images(model, paths, image_size, bf16=bf16)
+        text_embed = embed_texts(model, tokenizer, texts, max_length, bf16=bf16)
+        itc = image_embed @ text_embed.t() / model.temperature.detach().float().clamp(0.001, 1.0).cpu()
+        t2i = torch.tensor(text_to_image)
+        metrics = {f"itc_{k}": v for k, v in retrieval_recall(itc, t2i).items()}
+        if rerank_k > 0:
+            # Candidates from the embeddings (cosine order = ITC order); with FAISS for large
+            # galleries. The recall itself still reads the dense [I, T] matrix.
+            candidates = (topk_candidates(image_embed, text_embed, rerank_k, use_faiss)[1],
+                          topk_candidates(text_embed, image_embed, rerank_k, use_faiss)[1])
+            images = load_image_tensors(paths, image_size)
+            tokens = tokenizer(texts, max_length=max_length, padding="longest")
+            scorer = lambda pairs: itm_pair_scores(model, images, tokens.input_ids, tokens.attention_mask,  # noqa: E731
+                                                   pairs, itm_batch_size, bf16)
+            s_i2t, s_t2i = rerank_scores(itc, scorer, rerank_k, candidates)
+            r_i2t, r_t2i = retrieval_recall(s_i2t, t2i), retrieval_recall(s_t2i, t2i)
+            rr = {k: v for k, v in r_i2t.items() if k.startswith("i2t")}
+            rr.update({k: v for k, v in r_t2i.items() if k.startswith("t2i")})
+            rr["rsum"] = sum(rr.values())
+            metrics.update({f"rerank_{k}": v for k, v in rr.items()})
+            metrics["rerank_k"] = rerank_k
+    finally:
+        model.train(was_training)
+    metrics.update(images=len(paths), texts=len(texts))
+    return metrics
+
+
+@torch.no_grad()
+def evaluate_itc_retrieval(model, tokenizer: Tokenizer, reader, image_size: int, max_length: int,
+                           limit: int = 0, bf16: bool = False) -> dict[str, float]:
+    """R@1/5/10 both ways over a captions split (e.g. :class:`~fibervl.data.KarpathyCaptions`),
+    with the chance level. ``limit``: only the first ``limit`` images (0 = all)."""
+    paths, texts, text_to_image = _limit(reader, limit)
     was_training = model.training
     model.eval()
     try:

@@ -18,30 +18,13 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from ...metrics.vqa import vqa_accuracy
 from .layout import ShapesDataset
-
-
-def vqa_accuracy(prediction: str, answers: list[str]) -> float:
-    """VQAv2 accuracy of one prediction against the annotators' answers (exact match after
-    lower-casing and stripping; the shapes answers need no further normalisation)."""
-    pred = prediction.strip().lower()
-    return _accuracy_from_count(sum(a.strip().lower() == pred for a in answers), len(answers))
-
-
-def _accuracy_from_count(c: int, n: int) -> float:
-    """Mean over the n leave-one-out subsets of min(matches / 3, 1), for c matching answers:
-    c subsets lose a match, n - c keep all c."""
-    if n == 0:
-        return 0.0
-    if n == 1:
-        return float(c == 1)
-    return (c * min(1.0, (c - 1) / 3.0) + (n - c) * min(1.0, c / 3.0)) / n
 
 
 def _chance_accuracy(answers: list[str], vocab: list[str]) -> float:
     """Expected accuracy of a uniformly random answer from ``vocab``."""
-    counts = Counter(a.strip().lower() for a in answers)
-    return sum(_accuracy_from_count(counts.get(v, 0), len(answers)) for v in vocab) / len(vocab)
+    return sum(vqa_accuracy(v, answers) for v in vocab) / len(vocab)
 
 
 def _mean(xs) -> float:

@@ -1,0 +1,140 @@
+"""``fibervl finetune|evaluate|predict nlvr2``: natural language for visual reasoning (pairs).
+
+    fibervl finetune nlvr2 --config configs/fiber-tiny_nlvr2_shapes.yaml --init RUN_OR_MODEL
+    fibervl finetune nlvr2 --init RUN --data-root NLVR2_DIR data.format=nlvr2 data.image_root=IMAGES
+    fibervl evaluate nlvr2 --model RUN/model --data-root DIR [--split test]
+    fibervl predict nlvr2 --model RUN/model --left a.jpg --right b.jpg --text "..."
+
+Data: with ``data.format=shapes`` (default) ``data.root`` is a shapes set; with ``nlvr2`` it
+holds NLVR2's ``{split}.json`` files (``train``, ``dev``, ``test1``) and ``image_root`` (default
+``root``) the split image folders. Training transforms never flip (left/right statements).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..data import Nlvr2Reader, ProcessedDataset, Processor, Sample
+from ..data.shapes import ShapesDataset
+from ..data.transforms import train_transforms
+from ..engine.trainer import Trainer, TrainConfig
+from ..experiment import DataSpec, ModelSpec, build_task_model, load_tokenizer
+from ..tasks.nlvr2 import Nlvr2Collator, Nlvr2Task, evaluate_nlvr2, predict_nlvr2
+from .common import export_task_model, load_model_dir, rewrite_flags, warn_truncated
+
+FINETUNE_FLAGS = {"--init": "model.init", "--data-root": "data.root", "--image-root": "data.image_root",
+                  "--run-dir": "train.run_dir", "--max-steps": "train.max_steps", "--tokenizer": "data.tokenizer"}
+EVALUATE_FLAGS = {"--model": "model.init", "--data-root": "data.root", "--image-root": "data.image_root",
+                  "--split": "data.eval_split", "--num-eval": "data.num_eval"}
+
+
+@dataclass
+class Nlvr2Data(DataSpec):
+    format: str = "shapes"  # "shapes" or "nlvr2"
+    image_root: str = ""
+    image_ext: str = ".png"
+    train_split: str = "train"
+    eval_split: str = "val"
+
+
+@dataclass
+class Nlvr2Config:
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: Nlvr2Data = field(default_factory=Nlvr2Data)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=100))
+
+
+def nlvr2_reader(data: Nlvr2Data, split: str) -> Nlvr2Reader:
+    if data.format == "shapes":
+        return ShapesDataset(data.root).nlvr2(split)
+    if data.format == "nlvr2":
+        return Nlvr2Reader(Path(data.root) / f"{split}.json", data.image_root or data.root, image_ext=data.image_ext)
+    raise ValueError(f"data.format must be 'shapes' or 'nlvr2', got {data.format!r}")
+
+
+def _sizes(cfg, model) -> tuple[int, int]:
+    return cfg.data.image_size or model.config.vision.image_size, cfg.data.max_text_len or model.config.text.max_text_len
+
+
+def _eval_samples(cfg: Nlvr2Config, split: str):
+    samples = list(nlvr2_reader(cfg.data, split))
+    return samples[:cfg.data.num_eval] if cfg.data.num_eval else samples
+
+
+def run(cfg: Nlvr2Config) -> dict:
+    tokenizer = load_tokenizer(cfg.data)
+    model, new = build_task_model(cfg.model, tokenizer, new_heads=("nlvr2",))
+    if cfg.model.init:
+        print(f"new weights (not loaded from {cfg.model.init}): {new}")
+    image_size, max_len = _sizes(cfg, model)
+    train_reader = nlvr2_reader(cfg.data, cfg.data.train_split)
+    warn_truncated(tokenizer, (s.text for s in train_reader), max_len, "training statements")
+    eval_samples = _eval_samples(cfg, cfg.data.eval_split)
+    bf16 = cfg.train.precision == "bf16"
+
+    def evaluate(m) -> dict[str, float]:
+        return evaluate_nlvr2(m, tokenizer, eval_samples, image_size, max_len, bf16=bf16)
+
+    train = ProcessedDataset(train_reader, Processor(train_transforms(image_size, flip=False)))
+    summary = Trainer(cfg.train, model, Nlvr2Task(), train, collate_fn=Nlvr2Collator(tokenizer, max_len),
+                      evaluate=evaluate, config_snapshot=cfg).fit()
+    metrics = evaluate(model)
+    export_task_model(model, tokenizer, cfg.train.run_dir, {"eval_split": cfg.data.eval_split, **metrics})
+    summary["eval"] = metrics
+    return summary
+
+
+def _print(metrics: dict) -> None:
+    print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in metrics.items()}))
+
+
+def _finetune(argv: list[str]) -> int:
+    from ..engine.config import parse_cli
+
+    cfg, flags = parse_cli(Nlvr2Config, rewrite_flags(argv, FINETUNE_FLAGS))
+    if flags["resume"]:
+        cfg.train.resume = flags["resume"]
+    _print(run(cfg)["eval"])
+    return 0
+
+
+def _evaluate(argv: list[str]) -> int:
+    from ..engine.config import parse_cli
+
+    cfg, _ = parse_cli(Nlvr2Config, rewrite_flags(argv, EVALUATE_FLAGS))
+    if not cfg.model.init:
+        raise ValueError("evaluate needs --model DIR (a fine-tuned NLVR2 model or run directory)")
+    model, tokenizer, _ = load_model_dir(cfg.model.init)
+    image_size, max_len = _sizes(cfg, model)
+    metrics = evaluate_nlvr2(model, tokenizer, _eval_samples(cfg, cfg.data.eval_split), image_size, max_len,
+                             bf16=cfg.train.precision == "bf16")
+    _print({"split": cfg.data.eval_split, **metrics})
+    return 0
+
+
+def predict(model_dir: str | Path, left: str | Path, right: str | Path, text: str) -> dict:
+    """``{"text", "answer": bool, "p_true": float}`` for one image pair and statement."""
+    model, tokenizer, _ = load_model_dir(model_dir)
+    image_size, max_len = model.config.vision.image_size, model.config.text.max_text_len
+    warn_truncated(tokenizer, [text], max_len, "statements")
+    sample = Sample(sample_id="0", image_id=0, image_path=Path(left), image2_path=Path(right), text=text)
+    _, probs = predict_nlvr2(model, tokenizer, [sample], image_size, max_len)
+    p_true = float(probs[0, 1])
+    return {"text": text, "answer": p_true > 0.5, "p_true": round(p_true, 4)}
+
+
+def _predict(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="fibervl predict nlvr2")
+    p.add_argument("--model", required=True)
+    p.add_argument("--left", required=True)
+    p.add_argument("--right", required=True)
+    p.add_argument("--text", required=True)
+    a = p.parse_args(argv)
+    print(json.dumps(predict(a.model, a.left, a.right, a.text)))
+    return 0
+
+
+COMMANDS = {"finetune": _finetune, "evaluate": _evaluate, "predict": _predict}

@@ -1,0 +1,178 @@
+"""``fibervl finetune|evaluate|predict retrieval``: image-text retrieval.
+
+    fibervl finetune retrieval --config configs/fiber-tiny_retrieval_shapes.yaml --init RUN_OR_MODEL
+    fibervl evaluate retrieval --model RUN/model --data-root DIR [--split test]
+    fibervl predict retrieval --model RUN/model --image x.jpg --texts "a,b,c"
+    fibervl predict retrieval --model RUN/model --text "..." --images a.jpg b.jpg
+
+Fine-tuning: ITC + ITM with hard negatives (the coarse pre-training task with the MLM weight 0).
+Evaluation: dual-encoder (ITC) recall and the ITC top-``eval.rerank_k`` re-ranked with
+ITC + ITM (see :mod:`fibervl.tasks.retrieval`), R@1/5/10 both ways and rsum.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..data import ProcessedDataset, Processor
+from ..data.transforms import train_transforms
+from ..engine.trainer import Trainer, TrainConfig
+from ..experiment import ModelSpec, build_task_model, load_tokenizer
+from ..tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask
+from ..tasks.retrieval import (
+    embed_images, embed_texts, evaluate_itc_retrieval, evaluate_retrieval, itm_pair_scores, load_image_tensors,
+    rerank_scores,
+)
+from .coarse_pretrain import CaptionData, caption_reader
+from .common import PairCollator, export_task_model, load_model_dir, rewrite_flags
+
+FINETUNE_FLAGS = {"--init": "model.init", "--data-root": "data.root", "--run-dir": "train.run_dir",
+                  "--max-steps": "train.max_steps", "--tokenizer": "data.tokenizer"}
+EVALUATE_FLAGS = {"--model": "model.init", "--data-root": "data.root", "--split": "data.eval_split",
+                  "--num-eval": "data.num_eval", "--rerank-k": "eval.rerank_k"}
+
+
+@dataclass
+class RetrievalEval:
+    """``rerank_k``: re-rank the dual encoder's top k with ITC + ITM (0: dual encoder only; at
+    least the gallery size: the full ensemble); ``faiss``: find the candidates with FAISS."""
+
+    rerank_k: int = 16
+    faiss: bool = False
+    itm_batch_size: int = 64
+
+
+@dataclass
+class RetrievalConfig:
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: CaptionData = field(default_factory=CaptionData)
+    objectives: CoarseObjectives = field(default_factory=lambda: CoarseObjectives(mlm=0.0))
+    eval: RetrievalEval = field(default_factory=RetrievalEval)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=100))
+
+
+def _sizes(cfg, model) -> tuple[int, int]:
+    return cfg.data.image_size or model.config.vision.image_size, cfg.data.max_text_len or model.config.text.max_text_len
+
+
+def evaluate(cfg: RetrievalConfig, model, tokenizer, split: str | None = None) -> dict:
+    image_size, max_len = _sizes(cfg, model)
+    return evaluate_retrieval(model, tokenizer, caption_reader(cfg.data, split or cfg.data.eval_split), image_size, max_len,
+                              limit=cfg.data.num_eval, rerank_k=cfg.eval.rerank_k, use_faiss=cfg.eval.faiss,
+                              itm_batch_size=cfg.eval.itm_batch_size, bf16=cfg.train.precision == "bf16")
+
+
+def run(cfg: RetrievalConfig) -> dict:
+    """Fine-tune, evaluate on ``data.eval_split``, export ``run_dir/model`` (with its tokenizer)."""
+    if cfg.objectives.mlm:
+        raise ValueError("retrieval fine-tuning is ITC + ITM: set objectives.mlm=0")
+    tokenizer = load_tokenizer(cfg.data)
+    model, new = build_task_model(cfg.model, tokenizer)
+    if cfg.model.init and new:
+        print(f"new weights (not in {cfg.model.init}): {new}")
+    image_size, max_len = _sizes(cfg, model)
+    mcfg = model.config
+    train = ProcessedDataset(caption_reader(cfg.data, cfg.data.train_split), Processor(train_transforms(image_size)))
+    eval_reader = caption_reader(cfg.data, cfg.data.eval_split)
+    bf16 = cfg.train.precision == "bf16"
+
+    def periodic(m) -> dict[str, float]:  # cheap during training: dual encoder only
+        return evaluate_itc_retrieval(m, tokenizer, eval_reader, image_size, max_len, limit=cfg.data.num_eval, bf16=bf16)
+
+    task = CoarsePretrainTask(cfg.objectives, mcfg.hidden_size, mcfg.text.vocab_size, mcfg.text.mask_token_id,
+                              (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id))
+    summary = Trainer(cfg.train, model, task, train, collate_fn=PairCollator(tokenizer, max_len), evaluate=periodic,
+                      config_snapshot=cfg).fit()
+    metrics = evaluate(cfg, model, tokenizer)
+    export_task_model(model, tokenizer, cfg.train.run_dir, {"eval_split": cfg.data.eval_split, **metrics})
+    summary["eval"] = metrics
+    return summary
+
+
+def _data_tokenizer(data):
+    """The data set's tokenizer if there is one (for model directories without their own)."""
+    try:
+        return load_tokenizer(data)
+    except FileNotFoundError:
+        return None
+
+
+def _print_metrics(metrics: dict) -> None:
+    print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in metrics.items()}))
+
+
+def _finetune(argv: list[str]) -> int:
+    from ..engine.config import parse_cli
+
+    cfg, flags = parse_cli(RetrievalConfig, rewrite_flags(argv, FINETUNE_FLAGS))
+    if flags["resume"]:
+        cfg.train.resume = flags["resume"]
+    _print_metrics(run(cfg)["eval"])
+    return 0
+
+
+def _evaluate(argv: list[str]) -> int:
+    from ..engine.config import parse_cli
+
+    cfg, _ = parse_cli(RetrievalConfig, rewrite_flags(argv, EVALUATE_FLAGS))
+    if not cfg.model.init:
+        raise ValueError("evaluate needs --model DIR (a fine-tuned model or run directory)")
+    model, tokenizer, _ = load_model_dir(cfg.model.init, fallback_tokenizer=_data_tokenizer(cfg.data))
+    _print_metrics({"split": cfg.data.eval_split, **evaluate(cfg, model, tokenizer)})
+    return 0
+
+
+@torch.no_grad()
+def predict(model_dir: str | Path, images: list[str], texts: list[str], rerank_k: int = 16) -> list[dict]:
+    """Rank ``texts`` for each image (one image, several texts) or ``images`` for each text.
+
+    Returns, per query, ``{"query": ..., "ranking": [{"item", "itc", "score"}, ...]}`` best first;
+    ``score`` is ITC + ITM for the top ``rerank_k`` (ITC alone below them).
+    """
+    model, tokenizer, _ = load_model_dir(model_dir)
+    image_size, max_len = model.config.vision.image_size, model.config.text.max_text_len
+    paths = [Path(p) for p in images]
+    itc = embed_images(model, paths, image_size) @ embed_texts(model, tokenizer, texts, max_len).t()
+    itc = itc / model.temperature.float().clamp(0.001, 1.0)
+    pixels = load_image_tensors(paths, image_size)
+    tokens = tokenizer(texts, max_length=max_len, padding="longest")
+    i2t, t2i = rerank_scores(itc, lambda pairs: itm_pair_scores(model, pixels, tokens.input_ids, tokens.attention_mask, pairs),
+                             rerank_k)
+    out = []
+    if len(paths) == 1:  # one image: rank the texts
+        order = i2t[0].argsort(descending=True)
+        out.append({"query": str(paths[0]), "ranking": [
+            {"item": texts[j], "itc": round(float(itc[0, j]), 4), "score": round(float(i2t[0, j]), 4)} for j in order]})
+    else:
+        for t, text in enumerate(texts):
+            order = t2i[:, t].argsort(descending=True)
+            out.append({"query": text, "ranking": [
+                {"item": str(paths[i]), "itc": round(float(itc[i, t]), 4), "score": round(float(t2i[i, t]), 4)} for i in order]})
+    return out
+
+
+def _predict(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="fibervl predict retrieval")
+    p.add_argument("--model", required=True, help="model directory (or run directory with model/)")
+    p.add_argument("--image", help="one image: rank --texts")
+    p.add_argument("--texts", help="comma-separated texts to rank for --image")
+    p.add_argument("--text", help="one text: rank --images")
+    p.add_argument("--images", nargs="+", help="images to rank for --text")
+    p.add_argument("--rerank-k", type=int, default=16)
+    a = p.parse_args(argv)
+    if a.image and a.texts:
+        images, texts = [a.image], [t.strip() for t in a.texts.split(",") if t.strip()]
+    elif a.text and a.images:
+        images, texts = a.images, [a.text]
+    else:
+        p.error("give --image with --texts, or --text with --images")
+    print(json.dumps(predict(a.model, images, texts, a.rerank_k), indent=2))
+    return 0
+
+
+COMMANDS = {"finetune": _finetune, "evaluate": _evaluate, "predict": _predict}

@@ -1,0 +1,185 @@
+"""``fibervl finetune|evaluate|predict vqa``: visual question answering (VQAv2 format).
+
+    fibervl finetune vqa --config configs/fiber-tiny_vqa_shapes.yaml --init RUN_OR_MODEL
+    fibervl finetune vqa --init RUN_OR_MODEL --data-root VQAV2_DIR data.source=mscoco \\
+        data.train_split=train2014 data.eval_split=val2014 --image-root COCO_DIR \\
+        --image-template "{split}/COCO_{split}_{image_id:012d}.jpg"
+    fibervl evaluate vqa --model RUN/model --data-root DIR [--split test] [--results out.json]
+    fibervl predict vqa --model RUN/model --image x.jpg --question "what color is the circle?"
+
+Data: with ``data.source`` empty, ``data.root`` is a shapes set; otherwise any directory in the
+VQAv2 layout (``v2_OpenEnded_{source}_{split}_questions.json`` + ``v2_{source}_{split}_annotations.json``)
+with images at ``image_root / image_template`` (VQAv2's template by default; ``split`` is the
+data subtype, e.g. ``train2014``). The answer vocabulary is the ``vqa.max_answers`` most frequent
+(normalised) training answers given at least ``vqa.min_count`` times; the model's VQA head is
+rebuilt to its size and the export holds it as ``model/answers.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..data import AnswerVocabulary, ProcessedDataset, Processor, VqaReader
+from ..data.readers.vqa import VQAV2_IMAGE_TEMPLATE
+from ..data.shapes import ShapesDataset
+from ..data.transforms import eval_transforms, train_transforms
+from ..engine.trainer import Trainer, TrainConfig
+from ..experiment import DataSpec, ModelSpec, build_task_model, load_tokenizer, resolve_model_dir
+from ..metrics.vqa import write_vqa_results
+from ..tasks.vqa import VqaCollator, VqaTask, evaluate_vqa, vocabulary_coverage, vqa_topk
+from .common import export_task_model, load_model_dir, rewrite_flags, warn_truncated
+
+ANSWERS_FILE = "answers.json"
+FINETUNE_FLAGS = {"--init": "model.init", "--data-root": "data.root", "--image-root": "data.image_root",
+                  "--image-template": "data.image_template", "--run-dir": "train.run_dir",
+                  "--max-steps": "train.max_steps", "--tokenizer": "data.tokenizer"}
+EVALUATE_FLAGS = {"--model": "model.init", "--data-root": "data.root", "--image-root": "data.image_root",
+                  "--image-template": "data.image_template", "--split": "data.eval_split",
+                  "--num-eval": "data.num_eval", "--results": "results"}
+
+
+@dataclass
+class VqaData(DataSpec):
+    """``source``: "" for a shapes set at ``root``, else the name in the VQAv2 file names
+    ("mscoco"); ``image_root`` (default ``root``) and ``image_template`` locate the images."""
+
+    source: str = ""
+    image_root: str = ""
+    image_template: str = VQAV2_IMAGE_TEMPLATE
+    train_split: str = "train"
+    eval_split: str = "val"
+
+
+@dataclass
+class VqaSettings:
+    max_answers: int = 3129
+    min_count: int = 1
+
+
+@dataclass
+class VqaConfig:
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: VqaData = field(default_factory=VqaData)
+    vqa: VqaSettings = field(default_factory=VqaSettings)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=100))
+    results: str = ""  # evaluate: also write the predictions in the VQAv2 server format here
+
+
+def vqa_reader(data: VqaData, split: str, annotations: bool = True) -> VqaReader:
+    if not data.source:
+        return ShapesDataset(data.root).vqa(split, annotations=annotations)
+    return VqaReader(data.root, split, source=data.source, image_root=data.image_root or data.root,
+                     image_template=data.image_template, annotations=annotations)
+
+
+def _sizes(cfg, model) -> tuple[int, int]:
+    return cfg.data.image_size or model.config.vision.image_size, cfg.data.max_text_len or model.config.text.max_text_len
+
+
+def _eval_samples(cfg: VqaConfig, split: str):
+    samples = list(vqa_reader(cfg.data, split))
+    return samples[:cfg.data.num_eval] if cfg.data.num_eval else samples
+
+
+def run(cfg: VqaConfig) -> dict:
+    """Build the vocabulary, fine-tune, evaluate on ``data.eval_split``, export a self-contained model."""
+    tokenizer = load_tokenizer(cfg.data)
+    train_reader = vqa_reader(cfg.data, cfg.data.train_split)
+    vocab = AnswerVocabulary.build(train_reader, min_count=cfg.vqa.min_count, max_size=cfg.vqa.max_answers)
+    coverage = vocabulary_coverage(train_reader, vocab)
+    print(f"answer vocabulary: {len(vocab)} answers; train coverage: {coverage}")
+    # A fresh VQA head unless the init is a VQA model with this very answer list (continued training).
+    keep = cfg.model.init and (resolve_model_dir(cfg.model.init) / ANSWERS_FILE).is_file() and \
+        load_vocabulary(resolve_model_dir(cfg.model.init)).answers == vocab.answers
+    model, new = build_task_model(cfg.model, tokenizer, new_heads=() if keep else ("vqa",), vqa_num_answers=len(vocab))
+    if cfg.model.init:
+        print(f"new weights (not loaded from {cfg.model.init}): {new}")
+    image_size, max_len = _sizes(cfg, model)
+    warn_truncated(tokenizer, (s.text for s in train_reader), max_len, "training questions")
+    eval_samples = _eval_samples(cfg, cfg.data.eval_split)
+    bf16 = cfg.train.precision == "bf16"
+
+    def evaluate(m) -> dict[str, float]:
+        return evaluate_vqa(m, tokenizer, vocab, eval_samples, image_size, max_len, bf16=bf16)[0]
+
+    train = ProcessedDataset(train_reader, Processor(train_transforms(image_size)))
+    summary = Trainer(cfg.train, model, VqaTask(), train, collate_fn=VqaCollator(tokenizer, max_len, vocab),
+                      evaluate=evaluate, config_snapshot=cfg).fit()
+    metrics = evaluate(model)
+    export_task_model(model, tokenizer, cfg.train.run_dir,
+                      {"eval_split": cfg.data.eval_split, **metrics, "train_coverage": coverage},
+                      files={ANSWERS_FILE: vocab.answers})
+    summary["eval"] = metrics
+    return summary
+
+
+def load_vocabulary(model_dir: Path) -> AnswerVocabulary:
+    path = model_dir / ANSWERS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: a VQA model directory holds its answer list (fibervl finetune vqa writes it)")
+    return AnswerVocabulary.load(path)
+
+
+def _print(metrics: dict) -> None:
+    print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in metrics.items()}))
+
+
+def _finetune(argv: list[str]) -> int:
+    from ..engine.config import parse_cli
+
+    cfg, flags = parse_cli(VqaConfig, rewrite_flags(argv, FINETUNE_FLAGS))
+    if flags["resume"]:
+        cfg.train.resume = flags["resume"]
+    _print(run(cfg)["eval"])
+    return 0
+
+
+def _evaluate(argv: list[str]) -> int:
+    from ..engine.config import parse_cli
+
+    cfg, _ = parse_cli(VqaConfig, rewrite_flags(argv, EVALUATE_FLAGS))
+    if not cfg.model.init:
+        raise ValueError("evaluate needs --model DIR (a fine-tuned VQA model or run directory)")
+    model, tokenizer, directory = load_model_dir(cfg.model.init)
+    vocab = load_vocabulary(directory)
+    image_size, max_len = _sizes(cfg, model)
+    samples = _eval_samples(cfg, cfg.data.eval_split)
+    metrics, predictions = evaluate_vqa(model, tokenizer, vocab, samples, image_size, max_len,
+                                        bf16=cfg.train.precision == "bf16")
+    if cfg.results:
+        write_vqa_results(predictions, cfg.results)
+    _print({"split": cfg.data.eval_split, **metrics})
+    return 0
+
+
+def predict(model_dir: str | Path, image: str | Path, question: str, k: int = 5) -> dict:
+    """``{"question", "answer", "top": [{"answer", "score"}, ...]}``; scores are the head's sigmoids."""
+    from ..data import Sample
+    from ..data.collate import Collator
+
+    model, tokenizer, directory = load_model_dir(resolve_model_dir(model_dir))
+    vocab = load_vocabulary(directory)
+    image_size, max_len = model.config.vision.image_size, model.config.text.max_text_len
+    warn_truncated(tokenizer, [question], max_len, "questions")
+    item = Processor(eval_transforms(image_size))(Sample(sample_id="0", image_id=0, image_path=Path(image), text=question))
+    batch = Collator(tokenizer, max_length=max_len)([item])
+    scores, idx = vqa_topk(model, batch.pixel_values, batch.input_ids, batch.attention_mask, k=k)
+    top = [{"answer": a, "score": round(float(s), 4)} for a, s in zip(vocab.decode(idx[0]), scores[0])]
+    return {"question": question, "answer": top[0]["answer"], "top": top}
+
+
+def _predict(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="fibervl predict vqa")
+    p.add_argument("--model", required=True, help="VQA model directory (or its run directory)")
+    p.add_argument("--image", required=True)
+    p.add_argument("--question", required=True)
+    p.add_argument("--top", type=int, default=5)
+    a = p.parse_args(argv)
+    print(json.dumps(predict(a.model, a.image, a.question, a.top)))
+    return 0
+
+
+COMMANDS = {"finetune": _finetune, "evaluate": _evaluate, "predict": _predict}

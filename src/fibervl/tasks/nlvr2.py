@@ -1,0 +1,77 @@
+"""NLVR2: is a statement true of a pair of images? Two fused passes (left image + text, right
+image + text) whose cls features [B, 2H] each are concatenated into ``model.nlvr2_logits``
+([B, 2], class 1 = True); cross-entropy loss; accuracy. No horizontal flip (the statements say
+"left" and "right")."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+
+from ..data import Collator, ProcessedDataset, Processor, Tokenizer
+from ..data.transforms import eval_transforms
+from .retrieval import precision_context
+
+
+class Nlvr2Collator:
+    """ProcessedSamples (pairs) -> ``images`` / ``images2 [B, 3, S, S]`` (left / right),
+    ``input_ids`` / ``attention_mask [B, L]``, ``labels [B]`` (1 = True)."""
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int) -> None:
+        self.collate = Collator(tokenizer, max_length=max_length)
+
+    def __call__(self, items) -> dict[str, torch.Tensor]:
+        b = self.collate(items)
+        if b.pixel_values2 is None or b.labels is None:
+            raise ValueError("NLVR2 batches need image pairs and labels (samples from an Nlvr2Reader)")
+        return {"images": b.pixel_values, "images2": b.pixel_values2, "input_ids": b.input_ids,
+                "attention_mask": b.attention_mask, "labels": b.labels}
+
+
+def nlvr2_logits(model, images: torch.Tensor, images2: torch.Tensor, input_ids: torch.Tensor,
+                 attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, 3, S, S] x 2, [B, L] -> [B, 2]. Both passes run as one batch of 2B (same weights)."""
+    b = images.shape[0]
+    cls = model.fuse(torch.cat([images, images2]), input_ids.repeat(2, 1), attention_mask.repeat(2, 1)).cls_feats
+    return model.nlvr2_logits(cls[:b], cls[b:])
+
+
+class Nlvr2Task(nn.Module):
+    def training_step(self, model, batch: dict) -> dict[str, torch.Tensor]:
+        logits = nlvr2_logits(model, batch["images"], batch["images2"], batch["input_ids"], batch["attention_mask"])
+        loss = F.cross_entropy(logits.float(), batch["labels"])
+        acc = (logits.argmax(1) == batch["labels"]).float().mean().detach()
+        return {"loss": loss, "acc": acc}
+
+
+@torch.no_grad()
+def predict_nlvr2(model, tokenizer: Tokenizer, samples, image_size: int, max_length: int, batch_size: int = 32,
+                  bf16: bool = False) -> tuple[list[str], torch.Tensor]:
+    """(sample ids, [N, 2] softmax probabilities) for NLVR2 samples (labels not needed)."""
+    loader = DataLoader(ProcessedDataset(list(samples), Processor(eval_transforms(image_size))), batch_size=batch_size,
+                        collate_fn=Collator(tokenizer, max_length=max_length))
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    ids, probs = [], []
+    try:
+        for b in loader:
+            with precision_context(device, bf16):
+                logits = nlvr2_logits(model, b.pixel_values.to(device), b.pixel_values2.to(device),
+                                      b.input_ids.to(device), b.attention_mask.to(device)).float()
+            ids += [s.sample_id for s in b.samples]
+            probs.append(logits.softmax(-1).cpu())
+    finally:
+        model.train(was_training)
+    return ids, torch.cat(probs)
+
+
+def evaluate_nlvr2(model, tokenizer: Tokenizer, samples, image_size: int, max_length: int,
+                   bf16: bool = False) -> dict[str, float]:
+    """Accuracy in percent (and the count) over labelled NLVR2 samples."""
+    samples = list(samples)
+    _, probs = predict_nlvr2(model, tokenizer, samples, image_size, max_length, bf16=bf16)
+    labels = torch.tensor([int(bool(s.label)) for s in samples])
+    return {"nlvr2_acc": 100.0 * (probs.argmax(1) == labels).float().mean().item(), "items": len(samples)}

@@ -1,0 +1,184 @@
+"""VQA / NLVR2 / retrieval tasks on the tiny shapes set with a micro model: losses fall, heads are
+rebuilt for a new answer vocabulary, predictions are well formed, and the CLI runs end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from fibervl.cli import main
+from fibervl.data import AnswerVocabulary, ProcessedDataset, Processor, Tokenizer
+from fibervl.data.shapes import ShapesDataset
+from fibervl.data.transforms import eval_transforms
+from fibervl.experiment import ModelSpec, build_task_model
+from fibervl.modeling.fiber import FiberModel
+from fibervl.modeling.pretrained import CheckpointError
+from fibervl.tasks.nlvr2 import Nlvr2Collator, Nlvr2Task
+from fibervl.tasks.vqa import VqaCollator, VqaTask, vocabulary_coverage
+from fibervl.testing.configs import micro_config
+
+
+def _micro_for(tokenizer: Tokenizer, **changes) -> FiberModel:
+    cfg = micro_config()
+    text = dataclasses.replace(cfg.text, vocab_size=tokenizer.vocab_size, mask_token_id=tokenizer.mask_token_id,
+                               pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                               eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    return FiberModel(cfg.replace(text=text, **changes))
+
+
+def _losses(model, task, batch, steps=12, lr=2e-3):
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    out = []
+    for _ in range(steps):
+        loss = task.training_step(model, batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        out.append(loss.item())
+    return out
+
+
+def test_vqa_loss_falls_and_counts_out_of_vocabulary(shapes_tiny):
+    ds = ShapesDataset(shapes_tiny)
+    tok = Tokenizer.from_pretrained(ds.tokenizer_dir)
+    reader = ds.vqa("train")
+    vocab = AnswerVocabulary.build(reader, max_size=5)  # small on purpose: some answers fall outside
+    coverage = vocabulary_coverage(reader, vocab)
+    assert coverage["questions_without_vocab_answer"] > 0 and coverage["answers_outside_vocab_pct"] > 0
+    model = _micro_for(tok, vqa_num_answers=len(vocab))
+    items = [ProcessedDataset(reader, Processor(eval_transforms(64)))[i] for i in range(8)]
+    batch = VqaCollator(tok, 16, vocab)(items)
+    assert batch["targets"].shape == (8, 5)
+    first = VqaTask().training_step(model, batch)
+    assert 0 <= first["oov"] <= 1 and first["oov"] == 1 - batch["in_vocab"].float().mean()
+    losses = _losses(model, VqaTask(), batch, steps=20)
+    assert losses[-1] < 0.6 * losses[0]
+
+
+def test_nlvr2_loss_falls(shapes_tiny):
+    ds = ShapesDataset(shapes_tiny)
+    tok = Tokenizer.from_pretrained(ds.tokenizer_dir)
+    items = [ProcessedDataset(ds.nlvr2("train"), Processor(eval_transforms(64)))[i] for i in range(8)]
+    batch = Nlvr2Collator(tok, 16)(items)
+    assert batch["images2"].shape == batch["images"].shape and batch["labels"].shape == (8,)
+    losses = _losses(_micro_for(tok), Nlvr2Task(), batch, steps=15)
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_task_model_rebuilds_the_vqa_head_and_reports_new_weights(shapes_tiny, tmp_path):
+    tok = Tokenizer.from_pretrained(ShapesDataset(shapes_tiny).tokenizer_dir)
+    base = _micro_for(tok, heads=("itc", "itm", "mlm"))
+    base.save_pretrained(tmp_path / "run" / "model")
+    model, new = build_task_model(ModelSpec(init=str(tmp_path / "run")), tok, new_heads=("vqa",), vqa_num_answers=11)
+    assert model.config.vqa_num_answers == 11 and "vqa" in model.config.heads
+    assert new and all(k.startswith("heads.vqa.") for k in new)
+    for k, v in base.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    # A head of another size in the init is replaced, not loaded.
+    model.save_pretrained(tmp_path / "vqa11")
+    model2, new2 = build_task_model(ModelSpec(init=str(tmp_path / "vqa11")), tok, new_heads=("vqa",), vqa_num_answers=3)
+    assert model2.heads.vqa[-1].out_features == 3 and new2 == new
+    # Anything else missing from the file is an error naming the file.
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("heads.itm.")}
+    from safetensors.torch import save_file
+    save_file(state, str(tmp_path / "vqa11" / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="heads.itm"):
+        build_task_model(ModelSpec(init=str(tmp_path / "vqa11")), tok, new_heads=("vqa",), vqa_num_answers=3)
+
+
+def _common(shapes_tiny, run_dir):
+    # The micro architecture as the "preset" (a directory with config.json): fast on CPU.
+    preset = run_dir.parent / "micro_preset"
+    preset.mkdir(exist_ok=True)
+    micro_config().save(preset / "config.json")
+    return [f"data.root={shapes_tiny}", f"--run-dir={run_dir}", f"model.preset={preset}", "train.batch_size=4", "train.progress_bar=false",
+            "train.ckpt_every=null", "train.max_steps=2", "data.num_eval=8", "train.precision=fp32"]
+
+
+def test_cli_vqa_finetune_evaluate_predict(shapes_tiny, tmp_path, capsys):
+    run = tmp_path / "vqa"
+    assert main(["finetune", "vqa", "--config", "configs/fiber-tiny_vqa_shapes.yaml", *_common(shapes_tiny, run)]) == 0
+    model_dir = run / "model"
+    answers = json.loads((model_dir / "answers.json").read_text())
+    assert FiberModel.from_pretrained(model_dir).config.vqa_num_answers == len(answers)
+    assert (model_dir / "tokenizer" / "tokenizer.json").is_file()
+    capsys.readouterr()
+    results = tmp_path / "results.json"
+    assert main(["evaluate", "vqa", "--model", str(run), "--data-root", str(shapes_tiny), "--split", "test",
+                 "data.num_eval=5", f"--results={results}"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["questions"] == 5 and 0 <= metrics["vqa_acc"] <= 100
+    rows = json.loads(results.read_text())
+    assert len(rows) == 5 and all(isinstance(r["question_id"], int) and r["answer"] in answers for r in rows)
+    sample = ShapesDataset(shapes_tiny).vqa("test")[0]
+    assert main(["predict", "vqa", "--model", str(model_dir), "--image", str(sample.image_path),
+                 "--question", sample.text]) == 0
+    pred = json.loads(capsys.readouterr().out)
+    assert pred["answer"] in answers and len(pred["top"]) == 5
+    assert pred["top"][0]["answer"] == pred["answer"] and all(0 <= t["score"] <= 1 for t in pred["top"])
+
+
+def test_cli_nlvr2_and_retrieval(shapes_tiny, tmp_path, capsys):
+    run = tmp_path / "nlvr2"
+    assert main(["finetune", "nlvr2", "--config", "configs/fiber-tiny_nlvr2_shapes.yaml", *_common(shapes_tiny, run)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "nlvr2", "--model", str(run / "model"), "--data-root", str(shapes_tiny), "data.num_eval=4"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["items"] == 4
+    s = ShapesDataset(shapes_tiny).nlvr2("val")[0]
+    assert main(["predict", "nlvr2", "--model", str(run / "model"), "--left", str(s.image_path),
+                 "--right", str(s.image2_path), "--text", s.text]) == 0
+    pred = json.loads(capsys.readouterr().out)
+    assert isinstance(pred["answer"], bool) and 0 <= pred["p_true"] <= 1
+
+    run = tmp_path / "retrieval"
+    assert main(["finetune", "retrieval", "--config", "configs/fiber-tiny_retrieval_shapes.yaml",
+                 *_common(shapes_tiny, run), "eval.rerank_k=3"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"itc_rsum", "rerank_rsum", "rerank_i2t_r1", "rerank_t2i_r10"} <= set(metrics)
+    capsys.readouterr()
+    paths, texts, _, _ = ShapesDataset(shapes_tiny).captions("val").retrieval_lists()
+    assert main(["predict", "retrieval", "--model", str(run / "model"), "--image", str(paths[0]),
+                 "--texts", ",".join(texts[:3])]) == 0
+    ranked = json.loads(capsys.readouterr().out)[0]["ranking"]
+    assert sorted(r["item"] for r in ranked) == sorted(texts[:3])
+    assert [r["score"] for r in ranked] == sorted((r["score"] for r in ranked), reverse=True)
+
+
+def test_cli_vqa_on_a_vqav2_layout_directory(shapes_tiny, tmp_path, capsys):
+    """Any directory in the VQAv2 layout works: mscoco file names, a custom image template, --init."""
+    import shutil
+
+    ds = ShapesDataset(shapes_tiny)
+    tok = Tokenizer.from_pretrained(ds.tokenizer_dir)
+    root = tmp_path / "vqav2"
+    (root / "pics").mkdir(parents=True)
+    for split, subtype in (("train", "train2014"), ("val", "val2014")):
+        reader = ds.vqa(split)
+        qs = json.loads(reader.questions_file.read_text())
+        anns = json.loads(reader.annotations_file.read_text())
+        qs["questions"] = qs["questions"][:12]
+        keep = {q["question_id"] for q in qs["questions"]}
+        anns["annotations"] = [a for a in anns["annotations"] if a["question_id"] in keep]
+        (root / f"v2_OpenEnded_mscoco_{subtype}_questions.json").write_text(json.dumps(qs))
+        (root / f"v2_mscoco_{subtype}_annotations.json").write_text(json.dumps(anns))
+        for s in reader.samples[:12]:
+            shutil.copy(s.image_path, root / "pics" / f"{subtype}-{s.image_id}.jpg")
+    init = tmp_path / "init"
+    _micro_for(tok).save_pretrained(init)
+    run = tmp_path / "run"
+    args = ["finetune", "vqa", "--init", str(init), "--data-root", str(root), "--image-template",
+            "pics/{split}-{image_id}.jpg", "data.source=mscoco", "data.train_split=train2014",
+            "data.eval_split=val2014", f"data.tokenizer={ds.tokenizer_dir}", f"--run-dir={run}", "train.batch_size=4",
+            "train.max_steps=2", "train.progress_bar=false", "train.ckpt_every=null"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "new weights" in out and "heads.vqa." in out
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["questions"] == 12 and metrics["eval_split"] == "val2014"
+    # A wrong template names the missing image file.
+    assert main(args[:7] + ["pics/{split}/{image_id}.png"] + args[8:] + [f"--run-dir={tmp_path / 'bad'}"]) == 1
+    assert "pics/train2014/" in capsys.readouterr().err
