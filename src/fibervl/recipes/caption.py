@@ -29,7 +29,7 @@ from ..tasks.caption import (
     CaptionSettings, CaptionTask, caption_paths, evaluate_captioning, most_frequent_caption_baseline,
 )
 from .coarse_pretrain import CaptionData, caption_reader
-from .common import PairCollator, export_model, model_tokenizer
+from .common import parse_run_cli, PairCollator, export_model, model_tokenizer
 
 
 @dataclass
@@ -91,11 +91,7 @@ def _format(metrics: dict) -> str:
 
 
 def _finetune_command(argv: list[str]) -> int:
-    from ..engine.config import parse_cli
-
-    cfg, flags = parse_cli(CaptionConfig, argv)
-    if flags["resume"]:
-        cfg.train.resume = flags["resume"]
+    cfg = parse_run_cli(CaptionConfig, argv)
     summary = run(cfg)
     print(_format(summary["eval"]))
     return 0

@@ -18,7 +18,7 @@ from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import DataSpec, ModelSpec, build_model, load_tokenizer
 from ..tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask
 from ..tasks.retrieval import evaluate_itc_retrieval
-from .common import PairCollator, export_model
+from .common import parse_run_cli, PairCollator, export_model
 
 
 @dataclass
@@ -73,11 +73,7 @@ def run(cfg: CoarseConfig) -> dict:
 
 
 def _pretrain_command(argv: list[str]) -> int:
-    from ..engine.config import parse_cli
-
-    cfg, flags = parse_cli(CoarseConfig, argv)
-    if flags["resume"]:
-        cfg.train.resume = flags["resume"]
+    cfg = parse_run_cli(CoarseConfig, argv)
     summary = run(cfg)
     print("  ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in summary["eval"].items()))
     return 0

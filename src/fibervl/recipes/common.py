@@ -119,3 +119,14 @@ def load_model_dir(path: str | Path, device: str = "cpu", fallback_tokenizer: To
     model = FiberModel.from_pretrained(directory, map_location=device).eval()
     tokenizer = Tokenizer.from_pretrained(tok_dir) if tok_dir.is_dir() else fallback_tokenizer
     return model, tokenizer, directory
+
+
+def parse_run_cli(cls, argv: list[str]):
+    """``--config FILE [--resume [PATH]] key=value ...`` -> a recipe config whose ``train.resume``
+    holds the ``--resume`` value (``"auto"`` for a bare ``--resume``)."""
+    from ..engine.config import parse_cli
+
+    cfg, flags = parse_cli(cls, argv)
+    if flags["resume"]:
+        cfg.train.resume = flags["resume"]
+    return cfg

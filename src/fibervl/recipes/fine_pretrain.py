@@ -28,7 +28,7 @@ from ..tasks.grounding import (
     DetectionPromptDataset, FineCollator, FineGrainedTask, evaluate_detection, evaluate_grounding, evaluate_refexp,
     make_processor,
 )
-from .common import export_model
+from .common import parse_run_cli, export_model
 
 
 @dataclass
@@ -146,11 +146,7 @@ def print_metrics(metrics: dict) -> None:
 
 
 def _pretrain_command(argv: list[str]) -> int:
-    from ..engine.config import parse_cli
-
-    cfg, flags = parse_cli(FineConfig, argv)
-    if flags["resume"]:
-        cfg.train.resume = flags["resume"]
+    cfg = parse_run_cli(FineConfig, argv)
     print_metrics(run(cfg)["eval"])
     return 0
 

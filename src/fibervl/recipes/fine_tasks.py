@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
+from .common import parse_run_cli
 from ..data import Tokenizer, build_positive_map
 from ..data.collate import pad_images
 from ..data.samples import Sample
@@ -43,25 +44,21 @@ TASKS = {
 SOURCES = ("grounding", "refexp", "detection")
 
 
-def _task_config(task: str, argv: list[str]) -> tuple[FineConfig, dict]:
-    from ..engine.config import parse_cli
-
-    cfg, flags = parse_cli(FineConfig, argv)
+def _task_config(task: str, argv: list[str]) -> FineConfig:
+    cfg = parse_run_cli(FineConfig, argv)
     train_sources, _ = TASKS[task]
     cfg.data = dataclasses.replace(cfg.data, **{s: s in train_sources for s in SOURCES})
-    return cfg, flags
+    return cfg
 
 
 def finetune(task: str, argv: list[str]) -> int:
-    cfg, flags = _task_config(task, argv)
-    if flags["resume"]:
-        cfg.train.resume = flags["resume"]
+    cfg = _task_config(task, argv)
     print_metrics(run(cfg, eval_which=TASKS[task][1])["eval"])
     return 0
 
 
 def evaluate(task: str, argv: list[str]) -> int:
-    cfg, _ = _task_config(task, argv)
+    cfg = _task_config(task, argv)
     if not cfg.model.init:
         raise SystemExit("evaluate needs model.init=DIR (a saved fine-grained model)")
     model = FiberModel.from_pretrained(cfg.model.init).eval()

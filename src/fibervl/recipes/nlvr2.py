@@ -23,7 +23,7 @@ from ..data.transforms import train_transforms
 from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import DataSpec, ModelSpec, build_task_model, load_tokenizer
 from ..tasks.nlvr2 import Nlvr2Collator, Nlvr2Task, evaluate_nlvr2, predict_nlvr2
-from .common import export_task_model, load_model_dir, rewrite_flags, warn_truncated
+from .common import parse_run_cli, export_task_model, load_model_dir, rewrite_flags, warn_truncated
 
 FINETUNE_FLAGS = {"--init": "model.init", "--data-root": "data.root", "--image-root": "data.image_root",
                   "--run-dir": "train.run_dir", "--max-steps": "train.max_steps", "--tokenizer": "data.tokenizer"}
@@ -92,11 +92,7 @@ def _print(metrics: dict) -> None:
 
 
 def _finetune(argv: list[str]) -> int:
-    from ..engine.config import parse_cli
-
-    cfg, flags = parse_cli(Nlvr2Config, rewrite_flags(argv, FINETUNE_FLAGS))
-    if flags["resume"]:
-        cfg.train.resume = flags["resume"]
+    cfg = parse_run_cli(Nlvr2Config, rewrite_flags(argv, FINETUNE_FLAGS))
     _print(run(cfg)["eval"])
     return 0
 

@@ -29,7 +29,7 @@ from ..tasks.retrieval import (
     rerank_scores,
 )
 from .coarse_pretrain import CaptionData, caption_reader
-from .common import PairCollator, export_task_model, load_model_dir, rewrite_flags
+from .common import parse_run_cli, PairCollator, export_task_model, load_model_dir, rewrite_flags
 
 FINETUNE_FLAGS = {"--init": "model.init", "--data-root": "data.root", "--run-dir": "train.run_dir",
                   "--max-steps": "train.max_steps", "--tokenizer": "data.tokenizer"}
@@ -107,11 +107,7 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def _finetune(argv: list[str]) -> int:
-    from ..engine.config import parse_cli
-
-    cfg, flags = parse_cli(RetrievalConfig, rewrite_flags(argv, FINETUNE_FLAGS))
-    if flags["resume"]:
-        cfg.train.resume = flags["resume"]
+    cfg = parse_run_cli(RetrievalConfig, rewrite_flags(argv, FINETUNE_FLAGS))
     _print_metrics(run(cfg)["eval"])
     return 0
 

@@ -30,7 +30,7 @@ from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import DataSpec, ModelSpec, build_task_model, load_tokenizer, resolve_model_dir
 from ..metrics.vqa import write_vqa_results
 from ..tasks.vqa import VqaCollator, VqaTask, evaluate_vqa, vocabulary_coverage, vqa_topk
-from .common import export_task_model, load_model_dir, rewrite_flags, warn_truncated
+from .common import parse_run_cli, export_task_model, load_model_dir, rewrite_flags, warn_truncated
 
 ANSWERS_FILE = "answers.json"
 FINETUNE_FLAGS = {"--init": "model.init", "--data-root": "data.root", "--image-root": "data.image_root",
@@ -128,11 +128,7 @@ def _print(metrics: dict) -> None:
 
 
 def _finetune(argv: list[str]) -> int:
-    from ..engine.config import parse_cli
-
-    cfg, flags = parse_cli(VqaConfig, rewrite_flags(argv, FINETUNE_FLAGS))
-    if flags["resume"]:
-        cfg.train.resume = flags["resume"]
+    cfg = parse_run_cli(VqaConfig, rewrite_flags(argv, FINETUNE_FLAGS))
     _print(run(cfg)["eval"])
     return 0
 
