@@ -3,6 +3,8 @@ import json
 import random
 from collections import Counter
 
+import pytest
+
 
 from fibervl.data.cli import main
 from fibervl.data.shapes import HELD_OUT_SHAPES, SHAPES, ShapesConfig, generate
@@ -169,3 +171,20 @@ def test_cli(tmp_path, capsys):
     (out / "README.md").unlink()
     assert main(["baselines", str(out)]) == 0 and (out / "README.md").is_file()
     assert main(["baselines", str(tmp_path)]) == 2 and "dataset.json missing" in capsys.readouterr().err
+
+
+def test_difficulty_knobs_limit_objects_and_backgrounds(tmp_path):
+    generate(tmp_path, ShapesConfig(size=20, seed=2, workers=1, vocab_size=400, min_objects=1, max_objects=2,
+                                    backgrounds=("plain",)))
+    detection = json.loads((tmp_path / "detection" / "instances_train.json").read_text())
+    per_image: dict[int, int] = {}
+    for ann in detection["annotations"]:
+        per_image[ann["image_id"]] = per_image.get(ann["image_id"], 0) + 1
+    # Held-out classes are not labelled in train, so an image may show fewer boxes than objects.
+    assert max(per_image.values()) <= 2
+    meta = json.loads((tmp_path / "dataset.json").read_text())
+    assert meta["config"]["backgrounds"] == ["plain"] and meta["config"]["max_objects"] == 2
+    with pytest.raises(ValueError, match="min_objects"):
+        ShapesConfig(min_objects=3, max_objects=2)
+    with pytest.raises(ValueError, match="backgrounds"):
+        ShapesConfig(backgrounds=("lava",))

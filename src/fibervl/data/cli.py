@@ -26,6 +26,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab-size", type=int, default=1000, help="upper bound of the trained tokenizer's vocabulary")
     p.add_argument("--no-webdataset", action="store_true", help="skip the webdataset tar shards")
     p.add_argument("--force", action="store_true", help="write into a non-empty directory")
+    p.add_argument("--objects", default="2-8", help="objects per image, MIN-MAX (default 2-8; e.g. 1-3 for an easy set)")
+    p.add_argument("--backgrounds", default="plain,striped,checkered,speckled,cloudy",
+                   help="comma-separated background kinds to draw from (default: all five)")
     b = sub.add_parser("baselines", help="recompute DIR/baselines.json of a generated shapes directory")
     b.add_argument("dir")
     return parser
@@ -50,8 +53,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.image_size < 64:
             print("error: --image-size must be at least 64 (the smallest objects would vanish)", file=sys.stderr)
             return 2
-        cfg = ShapesConfig(size=size, seed=args.seed, image_size=args.image_size, image_format=args.format,
-                           workers=max(1, args.workers), vocab_size=args.vocab_size, webdataset=not args.no_webdataset)
+        try:
+            low, _, high = args.objects.partition("-")
+            cfg = ShapesConfig(size=size, seed=args.seed, image_size=args.image_size, image_format=args.format,
+                               workers=max(1, args.workers), vocab_size=args.vocab_size,
+                               webdataset=not args.no_webdataset, min_objects=int(low), max_objects=int(high or low),
+                               backgrounds=tuple(b.strip() for b in args.backgrounds.split(",") if b.strip()))
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         meta = generate(out, cfg, progress=True)
         print(f"wrote {out} in {meta['generation_seconds']} s: "
               + ", ".join(f"{s} {c['images']} images" for s, c in meta["splits"].items()))

@@ -24,6 +24,19 @@ class ShapesConfig:
     nlvr2_per_image: float = 0.5
     vocab_size: int = 1000
     webdataset: bool = True
+    # Difficulty: objects per image and the background kinds drawn from (defaults: the full set).
+    min_objects: int = 2
+    max_objects: int = 8
+    backgrounds: tuple[str, ...] = ("plain", "striped", "checkered", "speckled", "cloudy")
+
+    def __post_init__(self) -> None:
+        from .vocab import BACKGROUNDS
+
+        if not 1 <= self.min_objects <= self.max_objects:
+            raise ValueError(f"need 1 <= min_objects <= max_objects, got {self.min_objects}..{self.max_objects}")
+        unknown = set(self.backgrounds) - set(BACKGROUNDS)
+        if not self.backgrounds or unknown:
+            raise ValueError(f"backgrounds must be a non-empty subset of {BACKGROUNDS}, got {self.backgrounds}")
 
     def split_sizes(self) -> dict[str, int]:
         held = max(20, self.size // 10)

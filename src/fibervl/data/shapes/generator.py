@@ -77,7 +77,8 @@ def _render_chunk(job) -> tuple[list[SceneSpec], "_SplitText"]:
     scenes = []
     for index in range(start, stop):
         image_id = first_id + index
-        scene = sample_scene(scene_rng(cfg.seed, split, index), image_id, split, cfg.image_size)
+        scene = sample_scene(scene_rng(cfg.seed, split, index), image_id, split, cfg.image_size,
+                             cfg.min_objects, cfg.max_objects, tuple(cfg.backgrounds))
         image = render(scene)
         path = Path(out) / "images" / IMAGE_TEMPLATE.format(split=split, image_id=image_id, ext=cfg.image_format)
         path.write_bytes(encode(image, cfg.image_format))

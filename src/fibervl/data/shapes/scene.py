@@ -69,7 +69,7 @@ def _overlap_fraction(a, b) -> float:
 
 
 def sample_scene(rng: random.Random, image_id: int, split: str, image_size: int,
-                 min_objects: int = 2, max_objects: int = 8) -> SceneSpec:
+                 min_objects: int = 2, max_objects: int = 8, backgrounds: tuple[str, ...] = BACKGROUNDS) -> SceneSpec:
     """Sample 2..8 non-hiding objects on a random background.
 
     With probability 1/2 one (colour, shape) pair is repeated, so that referring
@@ -77,9 +77,9 @@ def sample_scene(rng: random.Random, image_id: int, split: str, image_size: int,
     """
     grey = rng.randint(85, 170)
     bg_color = tuple(max(0, min(255, grey + rng.randint(-18, 18))) for _ in range(3))
-    scene = SceneSpec(image_id, split, image_size, rng.choice(BACKGROUNDS), bg_color, rng.getrandbits(32))
+    scene = SceneSpec(image_id, split, image_size, rng.choice(backgrounds), bg_color, rng.getrandbits(32))
     target = rng.randint(min_objects, max_objects)
-    duplicate_at = rng.randint(1, target - 1) if rng.random() < 0.5 else -1
+    duplicate_at = rng.randint(1, target - 1) if target > 1 and rng.random() < 0.5 else -1
     attempts = 0
     while len(scene.objects) < target and attempts < 40 * target:
         attempts += 1
@@ -102,7 +102,7 @@ def sample_scene(rng: random.Random, image_id: int, split: str, image_size: int,
         scene.objects.append(ObjectSpec(shape, color, size, cx, cy, extent, rotation,
                                         rng.choice(TEXTURES), rng.getrandbits(32), box))
     if len(scene.objects) < min_objects:  # practically never: retry with a fresh draw
-        return sample_scene(rng, image_id, split, image_size, min_objects, max_objects)
+        return sample_scene(rng, image_id, split, image_size, min_objects, max_objects, backgrounds)
     return scene
 
 
