@@ -73,6 +73,18 @@ def _limit(reader, limit: int):
     return paths, texts, text_to_image
 
 
+def _embed_split(model, tokenizer: Tokenizer, paths, texts, image_size: int, max_length: int,
+                 bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """ITC embeddings of a split's images [I, H] and texts [T, H], in eval mode (restored after)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return (embed_images(model, paths, image_size, bf16=bf16),
+                embed_texts(model, tokenizer, texts, max_length, bf16=bf16))
+    finally:
+        model.train(was_training)
+
+
 def load_image_tensors(paths: list[Path], image_size: int) -> torch.Tensor:
     """[I, 3, S, S] evaluation-transformed images (for the fused passes of re-ranking)."""
     processor = Processor(eval_transforms(image_size))
@@ -157,11 +169,10 @@ def evaluate_retrieval(model, tokenizer: Tokenizer, reader, image_size: int, max
     """Dual-encoder recall (``itc_*`` keys) and, with ``rerank_k`` > 0, the re-ranked recall
     (``rerank_*``: top ``rerank_k`` re-scored with ITC + ITM) over a captions split."""
     paths, texts, text_to_image = _limit(reader, limit)
+    image_embed, text_embed = _embed_split(model, tokenizer, paths, texts, image_size, max_length, bf16)
     was_training = model.training
     model.eval()
     try:
-        image_embed = embed_images(model, paths, image_size, bf16=bf16)
-        text_embed = embed_texts(model, tokenizer, texts, max_length, bf16=bf16)
         itc = image_embed @ text_embed.t() / model.temperature.detach().float().clamp(0.001, 1.0).cpu()
         t2i = torch.tensor(text_to_image)
         metrics = {f"itc_{k}": v for k, v in retrieval_recall(itc, t2i).items()}
@@ -193,13 +204,7 @@ def evaluate_itc_retrieval(model, tokenizer: Tokenizer, reader, image_size: int,
     """R@1/5/10 both ways over a captions split (e.g. :class:`~fibervl.data.KarpathyCaptions`),
     with the chance level. ``limit``: only the first ``limit`` images (0 = all)."""
     paths, texts, text_to_image = _limit(reader, limit)
-    was_training = model.training
-    model.eval()
-    try:
-        image_embed = embed_images(model, paths, image_size, bf16=bf16)
-        text_embed = embed_texts(model, tokenizer, texts, max_length, bf16=bf16)
-    finally:
-        model.train(was_training)
+    image_embed, text_embed = _embed_split(model, tokenizer, paths, texts, image_size, max_length, bf16)
     scores = image_embed @ text_embed.t()
     metrics = retrieval_recall(scores, torch.tensor(text_to_image))
     chance = chance_recall(len(paths), len(texts), len(texts) / max(1, len(paths)))
