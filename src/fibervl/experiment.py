@@ -11,8 +11,9 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import FiberConfig, get_preset
+from .config import FiberConfig
 from .data import Tokenizer
+from .modeling.families import build_from_config, get_any_preset, load_config, load_pretrained
 from .modeling.fiber import FiberModel
 
 
@@ -47,9 +48,9 @@ def load_tokenizer(data: DataSpec) -> Tokenizer:
 def model_config(spec: ModelSpec, tokenizer: Tokenizer) -> FiberConfig:
     """The preset (or saved) config with the text vocabulary and special ids of ``tokenizer``."""
     if Path(spec.preset).is_dir():
-        config = FiberConfig.load(Path(spec.preset) / "config.json")
+        config = load_config(spec.preset)
     else:
-        config = get_preset(spec.preset)
+        config = get_any_preset(spec.preset)
     text = dataclasses.replace(
         config.text, vocab_size=tokenizer.vocab_size, mask_token_id=tokenizer.mask_token_id,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -63,7 +64,7 @@ def model_config(spec: ModelSpec, tokenizer: Tokenizer) -> FiberConfig:
 def build_model(spec: ModelSpec, tokenizer: Tokenizer) -> FiberModel:
     """A fresh model of the preset, or the ``init`` model; the tokenizer must fit its vocabulary."""
     if spec.init:
-        model = FiberModel.from_pretrained(spec.init)
+        model = load_pretrained(spec.init)
         t = model.config.text
         if (t.vocab_size, t.mask_token_id, t.pad_token_id) != (tokenizer.vocab_size, tokenizer.mask_token_id, tokenizer.pad_token_id):
             raise ValueError(
@@ -71,7 +72,7 @@ def build_model(spec: ModelSpec, tokenizer: Tokenizer) -> FiberModel:
                 f"in {spec.init} (vocab {t.vocab_size}, mask {t.mask_token_id})"
             )
         return model
-    return FiberModel(model_config(spec, tokenizer))
+    return build_from_config(model_config(spec, tokenizer))
 
 
 def load_compatible(model: FiberModel, source_dir: str | Path) -> tuple[list[str], list[str]]:
@@ -112,7 +113,7 @@ def build_model_compatible(spec: ModelSpec, tokenizer: Tokenizer) -> tuple[Fiber
     """A fresh model of ``spec.preset``; with ``spec.init``, every weight it shares with that
     saved model (another architecture allowed, e.g. coarse -> fine) is loaded. Returns the model
     and a report ``{"init", "new", "unused"}`` (key lists)."""
-    model = FiberModel(model_config(spec, tokenizer))
+    model = build_from_config(model_config(spec, tokenizer))
     report = {"init": spec.init, "new": [], "unused": []}
     if spec.init:
         report["new"], report["unused"] = load_compatible(model, spec.init)
@@ -141,17 +142,17 @@ def build_task_model(spec: ModelSpec, tokenizer: Tokenizer, new_heads: tuple[str
     if not spec.init:
         config = model_config(spec, tokenizer)
         heads = tuple(config.heads) + tuple(h for h in new_heads if h not in config.heads)
-        model = FiberModel(config.replace(heads=heads, **config_changes))
+        model = build_from_config(config.replace(heads=heads, **config_changes))
         return model, sorted(model.state_dict())
     from .modeling.pretrained import CheckpointError, WEIGHTS_NAME, read_weights
 
     directory = resolve_model_dir(spec.init)
-    base = FiberModel.from_pretrained(directory)  # validates the saved config and file as they are
+    base = load_pretrained(directory)  # validates the saved config and file as they are
     t = base.config.text
     if (t.vocab_size, t.mask_token_id, t.pad_token_id) != (tokenizer.vocab_size, tokenizer.mask_token_id, tokenizer.pad_token_id):
         raise ValueError(f"the tokenizer (vocab {tokenizer.vocab_size}) does not fit the model in {directory} (vocab {t.vocab_size})")
     heads = tuple(base.config.heads) + tuple(h for h in new_heads if h not in base.config.heads)
-    model = FiberModel(base.config.replace(heads=heads, **config_changes))
+    model = build_from_config(base.config.replace(heads=heads, **config_changes))
     state = read_weights(directory / WEIGHTS_NAME)
     fresh = tuple(f"heads.{h}." for h in new_heads)
     expected = model.state_dict()

@@ -80,11 +80,12 @@ def _preview(items: list[str], n: int = 8) -> str:
     return ", ".join(items[:n]) + more
 
 
-def load_pretrained(cls, directory: str | Path, map_location="cpu"):
+def load_pretrained(cls, directory: str | Path, map_location="cpu", config_cls=FiberConfig):
+    """``cls(config_cls.load(config.json))`` with every weight of ``model.safetensors`` (strict)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"model directory not found: {directory}")
-    config = FiberConfig.load(directory / CONFIG_NAME)
+    config = config_cls.load(directory / CONFIG_NAME)
     model = cls(config)
     state = read_weights(directory / WEIGHTS_NAME)
     load_state_strict(model, state, str(directory / WEIGHTS_NAME))

@@ -109,14 +109,14 @@ def load_model_dir(path: str | Path, device: str = "cpu", fallback_tokenizer: To
     """A self-contained model directory (or a run directory) -> (model in eval mode, tokenizer, dir).
     ``fallback_tokenizer``: used when the directory has no ``tokenizer/`` (e.g. a pre-training export)."""
     from ..experiment import resolve_model_dir
-    from ..modeling.fiber import FiberModel
+    from ..modeling.families import load_pretrained
 
     directory = resolve_model_dir(path)
     tok_dir = directory / "tokenizer"
     if not tok_dir.is_dir() and fallback_tokenizer is None:
         raise FileNotFoundError(f"{tok_dir} not found: the model directory has no tokenizer (export with a task recipe, "
                                 "or copy the data set's tokenizer there)")
-    model = FiberModel.from_pretrained(directory, map_location=device).eval()
+    model = load_pretrained(directory, map_location=device).eval()
     tokenizer = Tokenizer.from_pretrained(tok_dir) if tok_dir.is_dir() else fallback_tokenizer
     return model, tokenizer, directory
 
