@@ -30,9 +30,12 @@ def test_info_unknown_model_is_an_error(capsys):
     assert "neither a model directory nor a preset" in capsys.readouterr().err
 
 
-def test_unbuilt_commands_say_so(capsys):
-    assert main(["run", "--preset", "quick"]) == 2
-    assert "not available in this version" in capsys.readouterr().err
+def test_run_rejects_unknown_stage_and_task(capsys, tmp_path):
+    assert main(["run", "--out", str(tmp_path), "--redo", "vqq"]) == 2
+    assert "unknown stage(s) ['vqq']" in capsys.readouterr().err
+    assert main(["run", "--out", str(tmp_path), "--tasks", "vqa,ocr"]) == 2
+    assert "unknown task(s) ['ocr']" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir()), "a rejected command must not start any stage"
 
 
 def test_bad_config_key_names_it(capsys):

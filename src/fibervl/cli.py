@@ -58,6 +58,12 @@ def _recipe(args: argparse.Namespace) -> int:
     return command(args.rest)
 
 
+def _run(args: argparse.Namespace) -> int:
+    from .mainjob.cli import main as run_main
+
+    return run_main(args.rest)
+
+
 def _data(argv: list[str]) -> int:
     from .data.cli import main as data_main
 
@@ -87,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                            description=f"fibervl {verb} NAME --config FILE [--resume [PATH]] key=value ...")
         p.add_argument("recipe", choices=names, metavar="NAME", help=", ".join(names))
         p.set_defaults(func=_recipe)
-    sub.add_parser("run", help="the main job (not available in this version yet)", add_help=False).set_defaults(
-        func=lambda args: _not_yet("run"))
+    sub.add_parser("run", help="the main job: data, pre-training, all seven tasks, report (fibervl run -h)",
+                   add_help=False).set_defaults(func=_run)
     return parser
 
 

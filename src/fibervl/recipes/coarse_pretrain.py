@@ -18,7 +18,7 @@ from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import DataSpec, ModelSpec, build_model, load_tokenizer
 from ..tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask
 from ..tasks.retrieval import evaluate_itc_retrieval
-from .common import parse_run_cli, PairCollator, export_model
+from .common import parse_run_cli, PairCollator, export_model, final_metrics
 
 
 @dataclass
@@ -66,7 +66,7 @@ def run(cfg: CoarseConfig) -> dict:
     trainer = Trainer(cfg.train, model, task, train, collate_fn=PairCollator(tokenizer, max_len), evaluate=evaluate,
                       config_snapshot=cfg)
     summary = trainer.fit()
-    metrics = evaluate(model)
+    metrics = final_metrics(summary, evaluate, model)
     export_model(model, cfg.train.run_dir, {"eval_split": cfg.data.eval_split, **metrics})
     summary["eval"] = metrics
     return summary

@@ -130,3 +130,13 @@ def parse_run_cli(cls, argv: list[str]):
     if flags["resume"]:
         cfg.train.resume = flags["resume"]
     return cfg
+
+
+def final_metrics(summary: dict, evaluate, model) -> dict[str, float]:
+    """The metrics of the trained model: the trainer's own evaluation after its last step
+    (``summary["eval"]``, keys ``eval/...``) when there is one, else ``evaluate(model)`` now
+    (a run stopped by a signal, or a trainer given no evaluation). Saves a second full pass."""
+    done = summary.get("eval") or {}
+    if done and not summary.get("stopped_by_signal"):
+        return {k.removeprefix("eval/"): v for k, v in done.items()}
+    return evaluate(model)

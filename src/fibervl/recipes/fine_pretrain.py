@@ -28,7 +28,7 @@ from ..tasks.grounding import (
     DetectionPromptDataset, FineCollator, FineGrainedTask, evaluate_detection, evaluate_grounding, evaluate_refexp,
     make_processor,
 )
-from .common import parse_run_cli, export_model
+from .common import parse_run_cli, export_model, final_metrics
 
 
 @dataclass
@@ -134,7 +134,7 @@ def run(cfg: FineConfig, train_data=None, eval_which=("grounding", "refexp", "de
     trainer = Trainer(cfg.train, model, FineGrainedTask(), train, collate_fn=FineCollator(tokenizer, max_len),
                       evaluate=evaluate, config_snapshot=cfg)
     summary = trainer.fit()
-    metrics = evaluate(model)
+    metrics = final_metrics(summary, evaluate, model)
     export_model(model, cfg.train.run_dir, {"init": cfg.model.init, **metrics})
     summary["eval"] = metrics
     summary["init_report"] = report

@@ -23,7 +23,7 @@ from ..data.transforms import train_transforms
 from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import DataSpec, ModelSpec, build_task_model, load_tokenizer
 from ..tasks.nlvr2 import Nlvr2Collator, Nlvr2Task, evaluate_nlvr2, predict_nlvr2
-from .common import parse_run_cli, export_task_model, load_model_dir, rewrite_flags, warn_truncated
+from .common import parse_run_cli, export_task_model, load_model_dir, rewrite_flags, warn_truncated, final_metrics
 
 FINETUNE_FLAGS = {"--init": "model.init", "--data-root": "data.root", "--image-root": "data.image_root",
                   "--run-dir": "train.run_dir", "--max-steps": "train.max_steps", "--tokenizer": "data.tokenizer"}
@@ -81,7 +81,7 @@ def run(cfg: Nlvr2Config) -> dict:
     train = ProcessedDataset(train_reader, Processor(train_transforms(image_size, flip=False)))
     summary = Trainer(cfg.train, model, Nlvr2Task(), train, collate_fn=Nlvr2Collator(tokenizer, max_len),
                       evaluate=evaluate, config_snapshot=cfg).fit()
-    metrics = evaluate(model)
+    metrics = final_metrics(summary, evaluate, model)
     export_task_model(model, tokenizer, cfg.train.run_dir, {"eval_split": cfg.data.eval_split, **metrics})
     summary["eval"] = metrics
     return summary

@@ -86,8 +86,10 @@ def run(cfg: RetrievalConfig) -> dict:
 
     task = CoarsePretrainTask(cfg.objectives, mcfg.hidden_size, mcfg.text.vocab_size, mcfg.text.mask_token_id,
                               (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id))
-    summary = Trainer(cfg.train, model, task, train, collate_fn=PairCollator(tokenizer, max_len), evaluate=periodic,
-                      config_snapshot=cfg).fit()
+    # The periodic evaluation is the cheap dual-encoder one, and only when asked for: the final
+    # evaluation below (with ITM re-ranking) is the one that counts.
+    summary = Trainer(cfg.train, model, task, train, collate_fn=PairCollator(tokenizer, max_len),
+                      evaluate=periodic if cfg.train.eval_every else None, config_snapshot=cfg).fit()
     metrics = evaluate(cfg, model, tokenizer)
     export_task_model(model, tokenizer, cfg.train.run_dir, {"eval_split": cfg.data.eval_split, **metrics})
     summary["eval"] = metrics

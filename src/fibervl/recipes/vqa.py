@@ -30,7 +30,7 @@ from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import DataSpec, ModelSpec, build_task_model, load_tokenizer, resolve_model_dir
 from ..metrics.vqa import write_vqa_results
 from ..tasks.vqa import VqaCollator, VqaTask, evaluate_vqa, vocabulary_coverage, vqa_topk
-from .common import parse_run_cli, export_task_model, load_model_dir, rewrite_flags, warn_truncated
+from .common import parse_run_cli, export_task_model, load_model_dir, rewrite_flags, warn_truncated, final_metrics
 
 ANSWERS_FILE = "answers.json"
 FINETUNE_FLAGS = {"--init": "model.init", "--data-root": "data.root", "--image-root": "data.image_root",
@@ -108,7 +108,7 @@ def run(cfg: VqaConfig) -> dict:
     train = ProcessedDataset(train_reader, Processor(train_transforms(image_size)))
     summary = Trainer(cfg.train, model, VqaTask(), train, collate_fn=VqaCollator(tokenizer, max_len, vocab),
                       evaluate=evaluate, config_snapshot=cfg).fit()
-    metrics = evaluate(model)
+    metrics = final_metrics(summary, evaluate, model)
     export_task_model(model, tokenizer, cfg.train.run_dir,
                       {"eval_split": cfg.data.eval_split, **metrics, "train_coverage": coverage},
                       files={ANSWERS_FILE: vocab.answers})

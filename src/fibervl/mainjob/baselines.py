@@ -1,0 +1,87 @@
+"""The baseline of every task of the main job: what a model that does not look (or a random
+guess) reaches on the same evaluation items.
+
+Text-only and random-object baselines of the shapes set come from its ``baselines.json``
+(written by the generator); the two that depend on the evaluated subset are computed here:
+
+* phrase grounding, *random object*: the expected R@1 of picking one of the image's objects at
+  random (a phrase is found when the pick overlaps any of its boxes with IoU >= 0.5);
+* detection, *chance*: COCO AP of random boxes (sizes drawn from the training boxes, uniform
+  positions, classes and scores), averaged over a few seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from ..data.shapes import ShapesDataset
+from ..metrics.detection import coco_ap
+from ..modeling.detection.box_ops import box_iou
+
+
+def shapes_baselines(root: str | Path, split: str) -> dict:
+    path = Path(root) / "baselines.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: regenerate it with `fibervl data baselines {root}`")
+    data = json.loads(path.read_text())
+    if split not in data:
+        raise KeyError(f"{path} has no {split!r} split (has {sorted(data)})")
+    return data[split]
+
+
+def _objects_by_image(annotation_file: Path) -> dict[int, torch.Tensor]:
+    gt = json.loads(annotation_file.read_text())
+    boxes = defaultdict(list)
+    for a in gt["annotations"]:
+        x, y, w, h = a["bbox"]
+        boxes[a["image_id"]].append([x, y, x + w, y + h])
+    return {k: torch.tensor(v, dtype=torch.float32) for k, v in boxes.items()}
+
+
+def grounding_random_object(root: str | Path, split: str, limit: int = 0) -> float:
+    """Expected phrase-grounding R@1 (percent) of a uniformly random object of the image, over
+    the first ``limit`` grounding records of ``split`` (0: all), as the evaluation counts them."""
+    shapes = ShapesDataset(root)
+    objects = _objects_by_image(Path(root) / "detection" / f"instances_{split}.json")
+    hits, phrases = 0.0, 0
+    for i, sample in enumerate(shapes.grounding(split)):
+        if limit and i >= limit:
+            break
+        candidates = objects.get(sample.image_id)
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for b, spans in enumerate(sample.tokens_positive):
+            groups[tuple(map(tuple, spans))].append(b)
+        for members in groups.values():
+            phrases += 1
+            if candidates is None or len(candidates) == 0:
+                continue
+            iou = box_iou(candidates, sample.boxes[members].float())
+            hits += float((iou >= 0.5).any(dim=1).float().mean())
+    return 100.0 * hits / max(phrases, 1)
+
+
+def detection_chance_ap(root: str | Path, split: str, category_ids: list[int], limit: int = 0,
+                        boxes_per_image: int = 10, seeds: int = 3) -> float:
+    """COCO AP (percent) of random detections on the first ``limit`` images of ``split``."""
+    root = Path(root)
+    gt = json.loads((root / "detection" / f"instances_{split}.json").read_text())
+    train = json.loads((root / "detection" / "instances_train.json").read_text())
+    sizes = [a["bbox"][2:] for a in train["annotations"]] or [[16.0, 16.0]]
+    images = gt["images"][:limit] if limit else gt["images"]
+    aps = []
+    for seed in range(seeds):
+        rng = random.Random(seed)
+        results = []
+        for img in images:
+            for _ in range(boxes_per_image):
+                w, h = rng.choice(sizes)
+                x, y = rng.uniform(0, max(img["width"] - w, 0)), rng.uniform(0, max(img["height"] - h, 0))
+                results.append({"image_id": img["id"], "category_id": rng.choice(category_ids),
+                                "score": rng.random(), "bbox": [x, y, w, h]})
+        aps.append(coco_ap(gt, results, category_ids, [img["id"] for img in images])["AP"])
+    return sum(aps) / len(aps)

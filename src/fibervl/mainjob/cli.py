@@ -1,0 +1,81 @@
+"""``fibervl run``: the whole pipeline on the embedded data set (see :mod:`.job`).
+
+    fibervl run                               # the default preset, into runs/default
+    fibervl run --preset quick --out /tmp/q   # the 3-minute end-to-end test
+    fibervl run --redo vqa                    # run VQA (and the stages after it) again
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .job import PRETRAIN_STAGES, TASK_STAGES
+from .presets import PRESETS, get_job_preset
+from .stages import StageFailed
+
+STAGE_ORDER = ("data", *PRETRAIN_STAGES, *TASK_STAGES)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fibervl run",
+        description="Generate the embedded shapes data set if missing, pre-train (coarse, then fine-grained), "
+                    "fine-tune and evaluate all seven tasks, and write a report with every task's baseline. "
+                    "Finished stages are skipped when the command runs again.")
+    p.add_argument("--preset", default="default", choices=sorted(PRESETS),
+                   help="quick: about 3 minutes (CI); default: about 20 minutes on 2 CPU cores; gpu-small: one GPU")
+    p.add_argument("--out", default=None, help="output directory (default runs/<preset>)")
+    p.add_argument("--data", default=None,
+                   help="an existing shapes data set directory (default: OUT/data, generated when missing)")
+    p.add_argument("--redo", default="", help=f"comma-separated stages to run again, with every stage after them "
+                                              f"('all' for everything); stages: {', '.join(STAGE_ORDER)}")
+    p.add_argument("--tasks", default="", help=f"comma-separated subset of the tasks ({', '.join(TASK_STAGES)})")
+    p.add_argument("--check", action="store_true",
+                   help="exit with status 3 unless every task beats its baseline (what CI asserts)")
+    return p
+
+
+def redo_set(names: str) -> set[str]:
+    """``--redo coarse`` -> coarse and every stage after it (they were built on it)."""
+    wanted = {n.strip() for n in names.split(",") if n.strip()}
+    unknown = wanted - set(STAGE_ORDER) - {"all"}
+    if unknown:
+        raise ValueError(f"--redo: unknown stage(s) {sorted(unknown)}; stages: {', '.join(STAGE_ORDER)}")
+    if "all" in wanted:
+        return {"all"}
+    first = min((STAGE_ORDER.index(n) for n in wanted), default=len(STAGE_ORDER))
+    pretrain_or_data = first < STAGE_ORDER.index(next(iter(TASK_STAGES)))
+    # A pre-training stage changes every later model; a task stage changes only itself.
+    return set(STAGE_ORDER[first:]) if pretrain_or_data else wanted
+
+
+def main(argv: list[str]) -> int:
+    from .job import run_job
+
+    args = build_parser().parse_args(argv)
+    preset = get_job_preset(args.preset)
+    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip()) or None
+    unknown = set(tasks or ()) - set(TASK_STAGES)
+    if unknown:
+        print(f"fibervl run: error: unknown task(s) {sorted(unknown)}; tasks: {', '.join(TASK_STAGES)}", file=sys.stderr)
+        return 2
+    out = Path(args.out or f"runs/{preset.name}")
+    try:
+        redo = redo_set(args.redo)
+    except ValueError as err:
+        print(f"fibervl run: error: {err}", file=sys.stderr)
+        return 2
+    print(f"fibervl run: preset {preset.name} ({preset.description}) -> {out}", flush=True)
+    try:
+        summary = run_job(preset, out, Path(args.data) if args.data else None, redo, tasks,
+                          echo=lambda s: print(s, flush=True))
+    except StageFailed as err:
+        print(f"fibervl run: {err}", file=sys.stderr)
+        return 1
+    losing = [name for name, r in summary["tasks"].items() if not r["value"] > r["baseline_value"]]
+    if args.check and losing:
+        print(f"fibervl run: tasks not above their baseline: {', '.join(losing)}", file=sys.stderr)
+        return 3
+    return 0

@@ -1,0 +1,130 @@
+"""Presets of the main job (``fibervl run --preset NAME``): how much data, how many steps.
+
+A preset is data, never code: every stage reads its numbers from here, so a new preset (a
+bigger machine, a longer run) is a new entry. ``quick`` is the end-to-end test CI runs;
+``default`` is the run ``docs/results.md`` reports; ``gpu-small`` is sized for one GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """The embedded shapes set the job generates (``fibervl data shapes`` options)."""
+
+    size: int = 3000
+    image_size: int = 128
+    objects: str = "1-3"
+    backgrounds: str = "plain"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One training stage: optimisation steps, batch size, peak learning rate and the steps
+    of linear warm-up (then linear decay to 0, or constant: ``schedule``)."""
+
+    steps: int
+    batch_size: int = 32
+    lr: float = 3e-4
+    warmup: int = 20
+    schedule: str = "linear"
+    precision: str = "bf16"
+
+
+@dataclass(frozen=True)
+class JobPreset:
+    """``itc_steps``: coarse pre-training starts with this many ITC-only steps (cheap: no fused
+    pass) before ITC + ITM + MLM; ``num_eval``: items evaluated per task (0: the whole split)."""
+
+    name: str
+    description: str
+    data: DataPlan
+    itc_steps: int
+    coarse: StagePlan
+    fine: StagePlan
+    tasks: dict[str, StagePlan] = field(default_factory=dict)
+    num_eval: int = 0
+    model: str = "fiber-tiny"
+    fine_model: str = "fiber-tiny-fine"
+    device: str = "auto"
+    workers: int = 0
+
+    def task(self, name: str) -> StagePlan:
+        return self.tasks[name]
+
+
+TASK_NAMES = ("retrieval", "vqa", "nlvr2", "caption", "grounding", "refexp", "detection")
+
+
+def _default() -> JobPreset:
+    return JobPreset(
+        name="default",
+        description="the reported run: 2 CPU cores, at most 20 minutes",
+        data=DataPlan(size=3000),
+        itc_steps=400,
+        coarse=StagePlan(steps=300),
+        fine=StagePlan(steps=300, batch_size=16),
+        tasks={
+            "retrieval": StagePlan(steps=100),
+            "vqa": StagePlan(steps=300),
+            "nlvr2": StagePlan(steps=200, batch_size=16),
+            "caption": StagePlan(steps=200),
+            "grounding": StagePlan(steps=100, batch_size=16),
+            "refexp": StagePlan(steps=100, batch_size=16),
+            "detection": StagePlan(steps=100, batch_size=16),
+        },
+        num_eval=300,
+    )
+
+
+def _quick() -> JobPreset:
+    return JobPreset(
+        name="quick",
+        description="the end-to-end test (CI): 2 CPU cores, at most 3 minutes",
+        data=DataPlan(size=600),
+        itc_steps=150,
+        coarse=StagePlan(steps=40),
+        fine=StagePlan(steps=60, batch_size=16),
+        tasks={
+            "retrieval": StagePlan(steps=20),
+            "vqa": StagePlan(steps=60),
+            "nlvr2": StagePlan(steps=40, batch_size=16),
+            "caption": StagePlan(steps=40),
+            "grounding": StagePlan(steps=20, batch_size=16),
+            "refexp": StagePlan(steps=20, batch_size=16),
+            "detection": StagePlan(steps=20, batch_size=16),
+        },
+        num_eval=100,
+    )
+
+
+def _gpu_small() -> JobPreset:
+    base = _default()
+    scale = 10
+    return dataclasses.replace(
+        base,
+        name="gpu-small",
+        description="one GPU: 10x the default's data and steps, batch 64",
+        data=dataclasses.replace(base.data, size=30000, objects="2-8", backgrounds="plain,striped,checkered,speckled,cloudy"),
+        itc_steps=base.itc_steps * scale,
+        coarse=dataclasses.replace(base.coarse, steps=base.coarse.steps * scale, batch_size=64),
+        fine=dataclasses.replace(base.fine, steps=base.fine.steps * scale, batch_size=32),
+        tasks={k: dataclasses.replace(v, steps=v.steps * scale) for k, v in base.tasks.items()},
+        num_eval=0,
+        device="cuda",
+        workers=4,
+    )
+
+
+PRESETS = {"quick": _quick, "default": _default, "gpu-small": _gpu_small}
+
+
+def get_job_preset(name: str) -> JobPreset:
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESETS)}") from None

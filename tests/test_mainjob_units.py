@@ -1,0 +1,60 @@
+"""The main job's pieces: stage records and skipping, --redo, baselines, the results table."""
+
+import json
+
+import pytest
+
+from fibervl.mainjob.cli import STAGE_ORDER, redo_set
+from fibervl.mainjob.report import format_text_table, results_table
+from fibervl.mainjob.stages import StageFailed, StageRunner
+
+
+def test_finished_stage_is_skipped_and_redo_runs_it_again(tmp_path):
+    calls = []
+
+    def stage(d):
+        calls.append(d)
+        (d / "model.txt").write_text("weights")
+        return {"value": len(calls)}
+
+    runner = StageRunner(tmp_path, echo=lambda s: None)
+    assert runner.run("coarse", stage) == {"value": 1}
+    assert StageRunner(tmp_path, echo=lambda s: None).run("coarse", stage) == {"value": 1}
+    assert len(calls) == 1
+    record = json.loads((tmp_path / "stages" / "coarse" / "stage.json").read_text())
+    assert record["status"] == "done" and record["seconds"] >= 0
+    assert StageRunner(tmp_path, redo={"coarse"}, echo=lambda s: None).run("coarse", stage) == {"value": 2}
+
+
+def test_failed_stage_stops_with_its_name_and_keeps_earlier_stages(tmp_path):
+    runner = StageRunner(tmp_path, echo=lambda s: None)
+    runner.run("coarse", lambda d: {"ok": True})
+
+    def broken(d):
+        raise ValueError("vocabulary of 0 answers")
+
+    with pytest.raises(StageFailed, match="stage 'vqa' failed.*vocabulary of 0 answers"):
+        runner.run("vqa", broken)
+    record = json.loads((tmp_path / "stages" / "vqa" / "stage.json").read_text())
+    assert record["status"] == "failed" and "ValueError" in record["error"]
+    # the failed stage runs again next time; the finished one does not
+    again = StageRunner(tmp_path, echo=lambda s: None)
+    assert again.finished("coarse") is not None and again.finished("vqa") is None
+
+
+def test_redo_of_a_pretraining_stage_redoes_everything_after_it():
+    assert redo_set("coarse") == set(STAGE_ORDER[STAGE_ORDER.index("coarse"):])
+    assert redo_set("vqa,nlvr2") == {"vqa", "nlvr2"}
+    assert redo_set("all") == {"all"}
+    assert redo_set("") == set()
+    with pytest.raises(ValueError, match="unknown stage"):
+        redo_set("coarse,nope")
+
+
+def test_results_table_says_which_tasks_beat_their_baseline():
+    tasks = {"vqa": {"metric": "accuracy", "value": 61.0, "baseline": "text-only prior", "baseline_value": 42.0},
+             "nlvr2": {"metric": "accuracy", "value": 50.0, "baseline": "chance", "baseline_value": 50.0}}
+    rows = results_table(tasks)
+    assert rows[0][-1] == "yes" and rows[1][-1] == "NO"  # a tie does not beat a baseline
+    text = format_text_table(rows)
+    assert "VQA" in text and "42.00" in text and "61.00" in text
