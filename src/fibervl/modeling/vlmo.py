@@ -230,7 +230,9 @@ class VlmoModel(nn.Module):
         self.text_embeddings = TextEmbeddings(config.text)
         self.type_embeddings = nn.Embedding(2, h)
         vl = set(config.vl_blocks())
-        rates = torch.linspace(0, config.drop_path_rate, config.num_layers).tolist() if config.num_layers else []
+        # stochastic depth rising linearly to drop_path_rate in the last block (plain floats: works on meta)
+        n = config.num_layers
+        rates = [config.drop_path_rate * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
         self.blocks = nn.ModuleList(MomeBlock(config, i in vl, rates[i]) for i in range(config.num_layers))
         self.norm = nn.LayerNorm(h, eps=config.layer_norm_eps)
         if "itc" in config.heads:

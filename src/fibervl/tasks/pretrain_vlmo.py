@@ -30,12 +30,14 @@ def stage_trains(name: str, stage: str) -> bool:
     """Whether parameter ``name`` of a VlmoModel trains in ``stage``."""
     if stage == "vl":
         return True
-    block = name.startswith("blocks.")
+    # a block parameter is "blocks.<i>.<part>...": part is norm / attention (shared) or experts
+    parts = name.split(".")
+    block_part = ".".join(parts[2:4]) if parts[0] == "blocks" else ""
     if stage == "mim":
         return (name.startswith(("image_embeddings.", "norm.")) or
-                (block and (".attention." in name or ".norm." in name or ".experts.image." in name)))
+                block_part.startswith(("norm.", "attention.")) or block_part == "experts.image")
     if stage == "text":
-        return name.startswith(("text_embeddings.", "heads.mlm.")) or (block and ".experts.text." in name)
+        return name.startswith(("text_embeddings.", "heads.mlm.")) or block_part == "experts.text"
     raise ValueError(f"unknown VLMo stage {stage!r}; stages: {STAGES}")
 
 
