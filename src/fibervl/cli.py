@@ -15,6 +15,7 @@ import sys
 RECIPES = {
     "coarse": "fibervl.recipes.coarse_pretrain",
     "fine": "fibervl.recipes.fine_pretrain",
+    "vlmo": "fibervl.recipes.vlmo_pretrain",
     "retrieval": "fibervl.recipes.retrieval",
     "vqa": "fibervl.recipes.vqa",
     "nlvr2": "fibervl.recipes.nlvr2",
@@ -23,11 +24,12 @@ RECIPES = {
     "refexp": "fibervl.recipes.refexp",
     "detect": "fibervl.recipes.detection",
 }
+PRETRAIN = ("coarse", "fine", "vlmo")
 VERBS = {
-    "pretrain": ("pre-training stages", ["coarse", "fine"]),
-    "finetune": ("fine-tune a task", [n for n in RECIPES if n not in ("coarse", "fine")]),
-    "evaluate": ("evaluate a task", [n for n in RECIPES if n not in ("coarse", "fine")]),
-    "predict": ("predict with a trained model", [n for n in RECIPES if n not in ("coarse", "fine")]),
+    "pretrain": ("pre-training stages", list(PRETRAIN)),
+    "finetune": ("fine-tune a task", [n for n in RECIPES if n not in PRETRAIN]),
+    "evaluate": ("evaluate a task", [n for n in RECIPES if n not in PRETRAIN]),
+    "predict": ("predict with a trained model", [n for n in RECIPES if n not in PRETRAIN]),
 }
 
 

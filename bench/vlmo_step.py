@@ -1,0 +1,84 @@
+"""VLMo pre-training throughput: one optimizer step of each stage on a fixed batch.
+
+    OMP_NUM_THREADS=1 python bench/vlmo_step.py [--threads 1] [--batch 32] [--tokens 24]
+
+Stages (see fibervl.tasks.pretrain_vlmo): ``mim`` (image-only masked image modelling), ``text``
+(text-only MLM, attention and vision frozen), ``vl`` (ITC + ITM on 3B fused pairs + MLM, the
+coarse task). Prints the median seconds of a full step (forward, backward, AdamW over the
+trainable parameters) after one warm-up step, in fp32 and bf16 autocast, and the parameter count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from fibervl.modeling.families import build_from_config, get_any_preset  # noqa: E402
+from fibervl.tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask  # noqa: E402
+from fibervl.tasks.pretrain_vlmo import MimTask, TextMlmTask, set_stage_trainable  # noqa: E402
+
+
+def step_time(preset: str, stage: str, precision: str, batch_size: int, tokens: int, runs: int) -> float:
+    cfg = get_any_preset(preset)
+    torch.manual_seed(0)
+    model = build_from_config(cfg).train()
+    set_stage_trainable(model, stage)
+    specials = (cfg.text.bos_token_id, cfg.text.eos_token_id, cfg.text.pad_token_id)
+    if stage == "mim":
+        task = MimTask(cfg.hidden_size, cfg.vision.patch_size)
+    elif stage == "text":
+        task = TextMlmTask(cfg.text.vocab_size, cfg.text.mask_token_id, specials)
+    else:
+        task = CoarsePretrainTask(CoarseObjectives(), cfg.hidden_size, cfg.text.vocab_size, cfg.text.mask_token_id, specials)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, cfg.text.vocab_size - 1, (batch_size, tokens), generator=g)
+    ids[:, 0], ids[:, -1] = cfg.text.bos_token_id, cfg.text.eos_token_id
+    size = cfg.vision.image_size
+    batch = {"images": torch.randn(batch_size, 3, size, size, generator=g), "input_ids": ids,
+             "attention_mask": torch.ones_like(ids), "image_ids": torch.arange(batch_size)}
+    params = [p for p in list(model.parameters()) + list(task.parameters()) if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = task.training_step(model, batch)
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        opt.step()
+
+    step()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="vlmo-tiny")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--tokens", type=int, default=24)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--stages", default="mim,text,vl")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    n = sum(p.numel() for p in build_from_config(get_any_preset(args.preset)).parameters())
+    print(f"{args.preset}: {n:,} parameters; batch {args.batch}, {args.tokens} tokens, {args.threads} thread(s)")
+    for stage in args.stages.split(","):
+        for precision in ("fp32", "bf16"):
+            t = step_time(args.preset, stage, precision, args.batch, args.tokens, args.runs)
+            print(f"  {stage:5s} {precision}: {t:.3f} s/step  ({args.batch / t:.1f} samples/s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""``fibervl pretrain vlmo``: VLMo's stagewise pre-training in one run.
+
+    fibervl pretrain vlmo --config configs/vlmo-tiny_pretrain_shapes.yaml stages.vl_steps=300
+
+Stages, in order, each with its own step count (0 skips it) and its own engine run directory
+``run_dir/<stage>`` (checkpoints, logs, and the stage's ``model/`` at its end):
+
+1. ``mim``  image-only masked image modelling (attention + V-FFN + image embeddings train);
+2. ``text`` text-only MLM (text embeddings + L-FFN + MLM head train; attention and vision frozen);
+3. ``vl``   ITC + ITM with global hard negatives + MLM (the coarse task; everything trains).
+
+See :mod:`fibervl.tasks.pretrain_vlmo`. Every stage reads the same image-caption pairs (a stage
+ignores the modality it does not use). ``--resume`` continues the stage that was interrupted; a
+stage whose ``model/`` exists is not run again (its weights are loaded). At the end ``run_dir/model``
+holds the last stage's model (what ``model.init`` of a fine-tuning recipe takes) and
+``metrics.json`` the dual-encoder retrieval metrics on ``eval_split``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..data import ProcessedDataset, Processor
+from ..engine.trainer import Trainer, TrainConfig
+from ..data.transforms import train_transforms
+from ..experiment import ModelSpec, build_model, load_tokenizer
+from ..modeling.pretrained import WEIGHTS_NAME, load_state_strict, read_weights
+from ..tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask
+from ..tasks.pretrain_vlmo import STAGES, MimTask, TextMlmTask, set_stage_trainable
+from ..tasks.retrieval import evaluate_itc_retrieval
+from .coarse_pretrain import CaptionData, caption_reader
+from .common import PairCollator, export_model, parse_run_cli
+
+
+@dataclass
+class StageSettings:
+    """Steps of each stage (0: skip it) and optional learning rates (0: ``train.optim.lr``)."""
+
+    mim_steps: int = 0
+    text_steps: int = 0
+    vl_steps: int = 0
+    mim_lr: float = 0.0
+    text_lr: float = 0.0
+    vl_lr: float = 0.0
+
+
+@dataclass
+class UnimodalObjectives:
+    """``mask_ratio``: patches masked for MIM; ``norm_pix``: per-patch normalised pixel targets;
+    ``mlm_prob``: tokens masked in the text stage."""
+
+    mask_ratio: float = 0.4
+    norm_pix: bool = True
+    mlm_prob: float = 0.15
+
+
+@dataclass
+class VlmoPretrainConfig:
+    model: ModelSpec = field(default_factory=lambda: ModelSpec(preset="vlmo-tiny"))
+    data: CaptionData = field(default_factory=CaptionData)
+    stages: StageSettings = field(default_factory=StageSettings)
+    unimodal: UnimodalObjectives = field(default_factory=UnimodalObjectives)
+    objectives: CoarseObjectives = field(default_factory=CoarseObjectives)
+    # train.max_steps is not used: each stage runs stages.<stage>_steps steps.
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=1))
+
+
+def _stage_task(stage: str, cfg: VlmoPretrainConfig, mcfg, tokenizer):
+    specials = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    if stage == "mim":
+        u = cfg.unimodal
+        return MimTask(mcfg.hidden_size, mcfg.vision.patch_size, mcfg.vision.in_channels, u.mask_ratio, u.norm_pix)
+    if stage == "text":
+        return TextMlmTask(mcfg.text.vocab_size, mcfg.text.mask_token_id, specials, cfg.unimodal.mlm_prob)
+    return CoarsePretrainTask(cfg.objectives, mcfg.hidden_size, mcfg.text.vocab_size, mcfg.text.mask_token_id, specials)
+
+
+def _stage_train_config(cfg: VlmoPretrainConfig, stage: str, steps: int) -> TrainConfig:
+    lr = getattr(cfg.stages, f"{stage}_lr") or cfg.train.optim.lr
+    return dataclasses.replace(cfg.train, run_dir=str(Path(cfg.train.run_dir) / stage), max_steps=steps, epochs=None,
+                               optim=dataclasses.replace(cfg.train.optim, lr=lr))
+
+
+def run(cfg: VlmoPretrainConfig) -> dict:
+    """Run the stages with steps > 0 in order; returns ``{"stages": {stage: summary}, "eval": metrics}``."""
+    if cfg.train.resume not in ("", "auto"):
+        raise ValueError("a staged run resumes with --resume (resume=auto); each stage finds its own checkpoints")
+    steps = {s: getattr(cfg.stages, f"{s}_steps") for s in STAGES}
+    if any(n < 0 for n in steps.values()) or not any(steps.values()):
+        raise ValueError(f"stage steps must be >= 0 with at least one > 0, got {steps}")
+    tokenizer = load_tokenizer(cfg.data)
+    model = build_model(cfg.model, tokenizer)
+    mcfg = model.config
+    if getattr(mcfg, "family", "fiber") != "vlmo":
+        raise ValueError(f"pretrain vlmo needs a VLMo model (model.preset=vlmo-tiny ...), got {mcfg.name!r}")
+    image_size = cfg.data.image_size or mcfg.vision.image_size
+    max_len = cfg.data.max_text_len or mcfg.text.max_text_len
+    train = ProcessedDataset(caption_reader(cfg.data, cfg.data.train_split), Processor(train_transforms(image_size)))
+    eval_reader = caption_reader(cfg.data, cfg.data.eval_split)
+    bf16 = cfg.train.precision == "bf16"
+
+    def evaluate(m) -> dict[str, float]:
+        return evaluate_itc_retrieval(m, tokenizer, eval_reader, image_size, max_len, limit=cfg.data.num_eval, bf16=bf16)
+
+    summaries: dict[str, dict] = {}
+    for stage in STAGES:
+        if not steps[stage]:
+            continue
+        stage_cfg = _stage_train_config(cfg, stage, steps[stage])
+        done = Path(stage_cfg.run_dir) / "model"
+        if cfg.train.resume and (done / WEIGHTS_NAME).is_file():
+            load_state_strict(model, read_weights(done / WEIGHTS_NAME), str(done / WEIGHTS_NAME))
+            summaries[stage] = {"skipped": f"loaded the finished stage from {done}"}
+            continue
+        set_stage_trainable(model, stage)
+        task = _stage_task(stage, cfg, mcfg, tokenizer)
+        trainer = Trainer(stage_cfg, model, task, train, collate_fn=PairCollator(tokenizer, max_len),
+                          evaluate=evaluate if stage == "vl" else None, config_snapshot=cfg)
+        summaries[stage] = trainer.fit()
+        export_model(model, stage_cfg.run_dir)
+    set_stage_trainable(model, "vl")  # the exported model is whole again
+    metrics = evaluate(model)
+    export_model(model, cfg.train.run_dir, {"eval_split": cfg.data.eval_split, **metrics})
+    return {"stages": summaries, "eval": metrics}
+
+
+def _pretrain_command(argv: list[str]) -> int:
+    cfg = parse_run_cli(VlmoPretrainConfig, argv)
+    summary = run(cfg)
+    print("  ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in summary["eval"].items()))
+    return 0
+
+
+COMMANDS = {"pretrain": _pretrain_command}
