@@ -14,6 +14,7 @@ import sys
 # recipe name -> module; the module's COMMANDS says which verbs it supports.
 RECIPES = {
     "coarse": "fibervl.recipes.coarse_pretrain",
+    "albef": "fibervl.recipes.albef_pretrain",
     "fine": "fibervl.recipes.fine_pretrain",
     "retrieval": "fibervl.recipes.retrieval",
     "vqa": "fibervl.recipes.vqa",
@@ -23,11 +24,12 @@ RECIPES = {
     "refexp": "fibervl.recipes.refexp",
     "detect": "fibervl.recipes.detection",
 }
+PRETRAIN = ("coarse", "fine", "albef")
 VERBS = {
-    "pretrain": ("pre-training stages", ["coarse", "fine"]),
-    "finetune": ("fine-tune a task", [n for n in RECIPES if n not in ("coarse", "fine")]),
-    "evaluate": ("evaluate a task", [n for n in RECIPES if n not in ("coarse", "fine")]),
-    "predict": ("predict with a trained model", [n for n in RECIPES if n not in ("coarse", "fine")]),
+    "pretrain": ("pre-training stages", list(PRETRAIN)),
+    "finetune": ("fine-tune a task", [n for n in RECIPES if n not in PRETRAIN]),
+    "evaluate": ("evaluate a task", [n for n in RECIPES if n not in PRETRAIN]),
+    "predict": ("predict with a trained model", [n for n in RECIPES if n not in PRETRAIN]),
 }
 
 
