@@ -77,7 +77,8 @@ class VisionTransformer(nn.Module):
         self.patch_embed = nn.Conv2d(cfg.in_channels, cfg.width, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + cfg.grid**2, cfg.width))
-        rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist() if cfg.depth else []
+        # Stochastic depth rising linearly from 0 to drop_path_rate over the blocks (timm's rule).
+        rates = [cfg.drop_path_rate * i / max(1, cfg.depth - 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList(VitBlock(cfg, r) for r in rates)
         self.norm = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
         nn.init.normal_(self.cls_token, std=0.02)
