@@ -14,6 +14,7 @@ import sys
 # recipe name -> module; the module's COMMANDS says which verbs it supports.
 RECIPES = {
     "coarse": "fibervl.recipes.coarse_pretrain",
+    "albef": "fibervl.recipes.albef_pretrain",
     "fine": "fibervl.recipes.fine_pretrain",
     "vlmo": "fibervl.recipes.vlmo_pretrain",
     "retrieval": "fibervl.recipes.retrieval",
@@ -24,7 +25,7 @@ RECIPES = {
     "refexp": "fibervl.recipes.refexp",
     "detect": "fibervl.recipes.detection",
 }
-PRETRAIN = ("coarse", "fine", "vlmo")
+PRETRAIN = ("coarse", "fine", "albef", "vlmo")
 VERBS = {
     "pretrain": ("pre-training stages", list(PRETRAIN)),
     "finetune": ("fine-tune a task", [n for n in RECIPES if n not in PRETRAIN]),

@@ -35,13 +35,29 @@ def parameter_breakdown(model: FiberModel) -> dict[str, int]:
     }
 
 
+def _other_family_report(model: nn.Module) -> str:
+    """Parameters per top-level module and in the fusion modules, for families other than FIBER."""
+    cfg = model.config
+    rows = {name: _count(child) for name, child in model.named_children()}
+    rows.update({name: p.numel() for name, p in model.named_parameters(recurse=False)})  # e.g. temperature
+    rows.update({f"fusion: {k}": v for k, v in model.fusion_parameters().items()})
+    rows["total"] = _count(model)
+    width = max(map(len, rows))
+    lines = [f"{cfg.name} ({cfg.family}): image {cfg.vision.image_size}px, heads {list(cfg.heads)}", ""]
+    return "\n".join(lines + [f"  {k:<{width}}  {v:>13,}" for k, v in rows.items()])
+
+
 def parameter_report(name_or_dir: str) -> str:
+    from .modeling.families import all_presets, build_from_config, get_any_preset, load_pretrained
+
     if Path(name_or_dir).is_dir():
-        model = FiberModel.from_pretrained(name_or_dir)
-    elif name_or_dir in PRESETS:
-        model = FiberModel(get_preset(name_or_dir))
+        model = load_pretrained(name_or_dir)
+    elif name_or_dir in all_presets():
+        model = FiberModel(get_preset(name_or_dir)) if name_or_dir in PRESETS else build_from_config(get_any_preset(name_or_dir))
     else:
-        raise ValueError(f"{name_or_dir!r} is neither a model directory nor a preset ({', '.join(sorted(PRESETS))})")
+        raise ValueError(f"{name_or_dir!r} is neither a model directory nor a preset ({', '.join(sorted(all_presets()))})")
+    if not isinstance(model, FiberModel):
+        return _other_family_report(model)
     cfg = model.config
     rows = parameter_breakdown(model)
     lines = [f"{cfg.name}: image {cfg.vision.image_size}px, window {cfg.vision.resolved_window_size}, "

@@ -84,7 +84,10 @@ def run(cfg: RetrievalConfig) -> dict:
     def periodic(m) -> dict[str, float]:  # cheap during training: dual encoder only
         return evaluate_itc_retrieval(m, tokenizer, eval_reader, image_size, max_len, limit=cfg.data.num_eval, bf16=bf16)
 
-    task = CoarsePretrainTask(cfg.objectives, mcfg.hidden_size, mcfg.text.vocab_size, mcfg.text.mask_token_id,
+    # The ITC queue holds embeddings: hidden_size wide for FIBER, embed_dim for families with a
+    # separate ITC width (ALBEF).
+    itc_dim = getattr(mcfg, "embed_dim", mcfg.hidden_size)
+    task = CoarsePretrainTask(cfg.objectives, itc_dim, mcfg.text.vocab_size, mcfg.text.mask_token_id,
                               (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id))
     # The periodic evaluation is the cheap dual-encoder one, and only when asked for: the final
     # evaluation below (with ITM re-ranking) is the one that counts.

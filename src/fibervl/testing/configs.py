@@ -17,3 +17,20 @@ def micro_config(**fusion) -> FiberConfig:
         hidden_size=24,
         vqa_num_answers=7,
     )
+
+
+def albef_micro_config(**changes):
+    """An ALBEF model small enough for unit tests: a 2-block ViT on 64 px (16 patches), 3 text
+    layers of which the top 2 fuse, every head, mean text pooling (as albef-tiny)."""
+    from ..modeling.albef import AlbefConfig
+    from ..modeling.vit import VitConfig
+
+    cfg = AlbefConfig(
+        name="albef-micro",
+        vision=VitConfig(image_size=64, patch_size=16, width=32, depth=2, num_heads=2),
+        text=TextConfig(vocab_size=100, hidden_size=32, num_layers=3, num_heads=2, intermediate_size=64,
+                        max_position_embeddings=40, mask_token_id=99, dropout=0.0, max_text_len=16),
+        fusion_layers=2, hidden_size=32, embed_dim=24, heads=("itc", "itm", "mlm", "vqa", "nlvr2"),
+        vqa_num_answers=7, text_pooling="mean",
+    )
+    return cfg.replace(**changes)
