@@ -58,3 +58,14 @@ def test_results_table_says_which_tasks_beat_their_baseline():
     assert rows[0][-1] == "yes" and rows[1][-1] == "NO"  # a tie does not beat a baseline
     text = format_text_table(rows)
     assert "VQA" in text and "42.00" in text and "61.00" in text
+
+
+def test_interrupted_stage_is_not_recorded_as_done(tmp_path):
+    from fibervl.mainjob.job import _finished
+    from fibervl.mainjob.stages import StageInterrupted
+
+    runner = StageRunner(tmp_path, echo=lambda s: None)
+    with pytest.raises(StageInterrupted, match="stage 'coarse' stopped by a signal at step 7.*resume"):
+        runner.run("coarse", lambda d: _finished({"stopped_by_signal": True, "step": 7}))
+    assert runner.finished("coarse") is None
+    assert _finished({"stopped_by_signal": False, "eval": {}}) == {"stopped_by_signal": False, "eval": {}}

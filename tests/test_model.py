@@ -174,3 +174,14 @@ def test_mean_text_pooling_ignores_padding(batch):
     first = FiberModel(micro_config()).eval()
     first.load_state_dict(model.state_dict())
     assert not torch.allclose(first.encode_text(ids, mask), model.encode_text(ids, mask))
+
+
+def test_fusion_gates_start_at_the_configured_value():
+    from fibervl.config import get_preset
+
+    official = FiberModel(micro_config())
+    assert all(float(p) == 0.0 for n, p in official.named_parameters() if n.endswith(".alpha"))
+    opened = FiberModel(micro_config(alpha_init=1.0))
+    gates = [float(p) for n, p in opened.named_parameters() if n.endswith(".alpha")]
+    assert gates == [1.0] * 4
+    assert get_preset("fiber-tiny").fusion.alpha_init == 1.0 and get_preset("fiber-base").fusion.alpha_init == 0.0

@@ -80,11 +80,16 @@ class FusionConfig:
     image-to-text attention (official coarse and "v3"; absent in fine-grained "v2").
     ``skip_last_text_norm``: in fusion mode the last text layer skips its output LayerNorm
     (an official coarse quirk; the fine-grained code keeps it).
+    ``alpha_init``: the initial value of every fusion gate. The official 0 keeps a model built on
+    pre-trained unimodal backbones equal to them at the start; trained from scratch, a closed
+    gate gives its cross-attention no gradient and, its output being noise, gets none that
+    opens it (docs/results.md), so the CPU presets start with open gates.
     """
 
     num_layers: int = 6
     i2t_query_norm: bool = True
     skip_last_text_norm: bool = True
+    alpha_init: float = 0.0
 
 
 @dataclass
@@ -278,7 +283,7 @@ def _fiber_tiny() -> FiberConfig:
             vocab_size=2048, hidden_size=128, num_layers=4, num_heads=2, intermediate_size=512,
             max_position_embeddings=66, mask_token_id=2047, dropout=0.0, max_text_len=40,
         ),
-        fusion=FusionConfig(num_layers=2),
+        fusion=FusionConfig(num_layers=2, alpha_init=1.0),
         hidden_size=128,
         vqa_num_answers=64,
         text_pooling="mean",

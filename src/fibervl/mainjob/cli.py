@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .job import PRETRAIN_STAGES, TASK_STAGES
 from .presets import PRESETS, get_job_preset
-from .stages import StageFailed
+from .stages import StageFailed, StageInterrupted
 
 STAGE_ORDER = ("data", *PRETRAIN_STAGES, *TASK_STAGES)
 
@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--redo", default="", help=f"comma-separated stages to run again, with every stage after them "
                                               f"('all' for everything); stages: {', '.join(STAGE_ORDER)}")
     p.add_argument("--tasks", default="", help=f"comma-separated subset of the tasks ({', '.join(TASK_STAGES)})")
+    p.add_argument("--model", default="fiber", choices=("fiber", "albef", "vlmo", "all"),
+                   help="model family: fiber (all seven tasks), albef or vlmo (retrieval, VQA, NLVR2), or all: "
+                        "the three on the same data, with a comparison table (OUT/comparison.md)")
     p.add_argument("--check", action="store_true",
                    help="exit with status 3 unless every task beats its baseline (what CI asserts)")
     return p
@@ -51,6 +54,26 @@ def redo_set(names: str) -> set[str]:
     return set(STAGE_ORDER[first:]) if pretrain_or_data else wanted
 
 
+def run_comparison(preset, out: Path, data: Path | None, redo: set[str], tasks, echo) -> dict:
+    """The three families on one data set (``OUT/data`` unless given), each in ``OUT/<family>``,
+    then ``OUT/comparison.md``. Returns ``{family: results}``."""
+    from .compare import COMPARED_TASKS, write_comparison
+    from .job import run_job, stage_data, JobContext
+    from .stages import StageRunner
+
+    if data is None:
+        data = out / "data"
+        runner = StageRunner(out, redo, echo)
+        ctx = JobContext(preset, out, data, runner, echo)
+        runner.run("data", lambda d: stage_data(ctx, d))
+    per_family = {}
+    for family in ("fiber", "albef", "vlmo"):
+        echo(f"== {family}")
+        per_family[family] = run_job(preset, out / family, data, redo, tasks or COMPARED_TASKS, echo, family)
+    write_comparison(out, per_family, echo)
+    return per_family
+
+
 def main(argv: list[str]) -> int:
     from .job import run_job
 
@@ -61,20 +84,29 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"fibervl run: error: unknown task(s) {sorted(unknown)}; tasks: {', '.join(TASK_STAGES)}", file=sys.stderr)
         return 2
-    out = Path(args.out or f"runs/{preset.name}")
+    suffix = "" if args.model == "fiber" else f"-{args.model}"
+    out = Path(args.out or f"runs/{preset.name}{suffix}")
     try:
         redo = redo_set(args.redo)
     except ValueError as err:
         print(f"fibervl run: error: {err}", file=sys.stderr)
         return 2
     print(f"fibervl run: preset {preset.name} ({preset.description}) -> {out}", flush=True)
+    echo = lambda s: print(s, flush=True)  # noqa: E731
     try:
-        summary = run_job(preset, out, Path(args.data) if args.data else None, redo, tasks,
-                          echo=lambda s: print(s, flush=True))
+        if args.model == "all":
+            summary = run_comparison(preset, out, Path(args.data) if args.data else None, redo, tasks, echo)
+        else:
+            summary = run_job(preset, out, Path(args.data) if args.data else None, redo, tasks, echo, args.model)
     except StageFailed as err:
         print(f"fibervl run: {err}", file=sys.stderr)
         return 1
-    losing = [name for name, r in summary["tasks"].items() if not r["value"] > r["baseline_value"]]
+    except StageInterrupted as err:
+        print(f"fibervl run: {err}", file=sys.stderr)
+        return 130
+    per_family = summary if args.model == "all" else {args.model: summary}
+    losing = [f"{fam}/{name}" for fam, res in per_family.items() for name, r in res["tasks"].items()
+              if not r["value"] > r["baseline_value"]]
     if args.check and losing:
         print(f"fibervl run: tasks not above their baseline: {', '.join(losing)}", file=sys.stderr)
         return 3

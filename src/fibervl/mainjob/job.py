@@ -24,9 +24,15 @@ from ..engine.optim import OptimConfig, ScheduleConfig
 from ..engine.trainer import TrainConfig
 from .baselines import detection_chance_ap, grounding_random_object, shapes_baselines
 from .presets import JobPreset, StagePlan
-from .stages import StageRunner
+from .stages import StageInterrupted, StageRunner
 
 EVAL_SPLIT = "test"  # the report's numbers: the held-out split no stage trains or selects on
+# Learning-rate multipliers of the stages that train the fused model. The backbones start from
+# scratch here, not from pre-trained unimodal weights, so the gates (``alpha``, 0 at start) get a
+# much larger rate than the official 5x of the fusion modules: at lr 3e-4 they would need ~1000s
+# of steps to open.
+FUSED_MULTIPLIERS = {"heads.": 5.0, "cross_modal.": 5.0, ".i2t.": 5.0, ".t2i.": 5.0, "*.alpha": 20.0}
+TASK_MULTIPLIERS = {**FUSED_MULTIPLIERS, "heads.": 10.0}
 
 
 @dataclass
@@ -36,9 +42,15 @@ class JobContext:
     data_root: Path
     runner: StageRunner
     echo: Callable[[str], None] = print
+    family: str = "fiber"
 
     def stage_model(self, stage: str) -> str:
         return str(self.runner.stage_dir(stage) / "model")
+
+    @property
+    def pretrained(self) -> str:
+        """The image-text pre-trained model every coarse-grained task starts from."""
+        return self.stage_model("coarse" if self.family == "fiber" else "pretrain")
 
 
 def train_config(plan: StagePlan, run_dir: Path, preset: JobPreset, lr_multipliers: dict | None = None) -> TrainConfig:
@@ -49,13 +61,21 @@ def train_config(plan: StagePlan, run_dir: Path, preset: JobPreset, lr_multiplie
         device=preset.device, num_workers=preset.workers, clip_grad_norm=1.0, log_every=max(1, min(25, plan.steps // 4)),
         ckpt_every=max(1, plan.steps // 2), keep_last=1, eval_every=None, progress_bar=False,
         optim=OptimConfig(lr=plan.lr, weight_decay=0.01, lr_multipliers=dict(lr_multipliers or {})),
-        schedule=ScheduleConfig(name=plan.schedule, warmup=float(min(plan.warmup, plan.steps))),
+        schedule=ScheduleConfig(name=plan.schedule, warmup=float(min(plan.warmup, max(1, plan.steps // 5)))),
     )
 
 
 def _resumable(cfg: TrainConfig) -> TrainConfig:
     """A stage interrupted after a checkpoint continues from it (the engine's ``resume=auto``)."""
     return dataclasses.replace(cfg, resume="auto")
+
+
+def _finished(summary: dict) -> dict:
+    """A recipe's summary, unless its training was stopped by a signal (SIGINT / SIGTERM): then
+    the stage is not finished, and the job stops so that a re-run resumes it from its checkpoint."""
+    if summary.get("stopped_by_signal"):
+        raise StageInterrupted(f"stopped by a signal at step {summary.get('step')}")
+    return summary
 
 
 # ---- stages ------------------------------------------------------------------------------
@@ -81,7 +101,7 @@ def stage_coarse_itc(ctx: JobContext, stage_dir: Path) -> dict:
     plan = dataclasses.replace(p.coarse, steps=p.itc_steps, schedule="constant")
     cfg = CoarseConfig(model=ModelSpec(preset=p.model), data=CaptionData(root=str(ctx.data_root), num_eval=p.num_eval),
                        objectives=CoarseObjectives(itm=0.0, mlm=0.0), train=_resumable(train_config(plan, stage_dir, p)))
-    return {"eval": run(cfg)["eval"]}
+    return {"eval": _finished(run(cfg))["eval"]}
 
 
 def stage_coarse(ctx: JobContext, stage_dir: Path) -> dict:
@@ -93,8 +113,8 @@ def stage_coarse(ctx: JobContext, stage_dir: Path) -> dict:
     init = ctx.stage_model("coarse-itc") if p.itc_steps else ""
     cfg = CoarseConfig(model=ModelSpec(preset=p.model, init=init),
                        data=CaptionData(root=str(ctx.data_root), num_eval=p.num_eval),
-                       objectives=CoarseObjectives(), train=_resumable(train_config(p.coarse, stage_dir, p)))
-    return {"eval": run(cfg)["eval"]}
+                       objectives=CoarseObjectives(), train=_resumable(train_config(p.coarse, stage_dir, p, FUSED_MULTIPLIERS)))
+    return {"eval": _finished(run(cfg))["eval"]}
 
 
 def stage_fine(ctx: JobContext, stage_dir: Path) -> dict:
@@ -105,8 +125,45 @@ def stage_fine(ctx: JobContext, stage_dir: Path) -> dict:
     cfg = FineConfig(model=ModelSpec(preset=p.fine_model, init=ctx.stage_model("coarse")),
                      data=FineData(root=str(ctx.data_root), num_eval=p.num_eval, eval_split=EVAL_SPLIT),
                      train=_resumable(train_config(p.fine, stage_dir, p, {"detector.": 3.0})))
-    summary = run(cfg, eval_which=())
+    summary = _finished(run(cfg, eval_which=()))
     return {"init_new": len(summary["init_report"]["new"]), "init_unused": len(summary["init_report"]["unused"])}
+
+
+def stage_albef_pretrain(ctx: JobContext, stage_dir: Path) -> dict:
+    """ALBEF: ITC (momentum distillation, queue) + ITM + MLM for as many steps as FIBER's two
+    coarse stages together, so that the comparison is at matched image-text steps."""
+    from ..experiment import ModelSpec
+    from ..recipes.albef_pretrain import AlbefPretrainConfig, run
+    from ..recipes.coarse_pretrain import CaptionData
+    from ..tasks.pretrain_albef import AlbefObjectives
+
+    p = ctx.preset
+    plan = dataclasses.replace(p.coarse, steps=p.itc_steps + p.coarse.steps)
+    cfg = AlbefPretrainConfig(model=ModelSpec(preset=p.family_models["albef"]),
+                              data=CaptionData(root=str(ctx.data_root), num_eval=p.num_eval),
+                              objectives=AlbefObjectives(queue_size=1024, alpha_warmup_steps=max(1, plan.steps // 3)),
+                              train=_resumable(train_config(plan, stage_dir, p, {"heads.": 5.0, ".cross.": 5.0})))
+    return {"eval": _finished(run(cfg))["eval"]}
+
+
+def stage_vlmo_pretrain(ctx: JobContext, stage_dir: Path) -> dict:
+    """VLMo's three stages: image-only MIM, text-only MLM (attention and vision experts frozen),
+    then ITC + ITM + MLM for as many steps as FIBER's two coarse stages together."""
+    from ..experiment import ModelSpec
+    from ..recipes.coarse_pretrain import CaptionData
+    from ..recipes.vlmo_pretrain import StageSettings, VlmoPretrainConfig, run
+
+    p = ctx.preset
+    unimodal = max(1, p.itc_steps // 2)
+    cfg = VlmoPretrainConfig(model=ModelSpec(preset=p.family_models["vlmo"]),
+                             data=CaptionData(root=str(ctx.data_root), num_eval=p.num_eval),
+                             stages=StageSettings(mim_steps=unimodal, text_steps=unimodal,
+                                                  vl_steps=p.itc_steps + p.coarse.steps),
+                             train=_resumable(train_config(p.coarse, stage_dir, p, {"heads.": 5.0})))
+    summary = run(cfg)
+    for stage in summary["stages"].values():
+        _finished(stage)
+    return {"eval": summary["eval"]}
 
 
 # ---- tasks -------------------------------------------------------------------------------
@@ -117,14 +174,14 @@ def task_retrieval(ctx: JobContext, stage_dir: Path) -> dict:
     from ..recipes.retrieval import RetrievalConfig, RetrievalEval, run
 
     p = ctx.preset
-    cfg = RetrievalConfig(model=ModelSpec(init=ctx.stage_model("coarse")),
+    cfg = RetrievalConfig(model=ModelSpec(init=ctx.pretrained),
                           data=CaptionData(root=str(ctx.data_root), num_eval=p.num_eval, eval_split=EVAL_SPLIT),
-                          eval=RetrievalEval(rerank_k=16),
-                          train=_resumable(train_config(p.task("retrieval"), stage_dir, p)))
-    m = run(cfg)["eval"]
+                          eval=RetrievalEval(rerank_k=8),
+                          train=_resumable(train_config(p.task("retrieval"), stage_dir, p, FUSED_MULTIPLIERS)))
+    m = _finished(run(cfg))["eval"]
     value = (m["rerank_i2t_r1"] + m["rerank_t2i_r1"]) / 2
     chance = (100.0 * 5 / m["texts"] + 100.0 / m["images"]) / 2  # 5 captions per image: i2t hits any of them
-    return {"metric": "R@1, mean of image->text and text->image (ITC top-16 re-ranked by ITM, %)",
+    return {"metric": "R@1, mean of image->text and text->image (ITC top-8 re-ranked by ITM, %)",
             "value": value, "baseline": "chance (random ranking)", "baseline_value": chance, "details": m}
 
 
@@ -133,10 +190,10 @@ def task_vqa(ctx: JobContext, stage_dir: Path) -> dict:
     from ..recipes.vqa import VqaConfig, VqaData, run
 
     p = ctx.preset
-    cfg = VqaConfig(model=ModelSpec(init=ctx.stage_model("coarse")),
+    cfg = VqaConfig(model=ModelSpec(init=ctx.pretrained),
                     data=VqaData(root=str(ctx.data_root), num_eval=p.num_eval * 6, eval_split=EVAL_SPLIT),
-                    train=_resumable(train_config(p.task("vqa"), stage_dir, p, {"heads.": 10.0})))
-    m = run(cfg)["eval"]
+                    train=_resumable(train_config(p.task("vqa"), stage_dir, p, TASK_MULTIPLIERS)))
+    m = _finished(run(cfg))["eval"]
     b = shapes_baselines(ctx.data_root, EVAL_SPLIT)["vqa"]["all"]
     prior = max(b["text_only_prior"], b["prefix_prior"])
     return {"metric": "accuracy (VQAv2 metric, %)", "value": m["vqa_acc"],
@@ -149,10 +206,10 @@ def task_nlvr2(ctx: JobContext, stage_dir: Path) -> dict:
     from ..recipes.nlvr2 import Nlvr2Config, Nlvr2Data, run
 
     p = ctx.preset
-    cfg = Nlvr2Config(model=ModelSpec(init=ctx.stage_model("coarse")),
+    cfg = Nlvr2Config(model=ModelSpec(init=ctx.pretrained),
                       data=Nlvr2Data(root=str(ctx.data_root), num_eval=p.num_eval, eval_split=EVAL_SPLIT),
-                      train=_resumable(train_config(p.task("nlvr2"), stage_dir, p, {"heads.": 10.0})))
-    m = run(cfg)["eval"]
+                      train=_resumable(train_config(p.task("nlvr2"), stage_dir, p, TASK_MULTIPLIERS)))
+    m = _finished(run(cfg))["eval"]
     b = shapes_baselines(ctx.data_root, EVAL_SPLIT)["nlvr2"]
     best = max(b["chance"], b["majority"], b["prefix_prior"], b["text_only_prior"])
     return {"metric": "accuracy (%)", "value": m["nlvr2_acc"],
@@ -167,10 +224,10 @@ def task_caption(ctx: JobContext, stage_dir: Path) -> dict:
 
     p = ctx.preset
     data = CaptionData(root=str(ctx.data_root), num_eval=p.num_eval, eval_split=EVAL_SPLIT)
-    cfg = CaptionConfig(model=ModelSpec(init=ctx.stage_model("coarse")), data=data,
+    cfg = CaptionConfig(model=ModelSpec(init=ctx.pretrained), data=data,
                         caption=CaptionSettings(beam_size=3, spice=False),
                         train=_resumable(train_config(p.task("caption"), stage_dir, p)))
-    m = run(cfg)["eval"]
+    m = _finished(run(cfg))["eval"]
     base = most_frequent_caption_baseline(caption_reader(data, "train"), caption_reader(data, EVAL_SPLIT), limit=p.num_eval)
     return {"metric": "CIDEr (beam 3)", "value": m["cider"],
             "baseline": f"the most frequent training caption for every image (\"{base['caption']}\")",
@@ -186,7 +243,7 @@ def _fine_task(ctx: JobContext, stage_dir: Path, source: str, evals: tuple[str, 
     cfg = FineConfig(model=ModelSpec(preset=p.fine_model, init=ctx.stage_model("fine")),
                      data=FineData(root=str(ctx.data_root), num_eval=p.num_eval, eval_split=EVAL_SPLIT, **switches),
                      train=_resumable(train_config(p.task(source), stage_dir, p, {"detector.": 3.0})))
-    return run(cfg, eval_which=evals)["eval"]
+    return _finished(run(cfg, eval_which=evals))["eval"]
 
 
 def task_grounding(ctx: JobContext, stage_dir: Path) -> dict:
@@ -227,28 +284,42 @@ TASK_STAGES: dict[str, Callable[[JobContext, Path], dict]] = {
 PRETRAIN_STAGES: dict[str, Callable[[JobContext, Path], dict]] = {
     "coarse-itc": stage_coarse_itc, "coarse": stage_coarse, "fine": stage_fine,
 }
+# family -> (its pre-training stages, the tasks it has heads for)
+FAMILY_STAGES: dict[str, tuple[dict, tuple[str, ...]]] = {
+    "fiber": (PRETRAIN_STAGES, tuple(TASK_STAGES)),
+    "albef": ({"pretrain": stage_albef_pretrain}, ("retrieval", "vqa", "nlvr2")),
+    "vlmo": ({"pretrain": stage_vlmo_pretrain}, ("retrieval", "vqa", "nlvr2")),
+}
 
 
 def run_job(preset: JobPreset, out: Path, data_root: Path | None = None, redo: set[str] | None = None,
-            tasks: tuple[str, ...] | None = None, echo: Callable[[str], None] = print) -> dict:
-    """Run (or continue) the whole job; returns the results dict also written to results.json."""
+            tasks: tuple[str, ...] | None = None, echo: Callable[[str], None] = print, family: str = "fiber") -> dict:
+    """Run (or continue) the whole job for one model family; returns the results dict also
+    written to results.json. ``tasks``: a subset (default: every task the family has)."""
     from .report import write_report
 
+    if family not in FAMILY_STAGES:
+        raise ValueError(f"unknown model family {family!r}; known: {sorted(FAMILY_STAGES)}")
+    pretrain, family_tasks = FAMILY_STAGES[family]
     out.mkdir(parents=True, exist_ok=True)
     runner = StageRunner(out, redo, echo)
-    ctx = JobContext(preset, out, Path(data_root) if data_root else out / "data", runner, echo)
+    ctx = JobContext(preset, out, Path(data_root) if data_root else out / "data", runner, echo, family)
     start = time.perf_counter()
     if data_root is None or not (Path(data_root) / "dataset.json").is_file():
         runner.run("data", lambda d: stage_data(ctx, d))
-    for name, fn in PRETRAIN_STAGES.items():
-        if name == "coarse-itc" and not preset.itc_steps:
+    needs_fine = any(t in ("grounding", "refexp", "detection") for t in (tasks or family_tasks))
+    for name, fn in pretrain.items():
+        if (name == "coarse-itc" and not preset.itc_steps) or (name == "fine" and not needs_fine):
             continue
         runner.run(name, lambda d, fn=fn: fn(ctx, d))
     results: dict[str, dict] = {}
-    for name in tasks or tuple(TASK_STAGES):
+    for name in tasks or family_tasks:
+        if name not in family_tasks:
+            raise ValueError(f"the {family} family has no {name} task; it has {', '.join(family_tasks)}")
         r = runner.run(name, lambda d, name=name: TASK_STAGES[name](ctx, d))
         results.update(r if name == "detection" else {name: r})
-    summary = {"preset": preset.name, "data": str(ctx.data_root), "tasks": results, "stages": runner.seconds(),
+    summary = {"preset": preset.name, "family": family, "data": str(ctx.data_root), "tasks": results,
+               "stages": runner.seconds(),
                "total_seconds": round(time.perf_counter() - start, 1)}
     write_report(ctx, summary)
     return summary

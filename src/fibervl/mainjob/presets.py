@@ -50,6 +50,7 @@ class JobPreset:
     num_eval: int = 0
     model: str = "fiber-tiny"
     fine_model: str = "fiber-tiny-fine"
+    family_models: dict[str, str] = field(default_factory=lambda: {"albef": "albef-tiny", "vlmo": "vlmo-tiny"})
     device: str = "auto"
     workers: int = 0
 
@@ -65,17 +66,17 @@ def _default() -> JobPreset:
         name="default",
         description="the reported run: 2 CPU cores, at most 20 minutes",
         data=DataPlan(size=3000),
-        itc_steps=400,
+        itc_steps=600,
         coarse=StagePlan(steps=300),
-        fine=StagePlan(steps=300, batch_size=16),
+        fine=StagePlan(steps=400, batch_size=16),
         tasks={
             "retrieval": StagePlan(steps=100),
-            "vqa": StagePlan(steps=300),
-            "nlvr2": StagePlan(steps=200, batch_size=16),
-            "caption": StagePlan(steps=200),
-            "grounding": StagePlan(steps=100, batch_size=16),
-            "refexp": StagePlan(steps=100, batch_size=16),
-            "detection": StagePlan(steps=100, batch_size=16),
+            "vqa": StagePlan(steps=400),
+            "nlvr2": StagePlan(steps=300, batch_size=16),
+            "caption": StagePlan(steps=300),
+            "grounding": StagePlan(steps=150, batch_size=16),
+            "refexp": StagePlan(steps=150, batch_size=16),
+            "detection": StagePlan(steps=150, batch_size=16),
         },
         num_eval=300,
     )
@@ -86,7 +87,7 @@ def _quick() -> JobPreset:
         name="quick",
         description="the end-to-end test (CI): 2 CPU cores, at most 3 minutes",
         data=DataPlan(size=600),
-        itc_steps=150,
+        itc_steps=250,
         coarse=StagePlan(steps=40),
         fine=StagePlan(steps=60, batch_size=16),
         tasks={

@@ -27,6 +27,11 @@ class StageFailed(RuntimeError):
     """A stage raised; the message names the stage, the error and where its log is."""
 
 
+class StageInterrupted(RuntimeError):
+    """A stage's training was stopped by a signal after saving a checkpoint: not finished, not
+    failed; the next run resumes it."""
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -74,6 +79,9 @@ class StageRunner:
         start = time.perf_counter()
         try:
             result = fn(stage_dir)
+        except StageInterrupted as err:
+            raise StageInterrupted(f"stage '{name}' {err}; its checkpoint is kept: re-run the same command to "
+                                   "resume it") from None
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as err:  # noqa: BLE001 - every failure becomes a clear stop

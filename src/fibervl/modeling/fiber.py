@@ -132,6 +132,9 @@ class FiberModel(nn.Module):
         if "itc" in config.heads:
             self.temperature = nn.Parameter(torch.tensor(float(config.itc_temperature)))
         self.apply(_init_weights)
+        for name, param in self.named_parameters():
+            if name.endswith(".alpha"):  # the fusion gates (config.fusion.alpha_init)
+                nn.init.constant_(param, config.fusion.alpha_init)
         # The detector keeps its own initialisation (focal-loss prior, conv inits).
         det = config.detection
         self.detector = None if det is None else GroundingDetector(
@@ -336,7 +339,8 @@ def _l2_normalise(x: torch.Tensor) -> torch.Tensor:
 
 
 def _init_weights(module: nn.Module) -> None:
-    """BERT-style init (normal 0.02, zero bias, unit norms); alphas stay 0."""
+    """BERT-style init (normal 0.02, zero bias, unit norms); the fusion gates are set afterwards
+    from ``config.fusion.alpha_init``."""
     if isinstance(module, (nn.Linear, nn.Embedding)):
         nn.init.normal_(module.weight, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:

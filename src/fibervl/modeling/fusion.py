@@ -2,7 +2,8 @@
 
 Each fused Swin block gets :class:`ImageToTextAttention` (image tokens query the text) and its
 paired text layer gets :class:`TextToImageAttention` (text tokens query the image). Both add
-``alpha * cross`` to their branch; ``alpha`` starts at 0 so a freshly initialised fused model
+``alpha * cross`` to their branch; ``alpha`` starts at ``config.fusion.alpha_init`` (official: 0,
+so that a model built on pre-trained unimodal backbones starts equal to them). With 0, a freshly initialised fused model
 computes exactly its unimodal backbones.
 """
 

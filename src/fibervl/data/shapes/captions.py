@@ -65,8 +65,8 @@ def _cap_relation(scene, rng):
 def _cap_count_all(scene, rng):
     n = len(scene.objects)
     b = TextBuilder()
-    lead = rng.choice(["", "there are ", "a picture of "])
-    b.add(lead).add(f"{NUMBER_WORDS[n]} shapes", tuple(range(n)))
+    lead = rng.choice(["", "there is " if n == 1 else "there are ", "a picture of "])
+    b.add(lead).add(f"{NUMBER_WORDS[n]} shape" + ("" if n == 1 else "s"), tuple(range(n)))
     b.add(rng.choice([f" on a {scene.background} background", ""]))
     return b.build("count")
 
@@ -95,7 +95,8 @@ def _cap_shape_count(scene, rng):
         b.add("there " + ("is " if len(by_shape[shape]) == 1 else "are ")).add(phrase, tuple(by_shape[shape]))
         b.add(" in the picture")
     else:
-        b.add(phrase, tuple(by_shape[shape])).add(f" among {NUMBER_WORDS[len(scene.objects)]} shapes")
+        n = len(scene.objects)
+        b.add(phrase, tuple(by_shape[shape])).add(" alone" if n == 1 else f" among {NUMBER_WORDS[n]} shapes")
     return b.build("shape_count")
 
 
