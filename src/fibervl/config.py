@@ -18,6 +18,40 @@ class ConfigError(ValueError):
     """A config file or override names an unknown key or holds a value of the wrong kind."""
 
 
+class SerializableConfig:
+    """JSON round trip shared by every model family's config dataclass: ``to_dict``,
+    ``from_dict`` (unknown keys rejected, lists become tuples), ``save``, ``load`` (errors name
+    the file) and ``replace``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        return _build(cls, data, "config")
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path):
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"config file not found: {path}") from None
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}: invalid JSON ({err})") from None
+        try:
+            return cls.from_dict(data)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
+
+    def replace(self, **changes: Any):
+        """A copy with top-level fields changed (nested: pass whole sub-configs)."""
+        return dataclasses.replace(self, **changes)
+
+
 @dataclass
 class SwinConfig:
     """The image backbone (Swin Transformer).
@@ -106,7 +140,7 @@ class DetectionConfig:
 
 
 @dataclass
-class FiberConfig:
+class FiberConfig(SerializableConfig):
     """A whole FIBER model: backbones, fusion, the cross-modal projections and task heads.
 
     ``heads`` may hold itc, itm, mlm, vqa, nlvr2 and caption. "itc" builds the dual-encoder
@@ -181,35 +215,6 @@ class FiberConfig:
         """Indices of the fused text layers, paired in order with :meth:`fused_blocks`."""
         n = self.text.num_layers
         return list(range(n - self.fusion.num_layers, n))
-
-    # ---- serialisation -------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "FiberConfig":
-        return _build(cls, data, "config")
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> "FiberConfig":
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"config file not found: {path}") from None
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}: invalid JSON ({err})") from None
-        try:
-            return cls.from_dict(data)
-        except ConfigError as err:
-            raise ConfigError(f"{path}: {err}") from None
-
-    def replace(self, **changes: Any) -> "FiberConfig":
-        """A copy with top-level fields changed (nested: pass whole sub-configs)."""
-        return dataclasses.replace(self, **changes)
 
 
 KNOWN_HEADS = frozenset({"itc", "itm", "mlm", "vqa", "nlvr2", "caption"})

@@ -14,7 +14,6 @@ directory with ``model/``, ``metrics.jsonl`` and ``stage.json``), ``results.json
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path

@@ -23,17 +23,14 @@ it (zero image weights give exactly ALBEF's head). See docs/models.md for the ot
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError, TextConfig, _build
+from ..config import ConfigError, SerializableConfig, TextConfig
 from .fiber import FusionOutput, _init_weights, _l2_normalise
 from .heads import Heads
 from .layers import merge_heads, split_heads
@@ -45,7 +42,7 @@ FUSED_HEADS = frozenset({"itm", "mlm", "vqa", "nlvr2"})
 
 
 @dataclass
-class AlbefConfig:
+class AlbefConfig(SerializableConfig):
     """A whole ALBEF model.
 
     ``text.num_layers`` counts all text layers; the top ``fusion_layers`` of them attend to the
@@ -99,34 +96,6 @@ class AlbefConfig:
     def num_text_only_layers(self) -> int:
         return self.text.num_layers - self.fusion_layers
 
-    # ---- serialisation (the FiberConfig conventions) ---------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "AlbefConfig":
-        return _build(cls, data, "config")
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> "AlbefConfig":
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"config file not found: {path}") from None
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}: invalid JSON ({err})") from None
-        try:
-            return cls.from_dict(data)
-        except ConfigError as err:
-            raise ConfigError(f"{path}: {err}") from None
-
-    def replace(self, **changes: Any) -> "AlbefConfig":
-        """A copy with top-level fields changed (nested: pass whole sub-configs)."""
-        return dataclasses.replace(self, **changes)
 
 
 class CrossAttention(nn.Module):

@@ -17,16 +17,13 @@ absolute learned positions only (no relative position bias) and no layer scale.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from ..config import ConfigError, TextConfig, _build
+from ..config import ConfigError, SerializableConfig, TextConfig
 from .fiber import FusionOutput, _init_weights, _l2_normalise
 from .heads import Heads, Pooler
 from .layers import DropPath, Mlp, key_padding_mask
@@ -51,7 +48,7 @@ class VlmoVisionConfig:
 
 
 @dataclass
-class VlmoConfig:
+class VlmoConfig(SerializableConfig):
     """A whole VLMo model.
 
     The shared Transformer's sizes are the top-level fields (``hidden_size``, ``num_layers``,
@@ -110,34 +107,6 @@ class VlmoConfig:
         """Indices of the blocks with a VL-FFN (the top ``vl_layers``)."""
         return list(range(self.num_layers - self.vl_layers, self.num_layers))
 
-    # ---- serialisation (the same contract as FiberConfig) --------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "VlmoConfig":
-        return _build(cls, data, "config")
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> "VlmoConfig":
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"config file not found: {path}") from None
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}: invalid JSON ({err})") from None
-        try:
-            return cls.from_dict(data)
-        except ConfigError as err:
-            raise ConfigError(f"{path}: {err}") from None
-
-    def replace(self, **changes: Any) -> "VlmoConfig":
-        """A copy with top-level fields changed (nested: pass whole sub-configs)."""
-        return dataclasses.replace(self, **changes)
 
 
 # ---- the MoME Transformer -------------------------------------------------------------------

@@ -15,14 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..data import ProcessedDataset, Processor
-from ..data.transforms import train_transforms
 from ..engine.trainer import Trainer, TrainConfig
-from ..experiment import ModelSpec, build_model, load_tokenizer
+from ..experiment import ModelSpec
 from ..tasks.pretrain_albef import AlbefObjectives, AlbefPretrainTask
-from ..tasks.retrieval import evaluate_itc_retrieval
-from .coarse_pretrain import CaptionData, caption_reader
-from .common import PairCollator, export_model, parse_run_cli
+from .coarse_pretrain import CaptionData, image_text_setup, special_ids
+from .common import export_model, final_metrics, parse_run_cli
 
 
 @dataclass
@@ -36,26 +33,13 @@ class AlbefPretrainConfig:
 def run(cfg: AlbefPretrainConfig) -> dict:
     """Pre-train, evaluate ITC retrieval on ``data.eval_split``, export ``run_dir/model``.
     Returns the trainer's summary with the final metrics under ``"eval"``."""
-    tokenizer = load_tokenizer(cfg.data)
-    model = build_model(cfg.model, tokenizer)
-    mcfg = model.config
-    if getattr(mcfg, "family", "fiber") != "albef":
-        raise ValueError(f"pretrain albef needs an ALBEF model (model.preset=albef-tiny, ...), got {mcfg.name!r}")
-    image_size = cfg.data.image_size or mcfg.vision.image_size
-    max_len = cfg.data.max_text_len or mcfg.text.max_text_len
-    train = ProcessedDataset(caption_reader(cfg.data, cfg.data.train_split), Processor(train_transforms(image_size)))
-    eval_reader = caption_reader(cfg.data, cfg.data.eval_split)
-    bf16 = cfg.train.precision == "bf16"
-
-    def evaluate(m) -> dict[str, float]:
-        return evaluate_itc_retrieval(m, tokenizer, eval_reader, image_size, max_len, limit=cfg.data.num_eval, bf16=bf16)
-
-    task = AlbefPretrainTask(model, cfg.objectives,
-                             (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id))
-    trainer = Trainer(cfg.train, model, task, train, collate_fn=PairCollator(tokenizer, max_len), evaluate=evaluate,
+    setup = image_text_setup(cfg.model, cfg.data, cfg.train.precision, "albef")
+    model = setup.model
+    task = AlbefPretrainTask(model, cfg.objectives, special_ids(setup.tokenizer))
+    trainer = Trainer(cfg.train, model, task, setup.train, collate_fn=setup.collate, evaluate=setup.evaluate,
                       config_snapshot=cfg)
     summary = trainer.fit()
-    metrics = evaluate(model)
+    metrics = final_metrics(summary, setup.evaluate, model)
     export_model(model, cfg.train.run_dir, {"eval_split": cfg.data.eval_split, **metrics})
     summary["eval"] = metrics
     return summary

@@ -46,27 +46,53 @@ def caption_reader(data: CaptionData, split: str) -> KarpathyCaptions:
     return KarpathyCaptions(data.captions, data.image_root or data.root, split)
 
 
-def run(cfg: CoarseConfig) -> dict:
-    tokenizer = load_tokenizer(cfg.data)
-    model = build_model(cfg.model, tokenizer)
+@dataclass
+class ImageTextSetup:
+    """What every image-text pre-training recipe (coarse, ALBEF, VLMo) starts from: the data
+    set's tokenizer, the model, the training pairs, and the dual-encoder retrieval evaluation
+    on ``data.eval_split`` (``evaluate(model) -> {"i2t_r1", ...}``)."""
+
+    tokenizer: object
+    model: object
+    train: ProcessedDataset
+    collate: PairCollator
+    evaluate: object
+
+
+def image_text_setup(model_spec: ModelSpec, data: CaptionData, precision: str, family: str) -> ImageTextSetup:
+    """Build :class:`ImageTextSetup`; the model must be of ``family`` (the recipe's own)."""
+    tokenizer = load_tokenizer(data)
+    model = build_model(model_spec, tokenizer)
     mcfg = model.config
-    image_size = cfg.data.image_size or mcfg.vision.image_size
-    max_len = cfg.data.max_text_len or mcfg.text.max_text_len
-    train = ProcessedDataset(caption_reader(cfg.data, cfg.data.train_split), Processor(train_transforms(image_size)))
-    eval_reader = caption_reader(cfg.data, cfg.data.eval_split)
-    bf16 = cfg.train.precision == "bf16"
+    if getattr(mcfg, "family", "fiber") != family:
+        raise ValueError(f"this recipe pre-trains {family} models; model.preset={model_spec.preset!r} "
+                         f"is a {getattr(mcfg, 'family', 'fiber')} model")
+    image_size = data.image_size or mcfg.vision.image_size
+    max_len = data.max_text_len or mcfg.text.max_text_len
+    train = ProcessedDataset(caption_reader(data, data.train_split), Processor(train_transforms(image_size)))
+    eval_reader = caption_reader(data, data.eval_split)
+    bf16 = precision == "bf16"
 
     def evaluate(m) -> dict[str, float]:
-        return evaluate_itc_retrieval(m, tokenizer, eval_reader, image_size, max_len, limit=cfg.data.num_eval, bf16=bf16)
+        return evaluate_itc_retrieval(m, tokenizer, eval_reader, image_size, max_len, limit=data.num_eval, bf16=bf16)
 
-    task = CoarsePretrainTask(
-        cfg.objectives, mcfg.hidden_size, mcfg.text.vocab_size, mcfg.text.mask_token_id,
-        (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id),
-    )
-    trainer = Trainer(cfg.train, model, task, train, collate_fn=PairCollator(tokenizer, max_len), evaluate=evaluate,
+    return ImageTextSetup(tokenizer, model, train, PairCollator(tokenizer, max_len), evaluate)
+
+
+def special_ids(tokenizer) -> tuple[int, int, int]:
+    """The ids MLM never masks."""
+    return tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+
+
+def run(cfg: CoarseConfig) -> dict:
+    setup = image_text_setup(cfg.model, cfg.data, cfg.train.precision, "fiber")
+    model, mcfg = setup.model, setup.model.config
+    task = CoarsePretrainTask(cfg.objectives, mcfg.hidden_size, mcfg.text.vocab_size, mcfg.text.mask_token_id,
+                              special_ids(setup.tokenizer))
+    trainer = Trainer(cfg.train, model, task, setup.train, collate_fn=setup.collate, evaluate=setup.evaluate,
                       config_snapshot=cfg)
     summary = trainer.fit()
-    metrics = final_metrics(summary, evaluate, model)
+    metrics = final_metrics(summary, setup.evaluate, model)
     export_model(model, cfg.train.run_dir, {"eval_split": cfg.data.eval_split, **metrics})
     summary["eval"] = metrics
     return summary

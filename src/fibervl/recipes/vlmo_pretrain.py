@@ -22,16 +22,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data import ProcessedDataset, Processor
 from ..engine.trainer import Trainer, TrainConfig
-from ..data.transforms import train_transforms
-from ..experiment import ModelSpec, build_model, load_tokenizer
+from ..experiment import ModelSpec
 from ..modeling.pretrained import WEIGHTS_NAME, load_state_strict, read_weights
 from ..tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask
 from ..tasks.pretrain_vlmo import STAGES, MimTask, TextMlmTask, set_stage_trainable
-from ..tasks.retrieval import evaluate_itc_retrieval
-from .coarse_pretrain import CaptionData, caption_reader
-from .common import PairCollator, export_model, parse_run_cli
+from .coarse_pretrain import CaptionData, image_text_setup
+from .common import export_model, parse_run_cli
 
 
 @dataclass
@@ -90,19 +87,9 @@ def run(cfg: VlmoPretrainConfig) -> dict:
     steps = {s: getattr(cfg.stages, f"{s}_steps") for s in STAGES}
     if any(n < 0 for n in steps.values()) or not any(steps.values()):
         raise ValueError(f"stage steps must be >= 0 with at least one > 0, got {steps}")
-    tokenizer = load_tokenizer(cfg.data)
-    model = build_model(cfg.model, tokenizer)
+    setup = image_text_setup(cfg.model, cfg.data, cfg.train.precision, "vlmo")
+    tokenizer, model, evaluate = setup.tokenizer, setup.model, setup.evaluate
     mcfg = model.config
-    if getattr(mcfg, "family", "fiber") != "vlmo":
-        raise ValueError(f"pretrain vlmo needs a VLMo model (model.preset=vlmo-tiny ...), got {mcfg.name!r}")
-    image_size = cfg.data.image_size or mcfg.vision.image_size
-    max_len = cfg.data.max_text_len or mcfg.text.max_text_len
-    train = ProcessedDataset(caption_reader(cfg.data, cfg.data.train_split), Processor(train_transforms(image_size)))
-    eval_reader = caption_reader(cfg.data, cfg.data.eval_split)
-    bf16 = cfg.train.precision == "bf16"
-
-    def evaluate(m) -> dict[str, float]:
-        return evaluate_itc_retrieval(m, tokenizer, eval_reader, image_size, max_len, limit=cfg.data.num_eval, bf16=bf16)
 
     summaries: dict[str, dict] = {}
     for stage in STAGES:
@@ -116,7 +103,7 @@ def run(cfg: VlmoPretrainConfig) -> dict:
             continue
         set_stage_trainable(model, stage)
         task = _stage_task(stage, cfg, mcfg, tokenizer)
-        trainer = Trainer(stage_cfg, model, task, train, collate_fn=PairCollator(tokenizer, max_len),
+        trainer = Trainer(stage_cfg, model, task, setup.train, collate_fn=setup.collate,
                           evaluate=evaluate if stage == "vl" else None, config_snapshot=cfg)
         summaries[stage] = trainer.fit()
         export_model(model, stage_cfg.run_dir)
