@@ -79,6 +79,7 @@ def _predict_args(task: str, argv: list[str]) -> argparse.Namespace:
     if task == "detect":
         p.add_argument("--classes", required=True, help='comma-separated class names, e.g. "star,heart"')
         p.add_argument("--threshold", type=float, default=0.3, help="lowest score printed and drawn")
+        p.add_argument("--top", type=int, default=0, help="only the K highest-scoring boxes (0: every box above --threshold)")
         p.add_argument("--chunk-size", type=int, default=40)
     else:
         p.add_argument("--text", required=True)
@@ -143,6 +144,9 @@ def predict(task: str, argv: list[str]) -> int:
         chunks = prompt_chunks(categories, list(categories), tokenizer, max_len, args.chunk_size)
         boxes, scores, labels = detect_with_prompt(model, pixels, [in_size], chunks)[0]
         keep = scores >= args.threshold
+        if args.top > 0:  # the K best of those above the threshold
+            best = scores.masked_fill(~keep, float("-inf")).argsort(descending=True)[:args.top]
+            keep = torch.zeros_like(keep).index_fill_(0, best, True) & keep
         boxes = _to_original(boxes[keep], in_size, original)
         dets = [{"class": categories[int(lb)], "score": round(float(s), 4), "box": b}
                 for b, s, lb in zip(boxes, scores[keep], labels[keep])]
