@@ -68,7 +68,11 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> torch.d
 
 
 def destroy_distributed() -> None:
+    """Tear the process group down on every rank together: a rank that destroys it while
+    another is still inside a gloo collective can abort that rank at exit (SIGABRT,
+    "terminate called without an active exception")."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
