@@ -32,7 +32,7 @@ from torch import nn
 
 from ..config import ConfigError, SerializableConfig, TextConfig
 from .fiber import FusionOutput, _init_weights, _l2_normalise
-from .heads import Heads
+from .heads import HeadLogits, Heads
 from .layers import merge_heads, split_heads
 from .text import SelfAttention, TextEmbeddings, TextLayer
 from .vit import VisionTransformer, VitConfig
@@ -170,7 +170,7 @@ class AlbefTextEncoder(nn.Module):
         return hidden
 
 
-class AlbefModel(nn.Module):
+class AlbefModel(HeadLogits, nn.Module):
     def __init__(self, config: AlbefConfig) -> None:
         super().__init__()
         config.validate()
@@ -251,21 +251,6 @@ class AlbefModel(nn.Module):
         """
         return self.fuse_features(self.image_tokens(images), self.text_hidden(input_ids, attention_mask), attention_mask)
 
-    def itm_logits(self, cls_feats: torch.Tensor) -> torch.Tensor:
-        """[B, 2H] -> [B, 2] (column 1 = match)."""
-        return self.heads.get("itm")(cls_feats)
-
-    def mlm_logits(self, text_feats: torch.Tensor) -> torch.Tensor:
-        """[..., H] -> [..., vocab]."""
-        return self.heads.get("mlm")(text_feats)
-
-    def vqa_logits(self, cls_feats: torch.Tensor) -> torch.Tensor:
-        """[B, 2H] -> [B, num_answers] (a classifier, not ALBEF's answer decoder)."""
-        return self.heads.get("vqa")(cls_feats)
-
-    def nlvr2_logits(self, cls_left: torch.Tensor, cls_right: torch.Tensor) -> torch.Tensor:
-        """Two fused passes' cls features [B, 2H] each -> [B, 2]."""
-        return self.heads.get("nlvr2")(torch.cat([cls_left, cls_right], dim=-1))
 
     def fusion_parameters(self) -> dict[str, int]:
         """Parameter counts of the fusion modules: {"cross_attention": n} (the cross-attention

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..config import FiberConfig
 from .detection.detector import DetectorOutput, GroundingDetector
-from .heads import Heads, Pooler
+from .heads import HeadLogits, Heads, Pooler
 from .swin import SwinTransformer
 from .text import TextEncoder
 
@@ -112,7 +112,7 @@ class CrossModal(nn.Module):
 FUSED_HEADS = frozenset({"itm", "mlm", "vqa", "nlvr2", "caption"})
 
 
-class FiberModel(nn.Module):
+class FiberModel(HeadLogits, nn.Module):
     def __init__(self, config: FiberConfig) -> None:
         super().__init__()
         config.validate()
@@ -292,23 +292,6 @@ class FiberModel(nn.Module):
     def _require_caption(self) -> None:
         if "caption" not in self.config.heads:
             raise ValueError("this model was built without the caption head (add 'caption' to config.heads)")
-
-    # ---- heads ---------------------------------------------------------------------------
-    def itm_logits(self, cls_feats: torch.Tensor) -> torch.Tensor:
-        """[B, 2H] -> [B, 2] (column 1 = match; also the retrieval score)."""
-        return self.heads.get("itm")(cls_feats)
-
-    def mlm_logits(self, text_feats: torch.Tensor) -> torch.Tensor:
-        """[B, T, H] -> [B, T, vocab]; also the caption LM head."""
-        return self.heads.get("mlm")(text_feats)
-
-    def vqa_logits(self, cls_feats: torch.Tensor) -> torch.Tensor:
-        """[B, 2H] -> [B, num_answers]."""
-        return self.heads.get("vqa")(cls_feats)
-
-    def nlvr2_logits(self, cls_left: torch.Tensor, cls_right: torch.Tensor) -> torch.Tensor:
-        """Two fused passes' cls features [B, 2H] each -> [B, 2]."""
-        return self.heads.get("nlvr2")(torch.cat([cls_left, cls_right], dim=-1))
 
     # ---- save / load ---------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> None:

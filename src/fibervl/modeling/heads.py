@@ -63,3 +63,24 @@ class Heads(nn.Module):
         if head is None:
             raise ValueError(f"this model has no {name!r} head (config.heads lists the heads it was built with)")
         return head
+
+
+class HeadLogits:
+    """The heads of the vision-language model protocol, for any model whose ``self.heads`` is a
+    :class:`Heads` (FIBER, ALBEF and VLMo share them; a task never knows which it has)."""
+
+    def itm_logits(self, cls_feats: torch.Tensor) -> torch.Tensor:
+        """[B, 2H] -> [B, 2] (column 1 = match; also the retrieval re-ranking score)."""
+        return self.heads.get("itm")(cls_feats)
+
+    def mlm_logits(self, text_feats: torch.Tensor) -> torch.Tensor:
+        """[..., H] -> [..., vocab]; FIBER's caption LM head too."""
+        return self.heads.get("mlm")(text_feats)
+
+    def vqa_logits(self, cls_feats: torch.Tensor) -> torch.Tensor:
+        """[B, 2H] -> [B, num_answers] (a classifier over the answer vocabulary)."""
+        return self.heads.get("vqa")(cls_feats)
+
+    def nlvr2_logits(self, cls_left: torch.Tensor, cls_right: torch.Tensor) -> torch.Tensor:
+        """Two fused passes' cls features [B, 2H] each -> [B, 2]."""
+        return self.heads.get("nlvr2")(torch.cat([cls_left, cls_right], dim=-1))

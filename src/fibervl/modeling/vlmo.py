@@ -25,7 +25,7 @@ from torch import nn
 
 from ..config import ConfigError, SerializableConfig, TextConfig
 from .fiber import FusionOutput, _init_weights, _l2_normalise
-from .heads import Heads, Pooler
+from .heads import HeadLogits, Heads, Pooler
 from .layers import DropPath, Mlp, key_padding_mask
 from .text import SelfAttention, TextEmbeddings
 
@@ -181,7 +181,7 @@ class ImageEmbeddings(nn.Module):
         return self.dropout(x + self.position_embeddings.to(x.dtype))
 
 
-class VlmoModel(nn.Module):
+class VlmoModel(HeadLogits, nn.Module):
     """The VLMo model behind the vision-language model protocol (see :mod:`.families`).
 
     Parameters: ``image_embeddings``, ``text_embeddings`` (RoBERTa-style, reused from FIBER's text
@@ -297,22 +297,6 @@ class VlmoModel(nn.Module):
             cls = torch.cat([self._pool_text(text_feats, attention_mask), image_feats[:, 0]], dim=-1)
         return FusionOutput(text_feats, image_feats, cls, text_feats, [])
 
-    # ---- heads -----------------------------------------------------------------------------
-    def itm_logits(self, cls_feats: torch.Tensor) -> torch.Tensor:
-        """[B, 2H] -> [B, 2] (column 1 = match)."""
-        return self.heads.get("itm")(cls_feats)
-
-    def mlm_logits(self, text_feats: torch.Tensor) -> torch.Tensor:
-        """[..., H] -> [..., vocab]."""
-        return self.heads.get("mlm")(text_feats)
-
-    def vqa_logits(self, cls_feats: torch.Tensor) -> torch.Tensor:
-        """[B, 2H] -> [B, num_answers]."""
-        return self.heads.get("vqa")(cls_feats)
-
-    def nlvr2_logits(self, cls_left: torch.Tensor, cls_right: torch.Tensor) -> torch.Tensor:
-        """Two fused passes' cls features [B, 2H] each -> [B, 2]."""
-        return self.heads.get("nlvr2")(torch.cat([cls_left, cls_right], dim=-1))
 
     def _require(self, part: str, head: str) -> None:
         if not hasattr(self, part):

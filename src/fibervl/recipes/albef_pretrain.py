@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..engine.trainer import Trainer, TrainConfig
+from ..engine.trainer import TrainConfig
 from ..experiment import ModelSpec
 from ..tasks.pretrain_albef import AlbefObjectives, AlbefPretrainTask
-from .coarse_pretrain import CaptionData, image_text_setup, special_ids
-from .common import export_model, final_metrics, parse_run_cli
+from .coarse_pretrain import CaptionData, image_text_setup, special_ids, train_and_export
+from .common import parse_run_cli
 
 
 @dataclass
@@ -34,15 +34,7 @@ def run(cfg: AlbefPretrainConfig) -> dict:
     """Pre-train, evaluate ITC retrieval on ``data.eval_split``, export ``run_dir/model``.
     Returns the trainer's summary with the final metrics under ``"eval"``."""
     setup = image_text_setup(cfg.model, cfg.data, cfg.train.precision, "albef")
-    model = setup.model
-    task = AlbefPretrainTask(model, cfg.objectives, special_ids(setup.tokenizer))
-    trainer = Trainer(cfg.train, model, task, setup.train, collate_fn=setup.collate, evaluate=setup.evaluate,
-                      config_snapshot=cfg)
-    summary = trainer.fit()
-    metrics = final_metrics(summary, setup.evaluate, model)
-    export_model(model, cfg.train.run_dir, {"eval_split": cfg.data.eval_split, **metrics})
-    summary["eval"] = metrics
-    return summary
+    return train_and_export(cfg, setup, AlbefPretrainTask(setup.model, cfg.objectives, special_ids(setup.tokenizer)))
 
 
 def _pretrain_command(argv: list[str]) -> int:

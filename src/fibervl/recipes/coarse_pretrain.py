@@ -84,18 +84,24 @@ def special_ids(tokenizer) -> tuple[int, int, int]:
     return tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
 
 
-def run(cfg: CoarseConfig) -> dict:
-    setup = image_text_setup(cfg.model, cfg.data, cfg.train.precision, "fiber")
-    model, mcfg = setup.model, setup.model.config
-    task = CoarsePretrainTask(cfg.objectives, mcfg.hidden_size, mcfg.text.vocab_size, mcfg.text.mask_token_id,
-                              special_ids(setup.tokenizer))
-    trainer = Trainer(cfg.train, model, task, setup.train, collate_fn=setup.collate, evaluate=setup.evaluate,
+def train_and_export(cfg, setup: ImageTextSetup, task) -> dict:
+    """Train ``setup.model`` with ``task`` (``cfg.train``), evaluate once, export
+    ``run_dir/model`` with ``metrics.json``; the trainer's summary with ``"eval"``."""
+    trainer = Trainer(cfg.train, setup.model, task, setup.train, collate_fn=setup.collate, evaluate=setup.evaluate,
                       config_snapshot=cfg)
     summary = trainer.fit()
-    metrics = final_metrics(summary, setup.evaluate, model)
-    export_model(model, cfg.train.run_dir, {"eval_split": cfg.data.eval_split, **metrics})
+    metrics = final_metrics(summary, setup.evaluate, setup.model)
+    export_model(setup.model, cfg.train.run_dir, {"eval_split": cfg.data.eval_split, **metrics})
     summary["eval"] = metrics
     return summary
+
+
+def run(cfg: CoarseConfig) -> dict:
+    setup = image_text_setup(cfg.model, cfg.data, cfg.train.precision, "fiber")
+    mcfg = setup.model.config
+    task = CoarsePretrainTask(cfg.objectives, mcfg.hidden_size, mcfg.text.vocab_size, mcfg.text.mask_token_id,
+                              special_ids(setup.tokenizer))
+    return train_and_export(cfg, setup, task)
 
 
 def _pretrain_command(argv: list[str]) -> int:
