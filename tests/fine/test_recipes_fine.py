@@ -80,6 +80,11 @@ def test_predict_prints_json_and_writes_png(fine_run, shapes_tiny, tmp_path, cap
     assert result["classes"] == ["star", "circle", "heart"] and result["png"] == str(out)
     assert all(d["class"] in result["classes"] and len(d["box"]) == 4 for d in result["detections"])
     assert Image.open(out).size == Image.open(image).size
+    scores = sorted((d["score"] for d in result["detections"]), reverse=True)
+    assert main(["predict", "detect", "--model", model, "--tokenizer", tok, "--image", str(image),
+                 "--classes", "star, circle,heart", "--threshold", "0", "--top", "2", "--out", str(out)]) == 0
+    top = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["detections"]
+    assert sorted((d["score"] for d in top), reverse=True) == scores[:2]  # the two best of the same boxes
     out = tmp_path / "ground.png"
     assert main(["predict", "ground", "--model", model, "--tokenizer", tok, "--image", str(image),
                  "--text", "a red star and a blue circle", "--phrases", "red star,blue circle", "--top-k", "2",
