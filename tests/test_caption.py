@@ -185,3 +185,24 @@ def test_finetune_evaluate_predict_cli(shapes_tiny, tmp_path, capsys):
                  "data.eval_split=test", "data.num_eval=3", "caption.max_length=5"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["eval_split"] == "test" and result["images"] == 3 and 0 <= result["bleu_4"] <= 100
+
+
+def test_best_constant_caption_baseline_picks_the_best_single_sentence():
+    from types import SimpleNamespace
+
+    from fibervl.metrics.caption import caption_scores, constant_caption_cider
+    from fibervl.tasks.caption import best_constant_caption_baseline
+
+    train = SimpleNamespace(images=[{"captions": ["a red star", "a red star", "two shapes"]},
+                                    {"captions": ["a blue circle", "two shapes"]}])
+    refs = {1: ["two shapes", "two shapes on a plain background"], 2: ["two shapes", "a green square"],
+            3: ["a red star", "two shapes"]}
+    evals = SimpleNamespace(images=[{"image_id": k, "captions": v} for k, v in refs.items()])
+    best = best_constant_caption_baseline(train, evals)
+    pool = ["a red star", "two shapes", "a blue circle"]  # every training caption
+    scores = constant_caption_cider(pool, refs)
+    # CIDEr weighs n-grams by rarity: "two shapes", in every image's references, scores ~0
+    assert best == {"caption": "a red star", "cider": max(scores)} and scores[1] < scores[0]
+    # the same numbers as scoring the constant predictions the usual way
+    for caption, score in zip(pool, scores):
+        assert abs(score - caption_scores({k: caption for k in refs}, refs)["cider"]) < 1e-9

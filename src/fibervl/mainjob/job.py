@@ -14,6 +14,7 @@ directory with ``model/``, ``metrics.jsonl`` and ``stage.json``), ``results.json
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -218,7 +219,7 @@ def task_caption(ctx: JobContext, stage_dir: Path) -> dict:
     from ..experiment import ModelSpec
     from ..recipes.caption import CaptionConfig, run
     from ..recipes.coarse_pretrain import CaptionData, caption_reader
-    from ..tasks.caption import CaptionSettings, most_frequent_caption_baseline
+    from ..tasks.caption import CaptionSettings, best_constant_caption_baseline
 
     p = ctx.preset
     data = CaptionData(root=str(ctx.data_root), num_eval=p.num_eval, eval_split=EVAL_SPLIT)
@@ -226,10 +227,14 @@ def task_caption(ctx: JobContext, stage_dir: Path) -> dict:
                         caption=CaptionSettings(beam_size=3, spice=False),
                         train=_resumable(train_config(p.task("caption"), stage_dir, p)))
     m = _finished(run(cfg))["eval"]
-    base = most_frequent_caption_baseline(caption_reader(data, "train"), caption_reader(data, EVAL_SPLIT), limit=p.num_eval)
+    base = best_constant_caption_baseline(caption_reader(data, "train"), caption_reader(data, EVAL_SPLIT),
+                                          limit=p.num_eval)
+    predictions = json.loads((stage_dir / f"predictions_{EVAL_SPLIT}.json").read_text())
     return {"metric": "CIDEr (beam 3)", "value": m["cider"],
-            "baseline": f"the most frequent training caption for every image (\"{base['caption']}\")",
-            "baseline_value": base["cider"], "details": {k: v for k, v in m.items() if isinstance(v, (int, float))}}
+            "baseline": f"the best single training caption given for every image (\"{base['caption']}\")",
+            "baseline_value": base["cider"],
+            "details": {**{k: v for k, v in m.items() if isinstance(v, (int, float))},
+                        "distinct_captions": len({x["caption"] for x in predictions})}}
 
 
 def _fine_task(ctx: JobContext, stage_dir: Path, source: str, evals: tuple[str, ...]) -> dict:

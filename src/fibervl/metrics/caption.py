@@ -42,6 +42,21 @@ def spice_status() -> str | None:
     return None
 
 
+def constant_caption_cider(candidates: list[str], references: dict) -> list[float]:
+    """CIDEr (x100) of giving each candidate sentence for every image of ``references``
+    {image id: [captions]}: one tokenizer pass for all, so scoring many candidates is cheap."""
+    _, Cider, _, _, PTBTokenizer = _require_pycocoevalcap()
+    tok = PTBTokenizer()
+    keys = {k: str(i) for i, k in enumerate(references)}
+    gts = tok.tokenize({keys[k]: [{"caption": c} for c in refs] for k, refs in references.items()})
+    cands = tok.tokenize({str(i): [{"caption": c}] for i, c in enumerate(candidates)})
+    scores = []
+    for i in range(len(candidates)):
+        res = {key: cands[str(i)] for key in gts}
+        scores.append(100 * float(Cider().compute_score(gts, res)[0]))
+    return scores
+
+
 def caption_scores(predictions: dict, references: dict, spice: bool = False) -> dict:
     """Corpus scores of ``predictions`` {image id: caption} against ``references`` {image id:
     [captions]} (every predicted id needs references).

@@ -134,3 +134,22 @@ def most_frequent_caption_baseline(train_reader, eval_reader, limit: int = 0, sp
                              {img["image_id"]: img["captions"] for img in images}, spice=spice)
     metrics["caption"] = best
     return metrics
+
+
+def best_constant_caption_baseline(train_reader, eval_reader, limit: int = 0, candidates: int = 50) -> dict:
+    """The best a captioner that ignores the image can do with one sentence: of the
+    ``candidates`` most frequent training captions, the one whose CIDEr is highest when given
+    for every evaluation image (chosen on the evaluation references themselves, so an upper
+    bound of constant captions). A model must beat it to show that its captions use the image.
+    Returns ``{"caption", "cider"}``."""
+    from ..metrics.caption import constant_caption_cider
+
+    counts: dict[str, int] = {}
+    for img in train_reader.images:
+        for c in img["captions"]:
+            counts[c] = counts.get(c, 0) + 1
+    pool = sorted(counts, key=lambda c: (-counts[c], c))[:candidates]
+    images = eval_reader.images[:limit] if limit else eval_reader.images
+    scores = constant_caption_cider(pool, {img["image_id"]: img["captions"] for img in images})
+    best = max(range(len(pool)), key=lambda i: scores[i])
+    return {"caption": pool[best], "cider": scores[best]}
