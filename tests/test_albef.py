@@ -3,7 +3,6 @@ distillation, training), the recipe, and the fine-tuning tasks with an ALBEF mod
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
@@ -15,7 +14,7 @@ from fibervl.config import ConfigError
 from fibervl.data import ProcessedDataset, Processor, Tokenizer
 from fibervl.data.shapes import ShapesDataset
 from fibervl.data.transforms import eval_transforms
-from fibervl.experiment import ModelSpec, build_task_model
+from fibervl.experiment import ModelSpec, build_task_model, fit_to_tokenizer
 from fibervl.modeling.albef import AlbefConfig, AlbefModel
 from fibervl.modeling.families import all_presets, get_any_preset, load_pretrained, saved_family
 from fibervl.recipes.common import PairCollator
@@ -27,6 +26,7 @@ from fibervl.tasks.pretrain_albef import (
 from fibervl.tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask
 from fibervl.tasks.vqa import VqaCollator, VqaTask
 from fibervl.data import AnswerVocabulary
+from fibervl.testing.training import train_losses
 from fibervl.testing.configs import albef_micro_config
 
 
@@ -275,23 +275,8 @@ def test_alpha_warms_up():
 
 def _albef_for(tokenizer: Tokenizer, **changes) -> AlbefModel:
     cfg = albef_micro_config()
-    text = dataclasses.replace(cfg.text, vocab_size=tokenizer.vocab_size, mask_token_id=tokenizer.mask_token_id,
-                               pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                               eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(0)
-    return AlbefModel(cfg.replace(text=text, **changes))
-
-
-def _losses(model, task, batch, steps=12, lr=2e-3):
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    out = []
-    for _ in range(steps):
-        loss = task.training_step(model, batch)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        out.append(loss.item())
-    return out
+    return AlbefModel(fit_to_tokenizer(cfg, tokenizer).replace(**changes))
 
 
 def test_vqa_nlvr2_and_retrieval_tasks_train_an_albef_model(shapes_tiny):
@@ -300,11 +285,11 @@ def test_vqa_nlvr2_and_retrieval_tasks_train_an_albef_model(shapes_tiny):
     reader = ds.vqa("train")
     vocab = AnswerVocabulary.build(reader, max_size=7)
     items = [ProcessedDataset(reader, Processor(eval_transforms(64)))[i] for i in range(8)]
-    losses = _losses(_albef_for(tok), VqaTask(), VqaCollator(tok, 16, vocab)(items), steps=20)
+    losses = train_losses(_albef_for(tok), VqaTask(), VqaCollator(tok, 16, vocab)(items), steps=20)
     assert losses[-1] < 0.6 * losses[0]
 
     items = [ProcessedDataset(ds.nlvr2("train"), Processor(eval_transforms(64)))[i] for i in range(8)]
-    losses = _losses(_albef_for(tok), Nlvr2Task(), Nlvr2Collator(tok, 16)(items), steps=15)
+    losses = train_losses(_albef_for(tok), Nlvr2Task(), Nlvr2Collator(tok, 16)(items), steps=15)
     assert losses[-1] < 0.5 * losses[0]
 
     model = _albef_for(tok)
@@ -315,7 +300,7 @@ def test_vqa_nlvr2_and_retrieval_tasks_train_an_albef_model(shapes_tiny):
     task = CoarsePretrainTask(CoarseObjectives(mlm=0.0), model.config.embed_dim, tok.vocab_size, tok.mask_token_id,
                               specials)
     torch.manual_seed(0)
-    losses = _losses(model, task, batch, steps=12, lr=5e-4)  # 2e-3 collapses the micro ViT on shapes
+    losses = train_losses(model, task, batch, steps=12, lr=5e-4)  # 2e-3 collapses the micro ViT on shapes
     assert losses[-1] < 0.8 * losses[0]
     # The ITC queue holds embed_dim (24) wide embeddings, not hidden_size (32).
     task = CoarsePretrainTask(CoarseObjectives(mlm=0.0, queue_size=8), model.config.embed_dim, tok.vocab_size,

@@ -3,7 +3,6 @@ rebuilt for a new answer vocabulary, predictions are well formed, and the CLI ru
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
@@ -18,28 +17,15 @@ from fibervl.modeling.fiber import FiberModel
 from fibervl.modeling.pretrained import CheckpointError
 from fibervl.tasks.nlvr2 import Nlvr2Collator, Nlvr2Task
 from fibervl.tasks.vqa import VqaCollator, VqaTask, vocabulary_coverage
+from fibervl.experiment import fit_to_tokenizer
+from fibervl.testing.training import train_losses
 from fibervl.testing.configs import micro_config
 
 
 def _micro_for(tokenizer: Tokenizer, **changes) -> FiberModel:
     cfg = micro_config()
-    text = dataclasses.replace(cfg.text, vocab_size=tokenizer.vocab_size, mask_token_id=tokenizer.mask_token_id,
-                               pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                               eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(0)
-    return FiberModel(cfg.replace(text=text, **changes))
-
-
-def _losses(model, task, batch, steps=12, lr=2e-3):
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    out = []
-    for _ in range(steps):
-        loss = task.training_step(model, batch)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        out.append(loss.item())
-    return out
+    return FiberModel(fit_to_tokenizer(cfg, tokenizer).replace(**changes))
 
 
 def test_vqa_loss_falls_and_counts_out_of_vocabulary(shapes_tiny):
@@ -55,7 +41,7 @@ def test_vqa_loss_falls_and_counts_out_of_vocabulary(shapes_tiny):
     assert batch["targets"].shape == (8, 5)
     first = VqaTask().training_step(model, batch)
     assert 0 <= first["oov"] <= 1 and first["oov"] == 1 - batch["in_vocab"].float().mean()
-    losses = _losses(model, VqaTask(), batch, steps=20)
+    losses = train_losses(model, VqaTask(), batch, steps=20)
     assert losses[-1] < 0.6 * losses[0]
 
 
@@ -65,7 +51,7 @@ def test_nlvr2_loss_falls(shapes_tiny):
     items = [ProcessedDataset(ds.nlvr2("train"), Processor(eval_transforms(64)))[i] for i in range(8)]
     batch = Nlvr2Collator(tok, 16)(items)
     assert batch["images2"].shape == batch["images"].shape and batch["labels"].shape == (8,)
-    losses = _losses(_micro_for(tok), Nlvr2Task(), batch, steps=15)
+    losses = train_losses(_micro_for(tok), Nlvr2Task(), batch, steps=15)
     assert losses[-1] < 0.5 * losses[0]
 
 

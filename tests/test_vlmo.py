@@ -3,7 +3,6 @@ real freezing, save/load, the recipe end to end and the fine-tuning tasks with a
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
@@ -14,6 +13,7 @@ from fibervl.data import AnswerVocabulary, ProcessedDataset, Processor, Tokenize
 from fibervl.data.shapes import ShapesDataset
 from fibervl.data.transforms import eval_transforms
 from fibervl.engine.optim import OptimConfig, build_optimizer
+from fibervl.experiment import fit_to_tokenizer
 from fibervl.modeling.families import get_any_preset, load_pretrained, saved_family
 from fibervl.modeling.vlmo import VlmoConfig, VlmoModel, VlmoVisionConfig
 from fibervl.tasks.nlvr2 import Nlvr2Collator, Nlvr2Task
@@ -30,12 +30,6 @@ def micro_vlmo(**changes) -> VlmoConfig:
                       hidden_size=32, num_layers=4, num_heads=2, intermediate_size=64, vl_layers=2,
                       drop_path_rate=0.0, vqa_num_answers=7)
     return base.replace(**changes)
-
-
-def _for_tokenizer(cfg: VlmoConfig, tok: Tokenizer) -> VlmoConfig:
-    text = dataclasses.replace(cfg.text, vocab_size=tok.vocab_size, mask_token_id=tok.mask_token_id,
-                               pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    return cfg.replace(text=text)
 
 
 @pytest.fixture
@@ -273,7 +267,7 @@ def test_vqa_and_nlvr2_steps_with_a_vlmo_model(shapes_tiny):
     tok = Tokenizer.from_pretrained(ds.tokenizer_dir)
     vocab = AnswerVocabulary.build(ds.vqa("train"), max_size=5)
     torch.manual_seed(0)
-    model = VlmoModel(_for_tokenizer(micro_vlmo(vqa_num_answers=len(vocab)), tok))
+    model = VlmoModel(fit_to_tokenizer(micro_vlmo(vqa_num_answers=len(vocab)), tok))
     items = [ProcessedDataset(ds.vqa("train"), Processor(eval_transforms(32)))[i] for i in range(4)]
     _, losses = _train(model, VqaTask(), VqaCollator(tok, 16, vocab)(items), steps=8, lr=2e-3)
     assert losses[-1] < losses[0]

@@ -51,14 +51,17 @@ def model_config(spec: ModelSpec, tokenizer: Tokenizer) -> FiberConfig:
         config = load_config(spec.preset)
     else:
         config = get_any_preset(spec.preset)
+    config = fit_to_tokenizer(config, tokenizer)
+    return config.replace(heads=tuple(spec.heads)) if spec.heads else config
+
+
+def fit_to_tokenizer(config, tokenizer: Tokenizer):
+    """``config`` (any family's) with the text vocabulary size and special ids of ``tokenizer``."""
     text = dataclasses.replace(
         config.text, vocab_size=tokenizer.vocab_size, mask_token_id=tokenizer.mask_token_id,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
     )
-    changes = {"text": text}
-    if spec.heads:
-        changes["heads"] = tuple(spec.heads)
-    return config.replace(**changes)
+    return config.replace(text=text)
 
 
 def build_model(spec: ModelSpec, tokenizer: Tokenizer) -> FiberModel:

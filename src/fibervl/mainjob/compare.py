@@ -49,7 +49,8 @@ def family_row(family: str, out: Path, results: dict) -> dict:
     model_dir = out / "stages" / ("coarse" if family == "fiber" else "pretrain") / "model"
     model = load_pretrained(model_dir)
     params = sum(p.numel() for p in model.parameters())
-    fusion = sum(model.fusion_parameters().values()) - model.fusion_parameters().get("caption_proj", 0)
+    parts = model.fusion_parameters()
+    fusion = sum(v for k, v in parts.items() if k != "caption_proj")  # FIBER's caption projection is not fusion
     row = {
         "family": family, "model": model.config.name, "parameters": params, "fusion_parameters": fusion,
         "fused_pair_gflops": fused_pair_flops(model, model.config.vision.image_size) / 1e9,

@@ -54,19 +54,15 @@ class JobContext:
 
 def train_config(plan: StagePlan, run_dir: Path, preset: JobPreset, lr_multipliers: dict | None = None) -> TrainConfig:
     """The engine settings of one stage: linear warm-up then the plan's schedule, gradient
-    clipping, a checkpoint half way and at the end (an interrupted stage resumes from it)."""
+    clipping, a checkpoint half way and at the end; ``resume=auto``: a stage interrupted after
+    a checkpoint continues from it."""
     return TrainConfig(
         run_dir=str(run_dir), max_steps=plan.steps, batch_size=plan.batch_size, precision=plan.precision,
         device=preset.device, num_workers=preset.workers, clip_grad_norm=1.0, log_every=max(1, min(25, plan.steps // 4)),
-        ckpt_every=max(1, plan.steps // 2), keep_last=1, eval_every=None, progress_bar=False,
+        ckpt_every=max(1, plan.steps // 2), keep_last=1, eval_every=None, progress_bar=False, resume="auto",
         optim=OptimConfig(lr=plan.lr, weight_decay=0.01, lr_multipliers=dict(lr_multipliers or {})),
         schedule=ScheduleConfig(name=plan.schedule, warmup=float(min(plan.warmup, max(1, plan.steps // 5)))),
     )
-
-
-def _resumable(cfg: TrainConfig) -> TrainConfig:
-    """A stage interrupted after a checkpoint continues from it (the engine's ``resume=auto``)."""
-    return dataclasses.replace(cfg, resume="auto")
 
 
 def _finished(summary: dict) -> dict:
@@ -99,7 +95,7 @@ def stage_coarse_itc(ctx: JobContext, stage_dir: Path) -> dict:
     p = ctx.preset
     plan = dataclasses.replace(p.coarse, steps=p.itc_steps, schedule="constant")
     cfg = CoarseConfig(model=ModelSpec(preset=p.model), data=CaptionData(root=str(ctx.data_root), num_eval=p.num_eval),
-                       objectives=CoarseObjectives(itm=0.0, mlm=0.0), train=_resumable(train_config(plan, stage_dir, p)))
+                       objectives=CoarseObjectives(itm=0.0, mlm=0.0), train=train_config(plan, stage_dir, p))
     return {"eval": _finished(run(cfg))["eval"]}
 
 
@@ -112,7 +108,7 @@ def stage_coarse(ctx: JobContext, stage_dir: Path) -> dict:
     init = ctx.stage_model("coarse-itc") if p.itc_steps else ""
     cfg = CoarseConfig(model=ModelSpec(preset=p.model, init=init),
                        data=CaptionData(root=str(ctx.data_root), num_eval=p.num_eval),
-                       objectives=CoarseObjectives(), train=_resumable(train_config(p.coarse, stage_dir, p, FUSED_MULTIPLIERS)))
+                       objectives=CoarseObjectives(), train=train_config(p.coarse, stage_dir, p, FUSED_MULTIPLIERS))
     return {"eval": _finished(run(cfg))["eval"]}
 
 
@@ -123,7 +119,7 @@ def stage_fine(ctx: JobContext, stage_dir: Path) -> dict:
     p = ctx.preset
     cfg = FineConfig(model=ModelSpec(preset=p.fine_model, init=ctx.stage_model("coarse")),
                      data=FineData(root=str(ctx.data_root), num_eval=p.num_eval, eval_split=EVAL_SPLIT),
-                     train=_resumable(train_config(p.fine, stage_dir, p, {"detector.": 3.0})))
+                     train=train_config(p.fine, stage_dir, p, {"detector.": 3.0}))
     summary = _finished(run(cfg, eval_which=()))
     return {"init_new": len(summary["init_report"]["new"]), "init_unused": len(summary["init_report"]["unused"])}
 
@@ -141,7 +137,7 @@ def stage_albef_pretrain(ctx: JobContext, stage_dir: Path) -> dict:
     cfg = AlbefPretrainConfig(model=ModelSpec(preset=p.family_models["albef"]),
                               data=CaptionData(root=str(ctx.data_root), num_eval=p.num_eval),
                               objectives=AlbefObjectives(queue_size=1024, alpha_warmup_steps=max(1, plan.steps // 3)),
-                              train=_resumable(train_config(plan, stage_dir, p, {"heads.": 5.0, ".cross.": 5.0})))
+                              train=train_config(plan, stage_dir, p, {"heads.": 5.0, ".cross.": 5.0}))
     return {"eval": _finished(run(cfg))["eval"]}
 
 
@@ -158,7 +154,7 @@ def stage_vlmo_pretrain(ctx: JobContext, stage_dir: Path) -> dict:
                              data=CaptionData(root=str(ctx.data_root), num_eval=p.num_eval),
                              stages=StageSettings(mim_steps=unimodal, text_steps=unimodal,
                                                   vl_steps=p.itc_steps + p.coarse.steps),
-                             train=_resumable(train_config(p.coarse, stage_dir, p, {"heads.": 5.0})))
+                             train=train_config(p.coarse, stage_dir, p, {"heads.": 5.0}))
     summary = run(cfg)
     for stage in summary["stages"].values():
         _finished(stage)
@@ -169,6 +165,7 @@ def stage_vlmo_pretrain(ctx: JobContext, stage_dir: Path) -> dict:
 
 def task_retrieval(ctx: JobContext, stage_dir: Path) -> dict:
     from ..experiment import ModelSpec
+    from ..metrics.retrieval import chance_recall
     from ..recipes.coarse_pretrain import CaptionData
     from ..recipes.retrieval import RetrievalConfig, RetrievalEval, run
 
@@ -176,10 +173,11 @@ def task_retrieval(ctx: JobContext, stage_dir: Path) -> dict:
     cfg = RetrievalConfig(model=ModelSpec(init=ctx.pretrained),
                           data=CaptionData(root=str(ctx.data_root), num_eval=p.num_eval, eval_split=EVAL_SPLIT),
                           eval=RetrievalEval(rerank_k=8),
-                          train=_resumable(train_config(p.task("retrieval"), stage_dir, p, FUSED_MULTIPLIERS)))
+                          train=train_config(p.task("retrieval"), stage_dir, p, FUSED_MULTIPLIERS))
     m = _finished(run(cfg))["eval"]
     value = (m["rerank_i2t_r1"] + m["rerank_t2i_r1"]) / 2
-    chance = (100.0 * 5 / m["texts"] + 100.0 / m["images"]) / 2  # 5 captions per image: i2t hits any of them
+    c = chance_recall(int(m["images"]), int(m["texts"]), m["texts"] / m["images"])
+    chance = (c["i2t_r1"] + c["t2i_r1"]) / 2
     return {"metric": "R@1, mean of image->text and text->image (ITC top-8 re-ranked by ITM, %)",
             "value": value, "baseline": "chance (random ranking)", "baseline_value": chance, "details": m}
 
@@ -191,7 +189,7 @@ def task_vqa(ctx: JobContext, stage_dir: Path) -> dict:
     p = ctx.preset
     cfg = VqaConfig(model=ModelSpec(init=ctx.pretrained),
                     data=VqaData(root=str(ctx.data_root), num_eval=p.num_eval * 6, eval_split=EVAL_SPLIT),
-                    train=_resumable(train_config(p.task("vqa"), stage_dir, p, TASK_MULTIPLIERS)))
+                    train=train_config(p.task("vqa"), stage_dir, p, TASK_MULTIPLIERS))
     m = _finished(run(cfg))["eval"]
     b = shapes_baselines(ctx.data_root, EVAL_SPLIT)["vqa"]["all"]
     prior = max(b["text_only_prior"], b["prefix_prior"])
@@ -207,7 +205,7 @@ def task_nlvr2(ctx: JobContext, stage_dir: Path) -> dict:
     p = ctx.preset
     cfg = Nlvr2Config(model=ModelSpec(init=ctx.pretrained),
                       data=Nlvr2Data(root=str(ctx.data_root), num_eval=p.num_eval, eval_split=EVAL_SPLIT),
-                      train=_resumable(train_config(p.task("nlvr2"), stage_dir, p, TASK_MULTIPLIERS)))
+                      train=train_config(p.task("nlvr2"), stage_dir, p, TASK_MULTIPLIERS))
     m = _finished(run(cfg))["eval"]
     b = shapes_baselines(ctx.data_root, EVAL_SPLIT)["nlvr2"]
     best = max(b["chance"], b["majority"], b["prefix_prior"], b["text_only_prior"])
@@ -225,7 +223,7 @@ def task_caption(ctx: JobContext, stage_dir: Path) -> dict:
     data = CaptionData(root=str(ctx.data_root), num_eval=p.num_eval, eval_split=EVAL_SPLIT)
     cfg = CaptionConfig(model=ModelSpec(init=ctx.pretrained), data=data,
                         caption=CaptionSettings(beam_size=3, spice=False),
-                        train=_resumable(train_config(p.task("caption"), stage_dir, p)))
+                        train=train_config(p.task("caption"), stage_dir, p))
     m = _finished(run(cfg))["eval"]
     base = best_constant_caption_baseline(caption_reader(data, "train"), caption_reader(data, EVAL_SPLIT),
                                           limit=p.num_eval)
@@ -245,7 +243,7 @@ def _fine_task(ctx: JobContext, stage_dir: Path, source: str, evals: tuple[str, 
     switches = {s: s == source for s in ("grounding", "refexp", "detection")}
     cfg = FineConfig(model=ModelSpec(preset=p.fine_model, init=ctx.stage_model("fine")),
                      data=FineData(root=str(ctx.data_root), num_eval=p.num_eval, eval_split=EVAL_SPLIT, **switches),
-                     train=_resumable(train_config(p.task(source), stage_dir, p, {"detector.": 3.0})))
+                     train=train_config(p.task(source), stage_dir, p, {"detector.": 3.0}))
     return _finished(run(cfg, eval_which=evals))["eval"]
 
 

@@ -77,7 +77,8 @@ def grounding_and_detection(ctx, figures: Path) -> dict[str, str]:
     if panels:
         out["phrase grounding: the top box of each phrase on test images"] = str(
             _grid(panels, 3, figures / "grounding.png").relative_to(ctx.out))
-    names = ",".join(shapes.detection("test").categories[c] for c in sorted(shapes.detection("test").categories))
+    categories = shapes.detection("test").categories
+    names = ",".join(categories[c] for c in sorted(categories))
     panels = []
     for k, img in enumerate(shapes.captions("test").images[:NUM_EXAMPLES]):
         png = work / f"detect_{k}.png"
