@@ -151,6 +151,10 @@ class FiberConfig(SerializableConfig):
     ``text_pooling``: which text state the poolers read: "first" (token 0, the official model) or
     "mean" (mean over real tokens). From scratch, token 0 of a small text encoder barely depends on
     the other tokens at initialisation and contrastive training collapses; "mean" avoids that.
+
+    ``image_pooling``: how the poolers reduce the final image tokens: "mean" (the official model)
+    or "max" (per channel). A few small objects on a plain background are a few percent of the
+    tokens, and a mean dilutes them (docs/results.md measures it).
     """
 
     vision: SwinConfig = field(default_factory=SwinConfig)
@@ -163,6 +167,7 @@ class FiberConfig(SerializableConfig):
     mlm_layer_norm_eps: float = 1e-12
     itc_temperature: float = 0.07
     text_pooling: str = "first"
+    image_pooling: str = "mean"
     detection: DetectionConfig | None = None
     name: str = "custom"
 
@@ -197,6 +202,8 @@ class FiberConfig(SerializableConfig):
             )
         if self.text_pooling not in ("first", "mean"):
             raise ConfigError(f"text_pooling must be 'first' or 'mean', got {self.text_pooling!r}")
+        if self.image_pooling not in ("mean", "max"):
+            raise ConfigError(f"image_pooling must be 'mean' or 'max', got {self.image_pooling!r}")
         if self.detection is not None:
             if len(v.feature_norms) != 3:
                 raise ConfigError(f"detection needs 3 backbone feature maps (vision.feature_norms), got {v.feature_norms}")

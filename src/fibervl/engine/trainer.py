@@ -40,6 +40,7 @@ from . import distributed as D
 from .config import save_config, to_dict
 from .ema import ModelEMA
 from .logger import RunLogger
+from .precision import autocast, resolve_precision
 from .optim import OptimConfig, ScheduleConfig, build_optimizer, build_scheduler
 from .rng import get_rng_state, preserved_rng, seed_everything, set_rng_state
 from .sampler import ResumableDistributedSampler
@@ -60,7 +61,7 @@ class TrainConfig:
     num_workers: int = 0
     shuffle: bool = True
     drop_last: bool = True
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
     clip_grad_norm: Optional[float] = None
     ema_decay: Optional[float] = None
     ema_warmup: bool = False
@@ -193,7 +194,8 @@ class Trainer:
         self.loader_len = self._epoch_len()
         self.total_steps = self._total_steps()
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.total_steps)
-        if cfg.precision == "fp16":
+        self.precision = resolve_precision(cfg.precision, self.device)
+        if self.precision == "fp16":
             self.scaler: Optional[torch.amp.GradScaler] = torch.amp.GradScaler(self.device.type)
         else:
             self.scaler = None
@@ -438,10 +440,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def _autocast(self):
-        if self.cfg.precision == "fp32":
-            return nullcontext()
-        dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return autocast(self.precision, self.device)
 
     def _micro_step(self, batch: Any, scale: float, sync: bool) -> dict[str, float]:
         batch = move_to_device(batch, self.device)
@@ -497,8 +496,9 @@ class Trainer:
             if resume_path is not None:
                 self._restore(resume_path)
             else:
-                self.logger.info("starting a new run in %s (%d steps, world size %d, device %s)",
-                                 self.run_dir, self.total_steps, self.world, self.device)
+                self.logger.info("starting a new run in %s (%d steps, world size %d, device %s, precision %s%s)",
+                                 self.run_dir, self.total_steps, self.world, self.device, self.precision,
+                                 " (auto)" if self.cfg.precision == "auto" else "")
             self.logger.set_step(self.step)
             old_handlers = self._install_signal_handlers()
             try:

@@ -32,7 +32,7 @@ class StagePlan:
     lr: float = 3e-4
     warmup: int = 20
     schedule: str = "linear"
-    precision: str = "bf16"
+    precision: str = "auto"
 
 
 @dataclass(frozen=True)

@@ -151,7 +151,7 @@ class FiberModel(HeadLogits, nn.Module):
         x = self.vision(images)[-1].flatten(1, 2)
         if self.vision.norm is not None:
             x = self.vision.norm(x)
-        return _l2_normalise(cm.itc_image_pooler(cm.itc_image_transform(x).mean(dim=1)))
+        return _l2_normalise(cm.itc_image_pooler(self._pool_image(cm.itc_image_transform(x))))
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """[B, T] -> [B, H] L2-normalised ITC text embedding. No cross-attention runs."""
@@ -172,6 +172,12 @@ class FiberModel(HeadLogits, nn.Module):
         weights = attention_mask.to(feats.dtype)[..., None]
         return (feats * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
+    def _pool_image(self, feats: torch.Tensor) -> torch.Tensor:
+        """[B, N, H] -> [B, H]: the mean over image tokens, or the per-channel max (``config.image_pooling``)."""
+        if self.config.image_pooling == "max":
+            return feats.amax(dim=1)
+        return feats.mean(dim=1)
+
     # ---- fusion encoder ------------------------------------------------------------------
     def fuse(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> FusionOutput:
         """Fusion-mode forward. images [B, 3, H, W]; input_ids, attention_mask [B, T]."""
@@ -181,7 +187,7 @@ class FiberModel(HeadLogits, nn.Module):
         text_feats = cm.text_transform(text_hidden)
         image_feats = cm.image_transform(image_stages[-1].flatten(1, 2))
         cls = torch.cat([cm.text_pooler(self._pool_text(text_feats, attention_mask)),
-                         cm.image_pooler(image_feats.mean(dim=1))], dim=-1)
+                         cm.image_pooler(self._pool_image(image_feats))], dim=-1)
         return FusionOutput(text_feats, image_feats, cls, text_hidden, image_stages)
 
     def fuse_backbones(

@@ -33,7 +33,7 @@ class AlbefPretrainConfig:
 def run(cfg: AlbefPretrainConfig) -> dict:
     """Pre-train, evaluate ITC retrieval on ``data.eval_split``, export ``run_dir/model``.
     Returns the trainer's summary with the final metrics under ``"eval"``."""
-    setup = image_text_setup(cfg.model, cfg.data, cfg.train.precision, "albef")
+    setup = image_text_setup(cfg.model, cfg.data, cfg.train, "albef")
     return train_and_export(cfg, setup, AlbefPretrainTask(setup.model, cfg.objectives, special_ids(setup.tokenizer)))
 
 

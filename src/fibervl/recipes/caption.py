@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..engine.precision import uses_bf16
 from ..data import ProcessedDataset, Processor
 from ..data.transforms import train_transforms
 from ..engine import distributed as D
@@ -57,7 +58,7 @@ def run(cfg: CaptionConfig) -> dict:
     max_len = cfg.data.max_text_len or mcfg.text.max_text_len
     train = ProcessedDataset(caption_reader(cfg.data, cfg.data.train_split), Processor(train_transforms(image_size)))
     eval_reader = caption_reader(cfg.data, cfg.data.eval_split)
-    bf16 = cfg.train.precision == "bf16"
+    bf16 = uses_bf16(cfg.train.precision, cfg.train.device)
     decode = cfg.caption.decode_config()
     last: dict = {}  # the latest evaluation in full (step, metrics, predictions)
 

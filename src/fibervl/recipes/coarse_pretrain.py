@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from ..data import KarpathyCaptions, ProcessedDataset, Processor
 from ..data.shapes import ShapesDataset
 from ..data.transforms import train_transforms
+from ..engine.precision import uses_bf16
 from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import DataSpec, ModelSpec, build_model, load_tokenizer
 from ..tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask
@@ -59,7 +60,7 @@ class ImageTextSetup:
     evaluate: object
 
 
-def image_text_setup(model_spec: ModelSpec, data: CaptionData, precision: str, family: str) -> ImageTextSetup:
+def image_text_setup(model_spec: ModelSpec, data: CaptionData, train: TrainConfig, family: str) -> ImageTextSetup:
     """Build :class:`ImageTextSetup`; the model must be of ``family`` (the recipe's own)."""
     tokenizer = load_tokenizer(data)
     model = build_model(model_spec, tokenizer)
@@ -71,7 +72,7 @@ def image_text_setup(model_spec: ModelSpec, data: CaptionData, precision: str, f
     max_len = data.max_text_len or mcfg.text.max_text_len
     train = ProcessedDataset(caption_reader(data, data.train_split), Processor(train_transforms(image_size)))
     eval_reader = caption_reader(data, data.eval_split)
-    bf16 = precision == "bf16"
+    bf16 = uses_bf16(train.precision, train.device)
 
     def evaluate(m) -> dict[str, float]:
         return evaluate_itc_retrieval(m, tokenizer, eval_reader, image_size, max_len, limit=data.num_eval, bf16=bf16)
@@ -97,7 +98,7 @@ def train_and_export(cfg, setup: ImageTextSetup, task) -> dict:
 
 
 def run(cfg: CoarseConfig) -> dict:
-    setup = image_text_setup(cfg.model, cfg.data, cfg.train.precision, "fiber")
+    setup = image_text_setup(cfg.model, cfg.data, cfg.train, "fiber")
     mcfg = setup.model.config
     task = CoarsePretrainTask(cfg.objectives, mcfg.hidden_size, mcfg.text.vocab_size, mcfg.text.mask_token_id,
                               special_ids(setup.tokenizer))

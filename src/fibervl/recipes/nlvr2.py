@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..engine.precision import uses_bf16
 from ..data import Nlvr2Reader, ProcessedDataset, Processor, Sample
 from ..data.shapes import ShapesDataset
 from ..data.transforms import train_transforms
@@ -73,7 +74,7 @@ def run(cfg: Nlvr2Config) -> dict:
     train_reader = nlvr2_reader(cfg.data, cfg.data.train_split)
     warn_truncated(tokenizer, (s.text for s in train_reader), max_len, "training statements")
     eval_samples = _eval_samples(cfg, cfg.data.eval_split)
-    bf16 = cfg.train.precision == "bf16"
+    bf16 = uses_bf16(cfg.train.precision, cfg.train.device)
 
     def evaluate(m) -> dict[str, float]:
         return evaluate_nlvr2(m, tokenizer, eval_samples, image_size, max_len, bf16=bf16)
@@ -106,7 +107,7 @@ def _evaluate(argv: list[str]) -> int:
     model, tokenizer, _ = load_model_dir(cfg.model.init)
     image_size, max_len = _sizes(cfg, model)
     metrics = evaluate_nlvr2(model, tokenizer, _eval_samples(cfg, cfg.data.eval_split), image_size, max_len,
-                             bf16=cfg.train.precision == "bf16")
+                             bf16=uses_bf16(cfg.train.precision, cfg.train.device))
     _print({"split": cfg.data.eval_split, **metrics})
     return 0
 

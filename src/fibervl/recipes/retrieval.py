@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..engine.precision import uses_bf16
 from ..data import ProcessedDataset, Processor
 from ..data.transforms import train_transforms
 from ..engine.trainer import Trainer, TrainConfig
@@ -64,7 +65,7 @@ def evaluate(cfg: RetrievalConfig, model, tokenizer, split: str | None = None) -
     image_size, max_len = _sizes(cfg, model)
     return evaluate_retrieval(model, tokenizer, caption_reader(cfg.data, split or cfg.data.eval_split), image_size, max_len,
                               limit=cfg.data.num_eval, rerank_k=cfg.eval.rerank_k, use_faiss=cfg.eval.faiss,
-                              itm_batch_size=cfg.eval.itm_batch_size, bf16=cfg.train.precision == "bf16")
+                              itm_batch_size=cfg.eval.itm_batch_size, bf16=uses_bf16(cfg.train.precision, cfg.train.device))
 
 
 def run(cfg: RetrievalConfig) -> dict:
@@ -79,7 +80,7 @@ def run(cfg: RetrievalConfig) -> dict:
     mcfg = model.config
     train = ProcessedDataset(caption_reader(cfg.data, cfg.data.train_split), Processor(train_transforms(image_size)))
     eval_reader = caption_reader(cfg.data, cfg.data.eval_split)
-    bf16 = cfg.train.precision == "bf16"
+    bf16 = uses_bf16(cfg.train.precision, cfg.train.device)
 
     def periodic(m) -> dict[str, float]:  # cheap during training: dual encoder only
         return evaluate_itc_retrieval(m, tokenizer, eval_reader, image_size, max_len, limit=cfg.data.num_eval, bf16=bf16)

@@ -87,7 +87,7 @@ def run(cfg: VlmoPretrainConfig) -> dict:
     steps = {s: getattr(cfg.stages, f"{s}_steps") for s in STAGES}
     if any(n < 0 for n in steps.values()) or not any(steps.values()):
         raise ValueError(f"stage steps must be >= 0 with at least one > 0, got {steps}")
-    setup = image_text_setup(cfg.model, cfg.data, cfg.train.precision, "vlmo")
+    setup = image_text_setup(cfg.model, cfg.data, cfg.train, "vlmo")
     tokenizer, model, evaluate = setup.tokenizer, setup.model, setup.evaluate
     mcfg = model.config
 

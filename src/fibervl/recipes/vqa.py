@@ -22,6 +22,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..engine.precision import uses_bf16
 from ..data import AnswerVocabulary, ProcessedDataset, Processor, VqaReader
 from ..data.readers.vqa import VQAV2_IMAGE_TEMPLATE
 from ..data.shapes import ShapesDataset
@@ -100,7 +101,7 @@ def run(cfg: VqaConfig) -> dict:
     image_size, max_len = _sizes(cfg, model)
     warn_truncated(tokenizer, (s.text for s in train_reader), max_len, "training questions")
     eval_samples = _eval_samples(cfg, cfg.data.eval_split)
-    bf16 = cfg.train.precision == "bf16"
+    bf16 = uses_bf16(cfg.train.precision, cfg.train.device)
 
     def evaluate(m) -> dict[str, float]:
         return evaluate_vqa(m, tokenizer, vocab, eval_samples, image_size, max_len, bf16=bf16)[0]
@@ -144,7 +145,7 @@ def _evaluate(argv: list[str]) -> int:
     image_size, max_len = _sizes(cfg, model)
     samples = _eval_samples(cfg, cfg.data.eval_split)
     metrics, predictions = evaluate_vqa(model, tokenizer, vocab, samples, image_size, max_len,
-                                        bf16=cfg.train.precision == "bf16")
+                                        bf16=uses_bf16(cfg.train.precision, cfg.train.device))
     if cfg.results:
         write_vqa_results(predictions, cfg.results)
     _print({"split": cfg.data.eval_split, **metrics})

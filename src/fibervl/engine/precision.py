@@ -1,0 +1,103 @@
+"""Which autocast precision a run uses.
+
+``precision`` in a run's config is "fp32", "bf16", "fp16" or "auto". "auto" (the presets' and the
+shipped configs' choice) takes bf16 where bf16 matmuls are fast and fp32 elsewhere, because the
+difference is not a few percent: on a CPU with AVX512-BF16 or AMX, bf16 autocast trains 2-2.5x
+faster than fp32; on a CPU without them (e.g. AVX2-only or plain AVX), PyTorch falls back to a
+bf16 matmul hundreds of times slower than fp32 (0.26 against 91 GFLOP/s, measured on such a
+machine), and a bf16 run would take hours instead of minutes.
+
+On CUDA the answer is ``torch.cuda.is_bf16_supported()``. On the CPU it is measured once per
+process: a 256 x 512 x 512 matmul in both precisions (a few milliseconds where bf16 is fast, about
+0.3 s where it is not). The environment variable ``FIBERVL_AUTO_PRECISION`` (fp32 or bf16)
+overrides the measurement, e.g. to make timings comparable across machines.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from contextlib import nullcontext
+
+import torch
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+ENV_OVERRIDE = "FIBERVL_AUTO_PRECISION"
+# bf16 must be at least this much faster than fp32 to be chosen on the CPU: a bf16 step also
+# converts weights and activations, so a matmul merely as fast as fp32 makes the step slower.
+_MIN_CPU_SPEEDUP = 1.3
+
+
+def _median_seconds(fn, runs: int = 5) -> float:
+    fn()  # warm-up: the first call picks a kernel
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_speedup() -> float:
+    """fp32 time / bf16 time of a 256 x 512 x 512 matmul on this CPU (> 1: bf16 is faster)."""
+    a, b = torch.randn(256, 512), torch.randn(512, 512)
+    fp32 = _median_seconds(lambda: a @ b)
+    a16, b16 = a.bfloat16(), b.bfloat16()
+    # One bf16 call first: where bf16 is emulated it takes ~0.05 s, and then one run is enough.
+    start = time.perf_counter()
+    a16 @ b16
+    if time.perf_counter() - start > 50 * fp32 + 0.01:
+        return fp32 / (time.perf_counter() - start)
+    return fp32 / _median_seconds(lambda: a16 @ b16)
+
+
+def bf16_is_fast(device: torch.device | str) -> bool:
+    """Whether bf16 autocast speeds up training on ``device`` (see the module docstring)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return cpu_bf16_speedup() >= _MIN_CPU_SPEEDUP
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """The precision a run with ``precision`` uses on ``device``: "auto" becomes "bf16" or
+    "fp32"; an explicit value is kept (explicit bf16 on a CPU where it is slow is logged)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        forced = os.environ.get(ENV_OVERRIDE, "").strip()
+        if forced:
+            if forced not in ("fp32", "bf16"):
+                raise ValueError(f"{ENV_OVERRIDE} must be fp32 or bf16, got {forced!r}")
+            return forced
+        return "bf16" if bf16_is_fast(device) else "fp32"
+    if precision == "bf16" and torch.device(device).type == "cpu" and not bf16_is_fast(device):
+        log.warning("precision=bf16 on a CPU where bf16 matmuls are %.3gx the speed of fp32: training will be "
+                    "slow; precision=auto chooses fp32 here", cpu_bf16_speedup())
+    return precision
+
+
+def default_device(device: str = "auto") -> torch.device:
+    """A run's device setting ("auto", "cpu", "cuda", "cuda:1") as a device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def uses_bf16(precision: str, device: str | torch.device = "auto") -> bool:
+    """Whether a run configured with ``precision`` on ``device`` evaluates under bf16 autocast."""
+    dev = default_device(device) if isinstance(device, str) else device
+    return resolve_precision(precision, dev) == "bf16"
+
+
+def autocast(precision: str, device: torch.device):
+    """The autocast context of a resolved ``precision`` ("fp32": none)."""
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)

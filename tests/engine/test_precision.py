@@ -1,0 +1,71 @@
+"""precision=auto: bf16 where bf16 matmuls are fast, fp32 where the CPU emulates bf16."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine_toys import RegressionData, RegressionTask, ToyModel
+from fibervl.engine import precision as P
+from fibervl.engine.optim import OptimConfig, ScheduleConfig
+from fibervl.engine.trainer import Trainer, TrainConfig
+
+
+@pytest.fixture
+def cpu_speedup(monkeypatch):
+    """Pretend the CPU's bf16 / fp32 matmul speed ratio is the given value."""
+    monkeypatch.delenv(P.ENV_OVERRIDE, raising=False)
+
+    def set_speedup(value: float) -> None:
+        monkeypatch.setattr(P, "cpu_bf16_speedup", lambda: value)
+
+    return set_speedup
+
+
+@pytest.mark.parametrize("speedup, expected", [(4.2, "bf16"), (1.0, "fp32"), (0.003, "fp32")])
+def test_auto_follows_the_measured_speed(cpu_speedup, speedup, expected):
+    cpu_speedup(speedup)
+    assert P.resolve_precision("auto", "cpu") == expected
+    assert P.uses_bf16("auto", "cpu") is (expected == "bf16")
+
+
+def test_explicit_precisions_are_kept_and_slow_bf16_is_logged(cpu_speedup, caplog):
+    cpu_speedup(0.003)
+    for precision in ("fp32", "bf16", "fp16"):
+        assert P.resolve_precision(precision, "cpu") == precision
+    assert "precision=auto chooses fp32" in caplog.text
+
+
+def test_environment_overrides_auto_and_bad_values_are_errors(cpu_speedup, monkeypatch):
+    cpu_speedup(0.003)
+    monkeypatch.setenv(P.ENV_OVERRIDE, "bf16")
+    assert P.resolve_precision("auto", "cpu") == "bf16"
+    monkeypatch.setenv(P.ENV_OVERRIDE, "fp8")
+    with pytest.raises(ValueError, match="FIBERVL_AUTO_PRECISION"):
+        P.resolve_precision("auto", "cpu")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        P.resolve_precision("half", "cpu")
+
+
+def test_the_measurement_is_a_positive_ratio():
+    ratio = P.cpu_bf16_speedup()
+    assert ratio > 0 and P.cpu_bf16_speedup() == ratio  # measured once, then cached
+
+
+@pytest.mark.parametrize("speedup, dtype", [(4.2, torch.bfloat16), (0.003, torch.float32)])
+def test_trainer_resolves_auto(tmp_path: Path, cpu_speedup, speedup, dtype):
+    cpu_speedup(speedup)
+    seen = {}
+
+    class RecordDtype(RegressionTask):
+        def training_step(self, model, batch):
+            seen["dtype"] = model.backbone(batch["x"]).dtype
+            return super().training_step(model, batch)
+
+    cfg = TrainConfig(run_dir=str(tmp_path / "run"), max_steps=2, batch_size=4, precision="auto", ckpt_every=None,
+                      progress_bar=False, optim=OptimConfig(lr=1e-2), schedule=ScheduleConfig(warmup=0))
+    trainer = Trainer(cfg, ToyModel(), RecordDtype(), RegressionData())
+    trainer.fit()
+    assert seen["dtype"] == dtype
+    assert trainer.precision == ("bf16" if dtype == torch.bfloat16 else "fp32")
+    assert "(auto)" in (tmp_path / "run" / "train.log").read_text()
