@@ -60,7 +60,7 @@ class ImageTextSetup:
     evaluate: object
 
 
-def image_text_setup(model_spec: ModelSpec, data: CaptionData, train: TrainConfig, family: str) -> ImageTextSetup:
+def image_text_setup(model_spec: ModelSpec, data: CaptionData, train_cfg: TrainConfig, family: str) -> ImageTextSetup:
     """Build :class:`ImageTextSetup`; the model must be of ``family`` (the recipe's own)."""
     tokenizer = load_tokenizer(data)
     model = build_model(model_spec, tokenizer)
@@ -72,7 +72,7 @@ def image_text_setup(model_spec: ModelSpec, data: CaptionData, train: TrainConfi
     max_len = data.max_text_len or mcfg.text.max_text_len
     train = ProcessedDataset(caption_reader(data, data.train_split), Processor(train_transforms(image_size)))
     eval_reader = caption_reader(data, data.eval_split)
-    bf16 = uses_bf16(train.precision, train.device)
+    bf16 = uses_bf16(train_cfg.precision, train_cfg.device)
 
     def evaluate(m) -> dict[str, float]:
         return evaluate_itc_retrieval(m, tokenizer, eval_reader, image_size, max_len, limit=data.num_eval, bf16=bf16)
