@@ -299,6 +299,7 @@ def _fiber_tiny() -> FiberConfig:
         hidden_size=128,
         vqa_num_answers=64,
         text_pooling="mean",
+        image_pooling="max",
     )
 
 
