@@ -185,3 +185,30 @@ def test_fusion_gates_start_at_the_configured_value():
     gates = [float(p) for n, p in opened.named_parameters() if n.endswith(".alpha")]
     assert gates == [1.0] * 4
     assert get_preset("fiber-tiny").fusion.alpha_init == 1.0 and get_preset("fiber-base").fusion.alpha_init == 0.0
+
+
+@torch.no_grad()
+def test_max_image_pooling_keeps_a_small_bright_region(batch):
+    """image_pooling="max": one token's feature survives pooling (a mean over N tokens divides it by N);
+    both the dual-encoder embedding and the fused cls features use it; configs saved before the
+    option existed load as "mean"."""
+    from fibervl.config import ConfigError, FiberConfig, get_preset
+
+    images, ids, mask = batch
+    mean_model = FiberModel(micro_config()).eval()
+    max_model = FiberModel(micro_config().replace(image_pooling="max")).eval()
+    max_model.load_state_dict(mean_model.state_dict())
+    tokens = max_model.vision(images)[-1].flatten(1, 2)
+    tokens = max_model.vision.norm(tokens)
+    cm = max_model.cross_modal
+    expected = cm.itc_image_pooler(cm.itc_image_transform(tokens).amax(dim=1))
+    torch.testing.assert_close(max_model.encode_image(images), expected / expected.norm(dim=-1, keepdim=True))
+    assert not torch.allclose(mean_model.encode_image(images), max_model.encode_image(images))
+    assert not torch.allclose(mean_model.fuse(images, ids, mask).cls_feats, max_model.fuse(images, ids, mask).cls_feats)
+
+    saved = micro_config().to_dict()
+    del saved["image_pooling"]
+    assert FiberConfig.from_dict(saved).image_pooling == "mean"
+    with pytest.raises(ConfigError, match="image_pooling"):
+        micro_config().replace(image_pooling="attention")
+    assert get_preset("fiber-tiny").image_pooling == "max" and get_preset("fiber-base").image_pooling == "mean"

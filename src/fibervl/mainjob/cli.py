@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .job import PRETRAIN_STAGES, TASK_STAGES
 from .presets import PRESETS, get_job_preset
+from .report import MARGIN, beats_baseline
 from .stages import StageFailed, StageInterrupted
 
 STAGE_ORDER = ("data", *PRETRAIN_STAGES, *TASK_STAGES)
@@ -106,8 +107,9 @@ def main(argv: list[str]) -> int:
         return 130
     per_family = summary if args.model == "all" else {args.model: summary}
     losing = [f"{fam}/{name}" for fam, res in per_family.items() for name, r in res["tasks"].items()
-              if not r["value"] > r["baseline_value"]]
+              if not beats_baseline(r)]
     if args.check and losing:
-        print(f"fibervl run: tasks not above their baseline: {', '.join(losing)}", file=sys.stderr)
+        print(f"fibervl run: tasks not at least {MARGIN:g} point above their baseline: {', '.join(losing)}",
+              file=sys.stderr)
         return 3
     return 0
