@@ -82,3 +82,45 @@ def test_hard_negatives_skip_pairs_of_the_same_image(monkeypatch):
     for choice in seen:
         assert choice[0] != 1 and choice[1] != 0
         assert (choice != torch.arange(6)).all()
+
+
+def test_random_itm_negatives_ignore_the_itc_similarities(monkeypatch):
+    """itm_negatives="random": every other pair (not of the same image) is equally likely to be
+    drawn, whatever ITC thinks; "hard" follows the ITC similarities; anything else is an error."""
+    import pytest
+
+    from fibervl.tasks import pretrain_coarse
+
+    model = FiberModel(micro_config()).eval()
+    # Designed ITC similarities: pair j's image and text are the one-hot e_j, except text 4,
+    # which is e_2: for image 2, caption 4 is as similar as its own, every other caption 0.
+    images = torch.eye(6, model.config.hidden_size)
+    texts = images.clone()
+    texts[4] = images[2]
+    monkeypatch.setattr(model, "encode_image", lambda pixels: images)
+    monkeypatch.setattr(model, "encode_text", lambda ids, mask: texts)
+    with torch.no_grad():
+        model.temperature.fill_(0.01)
+    counts = {}
+    real = pretrain_coarse.sample_hard_negatives
+    for mode in ("hard", "random"):
+        calls = []
+
+        def spy(logits, positive, generator=None, exclude=None):
+            choice = real(logits, positive, generator, exclude)
+            calls.append(choice[2])  # row 2 (image 1) may draw rows 0, 1, 3, 4, 5
+            return choice
+
+        monkeypatch.setattr(pretrain_coarse, "sample_hard_negatives", spy)
+        task = make_task(model, mlm=0.0, itm_negatives=mode)
+        torch.manual_seed(0)
+        batch = make_batch(seed=3)
+        for _ in range(100):
+            task.training_step(model, batch)
+        negative_texts = torch.stack(calls[0::2])  # each step draws a text, then an image
+        counts[mode] = torch.bincount(negative_texts, minlength=6)
+    assert counts["random"][2] == 0 and counts["hard"][2] == 0
+    assert (counts["random"][[0, 1, 3, 4, 5]] >= 8).all(), counts  # ~20 each of 100 draws
+    assert counts["hard"][4] == 100, counts  # exp(100) against exp(0): always caption 4
+    with pytest.raises(ValueError, match="itm_negatives"):
+        CoarseObjectives(itm_negatives="semi-hard")

@@ -34,13 +34,23 @@ from .objectives import (
 
 @dataclass
 class CoarseObjectives:
-    """Weights of the three losses and their settings (the official recipe: all 1, no queue here)."""
+    """Weights of the three losses and their settings (the official recipe: all 1, no queue here).
+
+    ``itm_negatives``: "hard" (official: drawn from the softmax of the ITC similarities) or
+    "random" (uniform over the other pairs of the global batch). On templated, partial captions
+    ("one shape", "a blue shape") a hard negative often describes the image too.
+    """
 
     itc: float = 1.0
     itm: float = 1.0
     mlm: float = 1.0
     mlm_prob: float = 0.15
     queue_size: int = 0
+    itm_negatives: str = "hard"
+
+    def __post_init__(self) -> None:
+        if self.itm_negatives not in ("hard", "random"):
+            raise ValueError(f"objectives.itm_negatives must be 'hard' or 'random', got {self.itm_negatives!r}")
 
 
 class CoarsePretrainTask(nn.Module):
@@ -88,8 +98,11 @@ class CoarsePretrainTask(nn.Module):
         if image_ids is not None:
             ids_global = all_gather_no_grad(image_ids)
             exclude = image_ids[:, None] == ids_global[None, :]
-        neg_text = sample_hard_negatives(itc.logits_i2t[:, :n], itc.targets, exclude=exclude)
-        neg_image = sample_hard_negatives(itc.logits_t2i[:, :n], itc.targets, exclude=exclude)
+        i2t, t2i = itc.logits_i2t[:, :n], itc.logits_t2i[:, :n]
+        if self.objectives.itm_negatives == "random":  # equal logits: a uniform draw
+            i2t, t2i = torch.zeros_like(i2t), torch.zeros_like(t2i)
+        neg_text = sample_hard_negatives(i2t, itc.targets, exclude=exclude)
+        neg_image = sample_hard_negatives(t2i, itc.targets, exclude=exclude)
         itm_images, itm_ids, itm_mask, labels = itm_hard_negative_batch(
             images, ids, mask, images_all, ids_all, mask_all, neg_text, neg_image)
         logits = model.itm_logits(model.fuse(itm_images, itm_ids, itm_mask).cls_feats)
