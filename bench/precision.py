@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from forward import write_section  # noqa: E402
+from forward import median_time, write_section  # noqa: E402
 from fibervl.config import get_preset  # noqa: E402
 from fibervl.engine.precision import cpu_bf16_speedup, resolve_precision  # noqa: E402
 from fibervl.modeling.fiber import FiberModel  # noqa: E402
@@ -40,18 +39,12 @@ def cpu_name() -> str:
 
 
 def median_seconds(fn, runs: int, slow_after: float = 2.0) -> float:
-    fn()
+    """:func:`forward.median_time`, unless one call takes over ``slow_after`` seconds (emulated
+    bf16): then that call's time, since more calls would only cost minutes."""
     start = time.perf_counter()
     fn()
     first = time.perf_counter() - start
-    if first > slow_after:  # emulated bf16: one more call would only cost time
-        return first
-    times = [first]
-    for _ in range(runs - 1):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return first if first > slow_after else median_time(fn, runs)
 
 
 def matmul_gflops(dtype: torch.dtype, runs: int, n: int = 1024) -> float:

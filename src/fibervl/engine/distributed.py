@@ -41,27 +41,30 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> torch.device:
-    """Initialise the default process group from torchrun variables; return this rank's device.
-
-    ``device``: ``"auto"`` (CUDA if available, else CPU), ``"cpu"`` or ``"cuda"``. Backend: NCCL
-    for CUDA, gloo for CPU. Safe to call twice and in a plain single process (no group is made).
-    """
+def resolve_device(device: str = "auto") -> torch.device:
+    """This rank's device for a run's ``device`` setting: ``"auto"`` (CUDA if available, else
+    CPU), ``"cpu"`` or ``"cuda"`` (the GPU of ``LOCAL_RANK``). No side effects."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device='cuda' requested but CUDA is not available")
-    if device == "cuda":
-        torch.cuda.set_device(get_local_rank())
-        dev = torch.device("cuda", get_local_rank())
-    else:
-        dev = torch.device("cpu")
+    return torch.device("cuda", get_local_rank()) if device == "cuda" else torch.device("cpu")
+
+
+def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> torch.device:
+    """Initialise the default process group from torchrun variables; return this rank's device
+    (:func:`resolve_device`). Backend: NCCL for CUDA, gloo for CPU. Safe to call twice and in a
+    plain single process (no group is made).
+    """
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
     if launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
-        backend = "nccl" if device == "cuda" else "gloo"
+        backend = "nccl" if dev.type == "cuda" else "gloo"
         kwargs: dict[str, Any] = {"backend": backend, "timeout": timedelta(seconds=timeout_s)}
-        if device == "cuda":
+        if dev.type == "cuda":
             kwargs["device_id"] = dev
         dist.init_process_group(**kwargs)
     return dev

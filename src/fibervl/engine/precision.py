@@ -23,6 +23,8 @@ from contextlib import nullcontext
 
 import torch
 
+from .distributed import resolve_device
+
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
@@ -51,8 +53,9 @@ def cpu_bf16_speedup() -> float:
     # One bf16 call first: where bf16 is emulated it takes ~0.05 s, and then one run is enough.
     start = time.perf_counter()
     a16 @ b16
-    if time.perf_counter() - start > 50 * fp32 + 0.01:
-        return fp32 / (time.perf_counter() - start)
+    first = time.perf_counter() - start
+    if first > 50 * fp32 + 0.01:
+        return fp32 / first
     return fp32 / _median_seconds(lambda: a16 @ b16)
 
 
@@ -82,17 +85,10 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     return precision
 
 
-def default_device(device: str = "auto") -> torch.device:
-    """A run's device setting ("auto", "cpu", "cuda", "cuda:1") as a device."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def uses_bf16(precision: str, device: str | torch.device = "auto") -> bool:
-    """Whether a run configured with ``precision`` on ``device`` evaluates under bf16 autocast."""
-    dev = default_device(device) if isinstance(device, str) else device
-    return resolve_precision(precision, dev) == "bf16"
+def uses_bf16(precision: str, device: str = "auto") -> bool:
+    """Whether a run configured with ``precision`` and ``device`` ("auto", "cpu", "cuda")
+    evaluates under bf16 autocast."""
+    return resolve_precision(precision, resolve_device(device)) == "bf16"
 
 
 def autocast(precision: str, device: torch.device):

@@ -40,8 +40,8 @@ from . import distributed as D
 from .config import save_config, to_dict
 from .ema import ModelEMA
 from .logger import RunLogger
-from .precision import autocast, resolve_precision
 from .optim import OptimConfig, ScheduleConfig, build_optimizer, build_scheduler
+from .precision import autocast, resolve_precision
 from .rng import get_rng_state, preserved_rng, seed_everything, set_rng_state
 from .sampler import ResumableDistributedSampler
 from .task import default_batch_size, move_to_device

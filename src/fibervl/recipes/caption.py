@@ -19,10 +19,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..engine.precision import uses_bf16
 from ..data import ProcessedDataset, Processor
 from ..data.transforms import train_transforms
 from ..engine import distributed as D
+from ..engine.precision import uses_bf16
 from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import ModelSpec, build_model, load_tokenizer
 from ..modeling.fiber import FiberModel

@@ -17,10 +17,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..engine.precision import uses_bf16
 from ..data import Nlvr2Reader, ProcessedDataset, Processor, Sample
 from ..data.shapes import ShapesDataset
 from ..data.transforms import train_transforms
+from ..engine.precision import uses_bf16
 from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import DataSpec, ModelSpec, build_task_model, load_tokenizer
 from ..tasks.nlvr2 import Nlvr2Collator, Nlvr2Task, evaluate_nlvr2, predict_nlvr2

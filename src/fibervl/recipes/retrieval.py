@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from ..engine.precision import uses_bf16
 from ..data import ProcessedDataset, Processor
 from ..data.transforms import train_transforms
+from ..engine.precision import uses_bf16
 from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import ModelSpec, build_task_model, load_tokenizer
 from ..tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask

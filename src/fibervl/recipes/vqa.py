@@ -22,11 +22,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..engine.precision import uses_bf16
 from ..data import AnswerVocabulary, ProcessedDataset, Processor, VqaReader
 from ..data.readers.vqa import VQAV2_IMAGE_TEMPLATE
 from ..data.shapes import ShapesDataset
 from ..data.transforms import eval_transforms, train_transforms
+from ..engine.precision import uses_bf16
 from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import DataSpec, ModelSpec, build_task_model, load_tokenizer, resolve_model_dir
 from ..metrics.vqa import write_vqa_results

@@ -8,6 +8,7 @@ head; position i predicts token i + 1. A training batch is a dict with ``images 
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,16 +120,17 @@ def evaluate_captioning(model, tokenizer: Tokenizer, reader, image_size: int, de
     return metrics, [{"image_id": k, "caption": c} for k, c in predictions.items()]
 
 
+def _caption_counts(reader) -> Counter:
+    """How often each caption occurs in ``reader`` (every caption of every image)."""
+    return Counter(c for img in reader.images for c in img["captions"])
+
+
 def most_frequent_caption_baseline(train_reader, eval_reader, limit: int = 0, spice: bool = False) -> dict:
     """Scores of predicting the most frequent training caption for every evaluation image: what
     a model that ignores the image can reach with one fixed answer."""
     from ..metrics.caption import caption_scores
 
-    counts: dict[str, int] = {}
-    for img in train_reader.images:
-        for c in img["captions"]:
-            counts[c] = counts.get(c, 0) + 1
-    best = max(counts, key=lambda c: counts[c])
+    best = _caption_counts(train_reader).most_common(1)[0][0]
     images = eval_reader.images[:limit] if limit else eval_reader.images
     metrics = caption_scores({img["image_id"]: best for img in images},
                              {img["image_id"]: img["captions"] for img in images}, spice=spice)
@@ -144,10 +146,7 @@ def best_constant_caption_baseline(train_reader, eval_reader, limit: int = 0, ca
     Returns ``{"caption", "cider"}``."""
     from ..metrics.caption import constant_caption_cider
 
-    counts: dict[str, int] = {}
-    for img in train_reader.images:
-        for c in img["captions"]:
-            counts[c] = counts.get(c, 0) + 1
+    counts = _caption_counts(train_reader)
     pool = sorted(counts, key=lambda c: (-counts[c], c))[:candidates]
     images = eval_reader.images[:limit] if limit else eval_reader.images
     scores = constant_caption_cider(pool, {img["image_id"]: img["captions"] for img in images})
