@@ -58,6 +58,10 @@ class JobPreset:
         return self.tasks[name]
 
 
+# The rate of the pre-trained weights when a task fine-tunes them; the task's new head learns
+# faster (``FINETUNE_MULTIPLIERS`` in job.py).
+FINETUNE_LR = 3e-5
+
 TASK_NAMES = ("retrieval", "vqa", "nlvr2", "caption", "grounding", "refexp", "detection")
 
 
@@ -71,9 +75,9 @@ def _default() -> JobPreset:
         fine=StagePlan(steps=400, batch_size=16),
         tasks={
             "retrieval": StagePlan(steps=100),
-            "vqa": StagePlan(steps=800),
-            "nlvr2": StagePlan(steps=400, batch_size=16),
-            "caption": StagePlan(steps=300),
+            "vqa": StagePlan(steps=800, lr=FINETUNE_LR),
+            "nlvr2": StagePlan(steps=400, batch_size=16, lr=FINETUNE_LR),
+            "caption": StagePlan(steps=300, lr=FINETUNE_LR),
             "grounding": StagePlan(steps=150, batch_size=16),
             "refexp": StagePlan(steps=150, batch_size=16),
             "detection": StagePlan(steps=150, batch_size=16),
@@ -92,9 +96,9 @@ def _quick() -> JobPreset:
         fine=StagePlan(steps=60, batch_size=16),
         tasks={
             "retrieval": StagePlan(steps=20),
-            "vqa": StagePlan(steps=100),
-            "nlvr2": StagePlan(steps=40, batch_size=16),
-            "caption": StagePlan(steps=40),
+            "vqa": StagePlan(steps=100, lr=FINETUNE_LR),
+            "nlvr2": StagePlan(steps=40, batch_size=16, lr=FINETUNE_LR),
+            "caption": StagePlan(steps=40, lr=FINETUNE_LR),
             "grounding": StagePlan(steps=20, batch_size=16),
             "refexp": StagePlan(steps=20, batch_size=16),
             "detection": StagePlan(steps=20, batch_size=16),
