@@ -103,6 +103,23 @@ def test_tiny_detector_trains_fp32_and_bf16(autocast):
         assert p.grad is not None and p.grad.abs().sum() > 0
 
 
+def test_detector_without_tower_reads_the_fpn_and_trains():
+    """``num_blocks=0`` (the tiny preset): no DyHead parameters, the predictors see the FPN levels
+    themselves, and every remaining part gets a gradient."""
+    torch.manual_seed(0)
+    det = GroundingDetector(in_channels=(16, 32, 48), channels=32, text_dim=24, num_blocks=0)
+    _, feats, text, mask, targets = _tiny()
+    assert not any(".tower." in n for n, _ in det.named_parameters())
+    out = det(feats, text, mask)
+    assert all(t is p for t, p in zip(out.head.tower, out.pyramid))
+    losses = det.loss(out, targets, mask)
+    sum(losses.values()).backward()
+    for p in (det.head.token_proj.weight, det.head.bbox_pred.weight, det.head.centerness.weight, det.fpn.inner[0].weight):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="num_blocks must be >= 0"):
+        GroundingDetector(in_channels=(16, 32, 48), channels=32, text_dim=24, num_blocks=-1)
+
+
 def test_tiny_detector_overfits_a_box():
     det, feats, text, mask, targets = _tiny()
     opt = torch.optim.AdamW(det.parameters(), lr=1e-3)

@@ -39,7 +39,7 @@ class GroundingDetector(nn.Module):
         in_channels: channels of the three backbone stage maps (base: 256, 512, 1024).
         channels: FPN / head width (base 256; e.g. 64 for a tiny CPU model; divisible by ``num_groups``).
         text_dim: text hidden size (768).
-        num_blocks: DyHead blocks (6).
+        num_blocks: DyHead blocks (6; 0 = none).
         num_groups: GroupNorm groups (16).
         strides, anchor_sizes: per pyramid level (8..128 and 64..1024).
         loss, postprocessor: override the official defaults.

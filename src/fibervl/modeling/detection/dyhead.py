@@ -129,12 +129,17 @@ class DyHeadBlock(nn.Module):
 
 
 class DyHeadTower(nn.Module):
-    """``num_blocks`` DyHead blocks in sequence. ``forward(list of [B,C,H_l,W_l]) -> same shapes``."""
+    """``num_blocks`` DyHead blocks in sequence. ``forward(list of [B,C,H_l,W_l]) -> same shapes``.
+
+    ``num_blocks=0`` is no tower: the levels pass through unchanged and the predictors read the
+    FPN directly. The official model has 6 blocks; the tiny preset has none, because a small
+    tower trained for a few hundred steps loses the colours and shapes the grounding logits need
+    (docs/results.md, "The detection tower and the attributes")."""
 
     def __init__(self, channels: int = 256, num_blocks: int = 6, num_groups: int = 16) -> None:
         super().__init__()
-        if num_blocks < 1:
-            raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
+        if num_blocks < 0:
+            raise ValueError(f"num_blocks must be >= 0, got {num_blocks}")
         self.blocks = nn.ModuleList(DyHeadBlock(channels, num_groups) for _ in range(num_blocks))
 
     def forward(self, features: Sequence[Tensor]) -> list[Tensor]:

@@ -1,6 +1,7 @@
 """Grounding detection head of the official fine-grained FIBER model (``VLDyHead``).
 
-On top of the DyHead tower, for every pyramid level ``l`` with tower output ``t_l [B, C, H, W]``:
+On top of the DyHead tower, for every pyramid level ``l`` with tower output ``t_l [B, C, H, W]``
+(the FPN level itself when the tower has no blocks):
 
 * ``bbox_reg_l = scales[l] * bbox_pred(t_l)`` — 1x1 conv to 4 box deltas (one anchor per location),
   times a learnable scalar per level;
@@ -70,7 +71,7 @@ class GroundingHead(nn.Module):
     Args:
         channels: pyramid and tower channels (256 in the official base model).
         text_dim: text hidden size (768 for RoBERTa-base).
-        num_blocks: DyHead blocks (6 official).
+        num_blocks: DyHead blocks (6 official; 0 = no tower, the predictors read the FPN levels).
         num_levels: pyramid levels, one ``Scale`` each (5 official: P3..P7).
         num_groups: GroupNorm groups (16 official).
         prior_prob: focal-loss prior; ``bias0`` starts at ``-log((1 - p) / p)``.
