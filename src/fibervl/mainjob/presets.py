@@ -78,7 +78,7 @@ def _default() -> JobPreset:
             "vqa": StagePlan(steps=400, lr=FINETUNE_LR),
             "nlvr2": StagePlan(steps=400, batch_size=16, lr=FINETUNE_LR),
             "caption": StagePlan(steps=600, lr=FINETUNE_LR),
-            "grounding": StagePlan(steps=500, batch_size=16),
+            "grounding": StagePlan(steps=500),
             "refexp": StagePlan(steps=300, batch_size=16),
             "detection": StagePlan(steps=150, batch_size=16),
         },
