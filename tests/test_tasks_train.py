@@ -76,6 +76,32 @@ def test_task_model_rebuilds_the_vqa_head_and_reports_new_weights(shapes_tiny, t
         build_task_model(ModelSpec(init=str(tmp_path / "vqa11")), tok, new_heads=("vqa",), vqa_num_answers=3)
 
 
+def test_fresh_weights_depend_on_the_model_seed_only(shapes_tiny, tmp_path):
+    """Two runs of one config start from the same weights (the process's own seed differs from
+    run to run), a new head included; another ``model.seed`` gives others; building a fresh
+    model leaves the global random stream as it was."""
+    tok = Tokenizer.from_pretrained(ShapesDataset(shapes_tiny).tokenizer_dir)
+    preset = tmp_path / "micro"
+    preset.mkdir()
+    micro_config().save(preset / "config.json")
+    spec = ModelSpec(preset=str(preset))
+
+    def weights(spec, **kw):
+        torch.manual_seed(torch.randint(0, 2**31, (1,)).item() + 1)  # a different global state each call
+        before = torch.get_rng_state()
+        model = build_task_model(spec, tok, **kw)[0]
+        assert spec.init or torch.equal(torch.get_rng_state(), before)
+        return model.state_dict()
+
+    a, b, other = weights(spec), weights(spec), weights(ModelSpec(preset=str(preset), seed=1))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], other[k]) for k in a if a[k].is_floating_point() and a[k].std() > 0)
+    build_task_model(spec, tok)[0].save_pretrained(tmp_path / "base")
+    init = ModelSpec(init=str(tmp_path / "base"))
+    h1, h2 = (weights(init, new_heads=("vqa",), vqa_num_answers=5) for _ in range(2))
+    assert all(torch.equal(h1[k], h2[k]) for k in h1 if k.startswith("heads.vqa."))
+
+
 def _common(shapes_tiny, run_dir):
     # The micro architecture as the "preset" (a directory with config.json): fast on CPU.
     preset = run_dir.parent / "micro_preset"

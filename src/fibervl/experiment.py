@@ -11,8 +11,11 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from .config import FiberConfig
 from .data import Tokenizer
+from .engine.rng import preserved_rng
 from .modeling.families import build_from_config, get_any_preset, load_config, load_pretrained
 from .modeling.fiber import FiberModel
 
@@ -21,11 +24,14 @@ from .modeling.fiber import FiberModel
 class ModelSpec:
     """``preset``: a preset name or a model directory (config.json); ``init``: a model directory
     (``save_pretrained`` output, e.g. an earlier stage's ``model/``) whose weights start the run.
-    ``heads``: override the preset's heads (empty: keep)."""
+    ``heads``: override the preset's heads (empty: keep). ``seed``: the seed of every weight
+    initialised here rather than loaded (a fresh model, a new head), so that two runs of one
+    config start from the same weights; it leaves the process's random streams as they were."""
 
     preset: str = "fiber-tiny"
     init: str = ""
     heads: tuple[str, ...] = ()
+    seed: int = 0
 
 
 @dataclass
@@ -64,6 +70,15 @@ def fit_to_tokenizer(config, tokenizer: Tokenizer):
     return config.replace(text=text)
 
 
+def _fresh(config, seed: int) -> FiberModel:
+    """``build_from_config`` with its random initialisation drawn from ``seed`` alone: the
+    process's default seed differs from run to run, and the trainer seeds only after the model
+    exists."""
+    with preserved_rng():
+        torch.manual_seed(seed)
+        return build_from_config(config)
+
+
 def build_model(spec: ModelSpec, tokenizer: Tokenizer) -> FiberModel:
     """A fresh model of the preset, or the ``init`` model; the tokenizer must fit its vocabulary."""
     if spec.init:
@@ -75,7 +90,7 @@ def build_model(spec: ModelSpec, tokenizer: Tokenizer) -> FiberModel:
                 f"in {spec.init} (vocab {t.vocab_size}, mask {t.mask_token_id})"
             )
         return model
-    return build_from_config(model_config(spec, tokenizer))
+    return _fresh(model_config(spec, tokenizer), spec.seed)
 
 
 def load_compatible(model: FiberModel, source_dir: str | Path) -> tuple[list[str], list[str]]:
@@ -116,7 +131,7 @@ def build_model_compatible(spec: ModelSpec, tokenizer: Tokenizer) -> tuple[Fiber
     """A fresh model of ``spec.preset``; with ``spec.init``, every weight it shares with that
     saved model (another architecture allowed, e.g. coarse -> fine) is loaded. Returns the model
     and a report ``{"init", "new", "unused"}`` (key lists)."""
-    model = build_from_config(model_config(spec, tokenizer))
+    model = _fresh(model_config(spec, tokenizer), spec.seed)
     report = {"init": spec.init, "new": [], "unused": []}
     if spec.init:
         report["new"], report["unused"] = load_compatible(model, spec.init)
@@ -145,7 +160,7 @@ def build_task_model(spec: ModelSpec, tokenizer: Tokenizer, new_heads: tuple[str
     if not spec.init:
         config = model_config(spec, tokenizer)
         heads = tuple(config.heads) + tuple(h for h in new_heads if h not in config.heads)
-        model = build_from_config(config.replace(heads=heads, **config_changes))
+        model = _fresh(config.replace(heads=heads, **config_changes), spec.seed)
         return model, sorted(model.state_dict())
     from .modeling.pretrained import CheckpointError, WEIGHTS_NAME, read_weights
 
@@ -155,7 +170,7 @@ def build_task_model(spec: ModelSpec, tokenizer: Tokenizer, new_heads: tuple[str
     if (t.vocab_size, t.mask_token_id, t.pad_token_id) != (tokenizer.vocab_size, tokenizer.mask_token_id, tokenizer.pad_token_id):
         raise ValueError(f"the tokenizer (vocab {tokenizer.vocab_size}) does not fit the model in {directory} (vocab {t.vocab_size})")
     heads = tuple(base.config.heads) + tuple(h for h in new_heads if h not in base.config.heads)
-    model = build_from_config(base.config.replace(heads=heads, **config_changes))
+    model = _fresh(base.config.replace(heads=heads, **config_changes), spec.seed)
     state = read_weights(directory / WEIGHTS_NAME)
     fresh = tuple(f"heads.{h}." for h in new_heads)
     expected = model.state_dict()
