@@ -17,6 +17,7 @@ import sys
 
 import pytest
 
+from fibervl.cli import main
 from fibervl.mainjob.job import TASK_STAGES
 from fibervl.mainjob.report import beats_baseline
 from fibervl.modeling.families import load_pretrained
@@ -60,6 +61,28 @@ def test_every_stage_model_loads(quick_run):
     for stage in ("coarse", "fine", *TASK_STAGES):
         model = load_pretrained(out / "stages" / stage / "model")
         assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_predict_works_on_the_stage_models(quick_run, tmp_path, capsys):
+    """What the README promises: ``fibervl predict TASK --model OUT/stages/STAGE/model`` with
+    nothing else given (every stage's model directory carries its tokenizer)."""
+    out, _ = quick_run
+    image = sorted((out / "data" / "images" / "test").iterdir())[0]
+    for stage in ("coarse", "fine", *TASK_STAGES):
+        assert (out / "stages" / stage / "model" / "tokenizer").is_dir(), stage
+    calls = {
+        "vqa": ["--question", "what color is the shape?"],
+        "caption": [],
+        "ground": ["--text", "a red shape", "--out", str(tmp_path / "g.png")],
+        "detect": ["--classes", "circle,square", "--out", str(tmp_path / "d.png")],
+    }
+    stage_of = {"ground": "grounding", "detect": "detection"}
+    for task, extra in calls.items():
+        model = out / "stages" / stage_of.get(task, task) / "model"
+        assert main(["predict", task, "--model", str(model), "--image", str(image), *extra]) == 0, task
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert result, task
+    assert (tmp_path / "g.png").is_file() and (tmp_path / "d.png").is_file()
 
 
 def test_second_run_skips_finished_stages(quick_run):

@@ -86,7 +86,9 @@ def test_predict_prints_json_and_writes_png(fine_run, shapes_tiny, tmp_path, cap
     top = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["detections"]
     assert sorted((d["score"] for d in top), reverse=True) == scores[:2]  # the two best of the same boxes
     out = tmp_path / "ground.png"
-    assert main(["predict", "ground", "--model", model, "--tokenizer", tok, "--image", str(image),
+    # the exported model directory carries its tokenizer: no --tokenizer needed
+    assert (fine_run / "run" / "model" / "tokenizer").is_dir()
+    assert main(["predict", "ground", "--model", model, "--image", str(image),
                  "--text", "a red star and a blue circle", "--phrases", "red star,blue circle", "--top-k", "2",
                  "--out", str(out)]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from .common import parse_run_cli
-from ..data import Tokenizer, build_positive_map
+from .common import model_tokenizer, parse_run_cli
+from ..data import build_positive_map
 from ..data.collate import pad_images
 from ..data.samples import Sample
 from ..data.shapes import ShapesDataset
@@ -74,7 +74,8 @@ def evaluate(task: str, argv: list[str]) -> int:
 def _predict_args(task: str, argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=f"fibervl predict {task}")
     p.add_argument("--model", required=True, help="a saved fine-grained model directory")
-    p.add_argument("--tokenizer", default="data/shapes/tokenizer", help="tokenizer directory (default %(default)s)")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer directory, for a model directory without its own tokenizer/ (default: MODEL/tokenizer)")
     p.add_argument("--image", required=True)
     if task == "detect":
         p.add_argument("--classes", required=True, help='comma-separated class names, e.g. "star,heart"')
@@ -133,7 +134,7 @@ def _phrase_spans(text: str, phrases: list[str]) -> list[tuple[int, int]]:
 def predict(task: str, argv: list[str]) -> int:
     args = _predict_args(task, argv)
     model = FiberModel.from_pretrained(args.model).eval()
-    tokenizer = Tokenizer.from_pretrained(args.tokenizer)
+    tokenizer = model_tokenizer(args.model, args.tokenizer)
     image_size = model.config.vision.image_size
     max_len = model.config.detection.max_query_len
     pixels, in_size, original = _load_image(args.image, image_size, args.normalization)

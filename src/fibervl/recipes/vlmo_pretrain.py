@@ -106,10 +106,10 @@ def run(cfg: VlmoPretrainConfig) -> dict:
         trainer = Trainer(stage_cfg, model, task, setup.train, collate_fn=setup.collate,
                           evaluate=evaluate if stage == "vl" else None, config_snapshot=cfg)
         summaries[stage] = trainer.fit()
-        export_model(model, stage_cfg.run_dir)
+        export_model(model, stage_cfg.run_dir, tokenizer=tokenizer)
     set_stage_trainable(model, "vl")  # the exported model is whole again
     metrics = evaluate(model)
-    export_model(model, cfg.train.run_dir, {"eval_split": cfg.data.eval_split, **metrics})
+    export_model(model, cfg.train.run_dir, {"eval_split": cfg.data.eval_split, **metrics}, tokenizer=tokenizer)
     return {"stages": summaries, "eval": metrics}
 
 
