@@ -41,3 +41,33 @@ def test_run_rejects_unknown_stage_and_task(capsys, tmp_path):
 def test_bad_config_key_names_it(capsys):
     assert main(["pretrain", "coarse", "train.max_stepz=3"]) == 1
     assert "train.max_stepz" in capsys.readouterr().err
+
+
+def _help_of(argv, capsys) -> str:
+    try:
+        code = main(argv)
+    except SystemExit as stop:  # argparse and the config parser exit after printing help
+        code = stop.code
+    assert code == 0, argv
+    return capsys.readouterr().out
+
+
+def test_help_reaches_each_command(capsys):
+    # a verb's own help names its NAMEs
+    assert "retrieval" in _help_of(["predict", "-h"], capsys)
+    # after NAME, -h is the recipe's: predict lists its flags, a config-driven command every key
+    assert "--question" in _help_of(["predict", "vqa", "-h"], capsys)
+    assert "--classes" in _help_of(["predict", "detect", "--help"], capsys)
+    keys = _help_of(["finetune", "vqa", "-h"], capsys)
+    for key in ("model.init", "data.image_template", "train.max_steps", "train.optim.lr_multipliers"):
+        assert key in keys, key
+    assert "train.run_dir" in _help_of(["pretrain", "coarse", "--help"], capsys)
+
+
+def test_verb_without_name_is_an_error(capsys):
+    try:
+        code = main(["evaluate"])
+    except SystemExit as stop:
+        code = stop.code
+    assert code == 2
+    assert "give a NAME" in capsys.readouterr().err

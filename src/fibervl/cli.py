@@ -48,6 +48,13 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _recipe(args: argparse.Namespace) -> int:
+    if args.recipe is None:
+        if args.help:
+            args.verb_parser.print_help()
+            return 0
+        args.verb_parser.error("give a NAME")
+    if args.help:
+        args.rest = ["--help", *args.rest]
     module_name = RECIPES[args.recipe]
     try:
         module = importlib.import_module(module_name)
@@ -92,10 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("data", help="write data sets: fibervl data shapes --out DIR (see fibervl data -h)", add_help=False)
 
     for verb, (what, names) in VERBS.items():
-        p = sub.add_parser(verb, help=f"{what}: {', '.join(names)}",
-                           description=f"fibervl {verb} NAME --config FILE [--resume [PATH]] key=value ...")
-        p.add_argument("recipe", choices=names, metavar="NAME", help=", ".join(names))
-        p.set_defaults(func=_recipe)
+        # No automatic -h here: "fibervl predict vqa -h" must reach the recipe's own options.
+        p = sub.add_parser(verb, help=f"{what}: {', '.join(names)}", add_help=False,
+                           description=f"fibervl {verb} NAME --config FILE [--resume [PATH]] key=value ... "
+                                       f"(fibervl {verb} NAME -h: the options of NAME)")
+        p.add_argument("recipe", nargs="?", choices=names, metavar="NAME", help=", ".join(names))
+        p.add_argument("-h", "--help", action="store_true", help="this help, or NAME's options after NAME")
+        p.set_defaults(func=_recipe, verb_parser=p)
     sub.add_parser("run", help="the main job: data, pre-training, all seven tasks, report (fibervl run -h)",
                    add_help=False).set_defaults(func=_run)
     return parser

@@ -293,12 +293,47 @@ def save_config(cfg: Any, path: str | Path) -> None:
     os.replace(tmp, p)
 
 
-def parse_cli(cls: type[T], argv: Sequence[str]) -> tuple[T, dict[str, Any]]:
+def config_keys(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
+    """Every ``key=value`` a config class takes, flattened: ``[(dotted key, type, default)]``
+    (default ``"(required)"`` where there is none). Nested dataclasses are walked by type, so
+    a section whose own constructor validates (``train``) is listed without being built."""
+    rows = []
+    for name, (f, tp) in _fields(cls).items():
+        key = _fmt_key(prefix, name)
+        if dataclasses.is_dataclass(tp):
+            rows.extend(config_keys(tp, key))
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = repr(to_dict(f.default))
+        elif f.default_factory is not dataclasses.MISSING:
+            default = repr(to_dict(f.default_factory()))
+        else:
+            default = "(required)"
+        rows.append((key, _type_name(tp), default))
+    return rows
+
+
+def cli_help(cls: type, usage: str) -> str:
+    """The ``-h`` text of a config-driven command: its usage and every key with its default."""
+    rows = config_keys(cls)
+    width = max(len(k) for k, _, _ in rows)
+    lines = [f"usage: {usage}", "", "options:", "  --config FILE     a YAML or JSON config (keys below); key=value overrides it",
+             "  --resume [PATH]   continue from the newest checkpoint of train.run_dir, or from PATH", "",
+             "keys (key=value, dotted for sections):"]
+    lines += [f"  {k:<{width}}  {d}  ({t})" for k, t, d in rows]
+    return "\n".join(lines)
+
+
+def parse_cli(cls: type[T], argv: Sequence[str], usage: str = "") -> tuple[T, dict[str, Any]]:
     """Parse ``[--config FILE] [--resume [PATH]] key=value ...`` into ``(cfg, flags)``.
 
     ``flags`` holds ``config`` (path or None) and ``resume`` (None, ``"auto"`` for a bare
-    ``--resume``, or the given path). Any other ``--option`` is an error.
+    ``--resume``, or the given path). ``-h`` / ``--help`` prints :func:`cli_help` and exits 0.
+    Any other ``--option`` is an error.
     """
+    if "-h" in argv or "--help" in argv:
+        print(cli_help(cls, usage or "fibervl VERB NAME [--config FILE] [--resume [PATH]] key=value ..."))
+        raise SystemExit(0)
     config_path = None
     resume = None
     overrides: list[str] = []
