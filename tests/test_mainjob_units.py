@@ -72,3 +72,37 @@ def test_interrupted_stage_is_not_recorded_as_done(tmp_path):
         runner.run("coarse", lambda d: _finished({"stopped_by_signal": True, "step": 7}))
     assert runner.finished("coarse") is None
     assert _finished({"stopped_by_signal": False, "eval": {}}) == {"stopped_by_signal": False, "eval": {}}
+
+
+def test_grounding_baselines_random_object_above_random_box(shapes_tiny):
+    """A guess that knows the objects (random true box) against one that does not (random box):
+    the report gives both, and the chance one must be far lower and repeatable."""
+    from fibervl.mainjob.baselines import grounding_random_object, phrase_chance_random_box
+
+    informed = grounding_random_object(shapes_tiny, "test")
+    for source in ("grounding", "refexp"):
+        chance = phrase_chance_random_box(shapes_tiny, "test", source)
+        assert 0.0 <= chance < informed / 3, (source, chance, informed)
+        assert phrase_chance_random_box(shapes_tiny, "test", source) == chance
+
+
+def test_random_box_chance_is_certain_when_every_box_fills_its_image(tmp_path, monkeypatch):
+    """Hand-made: one 32x32 image whose one phrase box is the whole image, training boxes
+    32x32 too, so every random box is the phrase's box: chance 100 %."""
+    from fibervl.mainjob import baselines
+    from fibervl.data.samples import Sample
+    import torch
+
+    class OneImage:
+        def __init__(self, root):
+            pass
+
+        def grounding(self, split):
+            return [Sample(sample_id="0", image_id=1, width=32, height=32, text="a red star",
+                           boxes=torch.tensor([[0.0, 0.0, 32.0, 32.0]]), tokens_positive=[[(0, 10)]])]
+
+    (tmp_path / "detection").mkdir()
+    (tmp_path / "detection" / "instances_train.json").write_text(json.dumps(
+        {"images": [], "annotations": [{"bbox": [0, 0, 32, 32]}]}))
+    monkeypatch.setattr(baselines, "ShapesDataset", OneImage)
+    assert baselines.phrase_chance_random_box(tmp_path, "test", "grounding", seeds=3) == 100.0

@@ -6,6 +6,8 @@ Text-only and random-object baselines of the shapes set come from its ``baseline
 
 * phrase grounding, *random object*: the expected R@1 of picking one of the image's objects at
   random (a phrase is found when the pick overlaps any of its boxes with IoU >= 0.5);
+* phrase grounding and referring expressions, *chance*: R@1 of one random box per phrase,
+  not knowing the objects (reported beside the random-object baseline, in the details);
 * detection, *chance*: COCO AP of random boxes (sizes drawn from the training boxes, uniform
   positions, classes and scores), averaged over a few seeds.
 """
@@ -65,13 +67,46 @@ def grounding_random_object(root: str | Path, split: str, limit: int = 0) -> flo
     return 100.0 * hits / max(phrases, 1)
 
 
+def _train_box_sizes(root: Path) -> list[list[float]]:
+    train = json.loads((root / "detection" / "instances_train.json").read_text())
+    return [a["bbox"][2:] for a in train["annotations"]] or [[16.0, 16.0]]
+
+
+def phrase_chance_random_box(root: str | Path, split: str, source: str, limit: int = 0, seeds: int = 20) -> float:
+    """Expected R@1 (percent) of guessing one random box per phrase, not knowing the objects:
+    its size drawn from the training boxes, its position uniform in the image; a phrase is hit
+    when the box overlaps one of its boxes with IoU >= 0.5. ``source``: "grounding" or
+    "refexp" (one phrase per expression); the first ``limit`` records (0: all); mean of
+    ``seeds`` draws. The random-object baseline, by contrast, is given the true boxes."""
+    root = Path(root)
+    sizes = _train_box_sizes(root)
+    records = list(getattr(ShapesDataset(root), source)(split))
+    records = records[:limit] if limit else records
+    rates = []
+    for seed in range(seeds):
+        rng = random.Random(seed)
+        hits = phrases = 0
+        for sample in records:
+            groups: dict[tuple, list[int]] = defaultdict(list)
+            for b, spans in enumerate(sample.tokens_positive):
+                groups[tuple(map(tuple, spans))].append(b)
+            for members in groups.values():
+                w, h = rng.choice(sizes)
+                x = rng.uniform(0, max(sample.width - w, 0))
+                y = rng.uniform(0, max(sample.height - h, 0))
+                iou = box_iou(torch.tensor([[x, y, x + w, y + h]]), sample.boxes[members].float())
+                hits += int((iou >= 0.5).any())
+                phrases += 1
+        rates.append(100.0 * hits / max(phrases, 1))
+    return sum(rates) / len(rates)
+
+
 def detection_chance_ap(root: str | Path, split: str, category_ids: list[int], limit: int = 0,
                         boxes_per_image: int = 10, seeds: int = 3) -> float:
     """COCO AP (percent) of random detections on the first ``limit`` images of ``split``."""
     root = Path(root)
     gt = json.loads((root / "detection" / f"instances_{split}.json").read_text())
-    train = json.loads((root / "detection" / "instances_train.json").read_text())
-    sizes = [a["bbox"][2:] for a in train["annotations"]] or [[16.0, 16.0]]
+    sizes = _train_box_sizes(root)
     images = gt["images"][:limit] if limit else gt["images"]
     aps = []
     for seed in range(seeds):

@@ -21,7 +21,7 @@ from typing import Callable
 
 from ..engine.optim import OptimConfig, ScheduleConfig
 from ..engine.trainer import TrainConfig
-from .baselines import detection_chance_ap, grounding_random_object, shapes_baselines
+from .baselines import detection_chance_ap, grounding_random_object, phrase_chance_random_box, shapes_baselines
 from .presets import JobPreset, StagePlan
 from .stages import StageInterrupted, StageRunner
 
@@ -258,15 +258,19 @@ def _fine_task(ctx: JobContext, stage_dir: Path, source: str, evals: tuple[str, 
 def task_grounding(ctx: JobContext, stage_dir: Path) -> dict:
     m = _fine_task(ctx, stage_dir, "grounding", ("grounding",))
     base = grounding_random_object(ctx.data_root, EVAL_SPLIT, ctx.preset.num_eval)
+    chance = phrase_chance_random_box(ctx.data_root, EVAL_SPLIT, "grounding", ctx.preset.num_eval)
     return {"metric": "phrase grounding R@1 (IoU >= 0.5, %)", "value": m["ground_r1"],
-            "baseline": "a random object of the image", "baseline_value": base, "details": m}
+            "baseline": f"a random object of the image (a random box: {chance:.2f})", "baseline_value": base,
+            "details": {**m, "chance_random_box": chance}}
 
 
 def task_refexp(ctx: JobContext, stage_dir: Path) -> dict:
     m = _fine_task(ctx, stage_dir, "refexp", ("refexp",))
     base = shapes_baselines(ctx.data_root, EVAL_SPLIT)["refexp"]["random_object"]
+    chance = phrase_chance_random_box(ctx.data_root, EVAL_SPLIT, "refexp", ctx.preset.num_eval)
     return {"metric": "accuracy (top box IoU >= 0.5, %)", "value": m["rec_acc"],
-            "baseline": "a random object of the image", "baseline_value": base, "details": m}
+            "baseline": f"a random object of the image (a random box: {chance:.2f})", "baseline_value": base,
+            "details": {**m, "chance_random_box": chance}}
 
 
 def task_detection(ctx: JobContext, stage_dir: Path) -> dict:
