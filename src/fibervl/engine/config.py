@@ -324,7 +324,7 @@ def cli_help(cls: type, usage: str) -> str:
     return "\n".join(lines)
 
 
-def parse_cli(cls: type[T], argv: Sequence[str], usage: str = "") -> tuple[T, dict[str, Any]]:
+def parse_cli(cls: type[T], argv: Sequence[str]) -> tuple[T, dict[str, Any]]:
     """Parse ``[--config FILE] [--resume [PATH]] key=value ...`` into ``(cfg, flags)``.
 
     ``flags`` holds ``config`` (path or None) and ``resume`` (None, ``"auto"`` for a bare
@@ -332,7 +332,7 @@ def parse_cli(cls: type[T], argv: Sequence[str], usage: str = "") -> tuple[T, di
     Any other ``--option`` is an error.
     """
     if "-h" in argv or "--help" in argv:
-        print(cli_help(cls, usage or "fibervl VERB NAME [--config FILE] [--resume [PATH]] key=value ..."))
+        print(cli_help(cls, "fibervl VERB NAME [--config FILE] [--resume [PATH]] key=value ..."))
         raise SystemExit(0)
     config_path = None
     resume = None

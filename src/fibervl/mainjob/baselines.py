@@ -45,6 +45,15 @@ def _objects_by_image(annotation_file: Path) -> dict[int, torch.Tensor]:
     return {k: torch.tensor(v, dtype=torch.float32) for k, v in boxes.items()}
 
 
+def _phrase_boxes(sample) -> list[torch.Tensor]:
+    """The boxes of each phrase of a grounding / referring record ([n_i, 4] each): boxes whose
+    ``tokens_positive`` spans are identical belong to one phrase."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for b, spans in enumerate(sample.tokens_positive):
+        groups[tuple(map(tuple, spans))].append(b)
+    return [sample.boxes[members].float() for members in groups.values()]
+
+
 def grounding_random_object(root: str | Path, split: str, limit: int = 0) -> float:
     """Expected phrase-grounding R@1 (percent) of a uniformly random object of the image, over
     the first ``limit`` grounding records of ``split`` (0: all), as the evaluation counts them."""
@@ -55,14 +64,11 @@ def grounding_random_object(root: str | Path, split: str, limit: int = 0) -> flo
         if limit and i >= limit:
             break
         candidates = objects.get(sample.image_id)
-        groups: dict[tuple, list[int]] = defaultdict(list)
-        for b, spans in enumerate(sample.tokens_positive):
-            groups[tuple(map(tuple, spans))].append(b)
-        for members in groups.values():
+        for boxes in _phrase_boxes(sample):
             phrases += 1
             if candidates is None or len(candidates) == 0:
                 continue
-            iou = box_iou(candidates, sample.boxes[members].float())
+            iou = box_iou(candidates, boxes)
             hits += float((iou >= 0.5).any(dim=1).float().mean())
     return 100.0 * hits / max(phrases, 1)
 
@@ -82,22 +88,17 @@ def phrase_chance_random_box(root: str | Path, split: str, source: str, limit: i
     sizes = _train_box_sizes(root)
     records = list(getattr(ShapesDataset(root), source)(split))
     records = records[:limit] if limit else records
+    # (image width, image height, the phrase's boxes), read once for every draw
+    phrases = [(s.width, s.height, boxes) for s in records for boxes in _phrase_boxes(s)]
     rates = []
     for seed in range(seeds):
         rng = random.Random(seed)
-        hits = phrases = 0
-        for sample in records:
-            groups: dict[tuple, list[int]] = defaultdict(list)
-            for b, spans in enumerate(sample.tokens_positive):
-                groups[tuple(map(tuple, spans))].append(b)
-            for members in groups.values():
-                w, h = rng.choice(sizes)
-                x = rng.uniform(0, max(sample.width - w, 0))
-                y = rng.uniform(0, max(sample.height - h, 0))
-                iou = box_iou(torch.tensor([[x, y, x + w, y + h]]), sample.boxes[members].float())
-                hits += int((iou >= 0.5).any())
-                phrases += 1
-        rates.append(100.0 * hits / max(phrases, 1))
+        hits = 0
+        for width, height, boxes in phrases:
+            w, h = rng.choice(sizes)
+            x, y = rng.uniform(0, max(width - w, 0)), rng.uniform(0, max(height - h, 0))
+            hits += int((box_iou(torch.tensor([[x, y, x + w, y + h]]), boxes) >= 0.5).any())
+        rates.append(100.0 * hits / max(len(phrases), 1))
     return sum(rates) / len(rates)
 
 
