@@ -62,7 +62,8 @@ def test_trainer_resolves_auto(tmp_path: Path, cpu_speedup, speedup, dtype):
             seen["dtype"] = model.backbone(batch["x"]).dtype
             return super().training_step(model, batch)
 
-    cfg = TrainConfig(run_dir=str(tmp_path / "run"), max_steps=2, batch_size=4, precision="auto", ckpt_every=None,
+    # device cpu: the choice under test is the CPU one (on a GPU, auto is always bf16)
+    cfg = TrainConfig(run_dir=str(tmp_path / "run"), max_steps=2, batch_size=4, precision="auto", ckpt_every=None, device="cpu",
                       progress_bar=False, optim=OptimConfig(lr=1e-2), schedule=ScheduleConfig(warmup=0))
     trainer = Trainer(cfg, ToyModel(), RecordDtype(), RegressionData())
     trainer.fit()

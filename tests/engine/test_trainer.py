@@ -42,7 +42,7 @@ def test_loss_decreases_and_run_dir_artifacts(tmp_path: Path) -> None:
 
 
 def _final_params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}  # the trainer may have moved it to a GPU
 
 
 def test_grad_accumulation_equals_big_batch(tmp_path: Path) -> None:

@@ -13,6 +13,8 @@ def retrieval_recall(scores: torch.Tensor, text_to_image: torch.Tensor, ks: tupl
     best texts. Text-to-image: a text counts if its image is among its k best images.
     Returns ``{"i2t_r1", ..., "t2i_r10", "rsum"}``.
     """
+    # Counting ranks is cheap: on the CPU, wherever the scores were computed.
+    scores, text_to_image = scores.detach().float().cpu(), text_to_image.cpu()
     n_images, n_texts = scores.shape
     if text_to_image.shape != (n_texts,):
         raise ValueError(f"text_to_image must have {n_texts} entries, got {tuple(text_to_image.shape)}")

@@ -36,7 +36,8 @@ def _stack_images(items):
 @torch.no_grad()
 def embed_images(model, paths: list[Path], image_size: int, batch_size: int = 64, num_workers: int = 0,
                  bf16: bool = False) -> torch.Tensor:
-    """[I, H] L2-normalised ITC image embeddings of the images at ``paths``."""
+    """[I, H] L2-normalised ITC image embeddings of the images at ``paths``, on the CPU (where
+    the score matrix, FAISS and the recall read them)."""
     processor = Processor(eval_transforms(image_size))
     samples = [Sample(sample_id=str(p), image_id=i, image_path=Path(p)) for i, p in enumerate(paths)]
     loader = DataLoader(samples, batch_size=batch_size, num_workers=num_workers,
@@ -45,20 +46,20 @@ def embed_images(model, paths: list[Path], image_size: int, batch_size: int = 64
     out = []
     for images in loader:
         with precision_context(device, bf16):
-            out.append(model.encode_image(images.to(device)).float())
+            out.append(model.encode_image(images.to(device)).float().cpu())
     return torch.cat(out)
 
 
 @torch.no_grad()
 def embed_texts(model, tokenizer: Tokenizer, texts: list[str], max_length: int, batch_size: int = 256,
                 bf16: bool = False) -> torch.Tensor:
-    """[T, H] L2-normalised ITC text embeddings."""
+    """[T, H] L2-normalised ITC text embeddings, on the CPU."""
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(texts), batch_size):
         tokens = tokenizer(texts[start:start + batch_size], max_length=max_length, padding="longest")
         with precision_context(device, bf16):
-            out.append(model.encode_text(tokens.input_ids.to(device), tokens.attention_mask.to(device)).float())
+            out.append(model.encode_text(tokens.input_ids.to(device), tokens.attention_mask.to(device)).float().cpu())
     return torch.cat(out)
 
 
@@ -116,9 +117,11 @@ def itm_pair_scores(model, images: torch.Tensor, input_ids: torch.Tensor, attent
     """ITM log-odds (match logit minus no-match logit) of (image, text) pairs.
 
     images [I, 3, S, S]; input_ids / attention_mask [T, L]; pairs [P, 2] (image index, text
-    index) -> [P] float32. One fused pass per pair, ``batch_size`` pairs at a time.
+    index) -> [P] float32 on the CPU. One fused pass per pair, ``batch_size`` pairs at a time.
+    Inputs stay where they are (the CPU); each batch of pairs goes to the model's device.
     """
     device = next(model.parameters()).device
+    pairs = pairs.cpu()
     out = []
     for start in range(0, pairs.shape[0], batch_size):
         p = pairs[start:start + batch_size]
@@ -144,6 +147,8 @@ def rerank_scores(itc: torch.Tensor, pair_scorer, k: int,
     text column. Each pair is scored once even when it is a candidate both ways.
     """
     n_images, n_texts = itc.shape
+    if candidates is not None:
+        candidates = tuple(c.to(itc.device) for c in candidates)  # FAISS answers on the CPU
     if candidates is None:
         candidates = (itc.topk(min(k, n_texts), dim=1).indices, itc.t().topk(min(k, n_images), dim=1).indices)
     cand_i2t = torch.zeros_like(itc, dtype=torch.bool)
@@ -152,7 +157,7 @@ def rerank_scores(itc: torch.Tensor, pair_scorer, k: int,
     cand_t2i.scatter_(0, candidates[1].t(), True)
     pairs = (cand_i2t | cand_t2i).nonzero()
     combined = itc.clone()
-    combined[pairs[:, 0], pairs[:, 1]] += pair_scorer(pairs).to(itc.dtype)
+    combined[pairs[:, 0], pairs[:, 1]] += pair_scorer(pairs).to(itc)
 
     def lift(cand: torch.Tensor) -> torch.Tensor:
         # Shift the candidates above the best non-candidate so they always rank first.
