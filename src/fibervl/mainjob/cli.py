@@ -76,6 +76,18 @@ def run_comparison(preset, out: Path, data: Path | None, redo: set[str], tasks, 
     return per_family
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
 def main(argv: list[str]) -> int:
     from .job import run_job
 
@@ -85,6 +97,11 @@ def main(argv: list[str]) -> int:
     unknown = set(tasks or ()) - set(TASK_STAGES)
     if unknown:
         print(f"fibervl run: error: unknown task(s) {sorted(unknown)}; tasks: {', '.join(TASK_STAGES)}", file=sys.stderr)
+        return 2
+    if preset.device == "cuda" and not _cuda_available():
+        # Before the data stage: generating gpu-small's 30,000 images takes minutes on a CPU.
+        print(f"fibervl run: error: preset {preset.name!r} needs a CUDA GPU and torch sees none "
+              f"(torch {_torch_version()}); on a CPU use --preset default or quick", file=sys.stderr)
         return 2
     suffix = "" if args.model == "fiber" else f"-{args.model}"
     out = Path(args.out or f"runs/{preset.name}{suffix}")
