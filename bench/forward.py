@@ -56,6 +56,17 @@ def inputs(cfg, batch: int, tokens: int):
     return images, ids, torch.ones_like(ids)
 
 
+def pair_batch(cfg, batch_size: int, tokens: int) -> dict:
+    """A fixed random image-text batch of a pre-training step (``images``, ``input_ids``,
+    ``attention_mask``, ``image_ids``), every image distinct; seeded, on the CPU."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, cfg.text.vocab_size - 1, (batch_size, tokens), generator=g)
+    ids[:, 0], ids[:, -1] = cfg.text.bos_token_id, cfg.text.eos_token_id
+    size = cfg.vision.image_size
+    return {"images": torch.randn(batch_size, 3, size, size, generator=g), "input_ids": ids,
+            "attention_mask": torch.ones_like(ids), "image_ids": torch.arange(batch_size)}
+
+
 def bench_preset(name: str, runs: int, batch: int, tokens: int, peaks: dict[str, float], with_bf16: bool) -> list[dict]:
     cfg = get_preset(name)
     model = FiberModel(cfg).eval()

@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from forward import write_section  # noqa: E402
+from forward import inputs, pair_batch, write_section  # noqa: E402
 from fibervl.config import get_preset  # noqa: E402
 from fibervl.modeling.fiber import FiberModel  # noqa: E402
 from fibervl.tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask  # noqa: E402
@@ -72,12 +72,7 @@ def forward_rows(name: str, batch: int, tokens: int, runs: int, peaks: dict[str,
         for n, p in model.named_parameters():
             if n.endswith(".alpha"):
                 p.fill_(0.5)  # fusion active, as after training
-    g = torch.Generator().manual_seed(0)
-    images = torch.randn(batch, 3, cfg.vision.image_size, cfg.vision.image_size, generator=g).cuda()
-    ids = torch.randint(4, min(cfg.text.vocab_size, 50000), (batch, tokens), generator=g)
-    ids[:, 0], ids[:, -1] = cfg.text.bos_token_id, cfg.text.eos_token_id
-    ids = ids.cuda()
-    mask = torch.ones_like(ids)
+    images, ids, mask = (t.cuda() for t in inputs(cfg, batch, tokens))  # the CPU benchmark's inputs
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model.fuse(images, ids, mask)
     gflop = counter.get_total_flops() / 1e9
@@ -120,13 +115,7 @@ def train_row(name: str, batch: int, tokens: int, runs: int) -> dict:
     model = FiberModel(cfg).train().cuda()
     task = CoarsePretrainTask(CoarseObjectives(), cfg.hidden_size, cfg.text.vocab_size, cfg.text.mask_token_id,
                               (cfg.text.bos_token_id, cfg.text.eos_token_id, cfg.text.pad_token_id)).cuda()
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(4, cfg.text.vocab_size - 1, (batch, tokens), generator=g)
-    ids[:, 0], ids[:, -1] = cfg.text.bos_token_id, cfg.text.eos_token_id
-    size = cfg.vision.image_size
-    data = {"images": torch.randn(batch, 3, size, size, generator=g), "input_ids": ids,
-            "attention_mask": torch.ones_like(ids), "image_ids": torch.arange(batch)}
-    data = {k: v.cuda() for k, v in data.items()}
+    data = {k: v.cuda() for k, v in pair_batch(cfg, batch, tokens).items()}
     opt = torch.optim.AdamW(list(model.parameters()) + list(task.parameters()), lr=1e-5)
 
     def step():

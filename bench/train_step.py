@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from forward import write_section  # noqa: E402
+from forward import pair_batch, write_section  # noqa: E402
 from fibervl.config import get_preset  # noqa: E402
 from fibervl.modeling.fiber import FiberModel  # noqa: E402
 from fibervl.tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask  # noqa: E402
@@ -32,12 +32,7 @@ def step_time(preset: str, precision: str, batch_size: int, tokens: int, runs: i
     model = FiberModel(cfg).train()
     task = CoarsePretrainTask(CoarseObjectives(), cfg.hidden_size, cfg.text.vocab_size, cfg.text.mask_token_id,
                               (cfg.text.bos_token_id, cfg.text.eos_token_id, cfg.text.pad_token_id))
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(4, cfg.text.vocab_size - 1, (batch_size, tokens), generator=g)
-    ids[:, 0], ids[:, -1] = cfg.text.bos_token_id, cfg.text.eos_token_id
-    size = cfg.vision.image_size
-    batch = {"images": torch.randn(batch_size, 3, size, size, generator=g), "input_ids": ids,
-             "attention_mask": torch.ones_like(ids), "image_ids": torch.arange(batch_size)}
+    batch = pair_batch(cfg, batch_size, tokens)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
 
     def step():

@@ -19,7 +19,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from forward import pair_batch  # noqa: E402
 from fibervl.modeling.families import build_from_config, get_any_preset  # noqa: E402
 from fibervl.tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask  # noqa: E402
 from fibervl.tasks.pretrain_vlmo import MimTask, TextMlmTask, set_stage_trainable  # noqa: E402
@@ -37,12 +39,7 @@ def step_time(preset: str, stage: str, precision: str, batch_size: int, tokens: 
         task = TextMlmTask(cfg.text.vocab_size, cfg.text.mask_token_id, specials)
     else:
         task = CoarsePretrainTask(CoarseObjectives(), cfg.hidden_size, cfg.text.vocab_size, cfg.text.mask_token_id, specials)
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(4, cfg.text.vocab_size - 1, (batch_size, tokens), generator=g)
-    ids[:, 0], ids[:, -1] = cfg.text.bos_token_id, cfg.text.eos_token_id
-    size = cfg.vision.image_size
-    batch = {"images": torch.randn(batch_size, 3, size, size, generator=g), "input_ids": ids,
-             "attention_mask": torch.ones_like(ids), "image_ids": torch.arange(batch_size)}
+    batch = pair_batch(cfg, batch_size, tokens)
     params = [p for p in list(model.parameters()) + list(task.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)
 
