@@ -147,10 +147,10 @@ def rerank_scores(itc: torch.Tensor, pair_scorer, k: int,
     text column. Each pair is scored once even when it is a candidate both ways.
     """
     n_images, n_texts = itc.shape
-    if candidates is not None:
-        candidates = tuple(c.to(itc.device) for c in candidates)  # FAISS answers on the CPU
     if candidates is None:
         candidates = (itc.topk(min(k, n_texts), dim=1).indices, itc.t().topk(min(k, n_images), dim=1).indices)
+    else:
+        candidates = tuple(c.to(itc.device) for c in candidates)  # FAISS answers on the CPU
     cand_i2t = torch.zeros_like(itc, dtype=torch.bool)
     cand_i2t.scatter_(1, candidates[0], True)
     cand_t2i = torch.zeros_like(itc, dtype=torch.bool)
