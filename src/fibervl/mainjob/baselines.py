@@ -78,6 +78,12 @@ def _train_box_sizes(root: Path) -> list[list[float]]:
     return [a["bbox"][2:] for a in train["annotations"]] or [[16.0, 16.0]]
 
 
+def _random_box(rng: random.Random, sizes: list[list[float]], width: float, height: float) -> tuple[float, ...]:
+    """``(x, y, w, h)``: a training box size, placed uniformly inside a ``width x height`` image."""
+    w, h = rng.choice(sizes)
+    return rng.uniform(0, max(width - w, 0)), rng.uniform(0, max(height - h, 0)), w, h
+
+
 def phrase_chance_random_box(root: str | Path, split: str, source: str, limit: int = 0, seeds: int = 20) -> float:
     """Expected R@1 (percent) of guessing one random box per phrase, not knowing the objects:
     its size drawn from the training boxes, its position uniform in the image; a phrase is hit
@@ -95,8 +101,7 @@ def phrase_chance_random_box(root: str | Path, split: str, source: str, limit: i
         rng = random.Random(seed)
         hits = 0
         for width, height, boxes in phrases:
-            w, h = rng.choice(sizes)
-            x, y = rng.uniform(0, max(width - w, 0)), rng.uniform(0, max(height - h, 0))
+            x, y, w, h = _random_box(rng, sizes, width, height)
             hits += int((box_iou(torch.tensor([[x, y, x + w, y + h]]), boxes) >= 0.5).any())
         rates.append(100.0 * hits / max(len(phrases), 1))
     return sum(rates) / len(rates)
@@ -115,8 +120,7 @@ def detection_chance_ap(root: str | Path, split: str, category_ids: list[int], l
         results = []
         for img in images:
             for _ in range(boxes_per_image):
-                w, h = rng.choice(sizes)
-                x, y = rng.uniform(0, max(img["width"] - w, 0)), rng.uniform(0, max(img["height"] - h, 0))
+                x, y, w, h = _random_box(rng, sizes, img["width"], img["height"])
                 results.append({"image_id": img["id"], "category_id": rng.choice(category_ids),
                                 "score": rng.random(), "bbox": [x, y, w, h]})
         aps.append(coco_ap(gt, results, category_ids, [img["id"] for img in images])["AP"])
