@@ -74,9 +74,9 @@ def test_verb_without_name_is_an_error(capsys):
 
 
 def test_gpu_preset_without_a_gpu_stops_before_any_stage(capsys, tmp_path, monkeypatch):
-    import fibervl.mainjob.cli as run_cli
+    import torch
 
-    monkeypatch.setattr(run_cli, "_cuda_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(["run", "--preset", "gpu-small", "--out", str(tmp_path)]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
     assert not any(tmp_path.iterdir()), "no data may be generated for a run that cannot train"

@@ -76,19 +76,10 @@ def run_comparison(preset, out: Path, data: Path | None, redo: set[str], tasks, 
     return per_family
 
 
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _torch_version() -> str:
-    import torch
-
-    return torch.__version__
-
-
 def main(argv: list[str]) -> int:
+    import torch
+
+    from ..engine.distributed import resolve_device
     from .job import run_job
 
     args = build_parser().parse_args(argv)
@@ -98,10 +89,12 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"fibervl run: error: unknown task(s) {sorted(unknown)}; tasks: {', '.join(TASK_STAGES)}", file=sys.stderr)
         return 2
-    if preset.device == "cuda" and not _cuda_available():
-        # Before the data stage: generating gpu-small's 30,000 images takes minutes on a CPU.
-        print(f"fibervl run: error: preset {preset.name!r} needs a CUDA GPU and torch sees none "
-              f"(torch {_torch_version()}); on a CPU use --preset default or quick", file=sys.stderr)
+    try:
+        # The engine's own check, before the data stage: gpu-small's 30,000 images take minutes.
+        resolve_device(preset.device)
+    except RuntimeError as err:
+        print(f"fibervl run: error: preset {preset.name!r} needs a CUDA GPU ({err}; torch {torch.__version__}); "
+              f"on a CPU use --preset default or quick", file=sys.stderr)
         return 2
     suffix = "" if args.model == "fiber" else f"-{args.model}"
     out = Path(args.out or f"runs/{preset.name}{suffix}")
