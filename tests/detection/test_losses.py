@@ -11,6 +11,7 @@ from fibervl.modeling.detection.losses import (
     GroundingTarget,
     centerness_targets,
     giou_loss,
+    token_region_contrastive_loss,
     token_sigmoid_focal_loss,
 )
 
@@ -139,3 +140,60 @@ def test_grounding_loss_bad_targets():
     neg = [GroundingTarget(torch.tensor([[30.0, 0.0, 10.0, 5.0]]), torch.zeros(1, 5)), targets[1]]
     with pytest.raises(ValueError, match="negative width"):
         GroundingLoss()(bbox_reg, ctr, logits, anchors, neg, torch.ones(2, 5))
+
+
+def test_contrastive_alignment_hand_computation():
+    # 3 anchors x 4 tokens; token 3 is padding. Anchor 0 belongs to a box whose phrase is tokens
+    # {0, 1}, anchor 1 to a box whose phrase is token {2}, anchor 2 is background.
+    logits = torch.tensor([[2.0, 1.0, 0.0, 9.0], [0.5, -1.0, 3.0, 9.0], [1.0, 1.0, 1.0, 9.0]])
+    positive = torch.tensor([[1, 1, 0, 1], [0, 0, 1, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    mask = torch.tensor([1, 1, 1, 0])
+    a2t, t2a = token_region_contrastive_loss(logits, positive, mask)
+
+    def nll(pos, row):  # -log(sum exp(pos) / sum exp(row))
+        return math.log(sum(math.exp(v) for v in row)) - math.log(sum(math.exp(v) for v in pos))
+
+    # the padding column never enters, neither as a positive nor in the normaliser
+    assert a2t.tolist() == pytest.approx([nll([2.0, 1.0], [2.0, 1.0, 0.0]), nll([3.0], [0.5, -1.0, 3.0])], rel=1e-5)
+    assert t2a.tolist() == pytest.approx([nll([2.0], [2.0, 0.5, 1.0]), nll([1.0], [1.0, -1.0, 1.0]),
+                                          nll([3.0], [0.0, 3.0, 1.0])], rel=1e-5)
+    with pytest.raises(ValueError, match="positive_tokens"):
+        token_region_contrastive_loss(logits, positive[:, :3], mask)
+
+
+def test_contrastive_alignment_prefers_the_named_object():
+    """Two objects, two words: the loss is lower when each word scores its own object higher,
+    and its gradient pushes there; the official focal loss only sees each pair on its own."""
+    positive = torch.tensor([[1, 0], [0, 1]], dtype=torch.bool)
+    mask = torch.ones(2)
+    swapped = torch.tensor([[0.0, 2.0], [2.0, 0.0]], requires_grad=True)
+    right = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+    loss_swapped = sum(t.mean() for t in token_region_contrastive_loss(swapped, positive, mask))
+    loss_right = sum(t.mean() for t in token_region_contrastive_loss(right, positive, mask))
+    assert loss_right < loss_swapped
+    loss_swapped.backward()
+    assert (swapped.grad[positive] < 0).all() and (swapped.grad[~positive] > 0).all()
+
+
+def test_grounding_loss_alignment_term_is_optional():
+    bbox_reg, ctr, logits, anchors, targets = _setup()
+    mask = torch.ones(2, 5)
+    official = GroundingLoss()(bbox_reg, ctr, logits, anchors, targets, mask)
+    assert set(official) == {"loss_reg", "loss_centerness", "loss_dot_product_token"}
+    with_align = GroundingLoss(align_loss_weight=2.0)(bbox_reg, ctr, logits, anchors, targets, mask)
+    for k, v in official.items():
+        assert with_align[k].item() == v.item(), k
+    # the term by hand: positive anchors of each image with their boxes' tokens
+    all_logits = torch.cat(logits, 1)
+    a2t, t2a = [], []
+    for b, tgt in enumerate(targets):
+        matched, _ = atss_assign(anchors, tgt.boxes)
+        pos_tokens = torch.zeros(all_logits.shape[1], 5, dtype=torch.bool)
+        pos_tokens[matched >= 0] = tgt.positive_map[matched[matched >= 0]] != 0
+        a, t = token_region_contrastive_loss(all_logits[b], pos_tokens, mask[b])
+        a2t.append(a)
+        t2a.append(t)
+    expected = 2.0 * 0.5 * (torch.cat(a2t).mean() + torch.cat(t2a).mean())
+    assert with_align["loss_align"].item() == pytest.approx(expected.item(), rel=1e-6)
+    empty = [GroundingTarget(torch.zeros(0, 4), torch.zeros(0, 5)) for _ in range(2)]
+    assert GroundingLoss(align_loss_weight=1.0)(bbox_reg, ctr, logits, anchors, empty, mask)["loss_align"].item() == 0

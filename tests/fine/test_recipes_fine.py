@@ -4,6 +4,7 @@ tiny shapes set (a few steps each; the numbers are not meaningful, the wiring is
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from PIL import Image
@@ -55,6 +56,10 @@ def test_pretrain_fine_reuses_coarse_weights_and_reports(fine_run):
     assert 0 <= metrics["ground_r1"] <= metrics["ground_r5"] <= metrics["ground_r10"] <= 100
     model = FiberModel.from_pretrained(fine_run / "run" / "model")
     assert model.config.detection is not None and model.config.heads == ()
+    # the shapes config adds the word-region alignment term to the official losses
+    logged = [json.loads(line) for line in (fine_run / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [row for row in logged if "loss_dot_product_token" in row]
+    assert losses and all(math.isfinite(row["loss_align"]) and row["loss_align"] > 0 for row in losses)
 
 
 @pytest.mark.parametrize("task,key", [("ground", "ground_r1="), ("refexp", "rec_acc="), ("detect", "zs_AP=")])

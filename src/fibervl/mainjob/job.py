@@ -123,10 +123,12 @@ def stage_coarse(ctx: JobContext, stage_dir: Path) -> dict:
 def stage_fine(ctx: JobContext, stage_dir: Path) -> dict:
     from ..experiment import ModelSpec
     from ..recipes.fine_pretrain import FineConfig, FineData, run
+    from ..tasks.grounding import FineObjectives
 
     p = ctx.preset
     cfg = FineConfig(model=ModelSpec(preset=p.fine_model, init=ctx.stage_model("coarse")),
                      data=FineData(root=str(ctx.data_root), num_eval=p.num_eval, eval_split=EVAL_SPLIT),
+                     objectives=FineObjectives(token_align=p.token_align),
                      train=train_config(p.fine, stage_dir, p, {"detector.": 3.0}))
     summary = _finished(run(cfg, eval_which=()))
     return {"init_new": len(summary["init_report"]["new"]), "init_unused": len(summary["init_report"]["unused"])}
@@ -246,11 +248,13 @@ def task_caption(ctx: JobContext, stage_dir: Path) -> dict:
 def _fine_task(ctx: JobContext, stage_dir: Path, source: str, evals: tuple[str, ...]) -> dict:
     from ..experiment import ModelSpec
     from ..recipes.fine_pretrain import FineConfig, FineData, run
+    from ..tasks.grounding import FineObjectives
 
     p = ctx.preset
     switches = {s: s == source for s in ("grounding", "refexp", "detection")}
     cfg = FineConfig(model=ModelSpec(preset=p.fine_model, init=ctx.stage_model("fine")),
                      data=FineData(root=str(ctx.data_root), num_eval=p.num_eval, eval_split=EVAL_SPLIT, **switches),
+                     objectives=FineObjectives(token_align=p.token_align),
                      train=train_config(p.task(source), stage_dir, p, {"detector.": 3.0}))
     return _finished(run(cfg, eval_which=evals))["eval"]
 

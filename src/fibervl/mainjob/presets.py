@@ -38,7 +38,9 @@ class StagePlan:
 @dataclass(frozen=True)
 class JobPreset:
     """``itc_steps``: coarse pre-training starts with this many ITC-only steps (cheap: no fused
-    pass) before ITC + ITM + MLM; ``num_eval``: items evaluated per task (0: the whole split)."""
+    pass) before ITC + ITM + MLM; ``num_eval``: items evaluated per task (0: the whole split);
+    ``token_align``: weight of the contrastive word-region term in the fine-grained stage and the
+    grounding, REC and detection stages (``FineObjectives``; 0 = the official loss alone)."""
 
     name: str
     description: str
@@ -53,6 +55,7 @@ class JobPreset:
     family_models: dict[str, str] = field(default_factory=lambda: {"albef": "albef-tiny", "vlmo": "vlmo-tiny"})
     device: str = "auto"
     workers: int = 0
+    token_align: float = 4.0
 
     def task(self, name: str) -> StagePlan:
         return self.tasks[name]

@@ -25,7 +25,7 @@ from ..data.transforms import detection_train_transforms
 from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import DataSpec, ModelSpec, build_model_compatible, load_tokenizer, summarize_keys
 from ..tasks.grounding import (
-    DetectionPromptDataset, FineCollator, FineGrainedTask, evaluate_detection, evaluate_grounding, evaluate_refexp,
+    DetectionPromptDataset, FineCollator, FineGrainedTask, FineObjectives, evaluate_detection, evaluate_grounding, evaluate_refexp,
     make_processor,
 )
 from .common import parse_run_cli, export_model, final_metrics
@@ -58,6 +58,7 @@ class FineData(DataSpec):
 class FineConfig:
     model: ModelSpec = field(default_factory=lambda: ModelSpec(preset="fiber-tiny-fine"))
     data: FineData = field(default_factory=FineData)
+    objectives: FineObjectives = field(default_factory=FineObjectives)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=100))
 
 
@@ -131,7 +132,7 @@ def run(cfg: FineConfig, train_data=None, eval_which=("grounding", "refexp", "de
     def evaluate(m) -> dict[str, float]:
         return evaluate_all(m, tokenizer, cfg.data, shapes, image_size, max_len, eval_which)
 
-    trainer = Trainer(cfg.train, model, FineGrainedTask(), train, collate_fn=FineCollator(tokenizer, max_len),
+    trainer = Trainer(cfg.train, model, FineGrainedTask(cfg.objectives), train, collate_fn=FineCollator(tokenizer, max_len),
                       evaluate=evaluate, config_snapshot=cfg)
     summary = trainer.fit()
     metrics = final_metrics(summary, evaluate, model)

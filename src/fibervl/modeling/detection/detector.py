@@ -80,9 +80,12 @@ class GroundingDetector(nn.Module):
         head_out = self.head(pyramid, embedded)
         return DetectorOutput(head_out, self.anchor_generator(pyramid), pyramid)
 
-    def loss(self, out: DetectorOutput, targets: Sequence[GroundingTarget], text_mask: Tensor) -> dict[str, Tensor]:
+    def loss(self, out: DetectorOutput, targets: Sequence[GroundingTarget], text_mask: Tensor,
+             loss_fn: GroundingLoss | None = None) -> dict[str, Tensor]:
+        """The training losses; ``loss_fn`` replaces the detector's own (the official one), e.g.
+        by one with the word-region alignment term."""
         h = out.head
-        return self.loss_fn(h.bbox_reg, h.centerness, h.dot_product_logits, out.anchors, targets, text_mask)
+        return (loss_fn or self.loss_fn)(h.bbox_reg, h.centerness, h.dot_product_logits, out.anchors, targets, text_mask)
 
     def predict(
         self,

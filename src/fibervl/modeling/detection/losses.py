@@ -13,6 +13,8 @@ Per image, ATSS assigns anchors to ground-truth boxes (:func:`atss_assign`). The
 * ``loss_reg = 2.0 * sum_pos(c * (1 - GIoU(decode(pred), decode(target)))) / sum_pos(c)`` with
   ``c`` the centerness targets (``REG_LOSS_WEIGHT`` 2.0; plain sum if all ``c`` are 0).
 * ``loss_centerness = BCEWithLogits_sum(centerness_logits_pos, c) / num_pos``.
+* optional, not official (``align_loss_weight > 0``): ``loss_align``, a contrastive word-region
+  term (:func:`token_region_contrastive_loss`). Off by default, so the dict is the official one.
 
 With ``world_size > 1`` the official code averages ``num_pos`` and ``sum(c)`` over processes; pass
 the all-reduced values through ``num_pos_override`` / ``centerness_sum_override`` to reproduce it.
@@ -37,6 +39,7 @@ __all__ = [
     "token_sigmoid_focal_loss",
     "giou_loss",
     "centerness_targets",
+    "token_region_contrastive_loss",
     "GroundingLoss",
 ]
 
@@ -114,6 +117,41 @@ def centerness_targets(gt_boxes: Tensor, anchors: Tensor) -> Tensor:
     return torch.sqrt((lr.min(1).values / lr.max(1).values) * (tb.min(1).values / tb.max(1).values))
 
 
+def token_region_contrastive_loss(logits: Tensor, positive_tokens: Tensor, text_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """MDETR's contrastive alignment (Kamath et al. 2021) over the anchors of one image.
+
+    Args:
+        logits: ``[A, T]`` grounding logits. positive_tokens: ``[A, T]`` bool, True where anchor
+        ``a`` is assigned to a box whose phrase holds token ``t`` (all False on background
+        anchors). text_mask: ``[T]`` (non-zero = real token).
+
+    Returns two vectors of ``-log`` softmax probabilities of the positives:
+    ``anchor_to_token [P]``, for each positive anchor a softmax over the real tokens, and
+    ``token_to_anchor [K]``, for each token positive somewhere a softmax over all anchors.
+
+    Why: the official token focal loss scores each (anchor, token) pair on its own. Where most
+    phrases name every object of their image, it is nearly minimised by objectness alone, and the
+    words of a prompt end up scoring every object alike. Here the words of a prompt compete for
+    each anchor and the anchors (objects and background) compete for each word, so "the red ring"
+    must score the red ring above the purple one (docs/results.md, "Word-region alignment").
+    """
+    if logits.dim() != 2 or positive_tokens.shape != logits.shape or text_mask.shape != logits.shape[1:]:
+        raise ValueError(f"logits [A, T], positive_tokens [A, T] and text_mask [T] expected, got "
+                         f"{tuple(logits.shape)}, {tuple(positive_tokens.shape)}, {tuple(text_mask.shape)}")
+    logits = logits.float()
+    real = text_mask > 0
+    positive_tokens = positive_tokens.bool() & real
+    anchors = positive_tokens.any(1)
+    per_anchor = logits[anchors][:, real]
+    hit = positive_tokens[anchors][:, real]
+    anchor_to_token = per_anchor.logsumexp(1) - per_anchor.masked_fill(~hit, float("-inf")).logsumexp(1)
+    tokens = positive_tokens.any(0)
+    per_token = logits[:, tokens]
+    hit = positive_tokens[:, tokens]
+    token_to_anchor = per_token.logsumexp(0) - per_token.masked_fill(~hit, float("-inf")).logsumexp(0)
+    return anchor_to_token, token_to_anchor
+
+
 def _flatten_levels(maps: Sequence[Tensor], channels: int) -> Tensor:
     """List of ``[B, channels, H, W]`` -> ``[B, sum H*W, channels]`` (row-major locations)."""
     return torch.cat([m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, channels) for m in maps], dim=1)
@@ -138,6 +176,7 @@ class GroundingLoss:
         focal_gamma: float = 2.0,
         reg_loss_weight: float = 2.0,
         token_loss_weight: float = 1.0,
+        align_loss_weight: float = 0.0,
     ) -> None:
         self.box_coder = box_coder or BoxCoder()
         self.topk = topk
@@ -145,6 +184,7 @@ class GroundingLoss:
         self.focal_gamma = focal_gamma
         self.reg_loss_weight = reg_loss_weight
         self.token_loss_weight = token_loss_weight
+        self.align_loss_weight = align_loss_weight
 
     def __call__(
         self,
@@ -172,7 +212,7 @@ class GroundingLoss:
                 f"predictions cover {box_flat.shape[1]} / {logits.shape[1]} locations but there are {num_anchors} anchors"
             )
 
-        token_targets, reg_targets, positive = [], [], []
+        token_targets, reg_targets, positive, align_terms = [], [], [], []
         for b, target in enumerate(targets):
             check_boxes(target.boxes, f"targets[{b}].boxes", self.box_coder.pixel_offset)
             g = target.boxes.shape[0]
@@ -188,6 +228,9 @@ class GroundingLoss:
             if g:
                 tok[pos] = (target.positive_map[matched[pos]] != 0).to(tok)
                 reg_targets.append(self.box_coder.encode(gt[matched.clamp(min=0)], anchors_flat))
+                if self.align_loss_weight > 0:
+                    positive_tokens = tok.bool() & pos[:, None]  # the "no object" column is not a word
+                    align_terms.append(token_region_contrastive_loss(logits[b], positive_tokens, text_mask[b]))
             else:
                 reg_targets.append(torch.zeros(num_anchors, 4, device=logits.device))
             token_targets.append(tok)
@@ -213,8 +256,21 @@ class GroundingLoss:
             # keep the graph (official: sum over the empty selection)
             reg_loss = box_pos.sum()
             ctr_loss = ctr_pos.sum()
-        return {
+        losses = {
             "loss_reg": reg_loss * self.reg_loss_weight,
             "loss_centerness": ctr_loss,
             "loss_dot_product_token": token_loss * self.token_loss_weight,
         }
+        if self.align_loss_weight > 0:
+            losses["loss_align"] = self.align_loss_weight * _mean_of_directions(align_terms, logits)
+        return losses
+
+
+def _mean_of_directions(terms: list[tuple[Tensor, Tensor]], logits: Tensor) -> Tensor:
+    """Mean over the batch of each direction of :func:`token_region_contrastive_loss`, then of
+    the two; 0 (in the graph) for a batch without a positive anchor."""
+    anchor_to_token = [a for a, _ in terms if a.numel()]
+    token_to_anchor = [t for _, t in terms if t.numel()]
+    if not anchor_to_token:
+        return logits.sum() * 0.0
+    return 0.5 * (torch.cat(anchor_to_token).mean() + torch.cat(token_to_anchor).mean())
