@@ -120,17 +120,25 @@ def stage_coarse(ctx: JobContext, stage_dir: Path) -> dict:
     return {"eval": _finished(run(cfg))["eval"]}
 
 
-def stage_fine(ctx: JobContext, stage_dir: Path) -> dict:
+def _fine_config(ctx: JobContext, stage_dir: Path, init_stage: str, plan: StagePlan, **sources: bool):
+    """The fine-grained recipe's config for a stage of the job: the preset's fine model from the
+    model of ``init_stage``, trained by ``plan`` (detector 3x) with the preset's word-region
+    weight; ``sources`` switches training sources off (default: grounding, refexp, detection)."""
     from ..experiment import ModelSpec
-    from ..recipes.fine_pretrain import FineConfig, FineData, run
+    from ..recipes.fine_pretrain import FineConfig, FineData
     from ..tasks.grounding import FineObjectives
 
     p = ctx.preset
-    cfg = FineConfig(model=ModelSpec(preset=p.fine_model, init=ctx.stage_model("coarse")),
-                     data=FineData(root=str(ctx.data_root), num_eval=p.num_eval, eval_split=EVAL_SPLIT),
-                     objectives=FineObjectives(token_align=p.token_align),
-                     train=train_config(p.fine, stage_dir, p, {"detector.": 3.0}))
-    summary = _finished(run(cfg, eval_which=()))
+    return FineConfig(model=ModelSpec(preset=p.fine_model, init=ctx.stage_model(init_stage)),
+                      data=FineData(root=str(ctx.data_root), num_eval=p.num_eval, eval_split=EVAL_SPLIT, **sources),
+                      objectives=FineObjectives(token_align=p.token_align),
+                      train=train_config(plan, stage_dir, p, {"detector.": 3.0}))
+
+
+def stage_fine(ctx: JobContext, stage_dir: Path) -> dict:
+    from ..recipes.fine_pretrain import run
+
+    summary = _finished(run(_fine_config(ctx, stage_dir, "coarse", ctx.preset.fine), eval_which=()))
     return {"init_new": len(summary["init_report"]["new"]), "init_unused": len(summary["init_report"]["unused"])}
 
 
@@ -246,16 +254,10 @@ def task_caption(ctx: JobContext, stage_dir: Path) -> dict:
 
 
 def _fine_task(ctx: JobContext, stage_dir: Path, source: str, evals: tuple[str, ...]) -> dict:
-    from ..experiment import ModelSpec
-    from ..recipes.fine_pretrain import FineConfig, FineData, run
-    from ..tasks.grounding import FineObjectives
+    from ..recipes.fine_pretrain import run
 
-    p = ctx.preset
     switches = {s: s == source for s in ("grounding", "refexp", "detection")}
-    cfg = FineConfig(model=ModelSpec(preset=p.fine_model, init=ctx.stage_model("fine")),
-                     data=FineData(root=str(ctx.data_root), num_eval=p.num_eval, eval_split=EVAL_SPLIT, **switches),
-                     objectives=FineObjectives(token_align=p.token_align),
-                     train=train_config(p.task(source), stage_dir, p, {"detector.": 3.0}))
+    cfg = _fine_config(ctx, stage_dir, "fine", ctx.preset.task(source), **switches)
     return _finished(run(cfg, eval_which=evals))["eval"]
 
 
