@@ -212,3 +212,43 @@ def test_max_image_pooling_keeps_a_small_bright_region(batch):
     with pytest.raises(ConfigError, match="image_pooling"):
         micro_config().replace(image_pooling="attention")
     assert get_preset("fiber-tiny").image_pooling == "max" and get_preset("fiber-base").image_pooling == "mean"
+
+
+@pytest.mark.parametrize("num_fused", [2, 3, 4])  # fusion from the top stage, from mid stage 2, from stage 2's start
+def test_unfused_prefixes_give_the_same_outputs(batch, num_fused):
+    """Every mode started from :meth:`image_prefix` / :meth:`text_prefix` equals the mode run
+    from the inputs, values and gradients alike; a prefix indexed per pair (how ITM and
+    re-ranking reuse one image for several texts) equals the pass over the repeated inputs."""
+    images, ids, mask = batch
+    cfg = micro_config()
+    cfg = cfg.replace(fusion=cfg.fusion.__class__(num_layers=num_fused), text=cfg.text.__class__(
+        **{**cfg.text.__dict__, "num_layers": 4}))
+    model = FiberModel(cfg)
+    set_alphas(model, 0.5)
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    direct = model.fuse(images, ids, mask)
+    g_direct = grads(direct.cls_feats.square().sum() + model.encode_image(images).sum() + model.encode_text(ids, mask).sum())
+    image_prefix, text_prefix = model.image_prefix(images), model.text_prefix(ids, mask)
+    shared = model.fuse(None, ids, mask, image_prefix=image_prefix, text_prefix=text_prefix)
+    g_shared = grads(shared.cls_feats.square().sum() + model.encode_image(image_prefix=image_prefix).sum()
+                     + model.encode_text(ids, mask, text_prefix=text_prefix).sum())
+    torch.testing.assert_close(shared.cls_feats, direct.cls_feats, rtol=0, atol=0)
+    torch.testing.assert_close(shared.text_feats, direct.text_feats, rtol=0, atol=0)
+    assert g_shared.keys() == g_direct.keys()
+    largest = max(g.abs().max().item() for g in g_direct.values())
+    for name in g_direct:  # the same sums in another order: float rounding only
+        torch.testing.assert_close(g_shared[name], g_direct[name], rtol=1e-4, atol=1e-6 * largest, msg=name)
+    # Stages inside the prefix are not kept; the fused ones are.
+    assert shared.image_stages[0] is None
+    torch.testing.assert_close(shared.image_stages[-1], direct.image_stages[-1], rtol=0, atol=0)
+
+    pairs = torch.tensor([[0, 1], [1, 0], [1, 1], [0, 0]])
+    with torch.no_grad():
+        indexed = model.fuse(None, ids[pairs[:, 1]], mask[pairs[:, 1]], image_prefix=image_prefix[pairs[:, 0]])
+        repeated = model.fuse(images[pairs[:, 0]], ids[pairs[:, 1]], mask[pairs[:, 1]])
+    torch.testing.assert_close(indexed.cls_feats, repeated.cls_feats, rtol=1e-5, atol=1e-6)

@@ -97,8 +97,8 @@ def test_random_itm_negatives_ignore_the_itc_similarities(monkeypatch):
     images = torch.eye(6, model.config.hidden_size)
     texts = images.clone()
     texts[4] = images[2]
-    monkeypatch.setattr(model, "encode_image", lambda pixels: images)
-    monkeypatch.setattr(model, "encode_text", lambda ids, mask: texts)
+    monkeypatch.setattr(model, "encode_image", lambda pixels=None, image_prefix=None: images)
+    monkeypatch.setattr(model, "encode_text", lambda ids, mask, text_prefix=None: texts)
     with torch.no_grad():
         model.temperature.fill_(0.01)
     counts = {}
@@ -124,3 +124,46 @@ def test_random_itm_negatives_ignore_the_itc_similarities(monkeypatch):
     assert counts["hard"][4] == 100, counts  # exp(100) against exp(0): always caption 4
     with pytest.raises(ValueError, match="itm_negatives"):
         CoarseObjectives(itm_negatives="semi-hard")
+
+
+def test_shared_prefixes_change_nothing_but_the_cost(monkeypatch):
+    """The step computes each image's and text's unfused prefix once and re-uses it for ITC, the
+    3B ITM pairs and MLM: loss and gradients equal those of the passes run from the inputs, in the
+    official layout (ITM images [img, img, img_neg], texts [txt, txt_neg, txt]; MLM on the pairs)."""
+    import torch.nn.functional as F
+
+    from fibervl.tasks import pretrain_coarse
+    from fibervl.tasks.objectives import itc_logits
+
+    drawn, masked = [], []
+    real_negatives, real_mask = pretrain_coarse.sample_hard_negatives, pretrain_coarse.mask_tokens
+    monkeypatch.setattr(pretrain_coarse, "sample_hard_negatives", lambda *a, **k: drawn.append(real_negatives(*a, **k)) or drawn[-1])
+    monkeypatch.setattr(pretrain_coarse, "mask_tokens", lambda *a, **k: masked.append(real_mask(*a, **k)) or masked[-1])
+    torch.manual_seed(0)
+    model = FiberModel(micro_config()).train()
+    task = make_task(model)
+    batch = make_batch()
+    out = task.training_step(model, batch)
+    model.zero_grad()
+    out["loss"].backward()
+    g_shared = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    images, ids, mask = batch["images"], batch["input_ids"], batch["attention_mask"]
+    neg_text, neg_image = drawn
+    itc = itc_logits(model.encode_image(images), model.encode_text(ids, mask), model.temperature).loss
+    itm_logits = model.itm_logits(model.fuse(torch.cat([images, images, images[neg_image]]),
+                                             torch.cat([ids, ids[neg_text], ids]),
+                                             torch.cat([mask, mask[neg_text], mask])).cls_feats)
+    itm = F.cross_entropy(itm_logits, torch.tensor([1] * 6 + [0] * 12))
+    masked_ids, labels = masked[0]
+    chosen = labels != -100
+    mlm = F.cross_entropy(model.mlm_logits(model.fuse(images, masked_ids, mask).text_feats[chosen]), labels[chosen])
+    model.zero_grad()
+    (itc + itm + mlm).backward()
+    g_plain = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    for value, key in ((itc, "itc"), (itm, "itm"), (mlm, "mlm")):
+        torch.testing.assert_close(out[key], value.detach(), rtol=1e-5, atol=1e-6)
+    assert g_shared.keys() == g_plain.keys()
+    largest = max(g.abs().max().item() for g in g_plain.values())
+    for name in g_plain:  # the same sums in another order: float rounding only
+        torch.testing.assert_close(g_shared[name], g_plain[name], rtol=1e-4, atol=1e-6 * largest, msg=name)

@@ -230,26 +230,40 @@ class AlbefModel(HeadLogits, nn.Module):
             raise ValueError(f"this model was built without the {head!r} head (config.heads lists its heads)")
 
     # ---- the vision-language model protocol -------------------------------------------------
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """[B, 3, S, S] -> [B, E] L2-normalised. No cross-attention runs."""
-        return self.image_embed(self.image_tokens(images))
+    def image_prefix(self, images: torch.Tensor) -> torch.Tensor:
+        """What every mode computes alike from the image: the ViT tokens (:meth:`image_tokens`)."""
+        return self.image_tokens(images)
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def text_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """What every mode computes alike from the text: the text-only layers (:meth:`text_hidden`)."""
+        return self.text_hidden(input_ids, attention_mask)
+
+    def encode_image(self, images: torch.Tensor | None = None, *, image_prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, 3, S, S] (or its :meth:`image_prefix`) -> [B, E] L2-normalised. No cross-attention runs."""
+        return self.image_embed(self.image_tokens(images) if image_prefix is None else image_prefix)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+                    text_prefix: torch.Tensor | None = None) -> torch.Tensor:
         """[B, T] -> [B, E] L2-normalised, from the text-only layers. No cross-attention runs."""
-        return self.text_embed(self.text_hidden(input_ids, attention_mask), attention_mask)
+        hidden = self.text_hidden(input_ids, attention_mask) if text_prefix is None else text_prefix
+        return self.text_embed(hidden, attention_mask)
 
     def itc_logits(self, image_embed: torch.Tensor, text_embed: torch.Tensor) -> torch.Tensor:
         """[Bi, E], [Bt, E] -> [Bi, Bt] similarities divided by the (clamped) temperature."""
         self._require("itc")
         return image_embed @ text_embed.t() / self.temperature.clamp(0.001, 0.5)
 
-    def fuse(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> FusionOutput:
-        """Fusion-mode forward. images [B, 3, S, S]; input_ids, attention_mask [B, T].
+    def fuse(self, images: torch.Tensor | None, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+             image_prefix: torch.Tensor | None = None, text_prefix: torch.Tensor | None = None) -> FusionOutput:
+        """Fusion-mode forward. images [B, 3, S, S]; input_ids, attention_mask [B, T]; the
+        prefixes, when given, replace the passes they stand for.
 
         Returns text_feats [B, T, H] (fused text states), image_feats [B, 1 + N, H], cls_feats
         [B, 2H] (pooled fused text, ViT CLS), text_hidden (= text_feats), image_stages [].
         """
-        return self.fuse_features(self.image_tokens(images), self.text_hidden(input_ids, attention_mask), attention_mask)
+        image = self.image_tokens(images) if image_prefix is None else image_prefix
+        hidden = self.text_hidden(input_ids, attention_mask) if text_prefix is None else text_prefix
+        return self.fuse_features(image, hidden, attention_mask)
 
 
     def fusion_parameters(self) -> dict[str, int]:

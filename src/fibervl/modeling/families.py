@@ -9,6 +9,13 @@ directory through this module, and use only the *vision-language model protocol*
     model.encode_text(ids, mask)      [B, T] -> [B, D] L2-normalised
     model.temperature                 the learned ITC temperature (a Parameter)
     model.fuse(images, ids, mask)     -> FusionOutput: .cls_feats [B, 2H], .text_feats [B, T, H]
+    model.image_prefix(images), model.text_prefix(ids, mask)
+                                      [B, ...] tensors: what the dual and fused modes compute
+                                      alike (everything below the first fusion layer); passed
+                                      as ``image_prefix=`` / ``text_prefix=`` to encode_image,
+                                      encode_text and fuse, they stand for those passes, so a
+                                      task that sees an image or text several times in a step
+                                      (ITC, ITM pairs, MLM; re-ranking) computes them once
     model.itm_logits / mlm_logits / vqa_logits / nlvr2_logits    the heads
     model.save_pretrained(dir), Family.model_cls.from_pretrained(dir)
 

@@ -7,6 +7,12 @@
 - caption mode (:meth:`FiberModel.caption_features`): the image runs unimodally, the text is
   causal and attends to the final image tokens in its fused layers; :meth:`FiberModel.start_caption`
   and :meth:`FiberModel.caption_step` decode incrementally with a key/value cache.
+
+Fusion lives in the top blocks only, so everything below them is the same in every mode: the
+*unfused prefix* of each backbone (:meth:`FiberModel.image_prefix`, :meth:`FiberModel.text_prefix`).
+A task that runs several passes over the same images or texts (ITC, then ITM pairs, then MLM;
+re-ranking a gallery) computes the prefixes once and hands them to the modes, which then run only
+the layers above them.
 """
 
 from __future__ import annotations
@@ -122,6 +128,13 @@ class FiberModel(HeadLogits, nn.Module):
         dims = config.vision.stage_dims()
         # Each fused text layer's keys/values come from the image grid entering its paired block.
         self._pairs = dict(zip(fused_blocks, fused_text))
+        # Swin blocks in execution order as (stage, block); the prefix is the blocks before the
+        # first fused one, in both backbones.
+        self._blocks = [(s, b) for s, d in enumerate(config.vision.depths) for b in range(d)]
+        self._first_fused_block = self._blocks.index(fused_blocks[0]) if fused_blocks else len(self._blocks)
+        self._first_fused_layer = fused_text[0] if fused_text else config.text.num_layers
+        self._stage_ends = [k for k, (s, b) in enumerate(self._blocks) if b == config.vision.depths[s] - 1]
+        self._prefix_stages = sum(k < self._first_fused_block for k in self._stage_ends)
         text_kv_width = {t: dims[s] for (s, _), t in self._pairs.items()}
         self.vision = SwinTransformer(config.vision, fused_blocks, config.text.hidden_size, config.fusion.i2t_query_norm)
         self.text = TextEncoder(config.text, text_kv_width)
@@ -143,21 +156,70 @@ class FiberModel(HeadLogits, nn.Module):
             strides=det.strides, anchor_sizes=det.anchor_sizes,
         )
 
+    # ---- the unfused prefixes ------------------------------------------------------------
+    def image_prefix(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> [B, Hs, Ws, Cs]: the Swin grid entering the first fused block (after
+        every block below it, and any patch merging in between). Every mode starts from it."""
+        grid, _ = self._run_blocks(self.vision.patch_embed(images), [], 0, self._first_fused_block)
+        return grid
+
+    def text_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[B, T] -> [B, T, Dt]: the text states entering the first fused layer."""
+        mask = attention_mask.bool()[:, None, None, :]
+        x = self.text.embeddings(input_ids)
+        for layer in self.text.layers[: self._first_fused_layer]:
+            x = layer(x, mask)
+        return x
+
+    def _run_blocks(
+        self, img: torch.Tensor, stages: list, start: int, stop: int,
+        txt: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Swin blocks ``start`` to ``stop - 1`` (execution order) from grid ``img``; appends each
+        finished stage's output to ``stages``. With ``txt`` [B, T, Dt] the fused blocks fuse with
+        their text layers (simultaneous update, as the official code: each reads the other's state
+        from before the step); without it they run unimodally. Returns (grid, text states)."""
+        for k in range(start, stop):
+            s, b = self._blocks[k]
+            stage = self.vision.stages[s]
+            t = self._pairs.get((s, b)) if txt is not None else None
+            if t is None:
+                img = stage.blocks[b](img)
+            else:
+                new_img = stage.blocks[b](img, txt, mask)
+                output_norm = not (self.config.fusion.skip_last_text_norm and t == self.config.text.num_layers - 1)
+                txt = self.text.layers[t](txt, mask, image=img.flatten(1, 2), output_norm=output_norm)
+                img = new_img
+            if b == len(stage.blocks) - 1:
+                stages.append(img)
+                if stage.downsample is not None:
+                    img = stage.downsample(img)
+        return img, txt
+
     # ---- dual encoder --------------------------------------------------------------------
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] -> [B, H] L2-normalised ITC image embedding. No cross-attention runs."""
+    def encode_image(self, images: torch.Tensor | None = None, *, image_prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, 3, H, W] (or its :meth:`image_prefix`) -> [B, H] L2-normalised ITC image embedding.
+        No cross-attention runs."""
         cm = self.cross_modal
         cm.require("itc_image_transform", "dual-encoder (itc)")
-        x = self.vision(images)[-1].flatten(1, 2)
+        stages: list[torch.Tensor] = []
+        grid = self.image_prefix(images) if image_prefix is None else image_prefix
+        self._run_blocks(grid, stages, self._first_fused_block, len(self._blocks))
+        x = stages[-1].flatten(1, 2)
         if self.vision.norm is not None:
             x = self.vision.norm(x)
         return _l2_normalise(cm.itc_image_pooler(self._pool_image(cm.itc_image_transform(x))))
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """[B, T] -> [B, H] L2-normalised ITC text embedding. No cross-attention runs."""
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+                    text_prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, T] -> [B, H] L2-normalised ITC text embedding. No cross-attention runs.
+        ``text_prefix``: :meth:`text_prefix` of the same ids, when already computed."""
         cm = self.cross_modal
         cm.require("itc_text_transform", "dual-encoder (itc)")
-        x = self.text(input_ids, attention_mask)
+        x = self.text_prefix(input_ids, attention_mask) if text_prefix is None else text_prefix
+        mask = attention_mask.bool()[:, None, None, :]
+        for layer in self.text.layers[self._first_fused_layer:]:
+            x = layer(x, mask)
         return _l2_normalise(cm.itc_text_pooler(self._pool_text(cm.itc_text_transform(x), attention_mask)))
 
     def itc_logits(self, image_embed: torch.Tensor, text_embed: torch.Tensor) -> torch.Tensor:
@@ -179,11 +241,17 @@ class FiberModel(HeadLogits, nn.Module):
         return feats.mean(dim=1)
 
     # ---- fusion encoder ------------------------------------------------------------------
-    def fuse(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> FusionOutput:
-        """Fusion-mode forward. images [B, 3, H, W]; input_ids, attention_mask [B, T]."""
+    def fuse(self, images: torch.Tensor | None, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+             image_prefix: torch.Tensor | None = None, text_prefix: torch.Tensor | None = None) -> FusionOutput:
+        """Fusion-mode forward. images [B, 3, H, W]; input_ids, attention_mask [B, T].
+
+        ``image_prefix`` / ``text_prefix``: :meth:`image_prefix` / :meth:`text_prefix` of the same
+        inputs, when already computed (``images`` may then be None); the result is the same.
+        """
         cm = self.cross_modal
         cm.require("text_transform", "fusion-mode")
-        text_hidden, image_stages = self.fuse_backbones(images, input_ids, attention_mask)
+        text_hidden, image_stages = self.fuse_backbones(images, input_ids, attention_mask,
+                                                        image_prefix=image_prefix, text_prefix=text_prefix)
         text_feats = cm.text_transform(text_hidden)
         image_feats = cm.image_transform(image_stages[-1].flatten(1, 2))
         cls = torch.cat([cm.text_pooler(self._pool_text(text_feats, attention_mask)),
@@ -191,38 +259,28 @@ class FiberModel(HeadLogits, nn.Module):
         return FusionOutput(text_feats, image_feats, cls, text_hidden, image_stages)
 
     def fuse_backbones(
-        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        self, images: torch.Tensor | None, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+        image_prefix: torch.Tensor | None = None, text_prefix: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
         """Run both backbones with fusion. Returns text states [B, T, Dt] and per-stage image grids
         [B, Hs, Ws, Cs] (fused, before merging; what a detection neck takes).
 
         At each fused step the image block and its text layer read each other's state from
-        before the step (simultaneous update), as the official code does.
+        before the step (simultaneous update), as the official code does. Started from an
+        ``image_prefix``, the stages finished inside the prefix were not kept: their entries
+        are None (detection needs the pixels).
         """
         mask = attention_mask.bool()[:, None, None, :]
-        fused_text = self.config.fused_text_layers()
-        first_fused = fused_text[0] if fused_text else self.config.text.num_layers
-        last_layer = self.config.text.num_layers - 1
-        skip_last_norm = self.config.fusion.skip_last_text_norm
-
-        txt = self.text.embeddings(input_ids)
-        for layer in self.text.layers[:first_fused]:
-            txt = layer(txt, mask)
-        img = self.vision.patch_embed(images)
-        stages = []
-        for s, stage in enumerate(self.vision.stages):
-            for b, block in enumerate(stage.blocks):
-                t = self._pairs.get((s, b))
-                if t is None:
-                    img = block(img)
-                    continue
-                new_img = block(img, txt, mask)
-                output_norm = not (skip_last_norm and t == last_layer)
-                txt = self.text.layers[t](txt, mask, image=img.flatten(1, 2), output_norm=output_norm)
-                img = new_img
-            stages.append(img)
-            if stage.downsample is not None:
-                img = stage.downsample(img)
+        txt = self.text_prefix(input_ids, attention_mask) if text_prefix is None else text_prefix
+        stages: list[torch.Tensor | None] = []
+        if image_prefix is None:
+            img, _ = self._run_blocks(self.vision.patch_embed(images), stages, 0, self._first_fused_block)
+        else:
+            img = image_prefix
+            stages = [None] * self._prefix_stages
+            if self._prefix_stages == len(self._stage_ends):  # no fused block: the grid is the last stage
+                stages[-1] = img
+        _, txt = self._run_blocks(img, stages, self._first_fused_block, len(self._blocks), txt, mask)
         return txt, stages
 
     # ---- detection -------------------------------------------------------------------------

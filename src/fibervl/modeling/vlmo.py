@@ -258,16 +258,31 @@ class VlmoModel(HeadLogits, nn.Module):
         weights = attention_mask.to(feats.dtype)[..., None]
         return (feats * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
-    # ---- dual encoder ----------------------------------------------------------------------
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """[B, 3, S, S] -> [B, H] L2-normalised ITC embedding (image CLS); no text is involved."""
-        self._require("itc_image_proj", "itc")
-        return _l2_normalise(self.itc_image_proj(self.image_states(images)[:, 0]))
+    # ---- the unfused prefixes --------------------------------------------------------------
+    # VLMo's fused sequence attends across both modalities from its first block: all that the
+    # modes share is the embeddings.
+    def image_prefix(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, S, S] -> [B, 1 + N, H]: the image embeddings (:meth:`embed_image`)."""
+        return self.embed_image(images)
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def text_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[B, T] -> [B, T, H]: the text embeddings (:meth:`embed_text`)."""
+        return self.embed_text(input_ids)
+
+    # ---- dual encoder ----------------------------------------------------------------------
+    def encode_image(self, images: torch.Tensor | None = None, *, image_prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, 3, S, S] (or its :meth:`image_prefix`) -> [B, H] L2-normalised ITC embedding
+        (image CLS); no text is involved."""
+        self._require("itc_image_proj", "itc")
+        x = self.embed_image(images) if image_prefix is None else image_prefix
+        return _l2_normalise(self.itc_image_proj(self.run_blocks(x, None, "image")[:, 0]))
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+                    text_prefix: torch.Tensor | None = None) -> torch.Tensor:
         """[B, T] -> [B, H] L2-normalised ITC embedding (``text_pooling``); no image is involved."""
         self._require("itc_text_proj", "itc")
-        feats = self.text_states(input_ids, attention_mask)
+        x = self.embed_text(input_ids) if text_prefix is None else text_prefix
+        feats = self.run_blocks(x, key_padding_mask(attention_mask), "text")
         return _l2_normalise(self.itc_text_proj(self._pool_text(feats, attention_mask)))
 
     def itc_logits(self, image_embed: torch.Tensor, text_embed: torch.Tensor) -> torch.Tensor:
@@ -276,17 +291,20 @@ class VlmoModel(HeadLogits, nn.Module):
         return image_embed @ text_embed.t() / self.temperature.clamp(0.001, 1.0)
 
     # ---- fusion encoder --------------------------------------------------------------------
-    def fuse(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> FusionOutput:
+    def fuse(self, images: torch.Tensor | None, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+             image_prefix: torch.Tensor | None = None, text_prefix: torch.Tensor | None = None) -> FusionOutput:
         """One sequence ``[text (T); image (1 + N)]`` through the MoME Transformer.
 
-        images [B, 3, S, S]; input_ids, attention_mask [B, T]. Returns text_feats [B, T, H] (MLM),
+        images [B, 3, S, S]; input_ids, attention_mask [B, T] (the prefixes, when given, stand for
+        the embeddings). Returns text_feats [B, T, H] (MLM),
         image_feats [B, 1 + N, H] (CLS first), and cls_feats [B, 2H] = the text pooler over the
         pooled text tokens (``text_pooling``; the official model pools token 0 alone) concatenated
         with the image pooler over the fused image CLS: the [B, 2H] layout fibervl's heads take.
         ``text_hidden`` is ``text_feats``; ``image_stages`` is empty (a ViT has no grid stages).
         """
-        t = input_ids.shape[1]
-        x = torch.cat([self.embed_text(input_ids), self.embed_image(images)], dim=1)
+        t = attention_mask.shape[1]
+        x = torch.cat([self.embed_text(input_ids) if text_prefix is None else text_prefix,
+                       self.embed_image(images) if image_prefix is None else image_prefix], dim=1)
         joint = torch.cat([attention_mask.bool(), attention_mask.new_ones(x.shape[0], x.shape[1] - t).bool()], dim=1)
         out = self.run_blocks(x, key_padding_mask(joint), "fused", t)
         text_feats, image_feats = out[:, :t], out[:, t:]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..engine.distributed import all_gather_no_grad
+from ..engine.distributed import all_gather_no_grad, is_distributed
 from .objectives import (
     FeatureQueue,
     clamp_temperature_,
@@ -71,19 +71,23 @@ class CoarsePretrainTask(nn.Module):
         logs: dict[str, torch.Tensor] = {}
         loss = images.new_zeros(())
 
-        image_embed = model.encode_image(images)
-        text_embed = model.encode_text(ids, mask)
+        # Below their first fusion layer both backbones compute the same thing in every pass of
+        # this step (ITC, the 3B ITM pairs, MLM): run that part once per image and per text.
+        image_prefix = model.image_prefix(images)
+        text_prefix = model.text_prefix(ids, mask)
+        image_embed = model.encode_image(image_prefix=image_prefix)
+        text_embed = model.encode_text(ids, mask, text_prefix=text_prefix)
         itc = itc_logits(image_embed, text_embed, model.temperature, queue=self.queue)
         loss = loss + obj.itc * itc.loss
         logs["itc"] = itc.loss.detach()
         logs["temperature"] = model.temperature.detach()
 
         if obj.itm:
-            itm, itm_acc = self._itm(model, images, ids, mask, batch.get("image_ids"), itc)
+            itm, itm_acc = self._itm(model, images, ids, mask, batch.get("image_ids"), itc, image_prefix, text_prefix)
             loss = loss + obj.itm * itm
             logs.update(itm=itm.detach(), itm_acc=itm_acc)
         if obj.mlm:
-            mlm, mlm_acc = self._mlm(model, images, ids, mask)
+            mlm, mlm_acc = self._mlm(model, image_prefix, ids, mask)
             loss = loss + obj.mlm * mlm
             logs.update(mlm=mlm.detach(), mlm_acc=mlm_acc)
         if self.queue is not None:
@@ -91,7 +95,7 @@ class CoarsePretrainTask(nn.Module):
         logs["loss"] = loss
         return logs
 
-    def _itm(self, model, images, ids, mask, image_ids, itc) -> tuple[torch.Tensor, torch.Tensor]:
+    def _itm(self, model, images, ids, mask, image_ids, itc, image_prefix, text_prefix) -> tuple[torch.Tensor, torch.Tensor]:
         n = itc.num_global
         images_all, ids_all, mask_all = (all_gather_no_grad(t) for t in (images, ids, mask))
         exclude = None
@@ -103,17 +107,26 @@ class CoarsePretrainTask(nn.Module):
             i2t, t2i = torch.zeros_like(i2t), torch.zeros_like(t2i)
         neg_text = sample_hard_negatives(i2t, itc.targets, exclude=exclude)
         neg_image = sample_hard_negatives(t2i, itc.targets, exclude=exclude)
-        itm_images, itm_ids, itm_mask, labels = itm_hard_negative_batch(
-            images, ids, mask, images_all, ids_all, mask_all, neg_text, neg_image)
-        logits = model.itm_logits(model.fuse(itm_images, itm_ids, itm_mask).cls_feats)
+        if is_distributed():
+            # Negatives may live on other ranks: their prefixes are computed here from the
+            # gathered inputs, so the gradient reaches the prefix layers through them too.
+            neg_image, neg_text = neg_image.to(images_all.device), neg_text.to(ids_all.device)
+            image_pool = model.image_prefix(images_all[neg_image])
+            text_pool, mask_pool = model.text_prefix(ids_all[neg_text], mask_all[neg_text]), mask_all[neg_text]
+            neg_image = neg_text = torch.arange(images.shape[0], device=images.device)
+        else:
+            image_pool, text_pool, mask_pool = image_prefix, text_prefix, mask
+        itm_image, itm_text, itm_mask, labels = itm_hard_negative_batch(
+            image_prefix, text_prefix, mask, image_pool, text_pool, mask_pool, neg_text, neg_image)
+        logits = model.itm_logits(model.fuse(None, None, itm_mask, image_prefix=itm_image, text_prefix=itm_text).cls_feats)
         acc = (logits.argmax(-1) == labels).float().mean().detach()
         return itm_loss(logits, labels), acc
 
-    def _mlm(self, model, images, ids, mask) -> tuple[torch.Tensor, torch.Tensor]:
+    def _mlm(self, model, image_prefix, ids, mask) -> tuple[torch.Tensor, torch.Tensor]:
         special = torch.isin(ids, self.special_ids)
         masked, labels = mask_tokens(ids, self.mask_token_id, self.vocab_size, attention_mask=mask,
                                      special_tokens_mask=special, prob=self.objectives.mlm_prob)
-        feats = model.fuse(images, masked, mask).text_feats
+        feats = model.fuse(None, masked, mask, image_prefix=image_prefix).text_feats
         chosen = labels != -100
         # The vocabulary projection only where a token was masked: B*T*V logits would dominate.
         logits = model.mlm_logits(feats[chosen]).float()
