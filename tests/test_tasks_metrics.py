@@ -121,3 +121,28 @@ def test_topk_candidates_faiss_is_optional():
     dense = topk_candidates(q, g, k=3)
     fast = topk_candidates(q, g, k=3, use_faiss=True)
     assert torch.equal(dense[1], fast[1]) and torch.allclose(dense[0], fast[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["fiber", "albef"])
+def test_itm_pair_scores_equal_one_fused_pass_per_pair(family):
+    """Re-ranking computes each image's and text's unfused prefix once and re-uses it across its
+    pairs (batches of 2 here, texts of different lengths): the scores are those of one fused pass
+    from the inputs for each pair."""
+    from fibervl.modeling.families import build_from_config
+    from fibervl.tasks.retrieval import itm_pair_scores
+    from fibervl.testing.configs import albef_micro_config, micro_config
+
+    torch.manual_seed(0)
+    model = build_from_config(micro_config() if family == "fiber" else albef_micro_config()).eval()
+    images = torch.randn(3, 3, 64, 64)
+    ids = torch.randint(4, 99, (4, 7))
+    ids[:, 0] = 0
+    ids[1, 4:] = 1
+    ids[3, 3:] = 1
+    mask = ids.ne(1).long()
+    pairs = torch.tensor([[0, 0], [2, 1], [0, 3], [1, 1], [2, 3]])
+    scores = itm_pair_scores(model, images, ids, mask, pairs, batch_size=2)
+    with torch.no_grad():
+        logits = model.itm_logits(model.fuse(images[pairs[:, 0]], ids[pairs[:, 1]], mask[pairs[:, 1]]).cls_feats)
+    torch.testing.assert_close(scores, logits[:, 1] - logits[:, 0], rtol=1e-5, atol=1e-5)
+    assert itm_pair_scores(model, images, ids, mask, pairs[:0]).shape == (0,)

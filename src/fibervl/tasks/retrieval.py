@@ -117,22 +117,34 @@ def itm_pair_scores(model, images: torch.Tensor, input_ids: torch.Tensor, attent
     """ITM log-odds (match logit minus no-match logit) of (image, text) pairs.
 
     images [I, 3, S, S]; input_ids / attention_mask [T, L]; pairs [P, 2] (image index, text
-    index) -> [P] float32 on the CPU. One fused pass per pair, ``batch_size`` pairs at a time.
-    Inputs stay where they are (the CPU); each batch of pairs goes to the model's device.
+    index) -> [P] float32 on the CPU. One fused pass per pair, ``batch_size`` pairs at a time,
+    above the unfused prefixes: those are computed once for each image and text the pairs use
+    (``model.image_prefix`` / ``text_prefix``), however many pairs it is in. Inputs and
+    prefixes stay on the CPU; each batch goes to the model's device.
     """
     device = next(model.parameters()).device
     pairs = pairs.cpu()
+    if pairs.shape[0] == 0:
+        return torch.zeros(0)
+    used_images, image_row = pairs[:, 0].unique(return_inverse=True)
+    used_texts, text_row = pairs[:, 1].unique(return_inverse=True)
+    with precision_context(device, bf16):
+        image_prefix = torch.cat([model.image_prefix(images[c].to(device)).cpu() for c in used_images.split(batch_size)])
+        text_prefix = torch.cat([model.text_prefix(input_ids[c].to(device), attention_mask[c].to(device)).cpu()
+                                 for c in used_texts.split(batch_size)])
+    mask_rows = attention_mask[used_texts]
     out = []
     for start in range(0, pairs.shape[0], batch_size):
-        p = pairs[start:start + batch_size]
-        mask = attention_mask[p[:, 1]]
+        rows = slice(start, start + batch_size)
+        mask = mask_rows[text_row[rows]]
         length = int(mask.sum(1).max())  # drop the columns that are padding for every text here
         with precision_context(device, bf16):
-            cls = model.fuse(images[p[:, 0]].to(device), input_ids[p[:, 1], :length].to(device),
-                             mask[:, :length].to(device)).cls_feats
+            cls = model.fuse(None, None, mask[:, :length].to(device),
+                             image_prefix=image_prefix[image_row[rows]].to(device),
+                             text_prefix=text_prefix[text_row[rows], :length].to(device)).cls_feats
             logits = model.itm_logits(cls).float()
         out.append((logits[:, 1] - logits[:, 0]).cpu())
-    return torch.cat(out) if out else torch.zeros(0)
+    return torch.cat(out)
 
 
 def rerank_scores(itc: torch.Tensor, pair_scorer, k: int,
