@@ -146,3 +146,22 @@ def test_itm_pair_scores_equal_one_fused_pass_per_pair(family):
         logits = model.itm_logits(model.fuse(images[pairs[:, 0]], ids[pairs[:, 1]], mask[pairs[:, 1]]).cls_feats)
     torch.testing.assert_close(scores, logits[:, 1] - logits[:, 0], rtol=1e-5, atol=1e-5)
     assert itm_pair_scores(model, images, ids, mask, pairs[:0]).shape == (0,)
+
+
+@pytest.mark.parametrize("family", ["fiber", "albef"])
+def test_nlvr2_logits_share_the_statement_prefix(family):
+    """NLVR2 computes the statement's unfused prefix once for its two images: the logits are those
+    of the two fused passes from the inputs."""
+    from fibervl.modeling.families import build_from_config
+    from fibervl.tasks.nlvr2 import nlvr2_logits
+    from fibervl.testing.configs import albef_micro_config, micro_config
+
+    torch.manual_seed(0)
+    model = build_from_config(micro_config() if family == "fiber" else albef_micro_config()).eval()
+    left, right = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
+    ids = torch.randint(4, 99, (2, 6))
+    ids[1, 4:] = 1
+    mask = ids.ne(1).long()
+    with torch.no_grad():
+        expected = model.nlvr2_logits(model.fuse(left, ids, mask).cls_feats, model.fuse(right, ids, mask).cls_feats)
+        torch.testing.assert_close(nlvr2_logits(model, left, right, ids, mask), expected, rtol=1e-5, atol=1e-5)

@@ -32,9 +32,12 @@ class Nlvr2Collator:
 
 def nlvr2_logits(model, images: torch.Tensor, images2: torch.Tensor, input_ids: torch.Tensor,
                  attention_mask: torch.Tensor) -> torch.Tensor:
-    """[B, 3, S, S] x 2, [B, L] -> [B, 2]. Both passes run as one batch of 2B (same weights)."""
+    """[B, 3, S, S] x 2, [B, L] -> [B, 2]. Both passes run as one batch of 2B (same weights); the
+    statement's unfused prefix is computed once for its two images."""
     b = images.shape[0]
-    cls = model.fuse(torch.cat([images, images2]), input_ids.repeat(2, 1), attention_mask.repeat(2, 1)).cls_feats
+    text_prefix = model.text_prefix(input_ids, attention_mask)
+    cls = model.fuse(torch.cat([images, images2]), None, attention_mask.repeat(2, 1),
+                     text_prefix=text_prefix.repeat(2, 1, 1)).cls_feats
     return model.nlvr2_logits(cls[:b], cls[b:])
 
 
