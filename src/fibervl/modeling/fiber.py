@@ -246,7 +246,8 @@ class FiberModel(HeadLogits, nn.Module):
         """Fusion-mode forward. images [B, 3, H, W]; input_ids, attention_mask [B, T].
 
         ``image_prefix`` / ``text_prefix``: :meth:`image_prefix` / :meth:`text_prefix` of the same
-        inputs, when already computed (``images`` may then be None); the result is the same.
+        inputs, when already computed (``images`` / ``input_ids`` may then be None; the mask is
+        always needed); the result is the same.
         """
         cm = self.cross_modal
         cm.require("text_transform", "fusion-mode")
