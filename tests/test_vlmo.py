@@ -309,3 +309,17 @@ def test_vlmo_pretrain_recipe_then_finetune_recipes(shapes_tiny, tmp_path, capsy
         assert main(["finetune", recipe, "--config", f"configs/fiber-tiny_{recipe}_shapes.yaml", *common,
                      f"--run-dir={out}", *extra]) == 0, recipe
         assert isinstance(load_pretrained(out / "model"), VlmoModel)
+
+
+@torch.no_grad()
+def test_prefixes_stand_for_the_embeddings(model, pairs):
+    """VLMo's prefixes are its embeddings (the fused sequence attends across modalities from
+    block 0): every mode given them equals the mode run from the inputs."""
+    images, ids, mask = pairs
+    model.eval()
+    image_prefix, text_prefix = model.image_prefix(images), model.text_prefix(ids, mask)
+    torch.testing.assert_close(model.encode_image(image_prefix=image_prefix), model.encode_image(images), rtol=0, atol=0)
+    torch.testing.assert_close(model.encode_text(ids, mask, text_prefix=text_prefix), model.encode_text(ids, mask),
+                               rtol=0, atol=0)
+    shared = model.fuse(None, None, mask, image_prefix=image_prefix, text_prefix=text_prefix)
+    torch.testing.assert_close(shared.cls_feats, model.fuse(images, ids, mask).cls_feats, rtol=0, atol=0)
