@@ -214,7 +214,7 @@ def test_max_image_pooling_keeps_a_small_bright_region(batch):
     assert get_preset("fiber-tiny").image_pooling == "max" and get_preset("fiber-base").image_pooling == "mean"
 
 
-@pytest.mark.parametrize("num_fused", [2, 3, 4])  # fusion from the top stage, from mid stage 2, from stage 2's start
+@pytest.mark.parametrize("num_fused", [0, 2, 3, 4])  # no fusion; from the top stage, mid stage 2, stage 2's start
 def test_unfused_prefixes_give_the_same_outputs(batch, num_fused):
     """Every mode started from :meth:`image_prefix` / :meth:`text_prefix` equals the mode run
     from the inputs, values and gradients alike; a prefix indexed per pair (how ITM and

@@ -133,8 +133,9 @@ class FiberModel(HeadLogits, nn.Module):
         self._blocks = [(s, b) for s, d in enumerate(config.vision.depths) for b in range(d)]
         self._first_fused_block = self._blocks.index(fused_blocks[0]) if fused_blocks else len(self._blocks)
         self._first_fused_layer = fused_text[0] if fused_text else config.text.num_layers
-        self._stage_ends = [k for k, (s, b) in enumerate(self._blocks) if b == config.vision.depths[s] - 1]
-        self._prefix_stages = sum(k < self._first_fused_block for k in self._stage_ends)
+        # Stages the image prefix finishes: those whose last block comes before the first fused one.
+        self._prefix_stages = sum(self._blocks.index((s, d - 1)) < self._first_fused_block
+                                  for s, d in enumerate(config.vision.depths))
         text_kv_width = {t: dims[s] for (s, _), t in self._pairs.items()}
         self.vision = SwinTransformer(config.vision, fused_blocks, config.text.hidden_size, config.fusion.i2t_query_norm)
         self.text = TextEncoder(config.text, text_kv_width)
@@ -202,10 +203,10 @@ class FiberModel(HeadLogits, nn.Module):
         No cross-attention runs."""
         cm = self.cross_modal
         cm.require("itc_image_transform", "dual-encoder (itc)")
-        stages: list[torch.Tensor] = []
         grid = self.image_prefix(images) if image_prefix is None else image_prefix
-        self._run_blocks(grid, stages, self._first_fused_block, len(self._blocks))
-        x = stages[-1].flatten(1, 2)
+        # The last stage has no patch merging: the grid after its last block is its output.
+        grid, _ = self._run_blocks(grid, [], self._first_fused_block, len(self._blocks))
+        x = grid.flatten(1, 2)
         if self.vision.norm is not None:
             x = self.vision.norm(x)
         return _l2_normalise(cm.itc_image_pooler(self._pool_image(cm.itc_image_transform(x))))
@@ -279,7 +280,7 @@ class FiberModel(HeadLogits, nn.Module):
         else:
             img = image_prefix
             stages = [None] * self._prefix_stages
-            if self._prefix_stages == len(self._stage_ends):  # no fused block: the grid is the last stage
+            if self._prefix_stages == len(self.config.vision.depths):  # no fused block: the grid is the last stage
                 stages[-1] = img
         _, txt = self._run_blocks(img, stages, self._first_fused_block, len(self._blocks), txt, mask)
         return txt, stages
