@@ -86,6 +86,30 @@ def test_grounding_baselines_random_object_above_random_box(shapes_tiny):
         assert phrase_chance_random_box(shapes_tiny, "test", source) == chance
 
 
+def test_baselines_are_computed_on_the_evaluated_items(shapes_tiny):
+    """A task evaluated on the first N records is compared with a baseline over those N records:
+    over the whole split the values are the generator's baselines.json; over a prefix they are
+    the hand-computed rates of that prefix."""
+    from fibervl.data.shapes import ShapesDataset
+    from fibervl.mainjob.baselines import evaluated_baselines
+
+    whole = json.loads((shapes_tiny / "baselines.json").read_text())["test"]
+    assert evaluated_baselines(shapes_tiny, "test", "nlvr2") == whole["nlvr2"]
+    assert evaluated_baselines(shapes_tiny, "test", "refexp") == whole["refexp"]
+    assert evaluated_baselines(shapes_tiny, "test", "vqa")["all"] == whole["vqa"]["all"]
+
+    refexp = list(ShapesDataset(shapes_tiny).refexp("test"))[:5]
+    first5 = evaluated_baselines(shapes_tiny, "test", "refexp", limit=5)
+    assert first5["expressions"] == 5
+    assert first5["random_object"] == pytest.approx(100 * sum(1 / r.meta["num_objects"] for r in refexp) / 5, abs=0.01)
+    nlvr2 = list(ShapesDataset(shapes_tiny).nlvr2("test"))[:3]
+    first3 = evaluated_baselines(shapes_tiny, "test", "nlvr2", limit=3)
+    assert first3["items"] == 3
+    assert first3["true_fraction"] == pytest.approx(100 * sum(bool(s.label) for s in nlvr2) / 3, abs=0.01)
+    with pytest.raises(ValueError, match="caption"):
+        evaluated_baselines(shapes_tiny, "test", "caption")
+
+
 def test_random_box_chance_is_certain_when_every_box_fills_its_image(tmp_path, monkeypatch):
     """Hand-made: one 32x32 image whose one phrase box is the whole image, training boxes
     32x32 too, so every random box is the phrase's box: chance 100 %."""

@@ -175,7 +175,7 @@ def test_cli(tmp_path, capsys):
 
 def test_difficulty_knobs_limit_objects_and_backgrounds(tmp_path):
     generate(tmp_path, ShapesConfig(size=20, seed=2, workers=1, vocab_size=400, min_objects=1, max_objects=2,
-                                    backgrounds=("plain",)))
+                                    backgrounds=("plain",), nlvr2_per_image=3.0))
     detection = json.loads((tmp_path / "detection" / "instances_train.json").read_text())
     per_image: dict[int, int] = {}
     for ann in detection["annotations"]:
@@ -184,7 +184,12 @@ def test_difficulty_knobs_limit_objects_and_backgrounds(tmp_path):
     assert max(per_image.values()) <= 2
     meta = json.loads((tmp_path / "dataset.json").read_text())
     assert meta["config"]["backgrounds"] == ["plain"] and meta["config"]["max_objects"] == 2
+    # 3 statements per image asked: 60 drawn for 20 training images; a few are dropped when no
+    # pair of this small split gives the wanted label.
+    assert 48 <= meta["splits"]["train"]["nlvr2_items"] <= 60
     with pytest.raises(ValueError, match="min_objects"):
         ShapesConfig(min_objects=3, max_objects=2)
+    with pytest.raises(ValueError, match="nlvr2_per_image"):
+        ShapesConfig(nlvr2_per_image=0)
     with pytest.raises(ValueError, match="backgrounds"):
         ShapesConfig(backgrounds=("lava",))

@@ -26,6 +26,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab-size", type=int, default=1000, help="upper bound of the trained tokenizer's vocabulary")
     p.add_argument("--no-webdataset", action="store_true", help="skip the webdataset tar shards")
     p.add_argument("--force", action="store_true", help="write into a non-empty directory")
+    p.add_argument("--nlvr2-per-image", type=float, default=2.0,
+                   help="NLVR2 statements per image of each split (default 2.0: about 540 test statements for 300 test images)")
     p.add_argument("--objects", default="2-8", help="objects per image, MIN-MAX (default 2-8; e.g. 1-3 for an easy set)")
     p.add_argument("--backgrounds", default="plain,striped,checkered,speckled,cloudy",
                    help="comma-separated background kinds to draw from (default: all five)")
@@ -58,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = ShapesConfig(size=size, seed=args.seed, image_size=args.image_size, image_format=args.format,
                                workers=max(1, args.workers), vocab_size=args.vocab_size,
                                webdataset=not args.no_webdataset, min_objects=int(low), max_objects=int(high or low),
+                               nlvr2_per_image=args.nlvr2_per_image,
                                backgrounds=tuple(b.strip() for b in args.backgrounds.split(",") if b.strip()))
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)

@@ -1,9 +1,12 @@
 """The baseline of every task of the main job: what a model that does not look (or a random
 guess) reaches on the same evaluation items.
 
-Text-only and random-object baselines of the shapes set come from its ``baselines.json``
-(written by the generator); the two that depend on the evaluated subset are computed here:
+Every baseline is computed over exactly the items the task evaluates (the first ``limit``
+records of the split, as the evaluations count them):
 
+* VQA and NLVR2, *text-only priors* (and NLVR2's chance and majority), REC, *random object*: the
+  definitions of the generator's ``baselines.json`` (:mod:`fibervl.data.shapes.baselines`),
+  re-computed on the evaluated records;
 * phrase grounding, *random object*: the expected R@1 of picking one of the image's objects at
   random (a phrase is found when the pick overlaps any of its boxes with IoU >= 0.5);
 * phrase grounding and referring expressions, *chance*: R@1 of one random box per phrase,
@@ -22,18 +25,25 @@ from pathlib import Path
 import torch
 
 from ..data.shapes import ShapesDataset
+from ..data.shapes.baselines import nlvr2_baselines, refexp_baselines, vqa_baselines
 from ..metrics.detection import coco_ap
 from ..modeling.detection.box_ops import box_iou
 
 
-def shapes_baselines(root: str | Path, split: str) -> dict:
-    path = Path(root) / "baselines.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: regenerate it with `fibervl data baselines {root}`")
-    data = json.loads(path.read_text())
-    if split not in data:
-        raise KeyError(f"{path} has no {split!r} split (has {sorted(data)})")
-    return data[split]
+def evaluated_baselines(root: str | Path, split: str, task: str, limit: int = 0) -> dict:
+    """The text-only / random-object baselines of ``task`` ("vqa", "nlvr2" or "refexp") over the
+    first ``limit`` records of ``split`` (0: all): the items the task's evaluation scores, so
+    that a limited evaluation is never compared with a whole-split baseline."""
+    shapes = ShapesDataset(root)
+    readers = {"vqa": shapes.vqa, "nlvr2": shapes.nlvr2, "refexp": shapes.refexp}
+    if task not in readers:
+        raise ValueError(f"no evaluated baseline for task {task!r}; known: {sorted(readers)}")
+    records = list(readers[task](split))
+    records = records[:limit] if limit else records
+    if task == "refexp":
+        return refexp_baselines(records)
+    make = vqa_baselines if task == "vqa" else nlvr2_baselines
+    return make(readers[task]("train"), records)
 
 
 def _objects_by_image(annotation_file: Path) -> dict[int, torch.Tensor]:

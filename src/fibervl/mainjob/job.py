@@ -21,7 +21,7 @@ from typing import Callable
 
 from ..engine.optim import OptimConfig, ScheduleConfig
 from ..engine.trainer import TrainConfig
-from .baselines import detection_chance_ap, grounding_random_object, phrase_chance_random_box, shapes_baselines
+from .baselines import detection_chance_ap, evaluated_baselines, grounding_random_object, phrase_chance_random_box
 from .presets import JobPreset, StagePlan
 from .stages import StageInterrupted, StageRunner
 
@@ -89,7 +89,8 @@ def stage_data(ctx: JobContext, stage_dir: Path) -> dict:
     plan = ctx.preset.data
     low, _, high = plan.objects.partition("-")
     cfg = ShapesConfig(size=plan.size, seed=plan.seed, image_size=plan.image_size, min_objects=int(low),
-                       max_objects=int(high or low), backgrounds=tuple(plan.backgrounds.split(",")), webdataset=False)
+                       max_objects=int(high or low), backgrounds=tuple(plan.backgrounds.split(",")),
+                       nlvr2_per_image=plan.nlvr2_per_image, webdataset=False)
     meta = generate(ctx.data_root, cfg, progress=False)
     return {"root": str(ctx.data_root), "splits": meta["splits"], "seconds": meta["generation_seconds"]}
 
@@ -209,7 +210,7 @@ def task_vqa(ctx: JobContext, stage_dir: Path) -> dict:
                     data=VqaData(root=str(ctx.data_root), num_eval=p.num_eval * 6, eval_split=EVAL_SPLIT),
                     train=train_config(p.task("vqa"), stage_dir, p, FINETUNE_MULTIPLIERS))
     m = _finished(run(cfg))["eval"]
-    b = shapes_baselines(ctx.data_root, EVAL_SPLIT)["vqa"]["all"]
+    b = evaluated_baselines(ctx.data_root, EVAL_SPLIT, "vqa", cfg.data.num_eval)["all"]
     prior = max(b["text_only_prior"], b["prefix_prior"])
     return {"metric": "accuracy (VQAv2 metric, %)", "value": m["vqa_acc"],
             "baseline": "text-only prior (best answer per question text / prefix, from train)",
@@ -225,7 +226,7 @@ def task_nlvr2(ctx: JobContext, stage_dir: Path) -> dict:
                       data=Nlvr2Data(root=str(ctx.data_root), num_eval=p.num_eval, eval_split=EVAL_SPLIT),
                       train=train_config(p.task("nlvr2"), stage_dir, p, FINETUNE_MULTIPLIERS))
     m = _finished(run(cfg))["eval"]
-    b = shapes_baselines(ctx.data_root, EVAL_SPLIT)["nlvr2"]
+    b = evaluated_baselines(ctx.data_root, EVAL_SPLIT, "nlvr2", cfg.data.num_eval)
     best = max(b["chance"], b["majority"], b["prefix_prior"], b["text_only_prior"])
     return {"metric": "accuracy (%)", "value": m["nlvr2_acc"],
             "baseline": "best of chance, majority and text-only priors", "baseline_value": best, "details": m}
@@ -272,7 +273,7 @@ def task_grounding(ctx: JobContext, stage_dir: Path) -> dict:
 
 def task_refexp(ctx: JobContext, stage_dir: Path) -> dict:
     m = _fine_task(ctx, stage_dir, "refexp", ("refexp",))
-    base = shapes_baselines(ctx.data_root, EVAL_SPLIT)["refexp"]["random_object"]
+    base = evaluated_baselines(ctx.data_root, EVAL_SPLIT, "refexp", ctx.preset.num_eval)["random_object"]
     chance = phrase_chance_random_box(ctx.data_root, EVAL_SPLIT, "refexp", ctx.preset.num_eval)
     return {"metric": "accuracy (top box IoU >= 0.5, %)", "value": m["rec_acc"],
             "baseline": f"a random object of the image (a random box: {chance:.2f})", "baseline_value": base,

@@ -20,6 +20,7 @@ class DataPlan:
     objects: str = "1-3"
     backgrounds: str = "plain"
     seed: int = 0
+    nlvr2_per_image: float = 2.0
 
 
 @dataclass(frozen=True)
