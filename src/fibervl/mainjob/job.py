@@ -223,7 +223,9 @@ def task_nlvr2(ctx: JobContext, stage_dir: Path) -> dict:
 
     p = ctx.preset
     cfg = Nlvr2Config(model=ModelSpec(init=ctx.pretrained),
-                      data=Nlvr2Data(root=str(ctx.data_root), num_eval=p.num_eval, eval_split=EVAL_SPLIT),
+                      # num_eval counts images; NLVR2 has nlvr2_per_image statements per image (VQA: 6 questions)
+                      data=Nlvr2Data(root=str(ctx.data_root), num_eval=int(p.num_eval * p.data.nlvr2_per_image),
+                                     eval_split=EVAL_SPLIT),
                       train=train_config(p.task("nlvr2"), stage_dir, p, FINETUNE_MULTIPLIERS))
     m = _finished(run(cfg))["eval"]
     b = evaluated_baselines(ctx.data_root, EVAL_SPLIT, "nlvr2", cfg.data.num_eval)
