@@ -39,7 +39,9 @@ class StagePlan:
 @dataclass(frozen=True)
 class JobPreset:
     """``itc_steps``: coarse pre-training starts with this many ITC-only steps (cheap: no fused
-    pass) before ITC + ITM + MLM; ``num_eval``: test images evaluated per task, i.e. their records (VQA: 6 questions and NLVR2: ``nlvr2_per_image`` statements per image; 0: the whole split);
+    pass) before ITC + ITM + MLM; ``num_eval``: the test images whose records each task
+    evaluates (VQA: 6 questions per image, NLVR2: ``data.nlvr2_per_image`` statements per
+    image; 0: the whole split);
     ``token_align``: weight of the contrastive word-region term in the fine-grained stage and the
     grounding, REC and detection stages (``FineObjectives``; 0 = the official loss alone)."""
 
