@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fibervl.metrics.retrieval import retrieval_recall
-from fibervl.metrics.vqa import normalize_vqa_answer, vqa_accuracy, vqa_score, write_vqa_results
+from fibervl.metrics.vqa import mean_vqa_accuracy, normalize_vqa_answer, vqa_accuracy, vqa_score, write_vqa_results
 from fibervl.tasks.retrieval import rerank_scores, topk_candidates
 
 
@@ -42,6 +42,18 @@ def test_vqa_accuracy_normalises_when_annotators_disagree():
     # Unanimous annotators: the official evaluator only strips and lower-cases.
     assert vqa_accuracy(" YES\n", ["yes"] * 10) == 1.0
     assert vqa_accuracy("yes!", ["yes"] * 10) == 0.0
+
+
+def test_mean_accuracy_over_candidates_is_the_mean_of_single_accuracies():
+    """The chance baseline's fast path (annotators normalised once) against hand values: a
+    random pick from 4 candidates, of which "Two" and "2" match 4 annotators (1.0 each), "three"
+    and "3" match 6 (1.0), on disagreeing annotators; on unanimous ones only "yes" matches."""
+    answers = ["two", "2", "2 ", "Two.", "three", "3", "3", "3", "3", "3"]
+    assert mean_vqa_accuracy(["Two", "2", "3", "cat"], answers) == pytest.approx(0.75)
+    assert mean_vqa_accuracy(["yes", "yes!", "no"], ["yes"] * 10) == pytest.approx(1 / 3)
+    assert mean_vqa_accuracy(["cat", "dog"], ["cat"] * 2 + ["dog"] * 8) == pytest.approx((0.6 + 1.0) / 2)
+    with pytest.raises(ValueError, match="at least one"):
+        mean_vqa_accuracy([], answers)
 
 
 def test_vqa_score_and_results_file(tmp_path):

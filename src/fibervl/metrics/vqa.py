@@ -18,10 +18,12 @@ exact match after step 1.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+from collections import Counter
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 _CONTRACTIONS = {
     "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
@@ -102,13 +104,30 @@ def accuracy_from_count(matches: int, total: int) -> float:
 
 def vqa_accuracy(prediction: str, answers: list[str]) -> float:
     """VQAv2 accuracy in [0, 1] of one predicted answer against the annotators' ``answers``."""
-    gts = [_clean(a) for a in answers]
+    return mean_vqa_accuracy([prediction], answers)
+
+
+@functools.lru_cache(maxsize=65536)
+def _prediction_keys(prediction: str) -> tuple[str, str]:
+    """A prediction as it is compared: (when the annotators agree, when they disagree)."""
     pred = _clean(prediction)
-    if len(set(gts)) > 1:
+    return pred.lower(), normalize_vqa_answer(pred).lower()
+
+
+def mean_vqa_accuracy(predictions: Sequence[str], answers: list[str]) -> float:
+    """Mean of :func:`vqa_accuracy` of each of ``predictions`` against one question's ``answers``
+    (e.g. the expected accuracy of an answer drawn at random from a vocabulary), normalising the
+    annotators' answers once instead of once per prediction."""
+    if not predictions:
+        raise ValueError("mean_vqa_accuracy needs at least one prediction")
+    gts = [_clean(a) for a in answers]
+    agree = len(set(gts)) <= 1
+    if not agree:
         gts = [normalize_vqa_answer(a) for a in gts]
-        pred = normalize_vqa_answer(pred)
-    pred = pred.lower()
-    return accuracy_from_count(sum(g.lower() == pred for g in gts), len(gts))
+    counts = Counter(g.lower() for g in gts)
+    side = 0 if agree else 1
+    total = sum(accuracy_from_count(counts.get(_prediction_keys(p)[side], 0), len(gts)) for p in predictions)
+    return total / len(predictions)
 
 
 def vqa_score(predictions: dict, samples: Iterable) -> dict[str, float]:

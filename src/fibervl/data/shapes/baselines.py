@@ -18,13 +18,13 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from ...metrics.vqa import vqa_accuracy
+from ...metrics.vqa import mean_vqa_accuracy, vqa_accuracy
 from .layout import ShapesDataset
 
 
 def _chance_accuracy(answers: list[str], vocab: list[str]) -> float:
     """Expected accuracy of a uniformly random answer from ``vocab``."""
-    return sum(vqa_accuracy(v, answers) for v in vocab) / len(vocab)
+    return mean_vqa_accuracy(vocab, answers)
 
 
 def _mean(xs) -> float:
