@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..data.shapes import ShapesDataset
-from ..data.shapes.baselines import nlvr2_baselines, refexp_baselines, vqa_baselines
+from ..data.shapes.baselines import compute_baselines
 from ..metrics.detection import coco_ap
 from ..modeling.detection.box_ops import box_iou
 
@@ -34,16 +34,7 @@ def evaluated_baselines(root: str | Path, split: str, task: str, limit: int = 0)
     """The text-only / random-object baselines of ``task`` ("vqa", "nlvr2" or "refexp") over the
     first ``limit`` records of ``split`` (0: all): the items the task's evaluation scores, so
     that a limited evaluation is never compared with a whole-split baseline."""
-    shapes = ShapesDataset(root)
-    readers = {"vqa": shapes.vqa, "nlvr2": shapes.nlvr2, "refexp": shapes.refexp}
-    if task not in readers:
-        raise ValueError(f"no evaluated baseline for task {task!r}; known: {sorted(readers)}")
-    records = list(readers[task](split))
-    records = records[:limit] if limit else records
-    if task == "refexp":
-        return refexp_baselines(records)
-    make = vqa_baselines if task == "vqa" else nlvr2_baselines
-    return make(readers[task]("train"), records)
+    return compute_baselines(root, (split,), (task,), limit)[split][task]
 
 
 def _objects_by_image(annotation_file: Path) -> dict[int, torch.Tensor]:

@@ -108,9 +108,26 @@ def refexp_baselines(ref) -> dict:
     return {"expressions": len(ref), "random_object": _mean(1.0 / s.meta["num_objects"] for s in ref)}
 
 
-def compute_baselines(root: str | Path, splits: tuple[str, ...] = ("val", "test")) -> dict:
-    """Baselines per split; written by the generator to ``DIR/baselines.json``."""
+BASELINE_TASKS = ("vqa", "nlvr2", "refexp")
+
+
+def compute_baselines(root: str | Path, splits: tuple[str, ...] = ("val", "test"),
+                      tasks: tuple[str, ...] = BASELINE_TASKS, limit: int = 0) -> dict:
+    """Baselines per split and task, over the first ``limit`` records of each split (0: all).
+    The generator writes every task's, on whole splits, to ``DIR/baselines.json``; the main job
+    asks for the records its evaluations score."""
+    unknown = sorted(set(tasks) - set(BASELINE_TASKS))
+    if unknown:
+        raise ValueError(f"no baselines for task(s) {unknown}; known: {list(BASELINE_TASKS)}")
     ds = ShapesDataset(root)
-    vqa_train, nlvr2_train = ds.vqa("train"), ds.nlvr2("train")
-    return {split: {"vqa": vqa_baselines(vqa_train, ds.vqa(split)), "nlvr2": nlvr2_baselines(nlvr2_train, ds.nlvr2(split)),
-                    "refexp": refexp_baselines(ds.refexp(split))} for split in splits}
+    readers = {"vqa": ds.vqa, "nlvr2": ds.nlvr2, "refexp": ds.refexp}
+    train = {t: readers[t]("train") for t in tasks if t != "refexp"}  # read once for every split
+    makers = {"vqa": lambda evals: vqa_baselines(train["vqa"], evals),
+              "nlvr2": lambda evals: nlvr2_baselines(train["nlvr2"], evals),
+              "refexp": refexp_baselines}
+
+    def records(task: str, split: str):
+        reader = readers[task](split)
+        return list(reader)[:limit] if limit else reader
+
+    return {split: {t: makers[t](records(t, split)) for t in tasks} for split in splits}
