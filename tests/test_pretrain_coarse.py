@@ -167,3 +167,30 @@ def test_shared_prefixes_change_nothing_but_the_cost(monkeypatch):
     largest = max(g.abs().max().item() for g in g_plain.values())
     for name in g_plain:  # the same sums in another order: float rounding only
         torch.testing.assert_close(g_shared[name], g_plain[name], rtol=1e-4, atol=1e-6 * largest, msg=name)
+
+
+def test_two_identical_coarse_steps_give_bitwise_equal_gradients():
+    """Exact resume needs a deterministic step: ITM reuses each prefix for several pairs, and the
+    gradient of repeated rows must be summed in a fixed order (2 threads, fiber-tiny)."""
+    from fibervl.config import get_preset
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cfg = get_preset("fiber-tiny")
+        g = torch.Generator().manual_seed(1)
+        batch = {"images": torch.randn(32, 3, 128, 128, generator=g),
+                 "input_ids": torch.randint(5, 500, (32, 20), generator=g),
+                 "attention_mask": torch.ones(32, 20, dtype=torch.long)}
+        grads = []
+        for _ in range(2):
+            torch.manual_seed(0)
+            model = FiberModel(cfg).train()
+            task = CoarsePretrainTask(CoarseObjectives(), cfg.hidden_size, cfg.text.vocab_size, cfg.text.mask_token_id,
+                                      (0, 1, 2))
+            task.training_step(model, batch)["loss"].backward()
+            grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+        differ = [n for n in grads[0] if not torch.equal(grads[0][n], grads[1][n])]
+        assert not differ, differ[:5]
+    finally:
+        torch.set_num_threads(threads)

@@ -261,9 +261,12 @@ def itm_hard_negative_batch(
     b = image.shape[0]
     if text_ids.shape[1] != text_ids_all.shape[1]:
         raise ValueError("local and global text ids must be padded to the same length")
-    img_neg = image_all[neg_image_idx.to(image_all.device)]
-    ids_neg = text_ids_all[neg_text_idx.to(text_ids_all.device)]
-    mask_neg = text_mask_all[neg_text_idx.to(text_mask_all.device)]
+    # index_select, not x[idx]: negatives repeat rows (and are the prefixes of positives too), and
+    # the backward of x[idx] (an accumulating index_put_) sums repeated rows in a thread-dependent
+    # order on CPU: two identical coarse steps gave gradients differing in the last bits.
+    img_neg = image_all.index_select(0, neg_image_idx.to(image_all.device))
+    ids_neg = text_ids_all.index_select(0, neg_text_idx.to(text_ids_all.device))
+    mask_neg = text_mask_all.index_select(0, neg_text_idx.to(text_mask_all.device))
     images = torch.cat([image, image, img_neg], dim=0)
     ids = torch.cat([text_ids, ids_neg, text_ids], dim=0)
     mask = torch.cat([text_mask, mask_neg, text_mask], dim=0)
