@@ -252,3 +252,52 @@ def test_unfused_prefixes_give_the_same_outputs(batch, num_fused):
         indexed = model.fuse(None, ids[pairs[:, 1]], mask[pairs[:, 1]], image_prefix=image_prefix[pairs[:, 0]])
         repeated = model.fuse(images[pairs[:, 0]], ids[pairs[:, 1]], mask[pairs[:, 1]])
     torch.testing.assert_close(indexed.cls_feats, repeated.cls_feats, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("num_fused", [2, 3, 4])  # from the top stage, mid stage 2, stage 2's start
+def test_freeze_prefix_trains_exactly_what_lies_above_the_first_fused_block(batch, num_fused):
+    """After :meth:`freeze_prefix` a fused loss gives gradients to every fused block, pooler and
+    head, and to nothing that :meth:`image_prefix` / :meth:`text_prefix` run; the outputs and
+    the gradients of what still trains are those of the unfrozen model."""
+    images, ids, mask = batch
+    cfg = micro_config()
+    cfg = cfg.replace(fusion=cfg.fusion.__class__(num_layers=num_fused), text=cfg.text.__class__(
+        **{**cfg.text.__dict__, "num_layers": 4}))
+    torch.manual_seed(0)
+    model = FiberModel(cfg)
+    set_alphas(model, 0.5)
+    loss = model.fuse(images, ids, mask).cls_feats.square().sum()
+    loss.backward()
+    full = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    # What lies above the prefix: the weights a loss reaches from detached prefixes.
+    detached = model.fuse(None, ids, mask, image_prefix=model.image_prefix(images).detach(),
+                          text_prefix=model.text_prefix(ids, mask).detach())
+    detached.cls_feats.square().sum().backward()
+    above = {n for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+
+    frozen = model.freeze_prefix()
+    assert frozen == sum(p.numel() for n, p in model.named_parameters() if n in set(full) - above) > 0
+    frozen_loss = model.fuse(images, ids, mask).cls_feats.square().sum()
+    frozen_loss.backward()
+    torch.testing.assert_close(frozen_loss, loss, rtol=1e-6, atol=0)  # kernels may differ without autograd
+    trained = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert trained == above
+    for name in trained:
+        torch.testing.assert_close(model.get_parameter(name).grad, full[name], rtol=1e-5, atol=1e-7, msg=name)
+    for name in set(full) - above:
+        assert not model.get_parameter(name).requires_grad, name
+    assert any(n.startswith("vision.patch_embed") for n in set(full) - above)
+
+
+def test_freeze_prefix_through_the_model_spec(tmp_path):
+    """``ModelSpec(freeze_prefix=True)`` freezes the task model it builds; a family without
+    fused prefixes says so instead of training everything."""
+    from fibervl.experiment import ModelSpec, apply_freezing
+
+    model = apply_freezing(FiberModel(micro_config()), ModelSpec(freeze_prefix=True))
+    assert not model.vision.patch_embed.proj.weight.requires_grad
+    assert all(p.requires_grad for p in model.heads.parameters())
+    with pytest.raises(ValueError, match="freeze_prefix"):
+        apply_freezing(torch.nn.Linear(2, 2), ModelSpec(freeze_prefix=True))

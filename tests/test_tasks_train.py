@@ -194,3 +194,20 @@ def test_cli_vqa_on_a_vqav2_layout_directory(shapes_tiny, tmp_path, capsys):
     # A wrong template names the missing image file.
     assert main(args[:7] + ["pics/{split}/{image_id}.png"] + args[8:] + [f"--run-dir={tmp_path / 'bad'}"]) == 1
     assert "pics/train2014/" in capsys.readouterr().err
+
+
+def test_cli_finetune_with_a_frozen_prefix_trains_only_the_fused_top(shapes_tiny, tmp_path):
+    """``model.freeze_prefix=true`` (what the main job's VQA and NLVR2 stages use): the weights
+    below the first fused block leave training bit-identical, the fused blocks and head move."""
+    base = tmp_path / "base"
+    assert main(["finetune", "vqa", "--config", "configs/fiber-tiny_vqa_shapes.yaml", *_common(shapes_tiny, base)]) == 0
+    frozen = tmp_path / "frozen"
+    args = [a for a in _common(shapes_tiny, frozen) if not a.startswith("model.preset=")]
+    assert main(["finetune", "vqa", "--config", "configs/fiber-tiny_vqa_shapes.yaml", "--init", str(base / "model"),
+                 "model.freeze_prefix=true", "train.optim.lr=1e-3", *args]) == 0
+    before, after = (FiberModel.from_pretrained(d / "model") for d in (base, frozen))
+    prefix = {id(p) for m in after.prefix_modules() for p in m.parameters()}
+    old = dict(before.named_parameters())
+    moved = {n for n, p in after.named_parameters() if not torch.equal(p, old[n])}
+    assert moved and not any(id(after.get_parameter(n)) in prefix for n in moved)
+    assert any(n.startswith("heads.vqa.") for n in moved) and any(".t2i." in n or ".i2t." in n for n in moved)

@@ -26,12 +26,15 @@ class ModelSpec:
     (``save_pretrained`` output, e.g. an earlier stage's ``model/``) whose weights start the run.
     ``heads``: override the preset's heads (empty: keep). ``seed``: the seed of every weight
     initialised here rather than loaded (a fresh model, a new head), so that two runs of one
-    config start from the same weights; it leaves the process's random streams as they were."""
+    config start from the same weights; it leaves the process's random streams as they were.
+    ``freeze_prefix``: train only what lies above the first fused block
+    (:meth:`FiberModel.freeze_prefix`), for fine-tuning a pre-trained model cheaply."""
 
     preset: str = "fiber-tiny"
     init: str = ""
     heads: tuple[str, ...] = ()
     seed: int = 0
+    freeze_prefix: bool = False
 
 
 @dataclass
@@ -79,8 +82,22 @@ def _fresh(config, seed: int) -> FiberModel:
         return build_from_config(config)
 
 
+def apply_freezing(model, spec: ModelSpec):
+    """``model`` with its unfused prefixes frozen if ``spec.freeze_prefix`` asks for it."""
+    if spec.freeze_prefix:
+        if not hasattr(model, "freeze_prefix"):
+            raise ValueError(f"model.freeze_prefix: {type(model).__name__} has no unfused prefix to freeze "
+                             "(only FIBER models do)")
+        model.freeze_prefix()
+    return model
+
+
 def build_model(spec: ModelSpec, tokenizer: Tokenizer) -> FiberModel:
     """A fresh model of the preset, or the ``init`` model; the tokenizer must fit its vocabulary."""
+    return apply_freezing(_build_model(spec, tokenizer), spec)
+
+
+def _build_model(spec: ModelSpec, tokenizer: Tokenizer) -> FiberModel:
     if spec.init:
         model = load_pretrained(spec.init)
         t = model.config.text
@@ -135,7 +152,7 @@ def build_model_compatible(spec: ModelSpec, tokenizer: Tokenizer) -> tuple[Fiber
     report = {"init": spec.init, "new": [], "unused": []}
     if spec.init:
         report["new"], report["unused"] = load_compatible(model, spec.init)
-    return model, report
+    return apply_freezing(model, spec), report
 
 
 def resolve_model_dir(path: str | Path) -> Path:
@@ -161,7 +178,7 @@ def build_task_model(spec: ModelSpec, tokenizer: Tokenizer, new_heads: tuple[str
         config = model_config(spec, tokenizer)
         heads = tuple(config.heads) + tuple(h for h in new_heads if h not in config.heads)
         model = _fresh(config.replace(heads=heads, **config_changes), spec.seed)
-        return model, sorted(model.state_dict())
+        return apply_freezing(model, spec), sorted(model.state_dict())
     from .modeling.pretrained import CheckpointError, WEIGHTS_NAME, read_weights
 
     directory = resolve_model_dir(spec.init)
@@ -184,4 +201,4 @@ def build_task_model(spec: ModelSpec, tokenizer: Tokenizer, new_heads: tuple[str
     new = sorted(k for k in expected if k not in load)
     expected.update(load)
     model.load_state_dict(expected, strict=True)
-    return model, new
+    return apply_freezing(model, spec), new

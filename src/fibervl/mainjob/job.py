@@ -54,6 +54,11 @@ class JobContext:
     def stage_model(self, stage: str) -> str:
         return str(self.runner.stage_dir(stage) / "model")
 
+    def freezes_prefix(self, task: str) -> bool:
+        """Whether ``task`` trains only the fused top: the plan's ``freeze_prefix``, for FIBER
+        (ALBEF and VLMo fine-tune every weight, as their papers do)."""
+        return self.preset.task(task).freeze_prefix and self.family == "fiber"
+
     @property
     def pretrained(self) -> str:
         """The image-text pre-trained model every coarse-grained task starts from."""
@@ -206,7 +211,7 @@ def task_vqa(ctx: JobContext, stage_dir: Path) -> dict:
     from ..recipes.vqa import VqaConfig, VqaData, run
 
     p = ctx.preset
-    cfg = VqaConfig(model=ModelSpec(init=ctx.pretrained),
+    cfg = VqaConfig(model=ModelSpec(init=ctx.pretrained, freeze_prefix=ctx.freezes_prefix("vqa")),
                     data=VqaData(root=str(ctx.data_root), num_eval=p.num_eval * 6, eval_split=EVAL_SPLIT),
                     train=train_config(p.task("vqa"), stage_dir, p, FINETUNE_MULTIPLIERS))
     m = _finished(run(cfg))["eval"]
@@ -222,7 +227,7 @@ def task_nlvr2(ctx: JobContext, stage_dir: Path) -> dict:
     from ..recipes.nlvr2 import Nlvr2Config, Nlvr2Data, run
 
     p = ctx.preset
-    cfg = Nlvr2Config(model=ModelSpec(init=ctx.pretrained),
+    cfg = Nlvr2Config(model=ModelSpec(init=ctx.pretrained, freeze_prefix=ctx.freezes_prefix("nlvr2")),
                       # num_eval counts images; NLVR2 has nlvr2_per_image statements per image (VQA: 6 questions)
                       data=Nlvr2Data(root=str(ctx.data_root), num_eval=int(p.num_eval * p.data.nlvr2_per_image),
                                      eval_split=EVAL_SPLIT),

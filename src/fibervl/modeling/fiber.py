@@ -172,6 +172,31 @@ class FiberModel(HeadLogits, nn.Module):
             x = layer(x, mask)
         return x
 
+    def prefix_modules(self) -> list[nn.Module]:
+        """The modules :meth:`image_prefix` and :meth:`text_prefix` run: the patch embedding,
+        every Swin block below the first fused one (with the patch merging of the stages they
+        finish), the text embeddings and the text layers below the first fused one."""
+        modules: list[nn.Module] = [self.vision.patch_embed, self.text.embeddings]
+        for s, b in self._blocks[: self._first_fused_block]:
+            stage = self.vision.stages[s]
+            modules.append(stage.blocks[b])
+            if b == len(stage.blocks) - 1 and stage.downsample is not None:
+                modules.append(stage.downsample)
+        modules += list(self.text.layers[: self._first_fused_layer])
+        return modules
+
+    def freeze_prefix(self) -> int:
+        """Stop training the unfused prefixes (``requires_grad = False``): the fused blocks, the
+        poolers and the heads still train, and backpropagation stops at the first fused block,
+        which makes a fused fine-tuning step about 1.8x cheaper for ``fiber-tiny``. Returns the
+        number of parameters frozen."""
+        frozen = 0
+        for module in self.prefix_modules():
+            for p in module.parameters():
+                p.requires_grad_(False)
+                frozen += p.numel()
+        return frozen
+
     def _run_blocks(
         self, img: torch.Tensor, stages: list, start: int, stop: int,
         txt: torch.Tensor | None = None, mask: torch.Tensor | None = None,
