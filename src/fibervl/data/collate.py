@@ -34,9 +34,9 @@ def normalize_positive_map(pm: torch.Tensor) -> torch.Tensor:
 class Batch:
     """A collated batch; B samples, L tokens, images padded to H x W (bottom/right).
 
-    pixel_values:   [B, 3, H, W] float32 (padding is 0).
-    pixel_mask:     [B, H, W] bool, True on real pixels.
-    image_sizes:    [B, 2] int64 (h, w) of each image before padding.
+    pixel_values:   [B, 3, H, W] float32 (padding is 0); None for text-only samples.
+    pixel_mask:     [B, H, W] bool, True on real pixels (None likewise).
+    image_sizes:    [B, 2] int64 (h, w) of each image before padding (None likewise).
     input_ids:      [B, L] int64; attention_mask: [B, L] int64.
     pixel_values2 / pixel_mask2: NLVR2 right images, or None.
     boxes:          B tensors [N_i, 4] float32 xyxy pixels in the padded frame.
@@ -50,9 +50,9 @@ class Batch:
     as loaded, ``image_sizes[i]`` the size after the transforms (a resize scales by their ratio).
     """
 
-    pixel_values: torch.Tensor
-    pixel_mask: torch.Tensor
-    image_sizes: torch.Tensor
+    pixel_values: torch.Tensor | None
+    pixel_mask: torch.Tensor | None
+    image_sizes: torch.Tensor | None
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     offsets: list[list[tuple[int, int]]]
@@ -107,8 +107,15 @@ class Collator:
             raise ValueError(f"all {len(items)} samples of the batch were skipped as bad input")
         samples = [it.sample for it in kept]
         tok = self.tokenizer([s.text for s in samples], max_length=self.max_length, padding=self.padding)
-        pixel_values, pixel_mask = pad_images([it.pixel_values for it in kept], self.size_divisibility)
-        sizes = torch.tensor([[it.pixel_values.shape[1], it.pixel_values.shape[2]] for it in kept], dtype=torch.int64)
+        with_pixels = [it.pixel_values is not None for it in kept]
+        if not all(with_pixels):
+            if any(with_pixels):
+                raise ValueError("a batch mixes samples with and without pixels")
+            # text-only samples (training on cached image prefixes): the task finds the images by path
+            pixel_values = pixel_mask = sizes = None
+        else:
+            pixel_values, pixel_mask = pad_images([it.pixel_values for it in kept], self.size_divisibility)
+            sizes = torch.tensor([[it.pixel_values.shape[1], it.pixel_values.shape[2]] for it in kept], dtype=torch.int64)
         pv2 = pm2 = None
         if any(it.pixel_values2 is not None for it in kept):
             if not all(it.pixel_values2 is not None for it in kept):

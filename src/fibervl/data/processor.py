@@ -34,10 +34,11 @@ def sync_image_size(image: Image.Image, sample: Sample, path: Path | str, tolera
 
 @dataclass
 class ProcessedSample:
-    """pixel_values: [3, H, W] float32 normalised; pixel_values2 likewise for NLVR2's right
+    """pixel_values: [3, H, W] float32 normalised (None: a text-only sample whose image a task
+    finds by path, e.g. in a cache of image prefixes); pixel_values2 likewise for NLVR2's right
     image; sample: the transformed Sample (text, boxes in the H x W frame, spans, answers)."""
 
-    pixel_values: torch.Tensor
+    pixel_values: torch.Tensor | None
     sample: Sample
     pixel_values2: torch.Tensor | None = None
 

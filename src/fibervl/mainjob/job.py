@@ -59,6 +59,10 @@ class JobContext:
         (ALBEF and VLMo fine-tune every weight, as their papers do)."""
         return self.preset.task(task).freeze_prefix and self.family == "fiber"
 
+    def caches_prefix(self, task: str) -> bool:
+        """Whether ``task`` trains on cached image prefixes (the plan's ``cache_prefix``)."""
+        return self.freezes_prefix(task) and self.preset.task(task).cache_prefix
+
     @property
     def pretrained(self) -> str:
         """The image-text pre-trained model every coarse-grained task starts from."""
@@ -212,7 +216,8 @@ def task_vqa(ctx: JobContext, stage_dir: Path) -> dict:
 
     p = ctx.preset
     cfg = VqaConfig(model=ModelSpec(init=ctx.pretrained, freeze_prefix=ctx.freezes_prefix("vqa")),
-                    data=VqaData(root=str(ctx.data_root), num_eval=p.num_eval * 6, eval_split=EVAL_SPLIT),
+                    data=VqaData(root=str(ctx.data_root), num_eval=p.num_eval * 6, eval_split=EVAL_SPLIT,
+                                 cache_image_prefix=ctx.caches_prefix("vqa")),
                     train=train_config(p.task("vqa"), stage_dir, p, FINETUNE_MULTIPLIERS))
     m = _finished(run(cfg))["eval"]
     b = evaluated_baselines(ctx.data_root, EVAL_SPLIT, "vqa", cfg.data.num_eval)["all"]
@@ -230,7 +235,7 @@ def task_nlvr2(ctx: JobContext, stage_dir: Path) -> dict:
     cfg = Nlvr2Config(model=ModelSpec(init=ctx.pretrained, freeze_prefix=ctx.freezes_prefix("nlvr2")),
                       # num_eval counts images; NLVR2 has nlvr2_per_image statements per image (VQA: 6 questions)
                       data=Nlvr2Data(root=str(ctx.data_root), num_eval=int(p.num_eval * p.data.nlvr2_per_image),
-                                     eval_split=EVAL_SPLIT),
+                                     eval_split=EVAL_SPLIT, cache_image_prefix=ctx.caches_prefix("nlvr2")),
                       train=train_config(p.task("nlvr2"), stage_dir, p, FINETUNE_MULTIPLIERS))
     m = _finished(run(cfg))["eval"]
     b = evaluated_baselines(ctx.data_root, EVAL_SPLIT, "nlvr2", cfg.data.num_eval)

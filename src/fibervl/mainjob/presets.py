@@ -27,7 +27,9 @@ class DataPlan:
 class StagePlan:
     """One training stage: optimisation steps, batch size, peak learning rate and the steps
     of linear warm-up (then linear decay to 0, or constant: ``schedule``). ``freeze_prefix``:
-    a task stage trains only the fused top of the pre-trained model (``ModelSpec.freeze_prefix``)."""
+    a task stage trains only the fused top of the pre-trained model (``ModelSpec.freeze_prefix``);
+    ``cache_prefix``: and computes each training image's frozen prefix once
+    (``data.cache_image_prefix``; VQA and NLVR2)."""
 
     steps: int
     batch_size: int = 32
@@ -36,6 +38,7 @@ class StagePlan:
     schedule: str = "linear"
     precision: str = "auto"
     freeze_prefix: bool = False
+    cache_prefix: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,8 +71,9 @@ class JobPreset:
 
 # The rate of the pre-trained weights when a task fine-tunes them; the task's new head learns
 # faster (``FINETUNE_MULTIPLIERS`` in job.py). At this rate the unfused prefixes hardly move, so
-# VQA and NLVR2 freeze them (``freeze_prefix``): the same accuracy in about 0.6x the time
-# (docs/results.md, session 12). Captioning keeps them: its text layers must learn causal attention.
+# VQA and NLVR2 freeze them (``freeze_prefix``) and train on each image's prefix computed once
+# (``cache_prefix``): the same VQA accuracy in 0.44x the time (docs/results.md, session 12).
+# Captioning keeps them: its text layers must learn causal attention.
 FINETUNE_LR = 3e-5
 
 TASK_NAMES = ("retrieval", "vqa", "nlvr2", "caption", "grounding", "refexp", "detection")
@@ -85,8 +89,10 @@ def _default() -> JobPreset:
         fine=StagePlan(steps=400, batch_size=16),
         tasks={
             "retrieval": StagePlan(steps=50),
-            "vqa": StagePlan(steps=400, lr=FINETUNE_LR, freeze_prefix=True),
-            "nlvr2": StagePlan(steps=400, batch_size=16, lr=FINETUNE_LR, freeze_prefix=True),
+            "vqa": StagePlan(steps=400, lr=FINETUNE_LR, freeze_prefix=True, cache_prefix=True),
+            # NLVR2 learns late (one bit per two images): 1600 steps on cached prefixes cost
+            # what 400 full steps did, and lift it from the text prior (docs/results.md, session 12)
+            "nlvr2": StagePlan(steps=1600, batch_size=16, lr=FINETUNE_LR, freeze_prefix=True, cache_prefix=True),
             "caption": StagePlan(steps=600, lr=FINETUNE_LR),
             "grounding": StagePlan(steps=500),
             "refexp": StagePlan(steps=300, batch_size=16),
@@ -106,8 +112,8 @@ def _quick() -> JobPreset:
         fine=StagePlan(steps=60, batch_size=16),
         tasks={
             "retrieval": StagePlan(steps=20),
-            "vqa": StagePlan(steps=60, lr=FINETUNE_LR, freeze_prefix=True),
-            "nlvr2": StagePlan(steps=30, batch_size=16, lr=FINETUNE_LR, freeze_prefix=True),
+            "vqa": StagePlan(steps=60, lr=FINETUNE_LR, freeze_prefix=True, cache_prefix=True),
+            "nlvr2": StagePlan(steps=30, batch_size=16, lr=FINETUNE_LR, freeze_prefix=True, cache_prefix=True),
             "caption": StagePlan(steps=40, lr=FINETUNE_LR),
             "grounding": StagePlan(steps=20, batch_size=16),
             "refexp": StagePlan(steps=20, batch_size=16),

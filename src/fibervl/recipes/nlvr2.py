@@ -17,14 +17,15 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data import Nlvr2Reader, ProcessedDataset, Processor, Sample
+from ..data import Nlvr2Reader, Sample
 from ..data.shapes import ShapesDataset
 from ..data.transforms import train_transforms
 from ..engine.precision import uses_bf16
 from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import DataSpec, ModelSpec, build_task_model, load_tokenizer
 from ..tasks.nlvr2 import Nlvr2Collator, Nlvr2Task, evaluate_nlvr2, predict_nlvr2
-from .common import parse_run_cli, export_task_model, load_model_dir, rewrite_flags, warn_truncated, final_metrics
+from .common import (parse_run_cli, export_task_model, fused_training_data, load_model_dir, rewrite_flags,
+                     warn_truncated, final_metrics)
 
 FINETUNE_FLAGS = {"--init": "model.init", "--data-root": "data.root", "--image-root": "data.image_root",
                   "--run-dir": "train.run_dir", "--max-steps": "train.max_steps", "--tokenizer": "data.tokenizer"}
@@ -39,6 +40,8 @@ class Nlvr2Data(DataSpec):
     image_ext: str = ".png"
     train_split: str = "train"
     eval_split: str = "val"
+    # train on cached image prefixes (needs model.freeze_prefix; no image augmentation): tasks/prefix_cache.py
+    cache_image_prefix: bool = False
 
 
 @dataclass
@@ -79,8 +82,9 @@ def run(cfg: Nlvr2Config) -> dict:
     def evaluate(m) -> dict[str, float]:
         return evaluate_nlvr2(m, tokenizer, eval_samples, image_size, max_len, bf16=bf16)
 
-    train = ProcessedDataset(train_reader, Processor(train_transforms(image_size, flip=False)))
-    summary = Trainer(cfg.train, model, Nlvr2Task(), train, collate_fn=Nlvr2Collator(tokenizer, max_len),
+    train, cache = fused_training_data(train_reader, train_transforms(image_size, flip=False), model, cfg.model,
+                                       cfg.data.cache_image_prefix, image_size, bf16, cfg.train.device)
+    summary = Trainer(cfg.train, model, Nlvr2Task(), train, collate_fn=Nlvr2Collator(tokenizer, max_len, cache),
                       evaluate=evaluate, config_snapshot=cfg).fit()
     metrics = final_metrics(summary, evaluate, model)
     export_task_model(model, tokenizer, cfg.train.run_dir, {"eval_split": cfg.data.eval_split, **metrics})

@@ -22,7 +22,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data import AnswerVocabulary, ProcessedDataset, Processor, VqaReader
+from ..data import AnswerVocabulary, Processor, VqaReader
 from ..data.readers.vqa import VQAV2_IMAGE_TEMPLATE
 from ..data.shapes import ShapesDataset
 from ..data.transforms import eval_transforms, train_transforms
@@ -31,7 +31,8 @@ from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import DataSpec, ModelSpec, build_task_model, load_tokenizer, resolve_model_dir
 from ..metrics.vqa import write_vqa_results
 from ..tasks.vqa import VqaCollator, VqaTask, evaluate_vqa, vocabulary_coverage, vqa_topk
-from .common import parse_run_cli, export_task_model, load_model_dir, rewrite_flags, warn_truncated, final_metrics
+from .common import (parse_run_cli, export_task_model, fused_training_data, load_model_dir, rewrite_flags,
+                     warn_truncated, final_metrics)
 
 ANSWERS_FILE = "answers.json"
 FINETUNE_FLAGS = {"--init": "model.init", "--data-root": "data.root", "--image-root": "data.image_root",
@@ -52,6 +53,8 @@ class VqaData(DataSpec):
     image_template: str = VQAV2_IMAGE_TEMPLATE
     train_split: str = "train"
     eval_split: str = "val"
+    # train on cached image prefixes (needs model.freeze_prefix; no image augmentation): tasks/prefix_cache.py
+    cache_image_prefix: bool = False
 
 
 @dataclass
@@ -106,8 +109,9 @@ def run(cfg: VqaConfig) -> dict:
     def evaluate(m) -> dict[str, float]:
         return evaluate_vqa(m, tokenizer, vocab, eval_samples, image_size, max_len, bf16=bf16)[0]
 
-    train = ProcessedDataset(train_reader, Processor(train_transforms(image_size)))
-    summary = Trainer(cfg.train, model, VqaTask(), train, collate_fn=VqaCollator(tokenizer, max_len, vocab),
+    train, cache = fused_training_data(train_reader, train_transforms(image_size), model, cfg.model,
+                                       cfg.data.cache_image_prefix, image_size, bf16, cfg.train.device)
+    summary = Trainer(cfg.train, model, VqaTask(), train, collate_fn=VqaCollator(tokenizer, max_len, vocab, cache),
                       evaluate=evaluate, config_snapshot=cfg).fit()
     metrics = final_metrics(summary, evaluate, model)
     export_task_model(model, tokenizer, cfg.train.run_dir,

@@ -12,38 +12,45 @@ from torch.utils.data import DataLoader
 
 from ..data import Collator, ProcessedDataset, Processor, Tokenizer
 from ..data.transforms import eval_transforms
+from .prefix_cache import ImagePrefixCache, image_inputs
 from .retrieval import precision_context
 
 
 class Nlvr2Collator:
-    """ProcessedSamples (pairs) -> ``images`` / ``images2 [B, 3, S, S]`` (left / right),
-    ``input_ids`` / ``attention_mask [B, L]``, ``labels [B]`` (1 = True)."""
+    """ProcessedSamples (pairs) -> ``images`` / ``images2 [B, 3, S, S]`` (left / right; with
+    ``prefix_cache``: ``image_prefix`` / ``image2_prefix`` [B, Hs, Ws, Cs], see
+    :mod:`.prefix_cache`), ``input_ids`` / ``attention_mask [B, L]``, ``labels [B]`` (1 = True)."""
 
-    def __init__(self, tokenizer: Tokenizer, max_length: int) -> None:
+    def __init__(self, tokenizer: Tokenizer, max_length: int, prefix_cache: ImagePrefixCache | None = None) -> None:
         self.collate = Collator(tokenizer, max_length=max_length)
+        self.prefix_cache = prefix_cache
 
     def __call__(self, items) -> dict[str, torch.Tensor]:
         b = self.collate(items)
-        if b.pixel_values2 is None or b.labels is None:
+        images = image_inputs(b, self.prefix_cache)
+        if len(images) != 2 or b.labels is None:
             raise ValueError("NLVR2 batches need image pairs and labels (samples from an Nlvr2Reader)")
-        return {"images": b.pixel_values, "images2": b.pixel_values2, "input_ids": b.input_ids,
-                "attention_mask": b.attention_mask, "labels": b.labels}
+        return {**images, "input_ids": b.input_ids, "attention_mask": b.attention_mask, "labels": b.labels}
 
 
-def nlvr2_logits(model, images: torch.Tensor, images2: torch.Tensor, input_ids: torch.Tensor,
-                 attention_mask: torch.Tensor) -> torch.Tensor:
-    """[B, 3, S, S] x 2, [B, L] -> [B, 2]. Both passes run as one batch of 2B (same weights); the
-    statement's unfused prefix is computed once for its two images."""
-    b = images.shape[0]
+def nlvr2_logits(model, images: torch.Tensor | None, images2: torch.Tensor | None, input_ids: torch.Tensor,
+                 attention_mask: torch.Tensor, image_prefix: torch.Tensor | None = None,
+                 image2_prefix: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, 3, S, S] x 2 (or their image prefixes [B, Hs, Ws, Cs] x 2), [B, L] -> [B, 2]. Both
+    passes run as one batch of 2B (same weights); the statement's unfused prefix is computed once
+    for its two images."""
+    b = input_ids.shape[0]
     text_prefix = model.text_prefix(input_ids, attention_mask)
-    cls = model.fuse(torch.cat([images, images2]), None, attention_mask.repeat(2, 1),
-                     text_prefix=text_prefix.repeat(2, 1, 1)).cls_feats
+    both = dict(image_prefix=torch.cat([image_prefix, image2_prefix])) if image_prefix is not None else {}
+    cls = model.fuse(torch.cat([images, images2]) if not both else None, None, attention_mask.repeat(2, 1),
+                     text_prefix=text_prefix.repeat(2, 1, 1), **both).cls_feats
     return model.nlvr2_logits(cls[:b], cls[b:])
 
 
 class Nlvr2Task(nn.Module):
     def training_step(self, model, batch: dict) -> dict[str, torch.Tensor]:
-        logits = nlvr2_logits(model, batch["images"], batch["images2"], batch["input_ids"], batch["attention_mask"])
+        logits = nlvr2_logits(model, batch.get("images"), batch.get("images2"), batch["input_ids"],
+                              batch["attention_mask"], batch.get("image_prefix"), batch.get("image2_prefix"))
         loss = F.cross_entropy(logits.float(), batch["labels"])
         acc = (logits.argmax(1) == batch["labels"]).float().mean().detach()
         return {"loss": loss, "acc": acc}

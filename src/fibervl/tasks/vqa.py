@@ -18,23 +18,27 @@ from torch.utils.data import DataLoader
 from ..data import AnswerVocabulary, Collator, ProcessedDataset, Processor, Tokenizer
 from ..data.transforms import eval_transforms
 from ..metrics.vqa import vqa_score
+from .prefix_cache import ImagePrefixCache, image_inputs
 from .retrieval import precision_context
 
 
 class VqaCollator:
-    """ProcessedSamples -> ``images [B, 3, S, S]``, ``input_ids`` / ``attention_mask [B, L]``,
+    """ProcessedSamples -> ``images [B, 3, S, S]`` (with ``prefix_cache``: ``image_prefix``
+    [B, Hs, Ws, Cs] instead, see :mod:`.prefix_cache`), ``input_ids`` / ``attention_mask [B, L]``,
     ``targets [B, N]`` soft scores and ``in_vocab [B]`` (bool: some annotator answer is in the
     vocabulary; questions without one train towards "no answer" and are counted)."""
 
-    def __init__(self, tokenizer: Tokenizer, max_length: int, vocab: AnswerVocabulary) -> None:
+    def __init__(self, tokenizer: Tokenizer, max_length: int, vocab: AnswerVocabulary,
+                 prefix_cache: ImagePrefixCache | None = None) -> None:
         self.collate = Collator(tokenizer, max_length=max_length)
         self.vocab = vocab
+        self.prefix_cache = prefix_cache
 
     def __call__(self, items) -> dict[str, torch.Tensor]:
         batch = self.collate(items)
         targets = self.vocab.batch_targets(batch.answers)
-        return {"images": batch.pixel_values, "input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
-                "targets": targets, "in_vocab": targets.sum(1) > 0}
+        return {**image_inputs(batch, self.prefix_cache), "input_ids": batch.input_ids,
+                "attention_mask": batch.attention_mask, "targets": targets, "in_vocab": targets.sum(1) > 0}
 
 
 def vqa_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -48,7 +52,8 @@ class VqaTask(nn.Module):
     answers is in the vocabulary."""
 
     def training_step(self, model, batch: dict) -> dict[str, torch.Tensor]:
-        cls = model.fuse(batch["images"], batch["input_ids"], batch["attention_mask"]).cls_feats
+        cls = model.fuse(batch.get("images"), batch["input_ids"], batch["attention_mask"],
+                         image_prefix=batch.get("image_prefix")).cls_feats
         logits = model.vqa_logits(cls)
         targets = batch["targets"]
         loss = vqa_loss(logits, targets)
