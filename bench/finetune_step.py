@@ -1,0 +1,118 @@
+"""Training-step cost of fused fine-tuning: full, prefix frozen, frozen prefix cached.
+
+    python bench/finetune_step.py [--preset fiber-tiny] [--threads 2] [--runs 7] [--write BENCHMARKS.md]
+
+One VQA step (batch 32) and one NLVR2 step (batch 16 statements, 32 fused passes) of the task
+loss, forward + backward + AdamW, under the precision ``auto`` picks here (bf16 where it is
+fast), in three modes: every weight trained; ``freeze_prefix()`` (backpropagation stops at the
+first fused block); and the frozen prefix read from an :class:`ImagePrefixCache` instead of
+recomputed (what ``data.cache_image_prefix=true`` trains on). Image loading is not timed (the
+cached mode skips it too: add the data time a stage logs). Median of ``--runs`` after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from fibervl.config import get_preset  # noqa: E402
+from fibervl.engine.precision import resolve_precision  # noqa: E402
+from fibervl.modeling.fiber import FiberModel  # noqa: E402
+from fibervl.tasks.nlvr2 import Nlvr2Task  # noqa: E402
+from fibervl.tasks.vqa import VqaTask  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from forward import write_section  # noqa: E402
+
+
+def batches(model: FiberModel, task: str, batch: int, tokens: int = 20) -> tuple[dict, dict]:
+    """(pixel batch, cached batch) of random inputs for ``task``; the cached one holds the
+    frozen prefixes of the same images, as the cache would."""
+    size, vocab = model.config.vision.image_size, model.config.text.vocab_size
+    g = torch.Generator().manual_seed(0)
+    text = {"input_ids": torch.randint(5, vocab - 1, (batch, tokens), generator=g),
+            "attention_mask": torch.ones(batch, tokens, dtype=torch.long)}
+    images = [torch.randn(batch, 3, size, size, generator=g) for _ in range(2 if task == "nlvr2" else 1)]
+    if task == "vqa":
+        targets = torch.zeros(batch, model.config.vqa_num_answers)
+        targets[:, 0] = 1.0
+        extra = {"targets": targets, "in_vocab": torch.ones(batch, dtype=torch.bool)}
+        keys = ("images",)
+    else:
+        extra = {"labels": torch.randint(0, 2, (batch,), generator=g)}
+        keys = ("images", "images2")
+    with torch.no_grad():
+        prefixes = [model.image_prefix(x) for x in images]
+    pixel = {**text, **extra, **dict(zip(keys, images))}
+    cached = {**text, **extra, **dict(zip(("image_prefix", "image2_prefix"), prefixes))}
+    return pixel, cached
+
+
+def step_time(model: FiberModel, task, batch: dict, runs: int, bf16: bool) -> float:
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
+            loss = task.training_step(model, batch)["loss"]
+        loss.backward()
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+
+    step()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="fiber-tiny")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--write", type=Path, help="replace this section of the given markdown file")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    precision = resolve_precision("auto", "cpu")
+    bf16 = precision == "bf16"
+    rows = []
+    for task, batch, task_obj in (("vqa", 32, VqaTask()), ("nlvr2", 16, Nlvr2Task())):
+        torch.manual_seed(0)
+        model = FiberModel(get_preset(args.preset).replace(heads=("vqa", "nlvr2"))).train()
+        pixel, cached = batches(model, task, batch)
+        full = step_time(model, task_obj, pixel, args.runs, bf16)
+        model.freeze_prefix()
+        frozen = step_time(model, task_obj, pixel, args.runs, bf16)
+        from_cache = step_time(model, task_obj, cached, args.runs, bf16)
+        rows.append((task, batch, full, frozen, from_cache))
+    lines = [
+        f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads, "
+        f"{precision} (`precision: auto`). `{args.preset}`, 20 text tokens, median of {args.runs} steps after a warm-up "
+        "(forward, backward, AdamW; image loading not timed).",
+        "",
+        "| task step | full (s) | prefix frozen (s) | frozen, cached prefix (s) | cached vs full |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for task, batch, full, frozen, from_cache in rows:
+        lines.append(f"| {task.upper()}, batch {batch} | {full:.3f} | {frozen:.3f} | {from_cache:.3f} | "
+                     f"{full / from_cache:.1f}x |")
+    text = "\n".join(lines)
+    print(text)
+    if args.write:
+        command = f"python bench/finetune_step.py --preset {args.preset} --threads {args.threads} --runs {args.runs} --write {args.write}"
+        write_section(args.write, "finetune", f"Command: `{command}`\n\n" + text)
+
+
+if __name__ == "__main__":
+    main()
