@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import sys
-import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -31,7 +29,7 @@ from fibervl.tasks.nlvr2 import Nlvr2Task  # noqa: E402
 from fibervl.tasks.vqa import VqaTask  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from forward import write_section  # noqa: E402
+from forward import median_time, write_section  # noqa: E402
 
 
 def batches(model: FiberModel, task: str, batch: int, tokens: int = 20) -> tuple[dict, dict]:
@@ -67,13 +65,7 @@ def step_time(model: FiberModel, task, batch: dict, runs: int, bf16: bool) -> fl
         optim.step()
         optim.zero_grad(set_to_none=True)
 
-    step()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_time(step, runs)
 
 
 def main() -> None:
