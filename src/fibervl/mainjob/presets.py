@@ -112,7 +112,8 @@ def _quick() -> JobPreset:
         fine=StagePlan(steps=60, batch_size=16),
         tasks={
             "retrieval": StagePlan(steps=20),
-            "vqa": StagePlan(steps=60, lr=FINETUNE_LR, freeze_prefix=True, cache_prefix=True),
+            # cached steps are cheap: 300 of them (35 s) lift VQA above its prior (60: 22.5, 300: 50.6)
+            "vqa": StagePlan(steps=300, lr=FINETUNE_LR, freeze_prefix=True, cache_prefix=True),
             "nlvr2": StagePlan(steps=30, batch_size=16, lr=FINETUNE_LR, freeze_prefix=True, cache_prefix=True),
             "caption": StagePlan(steps=40, lr=FINETUNE_LR),
             "grounding": StagePlan(steps=20, batch_size=16),
