@@ -12,7 +12,7 @@ import torch
 from fibervl.data import AnswerVocabulary, DataError, ProcessedDataset, Processor, Tokenizer
 from fibervl.data.shapes import ShapesDataset
 from fibervl.data.transforms import eval_transforms
-from fibervl.experiment import ModelSpec, fit_to_tokenizer
+from fibervl.experiment import fit_to_tokenizer
 from fibervl.modeling.fiber import FiberModel
 from fibervl.recipes.common import fused_training_data
 from fibervl.tasks.nlvr2 import Nlvr2Collator, Nlvr2Task
@@ -92,7 +92,7 @@ def test_misuse_is_refused_with_a_message(shapes_tiny, tmp_path):
     with pytest.raises(ValueError, match="frozen prefix"):
         ImagePrefixCache.build(trainable, [image], SIZE, echo=lambda _: None)
     with pytest.raises(ValueError, match="needs model.freeze_prefix=true"):
-        fused_training_data(ds.vqa("train"), eval_transforms(SIZE), trainable, ModelSpec(), True, SIZE, False, "cpu")
+        fused_training_data(ds.vqa("train"), eval_transforms(SIZE), trainable, True, SIZE, False, "cpu")
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
     with pytest.raises(DataError, match="broken.png"):

@@ -60,8 +60,9 @@ class JobContext:
         return self.preset.task(task).freeze_prefix and self.family == "fiber"
 
     def caches_prefix(self, task: str) -> bool:
-        """Whether ``task`` trains on cached image prefixes (the plan's ``cache_prefix``)."""
-        return self.freezes_prefix(task) and self.preset.task(task).cache_prefix
+        """Whether ``task`` trains on cached image prefixes: the plan's ``cache_prefix``, for FIBER
+        (the recipe refuses it without ``freeze_prefix``)."""
+        return self.preset.task(task).cache_prefix and self.family == "fiber"
 
     @property
     def pretrained(self) -> str:

@@ -142,21 +142,19 @@ def final_metrics(summary: dict, evaluate, model) -> dict[str, float]:
     return evaluate(model)
 
 
-def fused_training_data(reader, transforms, model, model_spec, cache_image_prefix: bool, image_size: int,
-                        bf16: bool, device: str):
+def fused_training_data(reader, transforms, model, cache_image_prefix: bool, image_size: int, bf16: bool,
+                        device: str):
     """(training dataset, prefix cache or None) of a fused fine-tuning task (VQA, NLVR2).
 
-    With ``cache_image_prefix`` (which needs ``model.freeze_prefix``) every training image's
-    frozen prefix is computed once (:mod:`fibervl.tasks.prefix_cache`) and the dataset yields
-    text-only samples; ``transforms`` are then not applied (training sees images as evaluation)."""
+    With ``cache_image_prefix`` (which needs the model's prefix frozen: ``model.freeze_prefix``)
+    every training image's frozen prefix is computed once (:mod:`fibervl.tasks.prefix_cache`) and
+    the dataset yields text-only samples; ``transforms`` are then not applied (training sees
+    images as evaluation)."""
     from ..data import ProcessedDataset, Processor
     from ..tasks.prefix_cache import cached_training_inputs
 
     if not cache_image_prefix:
         return ProcessedDataset(reader, Processor(transforms)), None
-    if not model_spec.freeze_prefix:
-        raise ValueError("data.cache_image_prefix=true needs model.freeze_prefix=true: only a frozen prefix "
-                         "gives every epoch the same image prefix")
     samples = list(reader)
     cache, processor = cached_training_inputs(model.to(D.resolve_device(device)), samples, image_size, bf16)
     return ProcessedDataset(samples, processor), cache

@@ -82,7 +82,7 @@ def run(cfg: Nlvr2Config) -> dict:
     def evaluate(m) -> dict[str, float]:
         return evaluate_nlvr2(m, tokenizer, eval_samples, image_size, max_len, bf16=bf16)
 
-    train, cache = fused_training_data(train_reader, train_transforms(image_size, flip=False), model, cfg.model,
+    train, cache = fused_training_data(train_reader, train_transforms(image_size, flip=False), model,
                                        cfg.data.cache_image_prefix, image_size, bf16, cfg.train.device)
     summary = Trainer(cfg.train, model, Nlvr2Task(), train, collate_fn=Nlvr2Collator(tokenizer, max_len, cache),
                       evaluate=evaluate, config_snapshot=cfg).fit()

@@ -109,7 +109,7 @@ def run(cfg: VqaConfig) -> dict:
     def evaluate(m) -> dict[str, float]:
         return evaluate_vqa(m, tokenizer, vocab, eval_samples, image_size, max_len, bf16=bf16)[0]
 
-    train, cache = fused_training_data(train_reader, train_transforms(image_size), model, cfg.model,
+    train, cache = fused_training_data(train_reader, train_transforms(image_size), model,
                                        cfg.data.cache_image_prefix, image_size, bf16, cfg.train.device)
     summary = Trainer(cfg.train, model, VqaTask(), train, collate_fn=VqaCollator(tokenizer, max_len, vocab, cache),
                       evaluate=evaluate, config_snapshot=cfg).fit()

@@ -41,9 +41,12 @@ def nlvr2_logits(model, images: torch.Tensor | None, images2: torch.Tensor | Non
     for its two images."""
     b = input_ids.shape[0]
     text_prefix = model.text_prefix(input_ids, attention_mask)
-    both = dict(image_prefix=torch.cat([image_prefix, image2_prefix])) if image_prefix is not None else {}
-    cls = model.fuse(torch.cat([images, images2]) if not both else None, None, attention_mask.repeat(2, 1),
-                     text_prefix=text_prefix.repeat(2, 1, 1), **both).cls_feats
+    if image_prefix is not None:
+        pixels, prefixes = None, torch.cat([image_prefix, image2_prefix])
+    else:
+        pixels, prefixes = torch.cat([images, images2]), None
+    cls = model.fuse(pixels, None, attention_mask.repeat(2, 1), image_prefix=prefixes,
+                     text_prefix=text_prefix.repeat(2, 1, 1)).cls_feats
     return model.nlvr2_logits(cls[:b], cls[b:])
 
 

@@ -59,8 +59,8 @@ class ImagePrefixCache:
         unreadable image fails with its path."""
         if not getattr(model, "prefix_modules", None) or any(
                 p.requires_grad for m in model.prefix_modules() for p in m.parameters()):
-            raise ValueError("caching image prefixes needs a frozen prefix (model.freeze_prefix=true): a prefix "
-                             "that trains changes every step and cannot be cached")
+            raise ValueError("data.cache_image_prefix=true needs model.freeze_prefix=true: only a frozen prefix "
+                             "gives every epoch the same image prefix")
         start = time.perf_counter()
         keys: dict[str, bytes] = {}
         first_file: dict[bytes, str] = {}
