@@ -195,12 +195,12 @@ def stage_vlmo_pretrain(ctx: JobContext, stage_dir: Path) -> dict:
 def task_retrieval(ctx: JobContext, stage_dir: Path) -> dict:
     from ..experiment import ModelSpec
     from ..metrics.retrieval import chance_recall
-    from ..recipes.coarse_pretrain import CaptionData
-    from ..recipes.retrieval import RetrievalConfig, RetrievalEval, run
+    from ..recipes.retrieval import RetrievalConfig, RetrievalData, RetrievalEval, run
 
     p = ctx.preset
-    cfg = RetrievalConfig(model=ModelSpec(init=ctx.pretrained),
-                          data=CaptionData(root=str(ctx.data_root), num_eval=p.num_eval, eval_split=EVAL_SPLIT),
+    cfg = RetrievalConfig(model=ModelSpec(init=ctx.pretrained, freeze_prefix=ctx.freezes_prefix("retrieval")),
+                          data=RetrievalData(root=str(ctx.data_root), num_eval=p.num_eval, eval_split=EVAL_SPLIT,
+                                             cache_image_prefix=ctx.caches_prefix("retrieval")),
                           eval=RetrievalEval(rerank_k=8),
                           train=train_config(p.task("retrieval"), stage_dir, p, FUSED_MULTIPLIERS))
     m = _finished(run(cfg))["eval"]

@@ -11,6 +11,7 @@ import torch
 
 from ..data import Collator, Tokenizer
 from ..engine import distributed as D
+from ..tasks.prefix_cache import ImagePrefixCache, image_inputs
 
 
 def stable_id(value) -> int:
@@ -20,15 +21,18 @@ def stable_id(value) -> int:
 
 class PairCollator:
     """ProcessedSamples -> the dict the pre-training tasks take (tensors only, so the engine can
-    move it to any device): images [B, 3, H, W], input_ids / attention_mask [B, T], image_ids [B]."""
+    move it to any device): images [B, 3, H, W] (with ``prefix_cache``: ``image_prefix``
+    [B, Hs, Ws, Cs] instead, see :mod:`fibervl.tasks.prefix_cache`), input_ids / attention_mask
+    [B, T], image_ids [B]."""
 
-    def __init__(self, tokenizer: Tokenizer, max_length: int) -> None:
+    def __init__(self, tokenizer: Tokenizer, max_length: int, prefix_cache: ImagePrefixCache | None = None) -> None:
         self.collate = Collator(tokenizer, max_length=max_length)
+        self.prefix_cache = prefix_cache
 
     def __call__(self, items) -> dict[str, torch.Tensor]:
         batch = self.collate(items)
         return {
-            "images": batch.pixel_values,
+            **image_inputs(batch, self.prefix_cache),
             "input_ids": batch.input_ids,
             "attention_mask": batch.attention_mask,
             "image_ids": torch.tensor([stable_id(s.image_id) for s in batch.samples], dtype=torch.long),
@@ -144,7 +148,8 @@ def final_metrics(summary: dict, evaluate, model) -> dict[str, float]:
 
 def fused_training_data(reader, transforms, model, cache_image_prefix: bool, image_size: int, bf16: bool,
                         device: str):
-    """(training dataset, prefix cache or None) of a fused fine-tuning task (VQA, NLVR2).
+    """(training dataset, prefix cache or None) of a fine-tuning task on the fused model
+    (retrieval, VQA, NLVR2).
 
     With ``cache_image_prefix`` (which needs the model's prefix frozen: ``model.freeze_prefix``)
     every training image's frozen prefix is computed once (:mod:`fibervl.tasks.prefix_cache`) and

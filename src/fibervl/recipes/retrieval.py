@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from ..data import ProcessedDataset, Processor
 from ..data.transforms import train_transforms
 from ..engine.precision import uses_bf16
 from ..engine.trainer import Trainer, TrainConfig
@@ -30,7 +29,7 @@ from ..tasks.retrieval import (
     rerank_scores,
 )
 from .coarse_pretrain import CaptionData, caption_reader
-from .common import parse_run_cli, PairCollator, export_task_model, load_model_dir, rewrite_flags
+from .common import PairCollator, export_task_model, fused_training_data, load_model_dir, parse_run_cli, rewrite_flags
 
 FINETUNE_FLAGS = {"--init": "model.init", "--data-root": "data.root", "--run-dir": "train.run_dir",
                   "--max-steps": "train.max_steps", "--tokenizer": "data.tokenizer"}
@@ -49,9 +48,15 @@ class RetrievalEval:
 
 
 @dataclass
+class RetrievalData(CaptionData):
+    # train on cached image prefixes (needs model.freeze_prefix; no image augmentation): tasks/prefix_cache.py
+    cache_image_prefix: bool = False
+
+
+@dataclass
 class RetrievalConfig:
     model: ModelSpec = field(default_factory=ModelSpec)
-    data: CaptionData = field(default_factory=CaptionData)
+    data: RetrievalData = field(default_factory=RetrievalData)
     objectives: CoarseObjectives = field(default_factory=lambda: CoarseObjectives(mlm=0.0))
     eval: RetrievalEval = field(default_factory=RetrievalEval)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=100))
@@ -78,9 +83,10 @@ def run(cfg: RetrievalConfig) -> dict:
         print(f"new weights (not in {cfg.model.init}): {new}")
     image_size, max_len = _sizes(cfg, model)
     mcfg = model.config
-    train = ProcessedDataset(caption_reader(cfg.data, cfg.data.train_split), Processor(train_transforms(image_size)))
     eval_reader = caption_reader(cfg.data, cfg.data.eval_split)
     bf16 = uses_bf16(cfg.train.precision, cfg.train.device)
+    train, cache = fused_training_data(caption_reader(cfg.data, cfg.data.train_split), train_transforms(image_size), model,
+                                       cfg.data.cache_image_prefix, image_size, bf16, cfg.train.device)
 
     def periodic(m) -> dict[str, float]:  # cheap during training: dual encoder only
         return evaluate_itc_retrieval(m, tokenizer, eval_reader, image_size, max_len, limit=cfg.data.num_eval, bf16=bf16)
@@ -92,7 +98,7 @@ def run(cfg: RetrievalConfig) -> dict:
                               (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id))
     # The periodic evaluation is the cheap dual-encoder one, and only when asked for: the final
     # evaluation below (with ITM re-ranking) is the one that counts.
-    summary = Trainer(cfg.train, model, task, train, collate_fn=PairCollator(tokenizer, max_len),
+    summary = Trainer(cfg.train, model, task, train, collate_fn=PairCollator(tokenizer, max_len, cache),
                       evaluate=periodic if cfg.train.eval_every else None, config_snapshot=cfg).fit()
     metrics = evaluate(cfg, model, tokenizer)
     export_task_model(model, tokenizer, cfg.train.run_dir, {"eval_split": cfg.data.eval_split, **metrics})

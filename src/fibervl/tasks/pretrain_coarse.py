@@ -10,7 +10,9 @@ One training step, for a batch of B image-text pairs per rank:
 3. 15 % of the text tokens masked 80/10/10 -> fusion encoder -> MLM cross-entropy.
 
 The batch is a dict with ``images [B, 3, H, W]``, ``input_ids [B, T]``, ``attention_mask [B, T]``
-and optionally ``image_ids [B]`` (pairs sharing an image are never drawn as negatives).
+and optionally ``image_ids [B]`` (pairs sharing an image are never drawn as negatives). A model
+with a frozen prefix may be given ``image_prefix [B, Hs, Ws, Cs]`` (cached, see
+:mod:`fibervl.tasks.prefix_cache`) instead of ``images``.
 """
 
 from __future__ import annotations
@@ -66,14 +68,15 @@ class CoarsePretrainTask(nn.Module):
         self.queue = FeatureQueue(embed_dim, objectives.queue_size) if objectives.queue_size else None
 
     def training_step(self, model, batch: dict) -> dict[str, torch.Tensor]:
-        images, ids, mask = batch["images"], batch["input_ids"], batch["attention_mask"]
+        images, ids, mask = batch.get("images"), batch["input_ids"], batch["attention_mask"]
         obj = self.objectives
         logs: dict[str, torch.Tensor] = {}
-        loss = images.new_zeros(())
 
         # Below their first fusion layer both backbones compute the same thing in every pass of
         # this step (ITC, the 3B ITM pairs, MLM): run that part once per image and per text.
-        image_prefix = model.image_prefix(images)
+        cached = batch.get("image_prefix")
+        image_prefix = cached if cached is not None else model.image_prefix(images)
+        loss = image_prefix.new_zeros((), dtype=torch.float32)
         text_prefix = model.text_prefix(ids, mask)
         image_embed = model.encode_image(image_prefix=image_prefix)
         text_embed = model.encode_text(ids, mask, text_prefix=text_prefix)
@@ -83,7 +86,8 @@ class CoarsePretrainTask(nn.Module):
         logs["temperature"] = model.temperature.detach()
 
         if obj.itm:
-            itm, itm_acc = self._itm(model, images, ids, mask, batch.get("image_ids"), itc, image_prefix, text_prefix)
+            itm, itm_acc = self._itm(model, images, ids, mask, batch.get("image_ids"), itc, image_prefix, text_prefix,
+                                     cached is not None)
             loss = loss + obj.itm * itm
             logs.update(itm=itm.detach(), itm_acc=itm_acc)
         if obj.mlm:
@@ -95,9 +99,9 @@ class CoarsePretrainTask(nn.Module):
         logs["loss"] = loss
         return logs
 
-    def _itm(self, model, images, ids, mask, image_ids, itc, image_prefix, text_prefix) -> tuple[torch.Tensor, torch.Tensor]:
+    def _itm(self, model, images, ids, mask, image_ids, itc, image_prefix, text_prefix,
+             cached: bool) -> tuple[torch.Tensor, torch.Tensor]:
         n = itc.num_global
-        images_all, ids_all, mask_all = (all_gather_no_grad(t) for t in (images, ids, mask))
         exclude = None
         if image_ids is not None:
             ids_global = all_gather_no_grad(image_ids)
@@ -109,11 +113,16 @@ class CoarsePretrainTask(nn.Module):
         neg_image = sample_hard_negatives(t2i, itc.targets, exclude=exclude)
         if is_distributed():
             # Negatives may live on other ranks: their prefixes are computed here from the
-            # gathered inputs, so the gradient reaches the prefix layers through them too.
-            neg_image, neg_text = neg_image.to(images_all.device), neg_text.to(ids_all.device)
-            image_pool = model.image_prefix(images_all[neg_image])
+            # gathered inputs, so the gradient reaches the prefix layers through them too (a
+            # cached image prefix is frozen: it is gathered as it is).
+            ids_all, mask_all = all_gather_no_grad(ids), all_gather_no_grad(mask)
+            neg_image, neg_text = neg_image.to(ids.device), neg_text.to(ids.device)
+            if cached:
+                image_pool = all_gather_no_grad(image_prefix)[neg_image]
+            else:
+                image_pool = model.image_prefix(all_gather_no_grad(images)[neg_image])
             text_pool, mask_pool = model.text_prefix(ids_all[neg_text], mask_all[neg_text]), mask_all[neg_text]
-            neg_image = neg_text = torch.arange(images.shape[0], device=images.device)
+            neg_image = neg_text = torch.arange(ids.shape[0], device=ids.device)
         else:
             image_pool, text_pool, mask_pool = image_prefix, text_prefix, mask
         itm_image, itm_text, itm_mask, labels = itm_hard_negative_batch(
