@@ -70,3 +70,55 @@ def test_trainer_resolves_auto(tmp_path: Path, cpu_speedup, speedup, dtype):
     assert seen["dtype"] == dtype
     assert trainer.precision == ("bf16" if dtype == torch.bfloat16 else "fp32")
     assert "(auto)" in (tmp_path / "run" / "train.log").read_text()
+
+
+def _grads_of(step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    torch.manual_seed(3)  # the same masks and ITM negatives in both runs
+    loss, model = step()
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("what", ["coarse", "caption"])
+def test_training_forward_computes_the_same_step_as_the_fused_kernel(what):
+    """The CPU training context's math attention path gives the step the default kernel gives,
+    with padding (text masks in self- and cross-attention), Swin's shifted-window masks and
+    the captioner's causal mask."""
+    from fibervl.modeling.fiber import FiberModel
+    from fibervl.tasks.caption import caption_mle_loss
+    from fibervl.tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask
+    from fibervl.testing.configs import micro_config
+
+    torch.manual_seed(0)
+    model = FiberModel(micro_config()).train()
+    with torch.no_grad():  # fusion open, so cross-attention is in the gradient
+        for name, p in model.named_parameters():
+            if name.endswith(".alpha"):
+                p.fill_(0.5)
+    cfg = model.config
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, 99, (4, 8), generator=g)
+    ids[:, 0], ids[:, -1] = 0, 2
+    ids[1, 5:], ids[1, 4] = 1, 2
+    mask = ids.ne(1).long()
+    images = torch.randn(4, 3, 64, 64, generator=g)
+    if what == "coarse":
+        task = CoarsePretrainTask(CoarseObjectives(), cfg.hidden_size, cfg.text.vocab_size, cfg.text.mask_token_id,
+                                  (0, 1, 2))
+        batch = {"images": images, "input_ids": ids, "attention_mask": mask, "image_ids": torch.arange(4)}
+        def step(): return task.training_step(model, batch)["loss"], model  # noqa: E704
+    else:
+        def step(): return caption_mle_loss(model, images, ids, mask)[0], model  # noqa: E704
+
+    def in_context():
+        with P.training_forward("fp32", torch.device("cpu")):
+            return step()
+
+    model.zero_grad(set_to_none=True)
+    loss_a, grads_a = _grads_of(step)
+    model.zero_grad(set_to_none=True)
+    loss_b, grads_b = _grads_of(in_context)
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-5, atol=1e-6)
+    assert grads_a.keys() == grads_b.keys() and any(".t2i." in n or ".i2t." in n for n in grads_a)
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-4, atol=1e-6, msg=name)

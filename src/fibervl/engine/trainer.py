@@ -41,7 +41,7 @@ from .config import save_config, to_dict
 from .ema import ModelEMA
 from .logger import RunLogger
 from .optim import OptimConfig, ScheduleConfig, build_optimizer, build_scheduler
-from .precision import autocast, resolve_precision
+from .precision import resolve_precision, training_forward
 from .rng import get_rng_state, preserved_rng, seed_everything, set_rng_state
 from .sampler import ResumableDistributedSampler
 from .task import default_batch_size, move_to_device
@@ -439,15 +439,15 @@ class Trainer:
         return results
 
     # ------------------------------------------------------------------ the loop
-    def _autocast(self):
-        return autocast(self.precision, self.device)
+    def _forward_context(self):
+        return training_forward(self.precision, self.device)
 
     def _micro_step(self, batch: Any, scale: float, sync: bool) -> dict[str, float]:
         batch = move_to_device(batch, self.device)
         runner = self.ddp if self.ddp is not None else self.step_module
         no_sync = self.ddp.no_sync() if (self.ddp is not None and not sync) else nullcontext()  # type: ignore[union-attr]
         with no_sync:
-            with self._autocast():
+            with self._forward_context():
                 out = runner(batch)
             if not isinstance(out, dict) or "loss" not in out:
                 raise TypeError("training_step must return a dict with a 'loss' entry")

@@ -31,7 +31,7 @@ EVAL_SPLIT = "test"  # the report's numbers: the held-out split no stage trains 
 # much larger rate than the official 5x of the fusion modules: at lr 3e-4 they would need ~1000s
 # of steps to open.
 FUSED_MULTIPLIERS = {"heads.": 5.0, "cross_modal.": 5.0, ".i2t.": 5.0, ".t2i.": 5.0, "*.alpha": 20.0}
-# Fine-tuning the pre-trained model on a task (VQA, NLVR2, captioning): the presets give these
+# Fine-tuning the pre-trained model on a task (retrieval, VQA, NLVR2, captioning): the presets give these
 # stages a low rate (3e-5) that the pre-trained backbones and fusion keep, while the new head and
 # the projections / poolers it reads learn 33x faster (1e-3). With the pre-training rates instead,
 # the freshly initialised head's first large gradients wreck the fused features and the task
@@ -202,7 +202,7 @@ def task_retrieval(ctx: JobContext, stage_dir: Path) -> dict:
                           data=RetrievalData(root=str(ctx.data_root), num_eval=p.num_eval, eval_split=EVAL_SPLIT,
                                              cache_image_prefix=ctx.caches_prefix("retrieval")),
                           eval=RetrievalEval(rerank_k=8),
-                          train=train_config(p.task("retrieval"), stage_dir, p, FUSED_MULTIPLIERS))
+                          train=train_config(p.task("retrieval"), stage_dir, p, FINETUNE_MULTIPLIERS))
     m = _finished(run(cfg))["eval"]
     value = (m["rerank_i2t_r1"] + m["rerank_t2i_r1"]) / 2
     c = chance_recall(int(m["images"]), int(m["texts"]), m["texts"] / m["images"])

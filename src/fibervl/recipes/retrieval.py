@@ -145,8 +145,7 @@ def predict(model_dir: str | Path, images: list[str], texts: list[str], rerank_k
     model, tokenizer, _ = load_model_dir(model_dir)
     image_size, max_len = model.config.vision.image_size, model.config.text.max_text_len
     paths = [Path(p) for p in images]
-    itc = embed_images(model, paths, image_size) @ embed_texts(model, tokenizer, texts, max_len).t()
-    itc = itc / model.temperature.float().clamp(0.001, 1.0)
+    itc = embed_images(model, paths, image_size) @ embed_texts(model, tokenizer, texts, max_len).t()  # cosine
     pixels = load_image_tensors(paths, image_size)
     tokens = tokenizer(texts, max_length=max_len, padding="longest")
     i2t, t2i = rerank_scores(itc, lambda pairs: itm_pair_scores(model, pixels, tokens.input_ids, tokens.attention_mask, pairs),

@@ -6,10 +6,15 @@
 - fusion encoder: one fused pass per (image, text) pair, so only for a shortlist
   (:func:`itm_pair_scores`);
 - re-ranking (:func:`rerank_scores`): for every query the dual encoder's top ``k`` gallery items
-  are re-scored with ``score = s_itc + s_itm`` where ``s_itc = <e_image, e_text> / temperature``
-  (the ITC logit) and ``s_itm = itm_logit[match] - itm_logit[no match]`` (the ITM log-odds);
-  items outside the top ``k`` keep their ITC order below every candidate. ``k`` >= the gallery
-  size is the full ITC + ITM ensemble (n * m fused passes: small galleries only).
+  are re-scored with ``score = s_itc + s_itm`` where ``s_itc = <e_image, e_text>`` (the cosine
+  similarity of the normalised embeddings: the official code's ITC retrieval score, which
+  ALBEF's re-ranking adds to the ITM score too) and ``s_itm = itm_logit[match] -
+  itm_logit[no match]`` (the ITM log-odds); items outside the top ``k`` keep their ITC order
+  below every candidate. ``k`` >= the gallery size is the full ITC + ITM ensemble (n * m fused
+  passes: small galleries only).
+
+  Why not the ITC logit (cosine / temperature, about 12x the cosine): on that scale ITC outweighs
+  ITM in every re-ranked list, and a trained ITM moved few of them (docs/results.md, session 13).
 """
 
 from __future__ import annotations
@@ -151,7 +156,7 @@ def rerank_scores(itc: torch.Tensor, pair_scorer, k: int,
                   candidates: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Re-rank the ITC top-k of every query with ``itc + itm``.
 
-    itc: [I, T] ITC logits; pair_scorer: ``f(pairs [P, 2]) -> [P]`` ITM scores of (image,
+    itc: [I, T] ITC scores (cosine similarities, see the module docstring); pair_scorer: ``f(pairs [P, 2]) -> [P]`` ITM scores of (image,
     text) pairs; candidates: optional (texts of each image [I, k], images of each text [T, k])
     found elsewhere (e.g. :func:`topk_candidates` with FAISS), default the top-k of ``itc``.
     Returns (i2t [I, T], t2i [I, T]) score matrices: in the i2t one each image row ranks its
@@ -190,7 +195,7 @@ def evaluate_retrieval(model, tokenizer: Tokenizer, reader, image_size: int, max
     was_training = model.training
     model.eval()
     try:
-        itc = image_embed @ text_embed.t() / model.temperature.detach().float().clamp(0.001, 1.0).cpu()
+        itc = image_embed @ text_embed.t()  # cosine similarities
         t2i = torch.tensor(text_to_image)
         metrics = {f"itc_{k}": v for k, v in retrieval_recall(itc, t2i).items()}
         if rerank_k > 0:
