@@ -1,6 +1,7 @@
 """The main job's pieces: stage records and skipping, --redo, baselines, the results table."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -130,3 +131,27 @@ def test_random_box_chance_is_certain_when_every_box_fills_its_image(tmp_path, m
         {"images": [], "annotations": [{"bbox": [0, 0, 32, 32]}]}))
     monkeypatch.setattr(baselines, "ShapesDataset", OneImage)
     assert baselines.phrase_chance_random_box(tmp_path, "test", "grounding", seeds=3) == 100.0
+
+
+def test_a_task_stage_runs_after_the_stage_it_starts_from():
+    import dataclasses
+
+    from fibervl.mainjob.job import FAMILY_STAGES, JobContext, task_order
+    from fibervl.mainjob.presets import get_job_preset
+
+    preset = get_job_preset("default")
+    family_tasks = FAMILY_STAGES["fiber"][1]
+    assert preset.task("nlvr2").init_from == "retrieval"
+    # asking for NLVR2 alone runs retrieval first; order is the family's, whatever the request's
+    assert task_order(preset, "fiber", family_tasks, ["nlvr2"]) == ["retrieval", "nlvr2"]
+    assert task_order(preset, "fiber", family_tasks, ["caption", "vqa"]) == ["vqa", "caption"]
+    assert task_order(preset, "albef", FAMILY_STAGES["albef"][1], ["nlvr2"]) == ["retrieval", "nlvr2"]
+    ctx = JobContext(preset, Path("/out"), Path("/out/data"), StageRunner(Path("/out")))
+    assert ctx.task_init("nlvr2") == str(Path("/out/stages/retrieval/model"))
+    assert ctx.task_init("vqa") == ctx.pretrained == str(Path("/out/stages/coarse/model"))
+    with pytest.raises(ValueError, match="fiber family has no nlvr3"):
+        task_order(preset, "fiber", family_tasks, ["nlvr3"])
+    backwards = dataclasses.replace(preset, tasks={**preset.tasks, "retrieval": dataclasses.replace(
+        preset.task("retrieval"), init_from="nlvr2")})
+    with pytest.raises(ValueError, match="retrieval starts from 'nlvr2', which is not a task stage before it"):
+        task_order(backwards, "fiber", family_tasks, ["retrieval"])

@@ -66,8 +66,14 @@ class JobContext:
 
     @property
     def pretrained(self) -> str:
-        """The image-text pre-trained model every coarse-grained task starts from."""
+        """The image-text pre-trained model the coarse-grained tasks start from."""
         return self.stage_model("coarse" if self.family == "fiber" else "pretrain")
+
+    def task_init(self, task: str) -> str:
+        """The model ``task`` starts from: the model of the task stage its plan's ``init_from``
+        names, else :attr:`pretrained`."""
+        source = self.preset.task(task).init_from
+        return self.stage_model(source) if source else self.pretrained
 
 
 def train_config(plan: StagePlan, run_dir: Path, preset: JobPreset, lr_multipliers: dict | None = None) -> TrainConfig:
@@ -198,7 +204,7 @@ def task_retrieval(ctx: JobContext, stage_dir: Path) -> dict:
     from ..recipes.retrieval import RetrievalConfig, RetrievalData, RetrievalEval, run
 
     p = ctx.preset
-    cfg = RetrievalConfig(model=ModelSpec(init=ctx.pretrained, freeze_prefix=ctx.freezes_prefix("retrieval")),
+    cfg = RetrievalConfig(model=ModelSpec(init=ctx.task_init("retrieval"), freeze_prefix=ctx.freezes_prefix("retrieval")),
                           data=RetrievalData(root=str(ctx.data_root), num_eval=p.num_eval, eval_split=EVAL_SPLIT,
                                              cache_image_prefix=ctx.caches_prefix("retrieval")),
                           eval=RetrievalEval(rerank_k=8),
@@ -216,7 +222,7 @@ def task_vqa(ctx: JobContext, stage_dir: Path) -> dict:
     from ..recipes.vqa import VqaConfig, VqaData, run
 
     p = ctx.preset
-    cfg = VqaConfig(model=ModelSpec(init=ctx.pretrained, freeze_prefix=ctx.freezes_prefix("vqa")),
+    cfg = VqaConfig(model=ModelSpec(init=ctx.task_init("vqa"), freeze_prefix=ctx.freezes_prefix("vqa")),
                     data=VqaData(root=str(ctx.data_root), num_eval=p.num_eval * 6, eval_split=EVAL_SPLIT,
                                  cache_image_prefix=ctx.caches_prefix("vqa")),
                     train=train_config(p.task("vqa"), stage_dir, p, FINETUNE_MULTIPLIERS))
@@ -233,7 +239,7 @@ def task_nlvr2(ctx: JobContext, stage_dir: Path) -> dict:
     from ..recipes.nlvr2 import Nlvr2Config, Nlvr2Data, run
 
     p = ctx.preset
-    cfg = Nlvr2Config(model=ModelSpec(init=ctx.pretrained, freeze_prefix=ctx.freezes_prefix("nlvr2")),
+    cfg = Nlvr2Config(model=ModelSpec(init=ctx.task_init("nlvr2"), freeze_prefix=ctx.freezes_prefix("nlvr2")),
                       # num_eval counts images; NLVR2 has nlvr2_per_image statements per image (VQA: 6 questions)
                       data=Nlvr2Data(root=str(ctx.data_root), num_eval=int(p.num_eval * p.data.nlvr2_per_image),
                                      eval_split=EVAL_SPLIT, cache_image_prefix=ctx.caches_prefix("nlvr2")),
@@ -253,7 +259,7 @@ def task_caption(ctx: JobContext, stage_dir: Path) -> dict:
 
     p = ctx.preset
     data = CaptionData(root=str(ctx.data_root), num_eval=p.num_eval, eval_split=EVAL_SPLIT)
-    cfg = CaptionConfig(model=ModelSpec(init=ctx.pretrained), data=data,
+    cfg = CaptionConfig(model=ModelSpec(init=ctx.task_init("caption")), data=data,
                         caption=CaptionSettings(beam_size=3, spice=False),
                         train=train_config(p.task("caption"), stage_dir, p, CAPTION_MULTIPLIERS))
     m = _finished(run(cfg))["eval"]
@@ -325,6 +331,26 @@ FAMILY_STAGES: dict[str, tuple[dict, tuple[str, ...]]] = {
 }
 
 
+def task_order(preset: JobPreset, family: str, family_tasks: tuple[str, ...], requested) -> list[str]:
+    """The task stages to run for ``requested``, in the family's order: each requested task and,
+    transitively, the task stage its plan starts from (``StagePlan.init_from``), which must be a
+    task of the family that comes before it."""
+    needed: set[str] = set()
+    pending = list(requested)
+    while pending:
+        name = pending.pop()
+        if name not in family_tasks:
+            raise ValueError(f"the {family} family has no {name} task; it has {', '.join(family_tasks)}")
+        needed.add(name)
+        source = preset.task(name).init_from
+        if source:
+            if source not in family_tasks or family_tasks.index(source) >= family_tasks.index(name):
+                raise ValueError(f"preset {preset.name!r}: {name} starts from {source!r}, which is not a task "
+                                 f"stage before it ({', '.join(family_tasks)})")
+            pending.append(source)
+    return [t for t in family_tasks if t in needed]
+
+
 def run_job(preset: JobPreset, out: Path, data_root: Path | None = None, redo: set[str] | None = None,
             tasks: tuple[str, ...] | None = None, echo: Callable[[str], None] = print, family: str = "fiber") -> dict:
     """Run (or continue) the whole job for one model family; returns the results dict also
@@ -345,9 +371,7 @@ def run_job(preset: JobPreset, out: Path, data_root: Path | None = None, redo: s
             continue
         runner.run(name, lambda d, fn=fn: fn(ctx, d))
     results: dict[str, dict] = {}
-    for name in tasks or family_tasks:
-        if name not in family_tasks:
-            raise ValueError(f"the {family} family has no {name} task; it has {', '.join(family_tasks)}")
+    for name in task_order(preset, family, family_tasks, tasks or family_tasks):
         r = runner.run(name, lambda d, name=name: TASK_STAGES[name](ctx, d))
         results.update(r if name == "detection" else {name: r})
     summary = {"preset": preset.name, "family": family, "data": str(ctx.data_root), "tasks": results,
