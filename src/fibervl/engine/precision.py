@@ -109,8 +109,9 @@ def training_forward(precision: str, device: torch.device):
     sequences these models attend over (Swin windows, captions, cross-attention to a few dozen
     image tokens): one fiber-tiny ITM step on cached prefixes spends a third of its time there.
     The math path (matmul, softmax, matmul, differentiated as such) computes the same attention;
-    a coarse pre-training step of fiber-tiny takes 0.31 s instead of 0.40 s in bf16 and 0.48 s
-    instead of 0.50 s in fp32 (``bench/finetune_step.py``). Evaluation keeps the fused kernel.
+    a full fiber-tiny retrieval step (ITC + ITM, batch 32) takes 0.38 s instead of 0.52 s in
+    bf16 (``bench/finetune_step.py``, BENCHMARKS.md), a coarse pre-training step 0.48 s instead
+    of 0.50 s in fp32. Evaluation keeps the fused kernel, which is faster forward.
     """
     with ExitStack() as stack:
         stack.enter_context(autocast(precision, device))
