@@ -75,6 +75,13 @@ class JobContext:
         source = self.preset.task(task).init_from
         return self.stage_model(source) if source else self.pretrained
 
+    def task_model(self, task: str):
+        """The :class:`~fibervl.experiment.ModelSpec` of a coarse-grained task stage: its init
+        model, with the prefix frozen where the plan asks for it."""
+        from ..experiment import ModelSpec
+
+        return ModelSpec(init=self.task_init(task), freeze_prefix=self.freezes_prefix(task))
+
 
 def train_config(plan: StagePlan, run_dir: Path, preset: JobPreset, lr_multipliers: dict | None = None) -> TrainConfig:
     """The engine settings of one stage: linear warm-up then the plan's schedule, gradient
@@ -199,12 +206,11 @@ def stage_vlmo_pretrain(ctx: JobContext, stage_dir: Path) -> dict:
 # ---- tasks -------------------------------------------------------------------------------
 
 def task_retrieval(ctx: JobContext, stage_dir: Path) -> dict:
-    from ..experiment import ModelSpec
     from ..metrics.retrieval import chance_recall
     from ..recipes.retrieval import RetrievalConfig, RetrievalData, RetrievalEval, run
 
     p = ctx.preset
-    cfg = RetrievalConfig(model=ModelSpec(init=ctx.task_init("retrieval"), freeze_prefix=ctx.freezes_prefix("retrieval")),
+    cfg = RetrievalConfig(model=ctx.task_model("retrieval"),
                           data=RetrievalData(root=str(ctx.data_root), num_eval=p.num_eval, eval_split=EVAL_SPLIT,
                                              cache_image_prefix=ctx.caches_prefix("retrieval")),
                           eval=RetrievalEval(rerank_k=8),
@@ -218,11 +224,10 @@ def task_retrieval(ctx: JobContext, stage_dir: Path) -> dict:
 
 
 def task_vqa(ctx: JobContext, stage_dir: Path) -> dict:
-    from ..experiment import ModelSpec
     from ..recipes.vqa import VqaConfig, VqaData, run
 
     p = ctx.preset
-    cfg = VqaConfig(model=ModelSpec(init=ctx.task_init("vqa"), freeze_prefix=ctx.freezes_prefix("vqa")),
+    cfg = VqaConfig(model=ctx.task_model("vqa"),
                     data=VqaData(root=str(ctx.data_root), num_eval=p.num_eval * 6, eval_split=EVAL_SPLIT,
                                  cache_image_prefix=ctx.caches_prefix("vqa")),
                     train=train_config(p.task("vqa"), stage_dir, p, FINETUNE_MULTIPLIERS))
@@ -235,11 +240,10 @@ def task_vqa(ctx: JobContext, stage_dir: Path) -> dict:
 
 
 def task_nlvr2(ctx: JobContext, stage_dir: Path) -> dict:
-    from ..experiment import ModelSpec
     from ..recipes.nlvr2 import Nlvr2Config, Nlvr2Data, run
 
     p = ctx.preset
-    cfg = Nlvr2Config(model=ModelSpec(init=ctx.task_init("nlvr2"), freeze_prefix=ctx.freezes_prefix("nlvr2")),
+    cfg = Nlvr2Config(model=ctx.task_model("nlvr2"),
                       # num_eval counts images; NLVR2 has nlvr2_per_image statements per image (VQA: 6 questions)
                       data=Nlvr2Data(root=str(ctx.data_root), num_eval=int(p.num_eval * p.data.nlvr2_per_image),
                                      eval_split=EVAL_SPLIT, cache_image_prefix=ctx.caches_prefix("nlvr2")),
@@ -252,14 +256,13 @@ def task_nlvr2(ctx: JobContext, stage_dir: Path) -> dict:
 
 
 def task_caption(ctx: JobContext, stage_dir: Path) -> dict:
-    from ..experiment import ModelSpec
     from ..recipes.caption import CaptionConfig, run
     from ..recipes.coarse_pretrain import CaptionData, caption_reader
     from ..tasks.caption import CaptionSettings, best_constant_caption_baseline
 
     p = ctx.preset
     data = CaptionData(root=str(ctx.data_root), num_eval=p.num_eval, eval_split=EVAL_SPLIT)
-    cfg = CaptionConfig(model=ModelSpec(init=ctx.task_init("caption")), data=data,
+    cfg = CaptionConfig(model=ctx.task_model("caption"), data=data,
                         caption=CaptionSettings(beam_size=3, spice=False),
                         train=train_config(p.task("caption"), stage_dir, p, CAPTION_MULTIPLIERS))
     m = _finished(run(cfg))["eval"]

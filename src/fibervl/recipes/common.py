@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from ..data import Collator, Tokenizer
+from ..data import Collator, ProcessedDataset, Processor, Tokenizer
 from ..engine import distributed as D
-from ..tasks.prefix_cache import ImagePrefixCache, image_inputs
+from ..tasks.prefix_cache import ImagePrefixCache, cached_training_inputs, image_inputs
 
 
 def stable_id(value) -> int:
@@ -155,9 +155,6 @@ def fused_training_data(reader, transforms, model, cache_image_prefix: bool, ima
     every training image's frozen prefix is computed once (:mod:`fibervl.tasks.prefix_cache`) and
     the dataset yields text-only samples; ``transforms`` are then not applied (training sees
     images as evaluation)."""
-    from ..data import ProcessedDataset, Processor
-    from ..tasks.prefix_cache import cached_training_inputs
-
     if not cache_image_prefix:
         return ProcessedDataset(reader, Processor(transforms)), None
     samples = list(reader)

@@ -86,8 +86,7 @@ class CoarsePretrainTask(nn.Module):
         logs["temperature"] = model.temperature.detach()
 
         if obj.itm:
-            itm, itm_acc = self._itm(model, images, ids, mask, batch.get("image_ids"), itc, image_prefix, text_prefix,
-                                     cached is not None)
+            itm, itm_acc = self._itm(model, images, ids, mask, batch.get("image_ids"), itc, image_prefix, text_prefix)
             loss = loss + obj.itm * itm
             logs.update(itm=itm.detach(), itm_acc=itm_acc)
         if obj.mlm:
@@ -99,8 +98,8 @@ class CoarsePretrainTask(nn.Module):
         logs["loss"] = loss
         return logs
 
-    def _itm(self, model, images, ids, mask, image_ids, itc, image_prefix, text_prefix,
-             cached: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _itm(self, model, images, ids, mask, image_ids, itc, image_prefix, text_prefix) -> tuple[torch.Tensor, torch.Tensor]:
+        """``images`` is None when the batch carried cached ``image_prefix`` instead."""
         n = itc.num_global
         exclude = None
         if image_ids is not None:
@@ -117,7 +116,7 @@ class CoarsePretrainTask(nn.Module):
             # cached image prefix is frozen: it is gathered as it is).
             ids_all, mask_all = all_gather_no_grad(ids), all_gather_no_grad(mask)
             neg_image, neg_text = neg_image.to(ids.device), neg_text.to(ids.device)
-            if cached:
+            if images is None:
                 image_pool = all_gather_no_grad(image_prefix)[neg_image]
             else:
                 image_pool = model.image_prefix(all_gather_no_grad(images)[neg_image])
