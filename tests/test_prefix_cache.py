@@ -15,6 +15,7 @@ from fibervl.data.transforms import eval_transforms
 from fibervl.experiment import fit_to_tokenizer
 from fibervl.modeling.fiber import FiberModel
 from fibervl.recipes.common import PairCollator, fused_training_data
+from fibervl.tasks.caption import CaptionSettings, CaptionTask
 from fibervl.tasks.nlvr2 import Nlvr2Collator, Nlvr2Task
 from fibervl.tasks.prefix_cache import ImagePrefixCache, cached_training_inputs
 from fibervl.tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask
@@ -48,11 +49,11 @@ def _assert_same_step(model, task, plain, cached):
         torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-@pytest.mark.parametrize("task", ["retrieval", "vqa", "nlvr2"])
+@pytest.mark.parametrize("task", ["retrieval", "vqa", "nlvr2", "caption"])
 def test_cached_batch_trains_like_the_frozen_model_on_the_images(shapes_tiny, task):
     ds = ShapesDataset(shapes_tiny)
     tok = Tokenizer.from_pretrained(ds.tokenizer_dir)
-    reader = {"retrieval": ds.captions, "vqa": ds.vqa, "nlvr2": ds.nlvr2}[task]("train")
+    reader = {"retrieval": ds.captions, "caption": ds.captions, "vqa": ds.vqa, "nlvr2": ds.nlvr2}[task]("train")
     samples = [reader[i] for i in range(8)]
     vocab = AnswerVocabulary.build(reader, max_size=5) if task == "vqa" else None
     model = _frozen_micro(tok, **({"vqa_num_answers": 5} if vocab else {}))
@@ -60,9 +61,12 @@ def test_cached_batch_trains_like_the_frozen_model_on_the_images(shapes_tiny, ta
     plain_items = [ProcessedDataset(samples, Processor(eval_transforms(SIZE)))[i] for i in range(8)]
     cached_items = [ProcessedDataset(samples, text_only)[i] for i in range(8)]
     assert all(it.pixel_values is None for it in cached_items)
-    if task == "retrieval":
+    if task in ("retrieval", "caption"):
         plain, cached = PairCollator(tok, 16)(plain_items), PairCollator(tok, 16, cache)(cached_items)
         assert "images" not in cached and cached["image_prefix"].shape[0] == 8
+    if task == "caption":  # caption mode: causal text over the unfused image tokens
+        _assert_same_step(model, CaptionTask(CaptionSettings()), plain, cached)
+    elif task == "retrieval":
         coarse = CoarsePretrainTask(CoarseObjectives(mlm=0.0), model.config.hidden_size, model.config.text.vocab_size,
                                     model.config.text.mask_token_id, (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id))
         _assert_same_step(model, coarse, plain, cached)

@@ -257,11 +257,12 @@ def task_nlvr2(ctx: JobContext, stage_dir: Path) -> dict:
 
 def task_caption(ctx: JobContext, stage_dir: Path) -> dict:
     from ..recipes.caption import CaptionConfig, run
-    from ..recipes.coarse_pretrain import CaptionData, caption_reader
+    from ..recipes.coarse_pretrain import FinetuneCaptionData, caption_reader
     from ..tasks.caption import CaptionSettings, best_constant_caption_baseline
 
     p = ctx.preset
-    data = CaptionData(root=str(ctx.data_root), num_eval=p.num_eval, eval_split=EVAL_SPLIT)
+    data = FinetuneCaptionData(root=str(ctx.data_root), num_eval=p.num_eval, eval_split=EVAL_SPLIT,
+                               cache_image_prefix=ctx.caches_prefix("caption"))
     cfg = CaptionConfig(model=ctx.task_model("caption"), data=data,
                         caption=CaptionSettings(beam_size=3, spice=False),
                         train=train_config(p.task("caption"), stage_dir, p, CAPTION_MULTIPLIERS))

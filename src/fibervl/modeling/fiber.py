@@ -322,9 +322,13 @@ class FiberModel(HeadLogits, nn.Module):
         return self.detector(self.vision.feature_maps(stages), text, attention_mask)
 
     # ---- caption mode --------------------------------------------------------------------
-    def caption_image(self, images: torch.Tensor) -> torch.Tensor:
-        """Image tokens for captioning: unimodal Swin, no final norm. [B, 3, H, W] -> [B, N, C]."""
-        return self.vision(images)[-1].flatten(1, 2)
+    def caption_image(self, images: torch.Tensor | None = None, *, image_prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """Image tokens for captioning: unimodal Swin, no final norm. [B, 3, H, W] (or its
+        :meth:`image_prefix`) -> [B, N, C]."""
+        grid = self.image_prefix(images) if image_prefix is None else image_prefix
+        # The last stage has no patch merging: the grid after its last block is its output.
+        grid, _ = self._run_blocks(grid, [], self._first_fused_block, len(self._blocks))
+        return grid.flatten(1, 2)
 
     def caption_features(
         self, image_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None

@@ -19,7 +19,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data import ProcessedDataset, Processor
 from ..data.transforms import train_transforms
 from ..engine import distributed as D
 from ..engine.precision import uses_bf16
@@ -29,14 +28,14 @@ from ..modeling.fiber import FiberModel
 from ..tasks.caption import (
     CaptionSettings, CaptionTask, caption_paths, evaluate_captioning, most_frequent_caption_baseline,
 )
-from .coarse_pretrain import CaptionData, caption_reader
-from .common import parse_run_cli, PairCollator, export_model, model_tokenizer
+from .coarse_pretrain import FinetuneCaptionData, caption_reader
+from .common import PairCollator, export_model, fused_training_data, model_tokenizer, parse_run_cli
 
 
 @dataclass
 class CaptionConfig:
     model: ModelSpec = field(default_factory=ModelSpec)
-    data: CaptionData = field(default_factory=CaptionData)
+    data: FinetuneCaptionData = field(default_factory=FinetuneCaptionData)
     caption: CaptionSettings = field(default_factory=CaptionSettings)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -56,9 +55,12 @@ def run(cfg: CaptionConfig) -> dict:
     mcfg = model.config
     image_size = cfg.data.image_size or mcfg.vision.image_size
     max_len = cfg.data.max_text_len or mcfg.text.max_text_len
-    train = ProcessedDataset(caption_reader(cfg.data, cfg.data.train_split), Processor(train_transforms(image_size)))
-    eval_reader = caption_reader(cfg.data, cfg.data.eval_split)
     bf16 = uses_bf16(cfg.train.precision, cfg.train.device)
+    # Caption mode never fuses the image side with the text, so with the prefixes frozen the
+    # image tokens up to the first fused block can be computed once (data.cache_image_prefix).
+    train, cache = fused_training_data(caption_reader(cfg.data, cfg.data.train_split), train_transforms(image_size), model,
+                                       cfg.data.cache_image_prefix, image_size, bf16, cfg.train.device)
+    eval_reader = caption_reader(cfg.data, cfg.data.eval_split)
     decode = cfg.caption.decode_config()
     last: dict = {}  # the latest evaluation in full (step, metrics, predictions)
 
@@ -71,7 +73,7 @@ def run(cfg: CaptionConfig) -> dict:
         return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
 
     trainer = Trainer(cfg.train, model, CaptionTask(cfg.caption), train,
-                      collate_fn=PairCollator(tokenizer, max_len), evaluate=evaluate, config_snapshot=cfg)
+                      collate_fn=PairCollator(tokenizer, max_len, cache), evaluate=evaluate, config_snapshot=cfg)
     summary = trainer.fit()
     # The trainer evaluates after its last step; only a run stopped by a signal needs it again.
     if last.get("step") != trainer.step:

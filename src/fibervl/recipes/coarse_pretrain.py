@@ -34,6 +34,15 @@ class CaptionData(DataSpec):
 
 
 @dataclass
+class FinetuneCaptionData(CaptionData):
+    """The caption data of a fine-tuning recipe (retrieval, captioning). ``cache_image_prefix``:
+    train on cached image prefixes (needs model.freeze_prefix; no image augmentation):
+    :mod:`fibervl.tasks.prefix_cache`."""
+
+    cache_image_prefix: bool = False
+
+
+@dataclass
 class CoarseConfig:
     model: ModelSpec = field(default_factory=ModelSpec)
     data: CaptionData = field(default_factory=CaptionData)

@@ -28,7 +28,7 @@ from ..tasks.retrieval import (
     embed_images, embed_texts, evaluate_itc_retrieval, evaluate_retrieval, itm_pair_scores, load_image_tensors,
     rerank_scores,
 )
-from .coarse_pretrain import CaptionData, caption_reader
+from .coarse_pretrain import FinetuneCaptionData, caption_reader
 from .common import PairCollator, export_task_model, fused_training_data, load_model_dir, parse_run_cli, rewrite_flags
 
 FINETUNE_FLAGS = {"--init": "model.init", "--data-root": "data.root", "--run-dir": "train.run_dir",
@@ -47,10 +47,7 @@ class RetrievalEval:
     itm_batch_size: int = 64
 
 
-@dataclass
-class RetrievalData(CaptionData):
-    # train on cached image prefixes (needs model.freeze_prefix; no image augmentation): tasks/prefix_cache.py
-    cache_image_prefix: bool = False
+RetrievalData = FinetuneCaptionData  # captions, and training on cached image prefixes
 
 
 @dataclass

@@ -46,12 +46,14 @@ class CaptionSettings:
                             banned_ids=tuple(self.banned_ids), use_cache=use_cache)
 
 
-def caption_mle_loss(model, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def caption_mle_loss(model, images: torch.Tensor | None, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     label_smoothing: float = 0.0, image_prefix: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forced cross-entropy: inputs ``ids[:, :-1]`` predict ``ids[:, 1:]``; padding is
-    ignored. images [B, 3, H, W]; ids, mask [B, T]. Returns (mean loss over target tokens, token
-    accuracy)."""
-    feats = model.caption_features(model.caption_image(images), input_ids, attention_mask)
+    ignored. images [B, 3, H, W] (or, cached, their ``image_prefix`` [B, Hs, Ws, Cs] of a frozen
+    prefix: :mod:`fibervl.tasks.prefix_cache`); ids, mask [B, T]. Returns (mean loss over target
+    tokens, token accuracy)."""
+    feats = model.caption_features(model.caption_image(images, image_prefix=image_prefix), input_ids, attention_mask)
     # A target is real when the token itself is (the mask is 1 on <s> .. </s>); position i of a
     # causal model never sees i + 1, so the padding after </s> changes nothing before it.
     target_real = attention_mask[:, 1:].bool()
@@ -69,8 +71,8 @@ class CaptionTask(nn.Module):
         self.settings = settings
 
     def training_step(self, model, batch: dict) -> dict[str, torch.Tensor]:
-        loss, acc = caption_mle_loss(model, batch["images"], batch["input_ids"], batch["attention_mask"],
-                                     self.settings.label_smoothing)
+        loss, acc = caption_mle_loss(model, batch.get("images"), batch["input_ids"], batch["attention_mask"],
+                                     self.settings.label_smoothing, image_prefix=batch.get("image_prefix"))
         return {"loss": loss, "mle": loss.detach(), "token_acc": acc}
 
 
