@@ -6,8 +6,13 @@ shape with a finite value and baseline for every task, the table says honestly w
 their baseline and ``--check`` exits 3 exactly when one does not, every stage's model loads with
 ``from_pretrained``, and a second run skips every finished stage.
 
-Not asserted (yet): that every task beats its baseline in the 3-minute budget. It does not:
-see docs/results.md for the measured quick and default tables.
+Also asserted: retrieval, VQA, phrase grounding, detection and zero-shot detection beat their
+baselines, as they did in bf16 and in fp32 (session 14, docs/results.md: the thinnest margin is
+grounding's, +4.1). The other three are checked for a truthful report only: captioning and REC
+end within a few points of their baselines, above or below depending on the host's precision
+(CIDEr 56.9 in bf16 and 47.0 in fp32 against 52.8; REC 51 and 50 against 51), and NLVR2 does
+not learn in the 3-minute budget (its training accuracy leaves chance only after about 1000
+cached steps).
 """
 
 import json
@@ -54,6 +59,18 @@ def test_quick_preset_reports_every_task_against_its_baseline(quick_run):
     assert "| VQA |" in report and "figures/loss_curves.png" in report
     for rel in results["figures"].values():
         assert (out / rel).is_file(), rel
+
+
+# What the quick preset teaches in bf16 and in fp32 alike (see the module docstring).
+QUICK_LEARNS = ("retrieval", "vqa", "grounding", "detection", "detection_zero_shot")
+
+
+def test_quick_preset_beats_the_baselines_it_has_the_budget_for(quick_run):
+    out, _ = quick_run
+    tasks = json.loads((out / "results.json").read_text())["tasks"]
+    losing = {name: (round(tasks[name]["value"], 2), round(tasks[name]["baseline_value"], 2))
+              for name in QUICK_LEARNS if not beats_baseline(tasks[name])}
+    assert not losing, f"(value, baseline) of the tasks at most 1 point above their baselines: {losing}"
 
 
 def test_every_stage_model_loads(quick_run):

@@ -149,7 +149,7 @@ def final_metrics(summary: dict, evaluate, model) -> dict[str, float]:
 def fused_training_data(reader, transforms, model, cache_image_prefix: bool, image_size: int, bf16: bool,
                         device: str):
     """(training dataset, prefix cache or None) of a fine-tuning task on the fused model
-    (retrieval, VQA, NLVR2).
+    (retrieval, VQA, NLVR2; captioning, whose image side runs unfused).
 
     With ``cache_image_prefix`` (which needs the model's prefix frozen: ``model.freeze_prefix``)
     every training image's frozen prefix is computed once (:mod:`fibervl.tasks.prefix_cache`) and

@@ -3,13 +3,13 @@
 With the unfused prefix frozen (``model.freeze_prefix=true``) and no random image transform, a
 training image's prefix (:meth:`FiberModel.image_prefix`, the Swin grid entering the first fused
 block) is the same in every epoch. :class:`ImagePrefixCache` computes it once per image; the
-collators of VQA and NLVR2 then put ``image_prefix`` [B, Hs, Ws, Cs] in the batch instead of
+collators of retrieval, VQA, NLVR2 and captioning then put ``image_prefix`` [B, Hs, Ws, Cs] in the batch instead of
 ``images``, and no image is decoded during training. For ``fiber-tiny`` on the shapes set this
 makes an NLVR2 step about 3x cheaper than a frozen step that recomputes the prefix.
 
 What it changes: training sees each image as evaluation does (resize only: no colour jitter),
 and in evaluation mode (no drop-path in the prefix). ``data.cache_image_prefix=true`` of the
-VQA and NLVR2 recipes; the main job's ``StagePlan.cache_prefix``.
+retrieval, VQA, NLVR2 and caption recipes; the main job's ``StagePlan.cache_prefix``.
 """
 
 from __future__ import annotations
