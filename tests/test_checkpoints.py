@@ -14,7 +14,7 @@ from fibervl.convert.common import ConversionError
 from fibervl.convert.official_coarse import convert_official_coarse_state
 from fibervl.convert.unimodal import load_roberta, load_swin
 from fibervl.modeling.fiber import FiberModel
-from fibervl.modeling.pretrained import CheckpointError
+from fibervl.modeling.pretrained import CheckpointError, loaded_once
 from fibervl.modeling.swin import resize_relative_position_table
 from fibervl.testing.configs import micro_config
 
@@ -33,6 +33,23 @@ def test_save_load_round_trip_is_bit_exact(tmp_path, micro, batch):
     images, ids, mask = batch
     with torch.no_grad():
         assert torch.equal(model.eval().fuse(images, ids, mask).cls_feats, loaded.eval().fuse(images, ids, mask).cls_feats)
+
+
+def test_loaded_once_reuses_a_model_until_its_weights_change(tmp_path, micro):
+    """The report reads each stage's model once for many pictures; a re-saved directory is read
+    again, and outside the block every call loads afresh."""
+    model = FiberModel(micro)
+    model.save_pretrained(tmp_path / "m")
+    with loaded_once():
+        first = FiberModel.from_pretrained(tmp_path / "m")
+        assert FiberModel.from_pretrained(tmp_path / "m") is first
+        with torch.no_grad():
+            next(model.parameters()).add_(1.0)
+        model.save_pretrained(tmp_path / "m")
+        second = FiberModel.from_pretrained(tmp_path / "m")
+        assert second is not first
+        assert torch.equal(next(second.parameters()), next(model.parameters()))
+    assert FiberModel.from_pretrained(tmp_path / "m") is not FiberModel.from_pretrained(tmp_path / "m")
 
 
 def _saved(tmp_path, micro):

@@ -139,12 +139,15 @@ def captions_and_answers(ctx, figures: Path) -> dict[str, str]:
 
 
 def draw_all(ctx, figures: Path) -> dict[str, str]:
+    from ..modeling.pretrained import loaded_once
+
     out: dict[str, str] = {}
     done = set(ctx.runner.records)
-    if {"grounding", "detection"} <= done:
-        out.update(grounding_and_detection(ctx, figures))
-    if "retrieval" in done:
-        out.update(retrieval_top5(ctx, figures))
-    if {"caption", "vqa"} <= done:
-        out.update(captions_and_answers(ctx, figures))
+    with loaded_once():  # each stage's model is read once, not once per picture
+        if {"grounding", "detection"} <= done:
+            out.update(grounding_and_detection(ctx, figures))
+        if "retrieval" in done:
+            out.update(retrieval_top5(ctx, figures))
+        if {"caption", "vqa"} <= done:
+            out.update(captions_and_answers(ctx, figures))
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -80,13 +81,41 @@ def _preview(items: list[str], n: int = 8) -> str:
     return ", ".join(items[:n]) + more
 
 
+# Models loaded inside ``loaded_once()`` blocks, by (class, directory, device, weights file
+# version); None outside them.
+_loaded: dict | None = None
+
+
+@contextlib.contextmanager
+def loaded_once():
+    """Within the block, loading a model directory again returns the model loaded there the
+    first time (unless its weights file changed since). For read-only use, such as the main
+    job's report calling ``predict`` on each stage's model for several images."""
+    global _loaded
+    outer = _loaded
+    _loaded = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _loaded = outer
+
+
 def load_pretrained(cls, directory: str | Path, map_location="cpu", config_cls=FiberConfig):
     """``cls(config_cls.load(config.json))`` with every weight of ``model.safetensors`` (strict)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"model directory not found: {directory}")
+    key = None
+    if _loaded is not None and (directory / WEIGHTS_NAME).is_file():
+        stat = (directory / WEIGHTS_NAME).stat()
+        key = (cls, str(directory.resolve()), str(map_location), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if key in _loaded:
+            return _loaded[key]
     config = config_cls.load(directory / CONFIG_NAME)
     model = cls(config)
     state = read_weights(directory / WEIGHTS_NAME)
     load_state_strict(model, state, str(directory / WEIGHTS_NAME))
-    return model.to(map_location)
+    model = model.to(map_location)
+    if key is not None:
+        _loaded[key] = model
+    return model
