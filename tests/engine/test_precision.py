@@ -69,7 +69,8 @@ def test_trainer_resolves_auto(tmp_path: Path, cpu_speedup, speedup, dtype):
     trainer.fit()
     assert seen["dtype"] == dtype
     assert trainer.precision == ("bf16" if dtype == torch.bfloat16 else "fp32")
-    assert "(auto)" in (tmp_path / "run" / "train.log").read_text()
+    # the log says what was measured: the speed-up that decided
+    assert f"(auto: bf16 matmul {speedup:.2g}x fp32)" in (tmp_path / "run" / "train.log").read_text()
 
 
 def _grads_of(step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -41,7 +41,7 @@ from .config import save_config, to_dict
 from .ema import ModelEMA
 from .logger import RunLogger
 from .optim import OptimConfig, ScheduleConfig, build_optimizer, build_scheduler
-from .precision import resolve_precision, training_forward
+from .precision import auto_reason, resolve_precision, training_forward
 from .rng import get_rng_state, preserved_rng, seed_everything, set_rng_state
 from .sampler import ResumableDistributedSampler
 from .task import default_batch_size, move_to_device
@@ -498,7 +498,7 @@ class Trainer:
             else:
                 self.logger.info("starting a new run in %s (%d steps, world size %d, device %s, precision %s%s)",
                                  self.run_dir, self.total_steps, self.world, self.device, self.precision,
-                                 " (auto)" if self.cfg.precision == "auto" else "")
+                                 f" ({auto_reason(self.device)})" if self.cfg.precision == "auto" else "")
             self.logger.set_step(self.step)
             old_handlers = self._install_signal_handlers()
             try:
