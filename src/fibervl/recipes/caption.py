@@ -4,7 +4,10 @@
     fibervl evaluate caption --model RUN/model data.root=data/shapes data.eval_split=test [--baseline]
     fibervl predict caption --model RUN/model --image x.png [--beam 3] [--max-length 20]
 
-Fine-tuning is maximum likelihood with teacher forcing (``tasks.caption``); evaluation decodes
+Fine-tuning is maximum likelihood with teacher forcing (``tasks.caption``); with
+``model.freeze_prefix=true data.cache_image_prefix=true`` it trains on each image's frozen prefix
+computed once (``tasks.prefix_cache``; exact, since caption mode never fuses the image side with
+the text; about 4x cheaper steps for ``fiber-tiny``, no colour jitter). Evaluation decodes
 with beam search and a key/value cache and scores BLEU-4, METEOR, ROUGE-L and CIDEr with
 pycocoevalcap (``pip install fibervl[eval]``, Java on PATH); SPICE is reported as unavailable
 when its models are not installed. The run directory ends with ``model/`` (weights, config and
