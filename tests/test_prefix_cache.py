@@ -61,24 +61,21 @@ def test_cached_batch_trains_like_the_frozen_model_on_the_images(shapes_tiny, ta
     plain_items = [ProcessedDataset(samples, Processor(eval_transforms(SIZE)))[i] for i in range(8)]
     cached_items = [ProcessedDataset(samples, text_only)[i] for i in range(8)]
     assert all(it.pixel_values is None for it in cached_items)
-    if task in ("retrieval", "caption"):
-        plain, cached = PairCollator(tok, 16)(plain_items), PairCollator(tok, 16, cache)(cached_items)
-        assert "images" not in cached and cached["image_prefix"].shape[0] == 8
-    if task == "caption":  # caption mode: causal text over the unfused image tokens
-        _assert_same_step(model, CaptionTask(CaptionSettings()), plain, cached)
-    elif task == "retrieval":
-        coarse = CoarsePretrainTask(CoarseObjectives(mlm=0.0), model.config.hidden_size, model.config.text.vocab_size,
-                                    model.config.text.mask_token_id, (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id))
-        _assert_same_step(model, coarse, plain, cached)
-    elif task == "vqa":
-        plain, cached = VqaCollator(tok, 16, vocab)(plain_items), VqaCollator(tok, 16, vocab, cache)(cached_items)
-        assert "images" not in cached and cached["image_prefix"].shape[0] == 8
-        _assert_same_step(model, VqaTask(), plain, cached)
+    if task == "vqa":
+        collator, step_task = (lambda c=None: VqaCollator(tok, 16, vocab, c)), VqaTask()
+    elif task == "nlvr2":
+        collator, step_task = (lambda c=None: Nlvr2Collator(tok, 16, c)), Nlvr2Task()
+    elif task == "caption":  # caption mode: causal text over the unfused image tokens
+        collator, step_task = (lambda c=None: PairCollator(tok, 16, c)), CaptionTask(CaptionSettings())
     else:
-        plain, cached = Nlvr2Collator(tok, 16)(plain_items), Nlvr2Collator(tok, 16, cache)(cached_items)
-        assert {"image_prefix", "image2_prefix"} <= set(cached) and "images" not in cached
-        assert not torch.equal(cached["image_prefix"], cached["image2_prefix"])
-        _assert_same_step(model, Nlvr2Task(), plain, cached)
+        collator = lambda c=None: PairCollator(tok, 16, c)
+        step_task = CoarsePretrainTask(CoarseObjectives(mlm=0.0), model.config.hidden_size, model.config.text.vocab_size,
+                                       model.config.text.mask_token_id, (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id))
+    plain, cached = collator()(plain_items), collator(cache)(cached_items)
+    assert "images" not in cached and cached["image_prefix"].shape[0] == 8
+    if task == "nlvr2":
+        assert "image2_prefix" in cached and not torch.equal(cached["image_prefix"], cached["image2_prefix"])
+    _assert_same_step(model, step_task, plain, cached)
 
 
 def test_files_with_the_same_bytes_share_one_entry(shapes_tiny, tmp_path):

@@ -222,16 +222,22 @@ class FiberModel(HeadLogits, nn.Module):
                     img = stage.downsample(img)
         return img, txt
 
+    def unfused_image_tokens(self, images: torch.Tensor | None = None, *,
+                             image_prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, 3, H, W] (or its :meth:`image_prefix`) -> [B, N, C]: the last Swin stage run
+        unimodally, before the final norm (what the dual encoder and the captioner read)."""
+        grid = self.image_prefix(images) if image_prefix is None else image_prefix
+        # The last stage has no patch merging: the grid after its last block is its output.
+        grid, _ = self._run_blocks(grid, [], self._first_fused_block, len(self._blocks))
+        return grid.flatten(1, 2)
+
     # ---- dual encoder --------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor | None = None, *, image_prefix: torch.Tensor | None = None) -> torch.Tensor:
         """[B, 3, H, W] (or its :meth:`image_prefix`) -> [B, H] L2-normalised ITC image embedding.
         No cross-attention runs."""
         cm = self.cross_modal
         cm.require("itc_image_transform", "dual-encoder (itc)")
-        grid = self.image_prefix(images) if image_prefix is None else image_prefix
-        # The last stage has no patch merging: the grid after its last block is its output.
-        grid, _ = self._run_blocks(grid, [], self._first_fused_block, len(self._blocks))
-        x = grid.flatten(1, 2)
+        x = self.unfused_image_tokens(images, image_prefix=image_prefix)
         if self.vision.norm is not None:
             x = self.vision.norm(x)
         return _l2_normalise(cm.itc_image_pooler(self._pool_image(cm.itc_image_transform(x))))
@@ -325,10 +331,7 @@ class FiberModel(HeadLogits, nn.Module):
     def caption_image(self, images: torch.Tensor | None = None, *, image_prefix: torch.Tensor | None = None) -> torch.Tensor:
         """Image tokens for captioning: unimodal Swin, no final norm. [B, 3, H, W] (or its
         :meth:`image_prefix`) -> [B, N, C]."""
-        grid = self.image_prefix(images) if image_prefix is None else image_prefix
-        # The last stage has no patch merging: the grid after its last block is its output.
-        grid, _ = self._run_blocks(grid, [], self._first_fused_block, len(self._blocks))
-        return grid.flatten(1, 2)
+        return self.unfused_image_tokens(images, image_prefix=image_prefix)
 
     def caption_features(
         self, image_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
