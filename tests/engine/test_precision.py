@@ -52,6 +52,30 @@ def test_the_measurement_is_a_positive_ratio():
     assert ratio > 0 and P.cpu_bf16_speedup() == ratio  # measured once, then cached
 
 
+def scripted_timer(bf16_seconds: list[float], fp32_seconds: float = 1e-3):
+    """A stand-in for ``precision._seconds``: runs the matmul and reports the next scripted
+    time of its precision (bf16 calls in order, the last one repeated)."""
+    calls = iter(bf16_seconds)
+    last = [bf16_seconds[-1]]
+
+    def timer(fn):
+        if fn().dtype == torch.bfloat16:
+            last[0] = next(calls, last[0])
+            return last[0]
+        return fp32_seconds
+    return timer
+
+
+@pytest.mark.parametrize("bf16_seconds, fast", [
+    ([0.1, 4e-4], True),  # the first call builds the kernel: a warm-up, not a measurement
+    ([0.1, 0.05], False),  # every call slow: emulated
+])
+def test_a_slow_first_bf16_call_is_a_warm_up(monkeypatch, bf16_seconds, fast):
+    monkeypatch.setattr(P, "_seconds", scripted_timer(bf16_seconds))
+    ratio = P.cpu_bf16_speedup.__wrapped__()
+    assert (ratio >= P._MIN_CPU_SPEEDUP) is fast
+
+
 @pytest.mark.parametrize("speedup, dtype", [(4.2, torch.bfloat16), (0.003, torch.float32)])
 def test_trainer_resolves_auto(tmp_path: Path, cpu_speedup, speedup, dtype):
     cpu_speedup(speedup)
