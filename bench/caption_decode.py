@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from forward import median_time, write_section  # noqa: E402
 
 from fibervl.config import FusionConfig, get_preset  # noqa: E402
+from fibervl.engine.allocator import keep_freed_memory  # noqa: E402
 from fibervl.modeling.fiber import FiberModel  # noqa: E402
 from fibervl.tasks.decoding import DecodeConfig, generate  # noqa: E402
 
@@ -67,6 +68,7 @@ def bench(name: str, model: FiberModel, beam: int, tokens: int, runs: int) -> di
 
 
 def main() -> None:
+    keep_freed_memory()  # large tensors re-use memory instead of faulting in fresh pages
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5)

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from forward import write_section  # noqa: E402
 
 from fibervl.config import FiberConfig, get_preset  # noqa: E402
+from fibervl.engine.allocator import keep_freed_memory  # noqa: E402
 from fibervl.modeling.detection.losses import GroundingTarget  # noqa: E402
 from fibervl.modeling.fiber import FiberModel  # noqa: E402
 
@@ -157,6 +158,7 @@ def measure(cfg: FiberConfig, batch: int, seq: int, runs: int, fuse_dim: int) ->
 
 
 def main() -> None:
+    keep_freed_memory()  # large tensors re-use memory instead of faulting in fresh pages
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="fiber-tiny-fine")
     ap.add_argument("--image-sizes", type=int, nargs="+", default=[0],

@@ -27,6 +27,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from fibervl.config import get_preset  # noqa: E402
+from fibervl.engine.allocator import keep_freed_memory  # noqa: E402
 from fibervl.engine.precision import resolve_precision, training_forward  # noqa: E402
 from fibervl.modeling.fiber import FiberModel  # noqa: E402
 from fibervl.tasks.nlvr2 import Nlvr2Task  # noqa: E402
@@ -79,6 +80,7 @@ def step_time(model: FiberModel, task, batch: dict, runs: int, precision: str, f
 
 
 def main() -> None:
+    keep_freed_memory()  # large tensors re-use memory instead of faulting in fresh pages
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="fiber-tiny")
     parser.add_argument("--threads", type=int, default=2)

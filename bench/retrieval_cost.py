@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from forward import write_section  # noqa: E402
 from fibervl.config import get_preset  # noqa: E402
+from fibervl.engine.allocator import keep_freed_memory  # noqa: E402
 from fibervl.modeling.fiber import FiberModel  # noqa: E402
 from fibervl.tasks.retrieval import itm_pair_scores, rerank_scores  # noqa: E402
 from train_step import FromInputs  # noqa: E402
@@ -38,6 +39,7 @@ def timed(fn):
 
 @torch.no_grad()
 def main() -> None:
+    keep_freed_memory()  # large tensors re-use memory instead of faulting in fresh pages
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="fiber-tiny")
     parser.add_argument("--sizes", type=int, nargs="+", default=[16, 32, 64])

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from forward import pair_batch  # noqa: E402
+from fibervl.engine.allocator import keep_freed_memory  # noqa: E402
 from fibervl.modeling.families import build_from_config, get_any_preset  # noqa: E402
 from fibervl.tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask  # noqa: E402
 from fibervl.tasks.pretrain_vlmo import MimTask, TextMlmTask, set_stage_trainable  # noqa: E402
@@ -60,6 +61,7 @@ def step_time(preset: str, stage: str, precision: str, batch_size: int, tokens: 
 
 
 def main() -> None:
+    keep_freed_memory()  # large tensors re-use memory instead of faulting in fresh pages
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="vlmo-tiny")
     parser.add_argument("--threads", type=int, default=1)

@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .engine.allocator import keep_freed_memory
+
+    keep_freed_memory()  # large tensors re-use freed memory instead of faulting in fresh pages
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "data":
         return _data(argv[1:])
