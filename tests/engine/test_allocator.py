@@ -27,8 +27,8 @@ print(json.dumps({"applied": applied, "faults": faults() - before}))
 """
 
 
-def probe(mode: str, env: dict | None = None) -> dict:
-    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True, env=env)
+def probe(mode: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

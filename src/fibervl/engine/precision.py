@@ -11,10 +11,9 @@ On CUDA the answer is ``torch.cuda.is_bf16_supported()``. On the CPU it is measu
 process: a 256 x 512 x 512 matmul in both precisions, the fastest of several interleaved runs of
 each after a warm-up call of each (a few milliseconds where bf16 is fast, about 0.2 s where it is
 not). The fastest, not the median: on a shared machine another process only ever adds time, and a
-median of five once
-measured a 2.5x speed-up below the 1.3x threshold, so that one main-job run of a bf16 host
-trained in fp32 (session 14). The environment variable ``FIBERVL_AUTO_PRECISION`` (fp32 or bf16)
-overrides the measurement, e.g. to make timings comparable across machines.
+median of five once measured a 2.5x speed-up below the 1.3x threshold, so that one main-job run
+of a bf16 host trained in fp32 (session 14). The environment variable ``FIBERVL_AUTO_PRECISION``
+(fp32 or bf16) overrides the measurement, e.g. to make timings comparable across machines.
 """
 
 from __future__ import annotations
