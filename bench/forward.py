@@ -4,13 +4,15 @@
 
 For each preset: one fused forward (``FiberModel.fuse``) at the preset's image size, batch 2,
 40 text tokens, in fp32, under bf16 autocast with fp32 weights, and with bf16 weights (no
-autocast). FLOPs are counted by ``torch.utils.flop_counter`` (matmuls, convolutions, attention);
-GFLOP/s is compared with a 2048x2048 matmul of the same precision timed in alternation with
-the forward: on a shared machine other tenants only ever add time, and a burst of load slows
-both alike, so the table compares the fastest forward with the fastest matmul of the whole run
-(after one warm-up of each) and also gives the median forward. The bf16 outputs are compared with fp32 (relative norm of ``cls_feats``). On a CPU
-whose bf16 matmuls are emulated (no AVX512-BF16 / AMX) the bf16 rows are left out unless
-``--bf16 always``: they would take minutes and compare with a meaningless peak.
+autocast); and for fp32 and bf16 weights, every linear layer of that forward replayed alone
+(``linear_replay``: what the matmul work costs without the rest). FLOPs are counted by ``fibervl.modeling.flops.count_flops`` (matmuls, convolutions,
+attention). GFLOP/s is compared with a 2048x2048 matmul of the same precision timed in
+alternation with the forward: on a shared machine other tenants only ever add time, and a burst
+of load slows both alike, so the table compares the fastest forward with the fastest matmul of
+the whole run (after one warm-up of each) and also gives the median forward. The bf16 outputs
+are compared with fp32 (relative norm of ``cls_feats``). On a CPU whose bf16 matmuls are
+emulated (no AVX512-BF16 / AMX) the bf16 rows are left out unless ``--bf16 always``: they would
+take minutes and compare with a meaningless peak.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -31,6 +33,7 @@ from fibervl.config import get_preset  # noqa: E402
 from fibervl.engine.allocator import keep_freed_memory  # noqa: E402
 from fibervl.engine.precision import bf16_is_fast, cpu_bf16_speedup  # noqa: E402
 from fibervl.modeling.fiber import FiberModel  # noqa: E402
+from fibervl.modeling.flops import count_flops  # noqa: E402
 
 
 def median_time(fn, runs: int) -> float:
@@ -102,6 +105,30 @@ def pair_batch(cfg, batch_size: int, tokens: int) -> dict:
             "attention_mask": torch.ones_like(ids), "image_ids": torch.arange(batch_size)}
 
 
+def linear_replay(fn, *args):
+    """``(replay, gflop)``: ``replay()`` runs every ``F.linear`` call of ``fn(*args)`` again, one
+    after the other, with the same weights on random inputs of the same shapes: the forward's
+    matmul work alone, to time against the whole forward (what the rest of it costs)."""
+    calls, original = [], F.linear
+
+    def record(x, weight, bias=None):
+        calls.append((x.numel() // x.shape[-1], x.shape[-1], weight, bias))
+        return original(x, weight, bias)
+
+    F.linear = record  # nn.Linear looks F.linear up at call time
+    try:
+        fn(*args)
+    finally:
+        F.linear = original
+    inputs_by_shape = {}
+    operands = [(inputs_by_shape.setdefault((m, k), torch.randn(m, k, dtype=w.dtype)), w, b) for m, k, w, b in calls]
+
+    def replay():
+        for x, weight, bias in operands:
+            original(x, weight, bias)
+    return replay, sum(2 * x.shape[0] * x.shape[1] * w.shape[0] for x, w, _ in operands) / 1e9
+
+
 def bench_preset(name: str, runs: int, batch: int, tokens: int, peak: MatmulPeak, with_bf16: bool) -> list[dict]:
     cfg = get_preset(name)
     model = FiberModel(cfg).eval()
@@ -110,9 +137,7 @@ def bench_preset(name: str, runs: int, batch: int, tokens: int, peak: MatmulPeak
             if n.endswith(".alpha"):
                 p.fill_(0.5)  # fusion active, as after training
     images, ids, mask = inputs(cfg, batch, tokens)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model.fuse(images, ids, mask)
-    gflop = counter.get_total_flops() / 1e9
+    gflop = count_flops(model.fuse, images, ids, mask) / 1e9
 
     rows = []
     with torch.no_grad():
@@ -126,6 +151,9 @@ def bench_preset(name: str, runs: int, batch: int, tokens: int, peak: MatmulPeak
                 return model.fuse(images, ids, mask)
 
         rows.append(dict(mode="fp32", **time_against_peak(fp32, peak, "fp32", runs), out=ref))
+        replay, linear_gflop = linear_replay(fp32)
+        rows.append(dict(mode="fp32, its linear layers alone", **time_against_peak(replay, peak, "fp32", runs),
+                         gflop=linear_gflop))
         if not with_bf16:
             return _finish(rows, name, gflop, ref)
         rows.append(dict(mode="bf16 autocast (fp32 weights)", **time_against_peak(autocast, peak, "bf16", runs),
@@ -137,14 +165,20 @@ def bench_preset(name: str, runs: int, batch: int, tokens: int, peak: MatmulPeak
             return model16.fuse(images16, ids, mask)
 
         rows.append(dict(mode="bf16 weights", **time_against_peak(bf16, peak, "bf16", runs), out=bf16().cls_feats))
+        replay, linear_gflop = linear_replay(bf16)
+        rows.append(dict(mode="bf16 weights, its linear layers alone", **time_against_peak(replay, peak, "bf16", runs),
+                         gflop=linear_gflop))
     return _finish(rows, name, gflop, ref)
 
 
 def _finish(rows: list[dict], name: str, gflop: float, ref: torch.Tensor) -> list[dict]:
+    """Each row with its GFLOP (the forward's, unless the row carries its own), GFLOP/s and, for a
+    forward, the relative difference of its ``cls_feats`` from fp32's."""
     for row in rows:
-        out = row.pop("out").float()
-        row.update(preset=name, gflop=gflop, gflops=gflop / row["seconds"],
-                   rel_err=((out - ref).norm() / ref.norm()).item())
+        row.setdefault("gflop", gflop)
+        out = row.pop("out", None)
+        row.update(preset=name, gflops=row["gflop"] / row["seconds"],
+                   rel_err=None if out is None else ((out.float() - ref).norm() / ref.norm()).item())
     return rows
 
 
@@ -183,12 +217,13 @@ def main() -> None:
     ]
     for r in rows:
         pct = 100 * r["gflops"] / peak.gflops(r["peak"])
+        rel = "" if r["rel_err"] is None else f"{r['rel_err']:.1e}"
         lines.append(f"| {r['preset']} | {r['mode']} | {r['gflop']:.1f} | {r['seconds']:.3f} | {r['median']:.3f} | "
-                     f"{r['gflops']:.0f} | {pct:.0f} % of {r['peak']} | {r['rel_err']:.1e} |")
+                     f"{r['gflops']:.0f} | {pct:.0f} % of {r['peak']} | {rel} |")
     text = "\n".join(lines)
     print(text)
     if args.write:
-        write_section(args.write, "forward", f"Command: `python bench/forward.py --write {args.write}`\n\n" + text)
+        write_section(args.write, "forward", f"Command: `python bench/forward.py {' '.join(sys.argv[1:])}`\n\n" + text)
 
 
 def write_section(path: Path, name: str, body: str) -> None:

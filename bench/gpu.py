@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from forward import inputs, pair_batch, write_section  # noqa: E402
 from fibervl.config import get_preset  # noqa: E402
 from fibervl.modeling.fiber import FiberModel  # noqa: E402
+from fibervl.modeling.flops import count_flops  # noqa: E402
 from fibervl.tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask  # noqa: E402
 
 
@@ -73,9 +73,7 @@ def forward_rows(name: str, batch: int, tokens: int, runs: int, peaks: dict[str,
             if n.endswith(".alpha"):
                 p.fill_(0.5)  # fusion active, as after training
     images, ids, mask = (t.cuda() for t in inputs(cfg, batch, tokens))  # the CPU benchmark's inputs
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model.fuse(images, ids, mask)
-    gflop = counter.get_total_flops() / 1e9
+    gflop = count_flops(model.fuse, images, ids, mask) / 1e9
 
     def fp32():
         return model.fuse(images, ids, mask)

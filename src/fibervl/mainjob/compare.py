@@ -2,7 +2,7 @@
 number of image-text pre-training steps, the same task recipes.
 
 The table has, per family: parameters (all, and those only fused inputs use), forward FLOPs of
-one fused image-text pair (counted by ``torch.utils.flop_counter``), pre-training samples/s (the
+one fused image-text pair (``fibervl.modeling.flops.count_flops``, attention included), pre-training samples/s (the
 median over the pre-training log of the image-text stage) and the retrieval / VQA / NLVR2
 results of the main job.
 """
@@ -14,9 +14,9 @@ import statistics
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from ..modeling.families import load_pretrained
+from ..modeling.flops import count_flops
 from .stages import write_json_atomic
 
 COMPARED_TASKS = ("retrieval", "vqa", "nlvr2")
@@ -30,10 +30,7 @@ def fused_pair_flops(model, image_size: int, text_len: int = 16) -> int:
     images = torch.zeros(1, 3, image_size, image_size)
     ids = torch.full((1, text_len), 5, dtype=torch.long)
     mask = torch.ones(1, text_len, dtype=torch.long)
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model.fuse(images, ids, mask)
-    return int(counter.get_total_flops())
+    return count_flops(model.fuse, images, ids, mask)
 
 
 def _median_samples_per_s(run_dir: Path) -> float | None:
