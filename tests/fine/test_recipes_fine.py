@@ -51,7 +51,7 @@ def test_pretrain_fine_reuses_coarse_weights_and_reports(fine_run):
     assert report["new"] and all(k.startswith(("detector.", "vision.feature_norms.")) for k in report["new"])
     assert any(k.startswith("heads.") for k in report["unused"])
     metrics = json.loads((fine_run / "run" / "metrics.json").read_text())
-    for key in ("ground_r1", "ground_r10", "rec_acc", "det_AP", "det_AP50", "zs_AP"):
+    for key in ("ground_r1", "ground_r10", "rec_acc", "rec_acc_seen", "det_AP", "det_AP50", "zs_AP"):
         assert key in metrics
     assert 0 <= metrics["ground_r1"] <= metrics["ground_r5"] <= metrics["ground_r10"] <= 100
     model = FiberModel.from_pretrained(fine_run / "run" / "model")

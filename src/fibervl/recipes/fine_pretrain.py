@@ -87,15 +87,17 @@ def training_set(data: FineData, image_size: int, shapes: ShapesDataset, split: 
 
 def evaluate_all(model, tokenizer, data: FineData, shapes: ShapesDataset, image_size: int, max_len: int,
                  which: tuple[str, ...] = ("grounding", "refexp", "detection", "zero_shot")) -> dict[str, float]:
-    """Flat metrics: ``ground_r1/5/10``, ``rec_acc``, ``det_AP..`` (seen classes on ``eval_split``),
-    ``zs_AP..`` (held-out names on ``zero_shot_split``)."""
+    """Flat metrics: ``ground_r1/5/10``, ``rec_acc`` (and ``rec_acc_seen`` / ``rec_acc_held_out``:
+    expressions without and with a held-out name, which only test files have), ``det_AP..`` (seen
+    classes on ``eval_split``), ``zs_AP..`` (held-out names on ``zero_shot_split``)."""
     kw = dict(image_size=image_size, max_len=max_len, limit=data.num_eval, batch_size=data.eval_batch_size,
               normalization=data.normalization)
     out: dict[str, float] = {}
     if "grounding" in which:
         out.update({f"ground_{k}": v for k, v in evaluate_grounding(model, tokenizer, shapes.grounding(data.eval_split), **kw).items()})
     if "refexp" in which:
-        out.update({f"rec_{k}": v for k, v in evaluate_refexp(model, tokenizer, shapes.refexp(data.eval_split), **kw).items()})
+        m = evaluate_refexp(model, tokenizer, shapes.refexp(data.eval_split), group_of=shapes.expression_group, **kw)
+        out.update({f"rec_{k}": v for k, v in m.items()})
     if "detection" in which:
         m = evaluate_detection(model, tokenizer, shapes.detection(data.eval_split), shapes.seen_category_ids,
                                chunk_size=data.chunk_size, **kw)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -271,25 +271,36 @@ def evaluate_grounding(model, tokenizer: Tokenizer, reader, image_size: int, max
 
 @torch.no_grad()
 def evaluate_refexp(model, tokenizer: Tokenizer, reader, image_size: int, max_len: int, limit: int = 0,
-                    batch_size: int = 16, normalization: str = "imagenet") -> dict[str, float]:
-    """REC accuracy@0.5 (percent): the top-1 box for the tokens of each record's target box."""
+                    batch_size: int = 16, normalization: str = "imagenet",
+                    group_of: Callable[[Sample], str] | None = None) -> dict[str, float]:
+    """REC accuracy@0.5 (percent): the top-1 box for the tokens of each record's target box.
+    ``group_of(sample)`` names each record's group (e.g. expressions that name a class held out
+    of training); the result then also has ``acc_<group>`` and ``expressions_<group>``."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    top1, targets = [], []
+    top1, targets, groups = [], [], []
     for batch in _eval_loader(reader, tokenizer, image_size, max_len, batch_size, limit, normalization):
         maps = [pm[:1] for pm in batch.positive_maps]  # the referred object is the record's (first) box
         ranked = rank_phrase_boxes(model, _device_batch(batch, device), maps, top_k=1)
-        for boxes, r in zip(batch.boxes, ranked):
+        for sample, boxes, r in zip(batch.samples, batch.boxes, ranked):
             if boxes.shape[0] == 0:
                 continue  # the expression's words were truncated away (counted by the collator)
             targets.append(boxes[0])
             best = r[0][0]
             top1.append(best[0] if best.shape[0] else torch.zeros(4))
+            groups.append(group_of(sample) if group_of else "")
     model.train(was_training)
     if not targets:
         return rec_accuracy(torch.zeros(0, 4), torch.zeros(0, 4))
-    return rec_accuracy(torch.stack(top1), torch.stack(targets))
+    top1, targets = torch.stack(top1), torch.stack(targets)
+    result = rec_accuracy(top1, targets)
+    if group_of:
+        for group in sorted(set(groups)):
+            members = torch.tensor([g == group for g in groups])
+            part = rec_accuracy(top1[members], targets[members])
+            result[f"acc_{group}"], result[f"expressions_{group}"] = part["acc"], part["expressions"]
+    return result
 
 
 @torch.no_grad()

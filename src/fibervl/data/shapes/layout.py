@@ -4,10 +4,12 @@ are the ordinary readers pointed at the right paths."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from ..errors import DataError
 from ..readers import CocoDetectionReader, KarpathyCaptions, MdetrReader, Nlvr2Reader, VqaReader, WebDatasetReader
+from .vocab import PLURALS
 
 
 class ShapesDataset:
@@ -24,6 +26,15 @@ class ShapesDataset:
         self.ext = self.meta["config"]["image_format"]
         self.held_out_shapes: list[str] = self.meta["held_out_shapes"]
         self.shapes: list[str] = self.meta["shapes"]
+        words = sorted({w for s in self.held_out_shapes for w in (s, PLURALS.get(s, s + "s"))}, key=len, reverse=True)
+        self._held_out_words = re.compile(r"\b(" + "|".join(map(re.escape, words)) + r")\b") if words else None
+
+    def expression_group(self, sample) -> str:
+        """"held_out" where ``sample.text`` names a held-out shape (only test files do), else
+        "seen": the two groups of a REC evaluation's breakdown."""
+        if self._held_out_words is not None and self._held_out_words.search(sample.text):
+            return "held_out"
+        return "seen"
 
     @property
     def held_out_category_ids(self) -> list[int]:
