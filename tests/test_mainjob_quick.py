@@ -57,6 +57,11 @@ def test_quick_preset_reports_every_task_against_its_baseline(quick_run):
     assert "beats baseline" in proc.stdout
     report = (out / "report.md").read_text()
     assert "| VQA |" in report and "figures/loss_curves.png" in report
+    # REC split by expressions naming a held-out shape (the test files have both kinds)
+    rec = results["tasks"]["refexp"]["details"]
+    weighted = sum(rec[f"rec_acc_{g}"] * rec[f"rec_expressions_{g}"] for g in ("seen", "held_out"))
+    assert abs(weighted / rec["rec_expressions"] - rec["rec_acc"]) < 1e-3
+    assert "- referring expressions: " in report and "held out of training" in report
     for rel in results["figures"].values():
         assert (out / rel).is_file(), rel
 

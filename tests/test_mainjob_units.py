@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from fibervl.mainjob.cli import STAGE_ORDER, redo_set
-from fibervl.mainjob.report import format_text_table, results_table
+from fibervl.mainjob.report import breakdown_lines, format_text_table, results_table
 from fibervl.mainjob.stages import StageFailed, StageRunner
 
 
@@ -62,6 +62,8 @@ def test_results_table_says_which_tasks_beat_their_baseline():
     assert [r[-1] for r in rows] == ["yes", "NO", "NO", "yes"]
     text = format_text_table(rows)
     assert "VQA" in text and "42.00" in text and "61.00" in text
+    tasks["vqa"]["breakdown"] = "yes/no 70.00, number 50.00"
+    assert breakdown_lines(tasks) == ["VQA: yes/no 70.00, number 50.00"]
 
 
 def test_interrupted_stage_is_not_recorded_as_done(tmp_path):

@@ -234,9 +234,11 @@ def task_vqa(ctx: JobContext, stage_dir: Path) -> dict:
     m = _finished(run(cfg))["eval"]
     b = evaluated_baselines(ctx.data_root, EVAL_SPLIT, "vqa", cfg.data.num_eval)["all"]
     prior = max(b["text_only_prior"], b["prefix_prior"])
+    parts = [(kind, m.get(f"vqa_acc_{key}")) for kind, key in (("yes/no", "yes_no"), ("number", "number"), ("other", "other"))]
     return {"metric": "accuracy (VQAv2 metric, %)", "value": m["vqa_acc"],
             "baseline": "text-only prior (best answer per question text / prefix, from train)",
-            "baseline_value": prior, "details": m}
+            "baseline_value": prior, "details": m,
+            "breakdown": ", ".join(f"{kind} {v:.2f}" for kind, v in parts if v is not None)}
 
 
 def task_nlvr2(ctx: JobContext, stage_dir: Path) -> dict:
@@ -298,9 +300,12 @@ def task_refexp(ctx: JobContext, stage_dir: Path) -> dict:
     m = _fine_task(ctx, stage_dir, "refexp", ("refexp",))
     base = evaluated_baselines(ctx.data_root, EVAL_SPLIT, "refexp", ctx.preset.num_eval)["random_object"]
     chance = phrase_chance_random_box(ctx.data_root, EVAL_SPLIT, "refexp", ctx.preset.num_eval)
+    groups = (("expressions naming a seen shape or none", "seen"), ("naming a shape held out of training", "held_out"))
     return {"metric": "accuracy (top box IoU >= 0.5, %)", "value": m["rec_acc"],
             "baseline": f"a random object of the image (a random box: {chance:.2f})", "baseline_value": base,
-            "details": {**m, "chance_random_box": chance}}
+            "details": {**m, "chance_random_box": chance},
+            "breakdown": ", ".join(f"{what} {m[f'rec_acc_{g}']:.2f} ({m[f'rec_expressions_{g}']:.0f})"
+                                   for what, g in groups if f"rec_acc_{g}" in m)}
 
 
 def task_detection(ctx: JobContext, stage_dir: Path) -> dict:

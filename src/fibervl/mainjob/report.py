@@ -40,6 +40,12 @@ def results_table(tasks: dict[str, dict]) -> list[list[str]]:
 HEADER = ["task", "metric", "baseline", "baseline value", "fibervl", "beats baseline (by >= 1 pt)"]
 
 
+def breakdown_lines(tasks: dict[str, dict]) -> list[str]:
+    """Lines "title: parts" for each task whose result splits its value (``result["breakdown"]``, e.g.
+    VQA by answer type, REC by expressions that name a held-out shape)."""
+    return [f"{TASK_TITLES.get(name, name)}: {r['breakdown']}" for name, r in tasks.items() if r.get("breakdown")]
+
+
 def format_text_table(rows: list[list[str]]) -> str:
     """A fixed-width table for the terminal (long metric and baseline texts shortened)."""
     short = [[r[0], r[1][:44], r[2][:40], r[3], r[4], r[5]] for r in rows]
@@ -111,6 +117,7 @@ def write_report(ctx, summary: dict) -> dict:
     md = [f"# fibervl main job: preset `{summary['preset']}`", "",
           f"Data: `{summary['data']}`. Every number is measured on the test split, which no stage trains on; "
           "the baselines are computed on the same items.", "", markdown_table(rows), "",
+          *(f"- {line}" for line in breakdown_lines(summary["tasks"])), "",
           "## Wall time of each stage (seconds)", "", "| stage | seconds |", "|---|---|", stage_lines,
           f"| **total** | {summary['total_seconds']:.0f} |", ""]
     for title, rel in pictures.items():
@@ -118,6 +125,8 @@ def write_report(ctx, summary: dict) -> dict:
     (out / "report.md").write_text("\n".join(md))
     (out / "report.html").write_text(_html(summary, rows, pictures))
     ctx.echo("\n" + format_text_table(rows))
+    for line in breakdown_lines(summary["tasks"]):
+        ctx.echo(line)
     ctx.echo(f"\nreport: {out / 'report.md'} (and report.html, results.json, figures/)")
     return summary
 
@@ -128,9 +137,10 @@ def _html(summary: dict, rows: list[list[str]], pictures: dict[str, str]) -> str
     body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
     stages = "".join(f"<tr><td>{esc(k)}</td><td>{v:.0f}</td></tr>" for k, v in summary["stages"].items())
     figs = "".join(f"<h2>{esc(t)}</h2><img src='{esc(p)}' style='max-width:100%'>" for t, p in pictures.items())
+    parts = "".join(f"<li>{esc(line)}</li>" for line in breakdown_lines(summary["tasks"]))
     return (f"<!doctype html><meta charset='utf-8'><title>fibervl {esc(summary['preset'])}</title>"
             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}td,th{border:1px solid #ccc;padding:4px}"
             "table{border-collapse:collapse}</style>"
             f"<h1>fibervl main job: preset {esc(summary['preset'])}</h1>"
-            f"<table><tr>{head}</tr>{body}</table><h2>wall time (s)</h2><table>{stages}"
+            f"<table><tr>{head}</tr>{body}</table><ul>{parts}</ul><h2>wall time (s)</h2><table>{stages}"
             f"<tr><td><b>total</b></td><td>{summary['total_seconds']:.0f}</td></tr></table>{figs}")
