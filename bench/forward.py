@@ -2,17 +2,18 @@
 
     python bench/forward.py [--threads 2] [--runs 5] [--presets fiber-base fiber-tiny] [--write BENCHMARKS.md]
 
-For each preset: one fused forward (``FiberModel.fuse``) at the preset's image size, batch 2,
-40 text tokens, in fp32, under bf16 autocast with fp32 weights, and with bf16 weights (no
+For each preset: one fused forward (``FiberModel.fuse``) at the preset's image size, batch 2, 40
+text tokens, in fp32, under bf16 autocast with fp32 weights, and with bf16 weights (no
 autocast); and for fp32 and bf16 weights, every linear layer of that forward replayed alone
-(``linear_replay``: what the matmul work costs without the rest). FLOPs are counted by ``fibervl.modeling.flops.count_flops`` (matmuls, convolutions,
-attention). GFLOP/s is compared with a 2048x2048 matmul of the same precision timed in
-alternation with the forward: on a shared machine other tenants only ever add time, and a burst
-of load slows both alike, so the table compares the fastest forward with the fastest matmul of
-the whole run (after one warm-up of each) and also gives the median forward. The bf16 outputs
-are compared with fp32 (relative norm of ``cls_feats``). On a CPU whose bf16 matmuls are
-emulated (no AVX512-BF16 / AMX) the bf16 rows are left out unless ``--bf16 always``: they would
-take minutes and compare with a meaningless peak.
+(``linear_replay``: what the matmul work costs without the rest). FLOPs are counted by
+``fibervl.modeling.flops.count_flops`` (matmuls, convolutions, attention). GFLOP/s is compared
+with a 2048x2048 matmul of the same precision timed in alternation with the forward: on a shared
+machine other tenants only ever add time, and a burst of load slows both alike, so the table
+compares the fastest forward with the fastest matmul of the whole run (after one warm-up of
+each) and also gives the median forward. The bf16 outputs are compared with fp32 (relative norm
+of ``cls_feats``). On a CPU whose bf16 matmuls are emulated (no AVX512-BF16 / AMX) the bf16 rows
+are left out unless ``--bf16 always``: they would take minutes and compare with a meaningless
+peak.
 """
 
 from __future__ import annotations
@@ -36,20 +37,15 @@ from fibervl.modeling.fiber import FiberModel  # noqa: E402
 from fibervl.modeling.flops import count_flops  # noqa: E402
 
 
-def median_time(fn, runs: int) -> float:
-    fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def seconds(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def median_time(fn, runs: int) -> float:
+    fn()
+    return statistics.median(seconds(fn) for _ in range(runs))
 
 
 class MatmulPeak:

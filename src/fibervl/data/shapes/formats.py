@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -17,17 +16,16 @@ from pathlib import Path
 from .config import SPLITS, image_file_name
 from .nlvr2 import NLVR2_TEMPLATES, nlvr2_statement
 from .scene import SceneSpec, scene_rng
-from .vocab import HELD_OUT_SHAPES, PLURALS, SEEN_SHAPES, SHAPES, category_id
+from .vocab import HELD_OUT_SHAPES, SEEN_SHAPES, SHAPES, category_id, shape_names_pattern
 
 WEBDATASET_SHARD_SIZE = 1000
-HELD_OUT_WORDS = frozenset(HELD_OUT_SHAPES) | {PLURALS[s] for s in HELD_OUT_SHAPES}
 
 
 def _xywh(box) -> list[float]:
     return [box[0], box[1], box[2] - box[0], box[3] - box[1]]
 
 
-_HELD_OUT_RE = re.compile(r"\b(" + "|".join(sorted(HELD_OUT_WORDS, key=len, reverse=True)) + r")\b")
+_HELD_OUT_RE = shape_names_pattern(HELD_OUT_SHAPES)
 
 
 def _names_held_out(text: str) -> bool:

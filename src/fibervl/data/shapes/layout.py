@@ -4,12 +4,11 @@ are the ordinary readers pointed at the right paths."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from ..errors import DataError
 from ..readers import CocoDetectionReader, KarpathyCaptions, MdetrReader, Nlvr2Reader, VqaReader, WebDatasetReader
-from .vocab import PLURALS
+from .vocab import shape_names_pattern
 
 
 class ShapesDataset:
@@ -26,12 +25,11 @@ class ShapesDataset:
         self.ext = self.meta["config"]["image_format"]
         self.held_out_shapes: list[str] = self.meta["held_out_shapes"]
         self.shapes: list[str] = self.meta["shapes"]
-        words = sorted({w for s in self.held_out_shapes for w in (s, PLURALS.get(s, s + "s"))}, key=len, reverse=True)
-        self._held_out_words = re.compile(r"\b(" + "|".join(map(re.escape, words)) + r")\b") if words else None
+        self._held_out_words = shape_names_pattern(self.held_out_shapes) if self.held_out_shapes else None
 
     def expression_group(self, sample) -> str:
-        """"held_out" where ``sample.text`` names a held-out shape (only test files do), else
-        "seen": the two groups of a REC evaluation's breakdown."""
+        """The group of a REC record: "held_out" where ``sample.text`` names a held-out shape (only
+        test files do), else "seen"."""
         if self._held_out_words is not None and self._held_out_words.search(sample.text):
             return "held_out"
         return "seen"

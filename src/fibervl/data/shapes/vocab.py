@@ -5,6 +5,8 @@ Kept small and regular on purpose: the tiny model trains on it for minutes on a 
 
 from __future__ import annotations
 
+import re
+
 # Ten shape classes; category ids are 1-based positions in this tuple (COCO style).
 SHAPES: tuple[str, ...] = (
     "circle", "square", "triangle", "star", "hexagon",
@@ -59,6 +61,13 @@ NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "ei
 
 def plural(shape: str) -> str:
     return PLURALS[shape]
+
+
+def shape_names_pattern(shapes) -> re.Pattern:
+    """A regex finding any of ``shapes`` (a non-empty collection), singular or plural, as a whole
+    word: e.g. the held-out shapes named in a text."""
+    words = {w for s in shapes for w in (s, PLURALS.get(s, s + "s"))}
+    return re.compile(r"\b(" + "|".join(map(re.escape, sorted(words, key=len, reverse=True))) + r")\b")
 
 
 def category_id(shape: str) -> int:
