@@ -8,10 +8,12 @@ import pytest
 
 from fibervl.engine import allocator
 
-# Allocate, write and free a 64 MiB tensor a few times, then count the page faults of doing it
-# once more: with glibc's defaults each buffer is a fresh mmap (16,384 pages to fault in); with
-# keep_freed_memory it re-uses the memory of the earlier ones (the second allocation may still
-# grow the heap: small allocations can take a piece of the first freed buffer).
+# Allocate, write and free a 64 MiB tensor many times, then count the page faults of ten more
+# rounds: with glibc's defaults each buffer is a fresh mmap (16,384 pages to fault in every
+# round); with keep_freed_memory the rounds re-use freed heap memory. The first few rounds may
+# still grow the heap (small allocations between them can take a piece of a freed buffer): up to
+# five rounds in six trials of a clean-clone venv (session 15), where three warm-up rounds made
+# the test fail one time in three.
 PROBE = """
 import json, resource, sys, torch
 from fibervl.engine.allocator import keep_freed_memory
@@ -19,10 +21,11 @@ applied = keep_freed_memory() if sys.argv[1] == "keep" else False
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 n = 16 * 2**20  # float32: 64 MiB
-for _ in range(3):
+for _ in range(30):
     torch.ones(n)
 before = faults()
-torch.ones(n)
+for _ in range(10):
+    torch.ones(n)
 print(json.dumps({"applied": applied, "faults": faults() - before}))
 """
 
