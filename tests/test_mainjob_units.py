@@ -43,6 +43,16 @@ def test_failed_stage_stops_with_its_name_and_keeps_earlier_stages(tmp_path):
     assert again.finished("coarse") is not None and again.finished("vqa") is None
 
 
+def test_a_planned_stage_says_where_the_job_stands(tmp_path):
+    lines = []
+    runner = StageRunner(tmp_path, echo=lines.append)
+    runner.plan = ["data", "coarse", "vqa"]
+    runner.run("coarse", lambda d: {})
+    runner.run("extra", lambda d: {})  # not in the plan: no position to give
+    assert lines[0].startswith("[coarse] running in ") and "(stage 2 of 3, 0 min 0 s into the job)" in lines[0]
+    assert lines[2] == f"[extra] running in {tmp_path / 'stages' / 'extra'}"
+
+
 def test_redo_of_a_pretraining_stage_redoes_everything_after_it():
     assert redo_set("coarse") == set(STAGE_ORDER[STAGE_ORDER.index("coarse"):])
     assert redo_set("vqa,nlvr2") == {"vqa", "nlvr2"}

@@ -372,15 +372,18 @@ def run_job(preset: JobPreset, out: Path, data_root: Path | None = None, redo: s
     out.mkdir(parents=True, exist_ok=True)
     runner = StageRunner(out, redo, echo)
     ctx = JobContext(preset, out, Path(data_root) if data_root else out / "data", runner, echo, family)
-    if data_root is None or not (Path(data_root) / "dataset.json").is_file():
-        runner.run("data", lambda d: stage_data(ctx, d))
+    make_data = data_root is None or not (Path(data_root) / "dataset.json").is_file()
     needs_fine = any(t in ("grounding", "refexp", "detection") for t in (tasks or family_tasks))
+    pretrain = {name: fn for name, fn in pretrain.items()
+                if not ((name == "coarse-itc" and not preset.itc_steps) or (name == "fine" and not needs_fine))}
+    task_names = task_order(preset, family, family_tasks, tasks or family_tasks)
+    runner.plan = ["data"] * make_data + list(pretrain) + list(task_names)
+    if make_data:
+        runner.run("data", lambda d: stage_data(ctx, d))
     for name, fn in pretrain.items():
-        if (name == "coarse-itc" and not preset.itc_steps) or (name == "fine" and not needs_fine):
-            continue
         runner.run(name, lambda d, fn=fn: fn(ctx, d))
     results: dict[str, dict] = {}
-    for name in task_order(preset, family, family_tasks, tasks or family_tasks):
+    for name in task_names:
         r = runner.run(name, lambda d, name=name: TASK_STAGES[name](ctx, d))
         results.update(r if name == "detection" else {name: r})
     summary = {"preset": preset.name, "family": family, "data": str(ctx.data_root), "tasks": results,

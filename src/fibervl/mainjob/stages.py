@@ -42,13 +42,17 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 class StageRunner:
-    """``redo``: stage names to run again even if finished (``{"all"}``: every stage)."""
+    """``redo``: stage names to run again even if finished (``{"all"}``: every stage). ``plan``:
+    the names of the stages the job will run, in order; a stage of the plan says where it stands
+    ("stage 6 of 11") and how long the job has been running when it starts."""
 
     def __init__(self, out_dir: str | Path, redo: set[str] | None = None, echo: Callable[[str], None] = print) -> None:
         self.out_dir = Path(out_dir)
         self.redo = set(redo or ())
         self.echo = echo
         self.records: dict[str, dict] = {}
+        self.plan: list[str] = []
+        self.started = time.perf_counter()
 
     def stage_dir(self, name: str) -> Path:
         return self.out_dir / "stages" / name
@@ -75,7 +79,7 @@ class StageRunner:
             return record["result"]
         stage_dir = self.stage_dir(name)
         stage_dir.mkdir(parents=True, exist_ok=True)
-        self.echo(f"[{name}] running in {stage_dir}")
+        self.echo(f"[{name}] running in {stage_dir}{self._progress(name)}")
         start = time.perf_counter()
         try:
             result = fn(stage_dir)
@@ -100,6 +104,12 @@ class StageRunner:
         self.records[name] = record
         self.echo(f"[{name}] done in {seconds:.1f} s")
         return result
+
+    def _progress(self, name: str) -> str:
+        if name not in self.plan:
+            return ""
+        minutes, seconds = divmod(round(time.perf_counter() - self.started), 60)
+        return f" (stage {self.plan.index(name) + 1} of {len(self.plan)}, {minutes} min {seconds} s into the job)"
 
     def seconds(self) -> dict[str, float]:
         return {name: round(r["seconds"], 1) for name, r in self.records.items()}
