@@ -45,8 +45,7 @@ def test_failed_stage_stops_with_its_name_and_keeps_earlier_stages(tmp_path):
 
 def test_a_planned_stage_says_where_the_job_stands(tmp_path):
     lines = []
-    runner = StageRunner(tmp_path, echo=lines.append)
-    runner.plan = ["data", "coarse", "vqa"]
+    runner = StageRunner(tmp_path, echo=lines.append, plan=["data", "coarse", "vqa"])
     runner.run("coarse", lambda d: {})
     runner.run("extra", lambda d: {})  # not in the plan: no position to give
     assert lines[0].startswith("[coarse] running in ") and "(stage 2 of 3, 0 min 0 s into the job)" in lines[0]

@@ -369,15 +369,14 @@ def run_job(preset: JobPreset, out: Path, data_root: Path | None = None, redo: s
     if family not in FAMILY_STAGES:
         raise ValueError(f"unknown model family {family!r}; known: {sorted(FAMILY_STAGES)}")
     pretrain, family_tasks = FAMILY_STAGES[family]
-    out.mkdir(parents=True, exist_ok=True)
-    runner = StageRunner(out, redo, echo)
-    ctx = JobContext(preset, out, Path(data_root) if data_root else out / "data", runner, echo, family)
     make_data = data_root is None or not (Path(data_root) / "dataset.json").is_file()
     needs_fine = any(t in ("grounding", "refexp", "detection") for t in (tasks or family_tasks))
     pretrain = {name: fn for name, fn in pretrain.items()
                 if not ((name == "coarse-itc" and not preset.itc_steps) or (name == "fine" and not needs_fine))}
     task_names = task_order(preset, family, family_tasks, tasks or family_tasks)
-    runner.plan = ["data"] * make_data + list(pretrain) + list(task_names)
+    out.mkdir(parents=True, exist_ok=True)
+    runner = StageRunner(out, redo, echo, plan=["data"] * make_data + list(pretrain) + list(task_names))
+    ctx = JobContext(preset, out, Path(data_root) if data_root else out / "data", runner, echo, family)
     if make_data:
         runner.run("data", lambda d: stage_data(ctx, d))
     for name, fn in pretrain.items():

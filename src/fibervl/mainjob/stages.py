@@ -46,12 +46,13 @@ class StageRunner:
     the names of the stages the job will run, in order; a stage of the plan says where it stands
     ("stage 6 of 11") and how long the job has been running when it starts."""
 
-    def __init__(self, out_dir: str | Path, redo: set[str] | None = None, echo: Callable[[str], None] = print) -> None:
+    def __init__(self, out_dir: str | Path, redo: set[str] | None = None, echo: Callable[[str], None] = print,
+                 plan: list[str] | None = None) -> None:
         self.out_dir = Path(out_dir)
         self.redo = set(redo or ())
         self.echo = echo
         self.records: dict[str, dict] = {}
-        self.plan: list[str] = []
+        self.plan = list(plan or ())
         self.started = time.perf_counter()
 
     def stage_dir(self, name: str) -> Path:
