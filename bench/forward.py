@@ -1,11 +1,13 @@
 """Fused-forward speed of FIBER presets against this machine's measured matmul peak.
 
-    python bench/forward.py [--threads 2] [--runs 5] [--presets fiber-base fiber-tiny] [--write BENCHMARKS.md]
+    python bench/forward.py [--threads 2] [--runs 5] [--presets fiber-base fiber-tiny] [--compile] [--write BENCHMARKS.md]
 
 For each preset: one fused forward (``FiberModel.fuse``) at the preset's image size, batch 2, 40
 text tokens, in fp32, under bf16 autocast with fp32 weights, and with bf16 weights (no
 autocast); and for fp32 and bf16 weights, every linear layer of that forward replayed alone
-(``linear_replay``: what the matmul work costs without the rest). FLOPs are counted by
+(``linear_replay``: what the matmul work costs without the rest). With ``--compile``, also
+``optimize_for_inference``'s fuse in fp32 and with bf16 weights, compiled with frozen weights
+(the row names the seconds the compile took). FLOPs are counted by
 ``fibervl.modeling.flops.count_flops`` (matmuls, convolutions, attention). GFLOP/s is compared
 with a 2048x2048 matmul of the same precision timed in alternation with the forward: on a shared
 machine other tenants only ever add time, and a burst of load slows both alike, so the table
@@ -19,6 +21,7 @@ peak.
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import statistics
 import sys
@@ -35,6 +38,7 @@ from fibervl.engine.allocator import keep_freed_memory  # noqa: E402
 from fibervl.engine.precision import bf16_is_fast, cpu_bf16_speedup  # noqa: E402
 from fibervl.modeling.fiber import FiberModel  # noqa: E402
 from fibervl.modeling.flops import count_flops  # noqa: E402
+from fibervl.modeling.inference import optimize_for_inference  # noqa: E402
 
 
 def seconds(fn) -> float:
@@ -70,15 +74,20 @@ class MatmulPeak:
         return self.FLOP / self.best[name] / 1e9
 
 
-def time_against_peak(fn, peak: MatmulPeak, precision: str, runs: int) -> dict:
-    """The fastest and the median of ``runs`` timings of ``fn``, each run after one timing of the
-    ``precision`` matmul (the interleaving the module docstring explains); one warm-up call."""
-    fn()
-    times = []
+def time_round_robin(variants: list[dict], peak: MatmulPeak, runs: int) -> None:
+    """Adds to each variant (``fn``, ``peak``: its precision) the fastest and the median of
+    ``runs`` timings. The variants take turns, each run after one timing of its precision's
+    matmul (the interleaving the module docstring explains), so a slow minute of the shared host
+    slows every variant alike instead of the one that happened to run then. One warm-up each."""
+    for v in variants:
+        v["fn"]()
+    times: list[list[float]] = [[] for _ in variants]
     for _ in range(runs):
-        peak.sample(precision)
-        times.append(seconds(fn))
-    return {"seconds": min(times), "median": statistics.median(times), "peak": precision}
+        for v, t in zip(variants, times):
+            peak.sample(v["peak"])
+            t.append(seconds(v["fn"]))
+    for v, t in zip(variants, times):
+        v.update(seconds=min(t), median=statistics.median(t))
 
 
 def inputs(cfg, batch: int, tokens: int):
@@ -125,7 +134,15 @@ def linear_replay(fn, *args):
     return replay, sum(2 * x.shape[0] * x.shape[1] * w.shape[0] for x, w, _ in operands) / 1e9
 
 
-def bench_preset(name: str, runs: int, batch: int, tokens: int, peak: MatmulPeak, with_bf16: bool) -> list[dict]:
+def compiled_fuse(model: FiberModel, dtype: torch.dtype, args: tuple):
+    """``(fuse, seconds)``: the fuse of ``optimize_for_inference(copy of model, dtype)``, compiled
+    with frozen weights, and the seconds its first call took (the compile)."""
+    fast = optimize_for_inference(copy.deepcopy(model), dtype=dtype, methods=("fuse",))
+    return (lambda: fast.fuse(*args)), seconds(lambda: fast.fuse(*args))
+
+
+def bench_preset(name: str, runs: int, batch: int, tokens: int, peak: MatmulPeak, with_bf16: bool,
+                 compile: bool) -> list[dict]:
     cfg = get_preset(name)
     model = FiberModel(cfg).eval()
     with torch.no_grad():
@@ -134,36 +151,40 @@ def bench_preset(name: str, runs: int, batch: int, tokens: int, peak: MatmulPeak
                 p.fill_(0.5)  # fusion active, as after training
     images, ids, mask = inputs(cfg, batch, tokens)
     gflop = count_flops(model.fuse, images, ids, mask) / 1e9
+    args = (images, ids, mask)
 
-    rows = []
     with torch.no_grad():
-        ref = model.fuse(images, ids, mask).cls_feats
-
-        def fp32():
-            return model.fuse(images, ids, mask)
+        ref = model.fuse(*args).cls_feats
 
         def autocast():
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                return model.fuse(images, ids, mask)
+                return model.fuse(*args)
 
-        rows.append(dict(mode="fp32", **time_against_peak(fp32, peak, "fp32", runs), out=ref))
-        replay, linear_gflop = linear_replay(fp32)
-        rows.append(dict(mode="fp32, its linear layers alone", **time_against_peak(replay, peak, "fp32", runs),
-                         gflop=linear_gflop))
-        if not with_bf16:
-            return _finish(rows, name, gflop, ref)
-        rows.append(dict(mode="bf16 autocast (fp32 weights)", **time_against_peak(autocast, peak, "bf16", runs),
-                         out=autocast().cls_feats))
-        model16 = model.to(torch.bfloat16)
-        images16 = images.bfloat16()
-
-        def bf16():
-            return model16.fuse(images16, ids, mask)
-
-        rows.append(dict(mode="bf16 weights", **time_against_peak(bf16, peak, "bf16", runs), out=bf16().cls_feats))
-        replay, linear_gflop = linear_replay(bf16)
-        rows.append(dict(mode="bf16 weights, its linear layers alone", **time_against_peak(replay, peak, "bf16", runs),
-                         gflop=linear_gflop))
+        rows = [dict(mode="fp32", fn=lambda: model.fuse(*args), peak="fp32", forward=True)]
+        replay, linear_gflop = linear_replay(rows[0]["fn"])
+        rows.append(dict(mode="fp32, its linear layers alone", fn=replay, peak="fp32", gflop=linear_gflop))
+        if compile:
+            fn, took = compiled_fuse(model, torch.float32, args)
+            rows.append(dict(mode=f"fp32, compiled with frozen weights ({took:.0f} s to compile)", fn=fn,
+                             peak="fp32", forward=True))
+        if with_bf16:
+            rows.append(dict(mode="bf16 autocast (fp32 weights)", fn=autocast, peak="bf16", forward=True))
+            if compile:
+                fn, took = compiled_fuse(model, torch.bfloat16, args)
+                rows.append(dict(mode=f"bf16 weights, compiled with frozen weights ({took:.0f} s to compile)",
+                                 fn=fn, peak="bf16", forward=True))
+            model16 = copy.deepcopy(model).to(torch.bfloat16)
+            images16 = images.bfloat16()
+            rows.append(dict(mode="bf16 weights", fn=lambda: model16.fuse(images16, ids, mask), peak="bf16",
+                             forward=True))
+            replay, linear_gflop = linear_replay(rows[-1]["fn"])
+            rows.append(dict(mode="bf16 weights, its linear layers alone", fn=replay, peak="bf16",
+                             gflop=linear_gflop))
+        time_round_robin(rows, peak, runs)
+        for row in rows:
+            if row.pop("forward", False):
+                row["out"] = row["fn"]().cls_feats
+            del row["fn"]
     return _finish(rows, name, gflop, ref)
 
 
@@ -188,6 +209,9 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=["fiber-base", "fiber-tiny"])
     parser.add_argument("--bf16", choices=("auto", "always"), default="auto",
                         help="auto: measure bf16 only where bf16 matmuls are fast on this CPU")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time optimize_for_inference's compiled fuse (fp32 and bf16 weights; "
+                             "each compile takes 1-2 min for fiber-base)")
     parser.add_argument("--write", type=Path, help="replace this section of the given markdown file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -196,7 +220,7 @@ def main() -> None:
     # takes minutes. The bf16 rows are then left out and the table says why.
     with_bf16 = args.bf16 == "always" or bf16_is_fast("cpu")
     peak = MatmulPeak()
-    rows = [r for name in args.presets for r in bench_preset(name, args.runs, args.batch, args.tokens, peak, with_bf16)]
+    rows = [r for name in args.presets for r in bench_preset(name, args.runs, args.batch, args.tokens, peak, with_bf16, args.compile)]
     if with_bf16:
         peak_text = f"fp32 {peak.gflops('fp32'):.0f} GFLOP/s, bf16 {peak.gflops('bf16'):.0f} GFLOP/s."
     else:
@@ -206,7 +230,7 @@ def main() -> None:
         f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads. "
         f"Matmul peak (2048^3, the fastest of the run): {peak_text}",
         f"Fused forward (`FiberModel.fuse`), batch {args.batch}, {args.tokens} tokens: the fastest and the median "
-        f"of {args.runs} after a warm-up, each run after one timing of the peak matmul.",
+        f"of {args.runs} after a warm-up; a preset's variants take turns, each run after one timing of the peak matmul.",
         "",
         "| preset | mode | GFLOP | seconds (fastest) | seconds (median) | GFLOP/s | % of peak | cls rel. diff vs fp32 |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
