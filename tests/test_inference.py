@@ -85,5 +85,9 @@ def test_bad_arguments_are_clear_errors(micro, monkeypatch):
         optimize_for_inference(fused_model(micro), dtype=torch.int8, compile=False)
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setattr(inference.shutil, "which", lambda name: None)
+    untouched = fused_model(micro).train()
     with pytest.raises(RuntimeError, match="C\\+\\+ compiler.*compile=False"):
-        optimize_for_inference(fused_model(micro))
+        optimize_for_inference(untouched, dtype=torch.bfloat16)
+    # A refused call leaves the model as it was.
+    assert untouched.training and "fuse" not in vars(untouched)
+    assert all(p.dtype == torch.float32 and p.requires_grad for p in untouched.parameters())

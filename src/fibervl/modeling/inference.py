@@ -8,9 +8,10 @@ Why: casting fp32 weights to bf16 on every call (autocast) costs time that bf16 
 and ``torch.compile`` with ``freezing`` treats the weights as constants, which lets inductor fuse
 the element-wise work (GELU, LayerNorm, residual adds, window copies) into fewer kernels
 (``BENCHMARKS.md``, "forward"). The price: the first call of each method at each new input shape
-compiles (about 45 s for fiber-tiny and 60-115 s for fiber-base on 2 cores), so keep the batch size
-and the padded text length fixed, and the model can no longer be trained (the compiled graphs
-hold the weights as they were).
+compiles (about 45 s for fiber-tiny and 100-130 s for fiber-base on 2 cores; less when
+inductor's on-disk cache already holds the graph), so keep the batch size and the padded text
+length fixed; and the model can no longer be trained (the compiled graphs hold the weights as
+they were).
 """
 
 from __future__ import annotations
@@ -44,12 +45,13 @@ def optimize_for_inference(
     for name in methods:
         if not callable(getattr(model, name, None)):
             raise ValueError(f"optimize_for_inference: {type(model).__name__} has no method {name!r}")
+    if dtype is not None and not dtype.is_floating_point:
+        raise ValueError(f"optimize_for_inference: dtype must be a floating-point type, got {dtype}")
     if compile:
         _require_cxx_compiler()
+    # Every check above runs before the model is touched: a refused call leaves it as it was.
     model.eval().requires_grad_(False)
     if dtype is not None:
-        if not dtype.is_floating_point:
-            raise ValueError(f"optimize_for_inference: dtype must be a floating-point type, got {dtype}")
         model.to(dtype)
     for name in methods:
         method = getattr(model, name)
