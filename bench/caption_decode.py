@@ -29,6 +29,7 @@ from fibervl.config import FusionConfig, get_preset  # noqa: E402
 from fibervl.engine.allocator import keep_freed_memory  # noqa: E402
 from fibervl.modeling.fiber import FiberModel  # noqa: E402
 from fibervl.tasks.decoding import DecodeConfig, generate  # noqa: E402
+from fibervl.testing.models import set_fusion_gates  # noqa: E402
 
 
 def models() -> dict[str, FiberModel]:
@@ -40,12 +41,7 @@ def models() -> dict[str, FiberModel]:
     out = {}
     for cfg in (tiny, base_like):
         torch.manual_seed(0)
-        model = FiberModel(cfg).eval()
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if n.endswith(".alpha"):
-                    p.fill_(0.5)
-        out[cfg.name] = model
+        out[cfg.name] = set_fusion_gates(FiberModel(cfg).eval(), 0.5)
     return out
 
 

@@ -39,6 +39,7 @@ from fibervl.engine.precision import bf16_is_fast, cpu_bf16_speedup  # noqa: E40
 from fibervl.modeling.fiber import FiberModel  # noqa: E402
 from fibervl.modeling.flops import count_flops  # noqa: E402
 from fibervl.modeling.inference import optimize_for_inference  # noqa: E402
+from fibervl.testing.models import set_fusion_gates  # noqa: E402
 
 
 def seconds(fn) -> float:
@@ -134,21 +135,18 @@ def linear_replay(fn, *args):
     return replay, sum(2 * x.shape[0] * x.shape[1] * w.shape[0] for x, w, _ in operands) / 1e9
 
 
-def compiled_fuse(model: FiberModel, dtype: torch.dtype, args: tuple):
-    """``(fuse, seconds)``: the fuse of ``optimize_for_inference(copy of model, dtype)``, compiled
-    with frozen weights, and the seconds its first call took (the compile)."""
-    fast = optimize_for_inference(copy.deepcopy(model), dtype=dtype, methods=("fuse",))
+def inference_fuse(model: FiberModel, dtype: torch.dtype, compile: bool, args: tuple):
+    """``(fuse, seconds)``: a call of the fuse of ``optimize_for_inference(copy of model, dtype,
+    compile=compile)`` on ``args``, and the seconds its first call took (with ``compile``: the
+    compile)."""
+    fast = optimize_for_inference(copy.deepcopy(model), dtype=dtype, compile=compile, methods=("fuse",))
     return (lambda: fast.fuse(*args)), seconds(lambda: fast.fuse(*args))
 
 
 def bench_preset(name: str, runs: int, batch: int, tokens: int, peak: MatmulPeak, with_bf16: bool,
                  compile: bool) -> list[dict]:
     cfg = get_preset(name)
-    model = FiberModel(cfg).eval()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n.endswith(".alpha"):
-                p.fill_(0.5)  # fusion active, as after training
+    model = set_fusion_gates(FiberModel(cfg).eval(), 0.5)  # fusion active, as after training
     images, ids, mask = inputs(cfg, batch, tokens)
     gflop = count_flops(model.fuse, images, ids, mask) / 1e9
     args = (images, ids, mask)
@@ -164,19 +162,17 @@ def bench_preset(name: str, runs: int, batch: int, tokens: int, peak: MatmulPeak
         replay, linear_gflop = linear_replay(rows[0]["fn"])
         rows.append(dict(mode="fp32, its linear layers alone", fn=replay, peak="fp32", gflop=linear_gflop))
         if compile:
-            fn, took = compiled_fuse(model, torch.float32, args)
+            fn, took = inference_fuse(model, torch.float32, True, args)
             rows.append(dict(mode=f"fp32, compiled with frozen weights ({took:.0f} s to compile)", fn=fn,
                              peak="fp32", forward=True))
         if with_bf16:
             rows.append(dict(mode="bf16 autocast (fp32 weights)", fn=autocast, peak="bf16", forward=True))
             if compile:
-                fn, took = compiled_fuse(model, torch.bfloat16, args)
+                fn, took = inference_fuse(model, torch.bfloat16, True, args)
                 rows.append(dict(mode=f"bf16 weights, compiled with frozen weights ({took:.0f} s to compile)",
                                  fn=fn, peak="bf16", forward=True))
-            model16 = copy.deepcopy(model).to(torch.bfloat16)
-            images16 = images.bfloat16()
-            rows.append(dict(mode="bf16 weights", fn=lambda: model16.fuse(images16, ids, mask), peak="bf16",
-                             forward=True))
+            fn, _ = inference_fuse(model, torch.bfloat16, False, (images.bfloat16(), ids, mask))
+            rows.append(dict(mode="bf16 weights", fn=fn, peak="bf16", forward=True))
             replay, linear_gflop = linear_replay(rows[-1]["fn"])
             rows.append(dict(mode="bf16 weights, its linear layers alone", fn=replay, peak="bf16",
                              gflop=linear_gflop))

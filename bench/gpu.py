@@ -30,6 +30,7 @@ from fibervl.config import get_preset  # noqa: E402
 from fibervl.modeling.fiber import FiberModel  # noqa: E402
 from fibervl.modeling.flops import count_flops  # noqa: E402
 from fibervl.tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask  # noqa: E402
+from fibervl.testing.models import set_fusion_gates  # noqa: E402
 
 
 def cuda_median_ms(fn, runs: int, warmup: int = 3) -> float:
@@ -67,11 +68,7 @@ def matmul_peaks(runs: int) -> dict[str, float]:
 def forward_rows(name: str, batch: int, tokens: int, runs: int, peaks: dict[str, float]) -> list[dict]:
     cfg = get_preset(name)
     torch.manual_seed(0)
-    model = FiberModel(cfg).eval().cuda()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n.endswith(".alpha"):
-                p.fill_(0.5)  # fusion active, as after training
+    model = set_fusion_gates(FiberModel(cfg).eval().cuda(), 0.5)  # fusion active, as after training
     images, ids, mask = (t.cuda() for t in inputs(cfg, batch, tokens))  # the CPU benchmark's inputs
     gflop = count_flops(model.fuse, images, ids, mask) / 1e9
 

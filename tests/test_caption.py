@@ -12,6 +12,7 @@ from fibervl.modeling.fiber import FiberModel
 from fibervl.tasks.caption import caption_mle_loss
 from fibervl.tasks.decoding import DecodeConfig, generate
 from fibervl.testing.configs import micro_config
+from fibervl.testing.models import set_fusion_gates
 
 BOS, PAD, EOS, MASK = 0, 1, 2, 99
 
@@ -106,11 +107,7 @@ def test_beam_search_scores_at_least_greedy():
 
 def test_mle_loss_falls_on_a_few_batches():
     torch.manual_seed(0)
-    model = FiberModel(micro_config())
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(".alpha"):
-                p.fill_(0.5)
+    model = set_fusion_gates(FiberModel(micro_config()), 0.5)
     g = torch.Generator().manual_seed(0)
     images = torch.randn(4, 3, 64, 64, generator=g)
     ids = torch.randint(4, 99, (4, 8), generator=g)

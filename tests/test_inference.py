@@ -9,15 +9,11 @@ import torch
 from fibervl.modeling import inference
 from fibervl.modeling.fiber import FiberModel
 from fibervl.modeling.inference import optimize_for_inference
+from fibervl.testing.models import set_fusion_gates
 
 
 def fused_model(config) -> FiberModel:
-    model = FiberModel(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(".alpha"):
-                p.fill_(0.5)  # fusion active, as after training
-    return model
+    return set_fusion_gates(FiberModel(config).eval(), 0.5)  # fusion active, as after training
 
 
 def copy_of(model: FiberModel) -> FiberModel:

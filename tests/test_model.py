@@ -8,13 +8,7 @@ import torch
 from fibervl.modeling.fiber import FiberModel
 from fibervl.modeling.fusion import ImageToTextAttention, TextToImageAttention
 from fibervl.testing.configs import micro_config
-
-
-def set_alphas(model: FiberModel, value: float) -> None:
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(".alpha"):
-                p.fill_(value)
+from fibervl.testing.models import set_fusion_gates
 
 
 def test_fusion_layout_pairs_top_blocks(micro):
@@ -30,14 +24,14 @@ def test_fusion_layout_pairs_top_blocks(micro):
 def test_zero_alpha_fusion_equals_unimodal(batch):
     images, ids, mask = batch
     model = FiberModel(micro_config(skip_last_text_norm=False)).eval()
-    set_alphas(model, 0.0)
+    set_fusion_gates(model, 0.0)
     out = model.fuse(images, ids, mask)
     uni_stages = model.vision(images)
     for fused, uni in zip(out.image_stages, uni_stages):
         torch.testing.assert_close(fused, uni, rtol=0, atol=0)
     torch.testing.assert_close(out.text_hidden, model.text(ids, mask), rtol=0, atol=0)
     # And with active gates the outputs do change.
-    set_alphas(model, 0.5)
+    set_fusion_gates(model, 0.5)
     assert not torch.allclose(model.fuse(images, ids, mask).cls_feats, out.cls_feats)
 
 
@@ -64,7 +58,7 @@ def test_dual_mode_calls_no_cross_attention(micro, batch):
 def test_padding_does_not_change_real_tokens(micro, batch):
     images, ids, mask = batch
     model = FiberModel(micro).eval()
-    set_alphas(model, 0.7)
+    set_fusion_gates(model, 0.7)
     padded_ids = torch.cat([ids, torch.ones(2, 5, dtype=ids.dtype)], dim=1)
     padded_mask = torch.cat([mask, torch.zeros(2, 5, dtype=mask.dtype)], dim=1)
     a, b = model.fuse(images, ids, mask), model.fuse(images, padded_ids, padded_mask)
@@ -81,7 +75,7 @@ def test_padding_does_not_change_real_tokens(micro, batch):
 def test_caption_mode_is_causal(micro, batch):
     images, ids, mask = batch
     model = FiberModel(micro).eval()
-    set_alphas(model, 0.7)
+    set_fusion_gates(model, 0.7)
     tokens = model.caption_image(images)
     with torch.no_grad():
         full = model.caption_features(tokens, ids, mask)
@@ -136,7 +130,7 @@ def test_missing_head_is_a_clear_error(batch):
 def test_bf16_autocast_and_bf16_weights(micro, batch):
     images, ids, mask = batch
     model = FiberModel(micro).eval()
-    set_alphas(model, 0.5)
+    set_fusion_gates(model, 0.5)
     with torch.no_grad():
         ref = model.fuse(images, ids, mask).cls_feats
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -165,7 +159,7 @@ def test_non_multiple_grid_pads_and_shifts():
 def test_mean_text_pooling_ignores_padding(batch):
     images, ids, mask = batch
     model = FiberModel(micro_config().replace(text_pooling="mean")).eval()
-    set_alphas(model, 0.7)
+    set_fusion_gates(model, 0.7)
     padded_ids = torch.cat([ids, torch.ones(2, 3, dtype=ids.dtype)], dim=1)
     padded_mask = torch.cat([mask, torch.zeros(2, 3, dtype=mask.dtype)], dim=1)
     torch.testing.assert_close(model.encode_text(padded_ids, padded_mask), model.encode_text(ids, mask), atol=1e-5, rtol=1e-5)
@@ -224,7 +218,7 @@ def test_unfused_prefixes_give_the_same_outputs(batch, num_fused):
     cfg = cfg.replace(fusion=cfg.fusion.__class__(num_layers=num_fused), text=cfg.text.__class__(
         **{**cfg.text.__dict__, "num_layers": 4}))
     model = FiberModel(cfg)
-    set_alphas(model, 0.5)
+    set_fusion_gates(model, 0.5)
 
     def grads(loss):
         model.zero_grad()
@@ -265,7 +259,7 @@ def test_freeze_prefix_trains_exactly_what_lies_above_the_first_fused_block(batc
         **{**cfg.text.__dict__, "num_layers": 4}))
     torch.manual_seed(0)
     model = FiberModel(cfg)
-    set_alphas(model, 0.5)
+    set_fusion_gates(model, 0.5)
     loss = model.fuse(images, ids, mask).cls_feats.square().sum()
     loss.backward()
     full = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}

@@ -113,13 +113,10 @@ def test_training_forward_computes_the_same_step_as_the_fused_kernel(what):
     from fibervl.tasks.caption import caption_mle_loss
     from fibervl.tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask
     from fibervl.testing.configs import micro_config
+    from fibervl.testing.models import set_fusion_gates
 
     torch.manual_seed(0)
-    model = FiberModel(micro_config()).train()
-    with torch.no_grad():  # fusion open, so cross-attention is in the gradient
-        for name, p in model.named_parameters():
-            if name.endswith(".alpha"):
-                p.fill_(0.5)
+    model = set_fusion_gates(FiberModel(micro_config()).train(), 0.5)  # cross-attention in the gradient
     cfg = model.config
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(4, 99, (4, 8), generator=g)
