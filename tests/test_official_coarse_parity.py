@@ -8,6 +8,8 @@ within 1e-4 (absolute, fp32). ``FIBERVL_OFFICIAL_FIXTURES`` picks the fixture di
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -112,3 +114,15 @@ def test_missing_fixture_directory_fails(monkeypatch, tmp_path):
     monkeypatch.setenv("FIBERVL_OFFICIAL_FIXTURES", str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="nowhere"):
         fixture_dir()
+
+
+def test_fixtures_travel_with_the_repository(monkeypatch):
+    """Without FIBERVL_OFFICIAL_FIXTURES the parity tests read the copy inside the repository,
+    so a clone with nothing beside it runs them."""
+    monkeypatch.delenv("FIBERVL_OFFICIAL_FIXTURES", raising=False)
+    repo = Path(__file__).resolve().parents[1]
+    directory = fixture_dir()
+    assert directory.resolve().is_relative_to(repo)
+    for name in ("coarse_inputs_outputs.safetensors", "coarse_keys.json", "fine_inputs_outputs.safetensors",
+                 "fine_keys.json", "README.md"):
+        assert (directory / name).is_file(), name

@@ -1,8 +1,8 @@
 """Regenerate official-FIBER weights with the golden fixtures' weight rule.
 
-The fixture directory (``$FIBERVL_OFFICIAL_FIXTURES``, default ``../shared/fixtures/official_fiber``
-beside the repository) holds inputs and outputs of the official code plus a key list
-(``coarse_keys.json`` / ``fine_keys.json``). The weights themselves are not stored: every tensor
+The fixture directory (``$FIBERVL_OFFICIAL_FIXTURES``, default ``tests/fixtures/official_fiber`` in
+the repository, so that a clone with nothing beside it runs the parity tests) holds inputs and
+outputs of the official code plus a key list (``coarse_keys.json`` / ``fine_keys.json``). The weights themselves are not stored: every tensor
 follows a deterministic rule keyed by its official name, reproduced here. See the fixture README.
 """
 
@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 
 _REPO_ROOT = Path(__file__).resolve().parents[3]
-DEFAULT_FIXTURE_DIR = _REPO_ROOT.parent / "shared" / "fixtures" / "official_fiber"
+DEFAULT_FIXTURE_DIR = _REPO_ROOT / "tests" / "fixtures" / "official_fiber"
 
 
 def fixture_dir() -> Path:
