@@ -2,14 +2,23 @@
 
 Every reader either raises :class:`DataError` (naming the file, the record and the problem)
 or, when the caller asked for skipping, records the bad record in a :class:`SkipLog` and
-moves on. Nothing bad is ever dropped silently.
+moves on. Nothing bad is ever dropped silently: each skipped record is logged as a warning on
+the ``fibervl.data`` logger (the first :attr:`SkipLog.warn_first` of a file one by one, then
+one line saying the rest are only counted), and a :func:`skip_report` (every ``fibervl``
+command runs in one) ends with a summary per file and reason.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
+
+log = logging.getLogger("fibervl.data")
 
 
 class DataError(ValueError):
@@ -29,17 +38,21 @@ class DataError(ValueError):
 class SkipLog:
     """Counts skipped records by problem; readers hold one as ``reader.skipped``.
 
-    ``examples`` keeps the first few messages so a report can show what went wrong.
+    ``examples`` keeps the first few messages so a report can show what went wrong. Each
+    record added is also passed to the current :class:`SkipReport`, which warns about it.
     """
 
     counts: Counter = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
     max_examples: int = 20
+    # Records of one file warned about one by one; past this, a file's records are only counted.
+    warn_first = 10
 
     def add(self, error: DataError) -> None:
-        self.counts[_problem_kind(error.problem)] += 1
+        self.counts[problem_kind(error.problem)] += 1
         if len(self.examples) < self.max_examples:
             self.examples.append(str(error))
+        _current().add(error)
 
     @property
     def total(self) -> int:
@@ -55,13 +68,90 @@ class SkipLog:
         return f"skipped {self.total} records ({parts})"
 
 
-def _problem_kind(problem: str) -> str:
-    # The part before the first colon is the kind ("box outside the image: ..." -> grouped).
-    return problem.split(":", 1)[0].strip()
+def problem_kind(problem: str) -> str:
+    """The reason of a problem, for counting: the part before the first colon, numbers as N
+    ("box outside the image or empty: [..]" and "image_id 7 is not in images" group with their
+    kind, not one line per box or id)."""
+    return re.sub(r"\d+", "N", problem.split(":", 1)[0].strip())
 
 
-def handle(error: DataError, skip: bool, log: SkipLog) -> None:
+class SkipReport:
+    """The bad records skipped during one run, across readers: warns about each record the first
+    time it is skipped (a file read again, as each evaluation does, is not counted twice) and
+    sums them up per file and reason.
+
+    ``watching``: a reader or processor that skips was created, so the summary has something to
+    say even when nothing was bad.
+    """
+
+    def __init__(self) -> None:
+        self.seen: set[tuple[str | None, str, str]] = set()
+        self.by_file: dict[str, Counter] = {}
+        self.watching = False
+
+    def watch(self) -> None:
+        self.watching = True
+
+    def add(self, error: DataError) -> None:
+        key = (error.file, str(error.record), error.problem)
+        if key in self.seen:
+            return
+        self.seen.add(key)
+        file = error.file or "<no file>"
+        counts = self.by_file.setdefault(file, Counter())
+        counts[problem_kind(error.problem)] += 1
+        n = sum(counts.values())
+        if n <= SkipLog.warn_first:
+            log.warning("skipped bad record: %s", error)
+        elif n == SkipLog.warn_first + 1:
+            log.warning("%s: more than %d bad records; the rest are counted, not listed (summary at the end)",
+                        file, SkipLog.warn_first)
+
+    @property
+    def total(self) -> int:
+        return sum(sum(c.values()) for c in self.by_file.values())
+
+    def summary(self) -> str:
+        """One line per file with its counts by reason; "" when skipping was never asked for."""
+        if not self.total:
+            return "skipping bad records: none found" if self.watching else ""
+        lines = [f"{self.total} bad record{'s' if self.total != 1 else ''} skipped:"]
+        for file, counts in self.by_file.items():
+            lines.append(f"  {file}: " + ", ".join(f"{n} {kind}" for kind, n in counts.most_common()))
+        return "\n".join(lines)
+
+
+# The report records go to; the outermost one lasts as long as the process (library use).
+_reports: list[SkipReport] = [SkipReport()]
+
+
+def _current() -> SkipReport:
+    return _reports[-1]
+
+
+def skipping_on() -> None:
+    """Tell the current report that a reader or processor skips bad records (so its summary
+    says "none found" rather than nothing when all records were good)."""
+    _current().watch()
+
+
+@contextlib.contextmanager
+def skip_report() -> Iterator[SkipReport]:
+    """Collect the records skipped inside the block in a fresh :class:`SkipReport` and log its
+    summary at the end (a warning when records were skipped)."""
+    report = SkipReport()
+    _reports.append(report)
+    try:
+        yield report
+    finally:
+        _reports.remove(report)
+        summary = report.summary()
+        if summary:
+            log.log(logging.WARNING if report.total else logging.INFO, "%s", summary)
+
+
+def handle(error: DataError, skip: bool, skipped: SkipLog) -> None:
     """Raise ``error`` unless skipping was asked for, in which case count it."""
     if not skip:
         raise error
-    log.add(error)
+    skipped.add(error)

@@ -12,8 +12,8 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from .errors import DataError, SkipLog, handle
-from .image_io import DEFAULT_MAX_PIXELS, load_image
+from .errors import DataError, SkipLog, handle, skipping_on
+from .image_io import DEFAULT_MAX_PIXELS, load_image, to_rgb
 from .samples import Sample
 from .transforms import Normalize, to_tensor
 
@@ -57,10 +57,13 @@ class Processor:
         self.max_pixels, self.max_side = max_pixels, max_side
         self.skip_bad = skip_bad
         self.skipped = SkipLog()
+        if skip_bad:
+            skipping_on()
 
     def _load(self, image, path, sample):
         if image is not None:
-            return image.convert("RGB") if image.mode != "RGB" else image
+            # as a file would be: alpha composited on white, 16-bit scaled rather than clipped
+            return to_rgb(image, name=path or "<memory>", record=sample.sample_id)
         if path is None:
             raise DataError(None, "sample has neither an image nor an image path", sample.sample_id)
         return load_image(path, max_pixels=self.max_pixels, max_side=self.max_side, record=sample.sample_id)

@@ -14,7 +14,7 @@ import tarfile
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import DataError, SkipLog, handle
+from ..errors import DataError, SkipLog, handle, skipping_on
 from ..image_io import decode_image
 from ..samples import Sample
 from .common import DEFAULT_MAX_TEXT_CHARS, check_text
@@ -55,6 +55,8 @@ class WebDatasetReader:
         self.skip_bad, self.max_text_chars, self.decode = skip_bad, max_text_chars, decode
         self.skipped = SkipLog()
         self.truncated = 0
+        if skip_bad:
+            skipping_on()
 
     def __iter__(self) -> Iterator[Sample]:
         for shard in self.shards:
@@ -98,7 +100,7 @@ class WebDatasetReader:
             if text_ext is None:
                 raise DataError(shard, f"sample has no caption member (has {sorted(members)})", key)
             try:
-                raw = members[text_ext].decode("utf-8")
+                raw = members[text_ext].decode("utf-8-sig")  # a byte order mark is not part of the caption
             except UnicodeDecodeError:
                 raise DataError(shard, "caption is not UTF-8", key) from None
             text, cut = check_text(raw.strip(), shard, key, self.max_text_chars)
