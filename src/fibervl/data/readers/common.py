@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from ..errors import DataError, SkipLog, handle
+from ..errors import DataError, SkipLog, handle, skipping_on
 from ..samples import Sample
 
 # Longer texts are cut (plain text) or refused (texts with character spans): no caption of
@@ -15,17 +15,28 @@ DEFAULT_MAX_TEXT_CHARS = 2000
 
 
 def load_json(path: str | Path) -> Any:
-    """Parse a JSON file; DataError naming the file and the line on failure."""
+    """Parse a JSON file; DataError naming the file and the line on failure. A UTF-8 byte
+    order mark (which Windows editors write) is accepted."""
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "annotation file not found")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             return json.load(f)
     except json.JSONDecodeError as exc:
         raise DataError(path, f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except UnicodeDecodeError as exc:
         raise DataError(path, f"not UTF-8 text: {exc}") from None
+
+
+def check_format(records: list, key: str, file: Path, what: str) -> None:
+    """A file of another format given by mistake (a detection file where captions are
+    expected) is one error naming it, not every record skipped as bad: some record of a file
+    of the right kind has ``key``."""
+    if records and not any(isinstance(r, dict) and key in r for r in records):
+        first = records[0]
+        has = sorted(first) if isinstance(first, dict) else f"a {type(first).__name__}"
+        raise DataError(file, f"no record has a {key!r} key (the first has {has}): not {what}")
 
 
 def require(record: Any, key: str, file: Path, record_id: object, kind: type | tuple = object) -> Any:
@@ -90,6 +101,8 @@ class Reader(Sequence[Sample]):
         self.skipped = SkipLog()
         self.truncated = 0
         self.samples: list[Sample] = []
+        if skip_bad:
+            skipping_on()
 
     def _bad(self, error: DataError) -> None:
         handle(error, self.skip_bad, self.skipped)
@@ -105,3 +118,36 @@ class Reader(Sequence[Sample]):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self)} samples, {self.skipped.summary()})"
+
+
+class CaptionReader(Reader):
+    """A captions file: one Sample per (image, caption) pair, and ``self.images``, one entry
+    per image kept, ``{"image_id", "image_path", "captions"}`` (its good captions only)."""
+
+    def __init__(self, skip_bad: bool = False, max_text_chars: int = DEFAULT_MAX_TEXT_CHARS):
+        super().__init__(skip_bad, max_text_chars)
+        self.images: list[dict] = []
+
+    def _add_image(self, image_id: Any, path: Path, captions: list[tuple[str, str]], dataset: str) -> None:
+        """Keep an image with its ``(sample_id, caption)`` pairs."""
+        texts = [text for _, text in captions]
+        self.images.append({"image_id": image_id, "image_path": path, "captions": texts})
+        for sample_id, text in captions:
+            self.samples.append(Sample(sample_id=sample_id, image_id=image_id, image_path=path, text=text,
+                                       captions=texts, dataset=dataset))
+
+    def retrieval_lists(self) -> tuple[list[Path], list[str], list[int], list[list[int]]]:
+        """The split as retrieval evaluation wants it.
+
+        Returns (image_paths [I], texts [T], text_to_image [T] index into image_paths,
+        image_to_texts [I] lists of indices into texts).
+        """
+        paths, texts, t2i, i2t = [], [], [], []
+        for i, img in enumerate(self.images):
+            paths.append(img["image_path"])
+            i2t.append([])
+            for caption in img["captions"]:
+                i2t[-1].append(len(texts))
+                t2i.append(i)
+                texts.append(caption)
+        return paths, texts, t2i, i2t

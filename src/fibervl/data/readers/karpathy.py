@@ -10,16 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DataError
-from ..samples import Sample
-from .common import DEFAULT_MAX_TEXT_CHARS, Reader, check_text, load_json, require
+from .common import DEFAULT_MAX_TEXT_CHARS, CaptionReader, check_format, check_text, load_json, require
 
 
-class KarpathyCaptions(Reader):
+class KarpathyCaptions(CaptionReader):
     """One Sample per (image, caption); ``sample.captions`` lists all captions of the image.
 
     annotation_file: the Karpathy JSON; image_root: directory the ``filepath/filename`` of
     each image is relative to. ``split="train"`` also takes ``restval`` unless
-    ``include_restval=False``.
+    ``include_restval=False``. The unit skipped is the (image, caption) pair: an image keeps
+    its good captions when one of them is bad.
     """
 
     def __init__(self, annotation_file: str | Path, image_root: str | Path, split: str,
@@ -30,49 +30,36 @@ class KarpathyCaptions(Reader):
         wanted = {split} | ({"restval"} if split == "train" and include_restval else set())
         data = load_json(self.file)
         images = require(data, "images", self.file, None, list)
-        self.images: list[dict] = []  # one entry per image kept: {"image_id", "image_path", "captions"}
+        check_format(images, "sentences", self.file, "a Karpathy split file (dataset_coco.json)")
         for n, img in enumerate(images):
             try:
                 if require(img, "split", self.file, n, str) not in wanted:
                     continue
-                self._add_image(n, img, dataset)
+                self._read_image(n, img, dataset)
             except DataError as err:
                 self._bad(err)
         if not self.samples and not self.skipped:
             raise DataError(self.file, f"no images of split {split!r} (splits are named train/restval/val/test)")
 
-    def _add_image(self, n: int, img: dict, dataset: str) -> None:
+    def _read_image(self, n: int, img: dict, dataset: str) -> None:
         filename = require(img, "filename", self.file, n, str)
         rid = f"{n} ({filename})"
+        filepath = img.get("filepath", "")
+        if not isinstance(filepath, str):
+            raise DataError(self.file, f"key 'filepath' should be str, got {type(filepath).__name__}", rid)
         image_id = img.get("cocoid", img.get("imgid", n))
         sentences = require(img, "sentences", self.file, rid, list)
         if not sentences:
             raise DataError(self.file, "image has no sentences", rid)
-        caps = []
+        captions = []
         for k, s in enumerate(sentences):
-            raw = require(s, "raw", self.file, f"{rid} sentence {k}")
-            text, cut = check_text(raw, self.file, f"{rid} sentence {k}", self.max_text_chars)
+            try:
+                sid = f"{rid} sentence {k}"
+                text, cut = check_text(require(s, "raw", self.file, sid), self.file, sid, self.max_text_chars)
+            except DataError as err:
+                self._bad(err)
+                continue
             self.truncated += cut
-            caps.append(text)
-        path = self.image_root / img.get("filepath", "") / filename
-        self.images.append({"image_id": image_id, "image_path": path, "captions": caps})
-        for k, text in enumerate(caps):
-            self.samples.append(Sample(sample_id=f"{image_id}_{k}", image_id=image_id, image_path=path,
-                                       text=text, captions=caps, dataset=dataset))
-
-
-    def retrieval_lists(self) -> tuple[list[Path], list[str], list[int], list[list[int]]]:
-        """The split as retrieval evaluation wants it.
-
-        Returns (image_paths [I], texts [T], text_to_image [T] index into image_paths,
-        image_to_texts [I] lists of indices into texts).
-        """
-        paths, texts, t2i, i2t = [], [], [], []
-        for i, img in enumerate(self.images):
-            paths.append(img["image_path"])
-            i2t.append([])
-            for caption in img["captions"]:
-                i2t[-1].append(len(texts))
-                t2i.append(i)
-                texts.append(caption)
-        return paths, texts, t2i, i2t
+            captions.append((f"{image_id}_{k}", text))
+        if captions:
+            self._add_image(image_id, self.image_root / filepath / filename, captions, dataset)

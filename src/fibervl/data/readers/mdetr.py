@@ -15,7 +15,7 @@ import torch
 from ..boxes import checked_xywh_box
 from ..errors import DataError
 from ..samples import Sample
-from .common import DEFAULT_MAX_TEXT_CHARS, Reader, check_text, load_json, require, require_size
+from .common import DEFAULT_MAX_TEXT_CHARS, Reader, check_format, check_text, load_json, require, require_size
 
 
 class MdetrReader(Reader):
@@ -32,6 +32,7 @@ class MdetrReader(Reader):
         data = load_json(self.file)
         images = require(data, "images", self.file, None, list)
         anns = require(data, "annotations", self.file, None, list)
+        check_format(images, "caption", self.file, "an MDETR annotation file (images with captions)")
         self.categories = {c["id"]: c.get("name", str(c["id"])) for c in data.get("categories", []) if isinstance(c, dict) and "id" in c}
         by_image: dict[object, list[tuple[int, dict]]] = {}
         bad_images: set = set()

@@ -31,7 +31,7 @@ class Nlvr2Reader(Reader):
         self.file, self.image_root = Path(file), Path(image_root)
         if not self.file.is_file():
             raise DataError(self.file, "annotation file not found")
-        with open(self.file, encoding="utf-8", errors="strict") as fh:
+        with open(self.file, encoding="utf-8-sig", errors="strict") as fh:  # -sig: a byte order mark is fine
             try:
                 lines = fh.read().splitlines()
             except UnicodeDecodeError as exc:

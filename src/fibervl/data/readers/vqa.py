@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..samples import Sample, most_common_answer
-from .common import DEFAULT_MAX_TEXT_CHARS, Reader, check_text, load_json, require
+from .common import DEFAULT_MAX_TEXT_CHARS, Reader, check_format, check_text, load_json, require
 
 VQAV2_IMAGE_TEMPLATE = "{split}/COCO_{split}_{image_id:012d}.jpg"
 ANSWER_TYPES = ("yes/no", "number", "other")
@@ -26,6 +26,18 @@ def format_image_path(image_root: Path, template: str, file: Path, record: objec
         raise DataError(file, f"image template {template!r} cannot be filled from {sorted(fields)}: {exc}", record) from None
 
 
+def _by_question_id(records: list, file: Path, what: str = "") -> tuple[dict[int, list[int]], list[DataError]]:
+    """{question_id: indices of the records with it}, and the errors of records with no usable id."""
+    by_qid: dict[int, list[int]] = {}
+    bad = []
+    for n, record in enumerate(records):
+        try:
+            by_qid.setdefault(require(record, "question_id", file, f"{what}{n}", int), []).append(n)
+        except DataError as err:
+            bad.append(err)
+    return by_qid, bad
+
+
 class VqaReader(Reader):
     """One Sample per question: text = question, answers = the annotators' answers.
 
@@ -34,6 +46,10 @@ class VqaReader(Reader):
     source:      the name in the files, "mscoco" for VQAv2, "shapes" for the shapes set.
     image_root:  where the images are (default: root).
     annotations: False for test splits (no answers), True to require them.
+
+    Questions and annotations are paired by ``question_id``. The unit skipped is the pair: a
+    question without an annotation, an annotation without a question, and an id given to
+    more than one question or annotation (which answers would be right?) are bad records.
     """
 
     def __init__(self, root: str | Path, split: str, source: str = "mscoco", image_root: str | Path | None = None,
@@ -46,24 +62,46 @@ class VqaReader(Reader):
         self.questions_file = Path(questions_file or root / f"v2_OpenEnded_{source}_{split}_questions.json")
         self.annotations_file = Path(annotations_file or root / f"v2_{source}_{split}_annotations.json") if annotations else None
         image_root = Path(image_root) if image_root is not None else root
-        qdata = load_json(self.questions_file)
-        questions = require(qdata, "questions", self.questions_file, None, list)
-        by_qid: dict[int, dict] = {}
+        questions = require(load_json(self.questions_file), "questions", self.questions_file, None, list)
+        check_format(questions, "question", self.questions_file, "a VQAv2 questions file")
+        q_ids, bad = _by_question_id(questions, self.questions_file)
+        anns: list = []
+        a_ids: dict[int, list[int]] = {}
         if self.annotations_file is not None:
-            adata = load_json(self.annotations_file)
-            for n, ann in enumerate(require(adata, "annotations", self.annotations_file, None, list)):
-                try:
-                    qid = require(ann, "question_id", self.annotations_file, n, int)
-                    by_qid[qid] = ann
-                except DataError as err:
-                    self._bad(err)
-        for n, q in enumerate(questions):
+            anns = require(load_json(self.annotations_file), "annotations", self.annotations_file, None, list)
+            check_format(anns, "answers", self.annotations_file, "a VQAv2 annotations file")
+            a_ids, a_bad = _by_question_id(anns, self.annotations_file, "annotation ")
+            bad += a_bad
+        for err in bad:
+            self._bad(err)
+        for qid, ns in q_ids.items():
             try:
-                self._add(n, q, by_qid, image_root, image_template, dataset=source)
+                a_n = self._partner(qid, ns, a_ids)
+                ann = anns[a_n] if a_n is not None else None
+                self._add(ns[0], questions[ns[0]], a_n, ann, image_root, image_template, dataset=source)
             except DataError as err:
                 self._bad(err)
+        for qid, ns in a_ids.items():
+            if qid not in q_ids:
+                self._bad(DataError(self.annotations_file, f"annotation of question_id {qid} has no question in "
+                                                           f"{self.questions_file.name}", f"annotation {ns[0]}"))
 
-    def _add(self, n, q, by_qid, image_root, template, dataset):
+    def _partner(self, qid: int, q_ns: list[int], a_ids: dict[int, list[int]]) -> int | None:
+        """The index of the one annotation of question ``qid`` (None without an annotation file)."""
+        rid = f"{q_ns[0]} (question_id {qid})"
+        if len(q_ns) > 1:
+            raise DataError(self.questions_file, f"duplicate question_id {qid} (records {_listed(q_ns)})", rid)
+        if self.annotations_file is None:
+            return None
+        a_ns = a_ids.get(qid, [])
+        if not a_ns:
+            raise DataError(self.annotations_file, f"no annotation for question_id {qid}", rid)
+        if len(a_ns) > 1:
+            raise DataError(self.annotations_file, f"duplicate question_id {qid} (records {_listed(a_ns)})",
+                            f"annotation {a_ns[0]}")
+        return a_ns[0]
+
+    def _add(self, n, q, a_n, ann, image_root, template, dataset):
         f = self.questions_file
         qid = require(q, "question_id", f, n, int)
         rid = f"{n} (question_id {qid})"
@@ -72,11 +110,9 @@ class VqaReader(Reader):
         self.truncated += cut
         sample = Sample(sample_id=str(qid), image_id=image_id, text=text, dataset=dataset,
                         image_path=format_image_path(image_root, template, f, rid, split=self.split, image_id=image_id))
-        if self.annotations_file is not None:
+        if ann is not None:
             af = self.annotations_file
-            if qid not in by_qid:
-                raise DataError(af, f"no annotation for question_id {qid}", rid)
-            ann = by_qid[qid]
+            rid = f"annotation {a_n} (question_id {qid})"
             if ann.get("image_id", image_id) != image_id:
                 raise DataError(af, f"image_id {ann.get('image_id')} differs from the question's {image_id}", rid)
             answers = []
@@ -94,3 +130,7 @@ class VqaReader(Reader):
             if "template" in ann:
                 sample.meta["template"] = ann["template"]
         self.samples.append(sample)
+
+
+def _listed(numbers: list[int]) -> str:
+    return ", ".join(map(str, numbers[:-1])) + f" and {numbers[-1]}"
