@@ -47,6 +47,12 @@ def _convert(args: argparse.Namespace) -> int:
     return run_convert(args)
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .export.cli import run_export
+
+    return run_export(args)
+
+
 def _recipe(args: argparse.Namespace) -> int:
     if args.recipe is None:
         if args.help:
@@ -96,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .convert.cli import add_convert_parser
 
     add_convert_parser(sub).set_defaults(func=_convert)
+    from .export.cli import add_export_parser
+
+    add_export_parser(sub).set_defaults(func=_export)
     sub.add_parser("data", help="write data sets: fibervl data shapes --out DIR (see fibervl data -h)", add_help=False)
 
     for verb, (what, names) in VERBS.items():
