@@ -130,7 +130,11 @@ class FusionConfig:
 class DetectionConfig:
     """The fine-grained detection part: FPN over the fused Swin stages named by
     ``vision.feature_norms`` (strides 8/16/32), P6/P7, a DyHead tower of ``num_blocks`` blocks
-    (0: none) and the grounding head."""
+    (0: none) and the grounding head.
+
+    ``prompt_tuning_tokens``: rows of learnable offsets added to the text embeddings, one per
+    token position (the official ``ADD_LINEAR_LAYER`` of language prompt tuning, 1000 rows there);
+    0 (the default) is none. Set by the ``language_prompt_v2`` / ``_v4`` tuning modes."""
 
     channels: int = 256
     num_blocks: int = 6
@@ -138,6 +142,7 @@ class DetectionConfig:
     strides: tuple[int, ...] = (8, 16, 32, 64, 128)
     anchor_sizes: tuple[float, ...] = (64, 128, 256, 512, 1024)
     max_query_len: int = 256
+    prompt_tuning_tokens: int = 0
 
 
 @dataclass

@@ -8,7 +8,7 @@ the tokenizer so a preset and a data set's own vocabulary fit together.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,6 +17,7 @@ from .config import FiberConfig
 from .data import Tokenizer
 from .engine.rng import preserved_rng
 from .modeling.families import build_from_config, get_any_preset, load_config, load_pretrained
+from .modeling.detection.tuning import apply_tuning_mode, needs_prompt
 from .modeling.fiber import FiberModel
 
 
@@ -28,25 +29,35 @@ class ModelSpec:
     initialised here rather than loaded (a fresh model, a new head), so that two runs of one
     config start from the same weights; it leaves the process's random streams as they were.
     ``freeze_prefix``: train only what lies above the first fused block
-    (:meth:`FiberModel.freeze_prefix`), for fine-tuning a pre-trained model cheaply."""
+    (:meth:`FiberModel.freeze_prefix`), for fine-tuning a pre-trained model cheaply.
+    ``tuning``: what a grounding detector trains, one of the official modes ``full``,
+    ``linear_prob``, ``language_prompt_v1`` .. ``_v4`` (:mod:`fibervl.modeling.detection.tuning`).
+    ``activation_checkpointing``: recompute activations in the backward pass (backbone blocks,
+    text layers and DyHead blocks; the official ``USE_CHECKPOINT``) to train at large inputs."""
 
     preset: str = "fiber-tiny"
     init: str = ""
     heads: tuple[str, ...] = ()
     seed: int = 0
     freeze_prefix: bool = False
+    tuning: str = "full"
+    activation_checkpointing: bool = False
 
 
 @dataclass
 class DataSpec:
     """``root``: the data set directory; ``tokenizer``: tokenizer directory or file (default: the
-    shapes set's own ``ROOT/tokenizer``); ``max_text_len`` / ``image_size`` 0 = the model's."""
+    shapes set's own ``ROOT/tokenizer``); ``max_text_len`` / ``image_size`` 0 = the model's.
+    ``skip_bad_records`` (also the switch ``--skip-bad-records``): leave bad records out, each
+    warned about and summed up at the end of the run, instead of stopping at the first (and,
+    in training sets, images that do not decode)."""
 
     root: str = "data/shapes"
     tokenizer: str = ""
     max_text_len: int = 0
     image_size: int = 0
     num_eval: int = 0  # evaluate on the first N items of the split (0 = all)
+    skip_bad_records: bool = field(default=False, metadata={"switch": "--skip-bad-records"})
 
 
 def load_tokenizer(data: DataSpec) -> Tokenizer:
@@ -61,6 +72,10 @@ def model_config(spec: ModelSpec, tokenizer: Tokenizer) -> FiberConfig:
     else:
         config = get_any_preset(spec.preset)
     config = fit_to_tokenizer(config, tokenizer)
+    if needs_prompt(spec.tuning) and config.detection is not None and not config.detection.prompt_tuning_tokens:
+        # one learnable offset per position a detection prompt can have
+        config = config.replace(detection=dataclasses.replace(
+            config.detection, prompt_tuning_tokens=config.detection.max_query_len))
     return config.replace(heads=tuple(spec.heads)) if spec.heads else config
 
 
@@ -83,12 +98,20 @@ def _fresh(config, seed: int) -> FiberModel:
 
 
 def apply_freezing(model, spec: ModelSpec):
-    """``model`` with its unfused prefixes frozen if ``spec.freeze_prefix`` asks for it."""
+    """``model`` prepared for training as ``spec`` asks: its unfused prefixes frozen
+    (``freeze_prefix``), the parts its tuning mode does not train frozen, activation
+    checkpointing switched on."""
     if spec.freeze_prefix:
         if not hasattr(model, "freeze_prefix"):
             raise ValueError(f"model.freeze_prefix: {type(model).__name__} has no unfused prefix to freeze "
                              "(only FIBER models do)")
         model.freeze_prefix()
+    apply_tuning_mode(model, spec.tuning)
+    if spec.activation_checkpointing:
+        if not hasattr(model, "set_activation_checkpointing"):
+            raise ValueError(f"model.activation_checkpointing: {type(model).__name__} does not support it "
+                             "(only FIBER models do)")
+        model.set_activation_checkpointing(backbone=True, head=True)
     return model
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..config import FiberConfig
 from .detection.detector import DetectorOutput, GroundingDetector
@@ -156,6 +157,79 @@ class FiberModel(HeadLogits, nn.Module):
             text_dim=config.text.hidden_size, num_blocks=det.num_blocks, num_groups=det.num_groups,
             strides=det.strides, anchor_sizes=det.anchor_sizes,
         )
+        # Language prompt tuning: per-position offsets on the text embeddings, zero at the start
+        # so that adding them changes nothing until they are trained.
+        self.text_prompt_offsets = None
+        if det is not None and det.prompt_tuning_tokens > 0:
+            self.text_prompt_offsets = nn.Parameter(torch.zeros(det.prompt_tuning_tokens, config.text.hidden_size))
+        self._checkpoint_blocks = False
+        self._frozen_modules: list[nn.Module] = []
+
+    # ---- activation checkpointing -----------------------------------------------------------
+    def set_activation_checkpointing(self, backbone: bool = True, head: bool = True) -> None:
+        """Recompute activations in the backward pass instead of keeping them (the official
+        ``USE_CHECKPOINT``): ``backbone`` for every Swin block and text layer, ``head`` for every
+        DyHead block. The loss and the gradients stay the same (random draws such as dropout are
+        replayed); memory falls and a training step costs about one more forward. It acts only
+        while training with gradients; inference is unchanged."""
+        self._checkpoint_blocks = backbone
+        if self.detector is not None:
+            self.detector.head.tower.checkpointing = head
+
+    # ---- parts and freezing ------------------------------------------------------------------
+    def parts(self) -> dict[str, list[nn.Module | nn.Parameter]]:
+        """The model's parts by name, for choosing what trains (:meth:`freeze`): ``vision`` (Swin
+        with its image-side fusion and stage norms), ``text`` (text encoder with its text-side
+        fusion), ``cross_modal`` (poolers and projections), ``heads``, ``temperature``, and for a
+        detector ``fpn``, ``head_tower`` (DyHead), ``head_scales`` (per-level box scales),
+        ``head_predictors`` (box, centerness, token projection, logit scale and biases: what
+        the official linear probe trains) and ``prompt`` (:attr:`text_prompt_offsets`)."""
+        parts: dict[str, list] = {"vision": [self.vision], "text": [self.text], "cross_modal": [self.cross_modal],
+                                  "heads": [self.heads]}
+        if "itc" in self.config.heads:
+            parts["temperature"] = [self.temperature]
+        if self.detector is not None:
+            head = self.detector.head
+            parts["fpn"] = [self.detector.fpn]
+            parts["head_tower"] = [head.tower]
+            parts["head_scales"] = [head.scales]
+            parts["head_predictors"] = [head.bbox_pred, head.centerness, head.token_proj,
+                                        head.log_scale, head.bias_lang, head.bias0]
+        if self.text_prompt_offsets is not None:
+            parts["prompt"] = [self.text_prompt_offsets]
+        return parts
+
+    def freeze(self, names) -> int:
+        """Stop training the parts named (see :meth:`parts`): ``requires_grad = False``, and their
+        modules stay in eval mode (no dropout, no drop path) when the model trains, as the official
+        fine-tuning modes keep frozen parts. Returns the number of parameters frozen."""
+        parts = self.parts()
+        unknown = sorted(set(names) - set(parts))
+        if unknown:
+            raise ValueError(f"unknown model part(s) {unknown}; this model has {sorted(parts)}")
+        frozen = 0
+        for name in names:
+            for item in parts[name]:
+                params = [item] if isinstance(item, nn.Parameter) else list(item.parameters())
+                for p in params:
+                    p.requires_grad_(False)
+                    frozen += p.numel()
+                if isinstance(item, nn.Module):
+                    self._frozen_modules.append(item)
+        self.train(self.training)
+        return frozen
+
+    def train(self, mode: bool = True) -> "FiberModel":
+        super().train(mode)
+        for module in self._frozen_modules:
+            module.eval()
+        return self
+
+    def _call(self, module: nn.Module, *args, **kwargs):
+        """``module(*args, **kwargs)``, checkpointed when :meth:`set_activation_checkpointing` asks."""
+        if self._checkpoint_blocks and self.training and torch.is_grad_enabled():
+            return checkpoint(module, *args, use_reentrant=False, **kwargs)
+        return module(*args, **kwargs)
 
     # ---- the unfused prefixes ------------------------------------------------------------
     def image_prefix(self, images: torch.Tensor) -> torch.Tensor:
@@ -168,8 +242,14 @@ class FiberModel(HeadLogits, nn.Module):
         """[B, T] -> [B, T, Dt]: the text states entering the first fused layer."""
         mask = attention_mask.bool()[:, None, None, :]
         x = self.text.embeddings(input_ids)
+        if self.text_prompt_offsets is not None:
+            rows = self.text_prompt_offsets.shape[0]
+            if x.shape[1] > rows:
+                raise ValueError(f"{x.shape[1]} text tokens, but the prompt offsets cover {rows} positions "
+                                 "(detection.prompt_tuning_tokens)")
+            x = x + self.text_prompt_offsets[: x.shape[1]].to(x.dtype)
         for layer in self.text.layers[: self._first_fused_layer]:
-            x = layer(x, mask)
+            x = self._call(layer, x, mask)
         return x
 
     def prefix_modules(self) -> list[nn.Module]:
@@ -210,11 +290,11 @@ class FiberModel(HeadLogits, nn.Module):
             stage = self.vision.stages[s]
             t = self._pairs.get((s, b)) if txt is not None else None
             if t is None:
-                img = stage.blocks[b](img)
+                img = self._call(stage.blocks[b], img)
             else:
-                new_img = stage.blocks[b](img, txt, mask)
+                new_img = self._call(stage.blocks[b], img, txt, mask)
                 output_norm = not (self.config.fusion.skip_last_text_norm and t == self.config.text.num_layers - 1)
-                txt = self.text.layers[t](txt, mask, image=img.flatten(1, 2), output_norm=output_norm)
+                txt = self._call(self.text.layers[t], txt, mask, image=img.flatten(1, 2), output_norm=output_norm)
                 img = new_img
             if b == len(stage.blocks) - 1:
                 stages.append(img)
@@ -251,7 +331,7 @@ class FiberModel(HeadLogits, nn.Module):
         x = self.text_prefix(input_ids, attention_mask) if text_prefix is None else text_prefix
         mask = attention_mask.bool()[:, None, None, :]
         for layer in self.text.layers[self._first_fused_layer:]:
-            x = layer(x, mask)
+            x = self._call(layer, x, mask)
         return _l2_normalise(cm.itc_text_pooler(self._pool_text(cm.itc_text_transform(x), attention_mask)))
 
     def itc_logits(self, image_embed: torch.Tensor, text_embed: torch.Tensor) -> torch.Tensor:
@@ -352,7 +432,7 @@ class FiberModel(HeadLogits, nn.Module):
             if layer.t2i is not None:
                 proj = self.cross_modal.caption_image_proj
                 image = proj[str(i)](image_tokens) if str(i) in proj else image_tokens
-            x = layer(x, mask, image=image)
+            x = self._call(layer, x, mask, image=image)
         return self.cross_modal.text_transform(x)
 
     def start_caption(self, image_tokens: torch.Tensor) -> CaptionCache:

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .deform_conv import ModulatedDeformConv2d
 
@@ -141,9 +142,14 @@ class DyHeadTower(nn.Module):
         if num_blocks < 0:
             raise ValueError(f"num_blocks must be >= 0, got {num_blocks}")
         self.blocks = nn.ModuleList(DyHeadBlock(channels, num_groups) for _ in range(num_blocks))
+        # Recompute each block's activations in the backward pass (official DYHEAD.USE_CHECKPOINT).
+        self.checkpointing = False
 
     def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
         feats = list(features)
         for block in self.blocks:
-            feats = block(feats)
+            if self.checkpointing and self.training and torch.is_grad_enabled():
+                feats = checkpoint(block, feats, use_reentrant=False)
+            else:
+                feats = block(feats)
         return feats
