@@ -12,6 +12,7 @@ from fibervl.cli import main as cli_main
 from fibervl.config import ConfigError, FiberConfig, get_preset
 from fibervl.convert.common import ConversionError
 from fibervl.convert.official_coarse import convert_official_coarse_state
+from fibervl.convert.official_vqa import check_vqa_files, official_answer_list
 from fibervl.convert.unimodal import load_roberta, load_swin
 from fibervl.modeling.fiber import FiberModel
 from fibervl.modeling.pretrained import CheckpointError, loaded_once
@@ -205,6 +206,70 @@ def test_convert_cli_reads_lightning_ckpt_with_weights_only(tmp_path, official_m
     assert torch.equal(loaded.state_dict()["heads.itm.weight"], model.state_dict()["heads.itm.weight"])
     (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
     assert cli_main(["convert", "official-coarse", str(tmp_path / "bad.ckpt"), str(tmp_path / "o2")]) == 1
+
+
+def _vqa_annotations(path, answers: list[str]) -> str:
+    records = [{"question_id": k, "image_id": 1, "multiple_choice_answer": a, "answers": []} for k, a in enumerate(answers)]
+    path.write_text(json.dumps({"data_subtype": path.stem, "annotations": records}), encoding="utf-8")
+    return str(path)
+
+
+def test_official_vqa_checkpoint_converts_to_a_model_predict_accepts(tmp_path):
+    """The answer list is rebuilt in the official label2ans order (first occurrence over train
+    then val, normalised, >= 9 times), not by frequency, and written with the tokenizer."""
+    import dataclasses
+
+    from PIL import Image
+
+    from fibervl.data.tokenizer import train_bytelevel_bpe
+
+    tokenizer = train_bytelevel_bpe(["what colour is the star", "how many shapes are there"] * 8, vocab_size=300)
+    tokenizer.save(tmp_path / "roberta")
+    cfg = micro_config().replace(heads=("itc", "itm", "mlm", "vqa"), vqa_num_answers=3)
+    cfg = cfg.replace(text=dataclasses.replace(
+        cfg.text, vocab_size=tokenizer.vocab_size, mask_token_id=tokenizer.mask_token_id,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id))
+    cfg.vision.window_size = None
+    torch.manual_seed(0)
+    state = official_names(FiberModel(cfg))
+    state["vqa_classifier.3.bias"] = torch.tensor([0.0, 50.0, 0.0])  # row 1 always wins
+    torch.save({"state_dict": state}, tmp_path / "vqa.ckpt")
+    # counts after normalisation: yes 9, 2 9 ("Two" + "2"), red 10, blue 8 (dropped);
+    # first occurrence: yes, 2, red (by frequency it would be red, 2, yes)
+    train = _vqa_annotations(tmp_path / "train2014.json", ["yes."] * 9 + ["Two"] * 5 + ["red"] * 4)
+    val = _vqa_annotations(tmp_path / "val2014.json", ["2"] * 4 + ["red"] * 6 + ["blue"] * 8)
+    out = tmp_path / "converted"
+    args = ["convert", "official-coarse", str(tmp_path / "vqa.ckpt"), str(out), "--image-size", "64", "--text-head-dim", "16"]
+    assert cli_main(args + ["--vqa-answers", train, val, "--tokenizer", str(tmp_path / "roberta")]) == 0
+    assert json.loads((out / "answers.json").read_text()) == ["yes", "2", "red"]
+    assert (out / "tokenizer" / "tokenizer.json").is_file()
+
+    Image.new("RGB", (80, 60), "red").save(tmp_path / "x.png")
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert cli_main(["predict", "vqa", "--model", str(out), "--image", str(tmp_path / "x.png"),
+                         "--question", "how many shapes are there"]) == 0
+    assert json.loads(printed.getvalue().strip().splitlines()[-1])["answer"] == "2"
+
+    # A saved list is taken as it is; lists or tokenizers that do not fit are refused, naming why.
+    (tmp_path / "label2ans.json").write_text(json.dumps({"red": 2, "yes": 0, "2": 1}))
+    assert cli_main(args[:3] + [str(tmp_path / "o2")] + args[4:] + ["--vqa-answers", str(tmp_path / "label2ans.json")]) == 0
+    assert json.loads((tmp_path / "o2" / "answers.json").read_text()) == ["yes", "2", "red"]
+    (tmp_path / "four.json").write_text(json.dumps(["a", "b", "c", "d"]))
+    with pytest.raises(ConversionError, match="4 answers.*3 rows"):
+        check_vqa_files(FiberModel(cfg), ["a", "b", "c", "d"])
+    assert cli_main(args[:3] + [str(tmp_path / "o3")] + args[4:] + ["--vqa-answers", str(tmp_path / "four.json")]) == 1
+    assert not (tmp_path / "o3").exists()
+    other = train_bytelevel_bpe(["a different corpus of words entirely"] * 8, vocab_size=270)
+    other.save(tmp_path / "other")
+    with pytest.raises(ConversionError, match="not the model's tokenizer"):
+        check_vqa_files(FiberModel(cfg), None, tmp_path / "other")
+    (tmp_path / "bad.json").write_text(json.dumps({"annotations": [{"answers": []}]}))
+    with pytest.raises(ConversionError, match="bad.json: annotation 0 has no 'multiple_choice_answer'"):
+        official_answer_list([tmp_path / "bad.json"])
 
 
 # ---- uni-modal initialisation -----------------------------------------------------------------

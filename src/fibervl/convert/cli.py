@@ -29,6 +29,14 @@ def add_convert_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--init", default=None,
                    help="roberta/swin: start from this model directory instead of a fresh preset "
                         "(e.g. apply swin after roberta)")
+    p.add_argument("--vqa-answers", nargs="+", metavar="FILE", default=None,
+                   help="official-coarse of a VQA fine-tuned checkpoint: the VQAv2 annotation files the official "
+                        "answer list is rebuilt from, in the official order (v2_mscoco_train2014_annotations.json "
+                        "v2_mscoco_val2014_annotations.json), or one saved list (JSON list or {answer: index}); "
+                        "written to DST/answers.json for fibervl evaluate|predict vqa")
+    p.add_argument("--tokenizer", default=None, metavar="DIR",
+                   help="official-coarse/official-fine: the RoBERTa tokenizer directory (vocab.json + merges.txt, or "
+                        "tokenizer.json), saved into DST/tokenizer so that DST is self-contained")
     return p
 
 
@@ -36,19 +44,32 @@ def run_convert(args: argparse.Namespace) -> int:
     from ..config import get_preset
     from ..modeling.fiber import FiberModel
 
-    if args.kind == "official-coarse":
-        from .official_coarse import convert_official_coarse
+    if args.vqa_answers and args.kind != "official-coarse":
+        raise ValueError("--vqa-answers is for official-coarse (a VQA fine-tuned checkpoint)")
+    if args.tokenizer and args.kind not in ("official-coarse", "official-fine"):
+        raise ValueError("--tokenizer is for official-coarse and official-fine")
+    if args.kind in ("official-coarse", "official-fine"):
+        from .official_vqa import answer_list_from_files, check_vqa_files, write_vqa_files
 
-        _, dropped = convert_official_coarse(args.src, args.dst, image_size=args.image_size,
-                                             text_head_dim=args.text_head_dim)
-        print(f"converted {args.src} -> {args.dst}")
-        _print_dropped(dropped)
-        return 0
-    if args.kind == "official-fine":
-        from .official_fine import convert_official_fine
+        # Read the extra files first: a bad one fails before anything is written.
+        answers = answer_list_from_files(args.vqa_answers) if args.vqa_answers else None
+        if args.kind == "official-coarse":
+            from .official_coarse import convert_official_coarse
 
-        _, dropped = convert_official_fine(args.src, args.dst)
+            model, dropped = convert_official_coarse(args.src, image_size=args.image_size,
+                                                     text_head_dim=args.text_head_dim)
+        else:
+            from .official_fine import convert_official_fine
+
+            model, dropped = convert_official_fine(args.src)
+        tokenizer = check_vqa_files(model, answers, args.tokenizer)
+        model.save_pretrained(args.dst)
+        write_vqa_files(args.dst, answers, tokenizer)
         print(f"converted {args.src} -> {args.dst}")
+        if answers is not None:
+            print(f"  wrote {len(answers)} answers in the classifier's row order to {args.dst}/answers.json")
+        if args.tokenizer:
+            print(f"  saved the tokenizer of {args.tokenizer} to {args.dst}/tokenizer")
         _print_dropped(dropped)
         return 0
 
