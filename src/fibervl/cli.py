@@ -3,6 +3,8 @@
 Subcommands that run a recipe (``pretrain``, ``finetune``, ``evaluate``, ``predict``) find it by
 name in :data:`RECIPES`: each recipe module exposes ``COMMANDS = {"finetune": fn, ...}`` where
 ``fn(argv) -> exit code`` parses its own arguments (``--config FILE [--resume] key=value ...``).
+Each runs inside a :func:`~fibervl.data.skip_report`: with ``--skip-bad-records`` the bad
+records it left out are summed up per file and reason at the end.
 """
 
 from __future__ import annotations
@@ -71,7 +73,10 @@ def _recipe(args: argparse.Namespace) -> int:
     command = getattr(module, "COMMANDS", {}).get(args.command)
     if command is None:
         return _not_yet(f"{args.command} {args.recipe}")
-    return command(args.rest)
+    from .data.errors import skip_report
+
+    with skip_report():  # a run that skipped bad records ends by summing them up
+        return command(args.rest)
 
 
 def _run(args: argparse.Namespace) -> int:

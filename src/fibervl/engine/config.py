@@ -10,6 +10,10 @@ General-purpose: any project config is a (nested) dataclass. Loading is strict:
   (``"1e-4"`` -> ``1e-4`` for a float field, ``3`` -> ``3.0``);
 * a field without a default that is given no value is an error.
 
+A boolean field may declare a command-line switch, ``field(default=False, metadata={"switch":
+"--skip-bad-records"})``: :func:`parse_cli` then takes ``--skip-bad-records`` for
+``data.skip_bad_records=true`` in every config that holds the field.
+
 Overrides are ``dotted.key=value`` strings; the value is parsed as YAML (so ``true``, ``null``,
 ``[1, 2]`` and ``{heads.: 5.0}`` work) and then type-checked like a YAML value. Once a dotted key
 reaches a ``dict`` field the rest of the key, dots included, is the dictionary key:
@@ -313,23 +317,40 @@ def config_keys(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
     return rows
 
 
+def config_switches(cls: type, prefix: str = "") -> dict[str, str]:
+    """``{"--switch": "dotted.key"}``: the boolean keys of ``cls`` whose field declares a
+    command-line switch (``metadata={"switch": "--name"}``); the switch sets the key to true."""
+    switches = {}
+    for name, (f, tp) in _fields(cls).items():
+        key = _fmt_key(prefix, name)
+        if dataclasses.is_dataclass(tp):
+            switches.update(config_switches(tp, key))
+        elif "switch" in f.metadata:
+            if tp is not bool:
+                raise TypeError(f"config key '{key}': only a bool field can have a switch")
+            switches[f.metadata["switch"]] = key
+    return switches
+
+
 def cli_help(cls: type, usage: str) -> str:
     """The ``-h`` text of a config-driven command: its usage and every key with its default."""
     rows = config_keys(cls)
     width = max(len(k) for k, _, _ in rows)
     lines = [f"usage: {usage}", "", "options:", "  --config FILE     a YAML or JSON config (keys below); key=value overrides it",
-             "  --resume [PATH]   continue from the newest checkpoint of train.run_dir, or from PATH", "",
-             "keys (key=value, dotted for sections):"]
+             "  --resume [PATH]   continue from the newest checkpoint of train.run_dir, or from PATH"]
+    lines += [f"  {switch:<17} {key}=true" for switch, key in config_switches(cls).items()]
+    lines += ["", "keys (key=value, dotted for sections):"]
     lines += [f"  {k:<{width}}  {d}  ({t})" for k, t, d in rows]
     return "\n".join(lines)
 
 
 def parse_cli(cls: type[T], argv: Sequence[str]) -> tuple[T, dict[str, Any]]:
-    """Parse ``[--config FILE] [--resume [PATH]] key=value ...`` into ``(cfg, flags)``.
+    """Parse ``[--config FILE] [--resume [PATH]] [--SWITCH ...] key=value ...`` into ``(cfg, flags)``.
 
     ``flags`` holds ``config`` (path or None) and ``resume`` (None, ``"auto"`` for a bare
-    ``--resume``, or the given path). ``-h`` / ``--help`` prints :func:`cli_help` and exits 0.
-    Any other ``--option`` is an error.
+    ``--resume``, or the given path). A switch of :func:`config_switches` is the override
+    ``its.key=true``. ``-h`` / ``--help`` prints :func:`cli_help` and exits 0. Any other
+    ``--option`` is an error.
     """
     if "-h" in argv or "--help" in argv:
         print(cli_help(cls, "fibervl VERB NAME [--config FILE] [--resume [PATH]] key=value ..."))
@@ -337,6 +358,7 @@ def parse_cli(cls: type[T], argv: Sequence[str]) -> tuple[T, dict[str, Any]]:
     config_path = None
     resume = None
     overrides: list[str] = []
+    switches = config_switches(cls)
     args = list(argv)
     i = 0
     while i < len(args):
@@ -359,8 +381,12 @@ def parse_cli(cls: type[T], argv: Sequence[str]) -> tuple[T, dict[str, Any]]:
         elif a.startswith("--resume="):
             resume = a.split("=", 1)[1]
             i += 1
+        elif a in switches:
+            overrides.append(f"{switches[a]}=true")
+            i += 1
         elif a.startswith("-"):
-            raise ConfigError(f"unknown option {a!r} (use --config FILE, --resume [PATH] or key=value)")
+            extra = "".join(f", {s}" for s in switches)
+            raise ConfigError(f"unknown option {a!r} (use --config FILE, --resume [PATH]{extra} or key=value)")
         else:
             overrides.append(a)
             i += 1

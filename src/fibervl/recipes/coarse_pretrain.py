@@ -2,8 +2,8 @@
 
     fibervl pretrain coarse --config configs/fiber-tiny_coarse_shapes.yaml train.max_steps=200
 
-Data: a captions split in the Karpathy format (the shapes set writes one); every (image,
-caption) pair is a sample. Evaluation: dual-encoder (ITC) retrieval R@1/5/10 on ``eval_split``.
+Data: a captions split in the Karpathy format (the shapes set writes one) or COCO's captions
+files (``data.format=coco_captions``); every (image, caption) pair is a sample. Evaluation: dual-encoder (ITC) retrieval R@1/5/10 on ``eval_split``.
 The run directory holds the engine's checkpoints (``--resume`` continues exactly) and, at the
 end, ``model/`` (loadable with ``FiberModel.from_pretrained``) and ``metrics.json``.
 """
@@ -11,7 +11,9 @@ end, ``model/`` (loadable with ``FiberModel.from_pretrained``) and ``metrics.jso
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ..data import KarpathyCaptions, ProcessedDataset, Processor
+from pathlib import Path
+
+from ..data import CocoCaptionsReader, KarpathyCaptions, ProcessedDataset, Processor
 from ..data.shapes import ShapesDataset
 from ..data.transforms import train_transforms
 from ..engine.precision import uses_bf16
@@ -22,12 +24,22 @@ from ..tasks.retrieval import evaluate_itc_retrieval
 from .common import parse_run_cli, PairCollator, export_model, final_metrics
 
 
+CAPTION_FORMATS = ("karpathy", "coco_captions")
+
+
 @dataclass
 class CaptionData(DataSpec):
-    """``captions``: a Karpathy-format file (empty: ``root`` is a shapes data set);
-    ``image_root``: what its ``filepath/filename`` entries are relative to (default ``root``)."""
+    """``captions``: a captions file (empty: ``root`` is a shapes data set) in ``format``:
+
+    * ``karpathy``: Karpathy's split file (``dataset_coco.json``), every split in one file;
+      ``image_root`` (default ``root``) is what its ``filepath/filename`` entries are relative to;
+    * ``coco_captions``: COCO's ``captions_{split}.json``, one file per split: ``{split}`` in
+      ``captions`` and ``image_root`` becomes the split name (``train2017``); ``image_root``
+      defaults to ``root/{split}``, COCO's own layout (``coco/train2017/000000391895.jpg``).
+    """
 
     captions: str = ""
+    format: str = "karpathy"
     image_root: str = ""
     train_split: str = "train"
     eval_split: str = "val"
@@ -50,10 +62,18 @@ class CoarseConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def caption_reader(data: CaptionData, split: str) -> KarpathyCaptions:
+def caption_reader(data: CaptionData, split: str) -> KarpathyCaptions | CocoCaptionsReader:
+    """The captions of ``split`` as ``data`` describes them (skipping bad pairs if it says so)."""
+    skip = data.skip_bad_records
     if not data.captions:
-        return ShapesDataset(data.root).captions(split)
-    return KarpathyCaptions(data.captions, data.image_root or data.root, split)
+        return ShapesDataset(data.root).captions(split, skip_bad=skip)
+    if data.format == "karpathy":
+        return KarpathyCaptions(data.captions, data.image_root or data.root, split, skip_bad=skip)
+    if data.format == "coco_captions":
+        image_root = data.image_root or str(Path(data.root) / "{split}")
+        return CocoCaptionsReader(data.captions.replace("{split}", split), image_root.replace("{split}", split),
+                                  skip_bad=skip)
+    raise ValueError(f"data.format must be one of {CAPTION_FORMATS}, got {data.format!r}")
 
 
 @dataclass
@@ -79,7 +99,8 @@ def image_text_setup(model_spec: ModelSpec, data: CaptionData, train_cfg: TrainC
                          f"is a {getattr(mcfg, 'family', 'fiber')} model")
     image_size = data.image_size or mcfg.vision.image_size
     max_len = data.max_text_len or mcfg.text.max_text_len
-    train = ProcessedDataset(caption_reader(data, data.train_split), Processor(train_transforms(image_size)))
+    reader = caption_reader(data, data.train_split)
+    train = ProcessedDataset(reader, Processor(train_transforms(image_size), skip_bad=reader.skip_bad))
     eval_reader = caption_reader(data, data.eval_split)
     bf16 = uses_bf16(train_cfg.precision, train_cfg.device)
 

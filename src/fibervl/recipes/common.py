@@ -48,7 +48,7 @@ def export_model(model, run_dir: str | Path, metrics: dict | None = None, tokeni
         if tokenizer is not None:
             tokenizer.save(out / "tokenizer")
         if metrics is not None:
-            (Path(run_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            (Path(run_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     D.barrier()
     return out
 
@@ -154,9 +154,10 @@ def fused_training_data(reader, transforms, model, cache_image_prefix: bool, ima
     With ``cache_image_prefix`` (which needs the model's prefix frozen: ``model.freeze_prefix``)
     every training image's frozen prefix is computed once (:mod:`fibervl.tasks.prefix_cache`) and
     the dataset yields text-only samples; ``transforms`` are then not applied (training sees
-    images as evaluation)."""
+    images as evaluation). A reader that skips bad records has images that do not decode
+    skipped too (the collator drops them)."""
     if not cache_image_prefix:
-        return ProcessedDataset(reader, Processor(transforms)), None
+        return ProcessedDataset(reader, Processor(transforms, skip_bad=getattr(reader, "skip_bad", False))), None
     samples = list(reader)
     cache, processor = cached_training_inputs(model.to(D.resolve_device(device)), samples, image_size, bf16)
     return ProcessedDataset(samples, processor), cache

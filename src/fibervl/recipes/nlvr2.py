@@ -53,9 +53,10 @@ class Nlvr2Config:
 
 def nlvr2_reader(data: Nlvr2Data, split: str) -> Nlvr2Reader:
     if data.format == "shapes":
-        return ShapesDataset(data.root).nlvr2(split)
+        return ShapesDataset(data.root).nlvr2(split, skip_bad=data.skip_bad_records)
     if data.format == "nlvr2":
-        return Nlvr2Reader(Path(data.root) / f"{split}.json", data.image_root or data.root, image_ext=data.image_ext)
+        return Nlvr2Reader(Path(data.root) / f"{split}.json", data.image_root or data.root, image_ext=data.image_ext,
+                           skip_bad=data.skip_bad_records)
     raise ValueError(f"data.format must be 'shapes' or 'nlvr2', got {data.format!r}")
 
 

@@ -74,9 +74,9 @@ class VqaConfig:
 
 def vqa_reader(data: VqaData, split: str, annotations: bool = True) -> VqaReader:
     if not data.source:
-        return ShapesDataset(data.root).vqa(split, annotations=annotations)
+        return ShapesDataset(data.root).vqa(split, annotations=annotations, skip_bad=data.skip_bad_records)
     return VqaReader(data.root, split, source=data.source, image_root=data.image_root or data.root,
-                     image_template=data.image_template, annotations=annotations)
+                     image_template=data.image_template, annotations=annotations, skip_bad=data.skip_bad_records)
 
 
 def _sizes(cfg, model) -> tuple[int, int]:
