@@ -14,6 +14,7 @@ new and unused weights is printed and saved in ``run_dir/init_report.json``. Emp
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,14 +72,15 @@ def sizes_of(data: FineData, model_config) -> tuple[int, int]:
 def training_set(data: FineData, image_size: int, shapes: ShapesDataset, split: str = "train"):
     """The mixed fine-grained training set of the sources ``data`` switches on."""
     sizes = data.train_sizes or (image_size,)
-    processor = make_processor(detection_train_transforms(sizes, max(sizes)), data.normalization)
+    skip = data.skip_bad_records
+    processor = make_processor(detection_train_transforms(sizes, max(sizes)), data.normalization, skip_bad=skip)
     parts = []
     if data.grounding:
-        parts.append(ProcessedDataset(shapes.grounding(split), processor))
+        parts.append(ProcessedDataset(shapes.grounding(split, skip_bad=skip), processor))
     if data.refexp:
-        parts.append(ProcessedDataset(shapes.refexp(split), processor))
+        parts.append(ProcessedDataset(shapes.refexp(split, skip_bad=skip), processor))
     if data.detection:
-        det = shapes.detection(split)
+        det = shapes.detection(split, skip_bad=skip)
         parts.append(DetectionPromptDataset(det, det.categories, processor, max_classes=data.max_classes))
     if not parts:
         raise ValueError("no training data: switch on data.grounding, data.refexp or data.detection")
@@ -92,21 +94,33 @@ def evaluate_all(model, tokenizer, data: FineData, shapes: ShapesDataset, image_
     classes on ``eval_split``), ``zs_AP..`` (held-out names on ``zero_shot_split``)."""
     kw = dict(image_size=image_size, max_len=max_len, limit=data.num_eval, batch_size=data.eval_batch_size,
               normalization=data.normalization)
+    skip = data.skip_bad_records
     out: dict[str, float] = {}
     if "grounding" in which:
-        out.update({f"ground_{k}": v for k, v in evaluate_grounding(model, tokenizer, shapes.grounding(data.eval_split), **kw).items()})
+        reader = shapes.grounding(data.eval_split, skip_bad=skip)
+        out.update({f"ground_{k}": v for k, v in evaluate_grounding(model, tokenizer, reader, **kw).items()})
     if "refexp" in which:
-        m = evaluate_refexp(model, tokenizer, shapes.refexp(data.eval_split), group_of=shapes.expression_group, **kw)
+        m = evaluate_refexp(model, tokenizer, shapes.refexp(data.eval_split, skip_bad=skip),
+                            group_of=shapes.expression_group, **kw)
         out.update({f"rec_{k}": v for k, v in m.items()})
     if "detection" in which:
-        m = evaluate_detection(model, tokenizer, shapes.detection(data.eval_split), shapes.seen_category_ids,
-                               chunk_size=data.chunk_size, **kw)
+        m = evaluate_detection(model, tokenizer, shapes.detection(data.eval_split, skip_bad=skip),
+                               shapes.seen_category_ids, chunk_size=data.chunk_size, **kw)
         out.update({f"det_{k}": v for k, v in m.items()})
     if "zero_shot" in which:
-        m = evaluate_detection(model, tokenizer, shapes.detection(data.zero_shot_split), shapes.held_out_category_ids,
-                               chunk_size=data.chunk_size, **kw)
+        m = evaluate_detection(model, tokenizer, shapes.detection(data.zero_shot_split, skip_bad=skip),
+                               shapes.held_out_category_ids, chunk_size=data.chunk_size, **kw)
         out.update({f"zs_{k}": v for k, v in m.items()})
     return out
+
+
+def possible_evaluations(shapes: ShapesDataset, which: tuple[str, ...]) -> tuple[str, ...]:
+    """``which`` without ``zero_shot`` when the data set holds no class out of training (there
+    is nothing to name zero-shot), saying so on stderr."""
+    if "zero_shot" in which and not shapes.held_out_category_ids:
+        print(f"zero-shot detection left out: {shapes.root} has no held-out classes", file=sys.stderr)
+        return tuple(w for w in which if w != "zero_shot")
+    return which
 
 
 def init_report_text(report: dict) -> str:
@@ -126,10 +140,11 @@ def run(cfg: FineConfig, train_data=None, eval_which=("grounding", "refexp", "de
     print(init_report_text(report), flush=True)
     run_dir = Path(cfg.train.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "init_report.json").write_text(json.dumps(report, indent=1) + "\n")
+    (run_dir / "init_report.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     image_size, max_len = sizes_of(cfg.data, model.config)
     shapes = ShapesDataset(cfg.data.root)
     train = train_data if train_data is not None else training_set(cfg.data, image_size, shapes)
+    eval_which = possible_evaluations(shapes, eval_which)
 
     def evaluate(m) -> dict[str, float]:
         return evaluate_all(m, tokenizer, cfg.data, shapes, image_size, max_len, eval_which)

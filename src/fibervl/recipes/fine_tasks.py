@@ -10,8 +10,10 @@
 ``finetune`` trains the task's data alone (the fine pre-training recipe with one source switched
 on) starting from ``model.init`` (usually a ``pretrain fine`` model); ``evaluate`` loads
 ``model.init`` and prints the task's metrics on ``data.eval_split`` (detection: seen classes, and
-zero-shot AP on the held-out names of ``data.zero_shot_split``). ``predict`` prints JSON and
-writes a PNG with labelled boxes (``--out``, default ``<image stem>_<task>.png``).
+zero-shot AP on the held-out names of ``data.zero_shot_split``, when the data set holds some
+out of training). ``predict`` prints JSON with boxes in the pixels of the image as shown (EXIF orientation
+applied) and writes a PNG with labelled boxes (``--out``, default
+``runs/predict-<task>/<image stem>_<task>.png`` under the current directory).
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
 
 from .common import model_tokenizer, parse_run_cli
-from ..data import build_positive_map
+from ..data import build_positive_map, load_image
 from ..data.collate import pad_images
 from ..data.samples import Sample
 from ..data.shapes import ShapesDataset
@@ -33,7 +36,7 @@ from ..data.transforms import eval_transforms
 from ..experiment import load_tokenizer
 from ..modeling.fiber import FiberModel
 from ..tasks.grounding import SIZE_DIVISIBILITY, detect_with_prompt, make_processor, prompt_chunks, rank_phrase_boxes
-from .fine_pretrain import FineConfig, evaluate_all, print_metrics, run, sizes_of
+from .fine_pretrain import FineConfig, evaluate_all, possible_evaluations, print_metrics, run, sizes_of
 
 # task -> (training sources switched on, evaluations)
 TASKS = {
@@ -64,7 +67,9 @@ def evaluate(task: str, argv: list[str]) -> int:
     model = FiberModel.from_pretrained(cfg.model.init).eval()
     tokenizer = load_tokenizer(cfg.data)
     image_size, max_len = sizes_of(cfg.data, model.config)
-    metrics = evaluate_all(model, tokenizer, cfg.data, ShapesDataset(cfg.data.root), image_size, max_len, TASKS[task][1])
+    shapes = ShapesDataset(cfg.data.root)
+    metrics = evaluate_all(model, tokenizer, cfg.data, shapes, image_size, max_len,
+                           possible_evaluations(shapes, TASKS[task][1]))
     print_metrics(metrics)
     return 0
 
@@ -88,13 +93,17 @@ def _predict_args(task: str, argv: list[str]) -> argparse.Namespace:
             p.add_argument("--phrases", default="", help="comma-separated phrases of --text (default: the whole text)")
             p.add_argument("--top-k", type=int, default=1)
     p.add_argument("--normalization", default="imagenet", choices=("imagenet", "official"))
-    p.add_argument("--out", default="", help="PNG to write (default: <image stem>_<task>.png beside the image)")
+    p.add_argument("--out", default="", help="PNG to write (default: runs/predict-<task>/<image stem>_<task>.png)")
     return p.parse_args(argv)
 
 
 def _load_image(path: str, image_size: int, normalization: str):
-    """-> (pixel batch [1, 3, H, W] padded, (h, w) network input size, PIL original)."""
-    original = Image.open(path).convert("RGB")
+    """-> (pixel batch [1, 3, H, W] padded, (h, w) network input size, PIL original as shown).
+
+    Read as every command reads images (:func:`~fibervl.data.load_image`): EXIF orientation
+    applied, so boxes are in the pixels the user sees; 16-bit and alpha images converted as in
+    training; a broken file is a DataError naming it."""
+    original = load_image(path)
     processed = make_processor(eval_transforms(image_size), normalization)(
         Sample(sample_id=str(path), image_id=0, image=original, width=original.width, height=original.height))
     pixels, _ = pad_images([processed.pixel_values], SIZE_DIVISIBILITY)
@@ -137,10 +146,13 @@ def predict(task: str, argv: list[str]) -> int:
     tokenizer = model_tokenizer(args.model, args.tokenizer)
     image_size = model.config.vision.image_size
     max_len = model.config.detection.max_query_len
-    pixels, in_size, original = _load_image(args.image, image_size, args.normalization)
-    out_png = args.out or str(Path(args.image).with_name(f"{Path(args.image).stem}_{task}.png"))
     if task == "detect":
         names = [c.strip() for c in args.classes.split(",") if c.strip()]
+        if not names:
+            raise ValueError(f"--classes names no class: {args.classes!r} (give e.g. --classes \"star,heart\")")
+    pixels, in_size, original = _load_image(args.image, image_size, args.normalization)
+    out_png = args.out or _default_out(task, args.image)
+    if task == "detect":
         categories = dict(enumerate(names, start=1))
         chunks = prompt_chunks(categories, list(categories), tokenizer, max_len, args.chunk_size)
         boxes, scores, labels = detect_with_prompt(model, pixels, [in_size], chunks)[0]
@@ -174,7 +186,17 @@ def predict(task: str, argv: list[str]) -> int:
         draw_boxes(original, [d[0] for d in drawn], [d[1] for d in drawn], out_png)
     result["png"] = out_png
     print(json.dumps(result))
+    if not args.out:
+        print(f"fibervl predict {task}: wrote {out_png}", file=sys.stderr)
     return 0
+
+
+def _default_out(task: str, image: str) -> str:
+    """``runs/predict-<task>/<image stem>_<task>.png`` under the current directory: never beside
+    the input image, whose folder may be read-only or someone else's data."""
+    folder = Path("runs") / f"predict-{task}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder / f"{Path(image).stem}_{task}.png")
 
 
 def commands(task: str) -> dict:

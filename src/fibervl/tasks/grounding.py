@@ -21,11 +21,9 @@ input instead: :class:`OfficialDetectionNormalize` (BGR in 0..255).
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -62,12 +60,13 @@ class OfficialDetectionNormalize:
         return (tensor.flip(0) * 255.0 - self.mean) / self.std
 
 
-def make_processor(transforms, normalization: str = "imagenet") -> Processor:
-    """``normalization``: "imagenet" (models trained here) or "official" (converted checkpoints)."""
+def make_processor(transforms, normalization: str = "imagenet", skip_bad: bool = False) -> Processor:
+    """``normalization``: "imagenet" (models trained here) or "official" (converted checkpoints);
+    ``skip_bad``: images that do not decode are skipped (training sets only: evaluation scores every image)."""
     if normalization == "imagenet":
-        return Processor(transforms)
+        return Processor(transforms, skip_bad=skip_bad)
     if normalization == "official":
-        return Processor(transforms, normalize=OfficialDetectionNormalize())
+        return Processor(transforms, normalize=OfficialDetectionNormalize(), skip_bad=skip_bad)
     raise ValueError(f"normalization must be 'imagenet' or 'official', got {normalization!r}")
 
 
@@ -322,6 +321,9 @@ def detect_with_prompt(model, images: Tensor, image_sizes: Sequence[tuple[int, i
             per_image[b].append(d)
     merged = []
     for dets in per_image:
+        if not dets:  # no prompt: nothing to detect
+            merged.append((torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64)))
+            continue
         boxes = torch.cat([d.boxes for d in dets]).cpu()
         scores = torch.cat([d.scores for d in dets]).cpu()
         labels = torch.cat([d.labels for d in dets]).cpu()
@@ -333,19 +335,23 @@ def detect_with_prompt(model, images: Tensor, image_sizes: Sequence[tuple[int, i
 @torch.no_grad()
 def evaluate_detection(model, tokenizer: Tokenizer, reader, category_ids: Sequence[int], image_size: int,
                        max_len: int, limit: int = 0, batch_size: int = 16, chunk_size: int = 40,
-                       normalization: str = "imagenet", annotation_file: str | Path | None = None) -> dict[str, float]:
+                       normalization: str = "imagenet") -> dict[str, float]:
     """COCO AP (percent) of ``category_ids`` on a :class:`~fibervl.data.CocoDetectionReader`'s images.
 
     The prompt names only ``category_ids`` (zero-shot: the held-out names), in chunks of
-    ``chunk_size``. Boxes are mapped back to the annotation's pixel frame. With a ``frequency``
-    field on the categories (LVIS) the result adds APr / APc / APf.
+    ``chunk_size``. Boxes are mapped back to the annotation's pixel frame. The ground truth is
+    what the reader accepted (``reader.ground_truth()``): boxes it skipped as bad are not
+    counted as missed. With a ``frequency`` field on the categories (LVIS) the result adds
+    APr / APc / APf.
     """
-    gt = json.loads(Path(annotation_file or reader.file).read_text())
-    categories = {c["id"]: c["name"] for c in gt["categories"]}
+    if not category_ids:
+        raise ValueError("evaluate_detection needs at least one category id to name in the prompt")
+    gt = reader.ground_truth()
+    categories = reader.categories
     missing = [i for i in category_ids if i not in categories]
     if missing:
-        raise ValueError(f"category ids {missing} are not in {annotation_file or reader.file}")
-    sizes = {img["id"]: (img["height"], img["width"]) for img in gt["images"]}
+        raise ValueError(f"category ids {missing} are not in {reader.file}")
+    sizes = {s.image_id: (s.height, s.width) for s in reader}
     chunks = prompt_chunks(categories, category_ids, tokenizer, max_len, chunk_size)
     was_training = model.training
     model.eval()
