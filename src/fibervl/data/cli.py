@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         root = Path(args.dir)
-        (root / "baselines.json").write_text(json.dumps(result, indent=1))
-        write_readme(root, json.loads((root / "dataset.json").read_text()), result)
+        (root / "baselines.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+        write_readme(root, json.loads((root / "dataset.json").read_text(encoding="utf-8")), result)
         print(json.dumps(result, indent=1))
         return 0
     return 2  # argparse rejects unknown commands before this

@@ -38,7 +38,7 @@ def evaluated_baselines(root: str | Path, split: str, task: str, limit: int = 0)
 
 
 def _objects_by_image(annotation_file: Path) -> dict[int, torch.Tensor]:
-    gt = json.loads(annotation_file.read_text())
+    gt = json.loads(annotation_file.read_text(encoding="utf-8-sig"))
     boxes = defaultdict(list)
     for a in gt["annotations"]:
         x, y, w, h = a["bbox"]
@@ -75,7 +75,7 @@ def grounding_random_object(root: str | Path, split: str, limit: int = 0) -> flo
 
 
 def _train_box_sizes(root: Path) -> list[list[float]]:
-    train = json.loads((root / "detection" / "instances_train.json").read_text())
+    train = json.loads((root / "detection" / "instances_train.json").read_text(encoding="utf-8-sig"))
     return [a["bbox"][2:] for a in train["annotations"]] or [[16.0, 16.0]]
 
 
@@ -112,7 +112,7 @@ def detection_chance_ap(root: str | Path, split: str, category_ids: list[int], l
                         boxes_per_image: int = 10, seeds: int = 3) -> float:
     """COCO AP (percent) of random detections on the first ``limit`` images of ``split``."""
     root = Path(root)
-    gt = json.loads((root / "detection" / f"instances_{split}.json").read_text())
+    gt = json.loads((root / "detection" / f"instances_{split}.json").read_text(encoding="utf-8-sig"))
     sizes = _train_box_sizes(root)
     images = gt["images"][:limit] if limit else gt["images"]
     aps = []

@@ -37,7 +37,7 @@ def _median_samples_per_s(run_dir: Path) -> float | None:
     f = run_dir / "metrics.jsonl"
     if not f.is_file():
         return None
-    rates = [json.loads(line).get("samples_per_s") for line in f.read_text().splitlines() if line.strip()]
+    rates = [json.loads(line).get("samples_per_s") for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
     rates = [r for r in rates if isinstance(r, (int, float))]
     return statistics.median(rates) if rates else None
 
@@ -92,6 +92,6 @@ def write_comparison(out: Path, per_family: dict[str, dict], echo=print) -> Path
             "every number measured on the test split. Fusion parameters: those only fused inputs use "
             "(FIBER: the cross-attention in both backbones; ALBEF: the cross-attention of its fusion layers; "
             "VLMo: the vision-language experts).", "", table, ""]
-    (out / "comparison.md").write_text("\n".join(text))
+    (out / "comparison.md").write_text("\n".join(text), encoding="utf-8")
     echo("\n" + table)
     return out / "comparison.md"

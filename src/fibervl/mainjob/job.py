@@ -271,7 +271,7 @@ def task_caption(ctx: JobContext, stage_dir: Path) -> dict:
     m = _finished(run(cfg))["eval"]
     base = best_constant_caption_baseline(caption_reader(data, "train"), caption_reader(data, EVAL_SPLIT),
                                           limit=p.num_eval)
-    predictions = json.loads((stage_dir / f"predictions_{EVAL_SPLIT}.json").read_text())
+    predictions = json.loads((stage_dir / f"predictions_{EVAL_SPLIT}.json").read_text(encoding="utf-8"))
     return {"metric": "CIDEr (beam 3)", "value": m["cider"],
             "baseline": f"the best single training caption given for every image (\"{base['caption']}\")",
             "baseline_value": base["cider"],

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from ..data import load_image
+
 THUMB = 160
 NUM_EXAMPLES = 6
 
@@ -73,7 +75,7 @@ def grounding_and_detection(ctx, figures: Path) -> dict[str, str]:
         _quiet_json(predict, "ground", ["--model", ctx.stage_model("grounding"), "--tokenizer", tokenizer,
                                         "--image", str(sample.image_path), "--text", sample.text,
                                         "--phrases", ",".join(phrases), "--out", str(png)])
-        panels.append(_panel(Image.open(png), [(sample.text, "black")]))
+        panels.append(_panel(load_image(png), [(sample.text, "black")]))
     if panels:
         out["phrase grounding: the top box of each phrase on test images"] = str(
             _grid(panels, 3, figures / "grounding.png").relative_to(ctx.out))
@@ -85,7 +87,7 @@ def grounding_and_detection(ctx, figures: Path) -> dict[str, str]:
         _quiet_json(predict, "detect", ["--model", ctx.stage_model("detection"), "--tokenizer", tokenizer,
                                         "--image", str(img["image_path"]), "--classes", names,
                                         "--threshold", "0.0", "--top", "3", "--out", str(png)])
-        panels.append(_panel(Image.open(png), [("the 3 highest-scoring boxes", "black")]))
+        panels.append(_panel(load_image(png), [("the 3 highest-scoring boxes", "black")]))
     if panels:
         out["detection over all ten class names (heart and crescent never trained on) on test images"] = str(
             _grid(panels, 3, figures / "detection.png").relative_to(ctx.out))
@@ -104,7 +106,7 @@ def retrieval_top5(ctx, figures: Path, queries: int = 3, gallery: int = 100) -> 
     rows = []
     for r in ranked:
         top = r["ranking"][:5]
-        thumbs = [_panel(Image.open(t["item"]), [("the query's image" if t["item"] == truth[r["query"]] else "",
+        thumbs = [_panel(load_image(t["item"]), [("the query's image" if t["item"] == truth[r["query"]] else "",
                                                    "green")], width=THUMB) for t in top]
         row = Image.new("RGB", (5 * (THUMB + 4), thumbs[0].height + 18), "white")
         ImageDraw.Draw(row).text((2, 2), f"query: {r['query']}", fill="black")
@@ -133,7 +135,7 @@ def captions_and_answers(ctx, figures: Path) -> dict[str, str]:
             truth = max(set(q.answers), key=q.answers.count)
             colour = "green" if pred["answer"] == truth else "red"
             lines += [(f"Q: {q.text}", "black"), (f"A: {pred['answer']} (truth: {truth})", colour)]
-        panels.append(_panel(Image.open(img["image_path"]), lines))
+        panels.append(_panel(load_image(img["image_path"]), lines))
     path = _grid(panels, 3, figures / "captions_vqa.png")
     return {"generated captions and VQA answers on test images (green: right, red: wrong)": str(path.relative_to(ctx.out))}
 

@@ -72,7 +72,7 @@ def loss_curves(stage_dirs: dict[str, Path], path: Path) -> Path | None:
         f = d / "metrics.jsonl"
         if not f.is_file():
             continue
-        points = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        points = [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
         xy = [(p["step"], p["loss"]) for p in points if isinstance(p.get("loss"), (int, float))]
         if xy:
             series[name] = xy
@@ -122,8 +122,8 @@ def write_report(ctx, summary: dict) -> dict:
           f"| **total** | {summary['total_seconds']:.0f} |", ""]
     for title, rel in pictures.items():
         md += [f"## {title}", "", f"![{title}]({rel})", ""]
-    (out / "report.md").write_text("\n".join(md))
-    (out / "report.html").write_text(_html(summary, rows, pictures))
+    (out / "report.md").write_text("\n".join(md), encoding="utf-8")
+    (out / "report.html").write_text(_html(summary, rows, pictures), encoding="utf-8")
     ctx.echo("\n" + format_text_table(rows))
     for line in breakdown_lines(summary["tasks"]):
         ctx.echo(line)

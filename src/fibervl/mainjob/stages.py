@@ -35,7 +35,7 @@ class StageInterrupted(RuntimeError):
 def write_json_atomic(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=1)
         f.write("\n")
     os.replace(tmp, path)
@@ -63,7 +63,7 @@ class StageRunner:
         if not path.is_file():
             return None
         try:
-            record = json.loads(path.read_text())
+            record = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             return None  # a torn record is no record: run the stage again
         return record if record.get("status") == "done" else None
