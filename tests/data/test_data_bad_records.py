@@ -200,3 +200,15 @@ def test_detection_duplicate_image_id_and_crowd_boxes(tmp_path):
     assert len(r) == 1 and r[0].image_path.name == "a.jpg" and r[0].num_boxes == 1 and r.skipped.total == 2
     gt = r.ground_truth()  # what evaluation scores against: accepted boxes, crowd ones as COCO's ignore regions
     assert [a["id"] for a in gt["annotations"]] == [1, 2] and [i["file_name"] for i in gt["images"]] == ["a.jpg"]
+
+
+def test_mdetr_box_of_no_record_and_duplicate_record_ids(tmp_path):
+    image = {"id": 1, "file_name": "a.jpg", "width": 20, "height": 20, "caption": "a red star"}
+    box = {"image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5], "tokens_positive": [[0, 10]]}
+    path = _write(tmp_path / "m.json", {"images": [image, {**image, "file_name": "b.jpg"}],
+                                        "annotations": [box, {**box, "image_id": 2}], "categories": [{"id": 1}]})
+    with pytest.raises(DataError, match=r"m\.json \[record image 1 \(id 1\)\]: duplicate image id 1 \(first: image 0\)"):
+        MdetrReader(path, tmp_path)
+    r = MdetrReader(path, tmp_path, skip_bad=True)
+    assert len(r) == 1 and r[0].num_boxes == 1 and r.skipped.total == 2
+    assert any("[record annotation 1]: image_id 2 is not in images" in e for e in r.skipped.examples)

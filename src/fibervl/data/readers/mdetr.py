@@ -35,23 +35,31 @@ class MdetrReader(Reader):
         check_format(images, "caption", self.file, "an MDETR annotation file (images with captions)")
         self.categories = {c["id"]: c.get("name", str(c["id"])) for c in data.get("categories", []) if isinstance(c, dict) and "id" in c}
         by_image: dict[object, list[tuple[int, dict]]] = {}
-        bad_images: set = set()
         for n, ann in enumerate(anns):
             try:
-                by_image.setdefault(require(ann, "image_id", self.file, f"annotation {n}"), []).append((n, ann))
+                by_image.setdefault(require(ann, "image_id", self.file, f"annotation {n}", (int, str)), []).append((n, ann))
             except DataError as err:
                 self._bad(err)
+        seen: dict[object, int] = {}  # record id -> its index
         for n, img in enumerate(images):
             try:
-                self._add(n, img, by_image)
+                self._add(n, img, by_image, seen)
             except DataError as err:
                 self._bad(err)
-                bad_images.add(n)
+        # A box of no record would otherwise be dropped without a word.
+        ids = {i.get("id") for i in images if isinstance(i, dict) and isinstance(i.get("id"), (int, str))}
+        for image_id, boxes in by_image.items():
+            if image_id not in ids:
+                for k, _ in boxes:
+                    self._bad(DataError(self.file, f"image_id {image_id} is not in images", f"annotation {k}"))
 
-    def _add(self, n, img, by_image):
+    def _add(self, n, img, by_image, seen):
         f = self.file
-        rec_id = require(img, "id", f, f"image {n}")
+        rec_id = require(img, "id", f, f"image {n}", (int, str))
         rid = f"image {n} (id {rec_id})"
+        if rec_id in seen:  # both records would get the same boxes
+            raise DataError(f, f"duplicate image id {rec_id} (first: image {seen[rec_id]})", rid)
+        seen[rec_id] = n
         file_name = require(img, "file_name", f, rid, str)
         width, height = require_size(img, "width", f, rid), require_size(img, "height", f, rid)
         caption, _ = check_text(require(img, "caption", f, rid), f, rid, self.max_text_chars, truncate=False)
