@@ -126,8 +126,10 @@ def saved_family(directory: str | Path) -> Family:
 
 
 def load_config(directory: str | Path) -> Any:
-    """The saved config of ``directory``, as its family's config class."""
-    return saved_family(directory).config_cls.load(Path(directory) / "config.json")
+    """The saved config of ``directory``, as its family's config class (its card left out)."""
+    from .pretrained import read_config
+
+    return read_config(saved_family(directory).config_cls, Path(directory) / "config.json")
 
 
 def load_pretrained(directory: str | Path, map_location: str = "cpu") -> nn.Module:

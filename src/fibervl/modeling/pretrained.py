@@ -1,8 +1,13 @@
-"""``save_pretrained`` / ``from_pretrained``: a directory with ``config.json`` + ``model.safetensors``."""
+"""``save_pretrained`` / ``from_pretrained``: a directory with ``config.json`` + ``model.safetensors``.
+
+``config.json`` holds the model's config and, optionally, a ``"card"`` entry: JSON metadata for
+whoever uses the directory (see :mod:`fibervl.predict.card`), which the model never reads.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -12,23 +17,56 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..config import FiberConfig
+from ..config import ConfigError, FiberConfig
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+CARD_KEY = "card"
 
 
 class CheckpointError(RuntimeError):
     """A weights file does not fit the model: names the file and the offending keys."""
 
 
-def save_pretrained(model: nn.Module, directory: str | Path) -> None:
-    """Write config.json and model.safetensors atomically (temporary file, then rename)."""
+def save_pretrained(model: nn.Module, directory: str | Path, card: dict | None = None) -> None:
+    """Write config.json (with ``card`` under ``"card"`` when given) and model.safetensors
+    atomically (temporary file, then rename)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    data = model.config.to_dict()
+    if card is not None:
+        data[CARD_KEY] = card
     _atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(state, str(path), metadata={"format": "pt"}))
-    _atomic_write(directory / CONFIG_NAME, lambda path: model.config.save(path))
+    _atomic_write(directory / CONFIG_NAME, lambda path: path.write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file not found: {path}") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: invalid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping")
+    return data
+
+
+def read_config(config_cls, path: str | Path):
+    """A saved ``config.json`` as ``config_cls`` (its card left out); errors name the file."""
+    path = Path(path)
+    data = _read_json(path)
+    data.pop(CARD_KEY, None)
+    try:
+        return config_cls.from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def read_card(directory: str | Path) -> dict | None:
+    """The card saved in ``directory/config.json``, or None (a directory saved without one)."""
+    return _read_json(Path(directory) / CONFIG_NAME).get(CARD_KEY)
 
 
 def _atomic_write(target: Path, write) -> None:
@@ -111,7 +149,7 @@ def load_pretrained(cls, directory: str | Path, map_location="cpu", config_cls=F
         key = (cls, str(directory.resolve()), str(map_location), stat.st_ino, stat.st_mtime_ns, stat.st_size)
         if key in _loaded:
             return _loaded[key]
-    config = config_cls.load(directory / CONFIG_NAME)
+    config = read_config(config_cls, directory / CONFIG_NAME)
     model = cls(config)
     state = read_weights(directory / WEIGHTS_NAME)
     load_state_strict(model, state, str(directory / WEIGHTS_NAME))
