@@ -128,7 +128,7 @@ def test_cli_vqa_finetune_evaluate_predict(shapes_tiny, tmp_path, capsys):
     assert len(rows) == 5 and all(isinstance(r["question_id"], int) and r["answer"] in answers for r in rows)
     sample = ShapesDataset(shapes_tiny).vqa("test")[0]
     assert main(["predict", "vqa", "--model", str(model_dir), "--image", str(sample.image_path),
-                 "--question", sample.text]) == 0
+                 "--question", sample.text, "--out", str(tmp_path / "predict")]) == 0
     pred = json.loads(capsys.readouterr().out)
     assert pred["answer"] in answers and len(pred["top"]) == 5
     assert pred["top"][0]["answer"] == pred["answer"] and all(0 <= t["score"] <= 1 for t in pred["top"])
@@ -142,7 +142,7 @@ def test_cli_nlvr2_and_retrieval(shapes_tiny, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["items"] == 4
     s = ShapesDataset(shapes_tiny).nlvr2("val")[0]
     assert main(["predict", "nlvr2", "--model", str(run / "model"), "--left", str(s.image_path),
-                 "--right", str(s.image2_path), "--text", s.text]) == 0
+                 "--right", str(s.image2_path), "--text", s.text, "--out", str(tmp_path / "predict")]) == 0
     pred = json.loads(capsys.readouterr().out)
     assert isinstance(pred["answer"], bool) and 0 <= pred["p_true"] <= 1
 
@@ -154,8 +154,8 @@ def test_cli_nlvr2_and_retrieval(shapes_tiny, tmp_path, capsys):
     capsys.readouterr()
     paths, texts, _, _ = ShapesDataset(shapes_tiny).captions("val").retrieval_lists()
     assert main(["predict", "retrieval", "--model", str(run / "model"), "--image", str(paths[0]),
-                 "--texts", ",".join(texts[:3])]) == 0
-    ranked = json.loads(capsys.readouterr().out)[0]["ranking"]
+                 "--texts", ",".join(texts[:3]), "--out", str(tmp_path / "predict")]) == 0
+    ranked = json.loads(capsys.readouterr().out)["ranking"]
     assert sorted(r["item"] for r in ranked) == sorted(texts[:3])
     assert [r["score"] for r in ranked] == sorted((r["score"] for r in ranked), reverse=True)
 

@@ -12,18 +12,18 @@ holds NLVR2's ``{split}.json`` files (``train``, ``dev``, ``test1``) and ``image
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data import Nlvr2Reader, Sample
+from ..data import Nlvr2Reader
 from ..data.shapes import ShapesDataset
 from ..data.transforms import train_transforms
 from ..engine.precision import uses_bf16
 from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import DataSpec, ModelSpec, build_task_model, load_tokenizer
-from ..tasks.nlvr2 import Nlvr2Collator, Nlvr2Task, evaluate_nlvr2, predict_nlvr2
+from ..predict.cli import main as predict_main
+from ..tasks.nlvr2 import Nlvr2Collator, Nlvr2Task, evaluate_nlvr2
 from .common import (parse_run_cli, export_task_model, fused_training_data, load_model_dir, rewrite_flags,
                      warn_truncated, final_metrics)
 
@@ -117,26 +117,4 @@ def _evaluate(argv: list[str]) -> int:
     return 0
 
 
-def predict(model_dir: str | Path, left: str | Path, right: str | Path, text: str) -> dict:
-    """``{"text", "answer": bool, "p_true": float}`` for one image pair and statement."""
-    model, tokenizer, _ = load_model_dir(model_dir)
-    image_size, max_len = model.config.vision.image_size, model.config.text.max_text_len
-    warn_truncated(tokenizer, [text], max_len, "statements")
-    sample = Sample(sample_id="0", image_id=0, image_path=Path(left), image2_path=Path(right), text=text)
-    _, probs = predict_nlvr2(model, tokenizer, [sample], image_size, max_len)
-    p_true = float(probs[0, 1])
-    return {"text": text, "answer": p_true > 0.5, "p_true": round(p_true, 4)}
-
-
-def _predict(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="fibervl predict nlvr2")
-    p.add_argument("--model", required=True)
-    p.add_argument("--left", required=True)
-    p.add_argument("--right", required=True)
-    p.add_argument("--text", required=True)
-    a = p.parse_args(argv)
-    print(json.dumps(predict(a.model, a.left, a.right, a.text)))
-    return 0
-
-
-COMMANDS = {"finetune": _finetune, "evaluate": _evaluate, "predict": _predict}
+COMMANDS = {"finetune": _finetune, "evaluate": _evaluate, "predict": lambda argv: predict_main("nlvr2", argv)}

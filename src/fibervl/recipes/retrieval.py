@@ -3,7 +3,8 @@
     fibervl finetune retrieval --config configs/fiber-tiny_retrieval_shapes.yaml --init RUN_OR_MODEL
     fibervl evaluate retrieval --model RUN/model --data-root DIR [--split test]
     fibervl predict retrieval --model RUN/model --image x.jpg --texts "a,b,c"
-    fibervl predict retrieval --model RUN/model --text "..." --images a.jpg b.jpg
+    fibervl predict retrieval --model RUN/model --text "..." --images DIR_OR_FILES [--save-gallery G]
+    fibervl predict retrieval --model RUN/model --text "..." --gallery G
 
 Fine-tuning: ITC + ITM with hard negatives (the coarse pre-training task with the MLM weight 0).
 Evaluation: dual-encoder (ITC) recall and the ITC top-``eval.rerank_k`` re-ranked with
@@ -12,22 +13,17 @@ ITC + ITM (see :mod:`fibervl.tasks.retrieval`), R@1/5/10 both ways and rsum.
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
 
 from ..data.transforms import train_transforms
 from ..engine.precision import uses_bf16
 from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import ModelSpec, build_task_model, load_tokenizer
+from ..predict.cli import main as predict_main
 from ..tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask
-from ..tasks.retrieval import (
-    embed_images, embed_texts, evaluate_itc_retrieval, evaluate_retrieval, itm_pair_scores, load_image_tensors,
-    rerank_scores,
-)
+from ..tasks.retrieval import evaluate_itc_retrieval, evaluate_retrieval
 from .coarse_pretrain import FinetuneCaptionData, caption_reader
 from .common import PairCollator, export_task_model, fused_training_data, load_model_dir, parse_run_cli, rewrite_flags
 
@@ -132,51 +128,19 @@ def _evaluate(argv: list[str]) -> int:
     return 0
 
 
-@torch.no_grad()
 def predict(model_dir: str | Path, images: list[str], texts: list[str], rerank_k: int = 16) -> list[dict]:
-    """Rank ``texts`` for each image (one image, several texts) or ``images`` for each text.
+    """Rank ``texts`` for one image, or ``images`` for each text: per query ``{"query",
+    "ranking": [{"item", "itc", "score"}, ...]}`` over the whole gallery, best first. A thin
+    wrapper of :class:`~fibervl.predict.Gallery` and :class:`~fibervl.predict.RetrievalPredictor`
+    (use them directly to embed a gallery once and search it many times)."""
+    from ..predict import Gallery, RetrievalPredictor, load
 
-    Returns, per query, ``{"query": ..., "ranking": [{"item", "itc", "score"}, ...]}`` best first;
-    ``score`` is ITC + ITM for the top ``rerank_k`` (ITC alone below them).
-    """
-    model, tokenizer, _ = load_model_dir(model_dir)
-    image_size, max_len = model.config.vision.image_size, model.config.text.max_text_len
-    paths = [Path(p) for p in images]
-    itc = embed_images(model, paths, image_size) @ embed_texts(model, tokenizer, texts, max_len).t()  # cosine
-    pixels = load_image_tensors(paths, image_size)
-    tokens = tokenizer(texts, max_length=max_len, padding="longest")
-    i2t, t2i = rerank_scores(itc, lambda pairs: itm_pair_scores(model, pixels, tokens.input_ids, tokens.attention_mask, pairs),
-                             rerank_k)
-    out = []
-    if len(paths) == 1:  # one image: rank the texts
-        order = i2t[0].argsort(descending=True)
-        out.append({"query": str(paths[0]), "ranking": [
-            {"item": texts[j], "itc": round(float(itc[0, j]), 4), "score": round(float(i2t[0, j]), 4)} for j in order]})
+    model, processor = load(model_dir, task="retrieval")
+    if len(images) == 1:
+        gallery, queries = Gallery.build(model, processor, texts=texts), images
     else:
-        for t, text in enumerate(texts):
-            order = t2i[:, t].argsort(descending=True)
-            out.append({"query": text, "ranking": [
-                {"item": str(paths[i]), "itc": round(float(itc[i, t]), 4), "score": round(float(t2i[i, t]), 4)} for i in order]})
-    return out
+        gallery, queries = Gallery.build(model, processor, images=images), texts
+    return RetrievalPredictor(model, processor, gallery, rerank_k=rerank_k, top=0).predict(queries)
 
 
-def _predict(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="fibervl predict retrieval")
-    p.add_argument("--model", required=True, help="model directory (or run directory with model/)")
-    p.add_argument("--image", help="one image: rank --texts")
-    p.add_argument("--texts", help="comma-separated texts to rank for --image")
-    p.add_argument("--text", help="one text: rank --images")
-    p.add_argument("--images", nargs="+", help="images to rank for --text")
-    p.add_argument("--rerank-k", type=int, default=16)
-    a = p.parse_args(argv)
-    if a.image and a.texts:
-        images, texts = [a.image], [t.strip() for t in a.texts.split(",") if t.strip()]
-    elif a.text and a.images:
-        images, texts = a.images, [a.text]
-    else:
-        p.error("give --image with --texts, or --text with --images")
-    print(json.dumps(predict(a.model, images, texts, a.rerank_k), indent=2))
-    return 0
-
-
-COMMANDS = {"finetune": _finetune, "evaluate": _evaluate, "predict": _predict}
+COMMANDS = {"finetune": _finetune, "evaluate": _evaluate, "predict": lambda argv: predict_main("retrieval", argv)}

@@ -5,7 +5,7 @@
         data.train_split=train2014 data.eval_split=val2014 --image-root COCO_DIR \\
         --image-template "{split}/COCO_{split}_{image_id:012d}.jpg"
     fibervl evaluate vqa --model RUN/model --data-root DIR [--split test] [--results out.json]
-    fibervl predict vqa --model RUN/model --image x.jpg --question "what color is the circle?"
+    fibervl predict vqa --model RUN/model (--image x.jpg | --images DIR) --question "what color is the circle?"
 
 Data: with ``data.source`` empty, ``data.root`` is a shapes set; otherwise any directory in the
 VQAv2 layout (``v2_OpenEnded_{source}_{split}_questions.json`` + ``v2_{source}_{split}_annotations.json``)
@@ -17,20 +17,20 @@ rebuilt to its size and the export holds it as ``model/answers.json``.
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data import AnswerVocabulary, Processor, VqaReader
+from ..data import AnswerVocabulary, VqaReader
 from ..data.readers.vqa import VQAV2_IMAGE_TEMPLATE
 from ..data.shapes import ShapesDataset
-from ..data.transforms import eval_transforms, train_transforms
+from ..data.transforms import train_transforms
 from ..engine.precision import uses_bf16
 from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import DataSpec, ModelSpec, build_task_model, load_tokenizer, resolve_model_dir
 from ..metrics.vqa import write_vqa_results
-from ..tasks.vqa import VqaCollator, VqaTask, evaluate_vqa, vocabulary_coverage, vqa_topk
+from ..predict.cli import main as predict_main
+from ..tasks.vqa import VqaCollator, VqaTask, evaluate_vqa, vocabulary_coverage
 from .common import (parse_run_cli, export_task_model, fused_training_data, load_model_dir, rewrite_flags,
                      warn_truncated, final_metrics)
 
@@ -157,30 +157,12 @@ def _evaluate(argv: list[str]) -> int:
 
 
 def predict(model_dir: str | Path, image: str | Path, question: str, k: int = 5) -> dict:
-    """``{"question", "answer", "top": [{"answer", "score"}, ...]}``; scores are the head's sigmoids."""
-    from ..data import Sample
-    from ..data.collate import Collator
+    """``{"image", "question", "answer", "top": [{"answer", "score"}, ...]}`` for one image:
+    :class:`~fibervl.predict.VqaPredictor` (use it directly for many images)."""
+    from ..predict import VqaPredictor, load
 
-    model, tokenizer, directory = load_model_dir(resolve_model_dir(model_dir))
-    vocab = load_vocabulary(directory)
-    image_size, max_len = model.config.vision.image_size, model.config.text.max_text_len
-    warn_truncated(tokenizer, [question], max_len, "questions")
-    item = Processor(eval_transforms(image_size))(Sample(sample_id="0", image_id=0, image_path=Path(image), text=question))
-    batch = Collator(tokenizer, max_length=max_len)([item])
-    scores, idx = vqa_topk(model, batch.pixel_values, batch.input_ids, batch.attention_mask, k=k)
-    top = [{"answer": a, "score": round(float(s), 4)} for a, s in zip(vocab.decode(idx[0]), scores[0])]
-    return {"question": question, "answer": top[0]["answer"], "top": top}
+    model, processor = load(model_dir, task="vqa")
+    return VqaPredictor(model, processor, top=k).predict([image], question)[0]
 
 
-def _predict(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="fibervl predict vqa")
-    p.add_argument("--model", required=True, help="VQA model directory (or its run directory)")
-    p.add_argument("--image", required=True)
-    p.add_argument("--question", required=True)
-    p.add_argument("--top", type=int, default=5)
-    a = p.parse_args(argv)
-    print(json.dumps(predict(a.model, a.image, a.question, a.top)))
-    return 0
-
-
-COMMANDS = {"finetune": _finetune, "evaluate": _evaluate, "predict": _predict}
+COMMANDS = {"finetune": _finetune, "evaluate": _evaluate, "predict": lambda argv: predict_main("vqa", argv)}
