@@ -115,7 +115,7 @@ def saved_family(directory: str | Path) -> Family:
     """The family of the model saved in ``directory`` (read from its ``config.json``)."""
     path = Path(directory) / "config.json"
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"config file not found: {path}") from None
     except json.JSONDecodeError as err:

@@ -38,12 +38,12 @@ def save_pretrained(model: nn.Module, directory: str | Path, card: dict | None =
     if card is not None:
         data[CARD_KEY] = card
     _atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(state, str(path), metadata={"format": "pt"}))
-    _atomic_write(directory / CONFIG_NAME, lambda path: path.write_text(json.dumps(data, indent=2) + "\n"))
+    _atomic_write(directory / CONFIG_NAME, lambda path: path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8"))
 
 
 def _read_json(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"config file not found: {path}") from None
     except json.JSONDecodeError as err:

@@ -100,5 +100,5 @@ def card_of(directory: str | Path) -> ModelCard:
     if saved is not None:
         return ModelCard.from_dict(saved)
     metrics_file = directory.parent / "metrics.json"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
     return make_card(load_config(directory), directory, metrics=metrics if isinstance(metrics, dict) else {})

@@ -106,7 +106,7 @@ class Output:
             self.lines = self.dir / "predictions.jsonl"
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.lines is not None:
-            self.lines.write_text("")
+            self.lines.write_text("", encoding="utf-8")
         self.count = 0
 
     def png_path(self, stem: str) -> Path:
