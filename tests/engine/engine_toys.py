@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -53,15 +54,25 @@ class ToyModel(nn.Module):
 
 
 class RegressionTask(nn.Module):
-    """MSE task with a buffer (running loss) to check that task state is checkpointed."""
+    """MSE task with a buffer (running loss) to check that task state is checkpointed.
 
-    def __init__(self, sleep_s: float = 0.0):
+    ``pause_at_call=n`` (> 0): the n-th ``training_step`` of this process touches ``pause_file``
+    and sleeps forever, so that a test can SIGKILL the process in the middle of a step."""
+
+    def __init__(self, sleep_s: float = 0.0, pause_at_call: int = 0, pause_file: str = ""):
         super().__init__()
         self.register_buffer("running_loss", torch.zeros(()))
         self.sleep_s = sleep_s
         self.steps_seen = 0
+        self.pause_at_call, self.pause_file = pause_at_call, pause_file
+        self.calls_here = 0
 
     def training_step(self, model: nn.Module, batch: dict) -> dict:
+        self.calls_here += 1
+        if self.calls_here == self.pause_at_call:
+            Path(self.pause_file).write_text(f"call {self.calls_here}\n")
+            while True:  # wait to be killed
+                time.sleep(1.0)
         pred = model(batch["x"])
         loss = F.mse_loss(pred, batch["y"])
         with torch.no_grad():
@@ -117,3 +128,48 @@ class ITCTask(nn.Module):
 
 def env_float(name: str, default: float) -> float:
     return float(os.environ.get(name, default))
+
+
+class IdRegressionData(RegressionData):
+    """RegressionData whose items carry a string id ("s07"); collated into a ``sample_ids`` list."""
+
+    def __getitem__(self, i: int) -> dict:
+        return {**super().__getitem__(i), "sample_ids": f"s{i:02d}"}
+
+
+class _NanGradient(torch.autograd.Function):
+    """Identity forward; NaN gradient backward (a finite loss whose gradient is not)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad * float("nan")
+
+
+class FaultyRegressionTask(RegressionTask):
+    """RegressionTask that spoils chosen micro-batches: the ``nan_loss_at`` calls of
+    ``training_step`` return a NaN loss, the ``nan_grad_at`` calls a finite loss with a NaN
+    gradient. Calls count from 1 over the whole run (the counter is a checkpointed buffer).
+    ``seen`` records, per call of this process, the call number, the batch's ids and a copy of
+    the weights the forward saw."""
+
+    def __init__(self, nan_loss_at=(), nan_grad_at=()):
+        super().__init__()
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+        self.nan_loss_at, self.nan_grad_at = set(nan_loss_at), set(nan_grad_at)
+        self.seen: list[tuple[int, list, dict]] = []
+
+    def training_step(self, model: nn.Module, batch: dict) -> dict:
+        self.calls += 1
+        n = int(self.calls)
+        weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.seen.append((n, list(batch.get("sample_ids", [])), weights))
+        out = super().training_step(model, batch)
+        if n in self.nan_loss_at:
+            out["loss"] = out["loss"] * float("nan")
+        if n in self.nan_grad_at:
+            out["loss"] = _NanGradient.apply(out["loss"])
+        return out

@@ -3,11 +3,13 @@
     python engine_worker.py regression key=value ...   # toy regression run (TrainConfig overrides)
     torchrun --nproc_per_node 2 engine_worker.py ddp OUT_DIR
 
-Toy options come from environment variables: TOY_NOISE, TOY_DROPOUT, TOY_SLEEP.
+Toy options come from environment variables: TOY_NOISE, TOY_DROPOUT, TOY_SLEEP, and
+TOY_PAUSE_AT_CALL / TOY_PAUSE_FILE (see RegressionTask).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -25,7 +27,8 @@ def run_regression(argv: list[str]) -> dict:
         cfg.resume = flags["resume"]
     torch.set_num_threads(1)
     model = ToyModel(dropout=env_float("TOY_DROPOUT", 0.0))
-    task = RegressionTask(sleep_s=env_float("TOY_SLEEP", 0.0))
+    task = RegressionTask(sleep_s=env_float("TOY_SLEEP", 0.0), pause_at_call=int(env_float("TOY_PAUSE_AT_CALL", 0)),
+                          pause_file=os.environ.get("TOY_PAUSE_FILE", ""))
     data = RegressionData(noise=env_float("TOY_NOISE", 0.0))
     return Trainer(cfg, model, task, data).fit()
 

@@ -1,5 +1,6 @@
 """Kill training with SIGKILL (mid-training, and inside a checkpoint write) or SIGTERM, resume,
-and check that the run ends with exactly the weights of an uninterrupted run.
+and check that the run ends with exactly the weights of an uninterrupted run; kill points drawn
+by seeds cover every phase of a checkpoint write and the middle of accumulation windows.
 
 The toy run exercises everything that carries state: dropout and data augmentation drawn from the
 global torch RNG, gradient accumulation with a short window at every epoch end (10 batches, 3 per
@@ -7,6 +8,7 @@ window), clipping, EMA, a task buffer, AdamW moments and the lr schedule.
 """
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -16,6 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from fibervl.engine.checkpoint import PAUSE_PHASES, find_latest_checkpoint
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parents[1] / "src"
@@ -42,8 +46,9 @@ def _run(run_dir: Path, *more: str, **env: str) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
 
 
-def _start(run_dir: Path, **env: str) -> subprocess.Popen:
-    return subprocess.Popen(_cmd(run_dir), env=_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def _start(run_dir: Path, *more: str, **env: str) -> subprocess.Popen:
+    return subprocess.Popen(_cmd(run_dir, *more), env=_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
 
 
 def _wait_for(cond, proc: subprocess.Popen, timeout: float = 60.0) -> None:
@@ -163,3 +168,61 @@ def test_resume_from_corrupt_explicit_checkpoint_names_file(tmp_path: Path) -> N
                          capture_output=True, text=True, timeout=120)
     assert res.returncode != 0
     assert "CheckpointError" in res.stderr and "step_00000006/state.pt" in res.stderr
+
+
+CKPT_STEPS = range(3, MAX_STEPS + 1, 3)
+
+
+def _calls_left(step: int) -> int:
+    """Micro-batches from ``step`` to the end: 10 batches per epoch in windows of 3, 3, 3, 1."""
+    return sum(1 if s % 4 == 0 else 3 for s in range(step + 1, MAX_STEPS + 1))
+
+
+def _kill_point(rng: random.Random, kind: str, resumed_at: int, last: bool) -> dict[str, str]:
+    """Environment that pauses a run resumed at ``resumed_at``: in its ``n``-th micro-batch
+    (``kind="call"``), or in a random phase of one of its checkpoint writes (``"ckpt"``; the final
+    checkpoint only as the last kill, so that something is left to run afterwards)."""
+    steps = [s for s in CKPT_STEPS if resumed_at < s and (last or s < MAX_STEPS)]
+    if kind == "ckpt" and steps:
+        return {"FIBERVL_CKPT_TEST_PAUSE": f"{rng.choice(PAUSE_PHASES)}:{rng.choice(steps)}"}
+    return {"TOY_PAUSE_AT_CALL": str(rng.randint(1, _calls_left(resumed_at) - (0 if last else 1)))}
+
+
+# Seeds whose draws, with the explicit tests above, reach every pause phase: 2 kills after
+# model.safetensors of step 3 (no checkpoint yet: a fresh start) then at call 24; 13 at call 19,
+# then before meta.json of the final step; 14 before pruning at step 18, then at call 13.
+@pytest.mark.parametrize("seed", [2, 13, 14])
+def test_sigkill_at_seeded_points_resumes_exactly(tmp_path: Path, reference: dict, seed: int) -> None:
+    """Each seed kills the run twice (in a micro-step and in a checkpoint write, in a seeded
+    order and at seeded points), resuming after each kill; the third run finishes."""
+    rng = random.Random(seed)
+    kinds = ["call", "ckpt"]
+    rng.shuffle(kinds)
+    ck, toy_pause = tmp_path / "checkpoints", tmp_path / ".toy-paused"
+    resumed_at, expected = 0, None
+    for i, kind in enumerate(kinds):
+        point = _kill_point(rng, kind, resumed_at, last=i == len(kinds) - 1)
+        proc = _start(tmp_path, "--resume", TOY_PAUSE_FILE=str(toy_pause), **point)
+        _wait_for(lambda: toy_pause.exists() or (ck / ".test-paused").exists(), proc)
+        assert _kill(proc) == -signal.SIGKILL, point
+        toy_pause.unlink(missing_ok=True)
+        (ck / ".test-paused").unlink(missing_ok=True)
+        if expected is not None:
+            assert f"resumed from {expected} " in _last_resume(tmp_path), point
+        found = find_latest_checkpoint(ck)
+        if "FIBERVL_CKPT_TEST_PAUSE" in point:  # the paused write is complete exactly from before_latest on
+            phase, step = point["FIBERVL_CKPT_TEST_PAUSE"].split(":")
+            complete = PAUSE_PHASES.index(phase) >= PAUSE_PHASES.index("before_latest")
+            assert (found is not None and found.name == f"step_{int(step):08d}") == complete, (point, found)
+        expected = found
+        resumed_at = 0 if found is None else int(found.name.split("_")[1])
+    _run(tmp_path, "--resume")
+    if expected is not None:
+        assert f"resumed from {expected} " in _last_resume(tmp_path)
+    assert not any(p.name.startswith(".tmp-") for p in ck.iterdir())
+    _assert_same(reference, tmp_path)
+
+
+def _last_resume(run_dir: Path) -> str:
+    lines = [l for l in (run_dir / "train.log").read_text().splitlines() if "resumed from" in l]
+    return lines[-1] if lines else ""

@@ -15,14 +15,16 @@ Writing (:func:`save_checkpoint`): every file goes into a temporary directory
 the directory is renamed into place with :func:`os.replace` (atomic on POSIX) and the parent is
 fsynced; then ``latest`` is rewritten the same way (temp file, fsync, replace). A process killed at
 any point leaves either the previous complete checkpoints or the new complete one, plus at most a
-stale ``.tmp-*`` directory, which the next save removes.
+stale ``.tmp-*`` directory, which the next save removes. A write that fails (disk full) removes its
+temporary directory and raises :class:`CheckpointError` saying which checkpoint was not written;
+the earlier checkpoints are never opened for writing.
 
 Reading: ``state.pt`` is loaded with ``torch.load(weights_only=True)`` and weights through
 safetensors, so a checkpoint file can never run code. :func:`verify_checkpoint` checks the files
 against ``meta.json``; a truncated or corrupt file raises :class:`CheckpointError` naming it.
 :func:`find_latest_checkpoint` returns the newest *complete* checkpoint (it does not trust
 ``latest`` blindly: a run killed between the rename and the pointer update still resumes from the
-newest one).
+newest one), and says which checkpoints it skipped and why.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from safetensors import SafetensorError
@@ -46,9 +48,10 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 _STEP_RE = re.compile(r"^step_(\d+)$")
-# Test hook (used by the resume tests only): "<phase>:<step>" with phase "before_rename" or
-# "before_latest" makes the save of that step touch <root>/.test-paused and sleep forever, so
-# that a test can SIGKILL the process at exactly that point of the protocol.
+# Test hook (used by the resume tests only): "<phase>:<step>" makes the save of that step touch
+# <root>/.test-paused and sleep forever, so that a test can SIGKILL the process at exactly that
+# point of the protocol. The phases, in the order a save reaches them:
+PAUSE_PHASES = ("after_model", "before_meta", "before_rename", "before_latest", "before_prune")
 _PAUSE_ENV = "FIBERVL_CKPT_TEST_PAUSE"
 
 
@@ -98,13 +101,20 @@ def _maybe_pause(root: Path, phase: str, step: int) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a fsynced temp file in the same directory + os.replace."""
+    """Write ``text`` to ``path`` via a fsynced temp file in the same directory + os.replace.
+
+    If the write fails (e.g. the disk is full) ``path`` keeps its old content and the temp file
+    is removed."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
 
 
@@ -142,30 +152,30 @@ def save_checkpoint(
     ``extra_weights``: ``{"ema": {name: tensor}}`` -> ``ema.safetensors``.
     ``keep_last``: if > 0, delete all but the newest ``keep_last`` checkpoints afterwards.
     Returns the final checkpoint directory. An existing directory for the same step is replaced.
+
+    Raises :class:`CheckpointError` if a file cannot be written (disk full, I/O error): the
+    temporary directory is removed and every earlier checkpoint is left as it was.
     """
+    for key in extra_weights or {}:
+        if not re.fullmatch(r"[A-Za-z0-9_]+", key) or key in ("model", "state", "meta"):
+            raise ValueError(f"bad extra weight file name {key!r}")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     _cleanup_stale(root)
     name = step_dir_name(step)
     final = root / name
     tmp = root / f".tmp-{name}-{os.getpid()}"
-    tmp.mkdir()
-    files = []
-    save_model(model, str(tmp / "model.safetensors"), metadata={"step": str(step)})
-    files.append("model.safetensors")
-    for key, tensors in (extra_weights or {}).items():
-        if not re.fullmatch(r"[A-Za-z0-9_]+", key) or key in ("model", "state", "meta"):
-            raise ValueError(f"bad extra weight file name {key!r}")
-        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp / f"{key}.safetensors"))
-        files.append(f"{key}.safetensors")
-    torch.save(state, tmp / "state.pt")
-    files.append("state.pt")
-    meta = {"format": FORMAT_VERSION, "step": int(step), "files": {}}
-    for fname in files:
-        _fsync_file(tmp / fname)
-        meta["files"][fname] = {"bytes": (tmp / fname).stat().st_size, "sha256": _sha256(tmp / fname)}
-    write_text_atomic(tmp / "meta.json", json.dumps(meta, indent=1))
-    _fsync_dir(tmp)
+    try:
+        tmp.mkdir()
+        _write_files(tmp, step, model, state, extra_weights or {})
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # a half-written directory never lingers
+        if isinstance(e, Exception):  # torch and safetensors report a full disk as their own types
+            raise CheckpointError(
+                f"could not write checkpoint {name} in {root} ({type(e).__name__}: {e}); nothing was "
+                f"replaced: the earlier checkpoints are untouched (newest complete: {_newest_name(root)})"
+            ) from e
+        raise
     _maybe_pause(root, "before_rename", step)
     if final.exists():
         trash = root / f".del-{name}-{os.getpid()}"
@@ -174,7 +184,14 @@ def save_checkpoint(
     os.replace(tmp, final)
     _fsync_dir(root)
     _maybe_pause(root, "before_latest", step)
-    write_text_atomic(root / "latest", name + "\n")
+    try:
+        write_text_atomic(root / "latest", name + "\n")
+    except Exception as e:
+        raise CheckpointError(
+            f"checkpoint {final} is complete, but {root / 'latest'} could not be updated ({type(e).__name__}: "
+            f"{e}); resume=auto still finds {name}, the newest complete checkpoint"
+        ) from e
+    _maybe_pause(root, "before_prune", step)
     if keep_last > 0:
         for _, old in list_checkpoints(root)[:-keep_last]:
             if old == final:
@@ -184,6 +201,32 @@ def save_checkpoint(
             shutil.rmtree(trash, ignore_errors=True)
         _fsync_dir(root)
     return final
+
+
+def _write_files(tmp: Path, step: int, model: nn.Module, state: dict[str, Any],
+                 extra_weights: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Write the weight and state files, then ``meta.json`` (last) into ``tmp``, all fsynced."""
+    files = []
+    save_model(model, str(tmp / "model.safetensors"), metadata={"step": str(step)})
+    files.append("model.safetensors")
+    _maybe_pause(tmp.parent, "after_model", step)
+    for key, tensors in extra_weights.items():
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp / f"{key}.safetensors"))
+        files.append(f"{key}.safetensors")
+    torch.save(state, tmp / "state.pt")
+    files.append("state.pt")
+    meta = {"format": FORMAT_VERSION, "step": int(step), "files": {}}
+    for fname in files:
+        _fsync_file(tmp / fname)
+        meta["files"][fname] = {"bytes": (tmp / fname).stat().st_size, "sha256": _sha256(tmp / fname)}
+    _maybe_pause(tmp.parent, "before_meta", step)
+    write_text_atomic(tmp / "meta.json", json.dumps(meta, indent=1))
+    _fsync_dir(tmp)
+
+
+def _newest_name(root: Path) -> str:
+    found = list_checkpoints(root)
+    return found[-1][1].name if found else "none"
 
 
 def verify_checkpoint(path: str | Path, check_hash: bool = True) -> dict[str, Any]:
@@ -213,14 +256,24 @@ def verify_checkpoint(path: str | Path, check_hash: bool = True) -> dict[str, An
     return meta
 
 
-def find_latest_checkpoint(root: str | Path, check_hash: bool = True) -> Optional[Path]:
-    """Newest checkpoint under ``root`` that passes :func:`verify_checkpoint`, or None."""
+def find_latest_checkpoint(root: str | Path, check_hash: bool = True,
+                           warn: Optional[Callable[[str], None]] = None) -> Optional[Path]:
+    """Newest checkpoint under ``root`` that passes :func:`verify_checkpoint`, or None.
+
+    Every newer checkpoint that fails is reported through ``warn`` (default: this module's
+    logger), naming the bad file and the checkpoint used instead."""
+    warn = warn or log.warning
+    skipped = []
     for step, path in reversed(list_checkpoints(root)):
         try:
             verify_checkpoint(path, check_hash=check_hash)
-            return path
         except CheckpointError as e:
-            log.warning("skipping unusable checkpoint: %s", e)
+            skipped.append(path.name)
+            warn(f"skipping unusable checkpoint {path.name}: {e}")
+            continue
+        if skipped:
+            warn(f"using {path.name}, the newest checkpoint that verifies, instead of {', '.join(skipped)}")
+        return path
     return None
 
 
