@@ -72,6 +72,11 @@ class Batch:
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
+    @property
+    def sample_ids(self) -> list[str]:
+        """The samples' ids, in batch order (the trainer names them when it skips a step)."""
+        return [s.sample_id for s in self.samples]
+
 
 def pad_images(images: list[torch.Tensor], size_divisibility: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """[3, h_i, w_i] tensors -> ([B, 3, H, W], [B, H, W] bool mask); H, W rounded up to a

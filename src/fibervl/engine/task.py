@@ -21,6 +21,9 @@ Optional members:
   trainable parameters, if any, are optimised under the name prefix ``task.``.
 * ``batch_size(batch) -> int``: number of samples in a batch, for throughput. Default: the first
   dimension of the first tensor found in the batch.
+* ``sample_ids(batch) -> list``: ids of the batch's samples, named in the warning about a step
+  skipped for a non-finite loss or gradient. Default (:func:`batch_sample_ids`): a batch's
+  ``sample_ids`` entry (dict) or attribute (any other object), else its ``image_ids``.
 
 The whole ``training_step`` runs inside one ``DistributedDataParallel.forward`` call, so a task
 may call several model methods (dual-encoder pass, fusion pass, ...) in one step.
@@ -54,6 +57,26 @@ def default_batch_size(batch: Any) -> int:
             if n:
                 return n
     return 0
+
+
+# Where a batch carries the ids of its samples, in order of preference.
+SAMPLE_ID_FIELDS = ("sample_ids", "image_ids")
+
+
+def batch_sample_ids(task: Any, batch: Any) -> Any:
+    """The ids of ``batch``'s samples (a list or tensor), or None if the batch carries none.
+
+    The task's ``sample_ids(batch)`` if it has one; else the first of :data:`SAMPLE_ID_FIELDS`
+    that the batch holds as a dict entry or an attribute. A collator makes its batches
+    identifiable by adding a ``sample_ids`` entry (any list; the trainer leaves non-tensors on
+    the CPU)."""
+    if callable(getattr(task, "sample_ids", None)):
+        return task.sample_ids(batch)
+    for name in SAMPLE_ID_FIELDS:
+        ids = batch.get(name) if isinstance(batch, dict) else getattr(batch, name, None)
+        if ids is not None:
+            return ids
+    return None
 
 
 def move_to_device(batch: Any, device: torch.device) -> Any:

@@ -17,6 +17,11 @@ batches (without loading them, for map-style datasets) and, in a single process 
 same settings, ends bit-identical to an uninterrupted run. With ``num_workers > 0`` a dataset that
 draws augmentation randomness from its worker's global RNG is not reproduced exactly; seed such
 randomness from the sample index and epoch instead.
+
+Non-finite steps: a step whose loss (on any rank, any micro-batch) or gradient norm is NaN or
+infinite applies no update; it is logged with its loss terms and sample ids and counted, and
+``max_nonfinite_steps`` such steps in a row stop training with :class:`NonFiniteError`. With fp16
+the GradScaler keeps its own handling of inf/NaN gradients (skip and lower the scale).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +50,13 @@ from .optim import OptimConfig, ScheduleConfig, build_optimizer, build_scheduler
 from .precision import auto_reason, resolve_precision, training_forward
 from .rng import get_rng_state, preserved_rng, seed_everything, set_rng_state
 from .sampler import ResumableDistributedSampler
-from .task import default_batch_size, move_to_device
+from .task import batch_sample_ids, default_batch_size, move_to_device
+
+
+class NonFiniteError(FloatingPointError, RuntimeError):
+    """Too many optimizer steps in a row had a non-finite loss or gradient.
+
+    A RuntimeError too, so that command-line front ends print it as an error message."""
 
 
 @dataclass
@@ -77,6 +89,7 @@ class TrainConfig:
     find_unused_parameters: bool = False
     ddp_broadcast_buffers: bool = False
     stop_on_signal: bool = True
+    max_nonfinite_steps: int = 5
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
@@ -87,7 +100,7 @@ class TrainConfig:
             raise ValueError(f"max_steps must be > 0, got {self.max_steps}")
         if self.epochs is not None and self.epochs <= 0:
             raise ValueError(f"epochs must be > 0, got {self.epochs}")
-        for name in ("batch_size", "grad_accum_steps", "log_every"):
+        for name in ("batch_size", "grad_accum_steps", "log_every", "max_nonfinite_steps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("ckpt_every", "eval_every"):
@@ -174,6 +187,11 @@ class Trainer:
         self.epoch = 0
         self.batches_in_epoch = 0
         self.samples_seen = 0
+        # skipped (non-finite) steps: in a row now, and over the whole run
+        self.nonfinite_in_a_row = 0
+        self.nonfinite_total = 0
+        self._last_ckpt_step: Optional[int] = None
+        self._bad_grad_norm = float("nan")
         self._stop = _StopFlag()
 
     # ------------------------------------------------------------------ setup
@@ -293,6 +311,7 @@ class Trainer:
             "epoch": self.epoch,
             "batches_in_epoch": self.batches_in_epoch,
             "samples_seen": self.samples_seen,
+            "nonfinite": {"in_a_row": self.nonfinite_in_a_row, "total": self.nonfinite_total},
             "seed": self.cfg.seed,
             "world_size": self.world,
             "batch_size": self.cfg.batch_size,
@@ -306,15 +325,33 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> Optional[Path]:
-        """Write a checkpoint of the current step (collective: call on every rank)."""
+        """Write a checkpoint of the current step (collective: call on every rank).
+
+        A failed write (disk full) raises :class:`CheckpointError` on every rank, so that no rank
+        waits for the others forever; the earlier checkpoints stay intact."""
         state = self._state()
         path = None
+        error: Optional[ckpt.CheckpointError] = None
         if self.is_main:
             extra = {"ema": self.ema.state_dict()} if self.ema is not None else None
-            path = ckpt.save_checkpoint(self.ckpt_root, self.step, self.model, state, extra, self.cfg.keep_last)
-            self.logger.info("saved checkpoint %s", path)
-        D.barrier()
+            try:
+                path = ckpt.save_checkpoint(self.ckpt_root, self.step, self.model, state, extra, self.cfg.keep_last)
+            except ckpt.CheckpointError as e:
+                error = e
+            else:
+                self.logger.info("saved checkpoint %s", path)
+        if self._any_rank(error is not None):  # also the barrier after the write
+            if error is not None:
+                self.logger.warning("%s", error)  # the run directory tells what stopped the run
+                raise error
+            raise ckpt.CheckpointError(f"rank 0 could not write the checkpoint of step {self.step} (see its error)")
+        self._last_ckpt_step = self.step
         return path
+
+    def _last_checkpoint(self) -> str:
+        if self._last_ckpt_step is None:
+            return f"none yet in {self.ckpt_root}"
+        return str(self.ckpt_root / ckpt.step_dir_name(self._last_ckpt_step))
 
     def _resolve_resume(self) -> Optional[Path]:
         r = self.cfg.resume
@@ -328,7 +365,8 @@ class Trainer:
                 )
             return None
         if r == "auto":
-            found = ckpt.find_latest_checkpoint(self.ckpt_root, check_hash=self.cfg.verify_checkpoint_hash)
+            found = ckpt.find_latest_checkpoint(self.ckpt_root, check_hash=self.cfg.verify_checkpoint_hash,
+                                                warn=lambda msg: self.logger.warning("%s", msg))
             if found is None and existing:
                 raise ckpt.CheckpointError(
                     f"no usable checkpoint in {self.ckpt_root}: every one of {[p.name for _, p in existing]} "
@@ -378,6 +416,10 @@ class Trainer:
         self.step = int(state["step"])
         self.epoch = int(state["epoch"])
         self.samples_seen = int(state["samples_seen"])
+        nonfinite = state.get("nonfinite") or {}  # absent in checkpoints written before the counters
+        self.nonfinite_in_a_row = int(nonfinite.get("in_a_row", 0))
+        self.nonfinite_total = int(nonfinite.get("total", 0))
+        self._last_ckpt_step = self.step
         same_layout = (state["world_size"] == self.world and state["batch_size"] == cfg.batch_size
                        and state["grad_accum_steps"] == cfg.grad_accum_steps and state["seed"] == cfg.seed)
         if same_layout:
@@ -415,10 +457,16 @@ class Trainer:
         return old
 
     def _stop_requested(self) -> bool:
-        flag = torch.tensor([1.0 if self._stop.requested else 0.0], device=self.device)
+        return self._any_rank(self._stop.requested)
+
+    def _any_rank(self, flag: bool | torch.Tensor) -> bool:
+        """True if ``flag`` holds on any rank (collective: every rank gets the same answer)."""
+        t = (flag.detach().float().reshape(1).to(self.device) if isinstance(flag, torch.Tensor)
+             else torch.tensor([1.0 if flag else 0.0], device=self.device))
         if D.is_distributed():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item() > 0)
+            t = t.clone()
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
 
     # ------------------------------------------------------------------ evaluation
     def run_evaluation(self) -> dict[str, float]:
@@ -442,7 +490,12 @@ class Trainer:
     def _forward_context(self):
         return training_forward(self.precision, self.device)
 
-    def _micro_step(self, batch: Any, scale: float, sync: bool) -> dict[str, float]:
+    def _micro_step(self, batch: Any, scale: float, sync: bool) -> tuple[dict[str, float], bool, bool]:
+        """Forward and backward of one micro-batch.
+
+        Returns the logged scalars, whether this rank's loss is non-finite, and whether any
+        rank's is. Then no rank runs the backward: the step is dropped anyway, and a backward on
+        some ranks only would leave the others waiting in DDP's gradient all-reduce."""
         batch = move_to_device(batch, self.device)
         runner = self.ddp if self.ddp is not None else self.step_module
         no_sync = self.ddp.no_sync() if (self.ddp is not None and not sync) else nullcontext()  # type: ignore[union-attr]
@@ -454,24 +507,22 @@ class Trainer:
             loss = out["loss"]
             if loss.ndim != 0:
                 raise ValueError(f"training_step 'loss' must be a scalar, got shape {tuple(loss.shape)}")
-            bad = (~torch.isfinite(loss.detach())).float().reshape(1)
-            if D.is_distributed():  # every rank stops together instead of hanging in backward
-                dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-            if bool(bad.item()):
-                raise FloatingPointError(f"non-finite loss {loss.item()} (on some rank) at step {self.step + 1}; "
-                                         f"last checkpoint is in {self.ckpt_root}")
-            scaled = loss.float() * scale
-            if self.scaler is not None:
-                self.scaler.scale(scaled).backward()
-            else:
-                scaled.backward()
+            bad = ~torch.isfinite(loss.detach())
+            any_bad = self._any_rank(bad)
+            local_bad = any_bad and bool(bad.item())  # a second sync only on a bad step
+            if not any_bad:
+                scaled = loss.float() * scale
+                if self.scaler is not None:
+                    self.scaler.scale(scaled).backward()
+                else:
+                    scaled.backward()
         logged = {}
         for k, v in out.items():
             if isinstance(v, torch.Tensor) and v.numel() == 1:
                 logged[k] = float(v.detach().float().item())
             elif isinstance(v, (int, float)) and not isinstance(v, bool):
                 logged[k] = float(v)
-        return logged
+        return logged, local_bad, any_bad
 
     def _sync_grads_manually(self) -> None:
         """All-reduce-average gradients accumulated under ``no_sync`` (short final window)."""
@@ -503,6 +554,11 @@ class Trainer:
             old_handlers = self._install_signal_handlers()
             try:
                 return self._loop()
+            except Exception as e:
+                if self.world > 1:  # each rank says why it stopped and how to resume
+                    latest = ckpt.find_latest_checkpoint(self.ckpt_root, check_hash=False)
+                    self.logger.log.error("%s", D.stopped_worker_message(e, self.step, latest, self.ckpt_root))
+                raise
             finally:
                 for s, h in old_handlers:
                     signal.signal(s, h)
@@ -549,6 +605,8 @@ class Trainer:
             done = 0
             epoch_ended = False
             step_logs: dict[str, float] = {}
+            micro: list[_MicroRecord] = []  # this window's micro-batches, for a skipped step's warning
+            loss_bad = False
             while done < expected:
                 t0 = time.perf_counter()
                 batch = next(data_iter, None)
@@ -558,7 +616,10 @@ class Trainer:
                     epoch_ended = True
                     break
                 sync = done == expected - 1
-                logs = self._micro_step(batch, 1.0 / expected, sync)
+                ids = batch_sample_ids(self.task, batch)
+                logs, local_bad, any_bad = self._micro_step(batch, 1.0 / expected, sync)
+                micro.append(_MicroRecord(logs, ids, local_bad))
+                loss_bad = loss_bad or any_bad
                 compute_time += time.perf_counter() - t1
                 for k, v in logs.items():
                     step_logs[k] = step_logs.get(k, 0.0) + v
@@ -575,26 +636,34 @@ class Trainer:
                     raise ValueError("the training dataset yielded no batch")
                 continue
             t2 = time.perf_counter()
-            if done < expected:  # short window of an iterable dataset: fix scale, sync by hand
+            if done < expected and not loss_bad:  # short window of an iterable dataset: fix scale, sync by hand
                 if D.is_distributed():
                     self._sync_grads_manually()
                 for p in self._params:
                     if p.grad is not None:
                         p.grad.mul_(expected / done)
             step_lr = self.optimizer.param_groups[0]["lr"] / max(self.optimizer.param_groups[0].get("lr_mult", 1.0), 1e-12)
-            grad_norm = self._optimizer_step()
+            if loss_bad:
+                applied, grad_norm = False, None
+            else:
+                applied, grad_norm = self._optimizer_step()
             compute_time += time.perf_counter() - t2
             self.step += 1
             steps_since_log += 1
-            window_logs.append({k: v / done for k, v in step_logs.items()})
-            window_logs[-1]["lr"] = step_lr
-            if grad_norm is not None:
-                window_logs[-1]["grad_norm"] = grad_norm
+            if applied:
+                self.nonfinite_in_a_row = 0
+                window_logs.append({k: v / done for k, v in step_logs.items()})
+                window_logs[-1]["lr"] = step_lr
+                if grad_norm is not None:
+                    window_logs[-1]["grad_norm"] = grad_norm
+            else:
+                self._skip_step("loss" if loss_bad else "gradient", micro)  # raises after too many in a row
+                window_logs.append({"lr": step_lr})
             if epoch_ended or (self.loader_len is not None and self.batches_in_epoch >= self.loader_len):
                 self.epoch += 1
                 self.batches_in_epoch = 0
                 data_iter = None
-            if hasattr(self.task, "on_step_end"):
+            if applied and hasattr(self.task, "on_step_end"):
                 self.task.on_step_end(self.model, self.step)
             self.logger.progress(1, {"loss": f"{window_logs[-1].get('loss', float('nan')):.4f}"})
             final = self.step >= self.total_steps
@@ -618,14 +687,27 @@ class Trainer:
             self.save_checkpoint()
             self.logger.info("training finished at step %d", self.step)
         return {"step": self.step, "epoch": self.epoch, "metrics": last_metrics, "eval": eval_results,
-                "stopped_by_signal": stopped_by_signal}
+                "stopped_by_signal": stopped_by_signal, "skipped_steps": self.nonfinite_total}
 
-    def _optimizer_step(self) -> Optional[float]:
+    def _optimizer_step(self) -> tuple[bool, Optional[float]]:
+        """Apply the accumulated gradients; return (applied, the clipped-from grad norm or None).
+
+        Without a grad scaler a non-finite gradient norm (on any rank) applies nothing and
+        returns ``applied=False``; with one, the scaler's own check skips such a step and lowers
+        the scale (the usual fp16 overflow, not counted as a non-finite step)."""
         grad_norm = None
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
+        norm = None
         if self.cfg.clip_grad_norm is not None:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self._params, self.cfg.clip_grad_norm))
+            norm = torch.nn.utils.clip_grad_norm_(self._params, self.cfg.clip_grad_norm)
+        elif self.scaler is None:
+            norm = _total_grad_norm(self._params)
+        if self.scaler is None and self._any_rank(~torch.isfinite(norm)):  # type: ignore[arg-type]
+            self._bad_grad_norm = float(norm)  # type: ignore[arg-type]
+            return False, None
+        if self.cfg.clip_grad_norm is not None:
+            grad_norm = float(norm)  # type: ignore[arg-type]
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -635,12 +717,42 @@ class Trainer:
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.model)
-        return grad_norm
+        return True, grad_norm
+
+    def _skip_step(self, reason: str, micro: list["_MicroRecord"]) -> None:
+        """Drop the step just counted (no update), say why, and stop after too many in a row.
+
+        The scheduler still advances, so that the lr stays a function of the step count (as when
+        a GradScaler skips a step); the EMA and ``on_step_end`` see no update; the counters are
+        checkpointed, so a resumed run decides as an uninterrupted one would."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()" if the first step is skipped
+            warnings.simplefilter("ignore", UserWarning)
+            self.scheduler.step()
+        self.nonfinite_in_a_row += 1
+        self.nonfinite_total += 1
+        what = "loss" if reason == "loss" else f"gradient (norm {self._bad_grad_norm})"
+        limit = self.cfg.max_nonfinite_steps
+        self.logger.warning("step %d skipped: non-finite %s; no update (%d in a row, limit %d; %d skipped in this run)",
+                            self.step, what, self.nonfinite_in_a_row, limit, self.nonfinite_total)
+        # a bad loss: the micro-batches whose loss was bad; a bad gradient: all of them
+        mine = [(i, m) for i, m in enumerate(micro) if m.loss_bad or reason != "loss"]
+        lines = [f"rank {self.rank} micro-batch {i + 1}/{len(micro)}: {m.describe()}" for i, m in mine]
+        for rank_lines in D.all_gather_object(lines):  # every rank is here: the decision was collective
+            for line in rank_lines:
+                self.logger.warning("step %d skipped: %s", self.step, line)
+        if self.nonfinite_in_a_row >= limit:
+            msg = (f"training stopped at step {self.step}: {self.nonfinite_in_a_row} steps in a row had a non-finite "
+                   f"loss or gradient (max_nonfinite_steps={limit}; their loss terms and sample ids are in the "
+                   f"warnings above). Last checkpoint: {self._last_checkpoint()}")
+            self.logger.warning("%s", msg)
+            raise NonFiniteError(msg)
 
     def _log_metrics(self, window_logs: list[dict[str, float]], samples: int, elapsed: float,
                      data_time: float, compute_time: float, steps: int) -> dict[str, Any]:
         keys = sorted({k for d in window_logs for k in d})
-        means = torch.tensor([sum(d.get(k, 0.0) for d in window_logs) / max(1, len(window_logs)) for k in keys],
+        # each key over the steps that have it (a skipped step logs only its lr)
+        means = torch.tensor([_mean([d[k] for d in window_logs if k in d]) for k in keys],
                              dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
         means = D.all_reduce_mean(means)
         values: dict[str, Any] = {k: float(v) for k, v in zip(keys, means.tolist())}
@@ -650,6 +762,7 @@ class Trainer:
             "data_time_s": data_time / max(1, steps),
             "compute_time_s": compute_time / max(1, steps),
             "samples_seen": self.samples_seen,
+            "skipped_steps": self.nonfinite_total,
         })
         self.logger.metrics(self.step, values)
         eta = (self.total_steps - self.step) * elapsed / max(1, steps)
@@ -660,6 +773,40 @@ class Trainer:
             values["data_time_s"], values["compute_time_s"], _fmt_eta(eta),
         )
         return values
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _total_grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
+    """L2 norm of all gradients together (0 if there are none)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6: fused per-device norms
+        return torch.nn.utils.get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach()) for g in grads]))
+
+
+@dataclass
+class _MicroRecord:
+    """What a skipped step's warning says about one micro-batch."""
+
+    logs: dict[str, float]
+    ids: Any
+    loss_bad: bool
+
+    def describe(self) -> str:
+        terms = " ".join(f"{k}={v:.6g}" for k, v in self.logs.items()) or "no scalar outputs"
+        ids = "unknown (the batch carries no sample_ids)" if self.ids is None else _as_list(self.ids)
+        return f"{terms}; sample ids {ids}"
+
+
+def _as_list(ids: Any) -> list:
+    if isinstance(ids, torch.Tensor):
+        return ids.tolist()
+    return list(ids) if isinstance(ids, (list, tuple)) else [ids]
 
 
 def _fmt_eta(seconds: float) -> str:
