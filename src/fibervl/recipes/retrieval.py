@@ -8,7 +8,8 @@
 
 Fine-tuning: ITC + ITM with hard negatives (the coarse pre-training task with the MLM weight 0).
 Evaluation: dual-encoder (ITC) recall and the ITC top-``eval.rerank_k`` re-ranked with
-ITC + ITM (see :mod:`fibervl.tasks.retrieval`), R@1/5/10 both ways and rsum.
+ITC + ITM (see :mod:`fibervl.tasks.retrieval`), R@1/5/10 both ways and rsum; with
+``eval.modes`` the paper's Table 4 modes side by side with their costs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from ..data.transforms import train_transforms
 from ..engine.precision import uses_bf16
@@ -36,11 +39,20 @@ EVALUATE_FLAGS = {"--model": "model.init", "--data-root": "data.root", "--split"
 @dataclass
 class RetrievalEval:
     """``rerank_k``: re-rank the dual encoder's top k with ITC + ITM (0: dual encoder only; at
-    least the gallery size: the full ensemble); ``faiss``: find the candidates with FAISS."""
+    least the gallery size: the full ensemble); ``faiss``: find the candidates with FAISS.
+    ``modes``: the paper's Table 4 side by side, each with its recall, fused passes and seconds:
+    ``itc``, ``itm`` (ITM alone over every pair), ``itc+itm`` (their sum over every pair),
+    ``rerank@K`` (e.g. ``[itc, itm, itc+itm, rerank@10, rerank@20, rerank@50, rerank@100]``).
+    ``prefix_dtype`` (``float32`` or ``bfloat16``: empty keeps what the model computes) and
+    ``prefix_dir`` (a directory: the gallery's prefixes memory-mapped there instead of in RAM)
+    keep large galleries in memory bounds (:mod:`fibervl.tasks.gallery`)."""
 
     rerank_k: int = 16
     faiss: bool = False
     itm_batch_size: int = 64
+    modes: tuple[str, ...] = ()
+    prefix_dtype: str = ""
+    prefix_dir: str = ""
 
 
 RetrievalData = FinetuneCaptionData  # captions, and training on cached image prefixes
@@ -59,11 +71,18 @@ def _sizes(cfg, model) -> tuple[int, int]:
     return cfg.data.image_size or model.config.vision.image_size, cfg.data.max_text_len or model.config.text.max_text_len
 
 
+PREFIX_DTYPES = {"": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
 def evaluate(cfg: RetrievalConfig, model, tokenizer, split: str | None = None) -> dict:
+    if cfg.eval.prefix_dtype not in PREFIX_DTYPES:
+        raise ValueError(f"eval.prefix_dtype={cfg.eval.prefix_dtype!r}: use float32 or bfloat16 (empty: as computed)")
     image_size, max_len = _sizes(cfg, model)
     return evaluate_retrieval(model, tokenizer, caption_reader(cfg.data, split or cfg.data.eval_split), image_size, max_len,
                               limit=cfg.data.num_eval, rerank_k=cfg.eval.rerank_k, use_faiss=cfg.eval.faiss,
-                              itm_batch_size=cfg.eval.itm_batch_size, bf16=uses_bf16(cfg.train.precision, cfg.train.device))
+                              itm_batch_size=cfg.eval.itm_batch_size, bf16=uses_bf16(cfg.train.precision, cfg.train.device),
+                              modes=cfg.eval.modes, prefix_dtype=PREFIX_DTYPES[cfg.eval.prefix_dtype],
+                              prefix_dir=cfg.eval.prefix_dir or None)
 
 
 def run(cfg: RetrievalConfig) -> dict:

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -122,10 +123,10 @@ def itm_pair_scores(model, images: torch.Tensor, input_ids: torch.Tensor, attent
     """ITM log-odds (match logit minus no-match logit) of (image, text) pairs.
 
     images [I, 3, S, S]; input_ids / attention_mask [T, L]; pairs [P, 2] (image index, text
-    index) -> [P] float32 on the CPU. One fused pass per pair, ``batch_size`` pairs at a time,
-    above the unfused prefixes: those are computed once for each image and text the pairs use
-    (``model.image_prefix`` / ``text_prefix``), however many pairs it is in. Inputs and
-    prefixes stay on the CPU; each batch goes to the model's device.
+    index) -> [P] float32 on the CPU. The unfused prefixes are computed once for each image and
+    text the pairs use (``model.image_prefix`` / ``text_prefix``), however many pairs it is in;
+    then :func:`itm_prefix_pair_scores`. Inputs and prefixes stay on the CPU; each batch goes to
+    the model's device.
     """
     device = next(model.parameters()).device
     pairs = pairs.cpu()
@@ -137,19 +138,33 @@ def itm_pair_scores(model, images: torch.Tensor, input_ids: torch.Tensor, attent
         image_prefix = torch.cat([model.image_prefix(images[c].to(device)).cpu() for c in used_images.split(batch_size)])
         text_prefix = torch.cat([model.text_prefix(input_ids[c].to(device), attention_mask[c].to(device)).cpu()
                                  for c in used_texts.split(batch_size)])
-    mask_rows = attention_mask[used_texts]
+    return itm_prefix_pair_scores(model, image_prefix, text_prefix, attention_mask[used_texts],
+                                  torch.stack([image_row, text_row], dim=1), batch_size, bf16)
+
+
+@torch.no_grad()
+def itm_prefix_pair_scores(model, image_prefixes: torch.Tensor, text_prefixes: torch.Tensor,
+                           attention_mask: torch.Tensor, pairs: torch.Tensor, batch_size: int = 64,
+                           bf16: bool = False) -> torch.Tensor:
+    """ITM log-odds of (image, text) pairs from stored prefixes: image_prefixes [I, Hs, Ws, Cs],
+    text_prefixes [T, L, D] and attention_mask [T, L] (in any dtype, in memory or memory-mapped:
+    :mod:`fibervl.tasks.gallery`), pairs [P, 2] -> [P] float32 on the CPU. One fused pass per
+    pair, ``batch_size`` pairs at a time; only the rows a batch uses are read."""
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype  # stored bf16 prefixes enter an fp32 model as fp32
+    pairs = pairs.cpu()
     out = []
     for start in range(0, pairs.shape[0], batch_size):
-        rows = slice(start, start + batch_size)
-        mask = mask_rows[text_row[rows]]
+        images, texts = pairs[start:start + batch_size].unbind(1)
+        mask = attention_mask[texts]
         length = int(mask.sum(1).max())  # drop the columns that are padding for every text here
         with precision_context(device, bf16):
             cls = model.fuse(None, None, mask[:, :length].to(device),
-                             image_prefix=image_prefix[image_row[rows]].to(device),
-                             text_prefix=text_prefix[text_row[rows], :length].to(device)).cls_feats
+                             image_prefix=image_prefixes[images].to(device, dtype),
+                             text_prefix=text_prefixes[texts, :length].to(device, dtype)).cls_feats
             logits = model.itm_logits(cls).float()
         out.append((logits[:, 1] - logits[:, 0]).cpu())
-    return torch.cat(out)
+    return torch.cat(out) if out else torch.zeros(0)
 
 
 def rerank_scores(itc: torch.Tensor, pair_scorer, k: int,
@@ -184,40 +199,110 @@ def rerank_scores(itc: torch.Tensor, pair_scorer, k: int,
     return lift(cand_i2t), lift(cand_t2i)
 
 
+def parse_mode(mode: str) -> tuple[str, int]:
+    """A retrieval mode of the paper's Table 4 -> (kind, k): ``itc`` (the dual encoder), ``itm``
+    (ITM alone over every pair), ``itc+itm`` (their sum over every pair), ``rerank@K`` (the ITC
+    top K re-scored with ITC + ITM)."""
+    if mode in ("itc", "itm", "itc+itm"):
+        return mode, 0
+    if mode.startswith("rerank@") and mode[7:].isdigit() and int(mode[7:]) > 0:
+        return "rerank", int(mode[7:])
+    raise ValueError(f"unknown retrieval mode {mode!r}: use itc, itm, itc+itm or rerank@K (e.g. rerank@20)")
+
+
+def _recall_both_ways(s_i2t: torch.Tensor, s_t2i: torch.Tensor, t2i: torch.Tensor) -> dict[str, float]:
+    """Recall of image->text read from ``s_i2t`` and text->image from ``s_t2i`` (both [I, T]), with rsum."""
+    r = {k: v for k, v in retrieval_recall(s_i2t, t2i).items() if k.startswith("i2t")}
+    r.update({k: v for k, v in retrieval_recall(s_t2i, t2i).items() if k.startswith("t2i")})
+    r["rsum"] = sum(r.values())
+    return r
+
+
 @torch.no_grad()
 def evaluate_retrieval(model, tokenizer: Tokenizer, reader, image_size: int, max_length: int, limit: int = 0,
                        rerank_k: int = 16, use_faiss: bool = False, itm_batch_size: int = 64,
-                       bf16: bool = False) -> dict[str, float]:
+                       bf16: bool = False, modes: tuple[str, ...] = (), prefix_dtype: torch.dtype | None = None,
+                       prefix_dir: str | Path | None = None) -> dict[str, float]:
     """Dual-encoder recall (``itc_*`` keys) and, with ``rerank_k`` > 0, the re-ranked recall
-    (``rerank_*``: top ``rerank_k`` re-scored with ITC + ITM) over a captions split."""
+    (``rerank_*``: top ``rerank_k`` re-scored with ITC + ITM) over a captions split.
+
+    ``modes`` (see :func:`parse_mode`) adds the paper's Table 4 comparison: for each mode
+    ``MODE/<recall>``, ``MODE/pairs`` (fused passes) and ``MODE/seconds`` (its scoring time; the
+    gallery's prefixes, computed once for all modes, are ``prefixes/seconds``). The fused passes
+    read the gallery's prefixes, computed a batch of images at a time and kept in
+    ``prefix_dtype`` (default as computed), in memory or memory-mapped in ``prefix_dir``
+    (:mod:`fibervl.tasks.gallery`)."""
+    from .gallery import image_prefix_rows, text_prefix_rows, tokenize_gallery
+
+    parsed = [(m, *parse_mode(m)) for m in modes]
     paths, texts, text_to_image = _limit(reader, limit)
+    start = time.perf_counter()
     image_embed, text_embed = _embed_split(model, tokenizer, paths, texts, image_size, max_length, bf16)
+    itc_seconds = time.perf_counter() - start
     was_training = model.training
     model.eval()
     try:
         itc = image_embed @ text_embed.t()  # cosine similarities
         t2i = torch.tensor(text_to_image)
-        metrics = {f"itc_{k}": v for k, v in retrieval_recall(itc, t2i).items()}
+        metrics: dict[str, float] = {f"itc_{k}": v for k, v in retrieval_recall(itc, t2i).items()}
+        scorer, prefix_seconds = None, None
+        if rerank_k > 0 or any(kind != "itc" for _, kind, _ in parsed):
+            start = time.perf_counter()
+            ids, mask = tokenize_gallery(tokenizer, texts, max_length)
+            image_rows = image_prefix_rows(model, paths, image_size, itm_batch_size, bf16, prefix_dtype, prefix_dir)
+            text_rows = text_prefix_rows(model, ids, mask, 4 * itm_batch_size, bf16, prefix_dtype, prefix_dir)
+            prefix_seconds = time.perf_counter() - start
+
+            def scorer(pairs: torch.Tensor) -> torch.Tensor:
+                return itm_prefix_pair_scores(model, image_rows, text_rows, mask, pairs, itm_batch_size, bf16)
+
         if rerank_k > 0:
             # Candidates from the embeddings (cosine order = ITC order); with FAISS for large
             # galleries. The recall itself still reads the dense [I, T] matrix.
             candidates = (topk_candidates(image_embed, text_embed, rerank_k, use_faiss)[1],
                           topk_candidates(text_embed, image_embed, rerank_k, use_faiss)[1])
-            images = load_image_tensors(paths, image_size)
-            tokens = tokenizer(texts, max_length=max_length, padding="longest")
-            scorer = lambda pairs: itm_pair_scores(model, images, tokens.input_ids, tokens.attention_mask,  # noqa: E731
-                                                   pairs, itm_batch_size, bf16)
-            s_i2t, s_t2i = rerank_scores(itc, scorer, rerank_k, candidates)
-            r_i2t, r_t2i = retrieval_recall(s_i2t, t2i), retrieval_recall(s_t2i, t2i)
-            rr = {k: v for k, v in r_i2t.items() if k.startswith("i2t")}
-            rr.update({k: v for k, v in r_t2i.items() if k.startswith("t2i")})
-            rr["rsum"] = sum(rr.values())
+            rr = _recall_both_ways(*rerank_scores(itc, scorer, rerank_k, candidates), t2i)
             metrics.update({f"rerank_{k}": v for k, v in rr.items()})
             metrics["rerank_k"] = rerank_k
+        if parsed:
+            metrics.update(_compare_modes(parsed, itc, t2i, scorer, itc_seconds))
+            if prefix_seconds is not None:
+                metrics["prefixes/seconds"] = prefix_seconds
     finally:
         model.train(was_training)
     metrics.update(images=len(paths), texts=len(texts))
     return metrics
+
+
+def _compare_modes(parsed, itc: torch.Tensor, t2i: torch.Tensor, scorer, itc_seconds: float) -> dict[str, float]:
+    """Recall, fused passes and scoring seconds of each mode (see :func:`evaluate_retrieval`).
+    ``itc_seconds``: the encoder passes and the product, the dual encoder's whole cost."""
+    out: dict[str, float] = {}
+    every_pair = None  # ITM of every pair: "itm" and "itc+itm" need the same passes, scored once
+
+    def timed(fn):
+        start = time.perf_counter()
+        result = fn()
+        return result, time.perf_counter() - start
+
+    for name, kind, k in parsed:
+        if kind == "itc":
+            scores, pairs, seconds = (itc, itc), 0, itc_seconds
+        elif kind == "rerank":
+            scored = []
+            scores, seconds = timed(lambda: rerank_scores(itc, lambda p: scored.append(len(p)) or scorer(p), k))
+            pairs = sum(scored)
+        else:
+            if every_pair is None:
+                grid = torch.cartesian_prod(torch.arange(itc.shape[0]), torch.arange(itc.shape[1]))
+                every_pair = timed(lambda: scorer(grid).reshape(itc.shape))
+            itm, seconds = every_pair
+            both = itm if kind == "itm" else itc + itm
+            scores, pairs = (both, both), itc.numel()
+        out.update({f"{name}/{m}": v for m, v in _recall_both_ways(*scores, t2i).items()})
+        out[f"{name}/pairs"] = pairs
+        out[f"{name}/seconds"] = seconds
+    return out
 
 
 @torch.no_grad()
