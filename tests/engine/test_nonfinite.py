@@ -90,6 +90,22 @@ def test_nan_gradient_with_a_finite_loss_is_caught(tmp_path: Path, clip) -> None
     assert int(final_state(cfg.run_dir, 4)["optimizer"]["state"][0]["step"]) == 3
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")  # the scaler skipped step 1
+def test_fp16_leaves_gradients_to_the_grad_scaler(tmp_path: Path) -> None:
+    """A NaN gradient under fp16 is the GradScaler's business (skip, lower the scale, not
+    counted); a NaN loss is still a skipped, counted step."""
+    task = FaultyRegressionTask(nan_loss_at={2}, nan_grad_at={4})
+    cfg = make_cfg(tmp_path, "run", precision="fp16", max_steps=5)
+    trainer = Trainer(cfg, ToyModel(), task, IdRegressionData())
+    scales = []
+    task.on_step_end = lambda model, step: scales.append((step, trainer.scaler.get_scale()))
+    assert trainer.fit()["skipped_steps"] == 1
+    assert same(weights_at(task, 2), weights_at(task, 3)) and same(weights_at(task, 4), weights_at(task, 5))
+    assert dict(scales)[4] == dict(scales)[3] / 2  # the scaler saw the NaN and halved its scale
+    log = (Path(cfg.run_dir) / "train.log").read_text()
+    assert "step 2 skipped: non-finite loss" in log and "step 4 skipped" not in log
+
+
 def test_stops_after_max_nonfinite_steps_in_a_row(tmp_path: Path) -> None:
     # steps 2-3 bad, 4 good (resets the count), 5-6-7 bad: the third in a row stops the run
     task = FaultyRegressionTask(nan_loss_at={2, 3, 5, 6, 7})
