@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from ..engine.checkpoint import describe_torch_load_error
+
 
 class ConversionError(ValueError):
     """A source checkpoint has a key no rule knows, lacks a needed key, or holds a bad tensor."""
@@ -59,7 +61,7 @@ def load_torch_checkpoint(path: str | Path, nested_keys: tuple[str, ...] = ()) -
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for damaged or unsafe files
-        raise ConversionError(f"{path}: cannot load as a torch checkpoint with weights_only=True ({err})") from None
+        raise ConversionError(f"cannot load torch checkpoint {describe_torch_load_error(path, err)}") from None
     if isinstance(obj, dict):
         for key in nested_keys:
             if key in obj and isinstance(obj[key], dict):

@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 import time
@@ -285,7 +286,30 @@ def load_state(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated/corrupt/unsafe files
-        raise CheckpointError(f"cannot load checkpoint state file {f}: {type(e).__name__}: {e}") from e
+        raise CheckpointError(f"cannot load checkpoint state file {describe_torch_load_error(f, e)}") from e
+
+
+def describe_torch_load_error(path: str | Path, err: BaseException) -> str:
+    """``"<path>: <what went wrong>"`` for a failed ``torch.load(path, weights_only=True)``.
+
+    torch's weights-only unpickler refuses any pickle that needs more than tensors and plain
+    containers, which is what a file crafted to run code needs. Say that in one line, instead of
+    torch's paragraph, which suggests retrying with ``weights_only=False``: the one thing not to
+    do with a file of unknown origin."""
+    text = str(err)
+    if isinstance(err, pickle.UnpicklingError) and "WeightsUnpickler error" in text:
+        glob = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if glob:
+            return (f"{path}: refused: loading it would call or import {glob.group(1)}, i.e. run code, so it was "
+                    "not loaded (fibervl unpickles only tensors and plain containers, weights_only=True). "
+                    "Re-save the weights as a dict of tensors or as safetensors from a copy you trust")
+        op = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+        return (f"{path}: not readable as plain tensors with weights_only=True ({op.group(1).strip() if op else 'refused'}): "
+                "a corrupt file, not a torch checkpoint, or a pickle that needs code to load; it was not loaded")
+    if isinstance(err, EOFError):
+        return f"{path}: the file ends early (empty or truncated)"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"{path}: {type(err).__name__}: {first}"
 
 
 def load_model_weights(path: str | Path, model: nn.Module, strict: bool = True) -> None:
