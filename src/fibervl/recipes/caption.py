@@ -2,7 +2,7 @@
 
     fibervl finetune caption --config configs/fiber-tiny_caption_shapes.yaml model.init=runs/coarse/model
     fibervl evaluate caption --model RUN/model data.root=data/shapes data.eval_split=test [--baseline]
-    fibervl predict caption --model RUN/model --image x.png [--beam 3] [--max-length 20]
+    fibervl predict caption --model RUN/model (--image x.png | --images DIR) [--beam 3] [--max-length 20]
 
 Fine-tuning is maximum likelihood with teacher forcing (``tasks.caption``); with
 ``model.freeze_prefix=true data.cache_image_prefix=true`` it trains on each image's frozen prefix
@@ -17,7 +17,6 @@ when its models are not installed. The run directory ends with ``model/`` (weigh
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +28,9 @@ from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import ModelSpec, build_model, load_tokenizer
 from ..modeling.fiber import FiberModel
 from ..tasks.caption import (
-    CaptionSettings, CaptionTask, caption_paths, evaluate_captioning, most_frequent_caption_baseline,
+    CaptionSettings, CaptionTask, evaluate_captioning, most_frequent_caption_baseline,
 )
+from ..predict.cli import main as predict_main
 from .coarse_pretrain import FinetuneCaptionData, caption_reader
 from .common import PairCollator, export_model, fused_training_data, model_tokenizer, parse_run_cli
 
@@ -154,25 +154,5 @@ def _evaluate_command(argv: list[str]) -> int:
     return 0
 
 
-def _predict_command(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="fibervl predict caption",
-                                     description="Caption images with a fine-tuned model; prints JSON lines.")
-    parser.add_argument("--model", required=True, help="a model directory (run_dir/model of finetune caption)")
-    parser.add_argument("--image", required=True, nargs="+", help="image file(s)")
-    parser.add_argument("--beam", type=int, default=3, help="beam size (1 = greedy)")
-    parser.add_argument("--max-length", type=int, default=20, help="most generated tokens")
-    parser.add_argument("--length-penalty", type=float, default=1.0)
-    parser.add_argument("--tokenizer", help="tokenizer directory if the model directory has none")
-    args = parser.parse_args(argv)
-    model = FiberModel.from_pretrained(args.model).eval()
-    _check_caption_head(model, args.model)
-    tokenizer = model_tokenizer(args.model, args.tokenizer)
-    settings = CaptionSettings(beam_size=args.beam, max_length=args.max_length, length_penalty=args.length_penalty)
-    captions = caption_paths(model, tokenizer, [Path(p) for p in args.image], model.config.vision.image_size,
-                             settings.decode_config())
-    for path, caption in zip(args.image, captions):
-        print(json.dumps({"image": path, "caption": caption}))
-    return 0
-
-
-COMMANDS = {"finetune": _finetune_command, "evaluate": _evaluate_command, "predict": _predict_command}
+COMMANDS = {"finetune": _finetune_command, "evaluate": _evaluate_command,
+            "predict": lambda argv: predict_main("caption", argv)}
