@@ -90,7 +90,8 @@ class Reader(Sequence[Sample]):
     """A parsed annotation file: an indexable list of :class:`Sample`.
 
     ``skip_bad=False`` (default): the first bad record raises :class:`DataError`.
-    ``skip_bad=True``: bad records are left out and counted in ``self.skipped``.
+    ``skip_bad=True``: bad records are left out, counted in ``self.skipped`` and warned about
+    (see :class:`~fibervl.data.errors.SkipReport`).
     ``self.truncated`` counts texts cut to ``max_text_chars``.
     Images are not opened here (see ``fibervl.data.processor.load_images``).
     """
