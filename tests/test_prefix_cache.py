@@ -34,7 +34,9 @@ def _frozen_micro(tokenizer: Tokenizer, **changes) -> FiberModel:
 
 def _step(model, task, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     model.zero_grad(set_to_none=True)
-    torch.manual_seed(1)  # the same ITM negatives in both steps
+    torch.manual_seed(1)  # the same random draws in both steps (the coarse task's come from its step count)
+    if isinstance(task, CoarsePretrainTask):
+        task.sampling_steps.zero_()
     loss = task.training_step(model, batch)["loss"]
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}

@@ -69,8 +69,8 @@ def test_hard_negatives_skip_pairs_of_the_same_image(monkeypatch):
     seen = []
     real = pretrain_coarse.sample_hard_negatives
 
-    def spy(logits, positive, generator=None, exclude=None):
-        choice = real(logits, positive, generator, exclude)
+    def spy(logits, positive, generator=None, exclude=None, **rows):
+        choice = real(logits, positive, generator, exclude, **rows)
         seen.append(choice)
         return choice
 
@@ -106,8 +106,8 @@ def test_random_itm_negatives_ignore_the_itc_similarities(monkeypatch):
     for mode in ("hard", "random"):
         calls = []
 
-        def spy(logits, positive, generator=None, exclude=None):
-            choice = real(logits, positive, generator, exclude)
+        def spy(logits, positive, generator=None, exclude=None, **rows):
+            choice = real(logits, positive, generator, exclude, **rows)
             calls.append(choice[2])  # row 2 (image 1) may draw rows 0, 1, 3, 4, 5
             return choice
 
@@ -194,3 +194,25 @@ def test_two_identical_coarse_steps_give_bitwise_equal_gradients():
         assert not differ, differ[:5]
     finally:
         torch.set_num_threads(threads)
+
+
+def test_step_draws_come_from_the_seed_and_the_checkpointed_step_count():
+    """Each step's generator depends only on (seed, steps taken): the same on every rank, a new
+    one every step, another for another seed; the count is task state, and a checkpoint written
+    before it existed loads with the count at 0."""
+    model = FiberModel(micro_config())
+
+    def draws(task, steps=2):
+        return [torch.rand(4, generator=task.step_generator(torch.device("cpu"))) for _ in range(steps)]
+
+    a, b = draws(make_task(model)), draws(make_task(model))
+    assert all(torch.equal(x, y) for x, y in zip(a, b)) and not torch.equal(a[0], a[1])
+    other = CoarsePretrainTask(CoarseObjectives(), 24, 100, 99, (0, 1, 2), seed=1)
+    assert not torch.equal(draws(other, 1)[0], a[0])
+    task = make_task(model)
+    draws(task, 1)
+    resumed = make_task(model)
+    resumed.load_state_dict(task.state_dict())
+    assert int(resumed.sampling_steps) == 1 and torch.equal(draws(resumed, 1)[0], a[1])
+    resumed.load_state_dict({})
+    assert int(resumed.sampling_steps) == 0

@@ -9,6 +9,13 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parents[1] / "src"
+# rendezvous on the loopback address only, on a free port torchrun picks
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0",
+            "--nproc_per_node", "2"]
+
+
+def _env(**extra: str) -> dict:
+    return dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{HERE}", OMP_NUM_THREADS="1", **extra)
 
 
 def test_two_process_ddp_matches_single_process(tmp_path: Path) -> None:
@@ -57,3 +64,35 @@ def test_two_process_ddp_matches_single_process(tmp_path: Path) -> None:
 
             fresh = (DualEncoder() if kind == "itc" else ToyModel()).state_dict()[k]
             assert not torch.allclose(r0[k], fresh, atol=1e-4)
+
+
+def test_coarse_step_draws_the_same_hard_negatives_at_any_world_size(tmp_path: Path) -> None:
+    """fiber-tiny's coarse step on 8 pairs: 2 gloo processes with 4 pairs each choose exactly the
+    ITM hard negatives (and MLM masks) one process chooses with all 8, in both of two steps, and
+    give its losses and (DDP-averaged) gradients up to float rounding. The batch has pairs of one
+    image on different ranks, and ranks whose texts are padded to different lengths."""
+    single = subprocess.run([sys.executable, str(HERE / "ddp_worker.py"), "coarse", str(tmp_path)], env=_env(),
+                            capture_output=True, text=True, timeout=120)
+    assert single.returncode == 0, single.stderr[-3000:]
+    res = subprocess.run([*TORCHRUN, str(HERE / "ddp_worker.py"), "coarse", str(tmp_path)], env=_env(),
+                         capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    one = torch.load(tmp_path / "coarse_rank0_world1.pt", weights_only=True)
+    r0, r1 = (torch.load(tmp_path / f"coarse_rank{r}_world2.pt", weights_only=True) for r in (0, 1))
+    for step in (0, 1):
+        for kind in ("neg_text", "neg_image"):
+            chosen = torch.cat([r0[f"{kind}.{step}"], r1[f"{kind}.{step}"]])
+            assert torch.equal(chosen, one[f"{kind}.{step}"]), (kind, step, chosen, one[f"{kind}.{step}"])
+            assert chosen[0] != 7 and chosen[7] != 0 and chosen[3] != 4 and chosen[4] != 3  # same image
+        for key in ("loss", "itc", "itm", "mlm"):  # each rank's loss is a mean over its half
+            both = (r0[f"{key}.{step}"] + r1[f"{key}.{step}"]) / 2
+            torch.testing.assert_close(both, one[f"{key}.{step}"], rtol=1e-5, atol=0, msg=f"{key} at step {step}")
+        grads = [k for k in one if k.startswith("grad.") and k.endswith(f".{step}")]
+        assert grads and set(grads) == {k for k in r0 if k.startswith("grad.") and k.endswith(f".{step}")}
+        largest = max(one[k].abs().max().item() for k in grads)
+        for k in grads:
+            assert torch.equal(r0[k], r1[k]), k
+            # the same sums in other orders (4 rows instead of 8): float rounding only
+            torch.testing.assert_close(r0[k], one[k], rtol=1e-4, atol=1e-5 * largest, msg=k)
+    assert not torch.equal(one["neg_text.0"], one["neg_text.1"])  # each step draws anew
+

@@ -141,6 +141,27 @@ def test_hard_negatives_reproducible_with_generator() -> None:
     assert torch.equal(a, b)
 
 
+def test_hard_negatives_of_a_row_slice_are_the_whole_matrix_choices() -> None:
+    """Ranks holding rows 0:3 and 3:8 of the global similarities, each with a generator seeded
+    like the others', choose what one process chooses for all 8 rows (at equal or different
+    slice sizes); a slice outside the matrix is an error."""
+    logits = torch.randn(8, 8, generator=torch.Generator().manual_seed(5))
+    pos = torch.arange(8)
+    exclude = torch.zeros(8, 8, dtype=torch.bool)
+    exclude[0, 7] = exclude[7, 0] = True  # pairs of one image, on different ranks
+    whole = sample_hard_negatives(logits, pos, torch.Generator().manual_seed(6), exclude)
+    for bounds in ((0, 4, 8), (0, 3, 8)):
+        parts = [sample_hard_negatives(logits[a:b], pos[a:b], torch.Generator().manual_seed(6), exclude[a:b],
+                                       row_offset=a, total_rows=8) for a, b in zip(bounds, bounds[1:])]
+        assert torch.equal(torch.cat(parts), whole)
+    # a rank drawing only for its own rows (the draws before the fix) chooses otherwise
+    own = [sample_hard_negatives(logits[a:a + 4], pos[a:a + 4], torch.Generator().manual_seed(6), exclude[a:a + 4])
+           for a in (0, 4)]
+    assert not torch.equal(torch.cat(own), whole)
+    with pytest.raises(ValueError, match="not inside"):
+        sample_hard_negatives(logits[4:], pos[4:], row_offset=6, total_rows=8)
+
+
 def test_itm_batch_layout() -> None:
     image = torch.arange(2.0)[:, None].expand(2, 3)          # local images 0, 1
     ids = torch.tensor([[10, 11], [20, 21]])

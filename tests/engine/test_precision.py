@@ -128,7 +128,9 @@ def test_training_forward_computes_the_same_step_as_the_fused_kernel(what):
         task = CoarsePretrainTask(CoarseObjectives(), cfg.hidden_size, cfg.text.vocab_size, cfg.text.mask_token_id,
                                   (0, 1, 2))
         batch = {"images": images, "input_ids": ids, "attention_mask": mask, "image_ids": torch.arange(4)}
-        def step(): return task.training_step(model, batch)["loss"], model  # noqa: E704
+        def step():
+            task.sampling_steps.zero_()  # the task draws masks and negatives from its step count
+            return task.training_step(model, batch)["loss"], model
     else:
         def step(): return caption_mle_loss(model, images, ids, mask)[0], model  # noqa: E704
 
@@ -142,5 +144,6 @@ def test_training_forward_computes_the_same_step_as_the_fused_kernel(what):
     loss_b, grads_b = _grads_of(in_context)
     torch.testing.assert_close(loss_b, loss_a, rtol=1e-5, atol=1e-6)
     assert grads_a.keys() == grads_b.keys() and any(".t2i." in n or ".i2t." in n for n in grads_a)
-    for name in grads_a:
-        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-4, atol=1e-6, msg=name)
+    largest = max(g.abs().max().item() for g in grads_a.values())
+    for name in grads_a:  # other kernels, other rounding: an absolute floor in proportion to the gradients
+        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-4, atol=1e-6 * largest, msg=name)

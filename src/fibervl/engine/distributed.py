@@ -111,6 +111,16 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     return t / get_world_size()
 
 
+def max_over_ranks(value: int, device: torch.device | str = "cpu") -> int:
+    """The largest ``value`` over ranks (collective; ``value`` itself in a single process).
+    ``device`` must suit the backend (CUDA for NCCL)."""
+    if not is_distributed():
+        return value
+    t = torch.tensor([value], dtype=torch.long, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def _gather_sizes(n: int, device: torch.device) -> list[int]:
     size = torch.tensor([n], dtype=torch.long, device=device)
     sizes = [torch.zeros_like(size) for _ in range(get_world_size())]

@@ -98,7 +98,8 @@ class ITCOutput:
 
     ``logits_i2t``: ``[B, Bg + Q]`` local images vs all texts (global batch, then queue);
     ``logits_t2i``: ``[B, Bg + Q]`` local texts vs all images; ``targets``: ``[B]`` column of each
-    row's positive (``offset + arange(B)``); ``num_global``: ``Bg``; ``loss``: scalar.
+    row's positive (``offset + arange(B)``); ``num_global``: ``Bg``; ``offset``: this rank's first
+    row in the global batch; ``loss``: scalar.
     """
 
     loss: torch.Tensor
@@ -106,6 +107,7 @@ class ITCOutput:
     logits_t2i: torch.Tensor
     targets: torch.Tensor
     num_global: int
+    offset: int = 0
 
 
 def itc_logits(
@@ -161,7 +163,7 @@ def itc_logits(
         logits_t2i = txt @ img_cols.t() / temp
         targets = torch.arange(b, device=img.device) + offset
         loss = (F.cross_entropy(logits_i2t, targets) + F.cross_entropy(logits_t2i, targets)) / 2
-    return ITCOutput(loss, logits_i2t, logits_t2i, targets, num_global)
+    return ITCOutput(loss, logits_i2t, logits_t2i, targets, num_global, offset)
 
 
 def itc_loss(
@@ -183,6 +185,9 @@ def sample_hard_negatives(
     positive: torch.Tensor,
     generator: Optional[torch.Generator] = None,
     exclude: Optional[torch.Tensor] = None,
+    *,
+    row_offset: int = 0,
+    total_rows: Optional[int] = None,
 ) -> torch.Tensor:
     """Draw one negative column per row from ``softmax(logits[row])`` with the positive removed.
 
@@ -194,6 +199,11 @@ def sample_hard_negatives(
         exclude: optional ``[B, Bg]`` bool, True for other columns not to draw (e.g. captions of
             the same image). A row whose every non-positive column is excluded falls back to
             all non-positive columns.
+        row_offset, total_rows: ``logits`` are rows ``row_offset : row_offset + B`` of a
+            ``[total_rows, Bg]`` matrix spread over ranks (default: the whole matrix). The noise
+            is drawn for all ``total_rows`` rows and each rank keeps its own, so ranks whose
+            generators are seeded alike choose exactly what one process would choose for the
+            whole matrix, whatever the world size.
     Returns:
         ``[B]`` long column indices; never the positive. Sampling is exact (Gumbel-max), so a
         column is drawn with probability ``exp(l_j) / sum_{k != pos} exp(l_k)``; rows whose
@@ -209,6 +219,9 @@ def sample_hard_negatives(
     positive = positive.to(logits.device).long()
     if positive.shape != (b,) or bool(((positive < 0) | (positive >= bg)).any()):
         raise ValueError(f"positive must be [B] indices in [0, {bg}), got {positive.tolist()}")
+    total_rows = b if total_rows is None else total_rows
+    if row_offset < 0 or row_offset + b > total_rows:
+        raise ValueError(f"rows {row_offset}:{row_offset + b} are not inside a matrix of {total_rows} rows")
     rows = torch.arange(b, device=logits.device)
     is_pos = torch.zeros(b, bg, dtype=torch.bool, device=logits.device)
     is_pos[rows, positive] = True
@@ -225,7 +238,8 @@ def sample_hard_negatives(
         candidate[empty] = is_pos[empty]
         blocked = candidate
     lg = lg.masked_fill(blocked, float("-inf"))
-    u = torch.rand(lg.shape, generator=generator, device=lg.device, dtype=torch.float64)
+    u = torch.rand((total_rows, bg), generator=generator, device=lg.device, dtype=torch.float64)
+    u = u[row_offset : row_offset + b]
     # Gumbel noise; clamping u keeps it finite so -inf stays the unique minimum
     tiny = torch.finfo(torch.float64).tiny
     gumbel = -torch.log(-torch.log(u.clamp(tiny, 1.0 - 1e-16)))

@@ -9,6 +9,12 @@ One training step, for a batch of B image-text pairs per rank:
    the fusion encoder scores the 3B pairs -> ITM cross-entropy;
 3. 15 % of the text tokens masked 80/10/10 -> fusion encoder -> MLM cross-entropy.
 
+The random draws of steps 2 and 3 are world-size invariant: they come from a generator seeded
+alike on every rank from ``(seed, step count)``, are made for the global batch, and each rank
+keeps its own rows; the MLM loss is normalised by the global count of masked tokens. Under DDP
+(gradients averaged over ranks) N ranks of B pairs then draw the same negatives and masks, and
+give the same loss and gradients, as one process with the N*B pairs (up to float rounding).
+
 The batch is a dict with ``images [B, 3, H, W]``, ``input_ids [B, T]``, ``attention_mask [B, T]``
 and optionally ``image_ids [B]`` (pairs sharing an image are never drawn as negatives). A model
 with a frozen prefix may be given ``image_prefix [B, Hs, Ws, Cs]`` (cached, see
@@ -17,12 +23,13 @@ with a frozen prefix may be given ``image_prefix [B, Hs, Ws, Cs]`` (cached, see
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..engine.distributed import all_gather_no_grad, is_distributed
+from ..engine.distributed import all_gather_no_grad, get_world_size, is_distributed, max_over_ranks
 from .objectives import (
     FeatureQueue,
     clamp_temperature_,
@@ -32,6 +39,18 @@ from .objectives import (
     mask_tokens,
     sample_hard_negatives,
 )
+
+
+def pad_to_common_length(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad ``ids`` / ``mask [B, T]`` to the longest ``T`` over ranks (collective; unchanged
+    in one process). A collator pads each rank's batch to its own longest text, but the gathers
+    of the ITM negatives and MLM masks need one length. The added positions are masked (0), so
+    no real token attends to them and pooling skips them: their id (0) is never read."""
+    length = max_over_ranks(ids.shape[1], ids.device)
+    if length == ids.shape[1]:
+        return ids, mask
+    pad = (0, length - ids.shape[1])
+    return nn.functional.pad(ids, pad, value=0), nn.functional.pad(mask, pad, value=0)
 
 
 @dataclass
@@ -56,21 +75,46 @@ class CoarseObjectives:
 
 
 class CoarsePretrainTask(nn.Module):
-    """The engine task for coarse pre-training. Its ITC queue (if any) is a checkpointed buffer."""
+    """The engine task for coarse pre-training. Its ITC queue (if any) and the count of steps taken
+    (``sampling_steps``, which with ``seed`` seeds each step's negatives and masks) are
+    checkpointed buffers."""
 
     def __init__(self, objectives: CoarseObjectives, embed_dim: int, vocab_size: int, mask_token_id: int,
-                 special_token_ids: tuple[int, ...]) -> None:
+                 special_token_ids: tuple[int, ...], seed: int = 0) -> None:
         super().__init__()
         self.objectives = objectives
         self.vocab_size = vocab_size
         self.mask_token_id = mask_token_id
+        self.seed = int(seed)
         self.register_buffer("special_ids", torch.tensor(sorted(set(special_token_ids)), dtype=torch.long), persistent=False)
+        self.register_buffer("sampling_steps", torch.zeros((), dtype=torch.long))
         self.queue = FeatureQueue(embed_dim, objectives.queue_size) if objectives.queue_size else None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # a checkpoint written before the counter existed resumes with the counter at 0
+        state_dict.setdefault(prefix + "sampling_steps", torch.zeros((), dtype=torch.long))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def step_generator(self, device: torch.device) -> torch.Generator:
+        """A generator for this step's draws, seeded from ``(seed, sampling_steps)``; advances the count.
+
+        Not the global RNG: the trainer seeds that with ``seed + rank``, and a rank drawing from it
+        for its own rows draws other numbers than one process drawing for the whole batch. Every
+        rank seeds this one alike and draws for the global batch (then keeps its rows), so the
+        choices do not depend on the world size.
+        """
+        step = int(self.sampling_steps)
+        self.sampling_steps.add_(1)
+        digest = hashlib.sha256(f"{self.seed}:{step}".encode()).digest()
+        return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
     def training_step(self, model, batch: dict) -> dict[str, torch.Tensor]:
         images, ids, mask = batch.get("images"), batch["input_ids"], batch["attention_mask"]
         obj = self.objectives
         logs: dict[str, torch.Tensor] = {}
+        generator = self.step_generator(ids.device)
+        ids, mask = pad_to_common_length(ids, mask)
+        ids_all, mask_all = all_gather_no_grad(ids), all_gather_no_grad(mask)  # every rank's texts
 
         # Below their first fusion layer both backbones compute the same thing in every pass of
         # this step (ITC, the 3B ITM pairs, MLM): run that part once per image and per text.
@@ -86,11 +130,12 @@ class CoarsePretrainTask(nn.Module):
         logs["temperature"] = model.temperature.detach()
 
         if obj.itm:
-            itm, itm_acc = self._itm(model, images, ids, mask, batch.get("image_ids"), itc, image_prefix, text_prefix)
+            itm, itm_acc = self._itm(model, images, ids, mask, ids_all, mask_all, batch.get("image_ids"), itc,
+                                     image_prefix, text_prefix, generator)
             loss = loss + obj.itm * itm
             logs.update(itm=itm.detach(), itm_acc=itm_acc)
         if obj.mlm:
-            mlm, mlm_acc = self._mlm(model, image_prefix, ids, mask)
+            mlm, mlm_acc = self._mlm(model, image_prefix, ids, mask, ids_all, mask_all, itc.offset, generator)
             loss = loss + obj.mlm * mlm
             logs.update(mlm=mlm.detach(), mlm_acc=mlm_acc)
         if self.queue is not None:
@@ -98,7 +143,8 @@ class CoarsePretrainTask(nn.Module):
         logs["loss"] = loss
         return logs
 
-    def _itm(self, model, images, ids, mask, image_ids, itc, image_prefix, text_prefix) -> tuple[torch.Tensor, torch.Tensor]:
+    def _itm(self, model, images, ids, mask, ids_all, mask_all, image_ids, itc, image_prefix, text_prefix,
+             generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``images`` is None when the batch carried cached ``image_prefix`` instead."""
         n = itc.num_global
         exclude = None
@@ -108,13 +154,13 @@ class CoarsePretrainTask(nn.Module):
         i2t, t2i = itc.logits_i2t[:, :n], itc.logits_t2i[:, :n]
         if self.objectives.itm_negatives == "random":  # equal logits: a uniform draw
             i2t, t2i = torch.zeros_like(i2t), torch.zeros_like(t2i)
-        neg_text = sample_hard_negatives(i2t, itc.targets, exclude=exclude)
-        neg_image = sample_hard_negatives(t2i, itc.targets, exclude=exclude)
+        rows = dict(row_offset=itc.offset, total_rows=n)
+        neg_text = sample_hard_negatives(i2t, itc.targets, generator, exclude, **rows)
+        neg_image = sample_hard_negatives(t2i, itc.targets, generator, exclude, **rows)
         if is_distributed():
             # Negatives may live on other ranks: their prefixes are computed here from the
             # gathered inputs, so the gradient reaches the prefix layers through them too (a
             # cached image prefix is frozen: it is gathered as it is).
-            ids_all, mask_all = all_gather_no_grad(ids), all_gather_no_grad(mask)
             neg_image, neg_text = neg_image.to(ids.device), neg_text.to(ids.device)
             if images is None:
                 image_pool = all_gather_no_grad(image_prefix)[neg_image]
@@ -130,16 +176,22 @@ class CoarsePretrainTask(nn.Module):
         acc = (logits.argmax(-1) == labels).float().mean().detach()
         return itm_loss(logits, labels), acc
 
-    def _mlm(self, model, image_prefix, ids, mask) -> tuple[torch.Tensor, torch.Tensor]:
-        special = torch.isin(ids, self.special_ids)
-        masked, labels = mask_tokens(ids, self.mask_token_id, self.vocab_size, attention_mask=mask,
-                                     special_tokens_mask=special, prob=self.objectives.mlm_prob)
+    def _mlm(self, model, image_prefix, ids, mask, ids_all, mask_all, offset, generator) -> tuple[torch.Tensor, torch.Tensor]:
+        # Masks drawn for the global batch, this rank's rows kept: the same tokens at any world size.
+        special = torch.isin(ids_all, self.special_ids)
+        masked, labels = mask_tokens(ids_all, self.mask_token_id, self.vocab_size, attention_mask=mask_all,
+                                     special_tokens_mask=special, prob=self.objectives.mlm_prob, generator=generator)
+        num_masked = (labels != -100).sum()
+        masked, labels = masked[offset : offset + ids.shape[0]], labels[offset : offset + ids.shape[0]]
         feats = model.fuse(None, masked, mask, image_prefix=image_prefix).text_feats
         chosen = labels != -100
         # The vocabulary projection only where a token was masked: B*T*V logits would dominate.
         logits = model.mlm_logits(feats[chosen]).float()
         targets = labels[chosen]
-        loss = nn.functional.cross_entropy(logits, targets)
+        # Sum over this rank's tokens / (global count / world): DDP's average over ranks is then
+        # the mean over every masked token, as in one process (a per-rank mean would weigh a
+        # token by how few its rank happened to mask).
+        loss = nn.functional.cross_entropy(logits, targets, reduction="sum") * (get_world_size() / num_masked.clamp(min=1))
         return loss, (logits.argmax(-1) == targets).float().mean().detach()
 
     def on_step_end(self, model, step: int) -> None:
