@@ -92,3 +92,22 @@ def test_round_trip_and_cli(tmp_path: Path) -> None:
     assert flags["resume"] == "runs/x/checkpoints/step_00000004"
     with pytest.raises(ConfigError, match="unknown option '--lr'"):
         parse_cli(TrainConfig, ["--lr", "3"])
+
+
+def test_a_section_given_in_part_keeps_the_fields_own_default():
+    from dataclasses import dataclass, field
+
+    from fibervl.engine.config import load_config
+
+    @dataclass
+    class Inner:
+        a: int = 1
+        b: str = "class default"
+
+    @dataclass
+    class Outer:
+        inner: Inner = field(default_factory=lambda: Inner(a=5, b="field default"))
+
+    cfg = load_config(Outer, None, ["inner.a=7"])
+    assert cfg.inner == Inner(a=7, b="field default")
+    assert load_config(Outer).inner == Inner(a=5, b="field default")

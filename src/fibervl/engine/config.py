@@ -8,7 +8,9 @@ General-purpose: any project config is a (nested) dataclass. Loading is strict:
   ``str``, ``Path``, ``Optional[...]``, ``Literal[...]``, ``list[...]``, ``tuple[...]``,
   ``dict[str, ...]`` and nested dataclasses) and converted where that is lossless
   (``"1e-4"`` -> ``1e-4`` for a float field, ``3`` -> ``3.0``);
-* a field without a default that is given no value is an error.
+* a field without a default that is given no value is an error;
+* a nested section given in part keeps the rest of the field's own default (its
+  ``default_factory``), not the section class's defaults.
 
 A boolean field may declare a command-line switch, ``field(default=False, metadata={"switch":
 "--skip-bad-records"})``: :func:`parse_cli` then takes ``--skip-bad-records`` for
@@ -168,7 +170,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, prefix: str = "") -> T:
     missing = []
     for name, (f, tp) in fields.items():
         if name in data:
-            kwargs[name] = _coerce(data[name], tp, _fmt_key(prefix, name))
+            kwargs[name] = _coerce(_over_section_default(f, tp, data[name]), tp, _fmt_key(prefix, name))
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             missing.append(_fmt_key(prefix, name))
     if missing:
@@ -177,6 +179,27 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, prefix: str = "") -> T:
         return cls(**kwargs)
     except (ValueError, TypeError) as e:  # __post_init__ validation
         raise ConfigError(f"invalid config{' section ' + repr(prefix) if prefix else ''}: {e}") from e
+
+
+def _over_section_default(f: dataclasses.Field, tp: Any, value: Any) -> Any:
+    """A nested section given in part starts from the field's own default: ``train.batch_size=8``
+    for a section declared ``field(default_factory=lambda: TrainConfig(max_steps=100))`` keeps
+    ``max_steps=100`` instead of falling back to the class defaults of ``TrainConfig``."""
+    if not (dataclasses.is_dataclass(tp) and isinstance(value, Mapping)) or f.default_factory is dataclasses.MISSING:
+        return value
+    try:
+        default = f.default_factory()
+    except (ValueError, TypeError):  # a section that has no valid default of its own
+        return value
+    if not dataclasses.is_dataclass(default):
+        return value
+    merged = to_dict(default)
+    for key, sub in value.items():
+        if isinstance(sub, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = {**merged[key], **sub}
+        else:
+            merged[key] = sub
+    return merged
 
 
 def to_dict(cfg: Any) -> Any:

@@ -19,7 +19,7 @@ from ..engine.trainer import TrainConfig
 from ..experiment import ModelSpec
 from ..tasks.pretrain_albef import AlbefObjectives, AlbefPretrainTask
 from .coarse_pretrain import CaptionData, image_text_setup, special_ids, train_and_export
-from .common import parse_run_cli
+from .common import parse_run_cli, recipe_train
 
 
 @dataclass
@@ -27,7 +27,7 @@ class AlbefPretrainConfig:
     model: ModelSpec = field(default_factory=lambda: ModelSpec(preset="albef-tiny"))
     data: CaptionData = field(default_factory=CaptionData)
     objectives: AlbefObjectives = field(default_factory=AlbefObjectives)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=lambda: recipe_train("pretrain-albef", max_steps=1000))
 
 
 def run(cfg: AlbefPretrainConfig) -> dict:

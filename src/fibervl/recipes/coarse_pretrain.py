@@ -21,7 +21,7 @@ from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import DataSpec, ModelSpec, build_model, load_tokenizer
 from ..tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask
 from ..tasks.retrieval import evaluate_itc_retrieval
-from .common import parse_run_cli, PairCollator, export_model, final_metrics
+from .common import parse_run_cli, PairCollator, export_model, final_metrics, recipe_train
 
 
 CAPTION_FORMATS = ("karpathy", "coco_captions")
@@ -59,7 +59,7 @@ class CoarseConfig:
     model: ModelSpec = field(default_factory=ModelSpec)
     data: CaptionData = field(default_factory=CaptionData)
     objectives: CoarseObjectives = field(default_factory=CoarseObjectives)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=lambda: recipe_train("pretrain-coarse", max_steps=1000))
 
 
 def caption_reader(data: CaptionData, split: str) -> KarpathyCaptions | CocoCaptionsReader:

@@ -125,6 +125,15 @@ def load_model_dir(path: str | Path, device: str = "cpu", fallback_tokenizer: To
     return model, tokenizer, directory
 
 
+def recipe_train(command: str, **settings):
+    """The engine settings a training command starts from: ``precision: auto`` (bf16 where it is
+    fast, measured once) and a run directory named after the command (``runs/finetune-vqa``),
+    so that no two commands, nor the main job's ``runs/default``, share one by default."""
+    from ..engine.trainer import TrainConfig
+
+    return TrainConfig(run_dir=f"runs/{command}", precision="auto", **settings)
+
+
 def parse_run_cli(cls, argv: list[str]):
     """``--config FILE [--resume [PATH]] key=value ...`` -> a recipe config whose ``train.resume``
     holds the ``--resume`` value (``"auto"`` for a bare ``--resume``)."""

@@ -29,7 +29,7 @@ from ..tasks.grounding import (
     DetectionPromptDataset, FineCollator, FineGrainedTask, FineObjectives, evaluate_detection, evaluate_grounding, evaluate_refexp,
     make_processor,
 )
-from .common import parse_run_cli, export_model, final_metrics
+from .common import parse_run_cli, export_model, final_metrics, recipe_train
 
 
 @dataclass
@@ -60,7 +60,7 @@ class FineConfig:
     model: ModelSpec = field(default_factory=lambda: ModelSpec(preset="fiber-tiny-fine"))
     data: FineData = field(default_factory=FineData)
     objectives: FineObjectives = field(default_factory=FineObjectives)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=100))
+    train: TrainConfig = field(default_factory=lambda: recipe_train("pretrain-fine", max_steps=100))
 
 
 def sizes_of(data: FineData, model_config) -> tuple[int, int]:

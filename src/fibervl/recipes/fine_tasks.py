@@ -40,6 +40,8 @@ def _task_config(task: str, argv: list[str]) -> FineConfig:
     cfg = parse_run_cli(FineConfig, argv)
     train_sources, _ = TASKS[task]
     cfg.data = dataclasses.replace(cfg.data, **{s: s in train_sources for s in SOURCES})
+    if cfg.train.run_dir == FineConfig().train.run_dir:  # the pre-training default names its own command
+        cfg.train.run_dir = f"runs/finetune-{task}"
     return cfg
 
 

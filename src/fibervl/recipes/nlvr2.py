@@ -25,7 +25,7 @@ from ..experiment import DataSpec, ModelSpec, build_task_model, load_tokenizer
 from ..predict.cli import main as predict_main
 from ..tasks.nlvr2 import Nlvr2Collator, Nlvr2Task, evaluate_nlvr2
 from .common import (parse_run_cli, export_task_model, fused_training_data, load_model_dir, rewrite_flags,
-                     warn_truncated, final_metrics)
+                     warn_truncated, final_metrics, recipe_train)
 
 FINETUNE_FLAGS = {"--init": "model.init", "--data-root": "data.root", "--image-root": "data.image_root",
                   "--run-dir": "train.run_dir", "--max-steps": "train.max_steps", "--tokenizer": "data.tokenizer"}
@@ -48,7 +48,7 @@ class Nlvr2Data(DataSpec):
 class Nlvr2Config:
     model: ModelSpec = field(default_factory=ModelSpec)
     data: Nlvr2Data = field(default_factory=Nlvr2Data)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=100))
+    train: TrainConfig = field(default_factory=lambda: recipe_train("finetune-nlvr2", max_steps=100))
 
 
 def nlvr2_reader(data: Nlvr2Data, split: str) -> Nlvr2Reader:

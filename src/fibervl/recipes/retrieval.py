@@ -28,7 +28,8 @@ from ..predict.cli import main as predict_main
 from ..tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask
 from ..tasks.retrieval import evaluate_itc_retrieval, evaluate_retrieval
 from .coarse_pretrain import FinetuneCaptionData, caption_reader
-from .common import PairCollator, export_task_model, fused_training_data, load_model_dir, parse_run_cli, rewrite_flags
+from .common import (PairCollator, export_task_model, fused_training_data, load_model_dir, parse_run_cli,
+                     recipe_train, rewrite_flags)
 
 FINETUNE_FLAGS = {"--init": "model.init", "--data-root": "data.root", "--run-dir": "train.run_dir",
                   "--max-steps": "train.max_steps", "--tokenizer": "data.tokenizer"}
@@ -64,7 +65,7 @@ class RetrievalConfig:
     data: RetrievalData = field(default_factory=RetrievalData)
     objectives: CoarseObjectives = field(default_factory=lambda: CoarseObjectives(mlm=0.0))
     eval: RetrievalEval = field(default_factory=RetrievalEval)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=100))
+    train: TrainConfig = field(default_factory=lambda: recipe_train("finetune-retrieval", max_steps=100))
 
 
 def _sizes(cfg, model) -> tuple[int, int]:

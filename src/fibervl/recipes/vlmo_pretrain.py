@@ -28,7 +28,7 @@ from ..modeling.pretrained import WEIGHTS_NAME, load_state_strict, read_weights
 from ..tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask
 from ..tasks.pretrain_vlmo import STAGES, MimTask, TextMlmTask, set_stage_trainable
 from .coarse_pretrain import CaptionData, image_text_setup
-from .common import export_model, parse_run_cli
+from .common import export_model, parse_run_cli, recipe_train
 
 
 @dataclass
@@ -61,7 +61,7 @@ class VlmoPretrainConfig:
     unimodal: UnimodalObjectives = field(default_factory=UnimodalObjectives)
     objectives: CoarseObjectives = field(default_factory=CoarseObjectives)
     # train.max_steps is not used: each stage runs stages.<stage>_steps steps.
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=1))
+    train: TrainConfig = field(default_factory=lambda: recipe_train("pretrain-vlmo", max_steps=1))
 
 
 def _stage_task(stage: str, cfg: VlmoPretrainConfig, mcfg, tokenizer):

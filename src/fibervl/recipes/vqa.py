@@ -32,7 +32,7 @@ from ..metrics.vqa import write_vqa_results
 from ..predict.cli import main as predict_main
 from ..tasks.vqa import VqaCollator, VqaTask, evaluate_vqa, vocabulary_coverage
 from .common import (parse_run_cli, export_task_model, fused_training_data, load_model_dir, rewrite_flags,
-                     warn_truncated, final_metrics)
+                     warn_truncated, final_metrics, recipe_train)
 
 ANSWERS_FILE = "answers.json"
 FINETUNE_FLAGS = {"--init": "model.init", "--data-root": "data.root", "--image-root": "data.image_root",
@@ -68,7 +68,7 @@ class VqaConfig:
     model: ModelSpec = field(default_factory=ModelSpec)
     data: VqaData = field(default_factory=VqaData)
     vqa: VqaSettings = field(default_factory=VqaSettings)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=100))
+    train: TrainConfig = field(default_factory=lambda: recipe_train("finetune-vqa", max_steps=100))
     results: str = ""  # evaluate: also write the predictions in the VQAv2 server format here
 
 
