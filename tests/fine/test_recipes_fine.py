@@ -82,8 +82,8 @@ def test_predict_prints_json_and_writes_png(fine_run, shapes_tiny, tmp_path, cap
     assert main(["predict", "detect", "--model", model, "--tokenizer", tok, "--image", str(image),
                  "--classes", "star, circle,heart", "--threshold", "0", "--out", str(out)]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["classes"] == ["star", "circle", "heart"] and result["png"] == str(out)
-    assert all(d["class"] in result["classes"] and len(d["box"]) == 4 for d in result["detections"])
+    assert result["png"] == str(out) and result["image"] == str(image)
+    assert all(d["class"] in ("star", "circle", "heart") and len(d["box"]) == 4 for d in result["detections"])
     assert Image.open(out).size == Image.open(image).size
     scores = sorted((d["score"] for d in result["detections"]), reverse=True)
     assert main(["predict", "detect", "--model", model, "--tokenizer", tok, "--image", str(image),

@@ -1,5 +1,6 @@
-"""Pictures of the main job's models at work on test images, drawn through the same
-``predict`` entry points a user calls (so the report also proves those work on every stage):
+"""Pictures of the main job's models at work on test images, drawn with the same
+:func:`fibervl.load` and predictors ``fibervl predict`` runs (so the report also proves those
+work on every stage):
 
 * grounding and detection boxes drawn on test images (``fibervl predict ground|detect``);
 * retrieval: the top 5 test images of a few test captions (``fibervl predict retrieval``);
@@ -8,9 +9,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -45,50 +43,42 @@ def _grid(panels: list[Image.Image], cols: int, path: Path) -> Path:
     return path
 
 
-def _quiet_json(fn, *args) -> dict:
-    """Call a ``predict`` command function, returning the JSON it prints."""
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        fn(*args)
-    return json.loads(buf.getvalue().strip().splitlines()[-1])
+def _load(ctx, stage: str, task: str):
+    """(model, processor) of a stage's model; the data set's tokenizer for a model directory
+    written without its own."""
+    from ..predict import load
+
+    directory = Path(ctx.stage_model(stage))
+    own = (directory / "tokenizer").is_dir()
+    return load(directory, task=task, tokenizer=None if own else Path(ctx.data_root) / "tokenizer")
 
 
 def grounding_and_detection(ctx, figures: Path) -> dict[str, str]:
     from ..data.shapes import ShapesDataset
-    from ..recipes.fine_tasks import predict
+    from ..predict import DetectionPredictor, GroundingPredictor
 
     shapes = ShapesDataset(ctx.data_root)
-    tokenizer = str(Path(ctx.data_root) / "tokenizer")
     out: dict[str, str] = {}
-    work = figures / "work"
-    work.mkdir(parents=True, exist_ok=True)
-    panels, shown = [], set()
+    samples, shown = [], set()
     for sample in shapes.grounding("test"):
-        if len(panels) >= NUM_EXAMPLES:
-            break
-        if sample.image_id in shown:  # one phrase set per image: six different images
-            continue
-        shown.add(sample.image_id)
-        k = len(panels)
-        phrases = sorted({sample.text[s:e] for spans in sample.tokens_positive for s, e in spans})
-        png = work / f"ground_{k}.png"
-        _quiet_json(predict, "ground", ["--model", ctx.stage_model("grounding"), "--tokenizer", tokenizer,
-                                        "--image", str(sample.image_path), "--text", sample.text,
-                                        "--phrases", ",".join(phrases), "--out", str(png)])
-        panels.append(_panel(load_image(png), [(sample.text, "black")]))
-    if panels:
+        if len(samples) < NUM_EXAMPLES and sample.image_id not in shown:  # one phrase set per image
+            shown.add(sample.image_id)
+            samples.append(sample)
+    if samples:
+        predictor = GroundingPredictor(*_load(ctx, "grounding", "ground"))
+        images = predictor.open([str(s.image_path) for s in samples])
+        phrases = [sorted({s.text[a:b] for spans in s.tokens_positive for a, b in spans}) for s in samples]
+        results = predictor.predict(images, [s.text for s in samples], phrases)
+        panels = [_panel(predictor.draw(r, im), [(s.text, "black")]) for r, im, s in zip(results, images, samples)]
         out["phrase grounding: the top box of each phrase on test images"] = str(
             _grid(panels, 3, figures / "grounding.png").relative_to(ctx.out))
     categories = shapes.detection("test").categories
-    names = ",".join(categories[c] for c in sorted(categories))
-    panels = []
-    for k, img in enumerate(shapes.captions("test").images[:NUM_EXAMPLES]):
-        png = work / f"detect_{k}.png"
-        _quiet_json(predict, "detect", ["--model", ctx.stage_model("detection"), "--tokenizer", tokenizer,
-                                        "--image", str(img["image_path"]), "--classes", names,
-                                        "--threshold", "0.0", "--top", "3", "--out", str(png)])
-        panels.append(_panel(load_image(png), [("the 3 highest-scoring boxes", "black")]))
-    if panels:
+    model, processor = _load(ctx, "detection", "detect")
+    predictor = DetectionPredictor(model, processor, [categories[c] for c in sorted(categories)], threshold=0.0, top=3)
+    images = predictor.open([str(img["image_path"]) for img in shapes.captions("test").images[:NUM_EXAMPLES]])
+    if images:
+        panels = [_panel(predictor.draw(r, im), [("the 3 highest-scoring boxes", "black")])
+                  for r, im in zip(predictor.predict(images), images)]
         out["detection over all ten class names (heart and crescent never trained on) on test images"] = str(
             _grid(panels, 3, figures / "detection.png").relative_to(ctx.out))
     return out
@@ -96,18 +86,18 @@ def grounding_and_detection(ctx, figures: Path) -> dict[str, str]:
 
 def retrieval_top5(ctx, figures: Path, queries: int = 3, gallery: int = 100) -> dict[str, str]:
     from ..data.shapes import ShapesDataset
-    from ..recipes.retrieval import predict
+    from ..predict import Gallery, RetrievalPredictor
 
     images = ShapesDataset(ctx.data_root).captions("test").images[:gallery]
     paths = [str(img["image_path"]) for img in images]
     texts = [images[k * (len(images) // queries)]["captions"][0] for k in range(queries)]
     truth = {texts[k]: paths[k * (len(images) // queries)] for k in range(queries)}
-    ranked = predict(ctx.stage_model("retrieval"), paths, texts)
+    model, processor = _load(ctx, "retrieval", "retrieval")
+    ranked = RetrievalPredictor(model, processor, Gallery.build(model, processor, images=paths), top=5).predict(texts)
     rows = []
     for r in ranked:
-        top = r["ranking"][:5]
         thumbs = [_panel(load_image(t["item"]), [("the query's image" if t["item"] == truth[r["query"]] else "",
-                                                   "green")], width=THUMB) for t in top]
+                                                   "green")], width=THUMB) for t in r["ranking"]]
         row = Image.new("RGB", (5 * (THUMB + 4), thumbs[0].height + 18), "white")
         ImageDraw.Draw(row).text((2, 2), f"query: {r['query']}", fill="black")
         for k, t in enumerate(thumbs):
@@ -119,23 +109,27 @@ def retrieval_top5(ctx, figures: Path, queries: int = 3, gallery: int = 100) -> 
 
 def captions_and_answers(ctx, figures: Path) -> dict[str, str]:
     from ..data.shapes import ShapesDataset
-    from ..recipes import vqa
-    from ..recipes.caption import _predict_command as caption_predict
+    from ..predict import CaptionPredictor, VqaPredictor
 
     shapes = ShapesDataset(ctx.data_root)
     questions: dict = {}
     for s in shapes.vqa("test"):
         questions.setdefault(s.image_id, []).append(s)
+    shown = shapes.captions("test").images[:NUM_EXAMPLES]
+    captioner = CaptionPredictor(*_load(ctx, "caption", "caption"))
+    answerer = VqaPredictor(*_load(ctx, "vqa", "vqa"))
+    images = captioner.open([str(img["image_path"]) for img in shown])
+    asked = [(im, q) for img, im in zip(shown, images) for q in questions.get(img["image_id"], [])[:2]]
+    answers = iter(answerer.predict([im for im, _ in asked], [q.text for _, q in asked]) if asked else [])
     panels = []
-    for img in shapes.captions("test").images[:NUM_EXAMPLES]:
-        cap = _quiet_json(caption_predict, ["--model", ctx.stage_model("caption"), "--image", str(img["image_path"])])
-        lines = [(f"caption: {cap['caption']}", "blue")]
+    for img, image, caption in zip(shown, images, captioner.predict(images)):
+        lines = [(f"caption: {caption['caption']}", "blue")]
         for q in questions.get(img["image_id"], [])[:2]:
-            pred = vqa.predict(ctx.stage_model("vqa"), img["image_path"], q.text)
+            pred = next(answers)
             truth = max(set(q.answers), key=q.answers.count)
             colour = "green" if pred["answer"] == truth else "red"
             lines += [(f"Q: {q.text}", "black"), (f"A: {pred['answer']} (truth: {truth})", colour)]
-        panels.append(_panel(load_image(img["image_path"]), lines))
+        panels.append(_panel(image.image, lines))
     path = _grid(panels, 3, figures / "captions_vqa.png")
     return {"generated captions and VQA answers on test images (green: right, red: wrong)": str(path.relative_to(ctx.out))}
 
