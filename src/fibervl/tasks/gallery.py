@@ -19,6 +19,7 @@ import torch
 from ..data import Processor, Sample, Tokenizer
 from ..data.transforms import eval_transforms
 from ..engine.precision import autocast
+from ..engine.progress import progress
 
 
 def row_storage(rows: int, shape: tuple[int, ...], dtype: torch.dtype, directory: str | Path | None = None,
@@ -51,7 +52,7 @@ def image_prefix_rows(model, paths: list[Path], image_size: int, batch_size: int
     processor = Processor(eval_transforms(image_size))
     device = next(model.parameters()).device
     out = None
-    for start in range(0, len(paths), batch_size):
+    for start in progress(range(0, len(paths), batch_size), "gallery image prefixes"):
         chunk = paths[start:start + batch_size]
         images = torch.stack([processor(Sample(sample_id=str(p), image_id=start + k, image_path=Path(p))).pixel_values
                               for k, p in enumerate(chunk)])
@@ -73,7 +74,7 @@ def text_prefix_rows(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     :func:`image_prefix_rows` keeps image prefixes."""
     device = next(model.parameters()).device
     out = None
-    for start in range(0, input_ids.shape[0], batch_size):
+    for start in progress(range(0, input_ids.shape[0], batch_size), "gallery text prefixes"):
         rows = slice(start, start + batch_size)
         with autocast("bf16" if bf16 else "fp32", device):
             states = model.text_prefix(input_ids[rows].to(device), attention_mask[rows].to(device))

@@ -37,6 +37,7 @@ from ..metrics.detection import ap_by_frequency, coco_ap
 from ..metrics.grounding import grounding_recall, rec_accuracy
 from ..modeling.detection.losses import GroundingLoss, GroundingTarget
 from ..modeling.detection.postprocess import GroundingPostProcessor
+from ..engine.progress import progress
 
 __all__ = [
     "OfficialDetectionNormalize", "DetectionPromptDataset", "FineCollator", "FineGrainedTask", "FineObjectives", "PromptChunk",
@@ -258,7 +259,7 @@ def evaluate_grounding(model, tokenizer: Tokenizer, reader, image_size: int, max
     model.eval()
     device = next(model.parameters()).device
     preds, gts = [], []
-    for batch in _eval_loader(reader, tokenizer, image_size, max_len, batch_size, limit, normalization):
+    for batch in progress(_eval_loader(reader, tokenizer, image_size, max_len, batch_size, limit, normalization), "grounding"):
         grouped = [phrases_of(pm, bx) for pm, bx in zip(batch.positive_maps, batch.boxes)]
         ranked = rank_phrase_boxes(model, _device_batch(batch, device), [g[0] for g in grouped], top_k=10)
         for (_, boxes), r in zip(grouped, ranked):
@@ -279,7 +280,7 @@ def evaluate_refexp(model, tokenizer: Tokenizer, reader, image_size: int, max_le
     model.eval()
     device = next(model.parameters()).device
     top1, targets, groups = [], [], []
-    for batch in _eval_loader(reader, tokenizer, image_size, max_len, batch_size, limit, normalization):
+    for batch in progress(_eval_loader(reader, tokenizer, image_size, max_len, batch_size, limit, normalization), "referring expressions"):
         maps = [pm[:1] for pm in batch.positive_maps]  # the referred object is the record's (first) box
         ranked = rank_phrase_boxes(model, _device_batch(batch, device), maps, top_k=1)
         for sample, boxes, r in zip(batch.samples, batch.boxes, ranked):
@@ -357,7 +358,7 @@ def evaluate_detection(model, tokenizer: Tokenizer, reader, category_ids: Sequen
     model.eval()
     device = next(model.parameters()).device
     results, image_ids = [], []
-    for batch in _eval_loader(reader, tokenizer, image_size, max_len, batch_size, limit, normalization):
+    for batch in progress(_eval_loader(reader, tokenizer, image_size, max_len, batch_size, limit, normalization), "detection"):
         in_sizes = [tuple(int(v) for v in s) for s in batch.image_sizes]
         dets = detect_with_prompt(model, batch.pixel_values.to(device), in_sizes, chunks)
         for sample, (h_in, w_in), (boxes, scores, labels) in zip(batch.samples, in_sizes, dets):

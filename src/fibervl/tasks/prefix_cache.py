@@ -24,6 +24,7 @@ import torch
 from ..data import ProcessedSample, Processor, Sample
 from ..data.errors import DataError
 from ..data.transforms import eval_transforms
+from ..engine.progress import progress
 from .retrieval import precision_context
 
 DEFAULT_MAX_BYTES = 4 << 30
@@ -82,7 +83,7 @@ class ImagePrefixCache:
         unique = list(first_file.items())
         prefixes: dict[bytes, torch.Tensor] = {}
         try:
-            for i in range(0, len(unique), batch_size):
+            for i in progress(range(0, len(unique), batch_size), "image prefixes"):
                 chunk = unique[i:i + batch_size]
                 images = torch.stack([processor(Sample(sample_id=p, image_id=p, image_path=Path(p), text="")).pixel_values
                                       for _, p in chunk])

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 from ..data import Processor, Sample, Tokenizer
 from ..data.transforms import eval_transforms
 from ..metrics.retrieval import chance_recall, retrieval_recall
+from ..engine.progress import progress
 
 
 def precision_context(device: torch.device, bf16: bool):
@@ -50,7 +51,7 @@ def embed_images(model, paths: list[Path], image_size: int, batch_size: int = 64
                         collate_fn=lambda batch: _stack_images([processor(s) for s in batch]))
     device = next(model.parameters()).device
     out = []
-    for images in loader:
+    for images in progress(loader, "image embeddings"):
         with precision_context(device, bf16):
             out.append(model.encode_image(images.to(device)).float().cpu())
     return torch.cat(out)
@@ -62,7 +63,7 @@ def embed_texts(model, tokenizer: Tokenizer, texts: list[str], max_length: int, 
     """[T, H] L2-normalised ITC text embeddings, on the CPU."""
     device = next(model.parameters()).device
     out = []
-    for start in range(0, len(texts), batch_size):
+    for start in progress(range(0, len(texts), batch_size), "text embeddings"):
         tokens = tokenizer(texts[start:start + batch_size], max_length=max_length, padding="longest")
         with precision_context(device, bf16):
             out.append(model.encode_text(tokens.input_ids.to(device), tokens.attention_mask.to(device)).float().cpu())
@@ -154,7 +155,7 @@ def itm_prefix_pair_scores(model, image_prefixes: torch.Tensor, text_prefixes: t
     dtype = next(model.parameters()).dtype  # stored bf16 prefixes enter an fp32 model as fp32
     pairs = pairs.cpu()
     out = []
-    for start in range(0, pairs.shape[0], batch_size):
+    for start in progress(range(0, pairs.shape[0], batch_size), "image-text pairs"):
         images, texts = pairs[start:start + batch_size].unbind(1)
         mask = attention_mask[texts]
         length = int(mask.sum(1).max())  # drop the columns that are padding for every text here
@@ -253,8 +254,10 @@ def evaluate_retrieval(model, tokenizer: Tokenizer, reader, image_size: int, max
             text_rows = text_prefix_rows(model, ids, mask, 4 * itm_batch_size, bf16, prefix_dtype, prefix_dir)
             prefix_seconds = time.perf_counter() - start
 
-            def scorer(pairs: torch.Tensor) -> torch.Tensor:
+            def score_pairs(pairs: torch.Tensor) -> torch.Tensor:
                 return itm_prefix_pair_scores(model, image_rows, text_rows, mask, pairs, itm_batch_size, bf16)
+
+            scorer = score_pairs
 
         if rerank_k > 0:
             # Candidates from the embeddings (cosine order = ITC order); with FAISS for large

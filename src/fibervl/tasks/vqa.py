@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from ..data import AnswerVocabulary, Collator, ProcessedDataset, Processor, Tokenizer
 from ..data.transforms import eval_transforms
 from ..metrics.vqa import vqa_score
+from ..engine.progress import progress
 from .prefix_cache import ImagePrefixCache, image_inputs
 from .retrieval import precision_context
 
@@ -99,7 +100,7 @@ def predict_answers(model, tokenizer: Tokenizer, vocab: AnswerVocabulary, sample
     model.eval()
     out: dict[str, str] = {}
     try:
-        for batch in loader:
+        for batch in progress(loader, "VQA"):
             _, idx = vqa_topk(model, batch.pixel_values, batch.input_ids, batch.attention_mask, k=1, bf16=bf16)
             for s, a in zip(batch.samples, vocab.decode(idx[:, 0])):
                 out[s.sample_id] = a
