@@ -71,6 +71,9 @@ def test_results_table_says_which_tasks_beat_their_baseline():
     assert [r[-1] for r in rows] == ["yes", "NO", "NO", "yes"]
     text = format_text_table(rows)
     assert "VQA" in text and "42.00" in text and "61.00" in text
+    long_name = "R@1, mean of image->text and text->image (dual encoder, top-16 re-ranked by ITM)"
+    tasks["vqa"]["metric"] = long_name
+    assert long_name in format_text_table(results_table(tasks))  # named in full, never cut
     tasks["vqa"]["breakdown"] = "yes/no 70.00, number 50.00"
     assert breakdown_lines(tasks) == ["VQA: yes/no 70.00, number 50.00"]
 

@@ -47,11 +47,10 @@ def breakdown_lines(tasks: dict[str, dict]) -> list[str]:
 
 
 def format_text_table(rows: list[list[str]]) -> str:
-    """A fixed-width table for the terminal (long metric and baseline texts shortened)."""
-    short = [[r[0], r[1][:44], r[2][:40], r[3], r[4], r[5]] for r in rows]
-    widths = [max(len(x) for x in col) for col in zip(HEADER, *short)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
-    return "\n".join([line(HEADER), line(["-" * w for w in widths])] + [line(r) for r in short])
+    """A fixed-width table for the terminal, every metric and baseline named in full."""
+    widths = [max(len(x) for x in col) for col in zip(HEADER, *rows)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(HEADER), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
 def markdown_table(rows: list[list[str]]) -> str:
