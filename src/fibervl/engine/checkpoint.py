@@ -96,7 +96,7 @@ def _maybe_pause(root: Path, phase: str, step: int) -> None:
         return
     want_phase, _, want_step = spec.partition(":")
     if want_phase == phase and want_step and int(want_step) == step:
-        (root / ".test-paused").write_text(f"{phase}:{step}\n")
+        (root / ".test-paused").write_text(f"{phase}:{step}\n", encoding="utf-8")
         while True:  # wait to be killed
             time.sleep(1.0)
 

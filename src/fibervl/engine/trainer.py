@@ -378,7 +378,7 @@ class Trainer:
             pointer = path if path.name == "latest" else path / "latest"
             if not pointer.is_file():
                 raise ckpt.CheckpointError(f"checkpoint pointer file missing: {pointer}")
-            path = pointer.parent / pointer.read_text().strip()
+            path = pointer.parent / pointer.read_text(encoding="utf-8").strip()
         ckpt.verify_checkpoint(path, check_hash=self.cfg.verify_checkpoint_hash)
         return path
 

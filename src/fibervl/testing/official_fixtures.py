@@ -75,7 +75,7 @@ def official_state_dict(name: str, directory: Path | None = None, alpha_base: fl
     keys_path = directory / f"{name}_keys.json"
     if not keys_path.is_file():
         raise FileNotFoundError(f"fixture key list missing: {keys_path}")
-    entries = json.loads(keys_path.read_text())
+    entries = json.loads(keys_path.read_text(encoding="utf-8"))
     if alpha_base is None:
         _, meta = load_fixture(name, directory)
         alpha_base = float(meta.get("alpha_base", "0.5"))
