@@ -11,7 +11,7 @@ import torch
 
 import fibervl
 from fibervl.data import DataError, Tokenizer
-from fibervl.experiment import fit_to_tokenizer
+from fibervl.experiment import DataSpec, fit_to_tokenizer
 from fibervl.modeling.families import build_from_config
 from fibervl.predict import Gallery, ModelCard, RetrievalPredictor, VqaPredictor, card_of, save
 from fibervl.predict import retrieval as retrieval_module
@@ -39,7 +39,7 @@ def test_load_save_load_round_trip(coarse_dir, image_paths, tmp_path):
     model2, processor2 = fibervl.load(again, task="vqa")
     assert _same_weights(model, model2)
     assert processor2.card == card and ModelCard.from_dict(card.to_dict()) == card
-    assert json.loads((again / "config.json").read_text())["card"]["licence"] == "MIT"
+    assert json.loads((again / "config.json").read_text(encoding="utf-8"))["card"]["licence"] == "MIT"
     assert processor2.answers == ANSWERS and processor2.tokenizer.vocab_size == processor.tokenizer.vocab_size
     question = "what color is the star"
     assert (VqaPredictor(model, processor).predict(image_paths[:2], question)
@@ -51,10 +51,13 @@ def test_load_a_run_stage_directory_and_an_old_one_without_a_card(coarse_dir, tm
     beside it; a directory saved before cards existed has no card in config.json."""
     model, processor = fibervl.load(coarse_dir)
     stage = tmp_path / "runs" / "X" / "stages" / "vqa"
-    export_task_model(model, processor.tokenizer, stage, {"vqa_acc": 40.0}, files={"answers.json": ANSWERS})
-    config = json.loads((stage / "model" / "config.json").read_text())
-    config.pop("card", None)  # as written before cards existed
-    (stage / "model" / "config.json").write_text(json.dumps(config))
+    export_task_model(model, processor.tokenizer, stage, {"vqa_acc": 40.0}, files={"answers.json": ANSWERS},
+                      data=DataSpec(root="data/shapes"))
+    card = card_of(stage / "model")
+    assert card.data["root"] == "data/shapes" and card.metrics == {"vqa_acc": 40.0} and card.answers == "answers.json"
+    config = json.loads((stage / "model" / "config.json").read_text(encoding="utf-8"))
+    config.pop("card")  # as written before cards existed
+    (stage / "model" / "config.json").write_text(json.dumps(config), encoding="utf-8")
     for where in (stage, stage / "model"):
         loaded, proc = fibervl.load(where, task="vqa")
         assert _same_weights(model, loaded) and proc.answers == ANSWERS

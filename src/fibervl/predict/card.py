@@ -40,7 +40,7 @@ class ModelCard:
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        return {**self.extra, **json.loads(json.dumps(out))}
+        return {**self.extra, **json.loads(json.dumps(out, default=str))}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelCard":

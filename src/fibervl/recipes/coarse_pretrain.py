@@ -122,7 +122,8 @@ def train_and_export(cfg, setup: ImageTextSetup, task) -> dict:
                       config_snapshot=cfg)
     summary = trainer.fit()
     metrics = final_metrics(summary, setup.evaluate, setup.model)
-    export_model(setup.model, cfg.train.run_dir, {"eval_split": cfg.data.eval_split, **metrics}, tokenizer=setup.tokenizer)
+    export_model(setup.model, cfg.train.run_dir, {"eval_split": cfg.data.eval_split, **metrics}, tokenizer=setup.tokenizer,
+                 data=cfg.data)
     summary["eval"] = metrics
     return summary
 

@@ -39,14 +39,25 @@ class PairCollator:
         }
 
 
-def export_model(model, run_dir: str | Path, metrics: dict | None = None, tokenizer: Tokenizer | None = None) -> Path:
-    """Write ``run_dir/model`` (config.json + model.safetensors, and ``tokenizer/`` when a
-    tokenizer is given, see :func:`model_tokenizer`) and ``run_dir/metrics.json`` on rank 0."""
+def export_model(model, run_dir: str | Path, metrics: dict | None = None, tokenizer: Tokenizer | None = None,
+                 data=None, files: dict[str, object] | None = None) -> Path:
+    """Write ``run_dir/model`` on rank 0: model.safetensors and config.json with the model card
+    (:mod:`fibervl.predict.card`: preset, tasks, ``data`` (the recipe's data settings),
+    ``metrics``), ``tokenizer/`` when a tokenizer is given (see :func:`model_tokenizer`),
+    ``files`` (name -> JSON-serialisable object, e.g. ``{"answers.json": [...]}``) beside
+    config.json; and ``run_dir/metrics.json``."""
+    from ..modeling.pretrained import save_pretrained
+    from ..predict.card import make_card
+
     out = Path(run_dir) / "model"
     if D.get_rank() == 0:
-        model.save_pretrained(out)
+        out.mkdir(parents=True, exist_ok=True)
         if tokenizer is not None:
             tokenizer.save(out / "tokenizer")
+        for name, obj in (files or {}).items():
+            (out / name).write_text(json.dumps(obj, ensure_ascii=False) + "\n", encoding="utf-8")
+        # the card names the tokenizer and files written above
+        save_pretrained(model, out, card=make_card(model.config, out, data=data, metrics=metrics).to_dict())
         if metrics is not None:
             (Path(run_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     D.barrier()
@@ -97,16 +108,10 @@ def warn_truncated(tokenizer: Tokenizer, texts, max_length: int, what: str = "te
 
 
 def export_task_model(model, tokenizer: Tokenizer, run_dir: str | Path, metrics: dict | None = None,
-                      files: dict[str, object] | None = None) -> Path:
-    """:func:`export_model` plus what ``predict`` needs: the tokenizer in ``model/tokenizer/``
-    and ``files`` (name -> JSON-serialisable object, e.g. ``{"answers.json": [...]}``) beside
-    config.json, so a model directory is self-contained."""
-    out = export_model(model, run_dir, metrics, tokenizer)
-    if D.get_rank() == 0:
-        for name, obj in (files or {}).items():
-            (out / name).write_text(json.dumps(obj, ensure_ascii=False) + "\n", encoding="utf-8")
-    D.barrier()
-    return out
+                      files: dict[str, object] | None = None, data=None) -> Path:
+    """:func:`export_model` of a task's model: with the tokenizer and ``files`` (e.g. VQA's
+    ``answers.json``), so that the model directory is self-contained for ``predict``."""
+    return export_model(model, run_dir, metrics, tokenizer, data=data, files=files)
 
 
 def load_model_dir(path: str | Path, device: str = "cpu", fallback_tokenizer: Tokenizer | None = None):

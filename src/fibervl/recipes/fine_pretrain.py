@@ -153,7 +153,7 @@ def run(cfg: FineConfig, train_data=None, eval_which=("grounding", "refexp", "de
                       evaluate=evaluate, config_snapshot=cfg)
     summary = trainer.fit()
     metrics = final_metrics(summary, evaluate, model)
-    export_model(model, cfg.train.run_dir, {"init": cfg.model.init, **metrics}, tokenizer=tokenizer)
+    export_model(model, cfg.train.run_dir, {"init": cfg.model.init, **metrics}, tokenizer=tokenizer, data=cfg.data)
     summary["eval"] = metrics
     summary["init_report"] = report
     return summary

@@ -88,7 +88,8 @@ def run(cfg: Nlvr2Config) -> dict:
     summary = Trainer(cfg.train, model, Nlvr2Task(), train, collate_fn=Nlvr2Collator(tokenizer, max_len, cache),
                       evaluate=evaluate, config_snapshot=cfg).fit()
     metrics = final_metrics(summary, evaluate, model)
-    export_task_model(model, tokenizer, cfg.train.run_dir, {"eval_split": cfg.data.eval_split, **metrics})
+    export_task_model(model, tokenizer, cfg.train.run_dir, {"eval_split": cfg.data.eval_split, **metrics},
+                      data=cfg.data)
     summary["eval"] = metrics
     return summary
 

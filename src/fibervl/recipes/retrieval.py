@@ -114,7 +114,8 @@ def run(cfg: RetrievalConfig) -> dict:
     summary = Trainer(cfg.train, model, task, train, collate_fn=PairCollator(tokenizer, max_len, cache),
                       evaluate=periodic if cfg.train.eval_every else None, config_snapshot=cfg).fit()
     metrics = evaluate(cfg, model, tokenizer)
-    export_task_model(model, tokenizer, cfg.train.run_dir, {"eval_split": cfg.data.eval_split, **metrics})
+    export_task_model(model, tokenizer, cfg.train.run_dir, {"eval_split": cfg.data.eval_split, **metrics},
+                      data=cfg.data)
     summary["eval"] = metrics
     return summary
 

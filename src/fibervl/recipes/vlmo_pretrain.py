@@ -109,7 +109,8 @@ def run(cfg: VlmoPretrainConfig) -> dict:
         export_model(model, stage_cfg.run_dir, tokenizer=tokenizer)
     set_stage_trainable(model, "vl")  # the exported model is whole again
     metrics = evaluate(model)
-    export_model(model, cfg.train.run_dir, {"eval_split": cfg.data.eval_split, **metrics}, tokenizer=tokenizer)
+    export_model(model, cfg.train.run_dir, {"eval_split": cfg.data.eval_split, **metrics}, tokenizer=tokenizer,
+                 data=cfg.data)
     return {"stages": summaries, "eval": metrics}
 
 

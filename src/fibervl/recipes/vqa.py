@@ -116,7 +116,7 @@ def run(cfg: VqaConfig) -> dict:
     metrics = final_metrics(summary, evaluate, model)
     export_task_model(model, tokenizer, cfg.train.run_dir,
                       {"eval_split": cfg.data.eval_split, **metrics, "train_coverage": coverage},
-                      files={ANSWERS_FILE: vocab.answers})
+                      files={ANSWERS_FILE: vocab.answers}, data=cfg.data)
     summary["eval"] = metrics
     return summary
 
