@@ -167,17 +167,28 @@ def main(task: str, argv: list[str]) -> int:
         output.emit(result, predictor.draw(result, pair), Path(args.left).stem)
         return output.summary()
     predictor, call = _predictor(task, args, model, processor)
-    for start in range(0, len(sources), args.batch_size):
-        loaded = []
-        for path in sources[start:start + args.batch_size]:
-            try:
-                loaded.append(processor.open(path))
-            except DataError as err:
-                output.error(path, err)
-        if loaded:
-            for image, result in zip(loaded, call(loaded)):
-                output.emit(result, predictor.draw(result, image), Path(image.source).stem)
+    for start in range(0, len(sources), args.batch_size):  # a batch at a time: lines come as they are ready
+        _predict_files(sources[start:start + args.batch_size], processor, call, predictor.draw, output)
     return output.summary()
+
+
+def _predict_files(paths: list[str], processor, call, draw, output: Output) -> None:
+    """``call(images) -> results`` on the readable images of ``paths``; every path gets its line,
+    in order (a DataError's message for an unreadable one)."""
+    opened = []
+    for path in paths:
+        try:
+            opened.append(processor.open(path))
+        except DataError as err:
+            opened.append(err)
+    images = [item for item in opened if not isinstance(item, DataError)]
+    results = iter(call(images) if images else [])
+    for path, item in zip(paths, opened):
+        if isinstance(item, DataError):
+            output.error(path, item)
+        else:
+            result = next(results)
+            output.emit(result, draw(result, item), Path(path).stem)
 
 
 def _predictor(task: str, args, model, processor):
@@ -232,12 +243,5 @@ def _retrieval(args, model, processor, output: Output) -> int:
         for k, result in enumerate(predictor.predict(args.text)):
             output.emit(result, predictor.draw(result), f"query_{k}")
         return output.summary()
-    images = []
-    for path in image_files(args.image):
-        try:
-            images.append(processor.open(path))
-        except DataError as err:
-            output.error(path, err)
-    for image, result in zip(images, predictor.predict(images) if images else []):
-        output.emit(result, predictor.draw(result, image), Path(image.source).stem)
+    _predict_files(image_files(args.image), processor, predictor.predict, predictor.draw, output)
     return output.summary()
