@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
+
 from ..tasks.retrieval import precision_context
 from .processor import ImageLike, InputProcessor, LoadedImage
 

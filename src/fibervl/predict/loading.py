@@ -35,7 +35,7 @@ def load(name_or_dir: str | Path, task: str | None = None, tokenizer: str | Path
     if _is_model_dir(name_or_dir):
         model, card, tok, answers = _from_directory(name_or_dir, device, tokenizer, answers)
     else:
-        model, card, tok = _from_preset(str(name_or_dir), device, tokenizer, answers)
+        model, card, tok = _from_preset(str(name_or_dir), device, tokenizer, answers, seed)
     task = _choose_task(task, model.config, answers, name_or_dir)
     config = model.config
     detection = getattr(config, "detection", None)
@@ -85,7 +85,7 @@ def _from_directory(path, device, tokenizer, answers):
     return model, card, tok, answers
 
 
-def _from_preset(name, device, tokenizer, answers):
+def _from_preset(name, device, tokenizer, answers, seed):
     from ..experiment import _fresh, fit_to_tokenizer
     from ..modeling.families import all_presets, get_any_preset
 
@@ -100,7 +100,7 @@ def _from_preset(name, device, tokenizer, answers):
         config = config.replace(vqa_num_answers=len(answers))
     warnings.warn(f"{name!r} is a preset name, not a trained model: its weights are random and its predictions "
                   "mean nothing (give a model directory for a trained one)", stacklevel=3)
-    model = _fresh(config, 0).to(device)
+    model = _fresh(config, seed).to(device)
     return model, make_card(config, None), tok
 
 
