@@ -1,4 +1,4 @@
-"""Caption decoding: greedy and beam search, with a key/value cache or by recomputation.
+"""Caption decoding: greedy and beam search, and sampling, with a key/value cache or by recomputation.
 
 Both decoders start every caption with ``bos_id`` and stop a caption at ``eos_id`` or after
 ``max_length`` generated tokens. ``use_cache=True`` feeds one new token per step through
@@ -13,6 +13,10 @@ generated tokens, EOS included): the length-normalised score of the official dec
 Hugging Face beam-search form. An image is done once it has ``beam_size`` finished hypotheses and its best
 running beam, normalised at its current length, does not beat the worst of them; at
 ``max_length`` the running beams are finished as they are.
+
+:func:`sample` draws captions token by token from the model's distribution (multinomial
+sampling, several per image, with the same bans): the exploration of CIDEr optimisation
+(:mod:`fibervl.tasks.caption_objectives`).
 """
 
 from __future__ import annotations
@@ -91,6 +95,12 @@ def _ban(logprobs: torch.Tensor, banned: torch.Tensor, eos_id: int, ban_eos: boo
     return logprobs
 
 
+def _banned_ids(cfg: DecodeConfig, bos_id: int, eos_id: int, pad_id: int, extra_banned: tuple[int, ...],
+                device: torch.device) -> torch.Tensor:
+    banned = sorted({bos_id, pad_id, *extra_banned, *cfg.banned_ids} - {eos_id})
+    return torch.tensor(banned, dtype=torch.long, device=device)
+
+
 @torch.no_grad()
 def generate(model, image_tokens: torch.Tensor, cfg: DecodeConfig, bos_id: int, eos_id: int,
              pad_id: int, extra_banned: tuple[int, ...] = ()) -> list[Decoded]:
@@ -98,8 +108,7 @@ def generate(model, image_tokens: torch.Tensor, cfg: DecodeConfig, bos_id: int, 
 
     ``extra_banned``: more ids never generated (e.g. the tokenizer's mask token).
     """
-    banned = sorted({bos_id, pad_id, *extra_banned, *cfg.banned_ids} - {eos_id})
-    banned_t = torch.tensor(banned, dtype=torch.long, device=image_tokens.device)
+    banned_t = _banned_ids(cfg, bos_id, eos_id, pad_id, extra_banned, image_tokens.device)
     if cfg.beam_size == 1:
         return _greedy(model, image_tokens, cfg, bos_id, eos_id, pad_id, banned_t)
     return _beam(model, image_tokens, cfg, bos_id, eos_id, banned_t)
@@ -130,6 +139,39 @@ def _greedy(model, image_tokens, cfg, bos_id, eos_id, pad_id, banned) -> list[De
         row = row[: row.index(eos_id)] if finished else row
         out.append(Decoded(row, score, finished))
     return out
+
+
+@torch.no_grad()
+def sample(model, image_tokens: torch.Tensor, num_samples: int, cfg: DecodeConfig, bos_id: int, eos_id: int,
+           pad_id: int, extra_banned: tuple[int, ...] = (), generator: torch.Generator | None = None) -> torch.Tensor:
+    """``num_samples`` captions per image of ``image_tokens`` [B, N, C], each token drawn from the
+    model's next-token distribution (temperature 1) after the decoder's bans (BOS, PAD,
+    ``extra_banned``, ``cfg.banned_ids``; EOS before ``cfg.min_length``). ``cfg.beam_size`` is
+    not used.
+
+    Returns generated ids [B * num_samples, L], L <= ``cfg.max_length``: image i's samples are
+    rows i * num_samples .. (i + 1) * num_samples - 1; a row ends with its EOS and PAD after it,
+    or runs to L without EOS when the length limit stopped it.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    device = image_tokens.device
+    banned = _banned_ids(cfg, bos_id, eos_id, pad_id, extra_banned, device)
+    rows = image_tokens.shape[0] * num_samples
+    step = _Stepper(model, image_tokens.repeat_interleave(num_samples, dim=0), bos_id, cfg.use_cache)
+    done = torch.zeros(rows, dtype=torch.bool, device=device)
+    keep = torch.arange(rows, device=device)
+    tokens: list[torch.Tensor] = []
+    for t in range(cfg.max_length):
+        probs = _ban(step.logprobs(), banned, eos_id, ban_eos=t < cfg.min_length).exp()
+        nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+        tokens.append(nxt)
+        done = done | nxt.eq(eos_id)
+        if bool(done.all()):
+            break
+        step.advance(keep, nxt, same_images=True)
+    return torch.stack(tokens, dim=1)
 
 
 def _beam(model, image_tokens, cfg, bos_id, eos_id, banned) -> list[Decoded]:
