@@ -4,7 +4,10 @@
     fibervl evaluate caption --model RUN/model data.root=data/shapes data.eval_split=test [--baseline]
     fibervl predict caption --model RUN/model (--image x.png | --images DIR) [--beam 3] [--max-length 20]
 
-Fine-tuning is maximum likelihood with teacher forcing (``tasks.caption``); with
+Fine-tuning is maximum likelihood with teacher forcing (``tasks.caption``), or, continuing from
+an MLE model, CIDEr optimisation (``caption.objective=scst``: rewards from CIDEr-D against the
+training references of each image) or GOLD (``caption.objective=gold``;
+``tasks.caption_objectives``); with
 ``model.freeze_prefix=true data.cache_image_prefix=true`` it trains on each image's frozen prefix
 computed once (``tasks.prefix_cache``; exact, since caption mode never fuses the image side with
 the text; about 4x cheaper steps for ``fiber-tiny``, no colour jitter). Evaluation decodes
@@ -32,7 +35,9 @@ from ..tasks.caption import (
 )
 from ..predict.cli import main as predict_main
 from .coarse_pretrain import FinetuneCaptionData, caption_reader
-from .common import PairCollator, export_model, fused_training_data, model_tokenizer, parse_run_cli
+from .common import (
+    PairCollator, export_model, fused_training_data, model_tokenizer, parse_run_cli, recipe_train, stable_id,
+)
 
 
 @dataclass
@@ -40,7 +45,12 @@ class CaptionConfig:
     model: ModelSpec = field(default_factory=ModelSpec)
     data: FinetuneCaptionData = field(default_factory=FinetuneCaptionData)
     caption: CaptionSettings = field(default_factory=CaptionSettings)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=lambda: recipe_train("finetune-caption", max_steps=500))
+
+
+def training_references(reader) -> dict[int, list[str]]:
+    """{image id as the batches carry it (``stable_id``): all its captions}: SCST's references."""
+    return {stable_id(img["image_id"]): list(img["captions"]) for img in reader.images}
 
 
 def _check_caption_head(model: FiberModel, where: str) -> None:
@@ -61,7 +71,8 @@ def run(cfg: CaptionConfig) -> dict:
     bf16 = uses_bf16(cfg.train.precision, cfg.train.device)
     # Caption mode never fuses the image side with the text, so with the prefixes frozen the
     # image tokens up to the first fused block can be computed once (data.cache_image_prefix).
-    train, cache = fused_training_data(caption_reader(cfg.data, cfg.data.train_split), train_transforms(image_size), model,
+    train_reader = caption_reader(cfg.data, cfg.data.train_split)
+    train, cache = fused_training_data(train_reader, train_transforms(image_size), model,
                                        cfg.data.cache_image_prefix, image_size, bf16, cfg.train.device)
     eval_reader = caption_reader(cfg.data, cfg.data.eval_split)
     decode = cfg.caption.decode_config()
@@ -75,7 +86,8 @@ def run(cfg: CaptionConfig) -> dict:
         # The trainer logs numbers only; the SPICE status goes to metrics.json at the end.
         return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
 
-    trainer = Trainer(cfg.train, model, CaptionTask(cfg.caption), train,
+    task = CaptionTask(cfg.caption, tokenizer, training_references(train_reader))
+    trainer = Trainer(cfg.train, model, task, train,
                       collate_fn=PairCollator(tokenizer, max_len, cache), evaluate=evaluate, config_snapshot=cfg)
     summary = trainer.fit()
     # The trainer evaluates after its last step; only a run stopped by a signal needs it again.

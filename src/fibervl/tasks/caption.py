@@ -1,13 +1,17 @@
-"""Image captioning: MLE fine-tuning in caption mode, decoding and COCO caption metrics.
+"""Image captioning: fine-tuning in caption mode (MLE, SCST or GOLD), decoding and COCO caption metrics.
 
 Caption mode (:meth:`FiberModel.caption_features`): the image runs through Swin alone, the
 text is causal and its fused layers attend to the final image tokens. The LM head is the MLM
 head; position i predicts token i + 1. A training batch is a dict with ``images [B, 3, H, W]``,
-``input_ids [B, T]`` (``<s> w1 .. wn </s>`` then padding) and ``attention_mask [B, T]``.
+``input_ids [B, T]`` (``<s> w1 .. wn </s>`` then padding) and ``attention_mask [B, T]``
+(``image_prefix`` instead of ``images`` when prefixes are cached; SCST also needs ``image_ids
+[B]``, the keys of the training references). The objectives other than MLE are in
+:mod:`fibervl.tasks.caption_objectives`.
 """
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,18 +23,33 @@ from torch.utils.data import DataLoader
 
 from ..data import Processor, Sample, Tokenizer
 from ..data.transforms import eval_transforms
+from ..metrics.cider import CiderD
+from .caption_objectives import gold_loss, scst_loss
 from .decoding import DecodeConfig, generate
 from .retrieval import precision_context
 
 
+OBJECTIVES = ("mle", "scst", "gold")
+
+
 @dataclass
 class CaptionSettings:
-    """Training and decoding settings. ``label_smoothing`` of the MLE loss; decoding:
+    """Training and decoding settings. ``objective``: ``mle`` (teacher forcing), ``scst`` (CIDEr
+    optimisation) or ``gold`` (learning from demonstrations); the last two continue from an MLE
+    model. ``scst_samples``: captions sampled per image; ``scst_mle_weight``: share of the MLE
+    loss in the SCST loss; ``gold_min_weight``: GOLD's lower bound on a token's weight;
+    ``gold_refresh_every``: optimizer steps between refreshes of GOLD's frozen copy (official
+    values: 5, 0.3, 0.1, 1000). ``label_smoothing`` of the MLE loss; decoding:
     ``beam_size`` (1 = greedy), ``max_length`` generated tokens, ``min_length``,
     ``length_penalty`` (scores are ``sum log p / length ** length_penalty``), ``banned_ids``
     (never generated; BOS, PAD and the mask token always are); ``eval_batch_size`` images;
     ``spice``: try SPICE too (when its models are absent it is reported unavailable, at no cost)."""
 
+    objective: str = "mle"
+    scst_samples: int = 5
+    scst_mle_weight: float = 0.3
+    gold_min_weight: float = 0.1
+    gold_refresh_every: int = 1000
     label_smoothing: float = 0.0
     beam_size: int = 3
     max_length: int = 20
@@ -39,6 +58,16 @@ class CaptionSettings:
     banned_ids: tuple[int, ...] = ()
     eval_batch_size: int = 32
     spice: bool = True
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"caption.objective must be one of {', '.join(OBJECTIVES)}; got {self.objective!r}")
+        if self.scst_samples < 1:
+            raise ValueError(f"caption.scst_samples must be >= 1, got {self.scst_samples}")
+        if not 0.0 <= self.scst_mle_weight <= 1.0:
+            raise ValueError(f"caption.scst_mle_weight must be in [0, 1], got {self.scst_mle_weight}")
+        if self.gold_refresh_every < 1:
+            raise ValueError(f"caption.gold_refresh_every must be >= 1, got {self.gold_refresh_every}")
 
     def decode_config(self, beam_size: int | None = None, use_cache: bool = True) -> DecodeConfig:
         return DecodeConfig(beam_size=beam_size or self.beam_size, max_length=self.max_length,
@@ -53,7 +82,14 @@ def caption_mle_loss(model, images: torch.Tensor | None, input_ids: torch.Tensor
     ignored. images [B, 3, H, W] (or, cached, their ``image_prefix`` [B, Hs, Ws, Cs] of a frozen
     prefix: :mod:`fibervl.tasks.prefix_cache`); ids, mask [B, T]. Returns (mean loss over target
     tokens, token accuracy)."""
-    feats = model.caption_features(model.caption_image(images, image_prefix=image_prefix), input_ids, attention_mask)
+    return caption_token_loss(model, model.caption_image(images, image_prefix=image_prefix), input_ids,
+                              attention_mask, label_smoothing)
+
+
+def caption_token_loss(model, image_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`caption_mle_loss` from the image tokens [B, N, C] of :meth:`FiberModel.caption_image`."""
+    feats = model.caption_features(image_tokens, input_ids, attention_mask)
     # A target is real when the token itself is (the mask is 1 on <s> .. </s>); position i of a
     # causal model never sees i + 1, so the padding after </s> changes nothing before it.
     target_real = attention_mask[:, 1:].bool()
@@ -64,16 +100,62 @@ def caption_mle_loss(model, images: torch.Tensor | None, input_ids: torch.Tensor
 
 
 class CaptionTask(nn.Module):
-    """The engine task for caption fine-tuning with maximum likelihood (teacher forcing)."""
+    """The engine task for caption fine-tuning with ``settings.objective``.
 
-    def __init__(self, settings: CaptionSettings) -> None:
+    SCST needs the ``tokenizer`` (to read the samples) and ``references`` {image id: the
+    image's training captions}, keyed as the batch's ``image_ids``; the CIDEr-D document
+    frequencies are computed from these references. GOLD keeps a frozen copy of the model,
+    made at the first step and refreshed every ``gold_refresh_every`` steps; it is not part of
+    the task's modules (not trained, not checkpointed: a resumed run copies the resumed model).
+    """
+
+    def __init__(self, settings: CaptionSettings, tokenizer: Tokenizer | None = None,
+                 references: dict[int, list[str]] | None = None) -> None:
         super().__init__()
         self.settings = settings
+        self.tokenizer, self.references, self.cider = tokenizer, references, None
+        if settings.objective == "scst":
+            if tokenizer is None or not references:
+                raise ValueError("caption.objective=scst needs the tokenizer and the training references per image")
+            self.cider = CiderD(references.values())
+        self._behaviour: list[nn.Module] = []  # a list keeps GOLD's copy out of the module tree
 
     def training_step(self, model, batch: dict) -> dict[str, torch.Tensor]:
-        loss, acc = caption_mle_loss(model, batch.get("images"), batch["input_ids"], batch["attention_mask"],
-                                     self.settings.label_smoothing, image_prefix=batch.get("image_prefix"))
-        return {"loss": loss, "mle": loss.detach(), "token_acc": acc}
+        s = self.settings
+        images, prefix, ids, mask = batch.get("images"), batch.get("image_prefix"), batch["input_ids"], batch["attention_mask"]
+        if s.objective == "gold":
+            if not self._behaviour:
+                self.refresh_behaviour(model)
+            loss, logs = gold_loss(model, self._behaviour[0], images, ids, mask, s.gold_min_weight, image_prefix=prefix)
+            return {"loss": loss, **logs}
+        if s.objective == "mle":
+            loss, acc = caption_mle_loss(model, images, ids, mask, s.label_smoothing, image_prefix=prefix)
+            return {"loss": loss, "mle": loss.detach(), "token_acc": acc}
+        image_tokens = model.caption_image(images, image_prefix=prefix)
+        keys = batch["image_ids"].tolist()
+        missing = [k for k in keys if k not in self.references]
+        if missing:
+            raise KeyError(f"SCST has no references for image id {missing[0]} (the references must be the training split's)")
+        rl, logs = scst_loss(model, image_tokens, [self.references[k] for k in keys], self.tokenizer, self.cider,
+                             s.scst_samples, s.decode_config(beam_size=1))
+        out = {"rl": rl.detach(), **logs}
+        if s.scst_mle_weight > 0:
+            mle, acc = caption_token_loss(model, image_tokens, ids, mask, s.label_smoothing)
+            out.update(mle=mle.detach(), token_acc=acc)
+            rl = s.scst_mle_weight * mle + (1 - s.scst_mle_weight) * rl
+        return {"loss": rl, **out}
+
+    def refresh_behaviour(self, model) -> None:
+        """GOLD: replace the frozen copy by one of ``model`` now (eval mode, no grad)."""
+        frozen = copy.deepcopy(model).eval()
+        for p in frozen.parameters():
+            p.requires_grad_(False)
+            p.grad = None
+        self._behaviour[:] = [frozen]
+
+    def on_step_end(self, model, step: int) -> None:
+        if self.settings.objective == "gold" and step % self.settings.gold_refresh_every == 0:
+            self.refresh_behaviour(model)
 
 
 @torch.no_grad()
