@@ -95,7 +95,7 @@ def run(cfg: CaptionConfig) -> dict:
         evaluate(model)
     metrics, preds = last["metrics"], last["predictions"]
     export_model(model, cfg.train.run_dir, {"eval_split": cfg.data.eval_split, "beam_size": decode.beam_size,
-                                            **metrics}, tokenizer=tokenizer)
+                                            **metrics}, tokenizer=tokenizer, data=cfg.data)
     if D.get_rank() == 0:
         (Path(cfg.train.run_dir) / f"predictions_{cfg.data.eval_split}.json").write_text(json.dumps(preds, indent=1))
     summary["eval"] = metrics
