@@ -9,18 +9,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
 
 import fibervl
 from fibervl.data import train_bytelevel_bpe
 from fibervl.predict import save
 from fibervl.testing.models import set_fusion_gates
 
-WORDS = ("a the red blue green yellow star circle square heart small big left right of what color is shape "
-         "how many image has two there are shapes in").split()
-ANSWERS = ["yes", "no", "red", "blue", "green", "two", "star", "circle"]
-# (width, height): wide, tall and square images, as saved
-SIZES = [(200, 120), (96, 160), (128, 128), (150, 90)]
+from predict_helpers import ANSWERS, SIZES, WORDS, draw_scene
 
 
 @pytest.fixture(scope="session")
@@ -51,20 +46,6 @@ def fine_dir(tokenizer_dir, tmp_path_factory):
     with torch.no_grad():
         model.detector.head.bias0.zero_()
     return save(model, processor, tmp_path_factory.mktemp("fine") / "model")
-
-
-def draw_scene(size: tuple[int, int], seed: int) -> Image.Image:
-    """A few filled shapes on a plain background."""
-    g = torch.Generator().manual_seed(seed)
-    w, h = size
-    image = Image.new("RGB", size, tuple(int(v) for v in torch.randint(0, 256, (3,), generator=g)))
-    draw = ImageDraw.Draw(image)
-    for _ in range(3):
-        x, y = int(torch.randint(0, w - 20, (), generator=g)), int(torch.randint(0, h - 20, (), generator=g))
-        s = int(torch.randint(12, 30, (), generator=g))
-        colour = tuple(int(v) for v in torch.randint(0, 256, (3,), generator=g))
-        (draw.ellipse if seed % 2 else draw.rectangle)([x, y, x + s, y + s], fill=colour)
-    return image
 
 
 @pytest.fixture(scope="session")

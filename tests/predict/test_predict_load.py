@@ -19,7 +19,7 @@ from fibervl.recipes.common import export_task_model
 from fibervl.testing.configs import albef_micro_config
 from fibervl.testing.models import set_fusion_gates
 
-from conftest import ANSWERS
+from predict_helpers import ANSWERS
 
 
 def _same_weights(a, b) -> bool:

@@ -16,7 +16,7 @@ from fibervl.predict import (
     RetrievalPredictor, VqaPredictor,
 )
 
-from conftest import draw_scene
+from predict_helpers import draw_scene
 
 
 def assert_same(a, b, tol: float = 3e-4, where: str = "result") -> None:
