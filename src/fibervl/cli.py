@@ -55,6 +55,12 @@ def _export(args: argparse.Namespace) -> int:
     return run_export(args)
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from .demo.cli import run_demo
+
+    return run_demo(args)
+
+
 def _recipe(args: argparse.Namespace) -> int:
     if args.recipe is None:
         if args.help:
@@ -110,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .export.cli import add_export_parser
 
     add_export_parser(sub).set_defaults(func=_export)
+    from .demo.cli import add_demo_parser
+
+    add_demo_parser(sub).set_defaults(func=_demo)
     sub.add_parser("data", help="write data sets: fibervl data shapes --out DIR (see fibervl data -h)", add_help=False)
 
     for verb, (what, names) in VERBS.items():
