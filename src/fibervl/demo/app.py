@@ -38,10 +38,13 @@ def build_app(models: DemoModels):
         gr.Markdown("## fibervl demo\nUpload an image, pick a task and press its button.\n\n" + _model_list(models))
         with gr.Row():
             with gr.Column():
-                image = gr.Image(type="pil", label="Image", sources=["upload", "clipboard"], elem_id="image")
+                image = gr.Image(type="pil", label="Image", sources=["upload", "clipboard"],
+                                 buttons=["download", "fullscreen"], elem_id="image")
                 inputs = _task_tabs(gr, models, image)
             with gr.Column():
-                picture = gr.Image(type="pil", format="png", label="Result", interactive=False, elem_id="result-image")
+                # No "share" button: it posts to Hugging Face; nothing leaves this machine.
+                picture = gr.Image(type="pil", format="png", label="Result", interactive=False,
+                                   buttons=["download", "fullscreen"], elem_id="result-image")
                 summary = gr.Textbox(label="Answer", lines=4, max_lines=20, interactive=False, elem_id="result-text")
                 result = gr.JSON(label="JSON", elem_id="result-json")
         for task, (button, text_boxes, fields) in inputs.items():
