@@ -10,11 +10,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional, Union
 
 import torch
 
 from .config import FiberConfig
 from .data import Tokenizer
+from .data.sources import FORMATS, DataSource, as_source
+from .engine.config import ConfigError
 from .engine.rng import preserved_rng
 from .modeling.families import build_from_config, get_any_preset, load_config, load_pretrained
 from .modeling.detection.tuning import apply_tuning_mode, needs_prompt
@@ -46,8 +49,14 @@ class ModelSpec:
 
 @dataclass
 class DataSpec:
-    """``root``: the data set directory; ``tokenizer``: tokenizer directory or file (default: the
-    shapes set's own ``ROOT/tokenizer``); ``max_text_len`` / ``image_size`` 0 = the model's.
+    """``train``: the training sources, mixed by weight (also ``--train-data SPEC``, repeatable);
+    ``eval``: the evaluation source (also ``--eval-data SPEC``); each a mapping ``{format,
+    annotations, images, weight, ...}`` or a SPEC string (:mod:`fibervl.data.sources`).
+    Without them, ``root`` (and a recipe's older keys, e.g. ``captions`` and ``format``)
+    describe one source for both: by default the shapes set ``root``. Without ``eval``, the
+    first training source is evaluated when it holds several splits.
+    ``tokenizer``: tokenizer directory or file (default: the ``model.init`` directory's own,
+    else the shapes set's ``ROOT/tokenizer``); ``max_text_len`` / ``image_size`` 0 = the model's.
     ``skip_bad_records`` (also the switch ``--skip-bad-records``): leave bad records out, each
     warned about and summed up at the end of the run, instead of stopping at the first (and,
     in training sets, images that do not decode)."""
@@ -58,11 +67,59 @@ class DataSpec:
     image_size: int = 0
     num_eval: int = 0  # evaluate on the first N items of the split (0 = all)
     skip_bad_records: bool = field(default=False, metadata={"switch": "--skip-bad-records"})
+    train: tuple[Union[DataSource, str], ...] = field(default=(), metadata={"option": "--train-data", "repeat": True})
+    eval: Optional[Union[DataSource, str]] = field(default=None, metadata={"option": "--eval-data"})
+
+    def __post_init__(self) -> None:
+        self.train = tuple(as_source(s) for s in self.train)
+        if self.eval is not None:
+            self.eval = as_source(self.eval)
+
+    def legacy_source(self) -> DataSource:
+        """The one source the older keys describe (a recipe with more keys overrides this)."""
+        return DataSource("shapes", self.root)
+
+    def train_sources(self) -> list[DataSource]:
+        return list(self.train) or [self.legacy_source()]
+
+    def eval_source(self) -> DataSource:
+        if self.eval is not None:
+            return self.eval
+        if not self.train:
+            return self.legacy_source()
+        first = self.train[0]
+        if holds_splits(first):
+            return dataclasses.replace(first, weight=1.0)
+        raise ConfigError(f"no evaluation data: give --eval-data SPEC (data.eval); the training source {first} "
+                          "is a single split")
 
 
-def load_tokenizer(data: DataSpec) -> Tokenizer:
-    path = Path(data.tokenizer) if data.tokenizer else Path(data.root) / "tokenizer"
-    return Tokenizer.from_pretrained(path)
+def holds_splits(source: DataSource) -> bool:
+    """Whether ``source`` can be read at another split than training's: a format whose files hold
+    several (shapes, Karpathy, VQAv2) or a path with ``{split}``, and no fixed ``split``."""
+    if source.split or FORMATS.get(source.format, None) is None or FORMATS[source.format].stream:
+        return False
+    return source.format in ("shapes", "karpathy", "vqav2") or "{split}" in source.annotations + source.images
+
+
+def load_tokenizer(data: DataSpec, init: str = "") -> Tokenizer:
+    """The tokenizer a run uses: ``data.tokenizer`` when named, else the ``init`` model
+    directory's own ``tokenizer/``, else the shapes set's among the data sources."""
+    if data.tokenizer:
+        return Tokenizer.from_pretrained(Path(data.tokenizer))
+    if init:
+        try:
+            own = resolve_model_dir(init) / "tokenizer"
+        except FileNotFoundError:
+            own = None
+        if own is not None and own.is_dir():
+            return Tokenizer.from_pretrained(own)
+    sources = data.train_sources() + ([data.eval] if data.eval is not None else [])
+    shapes = [s for s in sources if s.format == "shapes"]
+    if shapes or not sources:
+        return Tokenizer.from_pretrained(Path(shapes[0].annotations if shapes else data.root) / "tokenizer")
+    raise FileNotFoundError("no tokenizer: name one with data.tokenizer=DIR, or start from a model directory that "
+                            "holds its tokenizer/ (model.init=DIR)")
 
 
 def model_config(spec: ModelSpec, tokenizer: Tokenizer) -> FiberConfig:

@@ -14,7 +14,12 @@ General-purpose: any project config is a (nested) dataclass. Loading is strict:
 
 A boolean field may declare a command-line switch, ``field(default=False, metadata={"switch":
 "--skip-bad-records"})``: :func:`parse_cli` then takes ``--skip-bad-records`` for
-``data.skip_bad_records=true`` in every config that holds the field.
+``data.skip_bad_records=true`` in every config that holds the field. Any field may declare an
+option, ``metadata={"option": "--eval-data"}``: ``--eval-data VALUE`` sets it to the string
+VALUE (not parsed as YAML); with ``"repeat": True`` the option may be given several times and
+the field, a list, gets every value in order (``--train-data A --train-data B``). A section
+class with a ``from_config_string(text)`` classmethod may be given as one string and still have
+one field overridden (``data.eval=SPEC data.eval.split=val2014``).
 
 Overrides are ``dotted.key=value`` strings; the value is parsed as YAML (so ``true``, ``null``,
 ``[1, 2]`` and ``{heads.: 5.0}`` work) and then type-checked like a YAML value. Once a dotted key
@@ -35,6 +40,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -252,17 +258,25 @@ def apply_overrides(cls: type, data: dict[str, Any], overrides: Sequence[str]) -
                     f"valid keys{' under ' + repr(prefix) if prefix else ''}: {', '.join(sorted(fields))}"
                 )
             tp = fields[name][1]
-            # unwrap Optional[Dataclass] / Optional[dict]
+            # unwrap Optional[Dataclass] / Optional[dict], and a union holding one dataclass
+            # (Optional[Source | str]) whose fields are set one by one
             if typing.get_origin(tp) in (Union, getattr(types, "UnionType", None)):
                 non_none = [a for a in typing.get_args(tp) if a is not type(None)]
+                sections = [a for a in non_none if dataclasses.is_dataclass(a)]
                 if len(non_none) == 1:
                     tp = non_none[0]
+                elif len(sections) == 1 and parts[i + 1:]:
+                    tp = sections[0]
             rest = parts[i + 1 :]
             if not rest:
                 node[name] = value
                 break
             if dataclasses.is_dataclass(tp):
                 sub = node.get(name)
+                if isinstance(sub, str) and hasattr(tp, "from_config_string"):
+                    # a section written as one string (a data source's SPEC): set a field of it
+                    sub = to_dict(tp.from_config_string(sub))
+                    node[name] = sub
                 if not isinstance(sub, dict):
                     sub = {}
                     node[name] = sub
@@ -355,6 +369,19 @@ def config_switches(cls: type, prefix: str = "") -> dict[str, str]:
     return switches
 
 
+def config_options(cls: type, prefix: str = "") -> dict[str, tuple[str, bool]]:
+    """``{"--option": ("dotted.key", repeatable)}``: the fields of ``cls`` that declare a
+    command-line option (``metadata={"option": "--name"}``, ``"repeat": True`` for a list)."""
+    options = {}
+    for name, (f, tp) in _fields(cls).items():
+        key = _fmt_key(prefix, name)
+        if dataclasses.is_dataclass(tp):
+            options.update(config_options(tp, key))
+        elif "option" in f.metadata:
+            options[f.metadata["option"]] = (key, bool(f.metadata.get("repeat")))
+    return options
+
+
 def cli_help(cls: type, usage: str) -> str:
     """The ``-h`` text of a config-driven command: its usage and every key with its default."""
     rows = config_keys(cls)
@@ -362,6 +389,8 @@ def cli_help(cls: type, usage: str) -> str:
     lines = [f"usage: {usage}", "", "options:", "  --config FILE     a YAML or JSON config (keys below); key=value overrides it",
              "  --resume [PATH]   continue from the newest checkpoint of train.run_dir, or from PATH"]
     lines += [f"  {switch:<17} {key}=true" for switch, key in config_switches(cls).items()]
+    lines += [f"  {option + ' V':<17} {key}=V" + (" (repeatable: a list)" if repeat else "")
+              for option, (key, repeat) in config_options(cls).items()]
     lines += ["", "keys (key=value, dotted for sections):"]
     lines += [f"  {k:<{width}}  {d}  ({t})" for k, t, d in rows]
     return "\n".join(lines)
@@ -372,8 +401,9 @@ def parse_cli(cls: type[T], argv: Sequence[str]) -> tuple[T, dict[str, Any]]:
 
     ``flags`` holds ``config`` (path or None) and ``resume`` (None, ``"auto"`` for a bare
     ``--resume``, or the given path). A switch of :func:`config_switches` is the override
-    ``its.key=true``. ``-h`` / ``--help`` prints :func:`cli_help` and exits 0. Any other
-    ``--option`` is an error.
+    ``its.key=true``; an option of :func:`config_options` sets its key to the string given
+    (a repeatable one to the list of every value given, replacing the config file's list).
+    ``-h`` / ``--help`` prints :func:`cli_help` and exits 0. Any other ``--option`` is an error.
     """
     if "-h" in argv or "--help" in argv:
         print(cli_help(cls, "fibervl VERB NAME [--config FILE] [--resume [PATH]] key=value ..."))
@@ -382,11 +412,25 @@ def parse_cli(cls: type[T], argv: Sequence[str]) -> tuple[T, dict[str, Any]]:
     resume = None
     overrides: list[str] = []
     switches = config_switches(cls)
+    options = config_options(cls)
+    given: dict[str, list[str]] = {}
     args = list(argv)
     i = 0
     while i < len(args):
         a = args[i]
-        if a == "--config":
+        name, eq, value = a.partition("=")
+        if name in options:
+            if not eq:
+                if i + 1 >= len(args):
+                    raise ConfigError(f"{name} needs a value")
+                value = args[i + 1]
+                i += 1
+            if name not in given:  # the option takes its place among the overrides where first given
+                given[name] = []
+                overrides.append(name)
+            given[name].append(value)
+            i += 1
+        elif a == "--config":
             if i + 1 >= len(args):
                 raise ConfigError("--config needs a file name")
             config_path = args[i + 1]
@@ -408,10 +452,16 @@ def parse_cli(cls: type[T], argv: Sequence[str]) -> tuple[T, dict[str, Any]]:
             overrides.append(f"{switches[a]}=true")
             i += 1
         elif a.startswith("-"):
-            extra = "".join(f", {s}" for s in switches)
+            extra = "".join(f", {s}" for s in [*switches, *options])
             raise ConfigError(f"unknown option {a!r} (use --config FILE, --resume [PATH]{extra} or key=value)")
         else:
             overrides.append(a)
             i += 1
+    for name, values in given.items():
+        key, repeat = options[name]
+        if not repeat and len(values) > 1:
+            raise ConfigError(f"{name} was given {len(values)} times; it takes one value")
+        # JSON is YAML: the override carries the strings exactly as given
+        overrides[overrides.index(name)] = f"{key}={json.dumps(values if repeat else values[0])}"
     cfg = load_config(cls, config_path, overrides)
     return cfg, {"config": config_path, "resume": resume}

@@ -2,8 +2,14 @@
 
     fibervl pretrain coarse --config configs/fiber-tiny_coarse_shapes.yaml train.max_steps=200
 
-Data: a captions split in the Karpathy format (the shapes set writes one) or COCO's captions
-files (``data.format=coco_captions``); every (image, caption) pair is a sample. Evaluation: dual-encoder (ITC) retrieval R@1/5/10 on ``eval_split``.
+    fibervl pretrain coarse --train-data karpathy:coco/dataset_coco.json:coco \
+        --train-data 'webdataset:cc3m/{00000..00331}.tar' --eval-data karpathy:coco/dataset_coco.json:coco
+
+Data: caption sources (:mod:`fibervl.data.sources`: ``data.train`` / ``--train-data``, mixed by
+weight; webdataset shards are streamed, never loaded whole), or the older keys: a captions split
+in the Karpathy format (the shapes set writes one) or COCO's captions files
+(``data.format=coco_captions``); every (image, caption) pair is a sample. Evaluation:
+dual-encoder (ITC) retrieval R@1/5/10 on ``eval_split`` of the evaluation source.
 The run directory holds the engine's checkpoints (``--resume`` continues exactly) and, at the
 end, ``model/`` (loadable with ``FiberModel.from_pretrained``) and ``metrics.json``.
 """
@@ -13,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data import CocoCaptionsReader, KarpathyCaptions, ProcessedDataset, Processor
-from ..data.shapes import ShapesDataset
+from ..data import Processor
+from ..data.sources import DataSource, open_eval, training_data, training_reader
 from ..data.transforms import train_transforms
 from ..engine.precision import uses_bf16
 from ..engine.trainer import Trainer, TrainConfig
@@ -44,6 +50,15 @@ class CaptionData(DataSpec):
     train_split: str = "train"
     eval_split: str = "val"
 
+    def legacy_source(self) -> DataSource:
+        if not self.captions:
+            return DataSource("shapes", self.root)
+        if self.format == "karpathy":
+            return DataSource("karpathy", self.captions, self.image_root or self.root)
+        if self.format == "coco_captions":
+            return DataSource("coco_captions", self.captions, self.image_root or str(Path(self.root) / "{split}"))
+        raise ValueError(f"data.format must be one of {CAPTION_FORMATS}, got {self.format!r}")
+
 
 @dataclass
 class FinetuneCaptionData(CaptionData):
@@ -62,18 +77,14 @@ class CoarseConfig:
     train: TrainConfig = field(default_factory=lambda: recipe_train("pretrain-coarse", max_steps=1000))
 
 
-def caption_reader(data: CaptionData, split: str) -> KarpathyCaptions | CocoCaptionsReader:
-    """The captions of ``split`` as ``data`` describes them (skipping bad pairs if it says so)."""
+def caption_reader(data: CaptionData, split: str, seed: int = 0):
+    """The captions of ``split`` as ``data`` describes them (skipping bad pairs if it says so):
+    at ``data.train_split`` the training sources mixed by weight (indexable ones only), at any
+    other split the evaluation source."""
     skip = data.skip_bad_records
-    if not data.captions:
-        return ShapesDataset(data.root).captions(split, skip_bad=skip)
-    if data.format == "karpathy":
-        return KarpathyCaptions(data.captions, data.image_root or data.root, split, skip_bad=skip)
-    if data.format == "coco_captions":
-        image_root = data.image_root or str(Path(data.root) / "{split}")
-        return CocoCaptionsReader(data.captions.replace("{split}", split), image_root.replace("{split}", split),
-                                  skip_bad=skip)
-    raise ValueError(f"data.format must be one of {CAPTION_FORMATS}, got {data.format!r}")
+    if split == data.train_split:
+        return training_reader(data.train_sources(), "captions", split, skip, seed)
+    return open_eval(data.eval_source(), "captions", split, skip)
 
 
 @dataclass
@@ -84,14 +95,14 @@ class ImageTextSetup:
 
     tokenizer: object
     model: object
-    train: ProcessedDataset
+    train: object  # a ProcessedDataset; a MixedStream when a source is a stream
     collate: PairCollator
     evaluate: object
 
 
 def image_text_setup(model_spec: ModelSpec, data: CaptionData, train_cfg: TrainConfig, family: str) -> ImageTextSetup:
     """Build :class:`ImageTextSetup`; the model must be of ``family`` (the recipe's own)."""
-    tokenizer = load_tokenizer(data)
+    tokenizer = load_tokenizer(data, model_spec.init)
     model = build_model(model_spec, tokenizer)
     mcfg = model.config
     if getattr(mcfg, "family", "fiber") != family:
@@ -99,8 +110,10 @@ def image_text_setup(model_spec: ModelSpec, data: CaptionData, train_cfg: TrainC
                          f"is a {getattr(mcfg, 'family', 'fiber')} model")
     image_size = data.image_size or mcfg.vision.image_size
     max_len = data.max_text_len or mcfg.text.max_text_len
-    reader = caption_reader(data, data.train_split)
-    train = ProcessedDataset(reader, Processor(train_transforms(image_size), skip_bad=reader.skip_bad))
+    skip = data.skip_bad_records
+    # caption files are mixed by weight, webdataset shards streamed beside them
+    train = training_data(data.train_sources(), "captions", data.train_split,
+                          Processor(train_transforms(image_size), skip_bad=skip), skip, train_cfg.seed)
     eval_reader = caption_reader(data, data.eval_split)
     bf16 = uses_bf16(train_cfg.precision, train_cfg.device)
 

@@ -3,12 +3,25 @@ image-text-box data (phrase grounding + referring expressions + detection prompt
 
     fibervl pretrain fine --config configs/fiber-tiny_fine_shapes.yaml model.init=runs/coarse/model
 
+    fibervl pretrain fine model.preset=fiber-base-fine model.init=runs/coarse/model \
+        --train-data mdetr:mdetr_annotations/final_mixed_train_no_coco.json:gqa/images \
+        --train-data mdetr:mdetr_annotations/final_flickr_separateGT_train.json:flickr30k/images \
+        --train-data o365:objects365/zhiyuan_objv2_train.json:objects365 \
+        --eval-data coco:coco/annotations/instances_val2017.json:coco/val2017
+
+Data: grounding, referring-expression and detection sources (:mod:`fibervl.data.sources`),
+mixed by weight (the official setting: GoldG without COCO, Flickr30k and Objects365, each
+once); a shapes source gives each kind ``data.grounding`` / ``refexp`` / ``detection`` switch
+on. Detection sources train through prompts of their class names.
+
 ``model.init``: a coarse ``model/`` directory; every weight it shares with the fine model is
 re-used (backbones, fusion), the rest (detector, stage feature norms) starts fresh; the report of
 new and unused weights is printed and saved in ``run_dir/init_report.json``. Empty: from scratch
 (the paper's "w/o coarse-grained VLP" ablation). At the end: ``run_dir/model`` and
 ``metrics.json`` with grounding R@k, REC accuracy and detection AP (seen classes on
-``eval_split``; zero-shot on the held-out class names of ``zero_shot_split``).
+``eval_split``; zero-shot on the held-out class names of ``zero_shot_split``) of a shapes
+evaluation source, or the metric of another evaluation source's kind (an MDETR file: grounding
+R@k, unless the task is ``refexp``; a detection file: AP over all its classes).
 """
 
 from __future__ import annotations
@@ -18,26 +31,30 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from torch.utils.data import ConcatDataset
-
 from ..data import ProcessedDataset
 from ..data.shapes import ShapesDataset
-from ..data.transforms import detection_train_transforms
+from ..data.sources import DataSource, Mixture, format_of, open_eval, open_source
+from ..engine.config import ConfigError
+from ..data.transforms import InputSize
 from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import DataSpec, ModelSpec, build_model_compatible, load_tokenizer, summarize_keys
 from ..tasks.grounding import (
     DetectionPromptDataset, FineCollator, FineGrainedTask, FineObjectives, evaluate_detection, evaluate_grounding, evaluate_refexp,
-    make_processor,
+    detector_input, make_processor,
 )
 from .common import parse_run_cli, export_model, final_metrics, recipe_train
 
 
 @dataclass
 class FineData(DataSpec):
-    """A shapes data set ``root``: which training sources to mix, and evaluation splits.
+    """Which kinds of training data to use from a shapes source (every other source gives its
+    own kind), and evaluation splits.
 
     ``max_classes``: classes per detection prompt (present ones + random negatives; 0 = all).
-    ``train_sizes``: random multi-scale training sizes (shorter side; empty = the model's size).
+    ``image_size`` / ``max_size``: the detector's input, shorter side and cap on the longer side,
+    aspect ratio kept (0 = the model's: ``fiber-base-fine`` 800 / 1333, a tiny preset its image
+    size); ``train_sizes``: shorter sides drawn in multi-scale training (empty = the model's:
+    ``fiber-base-fine`` 480..800 by 80). See :func:`~fibervl.tasks.grounding.detector_input`.
     ``normalization``: "imagenet" (trained here) or "official" (converted official checkpoints).
     ``chunk_size``: class names per evaluation prompt (LVIS protocol 40).
     ``eval_batch_size``: images per evaluation forward.
@@ -47,8 +64,10 @@ class FineData(DataSpec):
     refexp: bool = True
     detection: bool = True
     max_classes: int = 6
+    max_size: int = 0
     train_sizes: tuple[int, ...] = ()
     normalization: str = "imagenet"
+    train_split: str = "train"
     eval_split: str = "val"
     zero_shot_split: str = "test"
     chunk_size: int = 40
@@ -63,64 +82,109 @@ class FineConfig:
     train: TrainConfig = field(default_factory=lambda: recipe_train("pretrain-fine", max_steps=100))
 
 
-def sizes_of(data: FineData, model_config) -> tuple[int, int]:
-    image_size = data.image_size or model_config.vision.image_size
+def sizes_of(data: FineData, model_config) -> tuple[InputSize, int]:
+    """(the detector's input size, its query length) for ``data`` on a model of ``model_config``."""
+    size = detector_input(model_config, data.image_size, data.max_size, data.train_sizes)
     max_len = data.max_text_len or model_config.detection.max_query_len
-    return image_size, max_len
+    return size, max_len
 
 
-def training_set(data: FineData, image_size: int, shapes: ShapesDataset, split: str = "train"):
-    """The mixed fine-grained training set of the sources ``data`` switches on."""
-    sizes = data.train_sizes or (image_size,)
+FINE_KINDS = ("grounding", "refexp", "detection")
+
+
+def source_kinds(data: FineData, source: DataSource, switched: tuple[str, ...] | None = None) -> list[str]:
+    """The kinds of data ``source`` gives the fine-grained recipe: from a shapes set each kind
+    switched on; from another format the first switched-on kind it holds (an MDETR file is read
+    alike as grounding or referring expressions)."""
+    on = [k for k in FINE_KINDS if getattr(data, k)] if switched is None else list(switched)
+    fmt = format_of(source)
+    held = [k for k in on if k in fmt.kinds]
+    if source.format == "shapes":
+        return held
+    if not held:
+        raise ConfigError(f"data source {source}: format {fmt.name!r} holds {'/'.join(fmt.kinds)} data; "
+                          f"this run uses {'/'.join(on) or 'none'} (data.grounding / refexp / detection)")
+    return held[:1]
+
+
+def training_set(data: FineData, image_size: InputSize | int, seed: int = 0):
+    """The fine-grained training set: every (source, kind) part, mixed by the sources' weights,
+    at ``image_size`` (:func:`sizes_of`; an int ``n``: fit into ``n`` x ``n``)."""
     skip = data.skip_bad_records
-    processor = make_processor(detection_train_transforms(sizes, max(sizes)), data.normalization, skip_bad=skip)
-    parts = []
-    if data.grounding:
-        parts.append(ProcessedDataset(shapes.grounding(split, skip_bad=skip), processor))
-    if data.refexp:
-        parts.append(ProcessedDataset(shapes.refexp(split, skip_bad=skip), processor))
-    if data.detection:
-        det = shapes.detection(split, skip_bad=skip)
-        parts.append(DetectionPromptDataset(det, det.categories, processor, max_classes=data.max_classes))
+    processor = make_processor(InputSize.of(image_size).train_transforms(), data.normalization, skip_bad=skip)
+    parts, weights = [], []
+    for source in data.train_sources():
+        for kind in source_kinds(data, source):
+            reader = open_source(source, kind, data.train_split, skip, "fine-grained training")
+            if kind == "detection":
+                parts.append(DetectionPromptDataset(reader, reader.categories, processor, max_classes=data.max_classes))
+            else:
+                parts.append(ProcessedDataset(reader, processor))
+            weights.append(source.weight)
     if not parts:
         raise ValueError("no training data: switch on data.grounding, data.refexp or data.detection")
-    return ConcatDataset(parts)
+    return Mixture(parts, weights, seed)
 
 
-def evaluate_all(model, tokenizer, data: FineData, shapes: ShapesDataset, image_size: int, max_len: int,
-                 which: tuple[str, ...] = ("grounding", "refexp", "detection", "zero_shot")) -> dict[str, float]:
-    """Flat metrics: ``ground_r1/5/10``, ``rec_acc`` (and ``rec_acc_seen`` / ``rec_acc_held_out``:
-    expressions without and with a held-out name, which only test files have), ``det_AP..`` (seen
-    classes on ``eval_split``), ``zs_AP..`` (held-out names on ``zero_shot_split``)."""
+class EvalSets:
+    """The evaluation readers of the evaluations in ``which`` the evaluation source allows, read
+    once: ``readers[kind]``, ``category_ids[kind]`` (detection: classes named in the prompts)
+    and ``group_of`` (REC groups; shapes only). A shapes source also gives ``zero_shot``: its
+    held-out names on ``zero_shot_split`` (left out, saying so, when it has none)."""
+
+    def __init__(self, data: FineData, which: tuple[str, ...]):
+        source = data.eval_source()
+        skip = data.skip_bad_records
+        self.readers: dict[str, object] = {}
+        self.category_ids: dict[str, list[int]] = {}
+        self.group_of = None
+        if source.format == "shapes":
+            shapes = ShapesDataset(source.annotations)
+            split = source.split or data.eval_split
+            if "zero_shot" in which and not shapes.held_out_category_ids:
+                print(f"zero-shot detection left out: {shapes.root} has no held-out classes", file=sys.stderr)
+                which = tuple(w for w in which if w != "zero_shot")
+            self.group_of = shapes.expression_group
+            for kind in which:
+                if kind == "zero_shot":
+                    self.readers[kind] = shapes.detection(source.split or data.zero_shot_split, skip_bad=skip)
+                    self.category_ids[kind] = shapes.held_out_category_ids
+                else:
+                    self.readers[kind] = getattr(shapes, kind)(split, skip_bad=skip)
+                    if kind == "detection":
+                        self.category_ids[kind] = shapes.seen_category_ids
+        else:
+            kinds = source_kinds(data, source, tuple(k for k in which if k in FINE_KINDS)) if which else []
+            for kind in kinds:
+                reader = open_eval(source, kind, data.eval_split, skip, "fine-grained evaluation")
+                self.readers[kind] = reader
+                if kind == "detection":
+                    self.category_ids[kind] = sorted(reader.categories)
+
+    @property
+    def which(self) -> tuple[str, ...]:
+        return tuple(self.readers)
+
+
+def evaluate_all(model, tokenizer, data: FineData, sets: EvalSets, image_size: int, max_len: int) -> dict[str, float]:
+    """Flat metrics of ``sets``: ``ground_r1/5/10``, ``rec_acc`` (and ``rec_acc_seen`` /
+    ``rec_acc_held_out``: expressions without and with a held-out name, which only shapes test
+    files have), ``det_AP..`` (seen classes on ``eval_split``), ``zs_AP..`` (held-out names on
+    ``zero_shot_split``)."""
     kw = dict(image_size=image_size, max_len=max_len, limit=data.num_eval, batch_size=data.eval_batch_size,
               normalization=data.normalization)
-    skip = data.skip_bad_records
     out: dict[str, float] = {}
-    if "grounding" in which:
-        reader = shapes.grounding(data.eval_split, skip_bad=skip)
-        out.update({f"ground_{k}": v for k, v in evaluate_grounding(model, tokenizer, reader, **kw).items()})
-    if "refexp" in which:
-        m = evaluate_refexp(model, tokenizer, shapes.refexp(data.eval_split, skip_bad=skip),
-                            group_of=shapes.expression_group, **kw)
+    r = sets.readers
+    if "grounding" in r:
+        out.update({f"ground_{k}": v for k, v in evaluate_grounding(model, tokenizer, r["grounding"], **kw).items()})
+    if "refexp" in r:
+        m = evaluate_refexp(model, tokenizer, r["refexp"], group_of=sets.group_of, **kw)
         out.update({f"rec_{k}": v for k, v in m.items()})
-    if "detection" in which:
-        m = evaluate_detection(model, tokenizer, shapes.detection(data.eval_split, skip_bad=skip),
-                               shapes.seen_category_ids, chunk_size=data.chunk_size, **kw)
-        out.update({f"det_{k}": v for k, v in m.items()})
-    if "zero_shot" in which:
-        m = evaluate_detection(model, tokenizer, shapes.detection(data.zero_shot_split, skip_bad=skip),
-                               shapes.held_out_category_ids, chunk_size=data.chunk_size, **kw)
-        out.update({f"zs_{k}": v for k, v in m.items()})
+    for kind, prefix in (("detection", "det"), ("zero_shot", "zs")):
+        if kind in r:
+            m = evaluate_detection(model, tokenizer, r[kind], sets.category_ids[kind], chunk_size=data.chunk_size, **kw)
+            out.update({f"{prefix}_{k}": v for k, v in m.items()})
     return out
-
-
-def possible_evaluations(shapes: ShapesDataset, which: tuple[str, ...]) -> tuple[str, ...]:
-    """``which`` without ``zero_shot`` when the data set holds no class out of training (there
-    is nothing to name zero-shot), saying so on stderr."""
-    if "zero_shot" in which and not shapes.held_out_category_ids:
-        print(f"zero-shot detection left out: {shapes.root} has no held-out classes", file=sys.stderr)
-        return tuple(w for w in which if w != "zero_shot")
-    return which
 
 
 def init_report_text(report: dict) -> str:
@@ -133,7 +197,7 @@ def init_report_text(report: dict) -> str:
 
 def run(cfg: FineConfig, train_data=None, eval_which=("grounding", "refexp", "detection", "zero_shot")) -> dict:
     """Train on ``train_data`` (default: :func:`training_set` of ``cfg.data``) and evaluate."""
-    tokenizer = load_tokenizer(cfg.data)
+    tokenizer = load_tokenizer(cfg.data, cfg.model.init)
     model, report = build_model_compatible(cfg.model, tokenizer)
     if model.config.detection is None:
         raise ValueError(f"model preset {cfg.model.preset!r} has no detection config")
@@ -142,12 +206,11 @@ def run(cfg: FineConfig, train_data=None, eval_which=("grounding", "refexp", "de
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "init_report.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     image_size, max_len = sizes_of(cfg.data, model.config)
-    shapes = ShapesDataset(cfg.data.root)
-    train = train_data if train_data is not None else training_set(cfg.data, image_size, shapes)
-    eval_which = possible_evaluations(shapes, eval_which)
+    train = train_data if train_data is not None else training_set(cfg.data, image_size, cfg.train.seed)
+    sets = EvalSets(cfg.data, eval_which)
 
     def evaluate(m) -> dict[str, float]:
-        return evaluate_all(m, tokenizer, cfg.data, shapes, image_size, max_len, eval_which)
+        return evaluate_all(m, tokenizer, cfg.data, sets, image_size, max_len)
 
     trainer = Trainer(cfg.train, model, FineGrainedTask(cfg.objectives), train, collate_fn=FineCollator(tokenizer, max_len),
                       evaluate=evaluate, config_snapshot=cfg)

@@ -5,9 +5,13 @@
     fibervl evaluate nlvr2 --model RUN/model --data-root DIR [--split test]
     fibervl predict nlvr2 --model RUN/model --left a.jpg --right b.jpg --text "..."
 
-Data: with ``data.format=shapes`` (default) ``data.root`` is a shapes set; with ``nlvr2`` it
-holds NLVR2's ``{split}.json`` files (``train``, ``dev``, ``test1``) and ``image_root`` (default
-``root``) the split image folders. Training transforms never flip (left/right statements).
+    fibervl finetune nlvr2 --init RUN --train-data nlvr2:nlvr2/data/train.json:nlvr2/images \
+        --eval-data nlvr2:nlvr2/data/dev.json:nlvr2/images
+
+Data: NLVR2 sources (:mod:`fibervl.data.sources`), or the older keys: with ``data.format=shapes``
+(default) ``data.root`` is a shapes set; with ``nlvr2`` it holds NLVR2's ``{split}.json`` files
+(``train``, ``dev``, ``test1``) and ``image_root`` (default ``root``) the split image folders.
+Training transforms never flip (left/right statements).
 """
 
 from __future__ import annotations
@@ -16,8 +20,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data import Nlvr2Reader
-from ..data.shapes import ShapesDataset
+from ..data.sources import DataSource, open_eval, training_reader
 from ..data.transforms import train_transforms
 from ..engine.precision import uses_bf16
 from ..engine.trainer import Trainer, TrainConfig
@@ -43,6 +46,14 @@ class Nlvr2Data(DataSpec):
     # train on cached image prefixes (needs model.freeze_prefix; no image augmentation): tasks/prefix_cache.py
     cache_image_prefix: bool = False
 
+    def legacy_source(self) -> DataSource:
+        if self.format == "shapes":
+            return DataSource("shapes", self.root)
+        if self.format == "nlvr2":
+            return DataSource("nlvr2", str(Path(self.root) / "{split}.json"), self.image_root or self.root,
+                              image_ext=self.image_ext)
+        raise ValueError(f"data.format must be 'shapes' or 'nlvr2', got {self.format!r}")
+
 
 @dataclass
 class Nlvr2Config:
@@ -51,13 +62,12 @@ class Nlvr2Config:
     train: TrainConfig = field(default_factory=lambda: recipe_train("finetune-nlvr2", max_steps=100))
 
 
-def nlvr2_reader(data: Nlvr2Data, split: str) -> Nlvr2Reader:
-    if data.format == "shapes":
-        return ShapesDataset(data.root).nlvr2(split, skip_bad=data.skip_bad_records)
-    if data.format == "nlvr2":
-        return Nlvr2Reader(Path(data.root) / f"{split}.json", data.image_root or data.root, image_ext=data.image_ext,
-                           skip_bad=data.skip_bad_records)
-    raise ValueError(f"data.format must be 'shapes' or 'nlvr2', got {data.format!r}")
+def nlvr2_reader(data: Nlvr2Data, split: str, seed: int = 0):
+    """The statements of ``split``: at ``data.train_split`` the training sources mixed by
+    weight, at any other split the evaluation source."""
+    if split == data.train_split:
+        return training_reader(data.train_sources(), "nlvr2", split, data.skip_bad_records, seed, "finetune nlvr2")
+    return open_eval(data.eval_source(), "nlvr2", split, data.skip_bad_records, "evaluate nlvr2")
 
 
 def _sizes(cfg, model) -> tuple[int, int]:
@@ -70,12 +80,12 @@ def _eval_samples(cfg: Nlvr2Config, split: str):
 
 
 def run(cfg: Nlvr2Config) -> dict:
-    tokenizer = load_tokenizer(cfg.data)
+    tokenizer = load_tokenizer(cfg.data, cfg.model.init)
     model, new = build_task_model(cfg.model, tokenizer, new_heads=("nlvr2",))
     if cfg.model.init:
         print(f"new weights (not loaded from {cfg.model.init}): {new}")
     image_size, max_len = _sizes(cfg, model)
-    train_reader = nlvr2_reader(cfg.data, cfg.data.train_split)
+    train_reader = nlvr2_reader(cfg.data, cfg.data.train_split, cfg.train.seed)
     warn_truncated(tokenizer, (s.text for s in train_reader), max_len, "training statements")
     eval_samples = _eval_samples(cfg, cfg.data.eval_split)
     bf16 = uses_bf16(cfg.train.precision, cfg.train.device)

@@ -90,7 +90,7 @@ def run(cfg: RetrievalConfig) -> dict:
     """Fine-tune, evaluate on ``data.eval_split``, export ``run_dir/model`` (with its tokenizer)."""
     if cfg.objectives.mlm:
         raise ValueError("retrieval fine-tuning is ITC + ITM: set objectives.mlm=0")
-    tokenizer = load_tokenizer(cfg.data)
+    tokenizer = load_tokenizer(cfg.data, cfg.model.init)
     model, new = build_task_model(cfg.model, tokenizer)
     if cfg.model.init and new:
         print(f"new weights (not in {cfg.model.init}): {new}")
@@ -98,7 +98,8 @@ def run(cfg: RetrievalConfig) -> dict:
     mcfg = model.config
     eval_reader = caption_reader(cfg.data, cfg.data.eval_split)
     bf16 = uses_bf16(cfg.train.precision, cfg.train.device)
-    train, cache = fused_training_data(caption_reader(cfg.data, cfg.data.train_split), train_transforms(image_size), model,
+    train, cache = fused_training_data(caption_reader(cfg.data, cfg.data.train_split, cfg.train.seed),
+                                       train_transforms(image_size), model,
                                        cfg.data.cache_image_prefix, image_size, bf16, cfg.train.device)
 
     def periodic(m) -> dict[str, float]:  # cheap during training: dual encoder only

@@ -7,10 +7,14 @@
     fibervl evaluate vqa --model RUN/model --data-root DIR [--split test] [--results out.json]
     fibervl predict vqa --model RUN/model (--image x.jpg | --images DIR) --question "what color is the circle?"
 
-Data: with ``data.source`` empty, ``data.root`` is a shapes set; otherwise any directory in the
-VQAv2 layout (``v2_OpenEnded_{source}_{split}_questions.json`` + ``v2_{source}_{split}_annotations.json``)
-with images at ``image_root / image_template`` (VQAv2's template by default; ``split`` is the
-data subtype, e.g. ``train2014``). The answer vocabulary is the ``vqa.max_answers`` most frequent
+    fibervl finetune vqa --init RUN --train-data vqav2,split=train2014:vqav2:coco \
+        --train-data vqav2,split=val2014:vqav2:coco --eval-data vqav2,split=val2014:vqav2:coco
+
+Data: VQA sources (:mod:`fibervl.data.sources`; ``vqav2:DIR:IMAGES``, several training ones
+mixed by weight), or the older keys: with ``data.source`` empty, ``data.root`` is a shapes set;
+otherwise any directory in the VQAv2 layout (``v2_OpenEnded_{source}_{split}_questions.json`` +
+``v2_{source}_{split}_annotations.json``) with images at ``image_root / image_template``
+(VQAv2's template by default; ``split`` is the data subtype, e.g. ``train2014``). The answer vocabulary is the ``vqa.max_answers`` most frequent
 (normalised) training answers given at least ``vqa.min_count`` times; the model's VQA head is
 rebuilt to its size and the export holds it as ``model/answers.json``.
 """
@@ -21,9 +25,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data import AnswerVocabulary, VqaReader
+from ..data import AnswerVocabulary
 from ..data.readers.vqa import VQAV2_IMAGE_TEMPLATE
-from ..data.shapes import ShapesDataset
+from ..data.sources import DataSource, open_eval, training_reader
 from ..data.transforms import train_transforms
 from ..engine.precision import uses_bf16
 from ..engine.trainer import Trainer, TrainConfig
@@ -56,6 +60,11 @@ class VqaData(DataSpec):
     # train on cached image prefixes (needs model.freeze_prefix; no image augmentation): tasks/prefix_cache.py
     cache_image_prefix: bool = False
 
+    def legacy_source(self) -> DataSource:
+        if not self.source:
+            return DataSource("shapes", self.root)
+        return DataSource("vqav2", self.root, self.image_root or self.root, image_template=self.image_template)
+
 
 @dataclass
 class VqaSettings:
@@ -72,11 +81,12 @@ class VqaConfig:
     results: str = ""  # evaluate: also write the predictions in the VQAv2 server format here
 
 
-def vqa_reader(data: VqaData, split: str, annotations: bool = True) -> VqaReader:
-    if not data.source:
-        return ShapesDataset(data.root).vqa(split, annotations=annotations, skip_bad=data.skip_bad_records)
-    return VqaReader(data.root, split, source=data.source, image_root=data.image_root or data.root,
-                     image_template=data.image_template, annotations=annotations, skip_bad=data.skip_bad_records)
+def vqa_reader(data: VqaData, split: str, seed: int = 0):
+    """The questions of ``split``: at ``data.train_split`` the training sources mixed by weight,
+    at any other split the evaluation source."""
+    if split == data.train_split:
+        return training_reader(data.train_sources(), "vqa", split, data.skip_bad_records, seed, "finetune vqa")
+    return open_eval(data.eval_source(), "vqa", split, data.skip_bad_records, "evaluate vqa")
 
 
 def _sizes(cfg, model) -> tuple[int, int]:
@@ -90,8 +100,8 @@ def _eval_samples(cfg: VqaConfig, split: str):
 
 def run(cfg: VqaConfig) -> dict:
     """Build the vocabulary, fine-tune, evaluate on ``data.eval_split``, export a self-contained model."""
-    tokenizer = load_tokenizer(cfg.data)
-    train_reader = vqa_reader(cfg.data, cfg.data.train_split)
+    tokenizer = load_tokenizer(cfg.data, cfg.model.init)
+    train_reader = vqa_reader(cfg.data, cfg.data.train_split, cfg.train.seed)
     vocab = AnswerVocabulary.build(train_reader, min_count=cfg.vqa.min_count, max_size=cfg.vqa.max_answers)
     coverage = vocabulary_coverage(train_reader, vocab)
     print(f"answer vocabulary: {len(vocab)} answers; train coverage: {coverage}")
