@@ -62,7 +62,7 @@ def _check_caption_head(model: FiberModel, where: str) -> None:
 def run(cfg: CaptionConfig) -> dict:
     """Fine-tune, evaluate on ``data.eval_split`` and export. Returns the trainer summary with
     ``eval`` (the final metrics)."""
-    tokenizer = load_tokenizer(cfg.data)
+    tokenizer = load_tokenizer(cfg.data, cfg.model.init)
     model = build_model(cfg.model, tokenizer)
     _check_caption_head(model, cfg.model.init or cfg.model.preset)
     mcfg = model.config
