@@ -15,3 +15,11 @@ def shapes_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def shapes(shapes_dir):
     return ShapesDataset(shapes_dir)
+
+
+@pytest.fixture(scope="session")
+def official(shapes_tiny, tmp_path_factory):
+    """Tiny data sets in the public sets' own layouts (tests/data/official_layouts.py): {name: SPEC}."""
+    from official_layouts import write_all
+
+    return write_all(shapes_tiny, tmp_path_factory.mktemp("official"))

@@ -1,7 +1,12 @@
 """``fibervl data ...`` commands (the top-level CLI routes ``fibervl data`` here).
 
     fibervl data shapes --out DIR [--size N|tiny|small|default|large] [--seed S] [--workers W]
+    fibervl data check SPEC [--kind KIND] [--split S] [--no-images] [--json]
     python -m fibervl.data.cli shapes --out DIR
+
+``check`` reads a data source (``FORMAT:ANNOTATIONS[:IMAGES]``, :mod:`fibervl.data.sources`) the
+way training would and reports counts per split and category and every problem found, named
+by file and record; it exits 1 when it found any, 2 when the source cannot be read at all.
 """
 
 from __future__ import annotations
@@ -33,11 +38,43 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="comma-separated background kinds to draw from (default: all five)")
     b = sub.add_parser("baselines", help="recompute DIR/baselines.json of a generated shapes directory")
     b.add_argument("dir")
+    from .sources import FORMATS, KINDS
+
+    c = sub.add_parser("check", help="read a data source as training would; report counts and every problem",
+                       epilog="formats: " + "; ".join(f"{f.name}: {f.about}" for f in FORMATS.values()))
+    c.add_argument("spec", metavar="SPEC", help="FORMAT[,KEY=VALUE...]:ANNOTATIONS[:IMAGES], e.g. "
+                                                "coco:coco/annotations/instances_val2017.json:coco/val2017")
+    c.add_argument("--kind", action="append", choices=KINDS, help="what to read it as (default: all its format holds)")
+    c.add_argument("--split", action="append", help="splits to read (default: all the files show)")
+    c.add_argument("--no-images", action="store_true", help="do not open the images")
+    c.add_argument("--image-limit", type=int, default=0, help="open at most N images per split and kind (0: all)")
+    c.add_argument("--listed", type=int, default=10, help="problems named per kind of problem (default 10)")
+    c.add_argument("--json", action="store_true", help="print the report as one JSON object")
     return parser
+
+
+def _check(args) -> int:
+    import json
+
+    from ..engine.config import ConfigError
+    from .errors import DataError
+    from .sources import parse_spec
+    from .sources.check import check_source, format_report
+
+    try:
+        report = check_source(parse_spec(args.spec), args.kind, args.split, images=not args.no_images,
+                              image_limit=args.image_limit)
+    except (ConfigError, DataError) as exc:
+        print(f"fibervl data check: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report) if args.json else format_report(report, args.listed))
+    return 1 if report["errors"] else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    if args.command == "check":
+        return _check(args)
     if args.command == "shapes":
         from pathlib import Path
 

@@ -81,13 +81,16 @@ class SkipReport:
     sums them up per file and reason.
 
     ``watching``: a reader or processor that skips was created, so the summary has something to
-    say even when nothing was bad.
+    say even when nothing was bad. ``errors``: the first ``keep`` errors themselves (for a
+    report that names every bad record, ``fibervl data check``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, keep: int = 0) -> None:
         self.seen: set[tuple[str | None, str, str]] = set()
         self.by_file: dict[str, Counter] = {}
         self.watching = False
+        self.keep = keep
+        self.errors: list[DataError] = []
 
     def watch(self) -> None:
         self.watching = True
@@ -97,6 +100,8 @@ class SkipReport:
         if key in self.seen:
             return
         self.seen.add(key)
+        if len(self.errors) < self.keep:
+            self.errors.append(error)
         file = error.file or "<no file>"
         counts = self.by_file.setdefault(file, Counter())
         counts[problem_kind(error.problem)] += 1
@@ -136,10 +141,10 @@ def skipping_on() -> None:
 
 
 @contextlib.contextmanager
-def skip_report() -> Iterator[SkipReport]:
-    """Collect the records skipped inside the block in a fresh :class:`SkipReport` and log its
-    summary at the end (a warning when records were skipped)."""
-    report = SkipReport()
+def skip_report(keep: int = 0) -> Iterator[SkipReport]:
+    """Collect the records skipped inside the block in a fresh :class:`SkipReport` (keeping the
+    first ``keep`` errors) and log its summary at the end (a warning when records were skipped)."""
+    report = SkipReport(keep)
     _reports.append(report)
     try:
         yield report

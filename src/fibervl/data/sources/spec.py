@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from ...engine.config import ConfigError
 
 _WEIGHT = re.compile(r"@((?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)$")
-_FORMAT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
 @dataclass
@@ -53,8 +52,10 @@ class DataSource:
     image_ext: str = ""
 
     def __post_init__(self) -> None:
-        if not _FORMAT.match(self.format or ""):
-            raise ConfigError(f"data source {self.format!r}: a format is a name such as coco or mdetr")
+        from .formats import FORMATS
+
+        if self.format not in FORMATS:
+            raise ConfigError(f"data source {self}: unknown format {self.format!r}; known: {', '.join(FORMATS)}")
         if not self.weight >= 0:  # also refuses NaN
             raise ConfigError(f"data source {self}: weight must be >= 0, got {self.weight}")
 
