@@ -1,23 +1,33 @@
 """Subprocess entry points for the multi-process tests (test_ddp.py).
 
     torchrun --nproc_per_node 2 ddp_worker.py coarse OUT_DIR     # or plain python: world size 1
+    torchrun --nproc_per_node 2 ddp_worker.py train key=value ...  # toy regression (TrainConfig)
 
 ``coarse``: two coarse pre-training steps of fiber-tiny on one global batch of 8 pairs, each rank
 taking its rows; every rank saves the negatives it drew, its losses and the gradients (averaged
-over ranks by DDP).
+over ranks by DDP). ``train``: a toy regression run with dropout and data noise (both drawn from
+each rank's global RNG); with ``DIE_AT_MICRO_STEP=k`` and ``DIE_RANK=r``, rank ``r`` SIGKILLs
+itself inside its ``k``-th micro-step since the process started (set it for the first run only),
+after writing the time to the file ``DIE_STAMP``.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from engine_toys import RegressionData, RegressionTask, ToyModel
 from fibervl.config import get_preset
 from fibervl.engine import distributed as D
+from fibervl.engine.config import parse_cli
+from fibervl.engine.trainer import Trainer, TrainConfig
 from fibervl.modeling.fiber import FiberModel
 from fibervl.tasks import pretrain_coarse
 from fibervl.tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask
@@ -99,10 +109,42 @@ def coarse_steps(out: Path, steps: int = 2) -> None:
     torch.save(saved, out / f"coarse_rank{rank}_world{world}.pt")
 
 
+def die_inside(task: RegressionTask, at_step: int, rank: int, stamp: Path) -> RegressionTask:
+    """Make ``rank`` SIGKILL itself in its ``at_step``-th micro-step, mid-forward (its peer goes
+    on into the step's collectives and finds nobody there); the time of death goes to ``stamp``."""
+    real = task.training_step
+    calls = 0
+
+    def training_step(model, batch):
+        nonlocal calls
+        calls += 1
+        if calls == at_step and D.get_rank() == rank:
+            stamp.write_text(repr(time.time()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(model, batch)
+
+    task.training_step = training_step
+    return task
+
+
+def train(argv: list[str]) -> None:
+    cfg, flags = parse_cli(TrainConfig, argv)
+    if flags["resume"]:
+        cfg.resume = flags["resume"]
+    torch.set_num_threads(1)
+    task = RegressionTask()
+    if "DIE_AT_MICRO_STEP" in os.environ:
+        die_inside(task, int(os.environ["DIE_AT_MICRO_STEP"]), int(os.environ["DIE_RANK"]), Path(os.environ["DIE_STAMP"]))
+    Trainer(cfg, ToyModel(dropout=0.2), task, RegressionData(noise=0.3)).fit()
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "coarse":
         coarse_steps(Path(sys.argv[2]))
+        D.destroy_distributed()
+    elif mode == "train":
+        train(sys.argv[2:])
         D.destroy_distributed()
     else:
         raise SystemExit(f"unknown mode {mode}")

@@ -3,9 +3,11 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parents[1] / "src"
@@ -96,3 +98,83 @@ def test_coarse_step_draws_the_same_hard_negatives_at_any_world_size(tmp_path: P
             torch.testing.assert_close(r0[k], one[k], rtol=1e-4, atol=1e-5 * largest, msg=k)
     assert not torch.equal(one["neg_text.0"], one["neg_text.1"])  # each step draws anew
 
+
+TRAIN_ARGS = ["max_steps=12", "batch_size=4", "grad_accum_steps=2", "ckpt_every=3", "keep_last=0", "clip_grad_norm=1.0",
+              "optim.lr=1e-2", "schedule.warmup=2", "log_every=1", "progress_bar=false", "device=cpu", "seed=3"]
+
+
+def _start_training(run_dir: Path, *more: str, torchrun: tuple[str, ...] = (), **env: str) -> subprocess.Popen:
+    """The toy regression under torchrun, 2 gloo processes; 5 micro-batches of 4 per rank and
+    epoch in windows of 2, 2 and 1, so steps 7, 8, 9 are micro-steps 11-12, 13-14, 15."""
+    return subprocess.Popen([*TORCHRUN, *torchrun, str(HERE / "ddp_worker.py"), "train", f"run_dir={run_dir}",
+                             *TRAIN_ARGS, *more], env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen) -> tuple[int, str, float]:
+    """Return code, output and the time it ended."""
+    try:
+        out, err = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"torchrun still running after 90 s: {proc.communicate()[1][-3000:]}")
+    return proc.returncode, out + err, time.time()
+
+
+def _final_state(run_dir: Path) -> dict[str, torch.Tensor]:
+    ck = run_dir / "checkpoints" / "step_00000012"
+    out = {f"model.{k}": v for k, v in load_file(str(ck / "model.safetensors")).items()}
+    state = torch.load(ck / "state.pt", weights_only=True)
+    out.update({f"task.{k}": v for k, v in state["task"].items()})
+    for i, st in state["optimizer"]["state"].items():
+        out.update({f"adam.{i}.{k}": v for k, v in st.items()})
+    return out
+
+
+def test_a_killed_worker_stops_the_job_which_resumes_to_the_uninterrupted_weights(tmp_path: Path) -> None:
+    """Rank 0 (the one that writes checkpoints) SIGKILLs itself inside step 8 of 12, checkpoints
+    every 3 steps. torchrun names the dead worker; the survivor stops at once (gloo sees the
+    closed connection; nobody waits for the process group timeout or torchrun's 30 s SIGTERM
+    grace) and says that a worker died and how to resume; resuming from step 6 ends with the
+    weights, optimizer and task state of an uninterrupted two-process run (run alongside). So
+    does a torchrun that restarts the workers itself (--max-restarts, resume=auto; its store
+    must not be shared with the workers' process group, pytorch#135712)."""
+    run_dir, stamp = tmp_path / "killed", tmp_path / "death"
+    whole = _start_training(tmp_path / "whole")
+    # (restarted at step 6, the workers take 10 more micro-steps: rank 1 does not reach its 14th again)
+    restarted = _start_training(tmp_path / "restarted", "resume=auto", torchrun=("--max-restarts", "1"),
+                                DIE_AT_MICRO_STEP="14", DIE_RANK="1", DIE_STAMP=str(tmp_path / "death2"),
+                                TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
+    killed = _start_training(run_dir, DIE_AT_MICRO_STEP="14", DIE_RANK="0", DIE_STAMP=str(stamp))
+    rc, log, ended = _finish(killed)
+    assert rc != 0 and stamp.is_file(), log[-3000:]
+    assert ended - float(stamp.read_text()) < 10, ended - float(stamp.read_text())
+    assert "exitcode  : -9" in log and "Signal 9 (SIGKILL) received by PID" in log, log[-3000:]  # torchrun
+    last = run_dir / "checkpoints" / "step_00000006"
+    assert ("rank 1 stopped in step 8: another worker died or stopped answering (RuntimeError: " in log
+            and f"The last checkpoint is {last}. To continue from it, start the same command again with --resume" in log), log[-3000:]
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == last.name
+    rc, whole_log, _ = _finish(whole)
+    assert rc == 0, whole_log[-3000:]
+    rc, restarted_log, _ = _finish(restarted)
+    assert rc == 0 and "rank 0 stopped in step 8: another worker died" in restarted_log, restarted_log[-3000:]
+    assert "resumed from" in restarted_log and "at step 6" in restarted_log, restarted_log[-3000:]
+    rc, log, _ = _finish(_start_training(run_dir, "--resume"))
+    assert rc == 0 and f"resumed from {last} at step 6" in log, log[-3000:]
+    want = _final_state(tmp_path / "whole")
+    for name in ("killed", "restarted"):
+        got = _final_state(tmp_path / name)
+        assert want.keys() == got.keys()
+        for k in want:
+            assert torch.equal(got[k], want[k]), (name, k)
+
+
+def test_the_stop_message_tells_a_lost_worker_from_an_error_of_its_own(tmp_path: Path) -> None:
+    from fibervl.engine.distributed import stopped_worker_message
+
+    lost = RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 5000ms for recv operation")
+    text = stopped_worker_message(lost, 4, tmp_path / "step_00000003", tmp_path)
+    assert text.startswith("rank 0 stopped in step 5: another worker died or stopped answering (RuntimeError: [gloo")
+    assert f"The last checkpoint is {tmp_path / 'step_00000003'}. To continue from it" in text
+    own = stopped_worker_message(ValueError("shapes differ\nmore lines"), 0, None, tmp_path)
+    assert own == (f"rank 0 stopped in step 1: ValueError: shapes differ. No checkpoint has been written in "
+                   f"{tmp_path} yet: the run must start again.")

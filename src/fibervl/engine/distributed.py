@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -77,6 +78,36 @@ def destroy_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+# What gloo and NCCL say when a collective has lost another rank (lower case)
+_LOST_RANK_SIGNS = ("connection closed by peer", "connection reset by peer", "broken pipe", "timed out",
+                    "communicator was aborted", "remote process exited")
+
+
+def lost_another_rank(error: BaseException) -> bool:
+    """Whether ``error`` says a collective lost another rank: it died (a SIGKILL closes its
+    connections at once) or did not answer within the process group's timeout."""
+    text = str(error).lower()
+    return isinstance(error, getattr(dist, "DistNetworkError", ())) or any(sign in text for sign in _LOST_RANK_SIGNS)
+
+
+def stopped_worker_message(error: BaseException, steps_done: int, checkpoint: Path | None,
+                           ckpt_root: str | Path) -> str:
+    """What a rank says when training stops on ``error`` in a multi-process run: whether another
+    worker died, and how to go on from the last checkpoint (``checkpoint``, or None)."""
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    if lost_another_rank(error):
+        why = (f"another worker died or stopped answering ({type(error).__name__}: {first_line}); torchrun's "
+               "summary names the rank that failed first")
+    else:
+        why = f"{type(error).__name__}: {first_line}"
+    if checkpoint is None:
+        how = f"No checkpoint has been written in {ckpt_root} yet: the run must start again."
+    else:
+        how = (f"The last checkpoint is {checkpoint}. To continue from it, start the same command again with "
+               "--resume (resume=auto); with the same settings the run goes on exactly as if uninterrupted.")
+    return f"rank {get_rank()} stopped in step {steps_done + 1}: {why}. {how}"
 
 
 def barrier() -> None:
