@@ -75,7 +75,7 @@ def bench_preset(name: str, batches: list[int], tokens: int, runs: int, threads:
         took = time.perf_counter() - start
         session = ort_session(path, threads)
         graph_cls, input_names, _ = GRAPHS[part]
-        graph = graph_cls(model)
+        graph = graph_cls(model).eval()
         for batch in batches:
             args = example_inputs(model, part, batch, min(tokens, max_tokens(model, part)), size)
             feed = {n: a.numpy() for n, a in zip(input_names, args)}

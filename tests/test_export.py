@@ -13,7 +13,7 @@ ort = pytest.importorskip("onnxruntime", reason="the ONNX checks need onnxruntim
 
 from fibervl.cli import main  # noqa: E402
 from fibervl.config import get_preset  # noqa: E402
-from fibervl.export.onnx import check_part, example_inputs  # noqa: E402
+from fibervl.export.onnx import check_part, example_inputs, export_onnx  # noqa: E402
 from fibervl.modeling.detection.box_ops import clip_boxes_to_image  # noqa: E402
 from fibervl.modeling.detection.postprocess import GroundingPostProcessor  # noqa: E402
 from fibervl.modeling.fiber import FiberModel  # noqa: E402
@@ -135,6 +135,14 @@ def test_detector_outputs_give_the_postprocessors_best_box(detector):
         assert score[best].item() == pytest.approx(expected[b].scores[0].item(), abs=TOL)
         box = clip_boxes_to_image(boxes[b, best:best + 1], (128, 128), offset)[0]
         assert torch.allclose(box, expected[b].boxes[0], atol=TOL)
+
+
+def test_export_leaves_the_model_in_eval_mode(tmp_path):
+    """The exporter restores its module's training flag afterwards: a wrapper left in training
+    mode would switch dropout on in the model (fiber-base's text embeddings then moved by 0.06)."""
+    model = FiberModel(get_preset("fiber-tiny")).eval()
+    export_onnx(model, "text", tmp_path / "text.onnx")
+    assert not any(m.training for m in model.modules())
 
 
 def test_unknown_part_and_missing_detector_are_clear_errors(capsys, tmp_path):

@@ -183,7 +183,9 @@ def export_onnx(model: FiberModel, part: str, path: str | Path, opset: int = DEF
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     graph_cls, input_names, output_names = GRAPHS[part]
-    graph = graph_cls(model.float().cpu().eval())
+    # The wrapper in eval mode too: the exporter restores the wrapper's mode afterwards, and a
+    # fresh module is in training mode, which would switch the model's dropout on.
+    graph = graph_cls(model.float().cpu()).eval()
     # Batch 2 with a padded row and 8 tokens: neither 1 nor the longest, so a size the trace
     # wrongly kept as a constant shows up in check_onnx at other sizes.
     args = example_inputs(model, part, 2, min(8, max_tokens(model, part)), image_size)
@@ -232,7 +234,7 @@ def check_onnx(model: FiberModel, part: str, path: str | Path, image_size: int |
     image_size = model.config.vision.image_size if image_size is None else image_size
     cases = cases or ((1, 3), (3, max_tokens(model, part)))
     graph_cls, input_names, output_names = GRAPHS[part]
-    graph = graph_cls(model.float().cpu().eval())
+    graph = graph_cls(model.float().cpu()).eval()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     diffs = dict.fromkeys(output_names, 0.0)
     for k, (batch, tokens) in enumerate(cases):
