@@ -1,0 +1,138 @@
+"""Every data format through the command line: a tiny set in the official layout
+(official_layouts.py) trains a step and is evaluated, by SPEC alone (--train-data / --eval-data).
+Micro models; the numbers are not meaningful, the wiring is."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+
+import pytest
+import yaml
+
+from fibervl.cli import main
+from fibervl.config import DetectionConfig
+from fibervl.data.sources import FORMATS
+from fibervl.testing.configs import micro_config
+
+RUN = ["train.batch_size=4", "train.max_steps=1", "train.progress_bar=false", "train.ckpt_every=null",
+       "train.eval_every=null", "train.precision=fp32"]
+FINE = ["data.num_eval=3", "data.eval_batch_size=4", "data.chunk_size=4", "data.max_classes=4"]
+
+
+def _json_line(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def _pairs(capsys) -> dict[str, str]:
+    """The ``key=value`` metrics line of the fine-grained commands."""
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    return dict(re.findall(r"(\S+)=(\S+)", line))
+
+
+@pytest.fixture(scope="module")
+def coarse(official, shapes_tiny, tmp_path_factory):
+    """``pretrain coarse`` from a preset alone on Karpathy captions mixed with webdataset shards."""
+    root = tmp_path_factory.mktemp("coarse")
+    (root / "preset").mkdir()
+    micro_config().save(root / "preset" / "config.json")
+    assert main(["pretrain", "coarse", "--train-data", official["karpathy"], "--train-data", official["webdataset"] + "@0.5",
+                 "--eval-data", official["karpathy"], f"model.preset={root / 'preset'}",
+                 f"data.tokenizer={shapes_tiny / 'tokenizer'}", f"train.run_dir={root / 'run'}", "data.num_eval=4",
+                 *RUN]) == 0
+    return root / "run"
+
+
+def test_pretrain_coarse_mixes_karpathy_and_webdataset(coarse):
+    metrics = json.loads((coarse / "metrics.json").read_text())
+    assert {"i2t_r1", "t2i_r1"} <= set(metrics) and metrics["eval_split"] == "val"
+    snapshot = yaml.safe_load((coarse / "config.yaml").read_text())
+    assert [s["format"] for s in snapshot["data"]["train"]] == ["karpathy", "webdataset"]
+    assert snapshot["data"]["train"][1]["weight"] == 0.5
+    assert (coarse / "model" / "tokenizer").is_dir()
+
+
+def test_retrieval_on_coco_captions(coarse, official, tmp_path, capsys):
+    # the init model's own tokenizer is used: no data.tokenizer
+    spec = official["coco_captions"]
+    args = ["--train-data", spec, "--eval-data", spec, "data.train_split=train2017", "data.eval_split=val2017",
+            "eval.rerank_k=2", "data.num_eval=4"]
+    assert main(["finetune", "retrieval", "--init", str(coarse / "model"), f"--run-dir={tmp_path / 'run'}", *args, *RUN]) == 0
+    assert "rerank_i2t_r1" in json.loads((tmp_path / "run" / "metrics.json").read_text())
+    capsys.readouterr()
+    assert main(["evaluate", "retrieval", "--model", str(tmp_path / "run"), *args]) == 0
+    metrics = _json_line(capsys)
+    assert metrics["split"] == "val2017" and metrics["images"] == 4
+
+
+def test_vqa_on_vqav2(coarse, official, tmp_path, capsys):
+    assert main(["finetune", "vqa", "--init", str(coarse / "model"), f"--run-dir={tmp_path / 'run'}",
+                 "--train-data", official["vqav2_train"], "--train-data", official["vqav2_val"] + "@0.5",
+                 "--eval-data", official["vqav2_val"], "data.num_eval=6", *RUN]) == 0
+    assert "answer vocabulary" in capsys.readouterr().out
+    assert main(["evaluate", "vqa", "--model", str(tmp_path / "run"), "--eval-data", official["vqav2_val"],
+                 "--num-eval", "5"]) == 0
+    metrics = _json_line(capsys)
+    assert metrics["questions"] == 5 and 0 <= metrics["vqa_acc"] <= 100
+
+
+def test_nlvr2_on_nlvr2(coarse, official, tmp_path, capsys):
+    assert main(["finetune", "nlvr2", "--init", str(coarse / "model"), f"--run-dir={tmp_path / 'run'}",
+                 "--train-data", official["nlvr2_train"], "--eval-data", official["nlvr2_dev"], *RUN]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "nlvr2", "--model", str(tmp_path / "run"), "--eval-data", official["nlvr2_dev"]]) == 0
+    metrics = _json_line(capsys)
+    assert metrics["items"] == 8 and metrics["split"] == "val" and 0 <= metrics["nlvr2_acc"] <= 100
+
+
+@pytest.fixture(scope="module")
+def fine(official, shapes_tiny, tmp_path_factory):
+    """``pretrain fine`` from a preset alone: MDETR Flickr30k (twice) mixed with Objects365,
+    evaluated on COCO val2017."""
+    pytest.importorskip("pycocotools")
+    root = tmp_path_factory.mktemp("fine")
+    micro = micro_config()
+    preset = micro.replace(vision=dataclasses.replace(micro.vision, image_size=128, feature_norms=(1, 2, 3)), heads=(),
+                           detection=DetectionConfig(channels=16, num_blocks=1, num_groups=4,
+                                                     anchor_sizes=(16, 32, 64, 128, 256), max_query_len=16))
+    (root / "preset").mkdir()
+    preset.save(root / "preset" / "config.json")
+    assert main(["pretrain", "fine", "--train-data", official["flickr_train"] + "@2", "--train-data", official["o365"],
+                 "--eval-data", official["coco"], f"model.preset={root / 'preset'}",
+                 f"data.tokenizer={shapes_tiny / 'tokenizer'}", f"train.run_dir={root / 'run'}", *RUN, *FINE]) == 0
+    return root / "run"
+
+
+def test_pretrain_fine_mixes_grounding_and_detection(fine):
+    metrics = json.loads((fine / "metrics.json").read_text())
+    assert "det_AP" in metrics and not any(k.startswith(("ground_", "rec_", "zs_")) for k in metrics)
+    snapshot = yaml.safe_load((fine / "config.yaml").read_text())
+    assert [(s["format"], s["weight"]) for s in snapshot["data"]["train"]] == [("mdetr", 2.0), ("o365", 1.0)]
+
+
+@pytest.mark.parametrize("task,name,key", [("ground", "flickr_val", "ground_r1"), ("refexp", "refcoco_val", "rec_acc"),
+                                           ("detect", "coco", "det_AP"), ("detect", "lvis", "det_AP"),
+                                           ("detect", "odinw", "det_AP")])
+def test_evaluate_fine_tasks_on_each_format(fine, official, task, name, key, capsys):
+    args = ["evaluate", task, "--model", str(fine), "--eval-data", official[name], *FINE]
+    fmt = FORMATS[official[name].split(":", 1)[0]]
+    if not fmt.available:
+        assert main(args) == 1
+        assert "not available yet" in capsys.readouterr().err
+        return
+    assert main(args) == 0
+    metrics = _pairs(capsys)
+    assert key in metrics and not any(k.startswith("zs_") for k in metrics)
+
+
+def test_finetune_refexp_on_refcoco(fine, official, tmp_path, capsys):
+    assert main(["finetune", "refexp", "--init", str(fine / "model"), f"model.preset={fine / 'model'}",
+                 f"--run-dir={tmp_path / 'run'}", "--train-data", official["refcoco_train"],
+                 "--eval-data", official["refcoco_val"], *RUN, *FINE]) == 0
+    assert "rec_acc" in _pairs(capsys)
+    # a detection file does not fit referring expressions: one error naming the source
+    assert main(["finetune", "refexp", "--init", str(fine / "model"), f"model.preset={fine / 'model'}",
+                 f"--run-dir={tmp_path / 'bad'}", "--train-data", official["coco_train"],
+                 "--eval-data", official["refcoco_val"], *RUN, *FINE]) == 1
+    assert "format 'coco' holds detection data" in capsys.readouterr().err
