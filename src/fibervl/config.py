@@ -134,7 +134,13 @@ class DetectionConfig:
 
     ``prompt_tuning_tokens``: rows of learnable offsets added to the text embeddings, one per
     token position (the official ``ADD_LINEAR_LAYER`` of language prompt tuning, 1000 rows there);
-    0 (the default) is none. Set by the ``language_prompt_v2`` / ``_v4`` tuning modes."""
+    0 (the default) is none. Set by the ``language_prompt_v2`` / ``_v4`` tuning modes.
+
+    The detector's input keeps the image's aspect ratio: shorter side ``min_size``, longer side at
+    most ``max_size`` (the paper: 800 and 1333); training draws the shorter side from
+    ``train_min_sizes`` (the paper: 480..800 by 80). 0 / () fall back to ``vision.image_size``,
+    ``min_size`` and ``(min_size,)``, so a square image at the model size is used as it is
+    (:func:`fibervl.tasks.grounding.detector_input` resolves them)."""
 
     channels: int = 256
     num_blocks: int = 6
@@ -143,6 +149,9 @@ class DetectionConfig:
     anchor_sizes: tuple[float, ...] = (64, 128, 256, 512, 1024)
     max_query_len: int = 256
     prompt_tuning_tokens: int = 0
+    min_size: int = 0
+    max_size: int = 0
+    train_min_sizes: tuple[int, ...] = ()
 
 
 @dataclass
@@ -215,6 +224,10 @@ class FiberConfig(SerializableConfig):
                 raise ConfigError(f"detection needs 3 backbone feature maps (vision.feature_norms), got {v.feature_norms}")
             if self.detection.channels % self.detection.num_groups:
                 raise ConfigError("detection.channels must be divisible by detection.num_groups")
+            d = self.detection
+            if min(d.min_size, d.max_size, *d.train_min_sizes) < 0 or 0 in d.train_min_sizes:
+                raise ConfigError(f"detection input sizes must be positive (0: the default), got min_size={d.min_size}, "
+                                  f"max_size={d.max_size}, train_min_sizes={d.train_min_sizes}")
         if t.max_text_len + t.pad_token_id + 1 > t.max_position_embeddings:
             raise ConfigError("text.max_text_len does not fit text.max_position_embeddings")
 
@@ -283,7 +296,7 @@ def _fiber_base_fine() -> FiberConfig:
         text=TextConfig(max_text_len=256),
         fusion=FusionConfig(num_layers=6, i2t_query_norm=False, skip_last_text_norm=False),
         heads=(),
-        detection=DetectionConfig(),
+        detection=DetectionConfig(min_size=800, max_size=1333, train_min_sizes=(480, 560, 640, 720, 800)),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import pytest
 import torch
@@ -87,8 +88,21 @@ def test_prompt_chunks_split_long_vocabularies(shapes_tiny):
         assert (c.positive_map.sum(1) > 0).all()
         # rows of different classes never share a token
         assert (c.positive_map.sum(0) <= 1).all()
-    with pytest.raises(ValueError, match="smaller chunk_size"):
-        prompt_chunks(cats, list(cats), tok, max_length=8, chunk_size=40)
+    # 40 names do not fit 8 tokens: the prompts close early, every class still named once, whole
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        short = prompt_chunks(cats, list(cats), tok, max_length=8, chunk_size=40)
+    assert [i for c in short for i in c.category_ids] == list(cats) and len(short) > 3
+    assert all(c.input_ids.shape[1] <= 8 and (c.positive_map.sum(1) > 0).all() for c in short)
+    for c in short:  # nothing truncated: the prompt's tokens are those of its text untruncated
+        assert c.input_ids.shape[1] == len(tok.encode(c.text)[0])
+    # a name longer than a whole prompt is truncated, with a warning naming it; the others stay whole
+    long = {**cats, 12: " ".join(["hexagon"] * 12)}
+    with pytest.warns(UserWarning, match="hexagon hexagon.*longer than 8 tokens and is truncated"):
+        parts = prompt_chunks(long, list(long), tok, max_length=8, chunk_size=40)
+    assert [i for c in parts for i in c.category_ids] == list(long) and parts[-1].category_ids == [12]
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="no token of the class name 'circle'"):
+        prompt_chunks(cats, list(cats), tok, max_length=2)  # <s> and </s> alone
 
 
 def test_load_compatible_reports_new_and_unused_weights(tmp_path):

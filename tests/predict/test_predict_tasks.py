@@ -131,19 +131,21 @@ def test_grounding_and_refexp_batched_equal_one_by_one(fine, image_paths):
 
 @pytest.mark.parametrize("task", ["ground", "detect"])
 def test_boxes_are_in_the_original_pixels_of_a_non_square_image(fine, task):
-    """The network sees every image resized to a square; predicting on that square itself gives
-    the same boxes in its own frame, so the boxes of the original must be those scaled by the
-    original's width and height."""
+    """The detector sees every image resized with its aspect ratio kept (fiber-tiny-fine: longer
+    side 128, so 200 x 120 -> 128 x 77); predicting on that resized image itself gives the same
+    boxes in its own frame, so the boxes of the original must be those scaled back."""
     model, processor = fine
     wide = draw_scene((200, 120), 0)
-    square = wide.resize((processor.image_size,) * 2, Image.BICUBIC)  # exactly the network's input
+    h, w = processor.detector_size.input_size(200, 120)
+    assert (w, h) == (128, 77)
+    scaled = wide.resize((w, h), Image.BICUBIC)  # exactly the network's input
     if task == "ground":
         predictor = GroundingPredictor(model, processor, top_k=3)
-        boxes = [[b for p in r["phrases"] for b in p["boxes"]] for r in predictor.predict([wide, square], "a red star")]
+        boxes = [[b for p in r["phrases"] for b in p["boxes"]] for r in predictor.predict([wide, scaled], "a red star")]
     else:
         predictor = DetectionPredictor(model, processor, ["star", "circle"], threshold=0.3, top=3)
-        boxes = [[d["box"] for d in r["detections"]] for r in predictor.predict([wide, square])]
-    sx, sy = 200 / processor.image_size, 120 / processor.image_size
+        boxes = [[d["box"] for d in r["detections"]] for r in predictor.predict([wide, scaled])]
+    sx, sy = 200 / w, 120 / h
     assert len(boxes[0]) == 3 and len(boxes[0]) == len(boxes[1])
     for b, s in zip(*boxes):
         assert b == pytest.approx([s[0] * sx, s[1] * sy, s[2] * sx, s[3] * sy], abs=0.25)

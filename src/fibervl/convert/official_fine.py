@@ -14,6 +14,7 @@ The detection neck and head (``fusion_backbone.backbone.fpn.*``, ``rpn.*``) go t
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import torch
@@ -58,7 +59,8 @@ def detection_config(detection: dict[str, torch.Tensor]) -> DetectionConfig | No
         return None
     blocks = {int(m.group(1)) for k in detection if (m := re.match(r"rpn\.head\.dyhead_tower\.(\d+)\.", k))}
     channels = detection["rpn.head.bbox_pred.weight"].shape[1]
-    return DetectionConfig(channels=channels, num_blocks=len(blocks))
+    # the official input sizes (800 / 1333, multi-scale 480..800) come with the preset
+    return dataclasses.replace(get_preset("fiber-base-fine").detection, channels=channels, num_blocks=len(blocks))
 
 
 def fine_backbone_config(backbone: dict[str, torch.Tensor], feature_norms: tuple[int, ...], image_size: int) -> FiberConfig:

@@ -11,7 +11,7 @@ Randomness comes from ``torch``'s generator, so DataLoader worker seeding applie
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import torch
@@ -261,3 +261,40 @@ def detection_train_transforms(sizes: Sequence[int], max_size: int, flip: bool =
         steps.append(RandomHorizontalFlip(0.5, swap_left_right=True))
     steps.append(RandomMultiScaleResize(sizes, max_size))
     return Compose(steps)
+
+
+@dataclass(frozen=True)
+class InputSize:
+    """A detector's input: shorter side ``min_size``, longer side at most ``max_size``, aspect
+    ratio kept (FIBER / GLIP: 800 and 1333); training draws the shorter side from ``train_sizes``
+    (empty: ``min_size`` alone). ``InputSize.square(128)`` leaves a 128 x 128 image as it is and
+    fits any other into 128 x 128 without distorting it."""
+
+    min_size: int
+    max_size: int
+    train_sizes: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.min_size < 1 or self.max_size < self.min_size or any(s < 1 for s in self.train_sizes):
+            raise ValueError(f"bad input size: min_size={self.min_size}, max_size={self.max_size}, "
+                             f"train_sizes={self.train_sizes} (need 1 <= min_size <= max_size)")
+
+    @classmethod
+    def square(cls, size: int) -> "InputSize":
+        return cls(size, size)
+
+    @classmethod
+    def of(cls, size: "int | InputSize") -> "InputSize":
+        """An InputSize as it is; an int ``n`` as :meth:`square` (``n``)."""
+        return size if isinstance(size, InputSize) else cls.square(int(size))
+
+    def input_size(self, width: int, height: int) -> tuple[int, int]:
+        """(h, w) an image of ``width`` x ``height`` is evaluated at."""
+        w, h = Resize(self.min_size, keep_ratio=True, max_size=self.max_size).target_size(width, height)
+        return h, w
+
+    def eval_transforms(self) -> Compose:
+        return Compose([Resize(self.min_size, keep_ratio=True, max_size=self.max_size)])
+
+    def train_transforms(self, flip: bool = True) -> Compose:
+        return detection_train_transforms(self.train_sizes or (self.min_size,), self.max_size, flip)

@@ -5,7 +5,9 @@
 images. :func:`ap_by_frequency` adds an LVIS-style rare / common / frequent breakdown from the
 categories' ``frequency`` field ("r" / "c" / "f"): each group's AP is the COCO AP over that
 group's categories. This is the COCO protocol on LVIS-style groups, not the LVIS federated
-protocol (which also scores only images whose labels are verified for a category).
+protocol (which also scores only images whose labels are verified for a category): that is
+:func:`fibervl.metrics.lvis.lvis_ap`. :func:`average_over_datasets` averages the AP of several
+data sets (ODinW), :func:`write_results` writes detections as the official tools read them.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
-__all__ = ["coco_ap", "ap_by_frequency", "STAT_NAMES"]
+__all__ = ["coco_ap", "ap_by_frequency", "average_over_datasets", "write_results", "STAT_NAMES"]
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -85,3 +89,25 @@ def ap_by_frequency(gt: dict, results: Sequence[dict], category_ids: Sequence[in
         if f in ("r", "c", "f") and (wanted is None or c["id"] in wanted):
             groups.setdefault(f, []).append(c["id"])
     return {f"AP{f}": coco_ap(gt, results, ids, image_ids)["AP"] for f, ids in sorted(groups.items())}
+
+
+def average_over_datasets(per_dataset: Mapping[str, Mapping[str, float]], key: str = "AP") -> dict[str, float]:
+    """ODinW's summary: ``{"AP": mean of the data sets' AP, "AP_<name>": each one's, "datasets": N}``.
+    A data set without ground truth (AP -1) is named but left out of the mean."""
+    out: dict[str, float] = {f"{key}_{name}": float(m[key]) for name, m in per_dataset.items()}
+    scored = [float(m[key]) for m in per_dataset.values() if m[key] >= 0]
+    out[key] = sum(scored) / len(scored) if scored else -1.0
+    out["datasets"] = len(scored)
+    return out
+
+
+def write_results(results: Sequence[dict], path: str | Path) -> Path:
+    """Detections as the COCO / LVIS results file (a JSON list of ``{"image_id", "category_id",
+    "bbox": [x, y, w, h], "score"}``, boxes in the original image's pixels) that pycocotools'
+    ``COCO.loadRes`` and the ``lvis`` package's ``LVISResults`` read."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = ("image_id", "category_id", "bbox", "score")
+    rows = [{k: r[k] for k in keys} for r in results]
+    path.write_text(json.dumps(rows) + "\n", encoding="utf-8")
+    return path

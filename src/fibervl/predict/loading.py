@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..data import Tokenizer
+from ..tasks.grounding import detector_input
 from .card import TASKS, card_of, make_card, supported_tasks
 from .processor import InputProcessor
 
@@ -41,7 +42,8 @@ def load(name_or_dir: str | Path, task: str | None = None, tokenizer: str | Path
     detection = getattr(config, "detection", None)
     processor = InputProcessor(tok, config.vision.image_size, config.text.max_text_len,
                                detection.max_query_len if detection is not None else None, task=task,
-                               normalization=normalization or card.normalization, answers=answers, card=card)
+                               normalization=normalization or card.normalization, answers=answers, card=card,
+                               detector_size=detector_input(config) if detection is not None else None)
     return model.eval(), processor
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..data import Sample, TokenBatch, Tokenizer, build_positive_map, detection_prompt, load_image, pad_images
+from ..data import Sample, TokenBatch, Tokenizer, build_positive_map, load_image, pad_images
 from ..data.image_io import to_rgb
-from ..data.transforms import eval_transforms
-from ..tasks.grounding import SIZE_DIVISIBILITY, PromptChunk, make_processor
+from ..data.transforms import InputSize, eval_transforms
+from ..tasks.grounding import SIZE_DIVISIBILITY, PromptChunk, make_processor, prompt_chunks
 from .card import ANSWERS_FILE, FINE_TASKS, TOKENIZER_DIR, ModelCard
 
 ImageLike = str | Path | Image.Image
@@ -51,21 +51,25 @@ class InputProcessor:
     "imagenet" or "official" (converted fine-grained checkpoints); ``answers``: a VQA model's
     answer list (index = head output); ``card``: its directory's model card.
 
-    ``task`` sets :attr:`max_length` (the query length for the fine-grained tasks) and
-    :attr:`size_divisibility` (batches padded to a multiple of 32 for the detector's strides);
-    :meth:`for_task` gives the same processor for another task.
+    ``task`` sets :attr:`max_length` (the query length for the fine-grained tasks),
+    :attr:`size_divisibility` (batches padded to a multiple of 32 for the detector's strides) and
+    the image size: ``image_size`` squares for the coarse tasks, ``detector_size`` (aspect ratio
+    kept, :func:`~fibervl.tasks.grounding.detector_input`; default: fit into ``image_size``
+    squares) for the fine-grained ones. :meth:`for_task` gives the same processor for another task.
     """
 
     def __init__(self, tokenizer: Tokenizer, image_size: int, text_length: int, query_length: int | None = None,
                  task: str | None = None, normalization: str = "imagenet", answers: list[str] | None = None,
-                 card: ModelCard | None = None) -> None:
+                 card: ModelCard | None = None, detector_size: InputSize | None = None) -> None:
         self.tokenizer, self.image_size, self.task = tokenizer, image_size, task
         self.text_length, self.query_length = text_length, query_length
         self.normalization, self.answers = normalization, answers
         self.card = card or ModelCard()
+        self.detector_size = detector_size or InputSize.square(image_size)
         if task in FINE_TASKS and query_length is None:
             raise ValueError(f"task {task!r} needs a detector's query length (the model has no detector)")
-        self._pipeline = make_processor(eval_transforms(image_size), normalization)
+        transforms = self.detector_size.eval_transforms() if task in FINE_TASKS else eval_transforms(image_size)
+        self._pipeline = make_processor(transforms, normalization)
 
     @property
     def max_length(self) -> int:
@@ -80,7 +84,7 @@ class InputProcessor:
         if task == self.task:
             return self
         return InputProcessor(self.tokenizer, self.image_size, self.text_length, self.query_length, task,
-                              self.normalization, self.answers, self.card)
+                              self.normalization, self.answers, self.card, self.detector_size)
 
     # ---- images ------------------------------------------------------------------------------
     @staticmethod
@@ -138,31 +142,10 @@ class InputProcessor:
         """Prompts naming every class of ``names`` (labels: their indices), at most
         ``chunk_size`` names each and never more than ``max_length`` tokens: a prompt is closed
         when the next name would not fit. A single name longer than the limit keeps the tokens
-        that fit, with a warning."""
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        that fit, with a warning (:func:`~fibervl.tasks.grounding.prompt_chunks`)."""
         if not names:
             raise ValueError("detection needs at least one class name")
-        chunks, part = [], []
-        for k in range(len(names)):
-            if part and (len(part) == chunk_size or not self._fits([names[i] for i in [*part, k]])):
-                chunks.append(self._prompt(names, part))
-                part = []
-            part.append(k)
-        chunks.append(self._prompt(names, part))
-        return chunks
-
-    def _fits(self, names: list[str]) -> bool:
-        return len(self.tokenizer.encode(detection_prompt(names)[0])[0]) <= self.max_length
-
-    def _prompt(self, names: list[str], part: list[int]) -> PromptChunk:
-        text, spans = detection_prompt([names[i] for i in part])
-        if not self._fits([names[i] for i in part]):  # one name alone is too long
-            warnings.warn(f"the class name {names[part[0]]!r} is longer than {self.max_length} tokens and is "
-                          "truncated", stacklevel=3)
-        tok = self.tokenizer([text], max_length=self.max_length)
-        pm = build_positive_map(tok.offsets[0], [[s] for s in spans], tok.input_ids.shape[1])
-        return PromptChunk(part, text, tok.input_ids, tok.attention_mask, pm)
+        return prompt_chunks(dict(enumerate(names)), range(len(names)), self.tokenizer, self.max_length, chunk_size)
 
     # ---- saving ------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> None:

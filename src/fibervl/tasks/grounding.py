@@ -21,9 +21,12 @@ input instead: :class:`OfficialDetectionNormalize` (BGR in 0..255).
 
 from __future__ import annotations
 
+import copy
 import random
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -32,9 +35,10 @@ from torch.utils.data import Dataset
 from ..data import Collator, ProcessedDataset, Processor, Tokenizer, build_positive_map, detection_prompt
 from ..data.prompts import detection_to_grounding
 from ..data.samples import Sample
-from ..data.transforms import eval_transforms
-from ..metrics.detection import ap_by_frequency, coco_ap
-from ..metrics.grounding import grounding_recall, rec_accuracy
+from ..data.transforms import InputSize
+from ..metrics.detection import ap_by_frequency, average_over_datasets, coco_ap
+from ..metrics.grounding import GROUNDING_PROTOCOLS, grounding_recall, rec_accuracy, refexp_split
+from ..metrics.lvis import lvis_ap
 from ..modeling.detection.losses import GroundingLoss, GroundingTarget
 from ..modeling.detection.postprocess import GroundingPostProcessor
 from ..engine.progress import progress
@@ -42,7 +46,7 @@ from ..engine.progress import progress
 __all__ = [
     "OfficialDetectionNormalize", "DetectionPromptDataset", "FineCollator", "FineGrainedTask", "FineObjectives", "PromptChunk",
     "prompt_chunks", "phrases_of", "rank_phrase_boxes", "evaluate_grounding", "evaluate_refexp", "evaluate_detection",
-    "detect_with_prompt",
+    "detect_with_prompt", "detection_results", "detector_input", "evaluate_odinw",
 ]
 
 # The detector's strides go to 32 on the backbone (128 for P7, which pads itself): batches are
@@ -59,6 +63,20 @@ class OfficialDetectionNormalize:
 
     def __call__(self, tensor: Tensor) -> Tensor:
         return (tensor.flip(0) * 255.0 - self.mean) / self.std
+
+
+def detector_input(config, min_size: int = 0, max_size: int = 0, train_sizes: Sequence[int] = ()) -> InputSize:
+    """The input size of ``config``'s detector (:class:`~fibervl.config.DetectionConfig`
+    ``min_size`` / ``max_size`` / ``train_min_sizes``, falling back to ``vision.image_size``),
+    each overridden by a non-zero / non-empty argument (a recipe's ``data.image_size``,
+    ``data.max_size``, ``data.train_sizes``)."""
+    det = config.detection
+    low = min_size or (det.min_size if det is not None else 0) or config.vision.image_size
+    high = max_size or (det.max_size if det is not None else 0) or low
+    if high < low:
+        raise ValueError(f"the longer side's cap max_size={high} is below the shorter side min_size={low}")
+    train = tuple(train_sizes) or (tuple(det.train_min_sizes) if det is not None else ()) or (low,)
+    return InputSize(low, high, train)
 
 
 def make_processor(transforms, normalization: str = "imagenet", skip_bad: bool = False) -> Processor:
@@ -178,27 +196,44 @@ class PromptChunk:
     positive_map: Tensor
 
 
+def _names_that_fit(names: list[str], tokenizer: Tokenizer, max_length: int) -> int:
+    """How many leading ``names`` a prompt of ``max_length`` tokens holds whole."""
+    text, spans = detection_prompt(names)
+    _, offsets = tokenizer.encode(text)
+    real = offsets[1:-1][:max_length - 2]  # what truncation keeps, <s> and </s> aside
+    last_end = max((e for _, e in real), default=0)
+    return sum(1 for _, end in spans if end <= last_end)
+
+
 def prompt_chunks(categories: dict[int, str], category_ids: Sequence[int], tokenizer: Tokenizer,
                   max_length: int, chunk_size: int = 40) -> list[PromptChunk]:
-    """Split ``category_ids`` into prompts of at most ``chunk_size`` names (LVIS protocol: 40).
-    A class whose name is cut off by ``max_length`` is an error naming it (lower ``chunk_size``)."""
+    """Prompts naming every class of ``category_ids`` in order: at most ``chunk_size`` names
+    each (the LVIS protocol: 40) and never more than ``max_length`` tokens.
+
+    No class is left out: where ``chunk_size`` names would not fit ``max_length`` tokens, the
+    prompt is closed after the last name that fits whole and the next one starts there. A single
+    name longer than a whole prompt keeps the tokens that fit, with a warning naming it (the one
+    case where a prompt is truncated); a name of which no token fits is an error.
+    """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     ids = list(category_ids)
-    chunks = []
-    for start in range(0, len(ids), chunk_size):
+    chunks, start = [], 0
+    while start < len(ids):
         part = ids[start:start + chunk_size]
+        n = _names_that_fit([categories[i] for i in part], tokenizer, max_length)
+        if n == 0:
+            n = 1
+            warnings.warn(f"the class name {categories[part[0]]!r} is longer than {max_length} tokens and is truncated",
+                          stacklevel=2)
+        part = part[:n]
+        start += n
         text, spans = detection_prompt([categories[i] for i in part])
         tok = tokenizer([text], max_length=max_length)
         pm = build_positive_map(tok.offsets[0], [[s] for s in spans], tok.input_ids.shape[1])
         lost = [categories[i] for i, row in zip(part, pm) if row.sum() == 0]
-        # a partly cut name still has tokens; check the last name's end survives
-        last_end = max(e for _, e in tok.offsets[0])
-        if lost or last_end < spans[-1][1]:
-            raise ValueError(
-                f"the prompt of {len(part)} classes does not fit {max_length} tokens "
-                f"(cut: {lost or [categories[part[-1]]]}); use a smaller chunk_size"
-            )
+        if lost:
+            raise ValueError(f"no token of the class name {lost[0]!r} fits a prompt of {max_length} tokens")
         chunks.append(PromptChunk(part, text, tok.input_ids, tok.attention_mask, pm))
     return chunks
 
@@ -210,6 +245,28 @@ def phrases_of(positive_map: Tensor, boxes: Tensor) -> tuple[Tensor, list[Tensor
         return positive_map, []
     rows, inverse = torch.unique(positive_map, dim=0, return_inverse=True)
     return rows, [boxes[inverse == p] for p in range(rows.shape[0])]
+
+
+def _padded(size: Sequence[int]) -> tuple[int, int]:
+    return tuple(-(-int(v) // SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY for v in size)
+
+
+def size_groups(image_sizes: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Indices of a batch grouped by the size each image pads to alone (a multiple of 32), in
+    order of first appearance. The detector runs each group on its own, cropped to that size:
+    an image then meets the same padding in any batch, so results do not depend on the batch
+    (nor on the number of evaluation processes)."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, size in enumerate(image_sizes):
+        groups.setdefault(_padded(size), []).append(i)
+    return list(groups.values())
+
+
+def _detect_group(model, images: Tensor, image_sizes, group: list[int], input_ids: Tensor, attention_mask: Tensor):
+    h, w = _padded(image_sizes[group[0]])
+    index = torch.tensor(group, device=images.device)
+    return model.detect(images[index, :, :h, :w], input_ids[index.to(input_ids.device)],
+                        attention_mask[index.to(attention_mask.device)])
 
 
 def _image_slice(out, b: int):
@@ -224,24 +281,30 @@ def rank_phrase_boxes(model, batch: dict, phrase_maps: Sequence[Tensor],
     """For each image ``b`` and each row of ``phrase_maps[b] [P_b, T]``: ``(boxes [<=top_k, 4],
     scores [<=top_k])`` best first (score ``sqrt(mean token probability x centerness)``, NMS per
     phrase). Every anchor is a candidate (no score threshold), so each phrase gets boxes."""
-    out = model.detect(batch["images"], batch["input_ids"], batch["attention_mask"])
-    result = []
-    for b, pm in enumerate(phrase_maps):
-        if pm.shape[0] == 0:
-            result.append([])
+    sizes = [tuple(int(v) for v in s) for s in batch["image_sizes"]]
+    # no per-image cut (0): it would rank all phrases together; each phrase keeps its top_k below
+    post = GroundingPostProcessor(pre_nms_thresh=0.0, detections_per_img=0)
+    result: list = [[] for _ in phrase_maps]
+    for group in size_groups(sizes):
+        if all(phrase_maps[b].shape[0] == 0 for b in group):
             continue
-        # no per-image cut (0): it would rank all phrases together; each phrase keeps its top_k below
-        post = GroundingPostProcessor(pre_nms_thresh=0.0, detections_per_img=0)
-        size = tuple(int(v) for v in batch["image_sizes"][b])
-        det = post(*_image_slice(out, b), [size], pm.to(batch["images"].device), torch.arange(pm.shape[0]))[0]
-        result.append([(det.boxes[det.labels == p][:top_k].cpu(), det.scores[det.labels == p][:top_k].cpu())
-                       for p in range(pm.shape[0])])
+        out = _detect_group(model, batch["images"], sizes, group, batch["input_ids"], batch["attention_mask"])
+        for k, b in enumerate(group):
+            pm = phrase_maps[b]
+            if pm.shape[0] == 0:
+                continue
+            det = post(*_image_slice(out, k), [sizes[b]], pm.to(batch["images"].device), torch.arange(pm.shape[0]))[0]
+            result[b] = [(det.boxes[det.labels == p][:top_k].cpu(), det.scores[det.labels == p][:top_k].cpu())
+                         for p in range(pm.shape[0])]
     return result
 
 
 def _eval_loader(reader, tokenizer, image_size, max_len, batch_size, limit, normalization):
-    samples = list(reader)[:limit] if limit else reader
-    data = ProcessedDataset(samples, make_processor(eval_transforms(image_size), normalization))
+    size = InputSize.of(image_size)
+    samples = list(reader)[:limit] if limit else list(reader)
+    # images that pad to one size run together (size_groups): batch them together
+    samples.sort(key=lambda s: _padded(size.input_size(s.width, s.height)) if s.width and s.height else (0, 0))
+    data = ProcessedDataset(samples, make_processor(size.eval_transforms(), normalization))
     collate = Collator(tokenizer, max_length=max_len, size_divisibility=SIZE_DIVISIBILITY)
     return torch.utils.data.DataLoader(data, batch_size=batch_size, collate_fn=collate)
 
@@ -252,9 +315,22 @@ def _device_batch(batch, device) -> dict:
 
 
 @torch.no_grad()
-def evaluate_grounding(model, tokenizer: Tokenizer, reader, image_size: int, max_len: int, limit: int = 0,
-                       batch_size: int = 16, normalization: str = "imagenet") -> dict[str, float]:
-    """Phrase grounding R@1/5/10 (percent) on ``reader`` (MDETR format), first ``limit`` records."""
+def evaluate_grounding(model, tokenizer: Tokenizer, reader, image_size: int | InputSize, max_len: int, limit: int = 0,
+                       batch_size: int = 16, normalization: str = "imagenet",
+                       protocol: str | None = None) -> dict[str, float]:
+    """Phrase grounding R@1/5/10 (percent) on ``reader`` (MDETR format), first ``limit`` records.
+
+    ``image_size``: the detector's input (:class:`~fibervl.data.transforms.InputSize`; an int
+    ``n``: fit into ``n`` x ``n``, aspect kept). ``protocol`` (Flickr30k Entities,
+    :mod:`fibervl.metrics.grounding`): "any" (a phrase is found when a box hits any of its
+    ground-truth boxes: ``r1``..), "merged" (the union box of its ground-truth boxes:
+    ``merged_r1``..) or "both"; None: "both" on a Flickr30k file (by its name), else "any".
+    Predictions and ground truth are compared in the network's input frame, a scaling of the
+    original image's which leaves every IoU as it is."""
+    if protocol is None:
+        protocol = "both" if "flickr" in Path(str(getattr(reader, "file", ""))).name.lower() else "any"
+    if protocol not in GROUNDING_PROTOCOLS:
+        raise ValueError(f"grounding protocol must be one of {GROUNDING_PROTOCOLS}, got {protocol!r}")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -266,16 +342,27 @@ def evaluate_grounding(model, tokenizer: Tokenizer, reader, image_size: int, max
             gts.extend(boxes)
             preds.extend(b for b, _ in r)
     model.train(was_training)
-    return grounding_recall(preds, gts)
+    out: dict[str, float] = {}
+    if protocol in ("any", "both"):
+        out.update(grounding_recall(preds, gts))
+    if protocol in ("merged", "both"):
+        out.update({k if k == "phrases" else f"merged_{k}": v
+                    for k, v in grounding_recall(preds, gts, merge_boxes=True).items()})
+    return out
 
 
 @torch.no_grad()
-def evaluate_refexp(model, tokenizer: Tokenizer, reader, image_size: int, max_len: int, limit: int = 0,
+def evaluate_refexp(model, tokenizer: Tokenizer, reader, image_size: int | InputSize, max_len: int, limit: int = 0,
                     batch_size: int = 16, normalization: str = "imagenet",
-                    group_of: Callable[[Sample], str] | None = None) -> dict[str, float]:
+                    group_of: Callable[[Sample], str] | None = None, split: str | None = None) -> dict[str, float]:
     """REC accuracy@0.5 (percent): the top-1 box for the tokens of each record's target box.
     ``group_of(sample)`` names each record's group (e.g. expressions that name a class held out
-    of training); the result then also has ``acc_<group>`` and ``expressions_<group>``."""
+    of training); the result then also has ``acc_<group>`` and ``expressions_<group>``.
+    ``split`` (e.g. "refcoco_testA") names the split: the accuracy is also reported as
+    ``acc_<split>``; None: the RefCOCO / + / g split of the reader's MDETR file name, if it is one
+    (:func:`~fibervl.metrics.grounding.refexp_split`)."""
+    if split is None:
+        split = refexp_split(getattr(reader, "file", "") or "")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -292,34 +379,40 @@ def evaluate_refexp(model, tokenizer: Tokenizer, reader, image_size: int, max_le
             groups.append(group_of(sample) if group_of else "")
     model.train(was_training)
     if not targets:
-        return rec_accuracy(torch.zeros(0, 4), torch.zeros(0, 4))
-    top1, targets = torch.stack(top1), torch.stack(targets)
-    result = rec_accuracy(top1, targets)
-    if group_of:
-        for group in sorted(set(groups)):
-            members = torch.tensor([g == group for g in groups])
-            part = rec_accuracy(top1[members], targets[members])
-            result[f"acc_{group}"], result[f"expressions_{group}"] = part["acc"], part["expressions"]
+        result = rec_accuracy(torch.zeros(0, 4), torch.zeros(0, 4))
+    else:
+        top1, targets = torch.stack(top1), torch.stack(targets)
+        result = rec_accuracy(top1, targets)
+        if group_of:
+            for group in sorted(set(groups)):
+                members = torch.tensor([g == group for g in groups])
+                part = rec_accuracy(top1[members], targets[members])
+                result[f"acc_{group}"], result[f"expressions_{group}"] = part["acc"], part["expressions"]
+    if split:
+        result[f"acc_{split}"] = result["acc"]
     return result
 
 
 @torch.no_grad()
 def detect_with_prompt(model, images: Tensor, image_sizes: Sequence[tuple[int, int]], chunks: Sequence[PromptChunk],
                        postprocessor: GroundingPostProcessor | None = None):
-    """Run every prompt chunk over ``images [B, 3, H, W]``; per image the detections of all chunks
-    (``boxes [N, 4]`` xyxy in the network input frame, ``scores [N]``, ``labels [N]`` = category ids)."""
+    """Run every prompt chunk over ``images [B, 3, H, W]`` (by :func:`size_groups`); per image the
+    detections of all chunks (``boxes [N, 4]`` xyxy in the network input frame, ``scores [N]``,
+    ``labels [N]`` = category ids), best first."""
     device = images.device
     post = postprocessor or model.detector.postprocessor
+    sizes = [tuple(int(v) for v in s) for s in image_sizes]
     per_image = [[] for _ in range(images.shape[0])]
     for chunk in chunks:
         ids = chunk.input_ids.to(device).expand(images.shape[0], -1)
         mask = chunk.attention_mask.to(device).expand(images.shape[0], -1)
-        out = model.detect(images, ids, mask)
-        dets = post(
-            out.head.bbox_reg, out.head.centerness, out.head.dot_product_logits, out.anchors,
-            list(image_sizes), chunk.positive_map.to(device), torch.tensor(chunk.category_ids))
-        for b, d in enumerate(dets):
-            per_image[b].append(d)
+        for group in size_groups(sizes):
+            out = _detect_group(model, images, sizes, group, ids, mask)
+            dets = post(
+                out.head.bbox_reg, out.head.centerness, out.head.dot_product_logits, out.anchors,
+                [sizes[b] for b in group], chunk.positive_map.to(device), torch.tensor(chunk.category_ids))
+            for b, d in zip(group, dets):
+                per_image[b].append(d)
     merged = []
     for dets in per_image:
         if not dets:  # no prompt: nothing to detect
@@ -333,35 +426,42 @@ def detect_with_prompt(model, images: Tensor, image_sizes: Sequence[tuple[int, i
     return merged
 
 
-@torch.no_grad()
-def evaluate_detection(model, tokenizer: Tokenizer, reader, category_ids: Sequence[int], image_size: int,
-                       max_len: int, limit: int = 0, batch_size: int = 16, chunk_size: int = 40,
-                       normalization: str = "imagenet") -> dict[str, float]:
-    """COCO AP (percent) of ``category_ids`` on a :class:`~fibervl.data.CocoDetectionReader`'s images.
+# COCO's budget is the post-processor's 100 per image; LVIS scores at most 300 per image.
+LVIS_MAX_DETECTIONS = 300
 
-    The prompt names only ``category_ids`` (zero-shot: the held-out names), in chunks of
-    ``chunk_size``. Boxes are mapped back to the annotation's pixel frame. The ground truth is
-    what the reader accepted (``reader.ground_truth()``): boxes it skipped as bad are not
-    counted as missed. With a ``frequency`` field on the categories (LVIS) the result adds
-    APr / APc / APf.
-    """
+
+@torch.no_grad()
+def detection_results(model, tokenizer: Tokenizer, reader, category_ids: Sequence[int], image_size: int | InputSize,
+                      max_len: int, limit: int = 0, batch_size: int = 16, chunk_size: int = 40,
+                      normalization: str = "imagenet", max_detections: int = 100) -> tuple[list[dict], list]:
+    """Detections of ``category_ids`` on ``reader``'s images (its first ``limit``) in the official
+    results format: ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` in the pixels
+    of the annotation's image; and the ids of the images run.
+
+    The prompt names only ``category_ids``, in chunks (:func:`prompt_chunks`). Each image keeps
+    its ``max_detections`` best over all chunks (each chunk may give that many)."""
     if not category_ids:
-        raise ValueError("evaluate_detection needs at least one category id to name in the prompt")
-    gt = reader.ground_truth()
+        raise ValueError("detection needs at least one category id to name in the prompt")
     categories = reader.categories
     missing = [i for i in category_ids if i not in categories]
     if missing:
         raise ValueError(f"category ids {missing} are not in {reader.file}")
     sizes = {s.image_id: (s.height, s.width) for s in reader}
     chunks = prompt_chunks(categories, category_ids, tokenizer, max_len, chunk_size)
+    post = model.detector.postprocessor if hasattr(model, "detector") else None
+    if post is not None and max_detections > post.detections_per_img > 0:
+        post = copy.copy(post)
+        post.detections_per_img = max_detections
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     results, image_ids = [], []
     for batch in progress(_eval_loader(reader, tokenizer, image_size, max_len, batch_size, limit, normalization), "detection"):
         in_sizes = [tuple(int(v) for v in s) for s in batch.image_sizes]
-        dets = detect_with_prompt(model, batch.pixel_values.to(device), in_sizes, chunks)
+        dets = detect_with_prompt(model, batch.pixel_values.to(device), in_sizes, chunks, post)
         for sample, (h_in, w_in), (boxes, scores, labels) in zip(batch.samples, in_sizes, dets):
+            if len(chunks) > 1 and max_detections > 0:  # one chunk: the post-processor's own cut stands
+                boxes, scores, labels = boxes[:max_detections], scores[:max_detections], labels[:max_detections]
             h0, w0 = sizes[sample.image_id]
             boxes = boxes * torch.tensor([w0 / w_in, h0 / h_in, w0 / w_in, h0 / h_in])
             image_ids.append(sample.image_id)
@@ -369,7 +469,45 @@ def evaluate_detection(model, tokenizer: Tokenizer, reader, category_ids: Sequen
                 results.append({"image_id": sample.image_id, "category_id": int(label), "score": float(score),
                                 "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]})
     model.train(was_training)
-    metrics = coco_ap(gt, results, category_ids, image_ids)
-    metrics.update(ap_by_frequency(gt, results, category_ids, image_ids))
+    return results, image_ids
+
+
+def evaluate_detection(model, tokenizer: Tokenizer, reader, category_ids: Sequence[int], image_size: int | InputSize,
+                       max_len: int, limit: int = 0, batch_size: int = 16, chunk_size: int = 40,
+                       normalization: str = "imagenet", max_detections: int = 0,
+                       results: list | None = None) -> dict[str, float]:
+    """Detection AP (percent) of ``category_ids`` on a detection reader's images
+    (:func:`detection_results`), scored against what the reader accepted
+    (``reader.ground_truth()``: boxes it skipped as bad are not counted as missed).
+
+    A federated reader (LVIS, ``reader.federated``) is scored by the LVIS rules
+    (:func:`~fibervl.metrics.lvis.lvis_ap`: AP, APr / APc / APf, 300 detections per image);
+    any other by COCO's through pycocotools (and APr / APc / APf when its categories carry a
+    ``frequency``, see :func:`~fibervl.metrics.detection.ap_by_frequency`). ``max_detections``
+    0: 300 for LVIS, 100 otherwise. ``results``: a list the detections are appended to (to
+    write the official results file)."""
+    federated = bool(getattr(reader, "federated", False))
+    budget = max_detections or (LVIS_MAX_DETECTIONS if federated else 100)
+    found, image_ids = detection_results(model, tokenizer, reader, category_ids, image_size, max_len, limit, batch_size,
+                                         chunk_size, normalization, budget)
+    if results is not None:
+        results.extend(found)
+    gt = reader.ground_truth()
+    if federated:
+        metrics = lvis_ap(gt, found, category_ids, image_ids)
+    else:
+        metrics = coco_ap(gt, found, category_ids, image_ids)
+        metrics.update(ap_by_frequency(gt, found, category_ids, image_ids))
     metrics["images"] = len(image_ids)
     return metrics
+
+
+def evaluate_odinw(model, tokenizer: Tokenizer, readers: Mapping[str, object], image_size: int | InputSize,
+                   max_len: int, **kwargs) -> dict[str, float]:
+    """ODinW: the AP of each data set (``readers``: name -> its evaluation split, an
+    :class:`~fibervl.data.readers.odinw.OdinwReader`), every class of each in its prompts, and
+    their average: ``{"AP": mean, "AP_<name>": .., "datasets": N}``. ``kwargs`` go to
+    :func:`evaluate_detection`."""
+    per = {name: evaluate_detection(model, tokenizer, reader, sorted(reader.categories), image_size, max_len, **kwargs)
+           for name, reader in readers.items()}
+    return average_over_datasets(per)
