@@ -25,9 +25,11 @@ def _json_line(capsys) -> dict:
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
-def _pairs(capsys) -> dict[str, str]:
-    """The ``key=value`` metrics line of the fine-grained commands."""
+def _pairs(capsys) -> dict:
+    """The metrics the fine-grained commands print last: a JSON object, or ``key=value`` pairs."""
     line = capsys.readouterr().out.strip().splitlines()[-1]
+    if line.startswith("{"):
+        return json.loads(line)
     return dict(re.findall(r"(\S+)=(\S+)", line))
 
 
@@ -74,7 +76,7 @@ def test_vqa_on_vqav2(coarse, official, tmp_path, capsys):
     assert main(["evaluate", "vqa", "--model", str(tmp_path / "run"), "--eval-data", official["vqav2_val"],
                  "--num-eval", "5"]) == 0
     metrics = _json_line(capsys)
-    assert metrics["questions"] == 5 and 0 <= metrics["vqa_acc"] <= 100
+    assert metrics["questions"] == 5 and metrics["split"] == "val2014" and 0 <= metrics["vqa_acc"] <= 100
 
 
 def test_nlvr2_on_nlvr2(coarse, official, tmp_path, capsys):
@@ -127,8 +129,9 @@ def test_evaluate_fine_tasks_on_each_format(fine, official, task, name, key, cap
 
 
 def test_finetune_refexp_on_refcoco(fine, official, tmp_path, capsys):
-    assert main(["finetune", "refexp", "--init", str(fine / "model"), f"model.preset={fine / 'model'}",
-                 f"--run-dir={tmp_path / 'run'}", "--train-data", official["refcoco_train"],
+    # the init model's architecture and tokenizer: no model.preset, no data.tokenizer
+    assert main(["finetune", "refexp", "--init", str(fine / "model"), f"--run-dir={tmp_path / 'run'}",
+                 "--train-data", official["refcoco_train"],
                  "--eval-data", official["refcoco_val"], *RUN, *FINE]) == 0
     assert "rec_acc" in _pairs(capsys)
     # a detection file does not fit referring expressions: one error naming the source

@@ -46,6 +46,9 @@ EVALUATE_FLAGS = {"--model": "model.init", "--split": "data.eval_split", "--num-
 
 def _task_config(task: str, argv: list[str], flags: dict[str, str]) -> FineConfig:
     cfg = parse_run_cli(FineConfig, rewrite_flags(argv, flags))
+    if cfg.model.init and cfg.model.preset == FineConfig().model.preset:
+        # fine-tuning continues the init model's own architecture unless a preset is named
+        cfg.model.preset = str(resolve_model_dir(cfg.model.init))
     train_sources, _ = TASKS[task]
     cfg.data = dataclasses.replace(cfg.data, **{s: s in train_sources for s in SOURCES})
     if cfg.train.run_dir == FineConfig().train.run_dir:  # the pre-training default names its own command

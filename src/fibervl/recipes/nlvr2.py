@@ -124,7 +124,7 @@ def _evaluate(argv: list[str]) -> int:
     image_size, max_len = _sizes(cfg, model)
     metrics = evaluate_nlvr2(model, tokenizer, _eval_samples(cfg, cfg.data.eval_split), image_size, max_len,
                              bf16=uses_bf16(cfg.train.precision, cfg.train.device))
-    _print({"split": cfg.data.eval_split, **metrics})
+    _print({"split": cfg.data.eval_source().split or cfg.data.eval_split, **metrics})
     return 0
 
 

@@ -146,7 +146,7 @@ def _evaluate(argv: list[str]) -> int:
     if not cfg.model.init:
         raise ValueError("evaluate needs --model DIR (a fine-tuned model or run directory)")
     model, tokenizer, _ = load_model_dir(cfg.model.init, fallback_tokenizer=_data_tokenizer(cfg.data))
-    _print_metrics({"split": cfg.data.eval_split, **evaluate(cfg, model, tokenizer)})
+    _print_metrics({"split": cfg.data.eval_source().split or cfg.data.eval_split, **evaluate(cfg, model, tokenizer)})
     return 0
 
 

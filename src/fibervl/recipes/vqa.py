@@ -162,7 +162,7 @@ def _evaluate(argv: list[str]) -> int:
                                         bf16=uses_bf16(cfg.train.precision, cfg.train.device))
     if cfg.results:
         write_vqa_results(predictions, cfg.results)
-    _print({"split": cfg.data.eval_split, **metrics})
+    _print({"split": cfg.data.eval_source().split or cfg.data.eval_split, **metrics})
     return 0
 
 
