@@ -19,7 +19,8 @@ from fibervl.data import train_bytelevel_bpe
 from fibervl.predict import save
 from fibervl.testing.models import set_fusion_gates
 
-WORDS = "a the red blue green star circle square heart small big left of what color is shape there".split()
+WORDS = ["a", "the", "red", "blue", "green", "star", "circle", "square", "heart", "small", "big", "left", "of", "what",
+         "color", "is", "shape", "there"]
 ANSWERS = ["yes", "no", "red", "blue", "green", "star", "circle"]
 
 

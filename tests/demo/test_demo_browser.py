@@ -9,6 +9,7 @@ chromium-driver; pip install -e ".[dev,demo,...]").
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import re
@@ -81,9 +82,7 @@ def _get(url: str) -> bytes:
 @pytest.fixture
 def demo_server(run_dir, tmp_path):
     """``fibervl demo`` on a free port of 127.0.0.1 in a subprocess: (url, log file); stopped after."""
-    try:
-        import gradio  # noqa: F401
-    except ModuleNotFoundError:
+    if importlib.util.find_spec("gradio") is None:
         _missing("gradio: pip install -e '.[demo]'")
     port, log_path = _free_port(), tmp_path / "demo.log"
     env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp_path / "gradio"), "NO_PROXY": "127.0.0.1,localhost"}
@@ -159,7 +158,7 @@ def test_detection_in_a_browser(browser, demo_server, shapes_png, tmp_path):
     original = Image.open(shapes_png).convert("RGB")
     assert picture.size == original.size
     assert picture.tobytes() != original.tobytes(), "the result is the uploaded image: no box drawn"
-    x0, y0, x1, y1 = boxes[-1]
+    x0, y0, _, y1 = boxes[-1]
     colour = ImageColor.getrgb(COLOURS[(len(boxes) - 1) % len(COLOURS)])
     around = {picture.getpixel((x, y)) for x in range(max(0, x0 - 2), min(picture.width, x0 + 3))
               for y in range(y0, min(picture.height, y1 + 1))}

@@ -40,7 +40,7 @@ def build_app(models: DemoModels):
             with gr.Column():
                 image = gr.Image(type="pil", label="Image", sources=["upload", "clipboard"],
                                  buttons=["download", "fullscreen"], elem_id="image")
-                inputs = _task_tabs(gr, models, image)
+                inputs = _task_tabs(gr, models)
             with gr.Column():
                 # No "share" button: it posts to Hugging Face; nothing leaves this machine.
                 picture = gr.Image(type="pil", format="png", label="Result", interactive=False,
@@ -50,15 +50,15 @@ def build_app(models: DemoModels):
         for task, (button, text_boxes, fields) in inputs.items():
             handler = _handler(gr, getattr(models, task))
             # One prediction at a time over every tab: the model uses all the CPU cores it has.
-            options = dict(inputs=[image, *fields], outputs=[picture, summary, result],
-                           concurrency_limit=1, concurrency_id="predict")
+            options = {"inputs": [image, *fields], "outputs": [picture, summary, result],
+                       "concurrency_limit": 1, "concurrency_id": "predict"}
             button.click(handler, **options)
             for box in text_boxes:  # Enter in a text box runs the task too
                 box.submit(handler, **options)
     return app
 
 
-def _task_tabs(gr, models: DemoModels, image) -> dict:
+def _task_tabs(gr, models: DemoModels) -> dict:
     """task -> (its button, its text boxes, the inputs its handler takes after the image)."""
     out = {}
     with gr.Tabs():
