@@ -80,6 +80,7 @@ class FineConfig:
     data: FineData = field(default_factory=FineData)
     objectives: FineObjectives = field(default_factory=FineObjectives)
     train: TrainConfig = field(default_factory=lambda: recipe_train("pretrain-fine", max_steps=100))
+    results: str = ""  # evaluate detect: also write the detections as a COCO / LVIS results file here
 
 
 def sizes_of(data: FineData, model_config) -> tuple[InputSize, int]:
@@ -166,11 +167,13 @@ class EvalSets:
         return tuple(self.readers)
 
 
-def evaluate_all(model, tokenizer, data: FineData, sets: EvalSets, image_size: int, max_len: int) -> dict[str, float]:
+def evaluate_all(model, tokenizer, data: FineData, sets: EvalSets, image_size: InputSize | int, max_len: int,
+                 results: list | None = None) -> dict[str, float]:
     """Flat metrics of ``sets``: ``ground_r1/5/10``, ``rec_acc`` (and ``rec_acc_seen`` /
     ``rec_acc_held_out``: expressions without and with a held-out name, which only shapes test
     files have), ``det_AP..`` (seen classes on ``eval_split``), ``zs_AP..`` (held-out names on
-    ``zero_shot_split``)."""
+    ``zero_shot_split``). ``results``: a list the ``detection`` evaluation's detections are
+    appended to (the official results format, :func:`~fibervl.tasks.grounding.detection_results`)."""
     kw = dict(image_size=image_size, max_len=max_len, limit=data.num_eval, batch_size=data.eval_batch_size,
               normalization=data.normalization)
     out: dict[str, float] = {}
@@ -182,7 +185,8 @@ def evaluate_all(model, tokenizer, data: FineData, sets: EvalSets, image_size: i
         out.update({f"rec_{k}": v for k, v in m.items()})
     for kind, prefix in (("detection", "det"), ("zero_shot", "zs")):
         if kind in r:
-            m = evaluate_detection(model, tokenizer, r[kind], sets.category_ids[kind], chunk_size=data.chunk_size, **kw)
+            m = evaluate_detection(model, tokenizer, r[kind], sets.category_ids[kind], chunk_size=data.chunk_size,
+                                   results=results if kind == "detection" else None, **kw)
             out.update({f"{prefix}_{k}": v for k, v in m.items()})
     return out
 

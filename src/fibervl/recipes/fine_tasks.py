@@ -5,7 +5,8 @@
     fibervl evaluate ground  --model RUN/model data.root=data/shapes data.eval_split=test
     fibervl finetune refexp  --init RUN/model --train-data mdetr:mdetr_annotations/final_refcoco_train.json:coco/train2014 \
                              --eval-data mdetr:mdetr_annotations/final_refcoco_val.json:coco/train2014
-    fibervl evaluate detect  --model RUN/model --eval-data coco:coco/annotations/instances_val2017.json:coco/val2017
+    fibervl evaluate detect  --model RUN/model --eval-data coco:coco/annotations/instances_val2017.json:coco/val2017 \
+                             [--results detections.json]
     fibervl predict  ground  --model RUN/model (--image x.jpg | --images DIR) --text "a red star" [--phrases "red star"]
     fibervl predict  refexp  --model RUN/model (--image x.jpg | --images DIR) --text "the small red star"
     fibervl predict  detect  --model RUN/model (--image x.jpg | --images DIR) --classes "star,heart,circle"
@@ -19,14 +20,22 @@ classes, and zero-shot AP on the held-out names of ``data.zero_shot_split``, whe
 holds some out of training; on a detection file: AP over all its classes). ``predict`` is :mod:`fibervl.predict.cli`: JSON with boxes in the pixels of the
 image as shown (EXIF orientation applied) and a PNG with labelled boxes per image (``--out``,
 default ``runs/predict-<task>/<image stem>_<task>.png`` under the current directory).
+
+``evaluate`` prints its metrics as ``key=value`` and then, last, as one JSON object;
+``evaluate detect --results FILE`` also writes the detections of the evaluation source's classes
+as a COCO / LVIS results file (``image_id``, ``category_id``, ``bbox`` xywh in the original
+image's pixels, ``score``) for pycocotools or the LVIS evaluator.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import sys
 
 from .common import parse_run_cli, rewrite_flags
 from ..experiment import load_tokenizer, resolve_model_dir
+from ..metrics.detection import write_results
 from ..modeling.fiber import FiberModel
 from ..predict.cli import main as predict_main
 from .fine_pretrain import EvalSets, FineConfig, evaluate_all, print_metrics, run, sizes_of
@@ -41,7 +50,7 @@ SOURCES = ("grounding", "refexp", "detection")
 FINETUNE_FLAGS = {"--init": "model.init", "--run-dir": "train.run_dir", "--max-steps": "train.max_steps",
                   "--tokenizer": "data.tokenizer"}
 EVALUATE_FLAGS = {"--model": "model.init", "--split": "data.eval_split", "--num-eval": "data.num_eval",
-                  "--tokenizer": "data.tokenizer"}
+                  "--tokenizer": "data.tokenizer", "--results": "results"}
 
 
 def _task_config(task: str, argv: list[str], flags: dict[str, str]) -> FineConfig:
@@ -68,9 +77,15 @@ def evaluate(task: str, argv: list[str]) -> int:
         raise SystemExit("evaluate needs --model DIR (a saved fine-grained model or its run directory)")
     model = FiberModel.from_pretrained(resolve_model_dir(cfg.model.init)).eval()
     tokenizer = load_tokenizer(cfg.data, cfg.model.init)
+    if cfg.results and task != "detect":
+        raise SystemExit("--results writes detection results: it belongs to evaluate detect")
     image_size, max_len = sizes_of(cfg.data, model.config)
-    metrics = evaluate_all(model, tokenizer, cfg.data, EvalSets(cfg.data, TASKS[task][1]), image_size, max_len)
+    results = [] if cfg.results else None
+    metrics = evaluate_all(model, tokenizer, cfg.data, EvalSets(cfg.data, TASKS[task][1]), image_size, max_len, results)
+    if cfg.results:
+        print(f"{len(results)} detections written to {write_results(results, cfg.results)}", file=sys.stderr)
     print_metrics(metrics)
+    print(json.dumps(metrics))
     return 0
 
 
