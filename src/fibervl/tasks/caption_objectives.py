@@ -26,6 +26,8 @@ caption's weight depend on how much padding the batch has.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ..metrics.cider import CiderD
@@ -77,7 +79,7 @@ def scst_loss(model, image_tokens: torch.Tensor, references: list[list[str]], to
         with torch.no_grad():
             frozen = image_tokens.detach()
             tokens = sample(model, frozen, num_samples, decode, bos, eos, pad, banned)
-            greedy = generate(model, frozen, DecodeConfig(**{**decode.__dict__, "beam_size": 1}), bos, eos, pad, banned)
+            greedy = generate(model, frozen, dataclasses.replace(decode, beam_size=1), bos, eos, pad, banned)
     finally:
         model.train(was_training)
     samples = [tokenizer.decode(_cut(row, eos)).strip() for row in tokens.tolist()]
