@@ -137,6 +137,26 @@ def test_the_paper_input_size_and_its_overrides():
     assert grounding.size_groups([(64, 96), (96, 64), (60, 90), (96, 64)]) == [[0, 2], [1, 3]]
 
 
+def test_training_is_multi_scale_with_the_aspect_ratio_kept():
+    from fibervl.data.samples import Sample
+
+    size = grounding.detector_input(get_preset("fiber-base-fine"))
+    transforms = size.train_transforms(flip=False)
+    image = Image.new("RGB", (640, 480))
+    sample = Sample(sample_id="0", image_id=0, boxes=torch.tensor([[64.0, 48.0, 320.0, 240.0]]),
+                    category_ids=torch.tensor([1]))
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(40):
+        out, moved = transforms(image, sample)
+        assert min(out.size) in (480, 560, 640, 720, 800) and max(out.size) <= 1333
+        assert out.size[0] * 3 == pytest.approx(out.size[1] * 4, abs=4)  # 4:3 kept
+        scale = out.size[0] / 640
+        assert moved.boxes[0].tolist() == pytest.approx([64 * scale, 48 * scale, 320 * scale, 240 * scale], rel=1e-2)
+        seen.add(min(out.size))
+    assert seen == {480, 560, 640, 720, 800}
+
+
 def test_evaluation_keeps_the_aspect_ratio_and_reports_original_pixels(tokenizer_dir, tmp_path, monkeypatch):
     pytest.importorskip("pycocotools")
     from fibervl.metrics.detection import coco_ap
