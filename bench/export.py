@@ -81,11 +81,11 @@ def bench_preset(name: str, batches: list[int], tokens: int, runs: int, threads:
             args = example_inputs(model, part, batch, min(tokens, max_tokens(model, part)), size)
             feed = {n: a.numpy() for n, a in zip(input_names, args)}
 
-            def eager():
+            def eager(graph=graph, args=args):
                 with torch.no_grad():
                     return graph(*args)
 
-            def onnxruntime():
+            def onnxruntime(session=session, feed=feed):
                 return session.run(None, feed)
 
             eager_s, ort_s = alternate([eager, onnxruntime], runs)
@@ -96,7 +96,6 @@ def bench_preset(name: str, batches: list[int], tokens: int, runs: int, threads:
                        if n != "boxes")
             rows.append(dict(preset=name, part=part, batch=batch, eager=eager_s, ort=ort_s, diff=diff,
                              export=took, mib=path.stat().st_size / 2**20, size=size))
-        del session
         path.unlink()
     return rows
 

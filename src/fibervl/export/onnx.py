@@ -39,6 +39,7 @@ from torch import nn
 from .. import __version__
 from ..modeling.fiber import FiberModel
 from . import PARTS
+
 DEFAULT_OPSET = 17  # LayerNormalization is an ONNX op from 17 on; GridSample (DyHead) from 16
 INSTALL_HINT = "pip install 'fibervl[export]'"
 
