@@ -53,7 +53,7 @@ EVALUATE_FLAGS = {"--model": "model.init", "--split": "data.eval_split", "--num-
                   "--tokenizer": "data.tokenizer", "--results": "results"}
 
 
-def _task_config(task: str, argv: list[str], flags: dict[str, str]) -> FineConfig:
+def _task_config(task: str, argv: list[str], flags: dict[str, str] = FINETUNE_FLAGS) -> FineConfig:
     cfg = parse_run_cli(FineConfig, rewrite_flags(argv, flags))
     if cfg.model.init and cfg.model.preset == FineConfig().model.preset:
         # fine-tuning continues the init model's own architecture unless a preset is named
