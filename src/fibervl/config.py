@@ -18,6 +18,21 @@ class ConfigError(ValueError):
     """A config file or override names an unknown key or holds a value of the wrong kind."""
 
 
+def read_config_json(path: str | Path) -> dict[str, Any]:
+    """The mapping in a model's ``config.json``: a missing file, bad JSON or a non-mapping is an
+    error naming the file (a UTF-8 byte order mark is accepted)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: invalid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping")
+    return data
+
+
 class SerializableConfig:
     """JSON round trip shared by every model family's config dataclass: ``to_dict``,
     ``from_dict`` (unknown keys rejected, lists become tuples), ``save``, ``load`` (errors name
@@ -36,12 +51,7 @@ class SerializableConfig:
     @classmethod
     def load(cls, path: str | Path):
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8-sig"))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"config file not found: {path}") from None
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}: invalid JSON ({err})") from None
+        data = read_config_json(path)
         try:
             return cls.from_dict(data)
         except ConfigError as err:

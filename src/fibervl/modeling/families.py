@@ -26,7 +26,6 @@ directory finds its class.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -34,7 +33,7 @@ from typing import Any, Callable
 from torch import nn
 
 from ..config import PRESETS as FIBER_PRESETS
-from ..config import ConfigError, FiberConfig
+from ..config import ConfigError, FiberConfig, read_config_json
 
 
 @dataclass(frozen=True)
@@ -113,16 +112,7 @@ def build_from_config(config: Any) -> nn.Module:
 
 def saved_family(directory: str | Path) -> Family:
     """The family of the model saved in ``directory`` (read from its ``config.json``)."""
-    path = Path(directory) / "config.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"config file not found: {path}") from None
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}: invalid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping")
-    return get_family(data.get("family", "fiber"))
+    return get_family(read_config_json(Path(directory) / "config.json").get("family", "fiber"))
 
 
 def load_config(directory: str | Path) -> Any:

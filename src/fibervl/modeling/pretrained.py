@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..config import ConfigError, FiberConfig
+from ..config import ConfigError, FiberConfig, read_config_json
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -41,22 +41,10 @@ def save_pretrained(model: nn.Module, directory: str | Path, card: dict | None =
     _atomic_write(directory / CONFIG_NAME, lambda path: path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8"))
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"config file not found: {path}") from None
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}: invalid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping")
-    return data
-
-
 def read_config(config_cls, path: str | Path):
     """A saved ``config.json`` as ``config_cls`` (its card left out); errors name the file."""
     path = Path(path)
-    data = _read_json(path)
+    data = read_config_json(path)
     data.pop(CARD_KEY, None)
     try:
         return config_cls.from_dict(data)
@@ -66,7 +54,7 @@ def read_config(config_cls, path: str | Path):
 
 def read_card(directory: str | Path) -> dict | None:
     """The card saved in ``directory/config.json``, or None (a directory saved without one)."""
-    return _read_json(Path(directory) / CONFIG_NAME).get(CARD_KEY)
+    return read_config_json(Path(directory) / CONFIG_NAME).get(CARD_KEY)
 
 
 def _atomic_write(target: Path, write) -> None:
