@@ -44,8 +44,8 @@ from .objectives import (
 def pad_to_common_length(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad ``ids`` / ``mask [B, T]`` to the longest ``T`` over ranks (collective; unchanged
     in one process). A collator pads each rank's batch to its own longest text, but the gathers
-    of the ITM negatives and MLM masks need one length. The added positions are masked (0), so
-    no real token attends to them and pooling skips them: their id (0) is never read."""
+    of the ITM negatives and MLM masks need one length. The added positions are masked (0): no
+    real token attends to them and pooling skips them, so they change no output."""
     length = max_over_ranks(ids.shape[1], ids.device)
     if length == ids.shape[1]:
         return ids, mask
@@ -113,8 +113,9 @@ class CoarsePretrainTask(nn.Module):
         obj = self.objectives
         logs: dict[str, torch.Tensor] = {}
         generator = self.step_generator(ids.device)
-        ids, mask = pad_to_common_length(ids, mask)
-        ids_all, mask_all = all_gather_no_grad(ids), all_gather_no_grad(mask)  # every rank's texts
+        if obj.itm or obj.mlm:  # every rank's texts (these in one process), for negatives and masks
+            ids, mask = pad_to_common_length(ids, mask)
+            ids_all, mask_all = all_gather_no_grad(ids), all_gather_no_grad(mask)
 
         # Below their first fusion layer both backbones compute the same thing in every pass of
         # this step (ITC, the 3B ITM pairs, MLM): run that part once per image and per text.
