@@ -7,13 +7,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
+from pathlib import Path
 
 import pytest
 import yaml
 
 from fibervl.cli import main
 from fibervl.config import DetectionConfig
+from fibervl.data.readers import VqaReader
 from fibervl.data.sources import FORMATS
+from fibervl.metrics.vqa import vqa_score
 from fibervl.testing.configs import micro_config
 
 RUN = ["train.batch_size=4", "train.max_steps=1", "train.progress_bar=false", "train.ckpt_every=null",
@@ -68,15 +72,81 @@ def test_retrieval_on_coco_captions(coarse, official, tmp_path, capsys):
     assert metrics["split"] == "val2017" and metrics["images"] == 4
 
 
-def test_vqa_on_vqav2(coarse, official, tmp_path, capsys):
-    assert main(["finetune", "vqa", "--init", str(coarse / "model"), f"--run-dir={tmp_path / 'run'}",
+@pytest.fixture(scope="module")
+def vqa_run(coarse, official, tmp_path_factory):
+    """``finetune vqa`` on train2014 + val2014 (two sources), evaluated on val2014."""
+    run = tmp_path_factory.mktemp("vqa") / "run"
+    assert main(["finetune", "vqa", "--init", str(coarse / "model"), f"--run-dir={run}",
                  "--train-data", official["vqav2_train"], "--train-data", official["vqav2_val"] + "@0.5",
                  "--eval-data", official["vqav2_val"], "data.num_eval=6", *RUN]) == 0
-    assert "answer vocabulary" in capsys.readouterr().out
-    assert main(["evaluate", "vqa", "--model", str(tmp_path / "run"), "--eval-data", official["vqav2_val"],
-                 "--num-eval", "5"]) == 0
+    return run
+
+
+def test_vqa_on_vqav2(vqa_run, official, tmp_path, capsys):
+    snapshot = yaml.safe_load((vqa_run / "config.yaml").read_text())
+    assert [(s["split"], s["weight"]) for s in snapshot["data"]["train"]] == [("train2014", 1.0), ("val2014", 0.5)]
+    results = tmp_path / "answers.json"
+    assert main(["evaluate", "vqa", "--model", str(vqa_run), "--eval-data", official["vqav2_val"],
+                 "--num-eval", "5", "--results", str(results)]) == 0
     metrics = _json_line(capsys)
     assert metrics["questions"] == 5 and metrics["split"] == "val2014" and 0 <= metrics["vqa_acc"] <= 100
+    # the results file, scored on its own, gives the printed accuracy
+    rows = json.loads(results.read_text())
+    assert all(set(r) == {"question_id", "answer"} and isinstance(r["question_id"], int) for r in rows)
+    samples = list(VqaReader(_vqa_folder(official), "val2014"))[:5]
+    assert vqa_score({str(r["question_id"]): r["answer"] for r in rows}, samples)["vqa_acc"] == \
+        pytest.approx(metrics["vqa_acc"], abs=0.01)
+
+
+def _vqa_folder(official) -> Path:
+    return Path(official["vqav2_val"].split(":")[1])
+
+
+def _test_dev(official, out: Path) -> list[int]:
+    """VQAv2 test-dev2015 beside nothing else: a questions file without annotations, its images
+    under coco/test2015/ (test-dev is a subset of test2015). Returns the question ids."""
+    folder = _vqa_folder(official)
+    qs = json.loads((folder / "v2_OpenEnded_mscoco_val2014_questions.json").read_text())
+    qs.update(data_subtype="test-dev2015")
+    (out / "vqav2").mkdir(parents=True)
+    (out / "vqav2" / "v2_OpenEnded_mscoco_test-dev2015_questions.json").write_text(json.dumps(qs))
+    (out / "coco" / "test2015").mkdir(parents=True)
+    for q in qs["questions"]:
+        name = f"COCO_{{}}_{q['image_id']:012d}.jpg"
+        shutil.copy(folder.parent / "coco" / "val2014" / name.format("val2014"),
+                    out / "coco" / "test2015" / name.format("test2015"))
+    return [q["question_id"] for q in qs["questions"]]
+
+
+def test_vqa_test_dev_writes_answers_without_scoring(vqa_run, official, tmp_path, capsys, monkeypatch):
+    ids = _test_dev(official, tmp_path)
+    spec = f"vqav2,split=test-dev2015:{tmp_path / 'vqav2'}:{tmp_path / 'coco'}"
+    results = tmp_path / "out" / "answers.json"
+    assert main(["evaluate", "vqa", "--model", str(vqa_run), "--eval-data", spec, "--results", str(results)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert "test-dev2015 has no annotations: not scored" in out[-2]
+    assert json.loads(out[-1]) == {"split": "test-dev2015", "questions": len(ids), "scored": False,
+                                   "results": str(results)}
+    rows = json.loads(results.read_text())
+    answers = json.loads((vqa_run / "model" / "answers.json").read_text())
+    assert sorted(r["question_id"] for r in rows) == sorted(ids) and all(r["answer"] in answers for r in rows)
+    # without --results: the server's file name, in the current directory
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", "vqa", "--model", str(vqa_run), "--eval-data", spec]) == 0
+    assert json.loads((tmp_path / "vqa_OpenEnded_mscoco_test-dev2015_fibervl_results.json").read_text()) == rows
+
+
+def test_finetune_vqa_on_train_and_val_answers_test_dev(coarse, official, tmp_path, capsys):
+    ids = _test_dev(official, tmp_path)
+    spec = f"vqav2,split=test-dev2015:{tmp_path / 'vqav2'}:{tmp_path / 'coco'}"
+    run = tmp_path / "run"
+    assert main(["finetune", "vqa", "--init", str(coarse / "model"), f"--run-dir={run}",
+                 "--train-data", official["vqav2_train"], "--train-data", official["vqav2_val"],
+                 "--eval-data", spec, *RUN]) == 0
+    metrics = _json_line(capsys)
+    assert metrics["questions"] == len(ids) and metrics["scored"] is False and "vqa_acc" not in metrics
+    rows = json.loads((run / "vqa_OpenEnded_mscoco_test-dev2015_fibervl_results.json").read_text())
+    assert sorted(r["question_id"] for r in rows) == sorted(ids)
 
 
 def test_nlvr2_on_nlvr2(coarse, official, tmp_path, capsys):

@@ -5,6 +5,7 @@
         data.train_split=train2014 data.eval_split=val2014 --image-root COCO_DIR \\
         --image-template "{split}/COCO_{split}_{image_id:012d}.jpg"
     fibervl evaluate vqa --model RUN/model --data-root DIR [--split test] [--results out.json]
+    fibervl evaluate vqa --model RUN --eval-data vqav2,split=test-dev2015:vqav2:coco --results answers.json
     fibervl predict vqa --model RUN/model (--image x.jpg | --images DIR) --question "what color is the circle?"
 
     fibervl finetune vqa --init RUN --train-data vqav2,split=train2014:vqav2:coco \
@@ -29,12 +30,13 @@ from ..data import AnswerVocabulary
 from ..data.readers.vqa import VQAV2_IMAGE_TEMPLATE
 from ..data.sources import DataSource, open_eval, training_reader
 from ..data.transforms import train_transforms
+from ..engine import distributed as D
 from ..engine.precision import uses_bf16
 from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import DataSpec, ModelSpec, build_task_model, load_tokenizer, resolve_model_dir
 from ..metrics.vqa import write_vqa_results
 from ..predict.cli import main as predict_main
-from ..tasks.vqa import VqaCollator, VqaTask, evaluate_vqa, vocabulary_coverage
+from ..tasks.vqa import VqaCollator, VqaTask, evaluate_vqa, predict_answers, vocabulary_coverage
 from .common import (parse_run_cli, export_task_model, fused_training_data, load_model_dir, rewrite_flags,
                      warn_truncated, final_metrics, recipe_train)
 
@@ -93,9 +95,17 @@ def _sizes(cfg, model) -> tuple[int, int]:
     return cfg.data.image_size or model.config.vision.image_size, cfg.data.max_text_len or model.config.text.max_text_len
 
 
-def _eval_samples(cfg: VqaConfig, split: str):
-    samples = list(vqa_reader(cfg.data, split))
-    return samples[:cfg.data.num_eval] if cfg.data.num_eval else samples
+def _eval_set(cfg: VqaConfig) -> tuple[str, list]:
+    """(the split the evaluation source was read at, its first ``data.num_eval`` questions)."""
+    reader = vqa_reader(cfg.data, cfg.data.eval_split)
+    split = getattr(reader, "split", "") or cfg.data.eval_source().split or cfg.data.eval_split
+    samples = list(reader)
+    return split, samples[:cfg.data.num_eval] if cfg.data.num_eval else samples
+
+
+def server_results_name(split: str) -> str:
+    """The file name the VQAv2 evaluation server asks for (``vqa_[task]_[data type]_[subtype]_[method]_results.json``)."""
+    return f"vqa_OpenEnded_mscoco_{split}_fibervl_results.json"
 
 
 def run(cfg: VqaConfig) -> dict:
@@ -113,8 +123,12 @@ def run(cfg: VqaConfig) -> dict:
         print(f"new weights (not loaded from {cfg.model.init}): {new}")
     image_size, max_len = _sizes(cfg, model)
     warn_truncated(tokenizer, (s.text for s in train_reader), max_len, "training questions")
-    eval_samples = _eval_samples(cfg, cfg.data.eval_split)
+    eval_split, eval_samples = _eval_set(cfg)
     bf16 = uses_bf16(cfg.train.precision, cfg.train.device)
+
+    # An evaluation split without annotations (test-dev2015 after training on train+val) is
+    # not scored: its answers are written to the run directory for the evaluation server.
+    scored = any(s.answers for s in eval_samples)
 
     def evaluate(m) -> dict[str, float]:
         return evaluate_vqa(m, tokenizer, vocab, eval_samples, image_size, max_len, bf16=bf16)[0]
@@ -122,8 +136,16 @@ def run(cfg: VqaConfig) -> dict:
     train, cache = fused_training_data(train_reader, train_transforms(image_size), model,
                                        cfg.data.cache_image_prefix, image_size, bf16, cfg.train.device)
     summary = Trainer(cfg.train, model, VqaTask(), train, collate_fn=VqaCollator(tokenizer, max_len, vocab, cache),
-                      evaluate=evaluate, config_snapshot=cfg).fit()
-    metrics = final_metrics(summary, evaluate, model)
+                      evaluate=evaluate if scored else None, config_snapshot=cfg).fit()
+    if scored:
+        metrics = final_metrics(summary, evaluate, model)
+    else:
+        answers = predict_answers(model, tokenizer, vocab, eval_samples, image_size, max_len, bf16=bf16)
+        path = Path(cfg.train.run_dir) / server_results_name(eval_split)
+        if D.get_rank() == 0:
+            write_vqa_results(answers, path)
+            print(f"{eval_split} has no annotations: not scored; wrote {len(answers)} answers to {path}")
+        metrics = {"questions": len(answers), "scored": False, "results": str(path)}
     export_task_model(model, tokenizer, cfg.train.run_dir,
                       {"eval_split": cfg.data.eval_split, **metrics, "train_coverage": coverage},
                       files={ANSWERS_FILE: vocab.answers}, data=cfg.data)
@@ -149,6 +171,10 @@ def _finetune(argv: list[str]) -> int:
 
 
 def _evaluate(argv: list[str]) -> int:
+    """Score the evaluation split and print its metrics as JSON on the last line; with
+    ``--results FILE`` also write the answers in the server's format. A split without
+    annotations (test2015, test-dev2015) is not scored: its answers are written (to
+    ``--results``, else :func:`server_results_name` in the current directory) for the server."""
     from ..engine.config import parse_cli
 
     cfg, _ = parse_cli(VqaConfig, rewrite_flags(argv, EVALUATE_FLAGS))
@@ -157,12 +183,19 @@ def _evaluate(argv: list[str]) -> int:
     model, tokenizer, directory = load_model_dir(cfg.model.init)
     vocab = load_vocabulary(directory)
     image_size, max_len = _sizes(cfg, model)
-    samples = _eval_samples(cfg, cfg.data.eval_split)
-    metrics, predictions = evaluate_vqa(model, tokenizer, vocab, samples, image_size, max_len,
-                                        bf16=uses_bf16(cfg.train.precision, cfg.train.device))
+    split, samples = _eval_set(cfg)
+    bf16 = uses_bf16(cfg.train.precision, cfg.train.device)
+    if not any(s.answers for s in samples):
+        predictions = predict_answers(model, tokenizer, vocab, samples, image_size, max_len, bf16=bf16)
+        path = write_vqa_results(predictions, cfg.results or server_results_name(split))
+        print(f"{split} has no annotations: not scored; wrote {len(predictions)} answers to {path} "
+              "for the VQAv2 evaluation server")
+        _print({"split": split, "questions": len(predictions), "scored": False, "results": str(path)})
+        return 0
+    metrics, predictions = evaluate_vqa(model, tokenizer, vocab, samples, image_size, max_len, bf16=bf16)
     if cfg.results:
         write_vqa_results(predictions, cfg.results)
-    _print({"split": cfg.data.eval_source().split or cfg.data.eval_split, **metrics})
+    _print({"split": split, **metrics, **({"results": cfg.results} if cfg.results else {})})
     return 0
 
 

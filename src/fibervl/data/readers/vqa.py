@@ -4,7 +4,8 @@ Splits are VQAv2's data subtypes (train2014, val2014, test2015, test-dev2015); t
 have no annotation file. Images are found with a template relative to ``image_root``:
 VQAv2's default is ``{split}/COCO_{split}_{image_id:012d}.jpg`` (with split = "train2014",
 i.e. ``train2014/COCO_train2014_000000000123.jpg``); the shapes set uses
-``{split}/shapes_{split}_{image_id:012d}.jpg``.
+``{split}/shapes_{split}_{image_id:012d}.jpg``. test-dev2015 is a subset of test2015's
+questions on test2015's images, so its template is filled with ``split = "test2015"``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from .common import DEFAULT_MAX_TEXT_CHARS, Reader, check_format, check_text, lo
 
 VQAV2_IMAGE_TEMPLATE = "{split}/COCO_{split}_{image_id:012d}.jpg"
 ANSWER_TYPES = ("yes/no", "number", "other")
+# splits whose images are another split's: {questions split: images split}
+IMAGE_SPLITS = {"test-dev2015": "test2015"}
 
 
 def format_image_path(image_root: Path, template: str, file: Path, record: object, **fields) -> Path:
@@ -108,8 +111,9 @@ class VqaReader(Reader):
         image_id = require(q, "image_id", f, rid, int)
         text, cut = check_text(require(q, "question", f, rid), f, rid, self.max_text_chars, what="question")
         self.truncated += cut
+        image_split = IMAGE_SPLITS.get(self.split, self.split)
         sample = Sample(sample_id=str(qid), image_id=image_id, text=text, dataset=dataset,
-                        image_path=format_image_path(image_root, template, f, rid, split=self.split, image_id=image_id))
+                        image_path=format_image_path(image_root, template, f, rid, split=image_split, image_id=image_id))
         if ann is not None:
             af = self.annotations_file
             rid = f"annotation {a_n} (question_id {qid})"
