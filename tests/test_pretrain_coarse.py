@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fibervl.modeling.fiber import FiberModel
@@ -216,3 +217,29 @@ def test_step_draws_come_from_the_seed_and_the_checkpointed_step_count():
     assert int(resumed.sampling_steps) == 1 and torch.equal(draws(resumed, 1)[0], a[1])
     resumed.load_state_dict({})
     assert int(resumed.sampling_steps) == 0
+
+
+@pytest.mark.parametrize("preset", ["fiber-tiny", "albef-tiny"])
+def test_every_trainable_parameter_gets_a_gradient(preset):
+    """What DDP needs of a pre-training model (a trainable parameter without a gradient stops
+    the second step under torchrun): the heads no pre-training step reaches are frozen."""
+    from fibervl.modeling.families import build_from_config, get_any_preset
+    from fibervl.recipes.coarse_pretrain import freeze_unreached_parts
+
+    torch.manual_seed(0)
+    model = build_from_config(get_any_preset(preset)).train()
+    frozen = freeze_unreached_parts(model)
+    assert {"heads.vqa", "heads.nlvr2"} <= set(frozen) or preset != "fiber-tiny"
+    cfg = model.config
+    itc_dim = getattr(cfg, "embed_dim", cfg.hidden_size)
+    task = CoarsePretrainTask(CoarseObjectives(queue_size=8), itc_dim, cfg.text.vocab_size, cfg.text.mask_token_id,
+                              (cfg.text.bos_token_id, cfg.text.eos_token_id, cfg.text.pad_token_id))
+    g = torch.Generator().manual_seed(0)
+    size = cfg.vision.image_size
+    ids = torch.randint(4, cfg.text.vocab_size - 1, (4, 10), generator=g)
+    ids[:, 0], ids[:, -1] = cfg.text.bos_token_id, cfg.text.eos_token_id
+    batch = {"images": torch.randn(4, 3, size, size, generator=g), "input_ids": ids,
+             "attention_mask": torch.ones_like(ids), "image_ids": torch.arange(4)}
+    task.training_step(model, batch)["loss"].backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing

@@ -100,6 +100,21 @@ class ImageTextSetup:
     evaluate: object
 
 
+def freeze_unreached_parts(model) -> list[str]:
+    """Stop training the parts no image-text pre-training step reaches: the VQA and NLVR2 heads
+    and FIBER's caption projections. They would get no gradient anyway (their weights are saved
+    as initialised either way), but under ``torchrun`` DDP stops at the second step when a
+    trainable parameter got none. Returns the names of the parts frozen."""
+    parts = {f"heads.{name}": getattr(model.heads, name, None) for name in ("vqa", "nlvr2")}
+    parts["cross_modal.caption_image_proj"] = getattr(getattr(model, "cross_modal", None), "caption_image_proj", None)
+    frozen = []
+    for name, module in parts.items():
+        if module is not None and any(True for _ in module.parameters()):
+            module.requires_grad_(False)
+            frozen.append(name)
+    return frozen
+
+
 def image_text_setup(model_spec: ModelSpec, data: CaptionData, train_cfg: TrainConfig, family: str) -> ImageTextSetup:
     """Build :class:`ImageTextSetup`; the model must be of ``family`` (the recipe's own)."""
     tokenizer = load_tokenizer(data, model_spec.init)
@@ -108,6 +123,7 @@ def image_text_setup(model_spec: ModelSpec, data: CaptionData, train_cfg: TrainC
     if getattr(mcfg, "family", "fiber") != family:
         raise ValueError(f"this recipe pre-trains {family} models; model.preset={model_spec.preset!r} "
                          f"is a {getattr(mcfg, 'family', 'fiber')} model")
+    freeze_unreached_parts(model)
     image_size = data.image_size or mcfg.vision.image_size
     max_len = data.max_text_len or mcfg.text.max_text_len
     skip = data.skip_bad_records
