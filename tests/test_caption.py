@@ -178,10 +178,21 @@ def test_finetune_evaluate_predict_cli(shapes_tiny, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["image"] == str(image) and isinstance(out["caption"], str)
 
-    assert main(["evaluate", "caption", "--model", str(run_dir / "model"), f"data.root={shapes_tiny}",
-                 "data.eval_split=test", "data.num_eval=3", "caption.max_length=5"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["eval_split"] == "test" and result["images"] == 3 and 0 <= result["bleu_4"] <= 100
+    results = tmp_path / "out" / "captions.json"
+    assert main(["evaluate", "caption", "--model", str(run_dir), f"data.root={shapes_tiny}", "--split", "test",
+                 "--num-eval", "3", "caption.max_length=5", "--results", str(results)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["split"] == "test" and result["images"] == 3 and 0 <= result["bleu_4"] <= 100
+    # the COCO caption results file, scored on its own, gives the printed CIDEr
+    from fibervl.data.shapes import ShapesDataset
+    from fibervl.metrics.caption import caption_scores
+
+    rows = json.loads(results.read_text())
+    assert all(set(r) == {"image_id", "caption"} and isinstance(r["image_id"], int) for r in rows)
+    refs = {img["image_id"]: img["captions"] for img in ShapesDataset(shapes_tiny).captions("test").images[:3]}
+    assert sorted(r["image_id"] for r in rows) == sorted(refs)
+    rescored = caption_scores({r["image_id"]: r["caption"] for r in rows}, refs)
+    assert rescored["cider"] == pytest.approx(result["cider"], abs=0.006)
 
 
 def test_best_constant_caption_baseline_picks_the_best_single_sentence():

@@ -1,7 +1,7 @@
 """``fibervl finetune|evaluate|predict caption``: image captioning in caption mode.
 
     fibervl finetune caption --config configs/fiber-tiny_caption_shapes.yaml model.init=runs/coarse/model
-    fibervl evaluate caption --model RUN/model data.root=data/shapes data.eval_split=test [--baseline]
+    fibervl evaluate caption --model RUN/model data.root=data/shapes --split test [--results captions.json] [--baseline]
     fibervl predict caption --model RUN/model (--image x.png | --images DIR) [--beam 3] [--max-length 20]
 
 Fine-tuning is maximum likelihood with teacher forcing (``tasks.caption``), or, continuing from
@@ -36,7 +36,8 @@ from ..tasks.caption import (
 from ..predict.cli import main as predict_main
 from .coarse_pretrain import FinetuneCaptionData, caption_reader
 from .common import (
-    PairCollator, export_model, fused_training_data, model_tokenizer, parse_run_cli, recipe_train, stable_id,
+    PairCollator, export_model, fused_training_data, model_tokenizer, parse_run_cli, recipe_train, rewrite_flags,
+    stable_id,
 )
 
 
@@ -97,7 +98,7 @@ def run(cfg: CaptionConfig) -> dict:
     export_model(model, cfg.train.run_dir, {"eval_split": cfg.data.eval_split, "beam_size": decode.beam_size,
                                             **metrics}, tokenizer=tokenizer, data=cfg.data)
     if D.get_rank() == 0:
-        (Path(cfg.train.run_dir) / f"predictions_{cfg.data.eval_split}.json").write_text(json.dumps(preds, indent=1))
+        write_caption_results(preds, Path(cfg.train.run_dir) / f"predictions_{cfg.data.eval_split}.json")
     summary["eval"] = metrics
     return summary
 
@@ -133,25 +134,44 @@ def _pop_option(argv: list[str], name: str, takes_value: bool = True):
     return False if not takes_value else None
 
 
-def _evaluate_command(argv: list[str]) -> int:
-    """``--model DIR [--predictions FILE] [--baseline] [--config FILE] key=value ...`` (the
-    config's ``data`` and ``caption`` sections apply; ``train`` is ignored). Prints JSON."""
-    from ..engine.config import parse_cli
+EVALUATE_FLAGS = {"--split": "data.eval_split", "--num-eval": "data.num_eval"}
 
-    argv = list(argv)
+
+def write_caption_results(predictions: list[dict], path: str | Path) -> Path:
+    """COCO caption results (``[{"image_id", "caption"}]``), what pycocoevalcap's ``loadRes`` reads."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(predictions, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def _print(metrics: dict) -> None:
+    print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in metrics.items()}))
+
+
+def _evaluate_command(argv: list[str]) -> int:
+    """``--model DIR [--results FILE] [--split S] [--num-eval N] [--baseline] [--config FILE]
+    key=value ...`` (the config's ``data`` and ``caption`` sections apply; ``train`` is ignored).
+    Prints the metrics as one JSON object on the last line; ``--results`` (or its older name
+    ``--predictions``) also writes the captions in the COCO results format."""
+    from ..engine.config import parse_cli
+    from ..experiment import resolve_model_dir
+
+    argv = rewrite_flags(list(argv), EVALUATE_FLAGS)
     model_dir = _pop_option(argv, "--model")
-    predictions_file = _pop_option(argv, "--predictions")
+    results = _pop_option(argv, "--results") or _pop_option(argv, "--predictions")
     baseline = _pop_option(argv, "--baseline", takes_value=False)
     cfg, _ = parse_cli(CaptionConfig, argv + ["train.max_steps=1"])
     eval_reader = caption_reader(cfg.data, cfg.data.eval_split)
+    split = cfg.data.eval_source().split or cfg.data.eval_split
     if baseline:
         metrics = most_frequent_caption_baseline(caption_reader(cfg.data, cfg.data.train_split), eval_reader,
                                                  limit=cfg.data.num_eval, spice=cfg.caption.spice)
-        print(json.dumps({"eval_split": cfg.data.eval_split, "baseline": "most frequent training caption",
-                          **metrics}, indent=2))
+        _print({"split": split, "baseline": "most frequent training caption", **metrics})
         return 0
     if not model_dir:
         raise SystemExit("evaluate caption needs --model DIR (or --baseline)")
+    model_dir = resolve_model_dir(model_dir)
     model = FiberModel.from_pretrained(model_dir).eval()
     _check_caption_head(model, model_dir)
     fallback = cfg.data.tokenizer or (Path(cfg.data.root) / "tokenizer")
@@ -160,9 +180,9 @@ def _evaluate_command(argv: list[str]) -> int:
     metrics, preds = evaluate_captioning(model, tokenizer, eval_reader, image_size, cfg.caption.decode_config(),
                                          limit=cfg.data.num_eval, batch_size=cfg.caption.eval_batch_size,
                                          spice=cfg.caption.spice)
-    if predictions_file:
-        Path(predictions_file).write_text(json.dumps(preds, indent=1))
-    print(json.dumps({"eval_split": cfg.data.eval_split, "beam_size": cfg.caption.beam_size, **metrics}, indent=2))
+    if results:
+        write_caption_results(preds, results)
+    _print({"split": split, "beam_size": cfg.caption.beam_size, **metrics, **({"results": results} if results else {})})
     return 0
 
 
