@@ -109,7 +109,8 @@ def run(cfg: RetrievalConfig) -> dict:
     # separate ITC width (ALBEF).
     itc_dim = getattr(mcfg, "embed_dim", mcfg.hidden_size)
     task = CoarsePretrainTask(cfg.objectives, itc_dim, mcfg.text.vocab_size, mcfg.text.mask_token_id,
-                              (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id))
+                              (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id),
+                              seed=cfg.train.seed)
     # The periodic evaluation is the cheap dual-encoder one, and only when asked for: the final
     # evaluation below (with ITM re-ranking) is the one that counts.
     summary = Trainer(cfg.train, model, task, train, collate_fn=PairCollator(tokenizer, max_len, cache),

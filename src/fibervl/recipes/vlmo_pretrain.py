@@ -71,7 +71,8 @@ def _stage_task(stage: str, cfg: VlmoPretrainConfig, mcfg, tokenizer):
         return MimTask(mcfg.hidden_size, mcfg.vision.patch_size, mcfg.vision.in_channels, u.mask_ratio, u.norm_pix)
     if stage == "text":
         return TextMlmTask(mcfg.text.vocab_size, mcfg.text.mask_token_id, specials, cfg.unimodal.mlm_prob)
-    return CoarsePretrainTask(cfg.objectives, mcfg.hidden_size, mcfg.text.vocab_size, mcfg.text.mask_token_id, specials)
+    return CoarsePretrainTask(cfg.objectives, mcfg.hidden_size, mcfg.text.vocab_size, mcfg.text.mask_token_id, specials,
+                              seed=cfg.train.seed)
 
 
 def _stage_train_config(cfg: VlmoPretrainConfig, stage: str, steps: int) -> TrainConfig:
