@@ -43,6 +43,7 @@ from fibervl.recipes.vqa import VqaConfig
      dict(split="val2014", image_template="{split}/COCO_{split}_{image_id:012d}.jpg", annotations="vqa", images="coco",
           weight=0.5)),
     ("coco,weight=3:a@b.json", dict(annotations="a@b.json", weight=3.0)),
+    ("odinw,shots=5,seed=1:odinw/Aquarium/raw/train", dict(format="odinw", shots=5, seed=1, images="")),
 ])
 def test_parse_spec(spec, fields):
     source = parse_spec(spec)
@@ -57,6 +58,10 @@ def test_parse_spec(spec, fields):
     ("coco:a:b:c", "too many ':'"),
     ("coco:", "no annotations"),
     ("", "expected FORMAT:ANNOTATIONS"),
+    ("odinw,shots=five:f", "shots must be a whole number"),
+    ("odinw,shots=-1:f", "shots must be a whole number"),
+    ("odinw,seed=2:f", "give shots=K too"),
+    ("coco,shots=5:a.json", "options of the odinw format, not of coco"),
 ])
 def test_bad_specs_name_the_spec(spec, message):
     with pytest.raises(ConfigError, match=message) as err:
@@ -125,6 +130,25 @@ def test_odinw_category_zero_is_not_a_class(official):
         return
     reader = open_source(parse_spec(official["odinw"]), "detection", "val")
     assert 0 not in reader.categories and "creatures" not in reader.categories.values()
+
+
+def test_odinw_k_shot_source(official, tmp_path):
+    from fibervl.data.readers.odinw import OdinwReader, few_shot_image_ids
+
+    folder = parse_spec(official["odinw_train"]).annotations
+    every = OdinwReader(folder).samples
+    for shots, seed in ((1, 1), (1, 2), (2, 3)):
+        spec = f"odinw,shots={shots},seed={seed}:{folder}"
+        ids = [s.image_id for s in open_source(parse_spec(spec), "detection", "train")]
+        assert ids == [s.image_id for s in every if s.image_id in set(few_shot_image_ids(every, shots, seed))]
+        assert 0 < len(ids) < len(every)
+    # the YAML form, and a training mixture of it
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data:\n  train:\n    - {{format: odinw, annotations: '{folder}', shots: 1, seed: 2}}\n")
+    cfg = load_config(FineConfig, config)
+    assert cfg.data.train == (parse_spec(f"odinw,shots=1,seed=2:{folder}"),)
+    mixed = training_reader(cfg.data.train_sources(), "detection", "train")
+    assert sorted(s.image_id for s in mixed) == sorted(few_shot_image_ids(every, 1, 2))
 
 
 def test_shapes_source_picks_the_file_by_kind(shapes_tiny):

@@ -152,7 +152,7 @@ def _open_odinw(source, kind, split, skip_bad):
     from ..readers.odinw import OdinwReader
 
     folder = Path(source.path("annotations", split))
-    return OdinwReader(folder, skip_bad=skip_bad)
+    return OdinwReader(folder, skip_bad=skip_bad, shots=source.shots, seed=source.seed)
 
 
 def _open_webdataset(source, kind, split, skip_bad):
@@ -185,7 +185,8 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("lvis", ("detection",), _open_lvis, reader_module="fibervl.data.readers.lvis",
            about="LVIS v1 (lvis_v1_val.json); IMAGES: the COCO root, each image found through its coco_url"),
     Format("odinw", ("detection",), _open_odinw, "folder", reader_module="fibervl.data.readers.odinw",
-           about=f"a Roboflow export folder (odinw/Aquarium/raw/valid: {ROBOFLOW_ANNOTATIONS} with the images)"),
+           about=f"a Roboflow export folder (odinw/Aquarium/raw/valid: {ROBOFLOW_ANNOTATIONS} with the images; "
+                 "options shots=K, seed=S: the k-shot training set)"),
 )}
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from ...engine.config import ConfigError
 
+FEW_SHOT_FORMATS = ("odinw",)
 _WEIGHT = re.compile(r"@((?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)$")
 
 
@@ -40,7 +41,9 @@ class DataSource:
     share of draws. Format options: ``split`` (the split to read; default: the split the recipe
     asks for, ``data.train_split`` / ``data.eval_split``), ``image_template`` (VQAv2: where an
     image id's file is, default ``{split}/COCO_{split}_{image_id:012d}.jpg``), ``image_ext``
-    (NLVR2: the image files' extension, default ``.png``).
+    (NLVR2: the image files' extension, default ``.png``), ``shots`` and ``seed`` (ODinW: only
+    the images of the GLIP / FIBER k-shot training set of ``shots`` per class drawn with
+    ``seed``, :func:`fibervl.data.readers.odinw.few_shot_image_ids`; 0 shots: every image).
     """
 
     format: str = "shapes"
@@ -50,6 +53,8 @@ class DataSource:
     split: str = ""
     image_template: str = ""
     image_ext: str = ""
+    shots: int = 0
+    seed: int = 0
 
     def __post_init__(self) -> None:
         from .formats import FORMATS
@@ -58,6 +63,14 @@ class DataSource:
             raise ConfigError(f"data source {self}: unknown format {self.format!r}; known: {', '.join(FORMATS)}")
         if not self.weight >= 0:  # also refuses NaN
             raise ConfigError(f"data source {self}: weight must be >= 0, got {self.weight}")
+        if self.shots < 0:
+            raise ConfigError(f"data source {self}: shots must be >= 0, got {self.shots}")
+        # a k-shot set is drawn from a Roboflow export's images; elsewhere the option would be ignored
+        if (self.shots or self.seed) and self.format not in FEW_SHOT_FORMATS:
+            raise ConfigError(f"data source {self}: shots and seed are options of the "
+                              f"{', '.join(FEW_SHOT_FORMATS)} format, not of {self.format}")
+        if self.seed and not self.shots:
+            raise ConfigError(f"data source {self}: seed draws a k-shot set; give shots=K too")
 
     @classmethod
     def from_config_string(cls, text: str) -> "DataSource":
@@ -73,6 +86,7 @@ class DataSource:
 
 
 OPTIONS = tuple(f.name for f in dataclasses.fields(DataSource) if f.name not in ("format", "annotations", "images"))
+_WHOLE_NUMBERS = ("shots", "seed")
 
 
 def split_outside_braces(text: str, sep: str) -> list[str]:
@@ -112,7 +126,12 @@ def parse_spec(spec: str) -> DataSource:
         if not eq or key not in OPTIONS:
             raise ConfigError(f"data source {spec!r}: unknown option {option!r} (options: "
                               f"{', '.join(k + '=...' for k in OPTIONS)})")
-        fields[key] = float(value) if key == "weight" and _is_number(value) else value
+        if key in _WHOLE_NUMBERS:
+            if not value.strip().isdigit():
+                raise ConfigError(f"data source {spec!r}: {key} must be a whole number >= 0, got {value!r}")
+            fields[key] = int(value)
+        else:
+            fields[key] = float(value) if key == "weight" and _is_number(value) else value
     if fmt.strip() == "shapes" and not paths:
         paths = ["data/shapes"]
     if not paths or not paths[0]:
