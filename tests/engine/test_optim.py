@@ -82,6 +82,14 @@ def test_schedules() -> None:
     assert lr_factor(50, total, ScheduleConfig(name="constant", warmup=0)) == 1.0
     with pytest.raises(ValueError, match="whole"):
         ScheduleConfig(warmup=2.5)
+    # GLIP's WarmupMultiStepLR: x0.1 at 67 % and 89 % of the steps (fractions), or at step counts
+    step = ScheduleConfig(name="step", warmup=10, milestones=(0.67, 0.89), gamma=0.1)
+    assert [lr_factor(s, total, step) for s in (9, 10, 66, 67, 88, 89, 99)] == pytest.approx(
+        [1.0, 1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
+    counts = ScheduleConfig(name="step", warmup=0, milestones=(30, 60), gamma=0.5)
+    assert [lr_factor(s, total, counts) for s in (29, 30, 59, 60)] == pytest.approx([1.0, 0.5, 0.5, 0.25])
+    with pytest.raises(ValueError, match="gamma"):
+        ScheduleConfig(name="step", gamma=0.0)
 
 
 def test_scheduler_drives_group_lrs() -> None:

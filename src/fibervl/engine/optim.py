@@ -57,12 +57,16 @@ class ScheduleConfig:
     """Warmup then decay. ``warmup`` < 1 is a fraction of the total steps, >= 1 a step count.
 
     ``name``: ``linear`` (to ``end_factor * lr`` at the last step), ``cosine`` (half cosine to
-    ``end_factor * lr``) or ``constant`` (flat after warmup).
+    ``end_factor * lr``), ``constant`` (flat after warmup) or ``step`` (times ``gamma`` at each
+    of ``milestones``, fractions of the total steps when < 1, else step counts: the GLIP / FIBER
+    fine-grained ``WarmupMultiStepLR`` with ``SOLVER.STEPS (0.67, 0.89)``, ``GAMMA 0.1``).
     """
 
-    name: Literal["linear", "cosine", "constant"] = "linear"
+    name: Literal["linear", "cosine", "constant", "step"] = "linear"
     warmup: float = 0.1
     end_factor: float = 0.0
+    milestones: tuple[float, ...] = (0.67, 0.89)
+    gamma: float = 0.1
 
     def __post_init__(self) -> None:
         if self.warmup < 0:
@@ -71,6 +75,10 @@ class ScheduleConfig:
             raise ValueError(f"warmup >= 1 is a step count and must be whole, got {self.warmup}")
         if not 0.0 <= self.end_factor <= 1.0:
             raise ValueError(f"end_factor must be in [0, 1], got {self.end_factor}")
+        if not 0.0 < self.gamma <= 1.0:
+            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
+        if any(m <= 0 for m in self.milestones):
+            raise ValueError(f"milestones must be > 0, got {self.milestones}")
 
 
 def _matches(name: str, pattern: str) -> bool:
@@ -148,6 +156,9 @@ def lr_factor(step: int, total_steps: int, cfg: ScheduleConfig) -> float:
         return (step + 1) / warm
     if cfg.name == "constant":
         return 1.0
+    if cfg.name == "step":
+        passed = sum(step >= (m * total_steps if m < 1 else m) for m in cfg.milestones)
+        return cfg.gamma ** passed
     span = max(1, total_steps - warm)
     progress = min(1.0, (step - warm) / span)
     if cfg.name == "linear":
@@ -167,9 +178,12 @@ class _Factor:
         self.name = cfg.name
         self.warmup = float(cfg.warmup)
         self.end_factor = float(cfg.end_factor)
+        self.milestones = [float(m) for m in cfg.milestones]
+        self.gamma = float(cfg.gamma)
 
     def __call__(self, step: int) -> float:
-        cfg = ScheduleConfig(name=self.name, warmup=self.warmup, end_factor=self.end_factor)  # type: ignore[arg-type]
+        cfg = ScheduleConfig(name=self.name, warmup=self.warmup, end_factor=self.end_factor,  # type: ignore[arg-type]
+                             milestones=tuple(self.milestones), gamma=self.gamma)
         return lr_factor(step, self.total_steps, cfg)
 
 
