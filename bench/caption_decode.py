@@ -89,7 +89,8 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        command = f"python bench/caption_decode.py --threads {args.threads} --runs {args.runs} --beam {args.beam} --tokens {args.tokens} --write {args.write}"
+        command = (f"python bench/caption_decode.py --threads {args.threads} --runs {args.runs} --beam {args.beam} "
+                   f"--tokens {args.tokens} --write {args.write}")
         write_section(args.write, "caption", f"Command: `{command}`\n\n" + text)
 
 

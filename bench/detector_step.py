@@ -55,17 +55,17 @@ class BiAttention(nn.Module):
     def _heads(self, x):
         return x.view(x.shape[0], x.shape[1], self.h, self.d).transpose(1, 2)
 
-    def forward(self, v, l, mask):
+    def forward(self, v, lang, mask):
         b, n, _ = v.shape
-        t = l.shape[1]
-        vn, ln = self.norm_v(v), self.norm_l(l)
+        t = lang.shape[1]
+        vn, ln = self.norm_v(v), self.norm_l(lang)
         attn = self._heads(self.q_v(vn)) @ self._heads(self.k_l(ln)).transpose(-1, -2) / self.d**0.5  # [B, h, N, T]
         pad = (mask == 0)[:, None, None, :]
         a_v = attn.masked_fill(pad, float("-inf")).softmax(-1)  # image queries over tokens
         a_l = attn.transpose(-1, -2).softmax(-1)  # tokens over image locations
         dv = (a_v @ self._heads(self.val_l(ln))).transpose(1, 2).reshape(b, n, -1)
         dl = (a_l @ self._heads(self.val_v(vn))).transpose(1, 2).reshape(b, t, -1)
-        return v + self.gamma_v * self.out_v(dv), l + self.gamma_l * self.out_l(dl)
+        return v + self.gamma_v * self.out_v(dv), lang + self.gamma_l * self.out_l(dl)
 
 
 class GlipStyle(nn.Module):

@@ -1,6 +1,7 @@
 """Speed of the exported ONNX graphs in onnxruntime against the same parts in PyTorch eager.
 
-    python bench/export.py [--threads 2] [--runs 7] [--presets fiber-tiny fiber-tiny-fine fiber-base] [--batches 1 8] [--write BENCHMARKS.md]
+    python bench/export.py [--threads 2] [--runs 7] [--presets fiber-tiny fiber-tiny-fine fiber-base] [--batches 1 8] \
+        [--write BENCHMARKS.md]
 
 For each preset, every part it has (``fibervl.export.onnx``: the dual encoders of an ITC model,
 the detector of a fine-grained one) is exported to a temporary directory, then timed in fp32 on
@@ -120,7 +121,8 @@ def main() -> None:
                 for r in bench_preset(name, args.batches, args.tokens, args.runs, args.threads, Path(tmp))]
     lines = [
         f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, onnxruntime "
-        f"{onnxruntime.__version__}, {args.threads} thread{'s' if args.threads > 1 else ''} (both), fp32. Text {args.tokens} tokens (the detector's "
+        f"{onnxruntime.__version__}, {args.threads} thread{'s' if args.threads > 1 else ''} (both), fp32. "
+        f"Text {args.tokens} tokens (the detector's "
         f"at most its query length), the last row padded to half. Median of {args.runs} runs after a warm-up, "
         "PyTorch and onnxruntime taking turns; the fastest run too, since on a shared host other jobs only "
         "ever add time (PyTorch's many small parallel regions suffer most when the cores are oversubscribed). "

@@ -99,9 +99,7 @@ def forward_rows(name: str, batch: int, tokens: int, runs: int, peaks: dict[str,
         out = row.pop("out")
         row.update(preset=name, batch=batch, gflop=gflop, tflops=gflop / row["ms"],
                    pct=100 * gflop * 1e3 / row["ms"] / peaks[row["peak"]], rel=((out - ref).norm() / ref.norm()).item())
-    del model, model16
-    torch.cuda.empty_cache()
-    return rows
+    return rows  # the model goes with this frame and its closures; the caller empties the cache
 
 
 def train_row(name: str, batch: int, tokens: int, runs: int) -> dict:
@@ -123,8 +121,6 @@ def train_row(name: str, batch: int, tokens: int, runs: int) -> dict:
     torch.cuda.reset_peak_memory_stats()
     ms = cuda_median_ms(step, runs)
     row = dict(preset=name, batch=batch, ms=ms, samples=batch / ms * 1e3, mem=torch.cuda.max_memory_allocated() / 2**30)
-    del model, task, opt
-    torch.cuda.empty_cache()
     return row
 
 
@@ -153,7 +149,9 @@ def main() -> None:
     ]
     for name in args.presets:
         for batch in args.forward_batches:
-            for r in forward_rows(name, batch, args.tokens, args.runs, peaks):
+            rows = forward_rows(name, batch, args.tokens, args.runs, peaks)
+            torch.cuda.empty_cache()
+            for r in rows:
                 lines.append(f"| {r['preset']} | {r['batch']} | {r['mode']} | {r['gflop']:.0f} | {r['ms']:.2f} | "
                              f"{r['tflops']:.1f} | {r['pct']:.0f} % of {r['peak']} | {r['rel']:.1e} |")
                 print(lines[-1], flush=True)
@@ -163,6 +161,7 @@ def main() -> None:
     for spec in args.train:
         name, _, batch = spec.partition(":")
         r = train_row(name, int(batch), args.tokens, max(5, args.runs // 2))
+        torch.cuda.empty_cache()
         lines.append(f"| {r['preset']} | {r['batch']} | {r['ms']:.1f} | {r['samples']:.0f} | {r['mem']:.1f} |")
         print(lines[-1], flush=True)
     text = "\n".join(lines)

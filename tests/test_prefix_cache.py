@@ -70,7 +70,8 @@ def test_cached_batch_trains_like_the_frozen_model_on_the_images(shapes_tiny, ta
     elif task == "caption":  # caption mode: causal text over the unfused image tokens
         collator, step_task = (lambda c=None: PairCollator(tok, 16, c)), CaptionTask(CaptionSettings())
     else:
-        collator = lambda c=None: PairCollator(tok, 16, c)
+        def collator(c=None):
+            return PairCollator(tok, 16, c)
         step_task = CoarsePretrainTask(CoarseObjectives(mlm=0.0), model.config.hidden_size, model.config.text.vocab_size,
                                        model.config.text.mask_token_id, (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id))
     plain, cached = collator()(plain_items), collator(cache)(cached_items)

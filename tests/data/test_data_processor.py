@@ -49,7 +49,8 @@ def test_color_and_shape_answers_match_the_annotations(shapes_dir):
     for a in det["annotations"]:
         objects.setdefault(a["image_id"], []).append(
             (SHAPES[a["category_id"] - 1], a["attributes"]["color"], a["attributes"]["size"]))
-    qs = {q["question_id"]: q for q in json.loads((shapes_dir / "vqa" / "v2_OpenEnded_shapes_test_questions.json").read_text())["questions"]}
+    questions = json.loads((shapes_dir / "vqa" / "v2_OpenEnded_shapes_test_questions.json").read_text())["questions"]
+    qs = {q["question_id"]: q for q in questions}
     anns = json.loads((shapes_dir / "vqa" / "v2_shapes_test_annotations.json").read_text())["annotations"]
     checked = 0
     for a in anns:

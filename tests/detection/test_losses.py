@@ -78,7 +78,7 @@ def _reference_losses(bbox_reg, ctr, logits, anchors, targets, text_mask):
     reg = torch.cat([r.permute(0, 2, 3, 1).reshape(r.shape[0], -1, 4) for r in bbox_reg], 1)
     cen = torch.cat([c.permute(0, 2, 3, 1).reshape(c.shape[0], -1) for c in ctr], 1)
     log = torch.cat(logits, 1)
-    token_sum, giou_terms, ctr_t_all, bce_sum, num_pos = 0.0, [], [], 0.0, 0
+    token_sum, giou_terms, bce_sum, num_pos = 0.0, [], 0.0, 0
     for b, tgt in enumerate(targets):
         matched, _ = atss_assign(anchors, tgt.boxes)
         for a in range(all_anchors.shape[0]):

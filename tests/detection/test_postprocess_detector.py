@@ -94,7 +94,7 @@ def test_tiny_detector_trains_fp32_and_bf16(autocast):
         out = det(feats, text, mask)
         losses = det.loss(out, targets, mask)
     assert [p.shape[-2:] for p in out.pyramid] == [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
-    assert [l.shape for l in out.head.dot_product_logits] == [(2, n, 6) for n in (256, 64, 16, 4, 1)]
+    assert [logits.shape for logits in out.head.dot_product_logits] == [(2, n, 6) for n in (256, 64, 16, 4, 1)]
     assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in losses.values())
     sum(losses.values()).backward()
     block = det.head.tower.blocks[0]

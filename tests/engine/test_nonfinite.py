@@ -55,7 +55,7 @@ def test_nan_loss_skips_the_step_and_logs_terms_and_ids(tmp_path: Path) -> None:
     log = (Path(cfg.run_dir) / "train.log").read_text()
     assert "step 3 skipped: non-finite loss; no update (1 in a row, limit 5; 1 skipped in this run)" in log
     ids3 = next(ids for n, ids, _ in task.seen if n == 3)
-    line = next(l for l in log.splitlines() if "step 3 skipped: rank 0 micro-batch 1/1" in l)
+    line = next(x for x in log.splitlines() if "step 3 skipped: rank 0 micro-batch 1/1" in x)
     assert re.search(r"loss=nan running_loss=[0-9.]+; sample ids ", line), line
     assert line.endswith(f"sample ids {ids3}") and len(ids3) == 8 and ids3[0].startswith("s")
     assert "step 6 skipped: non-finite loss; no update (1 in a row, limit 5; 2 skipped in this run)" in log
@@ -66,7 +66,7 @@ def test_nan_loss_skips_the_step_and_logs_terms_and_ids(tmp_path: Path) -> None:
     assert int(state["optimizer"]["state"][0]["step"]) == 6
     assert state["scheduler"]["last_epoch"] == 8 and state["ema"]["num_updates"] == 6
     assert state["nonfinite"] == {"in_a_row": 0, "total": 2}
-    metrics = [json.loads(l) for l in Path(cfg.run_dir, "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(x) for x in Path(cfg.run_dir, "metrics.jsonl").read_text().splitlines()]
     assert [(m["step"], m["skipped_steps"]) for m in metrics] == [(4, 1), (8, 2)]
     assert all(m["loss"] == m["loss"] for m in metrics)  # the interval's mean leaves the NaN out
 

@@ -103,7 +103,7 @@ def _assert_same(reference: dict, run_dir: Path) -> None:
 
 
 def _resumed_from(run_dir: Path) -> str:
-    lines = [l for l in (run_dir / "train.log").read_text().splitlines() if "resumed from" in l]
+    lines = [x for x in (run_dir / "train.log").read_text().splitlines() if "resumed from" in x]
     assert len(lines) == 1, lines
     return lines[0]
 
@@ -224,5 +224,5 @@ def test_sigkill_at_seeded_points_resumes_exactly(tmp_path: Path, reference: dic
 
 
 def _last_resume(run_dir: Path) -> str:
-    lines = [l for l in (run_dir / "train.log").read_text().splitlines() if "resumed from" in l]
+    lines = [x for x in (run_dir / "train.log").read_text().splitlines() if "resumed from" in x]
     return lines[-1] if lines else ""

@@ -49,7 +49,8 @@ def test_grad_accumulation_equals_big_batch(tmp_path: Path) -> None:
     big = ToyModel()
     Trainer(make_cfg(tmp_path, "big", batch_size=8, grad_accum_steps=1, clip_grad_norm=0.5), big, RegressionTask(), RegressionData()).fit()
     small = ToyModel()
-    Trainer(make_cfg(tmp_path, "acc", batch_size=4, grad_accum_steps=2, clip_grad_norm=0.5), small, RegressionTask(), RegressionData()).fit()
+    Trainer(make_cfg(tmp_path, "acc", batch_size=4, grad_accum_steps=2, clip_grad_norm=0.5), small, RegressionTask(),
+            RegressionData()).fit()
     a, b = _final_params(big), _final_params(small)
     moved = ToyModel().state_dict()
     for k in a:

@@ -100,7 +100,8 @@ def infer_config(state: dict[str, torch.Tensor], image_size: int = 384, text_hea
     text_layers = 1 + max(int(m.group(1)) for m in has(r"text_transformer\.encoder\.layer\.(\d+)\.output\.dense\.weight"))
     word = state["text_transformer.embeddings.word_embeddings.weight"]
     head_names = [name for name, key in [
-        ("itc", "cross_modal_text_transform_itc.weight"), ("itm", "itm_score.fc.weight"), ("mlm", "mlm_score.decoder.weight"), ("vqa", "vqa_classifier.0.weight"),
+        ("itc", "cross_modal_text_transform_itc.weight"), ("itm", "itm_score.fc.weight"),
+        ("mlm", "mlm_score.decoder.weight"), ("vqa", "vqa_classifier.0.weight"),
         ("nlvr2", "nlvr2_classifier.0.weight"), ("caption", "cross_modal_att_layers.0.weight"),
     ] if key in state]
     return FiberConfig(

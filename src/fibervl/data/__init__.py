@@ -25,7 +25,8 @@ from .tokenizer import TokenBatch, Tokenizer, train_bytelevel_bpe, train_shapes_
 __all__ = [
     "AnswerVocabulary", "answer_score", "normalize_answer",
     "Batch", "CocoCaptionsReader", "CocoDetectionReader", "Collator", "DataError", "KarpathyCaptions", "MdetrReader", "Nlvr2Reader",
-    "ProcessedDataset", "ProcessedIterableDataset", "ProcessedSample", "Processor", "Sample", "SkipLog", "TokenBatch", "Tokenizer", "VqaReader",
+    "ProcessedDataset", "ProcessedIterableDataset", "ProcessedSample", "Processor", "Sample", "SkipLog", "TokenBatch",
+    "Tokenizer", "VqaReader",
     "WebDatasetReader", "build_positive_map", "clean_name", "decode_image", "detection_prompt",
     "detection_to_grounding", "load_image", "most_common_answer", "normalize_positive_map", "pad_images", "skip_report",
     "sync_image_size", "train_bytelevel_bpe", "train_shapes_tokenizer",

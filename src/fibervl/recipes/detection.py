@@ -1,4 +1,5 @@
-"""``fibervl finetune|evaluate|predict detect``: Object detection as grounding over class-name prompts (COCO AP; zero-shot AP on held-out names).
+"""``fibervl finetune|evaluate|predict detect``: object detection as grounding over class-name
+prompts (COCO AP; zero-shot AP on held-out names).
 
 See :mod:`fibervl.recipes.fine_tasks` for the commands' arguments.
 """

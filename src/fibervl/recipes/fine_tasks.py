@@ -17,9 +17,10 @@ starting from ``model.init`` (``--init``; usually a ``pretrain fine`` model, or 
 ``evaluate`` loads ``--model DIR`` (``model.init=`` is the same) and prints the task's metrics
 on ``data.eval_split`` (``--split``) of the evaluation source (detection on a shapes set: seen
 classes, and zero-shot AP on the held-out names of ``data.zero_shot_split``, when the data set
-holds some out of training; on a detection file: AP over all its classes). ``predict`` is :mod:`fibervl.predict.cli`: JSON with boxes in the pixels of the
-image as shown (EXIF orientation applied) and a PNG with labelled boxes per image (``--out``,
-default ``runs/predict-<task>/<image stem>_<task>.png`` under the current directory).
+holds some out of training; on a detection file: AP over all its classes). ``predict`` is
+:mod:`fibervl.predict.cli`: JSON with boxes in the pixels of the image as shown (EXIF
+orientation applied) and a PNG with labelled boxes per image (``--out``, default
+``runs/predict-<task>/<image stem>_<task>.png`` under the current directory).
 
 ``evaluate`` prints its metrics as ``key=value`` and then, last, as one JSON object;
 ``evaluate detect --results FILE`` also writes the detections of the evaluation source's classes

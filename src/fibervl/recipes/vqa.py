@@ -15,7 +15,8 @@ Data: VQA sources (:mod:`fibervl.data.sources`; ``vqav2:DIR:IMAGES``, several tr
 mixed by weight), or the older keys: with ``data.source`` empty, ``data.root`` is a shapes set;
 otherwise any directory in the VQAv2 layout (``v2_OpenEnded_{source}_{split}_questions.json`` +
 ``v2_{source}_{split}_annotations.json``) with images at ``image_root / image_template``
-(VQAv2's template by default; ``split`` is the data subtype, e.g. ``train2014``). The answer vocabulary is the ``vqa.max_answers`` most frequent
+(VQAv2's template by default; ``split`` is the data subtype, e.g. ``train2014``). The answer
+vocabulary is the ``vqa.max_answers`` most frequent
 (normalised) training answers given at least ``vqa.min_count`` times; the model's VQA head is
 rebuilt to its size and the export holds it as ``model/answers.json``.
 """

@@ -2,8 +2,9 @@
 
 The fixture directory (``$FIBERVL_OFFICIAL_FIXTURES``, default ``tests/fixtures/official_fiber`` in
 the repository, so that a clone with nothing beside it runs the parity tests) holds inputs and
-outputs of the official code plus a key list (``coarse_keys.json`` / ``fine_keys.json``). The weights themselves are not stored: every tensor
-follows a deterministic rule keyed by its official name, reproduced here. See the fixture README.
+outputs of the official code plus a key list (``coarse_keys.json`` / ``fine_keys.json``). The
+weights themselves are not stored: every tensor follows a deterministic rule keyed by its
+official name, reproduced here. See the fixture README.
 """
 
 from __future__ import annotations
