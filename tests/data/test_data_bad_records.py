@@ -212,3 +212,27 @@ def test_mdetr_box_of_no_record_and_duplicate_record_ids(tmp_path):
     r = MdetrReader(path, tmp_path, skip_bad=True)
     assert len(r) == 1 and r[0].num_boxes == 1 and r.skipped.total == 2
     assert any("[record annotation 1]: image_id 2 is not in images" in e for e in r.skipped.examples)
+
+
+def test_images_skipped_in_loader_workers_are_in_the_summary(tmp_path):
+    """A broken image found by a DataLoader worker process is counted in the run's summary."""
+    from torch.utils.data import DataLoader
+
+    from fibervl.data import ProcessedDataset, Processor, Sample
+
+    samples = []
+    for i in range(6):
+        path = tmp_path / f"{i}.png"
+        if i in (1, 4):
+            path.write_bytes(b"not an image")
+        else:
+            Image.new("RGB", (8, 8), "red").save(path)
+        samples.append(Sample(sample_id=str(i), image_id=i, image_path=path, text="a"))
+    data = ProcessedDataset(samples, Processor(skip_bad=True))
+    with skip_report() as report:
+        loader = DataLoader(data, batch_size=2, num_workers=2, collate_fn=lambda items: [x for x in items if x is not None])
+        kept = sum(len(batch) for batch in loader)
+        assert kept == 4
+        assert report.total == 2
+        summary = report.summary()
+    assert "2 bad records skipped" in summary and "1.png" in summary and "4.png" in summary

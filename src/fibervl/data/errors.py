@@ -11,8 +11,12 @@ command runs in one) ends with a summary per file and reason.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import re
+import shutil
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,17 +89,24 @@ class SkipReport:
     report that names every bad record, ``fibervl data check``).
     """
 
-    def __init__(self, keep: int = 0) -> None:
+    def __init__(self, keep: int = 0, spool: str | Path | None = None) -> None:
         self.seen: set[tuple[str | None, str, str]] = set()
         self.by_file: dict[str, Counter] = {}
         self.watching = False
         self.keep = keep
         self.errors: list[DataError] = []
+        # Data loader workers are forked copies of this process: what they skip is written to
+        # ``spool`` (one JSON-lines file per worker) and counted here when the report is read.
+        self.owner = os.getpid()
+        self.spool = Path(spool) if spool is not None else None
 
     def watch(self) -> None:
         self.watching = True
 
     def add(self, error: DataError) -> None:
+        if os.getpid() != self.owner:
+            self._to_spool(error)
+            return
         key = (error.file, str(error.record), error.problem)
         if key in self.seen:
             return
@@ -112,8 +123,29 @@ class SkipReport:
             log.warning("%s: more than %d bad records; the rest are counted, not listed (summary at the end)",
                         file, SkipLog.warn_first)
 
+    def _to_spool(self, error: DataError) -> None:
+        """In a worker process: log the record (the worker's own warning) and leave it for the owner."""
+        log.warning("skipped bad record: %s", error)
+        if self.spool is None:
+            return
+        with open(self.spool / f"{os.getpid()}.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps({"file": error.file, "record": None if error.record is None else str(error.record),
+                                "problem": error.problem}) + "\n")
+
+    def collect(self) -> None:
+        """Count the records the workers spooled (each once, as :meth:`add` does)."""
+        if self.spool is None or os.getpid() != self.owner:
+            return
+        for path in sorted(self.spool.glob("*.jsonl")):
+            lines = path.read_text(encoding="utf-8").splitlines()
+            path.unlink()
+            for line in lines:
+                r = json.loads(line)
+                self.add(DataError(r["file"], r["problem"], r["record"]))
+
     @property
     def total(self) -> int:
+        self.collect()
         return sum(sum(c.values()) for c in self.by_file.values())
 
     def summary(self) -> str:
@@ -144,13 +176,16 @@ def skipping_on() -> None:
 def skip_report(keep: int = 0) -> Iterator[SkipReport]:
     """Collect the records skipped inside the block in a fresh :class:`SkipReport` (keeping the
     first ``keep`` errors) and log its summary at the end (a warning when records were skipped)."""
-    report = SkipReport(keep)
+    spool = tempfile.mkdtemp(prefix="fibervl-skipped-")
+    report = SkipReport(keep, spool)
     _reports.append(report)
     try:
         yield report
     finally:
         _reports.remove(report)
         summary = report.summary()
+        shutil.rmtree(spool, ignore_errors=True)
+        report.spool = None
         if summary:
             log.log(logging.WARNING if report.total else logging.INFO, "%s", summary)
 
