@@ -4,6 +4,7 @@ predictions.jsonl in the run directory, a saved gallery searched again."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 from PIL import Image
@@ -15,7 +16,8 @@ def _lines(capsys) -> list[dict]:
     return [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
 
 
-def test_detect_on_a_folder_writes_a_run_directory(fine_dir, image_dir, image_paths, tmp_path, monkeypatch, capsys):
+def test_detect_on_a_folder_writes_a_run_directory(fine_dir, image_dir, image_paths, tmp_path, monkeypatch, capsys,
+                                                    caplog):
     folder = tmp_path / "photos"
     shutil.copytree(image_dir, folder)
     (folder / "notes.txt").write_text("not an image, and not named like one: ignored")
@@ -34,6 +36,18 @@ def test_detect_on_a_folder_writes_a_run_directory(fine_dir, image_dir, image_pa
         assert Image.open(r["png"]).size == Image.open(path).size == (r["width"], r["height"])
         assert r["png"].startswith("runs/predict-detect/")  # under the current directory
     assert [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()] == results
+
+    # --skip-bad-records: the broken image is a counted, summed-up skip; the run succeeds
+    with caplog.at_level(logging.WARNING, logger="fibervl.data"):
+        rc = main(["predict", "detect", "--model", str(fine_dir), "--images", str(folder), "--classes", "star,circle",
+                   "--top", "2", "--skip-bad-records"])
+    captured = capsys.readouterr()
+    assert rc == 0
+    assert [json.loads(line)["image"] for line in captured.out.strip().splitlines()] == [
+        str(folder / p.split("/")[-1]) for p in image_paths]
+    assert "1 unreadable image(s) skipped" in captured.err
+    summary = caplog.records[-1].getMessage()  # the run ends by summing up what it skipped
+    assert "1 bad record skipped" in summary and "zz_broken.jpg" in summary
 
 
 def test_retrieval_builds_a_gallery_once_and_searches_the_saved_one(coarse_dir, image_dir, tmp_path, capsys):

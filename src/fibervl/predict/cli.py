@@ -13,7 +13,8 @@
 Prints one JSON object per line (per image; per query for retrieval) and writes a PNG of each
 into ``--out DIR`` (default ``runs/predict-TASK``; a ``--out FILE.png`` names the one picture of
 a single image), with every line also in ``OUT/predictions.jsonl``. An unreadable image in a
-folder gives a line ``{"image", "error"}`` and the exit code 1; the others are predicted.
+folder gives a line ``{"image", "error"}`` and the exit code 1; the others are predicted. With
+``--skip-bad-records`` it is skipped instead: warned about, counted, summed up at the end.
 ``--model`` is any directory :func:`fibervl.load` reads, or a preset name (random weights, with
 a warning; give ``--tokenizer``).
 """
@@ -26,6 +27,7 @@ import sys
 from pathlib import Path
 
 from ..data import DataError
+from ..data.errors import SkipLog, handle, skipping_on
 from .card import FINE_TASKS
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -40,6 +42,8 @@ def build_parser(task: str) -> argparse.ArgumentParser:
                                              "FILE.png: the picture of a single image")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu or cuda")
+    p.add_argument("--skip-bad-records", action="store_true",
+                   help="skip unreadable images (warned about and counted) instead of an error line and exit code 1")
     if task != "nlvr2":
         what = "query image(s)" if task == "retrieval" else "image file(s)"
         p.add_argument("--image", nargs="+", default=[], help=what)
@@ -97,8 +101,11 @@ def image_files(entries: list[str]) -> list[str]:
 class Output:
     """Where results go: stdout (a JSON line each), ``OUT/predictions.jsonl`` and a PNG each."""
 
-    def __init__(self, task: str, out: str) -> None:
+    def __init__(self, task: str, out: str, skip_bad: bool = False) -> None:
         self.task, self.errors, self._names = task, 0, set()
+        self.skip_bad, self.skipped = skip_bad, SkipLog()
+        if skip_bad:
+            skipping_on()
         if out.lower().endswith(".png"):
             self.png_file, self.dir, self.lines = Path(out), Path(out).parent, None
         else:
@@ -134,13 +141,20 @@ class Output:
         self.count += 1
 
     def error(self, image: str, err: Exception) -> None:
+        """An unreadable image: its own line and exit code 1, or with ``--skip-bad-records`` a
+        skipped record (warned about and summed up at the end of the run)."""
+        if self.skip_bad and isinstance(err, DataError):
+            handle(err, True, self.skipped)
+            return
         self.errors += 1
         self.emit({"image": image, "error": str(err)})
 
     def summary(self) -> int:
         where = self.png_file or self.dir
         print(f"fibervl predict {self.task}: {self.count} result(s)" +
-              (f", {self.errors} unreadable image(s)" if self.errors else "") + f"; pictures in {where}", file=sys.stderr)
+              (f", {self.errors} unreadable image(s)" if self.errors else "") +
+              (f", {self.skipped.total} unreadable image(s) skipped" if self.skipped.total else "") +
+              f"; pictures in {where}", file=sys.stderr)
         return 1 if self.errors else 0
 
 
@@ -155,7 +169,7 @@ def main(task: str, argv: list[str]) -> int:
         raise ValueError("give --image FILE or --images DIR")
     model, processor = load(args.model, task=task, tokenizer=args.tokenizer, device=resolve_device(args.device),
                             normalization=getattr(args, "normalization", None))
-    output = Output(task, args.out)
+    output = Output(task, args.out, args.skip_bad_records)
     if task == "retrieval":
         return _retrieval(args, model, processor, output)
     if task == "nlvr2":
