@@ -98,6 +98,35 @@ def test_vqa_on_vqav2(vqa_run, official, tmp_path, capsys):
         pytest.approx(metrics["vqa_acc"], abs=0.01)
 
 
+def test_evaluate_vqa_split_across_two_processes(vqa_run, official, tmp_path, capsys):
+    """``evaluate vqa`` under torchrun (2 gloo processes): each answers its own half of the
+    questions, and rank 0 prints the metrics and writes the answers one process gives."""
+    import os
+    import subprocess
+    import sys
+
+    args = ["evaluate", "vqa", "--model", str(vqa_run), "--eval-data", official["vqav2_val"], "train.device=cpu"]
+    assert main([*args, "--results", str(tmp_path / "one.json")]) == 0
+    one = _json_line(capsys)
+    src = Path(__file__).resolve().parents[2] / "src"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0",
+           "--nproc_per_node", "2", "-m", "fibervl.cli", *args, "--results", str(tmp_path / "two.json")]
+    res = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS="1"), capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    lines = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1 and lines[0].pop("results") == str(tmp_path / "two.json")  # printed once, by rank 0
+    assert lines[0] == {k: v for k, v in one.items() if k != "results"}  # the metrics of one process
+    reports = re.findall(r"rank (\d) of 2 answers (\d+) of (\d+) questions", res.stderr)
+    total = one["questions"]
+    # each rank answers its own half (rank_share: disjoint, together all): nothing answered twice
+    assert sorted((int(r), int(n), int(t)) for r, n, t in reports) == [(0, total - total // 2, total),
+                                                                        (1, total // 2, total)]
+    key = lambda r: r["question_id"]  # noqa: E731
+    assert sorted(json.loads((tmp_path / "two.json").read_text()), key=key) == \
+        sorted(json.loads((tmp_path / "one.json").read_text()), key=key)
+
+
 def _vqa_folder(official) -> Path:
     return Path(official["vqav2_val"].split(":")[1])
 

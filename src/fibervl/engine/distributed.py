@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
@@ -223,3 +223,20 @@ def rank_offset(n_local: int, device: torch.device | str = "cpu") -> int:
     if not is_distributed():
         return 0
     return sum(_gather_sizes(n_local, torch.device(device))[: get_rank()])
+
+
+def rank_share(items: Sequence[Any]) -> list[Any]:
+    """This rank's share of ``items`` for an evaluation split across processes: every
+    ``world_size``-th item from ``rank`` on, so that the shares are disjoint, cover ``items``
+    and differ in size by at most one (nothing is padded, so nothing is evaluated twice; a
+    DistributedSampler would repeat items to even the shares out). All of them in one process."""
+    return list(items[get_rank()::get_world_size()])
+
+
+def gather_dicts(part: dict) -> dict:
+    """The union of every rank's ``part`` (keys are expected to be disjoint: :func:`rank_share`);
+    ``part`` itself in one process. Collective."""
+    out: dict = {}
+    for d in all_gather_object(part):
+        out.update(d)
+    return out

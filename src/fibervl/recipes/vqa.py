@@ -175,28 +175,46 @@ def _evaluate(argv: list[str]) -> int:
     """Score the evaluation split and print its metrics as JSON on the last line; with
     ``--results FILE`` also write the answers in the server's format. A split without
     annotations (test2015, test-dev2015) is not scored: its answers are written (to
-    ``--results``, else :func:`server_results_name` in the current directory) for the server."""
+    ``--results``, else :func:`server_results_name` in the current directory) for the server.
+    Under torchrun the questions are split across the processes and gathered; rank 0 prints
+    and writes."""
     from ..engine.config import parse_cli
 
     cfg, _ = parse_cli(VqaConfig, rewrite_flags(argv, EVALUATE_FLAGS))
     if not cfg.model.init:
         raise ValueError("evaluate needs --model DIR (a fine-tuned VQA model or run directory)")
-    model, tokenizer, directory = load_model_dir(cfg.model.init)
+    import torch.distributed as dist
+
+    started = D.launched_by_torchrun() and not dist.is_initialized()  # tear down only a group made here
+    device = D.init_distributed(cfg.train.device)
+    try:
+        return _evaluate_on(cfg, device)
+    finally:
+        if started:
+            D.destroy_distributed()
+
+
+def _evaluate_on(cfg: VqaConfig, device) -> int:
+    model, tokenizer, directory = load_model_dir(cfg.model.init, device=str(device))
     vocab = load_vocabulary(directory)
     image_size, max_len = _sizes(cfg, model)
     split, samples = _eval_set(cfg)
     bf16 = uses_bf16(cfg.train.precision, cfg.train.device)
+    main = D.get_rank() == 0
     if not any(s.answers for s in samples):
         predictions = predict_answers(model, tokenizer, vocab, samples, image_size, max_len, bf16=bf16)
-        path = write_vqa_results(predictions, cfg.results or server_results_name(split))
-        print(f"{split} has no annotations: not scored; wrote {len(predictions)} answers to {path} "
-              "for the VQAv2 evaluation server")
-        _print({"split": split, "questions": len(predictions), "scored": False, "results": str(path)})
+        path = Path(cfg.results or server_results_name(split))
+        if main:
+            write_vqa_results(predictions, path)
+            print(f"{split} has no annotations: not scored; wrote {len(predictions)} answers to {path} "
+                  "for the VQAv2 evaluation server")
+            _print({"split": split, "questions": len(predictions), "scored": False, "results": str(path)})
         return 0
     metrics, predictions = evaluate_vqa(model, tokenizer, vocab, samples, image_size, max_len, bf16=bf16)
-    if cfg.results:
-        write_vqa_results(predictions, cfg.results)
-    _print({"split": split, **metrics, **({"results": cfg.results} if cfg.results else {})})
+    if main:
+        if cfg.results:
+            write_vqa_results(predictions, cfg.results)
+        _print({"split": split, **metrics, **({"results": cfg.results} if cfg.results else {})})
     return 0
 
 

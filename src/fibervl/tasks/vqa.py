@@ -8,6 +8,7 @@ times N: a sum over answers, averaged over questions). Prediction: the arg-max a
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 
 import torch
@@ -17,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from ..data import AnswerVocabulary, Collator, ProcessedDataset, Processor, Tokenizer
 from ..data.transforms import eval_transforms
+from ..engine import distributed as D
 from ..metrics.vqa import vqa_score
 from ..engine.progress import progress
 from .prefix_cache import ImagePrefixCache, image_inputs
@@ -90,11 +92,17 @@ def vqa_topk(model, pixel_values: torch.Tensor, input_ids: torch.Tensor, attenti
 @torch.no_grad()
 def predict_answers(model, tokenizer: Tokenizer, vocab: AnswerVocabulary, samples, image_size: int,
                     max_length: int, batch_size: int = 64, bf16: bool = False) -> dict[str, str]:
-    """question id (``Sample.sample_id``) -> predicted answer for every sample."""
+    """question id (``Sample.sample_id``) -> predicted answer for every sample. Under torchrun
+    each process answers its share of the questions (:func:`~fibervl.engine.distributed.rank_share`)
+    and every process returns them all (collective: call it on every rank)."""
     if model.config.vqa_num_answers != len(vocab):
         raise ValueError(f"the model's VQA head has {model.config.vqa_num_answers} answers, the vocabulary {len(vocab)}")
+    share = D.rank_share(samples)
+    if D.is_distributed():
+        print(f"VQA evaluation: rank {D.get_rank()} of {D.get_world_size()} answers {len(share)} of "
+              f"{len(samples)} questions", file=sys.stderr)
     # Answers are not needed to predict: strip them so test splits (no annotations) work too.
-    data = ProcessedDataset([replace(s, answers=[]) for s in samples], Processor(eval_transforms(image_size)))
+    data = ProcessedDataset([replace(s, answers=[]) for s in share], Processor(eval_transforms(image_size)))
     loader = DataLoader(data, batch_size=batch_size, collate_fn=Collator(tokenizer, max_length=max_length))
     was_training = model.training
     model.eval()
@@ -106,7 +114,7 @@ def predict_answers(model, tokenizer: Tokenizer, vocab: AnswerVocabulary, sample
                 out[s.sample_id] = a
     finally:
         model.train(was_training)
-    return out
+    return D.gather_dicts(out)
 
 
 def evaluate_vqa(model, tokenizer: Tokenizer, vocab: AnswerVocabulary, samples, image_size: int, max_length: int,
