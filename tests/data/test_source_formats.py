@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,30 +101,35 @@ def test_vqa_on_vqav2(vqa_run, official, tmp_path, capsys):
         pytest.approx(metrics["vqa_acc"], abs=0.01)
 
 
-def test_evaluate_vqa_split_across_two_processes(vqa_run, official, tmp_path, capsys):
-    """``evaluate vqa`` under torchrun (2 gloo processes): each answers its own half of the
-    questions, and rank 0 prints the metrics and writes the answers one process gives."""
-    import os
-    import subprocess
-    import sys
-
-    args = ["evaluate", "vqa", "--model", str(vqa_run), "--eval-data", official["vqav2_val"], "train.device=cpu"]
-    assert main([*args, "--results", str(tmp_path / "one.json")]) == 0
-    one = _json_line(capsys)
+def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
+    """``fibervl ARGS`` under torchrun, 2 gloo processes on the loopback address."""
     src = Path(__file__).resolve().parents[2] / "src"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0",
-           "--nproc_per_node", "2", "-m", "fibervl.cli", *args, "--results", str(tmp_path / "two.json")]
+           "--nproc_per_node", "2", "-m", "fibervl.cli", *args]
     res = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS="1"), capture_output=True,
                          text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res
+
+
+def _shares(stderr: str, task: str, total: int) -> list[tuple[int, int, int]]:
+    found = re.findall(rf"{task} evaluation: rank (\d) of 2 \w+ (\d+) of (\d+)", stderr)
+    return sorted((int(r), int(n), int(t)) for r, n, t in found)
+
+
+def test_evaluate_vqa_split_across_two_processes(vqa_run, official, tmp_path, capsys):
+    """``evaluate vqa`` under torchrun (2 gloo processes): each answers its own half of the
+    questions, and rank 0 prints the metrics and writes the answers one process gives."""
+    args = ["evaluate", "vqa", "--model", str(vqa_run), "--eval-data", official["vqav2_val"], "train.device=cpu"]
+    assert main([*args, "--results", str(tmp_path / "one.json")]) == 0
+    one = _json_line(capsys)
+    res = _torchrun([*args, "--results", str(tmp_path / "two.json")])
     lines = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
     assert len(lines) == 1 and lines[0].pop("results") == str(tmp_path / "two.json")  # printed once, by rank 0
     assert lines[0] == {k: v for k, v in one.items() if k != "results"}  # the metrics of one process
-    reports = re.findall(r"rank (\d) of 2 answers (\d+) of (\d+) questions", res.stderr)
-    total = one["questions"]
     # each rank answers its own half (rank_share: disjoint, together all): nothing answered twice
-    assert sorted((int(r), int(n), int(t)) for r, n, t in reports) == [(0, total - total // 2, total),
-                                                                        (1, total // 2, total)]
+    total = one["questions"]
+    assert _shares(res.stderr, "VQA", total) == [(0, total - total // 2, total), (1, total // 2, total)]
     key = lambda r: r["question_id"]  # noqa: E731
     assert sorted(json.loads((tmp_path / "two.json").read_text()), key=key) == \
         sorted(json.loads((tmp_path / "one.json").read_text()), key=key)
@@ -179,12 +187,18 @@ def test_finetune_vqa_on_train_and_val_answers_test_dev(coarse, official, tmp_pa
 
 
 def test_nlvr2_on_nlvr2(coarse, official, tmp_path, capsys):
-    assert main(["finetune", "nlvr2", "--init", str(coarse / "model"), f"--run-dir={tmp_path / 'run'}",
+    run = tmp_path / "run"
+    assert main(["finetune", "nlvr2", "--init", str(coarse / "model"), f"--run-dir={run}",
                  "--train-data", official["nlvr2_train"], "--eval-data", official["nlvr2_dev"], *RUN]) == 0
     capsys.readouterr()
-    assert main(["evaluate", "nlvr2", "--model", str(tmp_path / "run"), "--eval-data", official["nlvr2_dev"]]) == 0
+    args = ["evaluate", "nlvr2", "--model", str(run), "--eval-data", official["nlvr2_dev"], "train.device=cpu"]
+    assert main(args) == 0
     metrics = _json_line(capsys)
     assert metrics["items"] == 8 and metrics["split"] == "val" and 0 <= metrics["nlvr2_acc"] <= 100
+    # under torchrun: each of 2 processes scores its half, rank 0 prints the metrics of one process
+    res = _torchrun(args)
+    assert [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")] == [metrics]
+    assert _shares(res.stderr, "NLVR2", 8) == [(0, 4, 8), (1, 4, 8)]
 
 
 @pytest.fixture(scope="module")

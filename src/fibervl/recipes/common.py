@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -175,3 +176,19 @@ def fused_training_data(reader, transforms, model, cache_image_prefix: bool, ima
     samples = list(reader)
     cache, processor = cached_training_inputs(model.to(D.resolve_device(device)), samples, image_size, bf16)
     return ProcessedDataset(samples, processor), cache
+
+
+@contextmanager
+def evaluation_processes(device: str = "auto"):
+    """This process's device for an ``evaluate`` command; under torchrun inside a process group
+    (started here and torn down on leaving, unless one was already there), so that the task's
+    evaluation splits its items across the processes (:func:`fibervl.engine.distributed.rank_share`)."""
+    import torch.distributed as dist
+
+    started = D.launched_by_torchrun() and not dist.is_initialized()
+    dev = D.init_distributed(device)
+    try:
+        yield dev
+    finally:
+        if started:
+            D.destroy_distributed()

@@ -22,13 +22,14 @@ from pathlib import Path
 
 from ..data.sources import DataSource, open_eval, training_reader
 from ..data.transforms import train_transforms
+from ..engine import distributed as D
 from ..engine.precision import uses_bf16
 from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import DataSpec, ModelSpec, build_task_model, load_tokenizer
 from ..predict.cli import main as predict_main
 from ..tasks.nlvr2 import Nlvr2Collator, Nlvr2Task, evaluate_nlvr2
-from .common import (parse_run_cli, export_task_model, fused_training_data, load_model_dir, rewrite_flags,
-                     warn_truncated, final_metrics, recipe_train)
+from .common import (evaluation_processes, parse_run_cli, export_task_model, fused_training_data, load_model_dir,
+                     rewrite_flags, warn_truncated, final_metrics, recipe_train)
 
 FINETUNE_FLAGS = {"--init": "model.init", "--data-root": "data.root", "--image-root": "data.image_root",
                   "--run-dir": "train.run_dir", "--max-steps": "train.max_steps", "--tokenizer": "data.tokenizer"}
@@ -120,11 +121,13 @@ def _evaluate(argv: list[str]) -> int:
     cfg, _ = parse_cli(Nlvr2Config, rewrite_flags(argv, EVALUATE_FLAGS))
     if not cfg.model.init:
         raise ValueError("evaluate needs --model DIR (a fine-tuned NLVR2 model or run directory)")
-    model, tokenizer, _ = load_model_dir(cfg.model.init)
-    image_size, max_len = _sizes(cfg, model)
-    metrics = evaluate_nlvr2(model, tokenizer, _eval_samples(cfg, cfg.data.eval_split), image_size, max_len,
-                             bf16=uses_bf16(cfg.train.precision, cfg.train.device))
-    _print({"split": cfg.data.eval_source().split or cfg.data.eval_split, **metrics})
+    with evaluation_processes(cfg.train.device) as device:  # under torchrun: items split across processes
+        model, tokenizer, _ = load_model_dir(cfg.model.init, device=str(device))
+        image_size, max_len = _sizes(cfg, model)
+        metrics = evaluate_nlvr2(model, tokenizer, _eval_samples(cfg, cfg.data.eval_split), image_size, max_len,
+                                 bf16=uses_bf16(cfg.train.precision, cfg.train.device))
+        if D.get_rank() == 0:
+            _print({"split": cfg.data.eval_source().split or cfg.data.eval_split, **metrics})
     return 0
 
 

@@ -38,7 +38,7 @@ from ..experiment import DataSpec, ModelSpec, build_task_model, load_tokenizer, 
 from ..metrics.vqa import write_vqa_results
 from ..predict.cli import main as predict_main
 from ..tasks.vqa import VqaCollator, VqaTask, evaluate_vqa, predict_answers, vocabulary_coverage
-from .common import (parse_run_cli, export_task_model, fused_training_data, load_model_dir, rewrite_flags,
+from .common import (evaluation_processes, parse_run_cli, export_task_model, fused_training_data, load_model_dir, rewrite_flags,
                      warn_truncated, final_metrics, recipe_train)
 
 ANSWERS_FILE = "answers.json"
@@ -183,15 +183,8 @@ def _evaluate(argv: list[str]) -> int:
     cfg, _ = parse_cli(VqaConfig, rewrite_flags(argv, EVALUATE_FLAGS))
     if not cfg.model.init:
         raise ValueError("evaluate needs --model DIR (a fine-tuned VQA model or run directory)")
-    import torch.distributed as dist
-
-    started = D.launched_by_torchrun() and not dist.is_initialized()  # tear down only a group made here
-    device = D.init_distributed(cfg.train.device)
-    try:
+    with evaluation_processes(cfg.train.device) as device:
         return _evaluate_on(cfg, device)
-    finally:
-        if started:
-            D.destroy_distributed()
 
 
 def _evaluate_on(cfg: VqaConfig, device) -> int:

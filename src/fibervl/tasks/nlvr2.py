@@ -5,6 +5,8 @@ image + text) whose cls features [B, 2H] each are concatenated into ``model.nlvr
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -12,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from ..data import Collator, ProcessedDataset, Processor, Tokenizer
 from ..data.transforms import eval_transforms
+from ..engine import distributed as D
 from ..engine.progress import progress
 from .prefix_cache import ImagePrefixCache, image_inputs
 from .retrieval import precision_context
@@ -63,8 +66,16 @@ class Nlvr2Task(nn.Module):
 @torch.no_grad()
 def predict_nlvr2(model, tokenizer: Tokenizer, samples, image_size: int, max_length: int, batch_size: int = 32,
                   bf16: bool = False) -> tuple[list[str], torch.Tensor]:
-    """(sample ids, [N, 2] softmax probabilities) for NLVR2 samples (labels not needed)."""
-    loader = DataLoader(ProcessedDataset(list(samples), Processor(eval_transforms(image_size))), batch_size=batch_size,
+    """(sample ids, [N, 2] softmax probabilities) for NLVR2 samples (labels not needed), in the
+    order given. Under torchrun each process scores its share of the samples
+    (:func:`~fibervl.engine.distributed.rank_share`) and every process returns them all
+    (collective: call it on every rank)."""
+    samples = list(samples)
+    share = D.rank_share(samples)
+    if D.is_distributed():
+        print(f"NLVR2 evaluation: rank {D.get_rank()} of {D.get_world_size()} scores {len(share)} of "
+              f"{len(samples)} items", file=sys.stderr)
+    loader = DataLoader(ProcessedDataset(share, Processor(eval_transforms(image_size))), batch_size=batch_size,
                         collate_fn=Collator(tokenizer, max_length=max_length))
     device = next(model.parameters()).device
     was_training = model.training
@@ -79,7 +90,9 @@ def predict_nlvr2(model, tokenizer: Tokenizer, samples, image_size: int, max_len
             probs.append(logits.softmax(-1).cpu())
     finally:
         model.train(was_training)
-    return ids, torch.cat(probs)
+    scored = D.gather_dicts(dict(zip(ids, torch.cat(probs) if probs else torch.zeros(0, 2))))
+    ids = [s.sample_id for s in samples]
+    return ids, torch.stack([scored[i] for i in ids]) if ids else torch.zeros(0, 2)
 
 
 def evaluate_nlvr2(model, tokenizer: Tokenizer, samples, image_size: int, max_length: int,
