@@ -2,9 +2,10 @@
 
     python bench/retrieval_gallery.py [--preset fiber-base] [--size 576] [--images 32] [--write BENCHMARKS.md]
 
-Each row runs in a fresh process on ``--images`` random images at ``--size`` px and reports the
-peak resident memory above the loaded model (``ru_maxrss``) and the anonymous memory still held
-at the end (``RssAnon``: what cannot be paged out to a file):
+Each row runs in a fresh process, on a gallery of ``--images`` random images at ``--size`` px and
+on one 4x as large; the difference, per extra image, of the peak resident memory (``ru_maxrss``)
+and of the anonymous memory still held at the end (``RssAnon``: what cannot be paged out to a
+file) is what keeping one more image costs:
 
 * ``pixels``: every gallery image transformed and held ([I, 3, S, S] fp32), then the fp32 prefix
   of each image (what re-ranking did before :mod:`fibervl.tasks.gallery`);
@@ -71,11 +72,28 @@ def child(args) -> None:
     print(json.dumps({"peak": peak - base, "anon": anon, "kept": len(kept)}))
 
 
+def run_rows(args, count: int) -> dict[str, dict]:
+    """Each mode in a fresh process over ``count`` random 640 x 480 images."""
+    rows = {}
+    with tempfile.TemporaryDirectory() as d:
+        g = torch.Generator().manual_seed(0)
+        for i in range(count):
+            Image.fromarray((torch.rand(480, 640, 3, generator=g) * 255).byte().numpy()).save(Path(d) / f"{i:03d}.png")
+        for mode in MODES:
+            cmd = [sys.executable, __file__, "--preset", args.preset, "--size", str(args.size), "--threads",
+                   str(args.threads), "--mode", mode, "--dir", d]
+            rows[mode] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+    return rows
+
+
+MODES = ("pixels", "rows fp32", "rows bf16", "mapped bf16")
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--preset", default="fiber-base")
     p.add_argument("--size", type=int, default=576)
-    p.add_argument("--images", type=int, default=32)
+    p.add_argument("--images", type=int, default=16, help="the small gallery; the large one has 4x as many")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--mode")
     p.add_argument("--dir")
@@ -84,25 +102,22 @@ def main() -> None:
     if args.mode:
         child(args)
         return
-    rows = {}
-    with tempfile.TemporaryDirectory() as d:
-        g = torch.Generator().manual_seed(0)
-        for i in range(args.images):
-            Image.fromarray((torch.rand(480, 640, 3, generator=g) * 255).byte().numpy()).save(Path(d) / f"{i:03d}.png")
-        for mode in ("pixels", "rows fp32", "rows bf16", "mapped bf16"):
-            cmd = [sys.executable, __file__, "--preset", args.preset, "--size", str(args.size), "--threads",
-                   str(args.threads), "--mode", mode, "--dir", d]
-            rows[mode] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+    small, large = run_rows(args, args.images), run_rows(args, 4 * args.images)
     cfg = get_preset(args.preset)
     model = FiberModel(cfg.replace(vision=dataclasses.replace(cfg.vision, image_size=args.size))).eval()
     pixel_bytes = 3 * args.size * args.size * 4
     per = {"pixels": pixel_bytes + bytes_per_image(model, args.size), "rows fp32": bytes_per_image(model, args.size),
            "rows bf16": bytes_per_image(model, args.size, torch.bfloat16), "mapped bf16": 0}
-    lines = [f"{args.preset} at {args.size} px, {args.images} images (640 x 480), batches of 8, fp32 model, one process per row.",
-             "", "| gallery kept as | peak memory above the model (MiB) | anonymous memory at the end (MiB) | "
-             "RAM per image (bytes) | RAM for 5,000 images |", "| --- | ---: | ---: | ---: | ---: |"]
-    for mode, r in rows.items():
-        lines.append(f"| {mode} | {r['peak']:.0f} | {r['anon']:.0f} | {per[mode]:,} | {per[mode] * 5000 / 2**30:.1f} GiB |")
+    extra = 3 * args.images
+    lines = [f"{args.preset} at {args.size} px, galleries of {args.images} and {4 * args.images} random 640 x 480 images, "
+             "batches of 8, fp32, one process per row. The growth per image is measured (the difference of the two "
+             "galleries' peak and end memory over the extra images); the last two columns are arithmetic.",
+             "", "| gallery kept as | peak memory growth per image (MB) | anonymous memory growth per image (MB) | "
+             "bytes kept per image | RAM for 5,000 images |", "| --- | ---: | ---: | ---: | ---: |"]
+    for mode in MODES:
+        peak = (large[mode]["peak"] - small[mode]["peak"]) * 2**20 / extra / 1e6
+        anon = (large[mode]["anon"] - small[mode]["anon"]) * 2**20 / extra / 1e6
+        lines.append(f"| {mode} | {peak:.2f} | {anon:.2f} | {per[mode]:,} | {per[mode] * 5000 / 2**30:.1f} GiB |")
     lines += ["", "`mapped bf16` keeps the rows in a file (5,000 images: "
               f"{bytes_per_image(model, args.size, torch.bfloat16) * 5000 / 2**30:.1f} GiB on disk) that the system pages in "
               "as pairs read them."]
