@@ -60,7 +60,7 @@ def image_prefix_rows(model, paths: list[Path], image_size: int, batch_size: int
             grid = model.image_prefix(images.to(device))
         if out is None:
             out = row_storage(len(paths), tuple(grid.shape[1:]), dtype or grid.dtype, directory, "image_prefixes")
-        out[start:start + len(chunk)] = grid.to("cpu", out.dtype)
+        out[start:start + len(chunk)].copy_(grid)  # converts as it copies: no temporary in the stored dtype
     if out is None:
         raise ValueError("no gallery images to compute prefixes of")
     return out
@@ -80,7 +80,7 @@ def text_prefix_rows(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
             states = model.text_prefix(input_ids[rows].to(device), attention_mask[rows].to(device))
         if out is None:
             out = row_storage(input_ids.shape[0], tuple(states.shape[1:]), dtype or states.dtype, directory, "text_prefixes")
-        out[rows] = states.to("cpu", out.dtype)
+        out[rows].copy_(states)
     if out is None:
         raise ValueError("no gallery texts to compute prefixes of")
     return out
