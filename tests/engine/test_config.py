@@ -111,3 +111,31 @@ def test_a_section_given_in_part_keeps_the_fields_own_default():
     cfg = load_config(Outer, None, ["inner.a=7"])
     assert cfg.inner == Inner(a=7, b="field default")
     assert load_config(Outer).inner == Inner(a=5, b="field default")
+
+
+def test_a_commands_aliases_are_overrides_and_listed_by_help(capsys):
+    from dataclasses import dataclass, field
+
+    import pytest
+
+    from fibervl.engine.config import ConfigError, parse_cli
+
+    @dataclass
+    class Model:
+        init: str = ""
+        steps: int = 1
+
+    @dataclass
+    class Exp:
+        model: Model = field(default_factory=Model)
+
+    aliases = {"--init": "model.init", "--steps": "model.steps"}
+    cfg, _ = parse_cli(Exp, ["--init", "runs/x", "--steps=7"], aliases)
+    assert cfg.model == Model(init="runs/x", steps=7)
+    with pytest.raises(ConfigError, match="--init needs a value"):
+        parse_cli(Exp, ["--init"], aliases)
+    with pytest.raises(ConfigError, match="unknown option '--nope'.*--init"):
+        parse_cli(Exp, ["--nope", "1"], aliases)
+    with pytest.raises(SystemExit):
+        parse_cli(Exp, ["-h"], aliases)
+    assert "--init V" in capsys.readouterr().out

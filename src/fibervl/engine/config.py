@@ -382,12 +382,14 @@ def config_options(cls: type, prefix: str = "") -> dict[str, tuple[str, bool]]:
     return options
 
 
-def cli_help(cls: type, usage: str) -> str:
-    """The ``-h`` text of a config-driven command: its usage and every key with its default."""
+def cli_help(cls: type, usage: str, aliases: Mapping[str, str] | None = None) -> str:
+    """The ``-h`` text of a config-driven command: its usage, its options and every key with its
+    default."""
     rows = config_keys(cls)
     width = max(len(k) for k, _, _ in rows)
     lines = [f"usage: {usage}", "", "options:", "  --config FILE     a YAML or JSON config (keys below); key=value overrides it",
              "  --resume [PATH]   continue from the newest checkpoint of train.run_dir, or from PATH"]
+    lines += [f"  {alias + ' V':<17} {key}=V" for alias, key in (aliases or {}).items()]
     lines += [f"  {switch:<17} {key}=true" for switch, key in config_switches(cls).items()]
     lines += [f"  {option + ' V':<17} {key}=V" + (" (repeatable: a list)" if repeat else "")
               for option, (key, repeat) in config_options(cls).items()]
@@ -396,17 +398,21 @@ def cli_help(cls: type, usage: str) -> str:
     return "\n".join(lines)
 
 
-def parse_cli(cls: type[T], argv: Sequence[str]) -> tuple[T, dict[str, Any]]:
+def parse_cli(cls: type[T], argv: Sequence[str], aliases: Mapping[str, str] | None = None
+              ) -> tuple[T, dict[str, Any]]:
     """Parse ``[--config FILE] [--resume [PATH]] [--SWITCH ...] key=value ...`` into ``(cfg, flags)``.
 
     ``flags`` holds ``config`` (path or None) and ``resume`` (None, ``"auto"`` for a bare
     ``--resume``, or the given path). A switch of :func:`config_switches` is the override
     ``its.key=true``; an option of :func:`config_options` sets its key to the string given
     (a repeatable one to the list of every value given, replacing the config file's list).
+    ``aliases`` (``{"--init": "model.init"}``) are a command's own friendly options:
+    ``--init RUN`` or ``--init=RUN`` is the override ``model.init=RUN``.
     ``-h`` / ``--help`` prints :func:`cli_help` and exits 0. Any other ``--option`` is an error.
     """
+    aliases = dict(aliases or {})
     if "-h" in argv or "--help" in argv:
-        print(cli_help(cls, "fibervl VERB NAME [--config FILE] [--resume [PATH]] key=value ..."))
+        print(cli_help(cls, "fibervl VERB NAME [--config FILE] [--resume [PATH]] key=value ...", aliases))
         raise SystemExit(0)
     config_path = None
     resume = None
@@ -448,11 +454,19 @@ def parse_cli(cls: type[T], argv: Sequence[str]) -> tuple[T, dict[str, Any]]:
         elif a.startswith("--resume="):
             resume = a.split("=", 1)[1]
             i += 1
+        elif name in aliases:
+            if not eq:
+                if i + 1 >= len(args):
+                    raise ConfigError(f"{name} needs a value")
+                value = args[i + 1]
+                i += 1
+            overrides.append(f"{aliases[name]}={value}")
+            i += 1
         elif a in switches:
             overrides.append(f"{switches[a]}=true")
             i += 1
         elif a.startswith("-"):
-            extra = "".join(f", {s}" for s in [*switches, *options])
+            extra = "".join(f", {s}" for s in [*aliases, *switches, *options])
             raise ConfigError(f"unknown option {a!r} (use --config FILE, --resume [PATH]{extra} or key=value)")
         else:
             overrides.append(a)

@@ -36,7 +36,7 @@ from ..tasks.caption import (
 from ..predict.cli import main as predict_main
 from .coarse_pretrain import FinetuneCaptionData, caption_reader
 from .common import (
-    PairCollator, export_model, fused_training_data, model_tokenizer, parse_run_cli, recipe_train, rewrite_flags,
+    PairCollator, export_model, fused_training_data, model_tokenizer, parse_run_cli, recipe_train,
     stable_id,
 )
 
@@ -157,11 +157,11 @@ def _evaluate_command(argv: list[str]) -> int:
     from ..engine.config import parse_cli
     from ..experiment import resolve_model_dir
 
-    argv = rewrite_flags(list(argv), EVALUATE_FLAGS)
+    argv = list(argv)
     model_dir = _pop_option(argv, "--model")
     results = _pop_option(argv, "--results") or _pop_option(argv, "--predictions")
     baseline = _pop_option(argv, "--baseline", takes_value=False)
-    cfg, _ = parse_cli(CaptionConfig, argv + ["train.max_steps=1"])
+    cfg, _ = parse_cli(CaptionConfig, argv + ["train.max_steps=1"], EVALUATE_FLAGS)
     eval_reader = caption_reader(cfg.data, cfg.data.eval_split)
     split = cfg.data.eval_source().split or cfg.data.eval_split
     if baseline:

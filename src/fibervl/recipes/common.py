@@ -76,26 +76,6 @@ def model_tokenizer(model_dir: str | Path, fallback: str | Path | None = None) -
     return Tokenizer.from_pretrained(fallback)
 
 
-def rewrite_flags(argv: list[str], aliases: dict[str, str]) -> list[str]:
-    """``--flag VALUE`` / ``--flag=VALUE`` -> ``key=VALUE`` for each ``aliases[flag] = key``, so
-    recipes take friendly options (``--init RUN --data-root DIR``) beside ``key=value`` ones."""
-    out, i = [], 0
-    while i < len(argv):
-        a = argv[i]
-        name, eq, value = a.partition("=")
-        if name in aliases:
-            if not eq:
-                if i + 1 >= len(argv):
-                    raise ValueError(f"{name} needs a value")
-                value = argv[i + 1]
-                i += 1
-            out.append(f"{aliases[name]}={value}")
-        else:
-            out.append(a)
-        i += 1
-    return out
-
-
 def warn_truncated(tokenizer: Tokenizer, texts, max_length: int, what: str = "texts") -> int:
     """Count the texts longer than ``max_length`` tokens (specials included), which the
     tokenizer will truncate, and warn once with the count. Returns the count."""
@@ -140,12 +120,13 @@ def recipe_train(command: str, **settings):
     return TrainConfig(run_dir=f"runs/{command}", precision="auto", **settings)
 
 
-def parse_run_cli(cls, argv: list[str]):
-    """``--config FILE [--resume [PATH]] key=value ...`` -> a recipe config whose ``train.resume``
-    holds the ``--resume`` value (``"auto"`` for a bare ``--resume``)."""
+def parse_run_cli(cls, argv: list[str], aliases: dict[str, str] | None = None):
+    """``--config FILE [--resume [PATH]] key=value ...`` (and the command's ``aliases``, see
+    :func:`fibervl.engine.config.parse_cli`) -> a recipe config whose ``train.resume`` holds the
+    ``--resume`` value (``"auto"`` for a bare ``--resume``)."""
     from ..engine.config import parse_cli
 
-    cfg, flags = parse_cli(cls, argv)
+    cfg, flags = parse_cli(cls, argv, aliases)
     if flags["resume"]:
         cfg.train.resume = flags["resume"]
     return cfg

@@ -34,7 +34,7 @@ import dataclasses
 import json
 import sys
 
-from .common import parse_run_cli, rewrite_flags
+from .common import parse_run_cli
 from ..experiment import load_tokenizer, resolve_model_dir
 from ..metrics.detection import write_results
 from ..modeling.fiber import FiberModel
@@ -55,7 +55,7 @@ EVALUATE_FLAGS = {"--model": "model.init", "--split": "data.eval_split", "--num-
 
 
 def _task_config(task: str, argv: list[str], flags: dict[str, str] = FINETUNE_FLAGS) -> FineConfig:
-    cfg = parse_run_cli(FineConfig, rewrite_flags(argv, flags))
+    cfg = parse_run_cli(FineConfig, argv, flags)
     if cfg.model.init and cfg.model.preset == FineConfig().model.preset:
         # fine-tuning continues the init model's own architecture unless a preset is named
         cfg.model.preset = str(resolve_model_dir(cfg.model.init))

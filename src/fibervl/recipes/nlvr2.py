@@ -29,7 +29,7 @@ from ..experiment import DataSpec, ModelSpec, build_task_model, load_tokenizer
 from ..predict.cli import main as predict_main
 from ..tasks.nlvr2 import Nlvr2Collator, Nlvr2Task, evaluate_nlvr2
 from .common import (evaluation_processes, parse_run_cli, export_task_model, fused_training_data, load_model_dir,
-                     rewrite_flags, warn_truncated, final_metrics, recipe_train)
+                     warn_truncated, final_metrics, recipe_train)
 
 FINETUNE_FLAGS = {"--init": "model.init", "--data-root": "data.root", "--image-root": "data.image_root",
                   "--run-dir": "train.run_dir", "--max-steps": "train.max_steps", "--tokenizer": "data.tokenizer"}
@@ -110,7 +110,7 @@ def _print(metrics: dict) -> None:
 
 
 def _finetune(argv: list[str]) -> int:
-    cfg = parse_run_cli(Nlvr2Config, rewrite_flags(argv, FINETUNE_FLAGS))
+    cfg = parse_run_cli(Nlvr2Config, argv, FINETUNE_FLAGS)
     _print(run(cfg)["eval"])
     return 0
 
@@ -118,7 +118,7 @@ def _finetune(argv: list[str]) -> int:
 def _evaluate(argv: list[str]) -> int:
     from ..engine.config import parse_cli
 
-    cfg, _ = parse_cli(Nlvr2Config, rewrite_flags(argv, EVALUATE_FLAGS))
+    cfg, _ = parse_cli(Nlvr2Config, argv, EVALUATE_FLAGS)
     if not cfg.model.init:
         raise ValueError("evaluate needs --model DIR (a fine-tuned NLVR2 model or run directory)")
     with evaluation_processes(cfg.train.device) as device:  # under torchrun: items split across processes

@@ -29,7 +29,7 @@ from ..tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask
 from ..tasks.retrieval import evaluate_itc_retrieval, evaluate_retrieval
 from .coarse_pretrain import FinetuneCaptionData, caption_reader
 from .common import (PairCollator, export_task_model, fused_training_data, load_model_dir, parse_run_cli,
-                     recipe_train, rewrite_flags)
+                     recipe_train)
 
 FINETUNE_FLAGS = {"--init": "model.init", "--data-root": "data.root", "--run-dir": "train.run_dir",
                   "--max-steps": "train.max_steps", "--tokenizer": "data.tokenizer"}
@@ -135,7 +135,7 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def _finetune(argv: list[str]) -> int:
-    cfg = parse_run_cli(RetrievalConfig, rewrite_flags(argv, FINETUNE_FLAGS))
+    cfg = parse_run_cli(RetrievalConfig, argv, FINETUNE_FLAGS)
     _print_metrics(run(cfg)["eval"])
     return 0
 
@@ -143,7 +143,7 @@ def _finetune(argv: list[str]) -> int:
 def _evaluate(argv: list[str]) -> int:
     from ..engine.config import parse_cli
 
-    cfg, _ = parse_cli(RetrievalConfig, rewrite_flags(argv, EVALUATE_FLAGS))
+    cfg, _ = parse_cli(RetrievalConfig, argv, EVALUATE_FLAGS)
     if not cfg.model.init:
         raise ValueError("evaluate needs --model DIR (a fine-tuned model or run directory)")
     model, tokenizer, _ = load_model_dir(cfg.model.init, fallback_tokenizer=_data_tokenizer(cfg.data))

@@ -38,7 +38,7 @@ from ..experiment import DataSpec, ModelSpec, build_task_model, load_tokenizer, 
 from ..metrics.vqa import write_vqa_results
 from ..predict.cli import main as predict_main
 from ..tasks.vqa import VqaCollator, VqaTask, evaluate_vqa, predict_answers, vocabulary_coverage
-from .common import (evaluation_processes, parse_run_cli, export_task_model, fused_training_data, load_model_dir, rewrite_flags,
+from .common import (evaluation_processes, parse_run_cli, export_task_model, fused_training_data, load_model_dir,
                      warn_truncated, final_metrics, recipe_train)
 
 ANSWERS_FILE = "answers.json"
@@ -166,7 +166,7 @@ def _print(metrics: dict) -> None:
 
 
 def _finetune(argv: list[str]) -> int:
-    cfg = parse_run_cli(VqaConfig, rewrite_flags(argv, FINETUNE_FLAGS))
+    cfg = parse_run_cli(VqaConfig, argv, FINETUNE_FLAGS)
     _print(run(cfg)["eval"])
     return 0
 
@@ -180,7 +180,7 @@ def _evaluate(argv: list[str]) -> int:
     and writes."""
     from ..engine.config import parse_cli
 
-    cfg, _ = parse_cli(VqaConfig, rewrite_flags(argv, EVALUATE_FLAGS))
+    cfg, _ = parse_cli(VqaConfig, argv, EVALUATE_FLAGS)
     if not cfg.model.init:
         raise ValueError("evaluate needs --model DIR (a fine-tuned VQA model or run directory)")
     with evaluation_processes(cfg.train.device) as device:
