@@ -354,32 +354,31 @@ def config_keys(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
     return rows
 
 
-def config_switches(cls: type, prefix: str = "") -> dict[str, str]:
+def _fields_declaring(cls: type, what: str, prefix: str = ""):
+    """(dotted key, field, type) of every field of ``cls`` and its sections whose metadata has ``what``."""
+    for name, (f, tp) in _fields(cls).items():
+        key = _fmt_key(prefix, name)
+        if dataclasses.is_dataclass(tp):
+            yield from _fields_declaring(tp, what, key)
+        elif what in f.metadata:
+            yield key, f, tp
+
+
+def config_switches(cls: type) -> dict[str, str]:
     """``{"--switch": "dotted.key"}``: the boolean keys of ``cls`` whose field declares a
     command-line switch (``metadata={"switch": "--name"}``); the switch sets the key to true."""
     switches = {}
-    for name, (f, tp) in _fields(cls).items():
-        key = _fmt_key(prefix, name)
-        if dataclasses.is_dataclass(tp):
-            switches.update(config_switches(tp, key))
-        elif "switch" in f.metadata:
-            if tp is not bool:
-                raise TypeError(f"config key '{key}': only a bool field can have a switch")
-            switches[f.metadata["switch"]] = key
+    for key, f, tp in _fields_declaring(cls, "switch"):
+        if tp is not bool:
+            raise TypeError(f"config key '{key}': only a bool field can have a switch")
+        switches[f.metadata["switch"]] = key
     return switches
 
 
-def config_options(cls: type, prefix: str = "") -> dict[str, tuple[str, bool]]:
+def config_options(cls: type) -> dict[str, tuple[str, bool]]:
     """``{"--option": ("dotted.key", repeatable)}``: the fields of ``cls`` that declare a
     command-line option (``metadata={"option": "--name"}``, ``"repeat": True`` for a list)."""
-    options = {}
-    for name, (f, tp) in _fields(cls).items():
-        key = _fmt_key(prefix, name)
-        if dataclasses.is_dataclass(tp):
-            options.update(config_options(tp, key))
-        elif "option" in f.metadata:
-            options[f.metadata["option"]] = (key, bool(f.metadata.get("repeat")))
-    return options
+    return {f.metadata["option"]: (key, bool(f.metadata.get("repeat"))) for key, f, _ in _fields_declaring(cls, "option")}
 
 
 def cli_help(cls: type, usage: str, aliases: Mapping[str, str] | None = None) -> str:
@@ -425,12 +424,12 @@ def parse_cli(cls: type[T], argv: Sequence[str], aliases: Mapping[str, str] | No
     while i < len(args):
         a = args[i]
         name, eq, value = a.partition("=")
+        if not eq and (name in options or name in aliases):  # "--name VALUE": the value is the next argument
+            if i + 1 >= len(args):
+                raise ConfigError(f"{name} needs a value")
+            value = args[i + 1]
+            i += 1
         if name in options:
-            if not eq:
-                if i + 1 >= len(args):
-                    raise ConfigError(f"{name} needs a value")
-                value = args[i + 1]
-                i += 1
             if name not in given:  # the option takes its place among the overrides where first given
                 given[name] = []
                 overrides.append(name)
@@ -455,11 +454,6 @@ def parse_cli(cls: type[T], argv: Sequence[str], aliases: Mapping[str, str] | No
             resume = a.split("=", 1)[1]
             i += 1
         elif name in aliases:
-            if not eq:
-                if i + 1 >= len(args):
-                    raise ConfigError(f"{name} needs a value")
-                value = args[i + 1]
-                i += 1
             overrides.append(f"{aliases[name]}={value}")
             i += 1
         elif a in switches:
