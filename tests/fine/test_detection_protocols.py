@@ -211,26 +211,20 @@ def _write_mdetr(path, image_dir, records):
     return path
 
 
-def test_flickr_evaluation_reports_both_protocols(tokenizer_dir, tmp_path, monkeypatch):
+def test_flickr_evaluation_reports_both_protocols(tokenizer_dir, tmp_path, monkeypatch, eval_batches):
     """An oracle ranking each phrase's first ground-truth box first: any-box finds every phrase,
     merged-box misses "two cats" (one cat is a third of their union box)."""
     file = _write_mdetr(tmp_path / "final_flickr_separateGT_test.json", tmp_path / "images", [
         ("a dog and two cats", [([0, 0, 10, 10], [[2, 5]]), ([20, 0, 10, 10], [[10, 18]]), ([40, 0, 10, 10], [[10, 18]])]),
     ])
     reader = MdetrReader(file, tmp_path / "images")
-    real_loader, current = grounding._eval_loader, {}
-
-    def loader(*args, **kwargs):
-        for batch in real_loader(*args, **kwargs):
-            current["batch"] = batch
-            yield batch
+    current = eval_batches
 
     def rank(model, batch, phrase_maps, top_k=10):
         b = current["batch"]
         return [[(boxes[:1], torch.ones(1)) for boxes in grounding.phrases_of(pm, bx)[1]]
                 for pm, bx in zip(b.positive_maps, b.boxes)]
 
-    monkeypatch.setattr(grounding, "_eval_loader", loader)
     monkeypatch.setattr(grounding, "rank_phrase_boxes", rank)
     tok = Tokenizer.from_pretrained(tokenizer_dir)
     m = grounding.evaluate_grounding(nn.Linear(1, 1), tok, reader, 64, 16)
@@ -250,17 +244,10 @@ def test_refcoco_accuracy_is_reported_per_split(tokenizer_dir, tmp_path, monkeyp
         ("the dog on the left", [([0, 0, 10, 10], [[0, 7]])]), ("the cat on the right", [([60, 0, 30, 40], [[0, 7]])]),
     ])
     reader = MdetrReader(file, tmp_path / "images")
-    real_loader, current = grounding._eval_loader, {}
-
-    def loader(*args, **kwargs):
-        for batch in real_loader(*args, **kwargs):
-            current["batch"] = batch
-            yield batch
 
     def rank(model, batch, phrase_maps, top_k=10):  # the dog's box (100 x 50 -> 64 x 32) for both
         return [[(torch.tensor([[0.0, 0.0, 6.4, 6.4]]), torch.ones(1))] for _ in phrase_maps]
 
-    monkeypatch.setattr(grounding, "_eval_loader", loader)
     monkeypatch.setattr(grounding, "rank_phrase_boxes", rank)
     tok = Tokenizer.from_pretrained(tokenizer_dir)
     m = grounding.evaluate_refexp(nn.Linear(1, 1), tok, reader, 64, 16, batch_size=1)

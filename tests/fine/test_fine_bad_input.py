@@ -140,7 +140,7 @@ def test_evaluate_detect_on_a_data_set_without_held_out_classes(fine_model, shap
     assert "no held-out classes" in captured.err
 
 
-def test_detection_ap_is_computed_on_the_boxes_the_reader_accepted(shapes_tiny, tmp_path, monkeypatch):
+def test_detection_ap_is_computed_on_the_boxes_the_reader_accepted(shapes_tiny, tmp_path, monkeypatch, eval_batches):
     """Perfect detections score AP 100 even when the file holds a box the reader skipped."""
     pytest.importorskip("pycocotools")
     shapes = ShapesDataset(shapes_tiny)
@@ -152,18 +152,12 @@ def test_detection_ap_is_computed_on_the_boxes_the_reader_accepted(shapes_tiny, 
     path.write_text(json.dumps(data), encoding="utf-8")
     reader = type(source)(path, source.image_root, skip_bad=True)
     assert reader.skipped.total == 1
-    real_loader, current = grounding._eval_loader, {}
-
-    def loader(*args, **kwargs):
-        for batch in real_loader(*args, **kwargs):
-            current["batch"] = batch
-            yield batch
+    current = eval_batches
 
     def oracle(model, images, image_sizes, chunks, postprocessor=None):
         batch = current["batch"]
         return [(boxes, torch.ones(len(boxes)), s.category_ids) for s, boxes in zip(batch.samples, batch.boxes)]
 
-    monkeypatch.setattr(grounding, "_eval_loader", loader)
     monkeypatch.setattr(grounding, "detect_with_prompt", oracle)
     tok = Tokenizer.from_pretrained(shapes.tokenizer_dir)
     metrics = grounding.evaluate_detection(nn.Linear(1, 1), tok, reader, sorted(reader.categories), 128, 40,

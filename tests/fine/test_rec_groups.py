@@ -19,23 +19,17 @@ def test_only_test_expressions_name_held_out_shapes(shapes_tiny):
     assert any(name in held.text for name in shapes.held_out_shapes)
 
 
-def test_rec_accuracy_per_group(shapes_tiny, monkeypatch):
+def test_rec_accuracy_per_group(shapes_tiny, monkeypatch, eval_batches):
     """An oracle that finds every seen expression's box and misses every held-out one: 100 % and
     0 % in the groups, their share of the expressions overall."""
     shapes = ShapesDataset(shapes_tiny)
-    real_loader, current = grounding._eval_loader, {}
-
-    def loader(*args, **kwargs):
-        for batch in real_loader(*args, **kwargs):
-            current["batch"] = batch
-            yield batch
+    current = eval_batches
 
     def oracle(model, batch, phrase_maps, top_k=10):
         b = current["batch"]
         return [[(boxes[:1] if shapes.expression_group(sample) == "seen" else torch.tensor([[0.0, 0.0, 1.0, 1.0]]),
                   torch.ones(1))] for sample, boxes in zip(b.samples, b.boxes)]
 
-    monkeypatch.setattr(grounding, "_eval_loader", loader)
     monkeypatch.setattr(grounding, "rank_phrase_boxes", oracle)
     tok = Tokenizer.from_pretrained(shapes.tokenizer_dir)
     m = grounding.evaluate_refexp(nn.Linear(1, 1), tok, shapes.refexp("test"), 128, 40, group_of=shapes.expression_group)
