@@ -14,7 +14,7 @@ ort = pytest.importorskip("onnxruntime", reason="the ONNX checks need onnxruntim
 from fibervl.cli import main  # noqa: E402
 from fibervl.config import get_preset  # noqa: E402
 from fibervl.export.onnx import check_part, example_inputs, export_onnx  # noqa: E402
-from fibervl.modeling.detection.box_ops import clip_boxes_to_image  # noqa: E402
+from fibervl.boxes import clip_boxes_to_image  # noqa: E402
 from fibervl.modeling.detection.postprocess import GroundingPostProcessor  # noqa: E402
 from fibervl.modeling.fiber import FiberModel  # noqa: E402
 from fibervl.testing.models import set_fusion_gates  # noqa: E402

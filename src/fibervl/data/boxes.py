@@ -1,6 +1,7 @@
-"""Box conversions and checks in plain PyTorch (torchvision does not import here).
+"""The check of a box record read from an annotation file.
 
-All boxes in samples are [N, 4] float32 xyxy in absolute pixels; COCO files store xywh.
+All boxes in samples are [N, 4] float32 xyxy in absolute pixels; COCO files store xywh. The box
+geometry (areas, IoU, clipping, conversions) is :mod:`fibervl.boxes`.
 """
 
 from __future__ import annotations
@@ -8,49 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import torch
-
 from .errors import DataError
-
-
-def xywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
-    """[N, 4] (x, y, w, h) -> [N, 4] (x0, y0, x1, y1)."""
-    x, y, w, h = boxes.unbind(-1)
-    return torch.stack([x, y, x + w, y + h], dim=-1)
-
-
-def xyxy_to_xywh(boxes: torch.Tensor) -> torch.Tensor:
-    """[N, 4] (x0, y0, x1, y1) -> [N, 4] (x, y, w, h)."""
-    x0, y0, x1, y1 = boxes.unbind(-1)
-    return torch.stack([x0, y0, x1 - x0, y1 - y0], dim=-1)
-
-
-def xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
-    """[N, 4] xyxy -> [N, 4] (cx, cy, w, h)."""
-    x0, y0, x1, y1 = boxes.unbind(-1)
-    return torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dim=-1)
-
-
-def box_area(boxes: torch.Tensor) -> torch.Tensor:
-    """[N, 4] xyxy -> [N] area (0 for degenerate boxes)."""
-    return (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
-
-
-def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """[N, 4], [M, 4] xyxy -> [N, M] IoU."""
-    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
-    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
-    return inter / union.clamp(min=1e-9)
-
-
-def clip_boxes(boxes: torch.Tensor, width: float, height: float) -> torch.Tensor:
-    """Clamp xyxy boxes into [0, width] x [0, height]."""
-    out = boxes.clone()
-    out[:, 0::2] = out[:, 0::2].clamp(0, width)
-    out[:, 1::2] = out[:, 1::2].clamp(0, height)
-    return out
 
 
 def checked_xywh_box(

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import torch
 from PIL import Image, ImageEnhance
 
-from .boxes import box_area, clip_boxes
+from ..boxes import box_area, clip_boxes_to_image
 from .samples import Sample
 from .text_ops import remap_span, swap_answer_left_right, swap_left_right
 
@@ -110,7 +110,7 @@ def crop(image: Image.Image, sample: Sample, left: int, top: int, width: int, he
     if sample.num_boxes == 0:
         return image, sample
     shifted = sample.boxes - torch.tensor([left, top, left, top], dtype=torch.float32)
-    clipped = clip_boxes(shifted, width, height)
+    clipped = clip_boxes_to_image(shifted, (height, width))
     before = box_area(sample.boxes).clamp(min=1e-9)
     after = box_area(clipped)
     keep = (after > 0) & (after / before >= min_visible)

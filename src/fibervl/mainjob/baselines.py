@@ -27,7 +27,7 @@ import torch
 from ..data.shapes import ShapesDataset
 from ..data.shapes.baselines import compute_baselines
 from ..metrics.detection import coco_ap
-from ..modeling.detection.box_ops import box_iou
+from ..boxes import box_iou
 
 
 def evaluated_baselines(root: str | Path, split: str, task: str, limit: int = 0) -> dict:

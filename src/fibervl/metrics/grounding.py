@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..modeling.detection.box_ops import box_iou
+from ..boxes import box_iou
 
 __all__ = ["GROUNDING_PROTOCOLS", "grounding_recall", "rec_accuracy", "union_box", "refexp_split"]
 

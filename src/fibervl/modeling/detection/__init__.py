@@ -1,20 +1,10 @@
 """Fine-grained (detection / grounding) part of FIBER: FPN, DyHead grounding head, ATSS, losses,
-post-processing, in plain PyTorch (no torchvision, no compiled ops)."""
+post-processing, in plain PyTorch (no torchvision, no compiled ops). Box geometry (IoU, areas,
+clipping, the legacy pixel offset) is :mod:`fibervl.boxes`."""
 
 from .anchors import AnchorGenerator
 from .atss import atss_assign
 from .box_coder import BoxCoder
-from .box_ops import (
-    LEGACY_PIXEL_OFFSET,
-    box_area,
-    box_cxcywh_to_xyxy,
-    box_iou,
-    box_xyxy_to_cxcywh,
-    check_boxes,
-    clip_boxes_to_image,
-    generalized_box_iou,
-    remove_small_boxes,
-)
 from .deform_conv import ModulatedDeformConv2d, modulated_deform_conv2d
 from .detector import DetectorOutput, GroundingDetector
 from .dyhead import DeformConvGN, DyHeadBlock, DyHeadTower, DyReLU, h_sigmoid
@@ -25,9 +15,7 @@ from .nms import batched_nms, nms
 from .postprocess import Detections, GroundingPostProcessor, positive_map_from_label_tokens, token_scores_to_class_scores
 
 __all__ = [
-    "AnchorGenerator", "atss_assign", "BoxCoder", "LEGACY_PIXEL_OFFSET", "box_area", "box_cxcywh_to_xyxy",
-    "box_iou", "box_xyxy_to_cxcywh", "check_boxes", "clip_boxes_to_image", "generalized_box_iou",
-    "remove_small_boxes", "ModulatedDeformConv2d", "modulated_deform_conv2d", "DetectorOutput",
+    "AnchorGenerator", "atss_assign", "BoxCoder", "ModulatedDeformConv2d", "modulated_deform_conv2d", "DetectorOutput",
     "GroundingDetector", "DeformConvGN", "DyHeadBlock", "DyHeadTower", "DyReLU", "h_sigmoid", "FPN",
     "GroundingHead", "GroundingHeadOutput", "Scale", "GroundingLoss", "GroundingTarget", "centerness_targets",
     "giou_loss", "token_sigmoid_focal_loss", "batched_nms", "nms", "Detections", "GroundingPostProcessor",

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .box_ops import LEGACY_PIXEL_OFFSET, _inter_union, check_boxes
+from ...boxes import LEGACY_PIXEL_OFFSET, check_boxes, inter_union
 
 __all__ = ["atss_assign"]
 
@@ -53,7 +53,7 @@ def atss_assign(
     anchors = torch.cat(list(anchors_per_level))
     num_anchors, num_gt = anchors.shape[0], gt_boxes.shape[0]
     gt_boxes = gt_boxes.to(anchors.dtype)
-    inter, union = _inter_union(anchors, gt_boxes, pixel_offset)
+    inter, union = inter_union(anchors, gt_boxes, pixel_offset)
     ious = inter / union  # [A, G]
     matched = torch.full((num_anchors,), -1, dtype=torch.long, device=anchors.device)
     if num_gt == 0:

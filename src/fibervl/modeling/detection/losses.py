@@ -32,7 +32,7 @@ from torch import Tensor
 
 from .atss import atss_assign
 from .box_coder import BoxCoder
-from .box_ops import check_boxes
+from ...boxes import check_boxes
 
 __all__ = [
     "GroundingTarget",

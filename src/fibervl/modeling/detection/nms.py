@@ -68,7 +68,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, pixel_offset: float
         boxes: ``[N, 4]`` xyxy.
         scores: ``[N]``.
         iou_threshold: suppress when IoU is strictly greater than this.
-        pixel_offset: 0 continuous, 1 legacy (width = x2 - x1 + 1), see ``box_ops``.
+        pixel_offset: 0 continuous, 1 legacy (width = x2 - x1 + 1), see :mod:`fibervl.boxes`.
 
     Returns:
         int64 ``[K]`` indices of kept boxes, by decreasing score (ties: lower index first).

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .box_coder import BoxCoder
-from .box_ops import clip_boxes_to_image, remove_small_boxes
+from ...boxes import clip_boxes_to_image, remove_small_boxes
 from .nms import batched_nms
 
 __all__ = ["Detections", "positive_map_from_label_tokens", "token_scores_to_class_scores", "GroundingPostProcessor"]

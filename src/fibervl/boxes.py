@@ -1,9 +1,15 @@
-"""Box utilities for ``[N, 4]`` boxes.
+"""Box geometry for ``[N, 4]`` boxes: the one module that the data pipeline, the detector, the
+metrics and the baselines all use (it imports nothing of fibervl, so every layer may import it).
 
 ``xyxy`` boxes are ``(x1, y1, x2, y2)``. Functions that measure width/height take ``pixel_offset``:
 ``0.0`` is the continuous convention (width = x2 - x1); ``1.0`` is the legacy maskrcnn_benchmark
 convention that the official FIBER detector uses everywhere except the GIoU loss (width =
 x2 - x1 + 1, i.e. x2 is the last pixel inside the box). :data:`LEGACY_PIXEL_OFFSET` names the latter.
+
+Empty boxes: a pair of boxes whose union has no area (two zero-width or zero-height boxes) has
+IoU 0 and GIoU 0, never NaN, so that a degenerate annotation or prediction counts as a miss
+instead of poisoning a mean or an arg-max. The training loss of the detector has its own GIoU
+with the official epsilons (:func:`fibervl.modeling.detection.losses.giou_loss`).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ __all__ = [
     "box_xyxy_to_cxcywh",
     "box_cxcywh_to_xyxy",
     "box_area",
+    "inter_union",
     "box_iou",
     "generalized_box_iou",
     "clip_boxes_to_image",
@@ -59,11 +66,14 @@ def box_cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
 
 
 def box_area(boxes: Tensor, pixel_offset: float = 0.0) -> Tensor:
-    """``[N, 4]`` -> ``[N]`` areas ``(x2 - x1 + o) * (y2 - y1 + o)``."""
-    return (boxes[:, 2] - boxes[:, 0] + pixel_offset) * (boxes[:, 3] - boxes[:, 1] + pixel_offset)
+    """``[N, 4]`` -> ``[N]`` areas ``(x2 - x1 + o) * (y2 - y1 + o)``, 0 for a box turned inside out."""
+    width = (boxes[:, 2] - boxes[:, 0] + pixel_offset).clamp(min=0)
+    return width * (boxes[:, 3] - boxes[:, 1] + pixel_offset).clamp(min=0)
 
 
-def _inter_union(boxes1: Tensor, boxes2: Tensor, pixel_offset: float) -> tuple[Tensor, Tensor]:
+def inter_union(boxes1: Tensor, boxes2: Tensor, pixel_offset: float = 0.0) -> tuple[Tensor, Tensor]:
+    """Pairwise intersection and union areas of ``[N, 4]`` x ``[M, 4]`` xyxy boxes: two ``[N, M]``
+    (unchecked: callers that take boxes from outside run :func:`check_boxes` first)."""
     area1 = box_area(boxes1, pixel_offset)
     area2 = box_area(boxes2, pixel_offset)
     lt = torch.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
@@ -73,25 +83,33 @@ def _inter_union(boxes1: Tensor, boxes2: Tensor, pixel_offset: float) -> tuple[T
     return inter, area1[:, None] + area2[None, :] - inter
 
 
+def _ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
+    """``numerator / denominator`` where ``denominator > 0``, else 0 (the numerators here are 0
+    there). Dividing by 1 instead of masking a NaN afterwards keeps the gradient finite."""
+    return numerator / torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+
+
 def box_iou(boxes1: Tensor, boxes2: Tensor, pixel_offset: float = 0.0) -> Tensor:
-    """Pairwise IoU: ``[N, 4]`` x ``[M, 4]`` -> ``[N, M]``. Degenerate pairs (union 0) give NaN."""
+    """Pairwise IoU: ``[N, 4]`` x ``[M, 4]`` -> ``[N, M]`` in [0, 1]; a pair whose union has no
+    area (both boxes empty) gives 0."""
     check_boxes(boxes1, "boxes1", pixel_offset)
     check_boxes(boxes2, "boxes2", pixel_offset)
-    inter, union = _inter_union(boxes1, boxes2, pixel_offset)
-    return inter / union
+    inter, union = inter_union(boxes1, boxes2, pixel_offset)
+    return _ratio(inter, union)
 
 
 def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """Pairwise generalized IoU (continuous convention): ``[N, 4]`` x ``[M, 4]`` -> ``[N, M]`` in [-1, 1]."""
+    """Pairwise generalized IoU (continuous convention): ``[N, 4]`` x ``[M, 4]`` -> ``[N, M]`` in
+    [-1, 1]; a pair whose enclosing box has no area (two empty boxes on one line) gives 0."""
     check_boxes(boxes1, "boxes1")
     check_boxes(boxes2, "boxes2")
-    inter, union = _inter_union(boxes1, boxes2, 0.0)
-    iou = inter / union
+    inter, union = inter_union(boxes1, boxes2, 0.0)
+    iou = _ratio(inter, union)
     lt = torch.minimum(boxes1[:, None, :2], boxes2[None, :, :2])
     rb = torch.maximum(boxes1[:, None, 2:], boxes2[None, :, 2:])
     wh = (rb - lt).clamp(min=0)
     enclosing = wh[..., 0] * wh[..., 1]
-    return iou - (enclosing - union) / enclosing
+    return iou - _ratio(enclosing - union, enclosing)
 
 
 def clip_boxes_to_image(boxes: Tensor, image_size: tuple[int, int], pixel_offset: float = 0.0) -> Tensor:
