@@ -9,20 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from fibervl.cli import RECIPES
 from fibervl.config import PRESETS
 from fibervl.data.sources import DataSource
 from fibervl.engine.config import load_config
 from fibervl.recipes.caption import CaptionConfig
 from fibervl.recipes.coarse_pretrain import CoarseConfig
 from fibervl.recipes.fine_pretrain import FineConfig
-from fibervl.recipes.fine_tasks import _task_config
+from fibervl.recipes.commands import parse
 from fibervl.recipes.nlvr2 import Nlvr2Config
+from fibervl.recipes.registry import get_recipe, recipes
 from fibervl.recipes.retrieval import RetrievalConfig
 from fibervl.recipes.vqa import VqaConfig
 
 PAPER = Path(__file__).resolve().parents[1] / "configs" / "paper"
-# recipe name (fibervl.cli.RECIPES) -> its config class; a file is named RECIPE[_WHAT].yaml
+# recipe name (fibervl.recipes.registry) -> its config class; a file is named RECIPE[_WHAT].yaml
 CONFIGS = {"coarse": CoarseConfig, "fine": FineConfig, "retrieval": RetrievalConfig, "vqa": VqaConfig,
            "nlvr2": Nlvr2Config, "caption": CaptionConfig, "ground": FineConfig, "refexp": FineConfig,
            "detect": FineConfig}
@@ -39,7 +39,7 @@ def test_every_stage_and_task_has_a_paper_config():
             "retrieval_coco_itm", "retrieval_flickr_itc", "retrieval_flickr_itm", "refexp_refcoco",
             "refexp_refcocoplus", "refexp_refcocog", "ground_flickr30k", "detect_coco", "detect_lvis",
             "detect_odinw"} <= names
-    assert set(CONFIGS) <= set(RECIPES)
+    assert set(CONFIGS) <= set(recipes())
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
@@ -56,7 +56,7 @@ def test_paper_config_loads_with_its_recipe(path):
     assert re.search(rf"fibervl {verb} {recipe} .*--config configs/paper/{re.escape(path.name)}", header), path.name
 
     if recipe in ("ground", "refexp", "detect"):
-        cfg = _task_config(recipe, ["--config", str(path)])  # what `fibervl finetune detect --config` builds
+        cfg = parse(get_recipe(recipe), "finetune", ["--config", str(path)])  # what `fibervl finetune detect --config` builds
     else:
         cfg = load_config(CONFIGS[recipe], path)
     assert isinstance(cfg, CONFIGS[recipe])
@@ -82,7 +82,7 @@ def test_paper_settings_as_the_official_configs_state_them():
     assert (fine.train.schedule.name, fine.train.schedule.milestones, fine.train.schedule.warmup) == \
         ("step", (0.67, 0.89), 2000)
     assert (fine.data.image_size, fine.data.max_size, fine.data.train_sizes) == (800, 1333, (480, 560, 640, 720, 800))
-    odinw = _task_config("detect", ["--config", str(PAPER / "detect_odinw.yaml")])
+    odinw = parse(get_recipe("detect"), "finetune", ["--config", str(PAPER / "detect_odinw.yaml")])
     (source,) = odinw.data.train_sources()
     assert (source.format, source.shots, source.seed, source.weight) == ("odinw", 5, 3, 2.0)
     caption = {o: load_config(CaptionConfig, PAPER / f"caption_{o}.yaml") for o in ("mle", "gold", "scst")}

@@ -224,7 +224,7 @@ def test_every_trainable_parameter_gets_a_gradient(preset):
     """What DDP needs of a pre-training model (a trainable parameter without a gradient stops
     the second step under torchrun): the heads no pre-training step reaches are frozen."""
     from fibervl.modeling.families import build_from_config, get_any_preset
-    from fibervl.recipes.coarse_pretrain import freeze_unreached_parts
+    from fibervl.recipes.image_text import freeze_unreached_parts
 
     torch.manual_seed(0)
     model = build_from_config(get_any_preset(preset)).train()

@@ -16,7 +16,7 @@ from fibervl.data import Tokenizer
 from fibervl.engine.config import cli_help, parse_cli
 from fibervl.experiment import fit_to_tokenizer
 from fibervl.modeling.fiber import FiberModel
-from fibervl.recipes.coarse_pretrain import CaptionData, caption_reader
+from fibervl.recipes.image_text import CaptionData, caption_reader
 from fibervl.recipes.retrieval import RetrievalConfig
 from fibervl.testing.configs import micro_config
 

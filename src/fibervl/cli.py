@@ -1,8 +1,8 @@
 """The ``fibervl`` command line.
 
-Subcommands that run a recipe (``pretrain``, ``finetune``, ``evaluate``, ``predict``) find it by
-name in :data:`RECIPES`: each recipe module exposes ``COMMANDS = {"finetune": fn, ...}`` where
-``fn(argv) -> exit code`` parses its own arguments (``--config FILE [--resume] key=value ...``).
+Subcommands that run a recipe (``pretrain``, ``finetune``, ``evaluate``, ``predict``) list the
+recipes of :func:`fibervl.recipes.registry.recipes` that have them and run
+:func:`fibervl.recipes.commands.run_command` (``--config FILE [--resume] key=value ...``).
 Each runs inside a :func:`~fibervl.data.skip_report`: with ``--skip-bad-records`` the bad
 records it left out are summed up per file and reason at the end.
 """
@@ -10,30 +10,22 @@ records it left out are summed up per file and reason at the end.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-# recipe name -> module; the module's COMMANDS says which verbs it supports.
-RECIPES = {
-    "coarse": "fibervl.recipes.coarse_pretrain",
-    "albef": "fibervl.recipes.albef_pretrain",
-    "fine": "fibervl.recipes.fine_pretrain",
-    "vlmo": "fibervl.recipes.vlmo_pretrain",
-    "retrieval": "fibervl.recipes.retrieval",
-    "vqa": "fibervl.recipes.vqa",
-    "nlvr2": "fibervl.recipes.nlvr2",
-    "caption": "fibervl.recipes.caption",
-    "ground": "fibervl.recipes.grounding",
-    "refexp": "fibervl.recipes.refexp",
-    "detect": "fibervl.recipes.detection",
-}
-PRETRAIN = ("coarse", "fine", "albef", "vlmo")
+# the recipe commands, each with what it does
 VERBS = {
-    "pretrain": ("pre-training stages", list(PRETRAIN)),
-    "finetune": ("fine-tune a task", [n for n in RECIPES if n not in PRETRAIN]),
-    "evaluate": ("evaluate a task", [n for n in RECIPES if n not in PRETRAIN]),
-    "predict": ("predict with a trained model", [n for n in RECIPES if n not in PRETRAIN]),
+    "pretrain": "pre-training stages",
+    "finetune": "fine-tune a task",
+    "evaluate": "evaluate a task",
+    "predict": "predict with a trained model",
 }
+
+
+def verb_names(verb: str) -> list[str]:
+    """The recipes that have the command ``verb``, in the registry's order."""
+    from .recipes.registry import recipes
+
+    return [name for name, recipe in recipes().items() if verb in recipe.verbs]
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -69,20 +61,12 @@ def _recipe(args: argparse.Namespace) -> int:
         args.verb_parser.error("give a NAME")
     if args.help:
         args.rest = ["--help", *args.rest]
-    module_name = RECIPES[args.recipe]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name != module_name:
-            raise
-        return _not_yet(f"{args.command} {args.recipe}")
-    command = getattr(module, "COMMANDS", {}).get(args.command)
-    if command is None:
-        return _not_yet(f"{args.command} {args.recipe}")
     from .data.errors import skip_report
+    from .recipes.commands import run_command
+    from .recipes.registry import get_recipe
 
     with skip_report():  # a run that skipped bad records ends by summing them up
-        return command(args.rest)
+        return run_command(get_recipe(args.recipe), args.command, args.rest)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -95,11 +79,6 @@ def _data(argv: list[str]) -> int:
     from .data.cli import main as data_main
 
     return data_main(argv)
-
-
-def _not_yet(what: str) -> int:
-    print(f"fibervl {what}: not available in this version of fibervl yet; see README.md (Status).", file=sys.stderr)
-    return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_parser(sub).set_defaults(func=_demo)
     sub.add_parser("data", help="write data sets: fibervl data shapes --out DIR (see fibervl data -h)", add_help=False)
 
-    for verb, (what, names) in VERBS.items():
+    for verb, what in VERBS.items():
+        names = verb_names(verb)
         # No automatic -h here: "fibervl predict vqa -h" must reach the recipe's own options.
         p = sub.add_parser(verb, help=f"{what}: {', '.join(names)}", add_help=False,
                            description=f"fibervl {verb} NAME --config FILE [--resume [PATH]] key=value ... "

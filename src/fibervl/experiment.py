@@ -1,8 +1,9 @@
 """What every stage and task shares: which model, which data, which tokenizer.
 
 Experiment configs (YAML + ``key=value`` overrides, loaded with :mod:`fibervl.engine.config`)
-embed :class:`ModelSpec` and :class:`DataSpec`; :func:`build_model` makes the model agree with
-the tokenizer so a preset and a data set's own vocabulary fit together.
+embed :class:`ModelSpec` and :class:`DataSpec`; :meth:`ModelSpec.build` hands the model part to
+:func:`fibervl.modeling.factory.create_model`, with the run's tokenizer so that a preset and a
+data set's own vocabulary fit together.
 """
 
 from __future__ import annotations
@@ -12,23 +13,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
-import torch
-
-from .config import FiberConfig
 from .data import Tokenizer
 from .data.sources import FORMATS, DataSource, as_source
-from .engine.config import ConfigError
-from .engine.rng import preserved_rng
-from .modeling.families import build_from_config, get_any_preset, load_config, load_pretrained
-from .modeling.detection.tuning import apply_tuning_mode, needs_prompt
-from .modeling.fiber import FiberModel
+from .errors import ConfigError
+from .modeling.factory import LoadReport, create_model, read_model_config, resolve_model_dir
+from .modeling.protocol import VisionLanguageModel
 
 
 @dataclass
 class ModelSpec:
-    """``preset``: a preset name or a model directory (config.json); ``init``: a model directory
-    (``save_pretrained`` output, e.g. an earlier stage's ``model/``) whose weights start the run.
-    ``heads``: override the preset's heads (empty: keep). ``seed``: the seed of every weight
+    """What :meth:`build` makes (through :func:`fibervl.modeling.factory.create_model`).
+
+    ``preset``: a preset name or a model directory (its config.json: the architecture only);
+    ``init``: a model or run directory (``save_pretrained`` output, e.g. an earlier stage's
+    ``model/``) whose weights start the run. ``heads``: override the preset's heads (empty: keep). ``seed``: the seed of every weight
     initialised here rather than loaded (a fresh model, a new head), so that two runs of one
     config start from the same weights; it leaves the process's random streams as they were.
     ``freeze_prefix``: train only what lies above the first fused block
@@ -45,6 +43,31 @@ class ModelSpec:
     freeze_prefix: bool = False
     tuning: str = "full"
     activation_checkpointing: bool = False
+
+    def build(self, tokenizer: Tokenizer, *, init_as: str = "model", new_heads: tuple[str, ...] = (),
+              config_changes: Optional[dict] = None,
+              with_report: bool = False) -> Union[VisionLanguageModel, tuple[VisionLanguageModel, LoadReport]]:
+        """The model this spec names, from :func:`~fibervl.modeling.factory.create_model`, its
+        vocabulary fitted to (or checked against) ``tokenizer``; ``new_heads`` and
+        ``config_changes`` as there. ``init_as`` says what ``init`` is:
+
+        - ``"model"``: the model itself, its architecture and weights (an earlier stage or run
+          continued; ``preset`` and ``heads`` are not used);
+        - ``"weights"``: a source of weights for a fresh ``preset`` model, which takes every
+          weight of the same name (another architecture allowed: a coarse model into a
+          fine-grained one).
+
+        ``with_report``: return ``(model, LoadReport)``."""
+        if init_as not in ("model", "weights"):
+            raise ConfigError(f"init_as must be 'model' or 'weights', got {init_as!r}")
+        options = dict(tokenizer=tokenizer, new_heads=new_heads, config_changes=config_changes, seed=self.seed,
+                       freeze_prefix=self.freeze_prefix, tuning=self.tuning,
+                       activation_checkpointing=self.activation_checkpointing, with_report=with_report)
+        if self.init and init_as == "model":
+            return create_model(resolve_model_dir(self.init), **options)
+        # a directory as the preset names an architecture (its config.json), not weights
+        preset = read_model_config(self.preset) if Path(self.preset).is_dir() else self.preset
+        return create_model(preset, heads=self.heads, init=self.init or None, **options)
 
 
 @dataclass
@@ -78,6 +101,12 @@ class DataSpec:
     def legacy_source(self) -> DataSource:
         """The one source the older keys describe (a recipe with more keys overrides this)."""
         return DataSource("shapes", self.root)
+
+    def input_sizes(self, model_config) -> tuple[int, int]:
+        """(image side in pixels, most text tokens) of the batches for a model of
+        ``model_config``: ``image_size`` / ``max_text_len``, where 0 means the model's own."""
+        return (self.image_size or model_config.vision.image_size,
+                self.max_text_len or model_config.text.max_text_len)
 
     def train_sources(self) -> list[DataSource]:
         return list(self.train) or [self.legacy_source()]
@@ -120,165 +149,3 @@ def load_tokenizer(data: DataSpec, init: str = "") -> Tokenizer:
         return Tokenizer.from_pretrained(Path(shapes[0].annotations if shapes else data.root) / "tokenizer")
     raise FileNotFoundError("no tokenizer: name one with data.tokenizer=DIR, or start from a model directory that "
                             "holds its tokenizer/ (model.init=DIR)")
-
-
-def model_config(spec: ModelSpec, tokenizer: Tokenizer) -> FiberConfig:
-    """The preset (or saved) config with the text vocabulary and special ids of ``tokenizer``."""
-    if Path(spec.preset).is_dir():
-        config = load_config(spec.preset)
-    else:
-        config = get_any_preset(spec.preset)
-    config = fit_to_tokenizer(config, tokenizer)
-    if needs_prompt(spec.tuning) and config.detection is not None and not config.detection.prompt_tuning_tokens:
-        # one learnable offset per position a detection prompt can have
-        config = config.replace(detection=dataclasses.replace(
-            config.detection, prompt_tuning_tokens=config.detection.max_query_len))
-    return config.replace(heads=tuple(spec.heads)) if spec.heads else config
-
-
-def fit_to_tokenizer(config, tokenizer: Tokenizer):
-    """``config`` (any family's) with the text vocabulary size and special ids of ``tokenizer``."""
-    text = dataclasses.replace(
-        config.text, vocab_size=tokenizer.vocab_size, mask_token_id=tokenizer.mask_token_id,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
-    return config.replace(text=text)
-
-
-def _fresh(config, seed: int) -> FiberModel:
-    """``build_from_config`` with its random initialisation drawn from ``seed`` alone: the
-    process's default seed differs from run to run, and the trainer seeds only after the model
-    exists."""
-    with preserved_rng():
-        torch.manual_seed(seed)
-        return build_from_config(config)
-
-
-def apply_freezing(model, spec: ModelSpec):
-    """``model`` prepared for training as ``spec`` asks: its unfused prefixes frozen
-    (``freeze_prefix``), the parts its tuning mode does not train frozen, activation
-    checkpointing switched on."""
-    if spec.freeze_prefix:
-        if not hasattr(model, "freeze_prefix"):
-            raise ValueError(f"model.freeze_prefix: {type(model).__name__} has no unfused prefix to freeze "
-                             "(only FIBER models do)")
-        model.freeze_prefix()
-    apply_tuning_mode(model, spec.tuning)
-    if spec.activation_checkpointing:
-        if not hasattr(model, "set_activation_checkpointing"):
-            raise ValueError(f"model.activation_checkpointing: {type(model).__name__} does not support it "
-                             "(only FIBER models do)")
-        model.set_activation_checkpointing(backbone=True, head=True)
-    return model
-
-
-def build_model(spec: ModelSpec, tokenizer: Tokenizer) -> FiberModel:
-    """A fresh model of the preset, or the ``init`` model; the tokenizer must fit its vocabulary."""
-    return apply_freezing(_build_model(spec, tokenizer), spec)
-
-
-def _build_model(spec: ModelSpec, tokenizer: Tokenizer) -> FiberModel:
-    if spec.init:
-        model = load_pretrained(spec.init)
-        t = model.config.text
-        if (t.vocab_size, t.mask_token_id, t.pad_token_id) != (tokenizer.vocab_size, tokenizer.mask_token_id, tokenizer.pad_token_id):
-            raise ValueError(
-                f"the tokenizer (vocab {tokenizer.vocab_size}, mask {tokenizer.mask_token_id}) does not fit the model "
-                f"in {spec.init} (vocab {t.vocab_size}, mask {t.mask_token_id})"
-            )
-        return model
-    return _fresh(model_config(spec, tokenizer), spec.seed)
-
-
-def load_compatible(model: FiberModel, source_dir: str | Path) -> tuple[list[str], list[str]]:
-    """Copy every weight of the saved model in ``source_dir`` whose name exists in ``model``
-    (e.g. a coarse checkpoint into a fine-grained model). Returns ``(new_keys, unused_keys)``:
-    ``model`` keys the file lacks (they keep their fresh initialisation) and file keys ``model``
-    has no place for. A shared name with a different shape is an error naming the key: the two
-    architectures disagree and silently re-initialising it would hide that."""
-    from .modeling.pretrained import WEIGHTS_NAME, read_weights
-
-    path = Path(source_dir) / WEIGHTS_NAME
-    state = read_weights(path)
-    own = model.state_dict()
-    wrong = [f"{k}: {path} has {tuple(v.shape)}, model expects {tuple(own[k].shape)}"
-             for k, v in state.items() if k in own and v.shape != own[k].shape]
-    if wrong:
-        raise ValueError(f"{len(wrong)} shared weight(s) differ in shape: " + "; ".join(wrong[:8]))
-    shared = {k: v for k, v in state.items() if k in own}
-    new_keys = sorted(set(own) - set(state))
-    unused_keys = sorted(set(state) - set(own))
-    # strict load of the merged state: every key of the model is set (shared from the file, new
-    # ones from the model's own initialisation), so nothing is missed silently.
-    model.load_state_dict({**own, **shared}, strict=True)
-    return new_keys, unused_keys
-
-
-def summarize_keys(keys: list[str], depth: int = 2) -> dict[str, int]:
-    """Count parameter names by their first ``depth`` dotted parts, for a readable report:
-    ``["detector.fpn.a.weight", "detector.head.b"]`` -> ``{"detector.fpn": 1, "detector.head": 1}``."""
-    counts: dict[str, int] = {}
-    for k in keys:
-        prefix = ".".join(k.split(".")[:depth])
-        counts[prefix] = counts.get(prefix, 0) + 1
-    return counts
-
-
-def build_model_compatible(spec: ModelSpec, tokenizer: Tokenizer) -> tuple[FiberModel, dict]:
-    """A fresh model of ``spec.preset``; with ``spec.init``, every weight it shares with that
-    saved model (another architecture allowed, e.g. coarse -> fine) is loaded. Returns the model
-    and a report ``{"init", "new", "unused"}`` (key lists)."""
-    model = _fresh(model_config(spec, tokenizer), spec.seed)
-    report = {"init": spec.init, "new": [], "unused": []}
-    if spec.init:
-        report["new"], report["unused"] = load_compatible(model, spec.init)
-    return apply_freezing(model, spec), report
-
-
-def resolve_model_dir(path: str | Path) -> Path:
-    """A model directory (``config.json`` + weights) or a run directory holding ``model/``."""
-    path = Path(path)
-    if (path / "config.json").is_file():
-        return path
-    if (path / "model" / "config.json").is_file():
-        return path / "model"
-    raise FileNotFoundError(f"{path} is neither a model directory (config.json) nor a run directory with model/config.json")
-
-
-def build_task_model(spec: ModelSpec, tokenizer: Tokenizer, new_heads: tuple[str, ...] = (),
-                     **config_changes) -> tuple[FiberModel, list[str]]:
-    """The model a task fine-tunes: ``spec.init`` (a model or run directory) with its config
-    changed by ``config_changes`` (e.g. ``vqa_num_answers=len(vocab)``) and the heads in
-    ``new_heads`` added if missing and freshly initialised; every other weight is loaded from
-    the init file and must be there with the same shape. Without ``init``: a fresh model.
-
-    Returns (model, new weight names): the weights the init did not provide.
-    """
-    if not spec.init:
-        config = model_config(spec, tokenizer)
-        heads = tuple(config.heads) + tuple(h for h in new_heads if h not in config.heads)
-        model = _fresh(config.replace(heads=heads, **config_changes), spec.seed)
-        return apply_freezing(model, spec), sorted(model.state_dict())
-    from .modeling.pretrained import CheckpointError, WEIGHTS_NAME, read_weights
-
-    directory = resolve_model_dir(spec.init)
-    base = load_pretrained(directory)  # validates the saved config and file as they are
-    t = base.config.text
-    if (t.vocab_size, t.mask_token_id, t.pad_token_id) != (tokenizer.vocab_size, tokenizer.mask_token_id, tokenizer.pad_token_id):
-        raise ValueError(f"the tokenizer (vocab {tokenizer.vocab_size}) does not fit the model in {directory} (vocab {t.vocab_size})")
-    heads = tuple(base.config.heads) + tuple(h for h in new_heads if h not in base.config.heads)
-    model = _fresh(base.config.replace(heads=heads, **config_changes), spec.seed)
-    state = read_weights(directory / WEIGHTS_NAME)
-    fresh = tuple(f"heads.{h}." for h in new_heads)
-    expected = model.state_dict()
-    load = {k: v for k, v in state.items() if not k.startswith(fresh)}
-    missing = sorted(k for k in expected if k not in load and not k.startswith(fresh))
-    unknown = sorted(k for k in load if k not in expected)
-    wrong = sorted(k for k in load if k in expected and load[k].shape != expected[k].shape)
-    if missing or unknown or wrong:
-        raise CheckpointError(f"{directory / WEIGHTS_NAME} does not fit the task model: missing {missing[:8]}, "
-                              f"unknown {unknown[:8]}, shape mismatches {wrong[:8]}")
-    new = sorted(k for k in expected if k not in load)
-    expected.update(load)
-    model.load_state_dict(expected, strict=True)
-    return apply_freezing(model, spec), new

@@ -161,7 +161,7 @@ def test_vqa_test_dev_writes_answers_without_scoring(vqa_run, official, tmp_path
     results = tmp_path / "out" / "answers.json"
     assert main(["evaluate", "vqa", "--model", str(vqa_run), "--eval-data", spec, "--results", str(results)]) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    assert "test-dev2015 has no annotations: not scored" in out[-2]
+    assert any("test-dev2015 has no annotations: not scored" in line for line in out[:-1])
     assert json.loads(out[-1]) == {"split": "test-dev2015", "questions": len(ids), "scored": False,
                                    "results": str(results)}
     rows = json.loads(results.read_text())

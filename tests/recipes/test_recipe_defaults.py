@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 
-from fibervl.cli import RECIPES
 from fibervl.engine.config import load_config
+from fibervl.recipes.commands import parse
+from fibervl.recipes.registry import get_recipe
 
-CONFIGS = {
-    "coarse": ("CoarseConfig", "pretrain-coarse"), "albef": ("AlbefPretrainConfig", "pretrain-albef"),
-    "fine": ("FineConfig", "pretrain-fine"), "vlmo": ("VlmoPretrainConfig", "pretrain-vlmo"),
-    "retrieval": ("RetrievalConfig", "finetune-retrieval"), "vqa": ("VqaConfig", "finetune-vqa"),
-    "nlvr2": ("Nlvr2Config", "finetune-nlvr2"), "caption": ("CaptionConfig", "finetune-caption"),
-}
+COMMANDS = {"coarse": "pretrain-coarse", "albef": "pretrain-albef", "fine": "pretrain-fine", "vlmo": "pretrain-vlmo",
+            "retrieval": "finetune-retrieval", "vqa": "finetune-vqa", "nlvr2": "finetune-nlvr2",
+            "caption": "finetune-caption"}
 
 
-@pytest.mark.parametrize("recipe", sorted(CONFIGS))
+@pytest.mark.parametrize("recipe", sorted(COMMANDS))
 def test_training_defaults(recipe):
-    class_name, command = CONFIGS[recipe]
-    module = importlib.import_module(RECIPES[recipe])
-    cls = getattr(module, class_name)
+    command = COMMANDS[recipe]
+    cls = get_recipe(recipe).config_cls
     for train in (cls().train, load_config(cls, None, ["train.batch_size=8"]).train):
         # a train section given in part keeps the command's defaults
         assert train.precision == "auto"
@@ -31,7 +26,6 @@ def test_training_defaults(recipe):
 
 @pytest.mark.parametrize("task", ["ground", "refexp", "detect"])
 def test_fine_grained_tasks_name_their_own_run_directory(task):
-    from fibervl.recipes.fine_tasks import _task_config
-
-    assert _task_config(task, []).train.run_dir == f"runs/finetune-{task}"
-    assert _task_config(task, ["train.run_dir=elsewhere"]).train.run_dir == "elsewhere"
+    recipe = get_recipe(task)
+    assert parse(recipe, "finetune", []).train.run_dir == f"runs/finetune-{task}"
+    assert parse(recipe, "finetune", ["train.run_dir=elsewhere"]).train.run_dir == "elsewhere"

@@ -120,7 +120,8 @@ def stage_data(ctx: JobContext, stage_dir: Path) -> dict:
 
 def stage_coarse_itc(ctx: JobContext, stage_dir: Path) -> dict:
     """ITC alone first: the dual encoder learns to align before the fused objectives start."""
-    from ..recipes.coarse_pretrain import CaptionData, CoarseConfig, run
+    from ..recipes.coarse_pretrain import CoarseConfig, run
+    from ..recipes.image_text import CaptionData
     from ..experiment import ModelSpec
     from ..tasks.pretrain_coarse import CoarseObjectives
 
@@ -132,7 +133,8 @@ def stage_coarse_itc(ctx: JobContext, stage_dir: Path) -> dict:
 
 
 def stage_coarse(ctx: JobContext, stage_dir: Path) -> dict:
-    from ..recipes.coarse_pretrain import CaptionData, CoarseConfig, run
+    from ..recipes.coarse_pretrain import CoarseConfig, run
+    from ..recipes.image_text import CaptionData
     from ..experiment import ModelSpec
     from ..tasks.pretrain_coarse import CoarseObjectives
 
@@ -171,7 +173,7 @@ def stage_albef_pretrain(ctx: JobContext, stage_dir: Path) -> dict:
     coarse stages together, so that the comparison is at matched image-text steps."""
     from ..experiment import ModelSpec
     from ..recipes.albef_pretrain import AlbefPretrainConfig, run
-    from ..recipes.coarse_pretrain import CaptionData
+    from ..recipes.image_text import CaptionData
     from ..tasks.pretrain_albef import AlbefObjectives
 
     p = ctx.preset
@@ -187,7 +189,7 @@ def stage_vlmo_pretrain(ctx: JobContext, stage_dir: Path) -> dict:
     """VLMo's three stages: image-only MIM, text-only MLM (attention and vision experts frozen),
     then ITC + ITM + MLM for as many steps as FIBER's two coarse stages together."""
     from ..experiment import ModelSpec
-    from ..recipes.coarse_pretrain import CaptionData
+    from ..recipes.image_text import CaptionData
     from ..recipes.vlmo_pretrain import StageSettings, VlmoPretrainConfig, run
 
     p = ctx.preset
@@ -259,7 +261,7 @@ def task_nlvr2(ctx: JobContext, stage_dir: Path) -> dict:
 
 def task_caption(ctx: JobContext, stage_dir: Path) -> dict:
     from ..recipes.caption import CaptionConfig, run
-    from ..recipes.coarse_pretrain import FinetuneCaptionData, caption_reader
+    from ..recipes.image_text import FinetuneCaptionData, caption_reader
     from ..tasks.caption import CaptionSettings, best_constant_caption_baseline
 
     p = ctx.preset

@@ -18,12 +18,15 @@ from dataclasses import dataclass, field
 from ..engine.trainer import TrainConfig
 from ..experiment import ModelSpec
 from ..tasks.pretrain_albef import AlbefObjectives, AlbefPretrainTask
-from .coarse_pretrain import CaptionData, image_text_setup, special_ids, train_and_export
-from .common import parse_run_cli, recipe_train
+from .common import recipe_train
+from .image_text import CaptionData, image_text_setup, special_ids, train_and_export
+from .registry import Recipe
 
 
 @dataclass
 class AlbefPretrainConfig:
+    """ALBEF pre-training: ITC and MLM with momentum distillation, ITM with hard negatives."""
+
     model: ModelSpec = field(default_factory=lambda: ModelSpec(preset="albef-tiny"))
     data: CaptionData = field(default_factory=CaptionData)
     objectives: AlbefObjectives = field(default_factory=AlbefObjectives)
@@ -37,11 +40,5 @@ def run(cfg: AlbefPretrainConfig) -> dict:
     return train_and_export(cfg, setup, AlbefPretrainTask(setup.model, cfg.objectives, special_ids(setup.tokenizer)))
 
 
-def _pretrain_command(argv: list[str]) -> int:
-    cfg = parse_run_cli(AlbefPretrainConfig, argv)
-    summary = run(cfg)
-    print("  ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in summary["eval"].items()))
-    return 0
-
-
-COMMANDS = {"pretrain": _pretrain_command}
+RECIPE = Recipe("albef", "ALBEF pre-training (the baseline; same data and evaluation as coarse)",
+                AlbefPretrainConfig, run, stage="pretrain")

@@ -33,20 +33,27 @@ from ..modeling.fiber import FiberModel
 from ..tasks.caption import (
     CaptionSettings, CaptionTask, evaluate_captioning, most_frequent_caption_baseline,
 )
-from ..predict.cli import main as predict_main
-from .coarse_pretrain import FinetuneCaptionData, caption_reader
+from ..engine.config import ConfigError
 from .common import (
-    PairCollator, export_model, fused_training_data, model_tokenizer, parse_run_cli, recipe_train,
-    stable_id,
+    PairCollator, export_model, fused_training_data, model_tokenizer, recipe_train, required_model, stable_id,
 )
+from .image_text import FinetuneCaptionData, caption_reader
+from .registry import Recipe
 
 
 @dataclass
 class CaptionConfig:
+    """Captioning in caption mode: fine-tuning (MLE, SCST or GOLD) and its evaluation (BLEU-4,
+    METEOR, ROUGE-L, CIDEr, SPICE). ``results`` (evaluate): also write the captions in the COCO
+    results format there; ``baseline`` (evaluate, ``--baseline``): score the most frequent
+    training caption given for every image instead of a model."""
+
     model: ModelSpec = field(default_factory=ModelSpec)
     data: FinetuneCaptionData = field(default_factory=FinetuneCaptionData)
     caption: CaptionSettings = field(default_factory=CaptionSettings)
     train: TrainConfig = field(default_factory=lambda: recipe_train("finetune-caption", max_steps=500))
+    results: str = ""
+    baseline: bool = field(default=False, metadata={"switch": "--baseline"})
 
 
 def training_references(reader) -> dict[int, list[str]]:
@@ -63,12 +70,13 @@ def _check_caption_head(model: FiberModel, where: str) -> None:
 def run(cfg: CaptionConfig) -> dict:
     """Fine-tune, evaluate on ``data.eval_split`` and export. Returns the trainer summary with
     ``eval`` (the final metrics)."""
+    if cfg.baseline:
+        raise ConfigError("--baseline scores a caption baseline: it belongs to evaluate caption")
     tokenizer = load_tokenizer(cfg.data, cfg.model.init)
     model = build_model(cfg.model, tokenizer)
     _check_caption_head(model, cfg.model.init or cfg.model.preset)
     mcfg = model.config
-    image_size = cfg.data.image_size or mcfg.vision.image_size
-    max_len = cfg.data.max_text_len or mcfg.text.max_text_len
+    image_size, max_len = cfg.data.input_sizes(mcfg)
     bf16 = uses_bf16(cfg.train.precision, cfg.train.device)
     # Caption mode never fuses the image side with the text, so with the prefixes frozen the
     # image tokens up to the first fused block can be computed once (data.cache_image_prefix).
@@ -103,40 +111,6 @@ def run(cfg: CaptionConfig) -> dict:
     return summary
 
 
-def _format(metrics: dict) -> str:
-    keys = ("bleu_4", "meteor", "rouge_l", "cider", "spice_status")
-    return "  ".join(f"{k}={metrics[k]:.2f}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}"
-                     for k in keys if k in metrics)
-
-
-def _finetune_command(argv: list[str]) -> int:
-    cfg = parse_run_cli(CaptionConfig, argv)
-    summary = run(cfg)
-    print(_format(summary["eval"]))
-    return 0
-
-
-def _pop_option(argv: list[str], name: str, takes_value: bool = True):
-    """Remove ``--name VALUE`` / ``--name=VALUE`` (or a bare ``--name`` flag) from argv."""
-    for i, a in enumerate(argv):
-        if a == name:
-            if not takes_value:
-                del argv[i]
-                return True
-            if i + 1 >= len(argv):
-                raise SystemExit(f"{name} needs a value")
-            value = argv[i + 1]
-            del argv[i:i + 2]
-            return value
-        if takes_value and a.startswith(name + "="):
-            del argv[i]
-            return a.split("=", 1)[1]
-    return False if not takes_value else None
-
-
-EVALUATE_FLAGS = {"--split": "data.eval_split", "--num-eval": "data.num_eval"}
-
-
 def write_caption_results(predictions: list[dict], path: str | Path) -> Path:
     """COCO caption results (``[{"image_id", "caption"}]``), what pycocoevalcap's ``loadRes`` reads."""
     path = Path(path)
@@ -145,33 +119,19 @@ def write_caption_results(predictions: list[dict], path: str | Path) -> Path:
     return path
 
 
-def _print(metrics: dict) -> None:
-    print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in metrics.items()}))
-
-
-def _evaluate_command(argv: list[str]) -> int:
-    """``--model DIR [--results FILE] [--split S] [--num-eval N] [--baseline] [--config FILE]
-    key=value ...`` (the config's ``data`` and ``caption`` sections apply; ``train`` is ignored).
-    Prints the metrics as one JSON object on the last line; ``--results`` (or its older name
-    ``--predictions``) also writes the captions in the COCO results format."""
-    from ..engine.config import parse_cli
+def evaluate_saved(cfg: CaptionConfig) -> dict:
+    """``evaluate caption``: the caption scores of the saved model ``--model DIR`` on the
+    evaluation split (the config's ``data`` and ``caption`` sections apply; ``train`` is
+    ignored), or with ``--baseline`` those of the most frequent training caption."""
     from ..experiment import resolve_model_dir
 
-    argv = list(argv)
-    model_dir = _pop_option(argv, "--model")
-    results = _pop_option(argv, "--results") or _pop_option(argv, "--predictions")
-    baseline = _pop_option(argv, "--baseline", takes_value=False)
-    cfg, _ = parse_cli(CaptionConfig, argv + ["train.max_steps=1"], EVALUATE_FLAGS)
     eval_reader = caption_reader(cfg.data, cfg.data.eval_split)
     split = cfg.data.eval_source().split or cfg.data.eval_split
-    if baseline:
+    if cfg.baseline:
         metrics = most_frequent_caption_baseline(caption_reader(cfg.data, cfg.data.train_split), eval_reader,
                                                  limit=cfg.data.num_eval, spice=cfg.caption.spice)
-        _print({"split": split, "baseline": "most frequent training caption", **metrics})
-        return 0
-    if not model_dir:
-        raise SystemExit("evaluate caption needs --model DIR (or --baseline)")
-    model_dir = resolve_model_dir(model_dir)
+        return {"split": split, "baseline": "most frequent training caption", **metrics}
+    model_dir = resolve_model_dir(required_model(cfg, "caption"))
     model = FiberModel.from_pretrained(model_dir).eval()
     _check_caption_head(model, model_dir)
     fallback = cfg.data.tokenizer or (Path(cfg.data.root) / "tokenizer")
@@ -180,11 +140,13 @@ def _evaluate_command(argv: list[str]) -> int:
     metrics, preds = evaluate_captioning(model, tokenizer, eval_reader, image_size, cfg.caption.decode_config(),
                                          limit=cfg.data.num_eval, batch_size=cfg.caption.eval_batch_size,
                                          spice=cfg.caption.spice)
-    if results:
-        write_caption_results(preds, results)
-    _print({"split": split, "beam_size": cfg.caption.beam_size, **metrics, **({"results": results} if results else {})})
-    return 0
+    if cfg.results:
+        write_caption_results(preds, cfg.results)
+    return {"split": split, "beam_size": cfg.caption.beam_size, **metrics,
+            **({"results": cfg.results} if cfg.results else {})}
 
 
-COMMANDS = {"finetune": _finetune_command, "evaluate": _evaluate_command,
-            "predict": lambda argv: predict_main("caption", argv)}
+RECIPE = Recipe("caption", "image captioning (BLEU-4, METEOR, ROUGE-L, CIDEr; COCO caption results)", CaptionConfig,
+                run, evaluate=evaluate_saved, predict=True,
+                # --predictions: the older name of --results
+                evaluate_aliases={"--results": "results", "--predictions": "results"})

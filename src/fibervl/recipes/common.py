@@ -98,15 +98,14 @@ def export_task_model(model, tokenizer: Tokenizer, run_dir: str | Path, metrics:
 def load_model_dir(path: str | Path, device: str = "cpu", fallback_tokenizer: Tokenizer | None = None):
     """A self-contained model directory (or a run directory) -> (model in eval mode, tokenizer, dir).
     ``fallback_tokenizer``: used when the directory has no ``tokenizer/`` (e.g. a pre-training export)."""
-    from ..experiment import resolve_model_dir
-    from ..modeling.families import load_pretrained
+    from ..modeling.factory import create_model, resolve_model_dir
 
     directory = resolve_model_dir(path)
     tok_dir = directory / "tokenizer"
     if not tok_dir.is_dir() and fallback_tokenizer is None:
         raise FileNotFoundError(f"{tok_dir} not found: the model directory has no tokenizer (export with a task recipe, "
                                 "or copy the data set's tokenizer there)")
-    model = load_pretrained(directory, map_location=device).eval()
+    model = create_model(directory, device=device).eval()
     tokenizer = Tokenizer.from_pretrained(tok_dir) if tok_dir.is_dir() else fallback_tokenizer
     return model, tokenizer, directory
 
@@ -120,16 +119,13 @@ def recipe_train(command: str, **settings):
     return TrainConfig(run_dir=f"runs/{command}", precision="auto", **settings)
 
 
-def parse_run_cli(cls, argv: list[str], aliases: dict[str, str] | None = None):
-    """``--config FILE [--resume [PATH]] key=value ...`` (and the command's ``aliases``, see
-    :func:`fibervl.engine.config.parse_cli`) -> a recipe config whose ``train.resume`` holds the
-    ``--resume`` value (``"auto"`` for a bare ``--resume``)."""
-    from ..engine.config import parse_cli
+def required_model(cfg, task: str) -> str:
+    """The saved model an ``evaluate`` command evaluates: ``--model DIR`` (``model.init``)."""
+    if not cfg.model.init:
+        from ..engine.config import ConfigError
 
-    cfg, flags = parse_cli(cls, argv, aliases)
-    if flags["resume"]:
-        cfg.train.resume = flags["resume"]
-    return cfg
+        raise ConfigError(f"evaluate {task} needs --model DIR (a trained {task} model or its run directory)")
+    return cfg.model.init
 
 
 def final_metrics(summary: dict, evaluate, model) -> dict[str, float]:

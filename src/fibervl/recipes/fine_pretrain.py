@@ -34,7 +34,7 @@ from pathlib import Path
 from ..data import ProcessedDataset
 from ..data.shapes import ShapesDataset
 from ..data.sources import DataSource, Mixture, format_of, open_eval, open_source
-from ..engine.config import ConfigError
+from ..errors import ConfigError
 from ..data.transforms import InputSize
 from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import DataSpec, ModelSpec, build_model_compatible, load_tokenizer, summarize_keys
@@ -42,7 +42,8 @@ from ..tasks.grounding import (
     DetectionPromptDataset, FineCollator, FineGrainedTask, FineObjectives, evaluate_detection, evaluate_grounding, evaluate_refexp,
     detector_input, make_processor,
 )
-from .common import parse_run_cli, export_model, final_metrics, recipe_train
+from .common import export_model, final_metrics, recipe_train
+from .registry import Recipe
 
 
 @dataclass
@@ -73,21 +74,22 @@ class FineData(DataSpec):
     chunk_size: int = 40
     eval_batch_size: int = 16
 
+    def input_sizes(self, model_config) -> tuple[InputSize, int]:
+        """(the detector's input size, its query length) on a model of ``model_config``."""
+        size = detector_input(model_config, self.image_size, self.max_size, self.train_sizes)
+        return size, self.max_text_len or model_config.detection.max_query_len
+
 
 @dataclass
 class FineConfig:
+    """FIBER's fine-grained pre-training of the grounding detector (grounding, referring
+    expressions, detection prompts); the fine-grained tasks fine-tune with it too."""
+
     model: ModelSpec = field(default_factory=lambda: ModelSpec(preset="fiber-tiny-fine"))
     data: FineData = field(default_factory=FineData)
     objectives: FineObjectives = field(default_factory=FineObjectives)
     train: TrainConfig = field(default_factory=lambda: recipe_train("pretrain-fine", max_steps=100))
     results: str = ""  # evaluate detect: also write the detections as a COCO / LVIS results file here
-
-
-def sizes_of(data: FineData, model_config) -> tuple[InputSize, int]:
-    """(the detector's input size, its query length) for ``data`` on a model of ``model_config``."""
-    size = detector_input(model_config, data.image_size, data.max_size, data.train_sizes)
-    max_len = data.max_text_len or model_config.detection.max_query_len
-    return size, max_len
 
 
 FINE_KINDS = ("grounding", "refexp", "detection")
@@ -110,7 +112,7 @@ def source_kinds(data: FineData, source: DataSource, switched: tuple[str, ...] |
 
 def training_set(data: FineData, image_size: InputSize | int, seed: int = 0):
     """The fine-grained training set: every (source, kind) part, mixed by the sources' weights,
-    at ``image_size`` (:func:`sizes_of`; an int ``n``: fit into ``n`` x ``n``)."""
+    at ``image_size`` (:meth:`FineData.input_sizes`; an int ``n``: fit into ``n`` x ``n``)."""
     skip = data.skip_bad_records
     processor = make_processor(InputSize.of(image_size).train_transforms(), data.normalization, skip_bad=skip)
     parts, weights = [], []
@@ -209,7 +211,7 @@ def run(cfg: FineConfig, train_data=None, eval_which=("grounding", "refexp", "de
     run_dir = Path(cfg.train.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "init_report.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    image_size, max_len = sizes_of(cfg.data, model.config)
+    image_size, max_len = cfg.data.input_sizes(model.config)
     train = train_data if train_data is not None else training_set(cfg.data, image_size, cfg.train.seed)
     sets = EvalSets(cfg.data, eval_which)
 
@@ -226,14 +228,4 @@ def run(cfg: FineConfig, train_data=None, eval_which=("grounding", "refexp", "de
     return summary
 
 
-def print_metrics(metrics: dict) -> None:
-    print("  ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
-
-
-def _pretrain_command(argv: list[str]) -> int:
-    cfg = parse_run_cli(FineConfig, argv)
-    print_metrics(run(cfg)["eval"])
-    return 0
-
-
-COMMANDS = {"pretrain": _pretrain_command}
+RECIPE = Recipe("fine", "fine-grained pre-training of FIBER's grounding detector", FineConfig, run, stage="pretrain")

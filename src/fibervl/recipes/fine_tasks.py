@@ -1,5 +1,5 @@
 """``finetune`` / ``evaluate`` / ``predict`` for the three fine-grained tasks (``ground``,
-``refexp``, ``detect``); :mod:`.grounding`, :mod:`.refexp` and :mod:`.detection` expose them.
+``refexp``, ``detect``): three recipes (:data:`RECIPES`) on the fine-grained pre-training recipe.
 
     fibervl finetune ground  --config configs/fiber-tiny_fine_shapes.yaml model.init=RUN/model train.run_dir=...
     fibervl evaluate ground  --model RUN/model data.root=data/shapes data.eval_split=test
@@ -31,15 +31,16 @@ image's pixels, ``score``) for pycocotools or the LVIS evaluator.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
+from functools import partial
 
-from .common import parse_run_cli
+from ..engine.config import ConfigError
 from ..experiment import load_tokenizer, resolve_model_dir
 from ..metrics.detection import write_results
 from ..modeling.fiber import FiberModel
-from ..predict.cli import main as predict_main
-from .fine_pretrain import EvalSets, FineConfig, evaluate_all, print_metrics, run, sizes_of
+from .common import required_model
+from .fine_pretrain import EvalSets, FineConfig, evaluate_all, run
+from .registry import Recipe
 
 # task -> (training sources switched on, evaluations)
 TASKS = {
@@ -48,14 +49,12 @@ TASKS = {
     "detect": (("detection",), ("detection", "zero_shot")),
 }
 SOURCES = ("grounding", "refexp", "detection")
-FINETUNE_FLAGS = {"--init": "model.init", "--run-dir": "train.run_dir", "--max-steps": "train.max_steps",
-                  "--tokenizer": "data.tokenizer"}
-EVALUATE_FLAGS = {"--model": "model.init", "--split": "data.eval_split", "--num-eval": "data.num_eval",
-                  "--tokenizer": "data.tokenizer", "--results": "results"}
 
 
-def _task_config(task: str, argv: list[str], flags: dict[str, str] = FINETUNE_FLAGS) -> FineConfig:
-    cfg = parse_run_cli(FineConfig, argv, flags)
+def task_config(task: str, cfg: FineConfig, verb: str = "finetune") -> FineConfig:
+    """The fine-grained recipe's config ``cfg`` made the config of ``task``: its own kind of
+    data switched on alone, its own run directory, and the init model's own architecture
+    unless a preset is named."""
     if cfg.model.init and cfg.model.preset == FineConfig().model.preset:
         # fine-tuning continues the init model's own architecture unless a preset is named
         cfg.model.preset = str(resolve_model_dir(cfg.model.init))
@@ -66,36 +65,34 @@ def _task_config(task: str, argv: list[str], flags: dict[str, str] = FINETUNE_FL
     return cfg
 
 
-def finetune(task: str, argv: list[str]) -> int:
-    cfg = _task_config(task, argv, FINETUNE_FLAGS)
-    print_metrics(run(cfg, eval_which=TASKS[task][1])["eval"])
-    return 0
+def finetune(task: str, cfg: FineConfig) -> dict:
+    """Fine-tune on ``task``'s data alone and evaluate ``task``; the trainer's summary."""
+    return run(cfg, eval_which=TASKS[task][1])
 
 
-def evaluate(task: str, argv: list[str]) -> int:
-    cfg = _task_config(task, argv, EVALUATE_FLAGS)
-    if not cfg.model.init:
-        raise SystemExit("evaluate needs --model DIR (a saved fine-grained model or its run directory)")
+def evaluate(task: str, cfg: FineConfig) -> dict:
+    """The metrics of ``task`` of the saved model ``cfg.model.init`` (``--results FILE``:
+    also the detections, as a COCO / LVIS results file)."""
+    required_model(cfg, task)
+    if cfg.results and task != "detect":
+        raise ConfigError("--results writes detection results: it belongs to evaluate detect")
     model = FiberModel.from_pretrained(resolve_model_dir(cfg.model.init)).eval()
     tokenizer = load_tokenizer(cfg.data, cfg.model.init)
-    if cfg.results and task != "detect":
-        raise SystemExit("--results writes detection results: it belongs to evaluate detect")
-    image_size, max_len = sizes_of(cfg.data, model.config)
+    image_size, max_len = cfg.data.input_sizes(model.config)
     results = [] if cfg.results else None
     metrics = evaluate_all(model, tokenizer, cfg.data, EvalSets(cfg.data, TASKS[task][1]), image_size, max_len, results)
     if cfg.results:
         print(f"{len(results)} detections written to {write_results(results, cfg.results)}", file=sys.stderr)
-    print_metrics(metrics)
-    print(json.dumps(metrics))
-    return 0
+    return metrics
 
 
-def commands(task: str) -> dict:
-    """The CLI verbs of ``task`` ("ground", "refexp", "detect")."""
-    if task not in TASKS:
-        raise ValueError(f"unknown fine-grained task {task!r}; known: {sorted(TASKS)}")
-    return {
-        "finetune": lambda argv: finetune(task, argv),
-        "evaluate": lambda argv: evaluate(task, argv),
-        "predict": lambda argv: predict_main(task, argv),
-    }
+SUMMARIES = {
+    "ground": "phrase grounding (Flickr30k Entities protocol, R@1/5/10)",
+    "refexp": "referring expression comprehension (top-1 box, accuracy at IoU >= 0.5)",
+    "detect": "object detection as grounding over class-name prompts (COCO / LVIS AP; zero-shot AP on held-out names)",
+}
+RECIPES = tuple(
+    Recipe(task, SUMMARIES[task], FineConfig, partial(finetune, task), evaluate=partial(evaluate, task), predict=True,
+           prepare=partial(task_config, task), evaluate_aliases={"--results": "results"})
+    for task in TASKS
+)

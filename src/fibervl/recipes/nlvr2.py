@@ -16,25 +16,18 @@ Training transforms never flip (left/right statements).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data.sources import DataSource, open_eval, training_reader
 from ..data.transforms import train_transforms
-from ..engine import distributed as D
 from ..engine.precision import uses_bf16
 from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import DataSpec, ModelSpec, build_task_model, load_tokenizer
-from ..predict.cli import main as predict_main
 from ..tasks.nlvr2 import Nlvr2Collator, Nlvr2Task, evaluate_nlvr2
-from .common import (evaluation_processes, parse_run_cli, export_task_model, fused_training_data, load_model_dir,
+from .common import (evaluation_processes, export_task_model, fused_training_data, load_model_dir, required_model,
                      warn_truncated, final_metrics, recipe_train)
-
-FINETUNE_FLAGS = {"--init": "model.init", "--data-root": "data.root", "--image-root": "data.image_root",
-                  "--run-dir": "train.run_dir", "--max-steps": "train.max_steps", "--tokenizer": "data.tokenizer"}
-EVALUATE_FLAGS = {"--model": "model.init", "--data-root": "data.root", "--image-root": "data.image_root",
-                  "--split": "data.eval_split", "--num-eval": "data.num_eval"}
+from .registry import Recipe
 
 
 @dataclass
@@ -58,6 +51,8 @@ class Nlvr2Data(DataSpec):
 
 @dataclass
 class Nlvr2Config:
+    """NLVR2 fine-tuning (a statement about a pair of images: true or false) and its accuracy."""
+
     model: ModelSpec = field(default_factory=ModelSpec)
     data: Nlvr2Data = field(default_factory=Nlvr2Data)
     train: TrainConfig = field(default_factory=lambda: recipe_train("finetune-nlvr2", max_steps=100))
@@ -71,10 +66,6 @@ def nlvr2_reader(data: Nlvr2Data, split: str, seed: int = 0):
     return open_eval(data.eval_source(), "nlvr2", split, data.skip_bad_records, "evaluate nlvr2")
 
 
-def _sizes(cfg, model) -> tuple[int, int]:
-    return cfg.data.image_size or model.config.vision.image_size, cfg.data.max_text_len or model.config.text.max_text_len
-
-
 def _eval_samples(cfg: Nlvr2Config, split: str):
     samples = list(nlvr2_reader(cfg.data, split))
     return samples[:cfg.data.num_eval] if cfg.data.num_eval else samples
@@ -85,7 +76,7 @@ def run(cfg: Nlvr2Config) -> dict:
     model, new = build_task_model(cfg.model, tokenizer, new_heads=("nlvr2",))
     if cfg.model.init:
         print(f"new weights (not loaded from {cfg.model.init}): {new}")
-    image_size, max_len = _sizes(cfg, model)
+    image_size, max_len = cfg.data.input_sizes(model.config)
     train_reader = nlvr2_reader(cfg.data, cfg.data.train_split, cfg.train.seed)
     warn_truncated(tokenizer, (s.text for s in train_reader), max_len, "training statements")
     eval_samples = _eval_samples(cfg, cfg.data.eval_split)
@@ -105,30 +96,18 @@ def run(cfg: Nlvr2Config) -> dict:
     return summary
 
 
-def _print(metrics: dict) -> None:
-    print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in metrics.items()}))
-
-
-def _finetune(argv: list[str]) -> int:
-    cfg = parse_run_cli(Nlvr2Config, argv, FINETUNE_FLAGS)
-    _print(run(cfg)["eval"])
-    return 0
-
-
-def _evaluate(argv: list[str]) -> int:
-    from ..engine.config import parse_cli
-
-    cfg, _ = parse_cli(Nlvr2Config, argv, EVALUATE_FLAGS)
-    if not cfg.model.init:
-        raise ValueError("evaluate needs --model DIR (a fine-tuned NLVR2 model or run directory)")
-    with evaluation_processes(cfg.train.device) as device:  # under torchrun: items split across processes
+def evaluate_saved(cfg: Nlvr2Config) -> dict:
+    """``evaluate nlvr2``: the accuracy of the saved model ``--model DIR`` on the evaluation
+    split; under torchrun the statements are split across the processes and gathered."""
+    required_model(cfg, "nlvr2")
+    with evaluation_processes(cfg.train.device) as device:
         model, tokenizer, _ = load_model_dir(cfg.model.init, device=str(device))
-        image_size, max_len = _sizes(cfg, model)
+        image_size, max_len = cfg.data.input_sizes(model.config)
         metrics = evaluate_nlvr2(model, tokenizer, _eval_samples(cfg, cfg.data.eval_split), image_size, max_len,
                                  bf16=uses_bf16(cfg.train.precision, cfg.train.device))
-        if D.get_rank() == 0:
-            _print({"split": cfg.data.eval_source().split or cfg.data.eval_split, **metrics})
-    return 0
+    return {"split": cfg.data.eval_source().split or cfg.data.eval_split, **metrics}
 
 
-COMMANDS = {"finetune": _finetune, "evaluate": _evaluate, "predict": lambda argv: predict_main("nlvr2", argv)}
+RECIPE = Recipe("nlvr2", "natural language for visual reasoning (NLVR2 accuracy)", Nlvr2Config, run,
+                evaluate=evaluate_saved, predict=True, train_aliases={"--image-root": "data.image_root"},
+                evaluate_aliases={"--image-root": "data.image_root"})

@@ -14,7 +14,6 @@ ITC + ITM (see :mod:`fibervl.tasks.retrieval`), R@1/5/10 both ways and rsum; wit
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,17 +23,12 @@ from ..data.transforms import train_transforms
 from ..engine.precision import uses_bf16
 from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import ModelSpec, build_task_model, load_tokenizer
-from ..predict.cli import main as predict_main
 from ..tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask
 from ..tasks.retrieval import evaluate_itc_retrieval, evaluate_retrieval
-from .coarse_pretrain import FinetuneCaptionData, caption_reader
-from .common import (PairCollator, export_task_model, fused_training_data, load_model_dir, parse_run_cli,
-                     recipe_train)
-
-FINETUNE_FLAGS = {"--init": "model.init", "--data-root": "data.root", "--run-dir": "train.run_dir",
-                  "--max-steps": "train.max_steps", "--tokenizer": "data.tokenizer"}
-EVALUATE_FLAGS = {"--model": "model.init", "--data-root": "data.root", "--split": "data.eval_split",
-                  "--num-eval": "data.num_eval", "--rerank-k": "eval.rerank_k"}
+from .common import (PairCollator, export_task_model, fused_training_data, load_model_dir, recipe_train,
+                     required_model)
+from .image_text import FinetuneCaptionData, caption_reader, special_ids
+from .registry import Recipe
 
 
 @dataclass
@@ -61,15 +55,13 @@ RetrievalData = FinetuneCaptionData  # captions, and training on cached image pr
 
 @dataclass
 class RetrievalConfig:
+    """Retrieval fine-tuning (ITC + ITM with hard negatives) and its evaluation (ITC recall, ITM re-ranking)."""
+
     model: ModelSpec = field(default_factory=ModelSpec)
     data: RetrievalData = field(default_factory=RetrievalData)
     objectives: CoarseObjectives = field(default_factory=lambda: CoarseObjectives(mlm=0.0))
     eval: RetrievalEval = field(default_factory=RetrievalEval)
     train: TrainConfig = field(default_factory=lambda: recipe_train("finetune-retrieval", max_steps=100))
-
-
-def _sizes(cfg, model) -> tuple[int, int]:
-    return cfg.data.image_size or model.config.vision.image_size, cfg.data.max_text_len or model.config.text.max_text_len
 
 
 PREFIX_DTYPES = {"": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -78,7 +70,7 @@ PREFIX_DTYPES = {"": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
 def evaluate(cfg: RetrievalConfig, model, tokenizer, split: str | None = None) -> dict:
     if cfg.eval.prefix_dtype not in PREFIX_DTYPES:
         raise ValueError(f"eval.prefix_dtype={cfg.eval.prefix_dtype!r}: use float32 or bfloat16 (empty: as computed)")
-    image_size, max_len = _sizes(cfg, model)
+    image_size, max_len = cfg.data.input_sizes(model.config)
     return evaluate_retrieval(model, tokenizer, caption_reader(cfg.data, split or cfg.data.eval_split), image_size, max_len,
                               limit=cfg.data.num_eval, rerank_k=cfg.eval.rerank_k, use_faiss=cfg.eval.faiss,
                               itm_batch_size=cfg.eval.itm_batch_size, bf16=uses_bf16(cfg.train.precision, cfg.train.device),
@@ -94,7 +86,7 @@ def run(cfg: RetrievalConfig) -> dict:
     model, new = build_task_model(cfg.model, tokenizer)
     if cfg.model.init and new:
         print(f"new weights (not in {cfg.model.init}): {new}")
-    image_size, max_len = _sizes(cfg, model)
+    image_size, max_len = cfg.data.input_sizes(model.config)
     mcfg = model.config
     eval_reader = caption_reader(cfg.data, cfg.data.eval_split)
     bf16 = uses_bf16(cfg.train.precision, cfg.train.device)
@@ -109,8 +101,7 @@ def run(cfg: RetrievalConfig) -> dict:
     # separate ITC width (ALBEF).
     itc_dim = getattr(mcfg, "embed_dim", mcfg.hidden_size)
     task = CoarsePretrainTask(cfg.objectives, itc_dim, mcfg.text.vocab_size, mcfg.text.mask_token_id,
-                              (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id),
-                              seed=cfg.train.seed)
+                              special_ids(tokenizer), seed=cfg.train.seed)
     # The periodic evaluation is the cheap dual-encoder one, and only when asked for: the final
     # evaluation below (with ITM re-ranking) is the one that counts.
     summary = Trainer(cfg.train, model, task, train, collate_fn=PairCollator(tokenizer, max_len, cache),
@@ -130,25 +121,10 @@ def _data_tokenizer(data):
         return None
 
 
-def _print_metrics(metrics: dict) -> None:
-    print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in metrics.items()}))
-
-
-def _finetune(argv: list[str]) -> int:
-    cfg = parse_run_cli(RetrievalConfig, argv, FINETUNE_FLAGS)
-    _print_metrics(run(cfg)["eval"])
-    return 0
-
-
-def _evaluate(argv: list[str]) -> int:
-    from ..engine.config import parse_cli
-
-    cfg, _ = parse_cli(RetrievalConfig, argv, EVALUATE_FLAGS)
-    if not cfg.model.init:
-        raise ValueError("evaluate needs --model DIR (a fine-tuned model or run directory)")
-    model, tokenizer, _ = load_model_dir(cfg.model.init, fallback_tokenizer=_data_tokenizer(cfg.data))
-    _print_metrics({"split": cfg.data.eval_source().split or cfg.data.eval_split, **evaluate(cfg, model, tokenizer)})
-    return 0
+def evaluate_saved(cfg: RetrievalConfig) -> dict:
+    """``evaluate retrieval``: the metrics of the saved model ``--model DIR`` on ``data.eval_split``."""
+    model, tokenizer, _ = load_model_dir(required_model(cfg, "retrieval"), fallback_tokenizer=_data_tokenizer(cfg.data))
+    return {"split": cfg.data.eval_source().split or cfg.data.eval_split, **evaluate(cfg, model, tokenizer)}
 
 
 def predict(model_dir: str | Path, images: list[str], texts: list[str], rerank_k: int = 16) -> list[dict]:
@@ -166,4 +142,5 @@ def predict(model_dir: str | Path, images: list[str], texts: list[str], rerank_k
     return RetrievalPredictor(model, processor, gallery, rerank_k=rerank_k, top=0).predict(queries)
 
 
-COMMANDS = {"finetune": _finetune, "evaluate": _evaluate, "predict": lambda argv: predict_main("retrieval", argv)}
+RECIPE = Recipe("retrieval", "image-text retrieval (R@1/5/10 both ways)", RetrievalConfig, run,
+                evaluate=evaluate_saved, predict=True, evaluate_aliases={"--rerank-k": "eval.rerank_k"})

@@ -27,8 +27,9 @@ from ..experiment import ModelSpec
 from ..modeling.pretrained import WEIGHTS_NAME, load_state_strict, read_weights
 from ..tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask
 from ..tasks.pretrain_vlmo import STAGES, MimTask, TextMlmTask, set_stage_trainable
-from .coarse_pretrain import CaptionData, image_text_setup
-from .common import export_model, parse_run_cli, recipe_train
+from .common import export_model, recipe_train
+from .image_text import CaptionData, image_text_setup, special_ids
+from .registry import Recipe
 
 
 @dataclass
@@ -55,6 +56,8 @@ class UnimodalObjectives:
 
 @dataclass
 class VlmoPretrainConfig:
+    """VLMo's stagewise pre-training: image-only MIM, text-only MLM, then ITC + ITM + MLM."""
+
     model: ModelSpec = field(default_factory=lambda: ModelSpec(preset="vlmo-tiny"))
     data: CaptionData = field(default_factory=CaptionData)
     stages: StageSettings = field(default_factory=StageSettings)
@@ -65,7 +68,7 @@ class VlmoPretrainConfig:
 
 
 def _stage_task(stage: str, cfg: VlmoPretrainConfig, mcfg, tokenizer):
-    specials = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    specials = special_ids(tokenizer)
     if stage == "mim":
         u = cfg.unimodal
         return MimTask(mcfg.hidden_size, mcfg.vision.patch_size, mcfg.vision.in_channels, u.mask_ratio, u.norm_pix)
@@ -115,11 +118,5 @@ def run(cfg: VlmoPretrainConfig) -> dict:
     return {"stages": summaries, "eval": metrics}
 
 
-def _pretrain_command(argv: list[str]) -> int:
-    cfg = parse_run_cli(VlmoPretrainConfig, argv)
-    summary = run(cfg)
-    print("  ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in summary["eval"].items()))
-    return 0
-
-
-COMMANDS = {"pretrain": _pretrain_command}
+RECIPE = Recipe("vlmo", "VLMo's stagewise pre-training (the baseline: MIM, text MLM, then image-text)",
+                VlmoPretrainConfig, run, stage="pretrain")

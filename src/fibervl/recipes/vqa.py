@@ -23,7 +23,6 @@ rebuilt to its size and the export holds it as ``model/answers.json``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,18 +35,14 @@ from ..engine.precision import uses_bf16
 from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import DataSpec, ModelSpec, build_task_model, load_tokenizer, resolve_model_dir
 from ..metrics.vqa import write_vqa_results
-from ..predict.cli import main as predict_main
 from ..tasks.vqa import VqaCollator, VqaTask, evaluate_vqa, predict_answers, vocabulary_coverage
-from .common import (evaluation_processes, parse_run_cli, export_task_model, fused_training_data, load_model_dir,
+from .common import (evaluation_processes, export_task_model, fused_training_data, load_model_dir, required_model,
                      warn_truncated, final_metrics, recipe_train)
+from .registry import Recipe
 
 ANSWERS_FILE = "answers.json"
-FINETUNE_FLAGS = {"--init": "model.init", "--data-root": "data.root", "--image-root": "data.image_root",
-                  "--image-template": "data.image_template", "--run-dir": "train.run_dir",
-                  "--max-steps": "train.max_steps", "--tokenizer": "data.tokenizer"}
-EVALUATE_FLAGS = {"--model": "model.init", "--data-root": "data.root", "--image-root": "data.image_root",
-                  "--image-template": "data.image_template", "--split": "data.eval_split",
-                  "--num-eval": "data.num_eval", "--results": "results"}
+# where the images of a VQAv2-layout directory are (data.source set)
+IMAGE_ALIASES = {"--image-root": "data.image_root", "--image-template": "data.image_template"}
 
 
 @dataclass
@@ -77,6 +72,8 @@ class VqaSettings:
 
 @dataclass
 class VqaConfig:
+    """VQA fine-tuning (a classifier over the most frequent training answers) and its VQAv2 evaluation."""
+
     model: ModelSpec = field(default_factory=ModelSpec)
     data: VqaData = field(default_factory=VqaData)
     vqa: VqaSettings = field(default_factory=VqaSettings)
@@ -90,10 +87,6 @@ def vqa_reader(data: VqaData, split: str, seed: int = 0):
     if split == data.train_split:
         return training_reader(data.train_sources(), "vqa", split, data.skip_bad_records, seed, "finetune vqa")
     return open_eval(data.eval_source(), "vqa", split, data.skip_bad_records, "evaluate vqa")
-
-
-def _sizes(cfg, model) -> tuple[int, int]:
-    return cfg.data.image_size or model.config.vision.image_size, cfg.data.max_text_len or model.config.text.max_text_len
 
 
 def _eval_set(cfg: VqaConfig) -> tuple[str, list]:
@@ -122,7 +115,7 @@ def run(cfg: VqaConfig) -> dict:
     model, new = build_task_model(cfg.model, tokenizer, new_heads=() if keep else ("vqa",), vqa_num_answers=len(vocab))
     if cfg.model.init:
         print(f"new weights (not loaded from {cfg.model.init}): {new}")
-    image_size, max_len = _sizes(cfg, model)
+    image_size, max_len = cfg.data.input_sizes(model.config)
     warn_truncated(tokenizer, (s.text for s in train_reader), max_len, "training questions")
     eval_split, eval_samples = _eval_set(cfg)
     bf16 = uses_bf16(cfg.train.precision, cfg.train.device)
@@ -161,36 +154,21 @@ def load_vocabulary(model_dir: Path) -> AnswerVocabulary:
     return AnswerVocabulary.load(path)
 
 
-def _print(metrics: dict) -> None:
-    print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in metrics.items()}))
-
-
-def _finetune(argv: list[str]) -> int:
-    cfg = parse_run_cli(VqaConfig, argv, FINETUNE_FLAGS)
-    _print(run(cfg)["eval"])
-    return 0
-
-
-def _evaluate(argv: list[str]) -> int:
-    """Score the evaluation split and print its metrics as JSON on the last line; with
-    ``--results FILE`` also write the answers in the server's format. A split without
+def evaluate_saved(cfg: VqaConfig) -> dict:
+    """``evaluate vqa``: the metrics of the saved model ``--model DIR`` on the evaluation split;
+    with ``--results FILE`` also its answers in the server's format. A split without
     annotations (test2015, test-dev2015) is not scored: its answers are written (to
     ``--results``, else :func:`server_results_name` in the current directory) for the server.
-    Under torchrun the questions are split across the processes and gathered; rank 0 prints
-    and writes."""
-    from ..engine.config import parse_cli
-
-    cfg, _ = parse_cli(VqaConfig, argv, EVALUATE_FLAGS)
-    if not cfg.model.init:
-        raise ValueError("evaluate needs --model DIR (a fine-tuned VQA model or run directory)")
+    Under torchrun the questions are split across the processes and gathered; rank 0 writes."""
+    required_model(cfg, "vqa")
     with evaluation_processes(cfg.train.device) as device:
         return _evaluate_on(cfg, device)
 
 
-def _evaluate_on(cfg: VqaConfig, device) -> int:
+def _evaluate_on(cfg: VqaConfig, device) -> dict:
     model, tokenizer, directory = load_model_dir(cfg.model.init, device=str(device))
     vocab = load_vocabulary(directory)
-    image_size, max_len = _sizes(cfg, model)
+    image_size, max_len = cfg.data.input_sizes(model.config)
     split, samples = _eval_set(cfg)
     bf16 = uses_bf16(cfg.train.precision, cfg.train.device)
     main = D.get_rank() == 0
@@ -201,14 +179,11 @@ def _evaluate_on(cfg: VqaConfig, device) -> int:
             write_vqa_results(predictions, path)
             print(f"{split} has no annotations: not scored; wrote {len(predictions)} answers to {path} "
                   "for the VQAv2 evaluation server")
-            _print({"split": split, "questions": len(predictions), "scored": False, "results": str(path)})
-        return 0
+        return {"split": split, "questions": len(predictions), "scored": False, "results": str(path)}
     metrics, predictions = evaluate_vqa(model, tokenizer, vocab, samples, image_size, max_len, bf16=bf16)
-    if main:
-        if cfg.results:
-            write_vqa_results(predictions, cfg.results)
-        _print({"split": split, **metrics, **({"results": cfg.results} if cfg.results else {})})
-    return 0
+    if main and cfg.results:
+        write_vqa_results(predictions, cfg.results)
+    return {"split": split, **metrics, **({"results": cfg.results} if cfg.results else {})}
 
 
 def predict(model_dir: str | Path, image: str | Path, question: str, k: int = 5) -> dict:
@@ -220,4 +195,5 @@ def predict(model_dir: str | Path, image: str | Path, question: str, k: int = 5)
     return VqaPredictor(model, processor, top=k).predict([image], question)[0]
 
 
-COMMANDS = {"finetune": _finetune, "evaluate": _evaluate, "predict": lambda argv: predict_main("vqa", argv)}
+RECIPE = Recipe("vqa", "visual question answering (VQAv2 accuracy)", VqaConfig, run, evaluate=evaluate_saved,
+                predict=True, train_aliases=IMAGE_ALIASES, evaluate_aliases={**IMAGE_ALIASES, "--results": "results"})
