@@ -1,12 +1,15 @@
+import pytest
 
 from fibervl.data import AnswerVocabulary, Sample, answer_score, normalize_answer
 
 
-def test_normalize_answer():
-    assert normalize_answer(" Two ") == "2"
-    assert normalize_answer("the Red.") == "red"
-    assert normalize_answer("3.5") == "3.5"
-    assert normalize_answer("yes!") == "yes"
+@pytest.mark.parametrize("raw, normalised", [
+    ("Two", "2"), ("the Red.", "red"), ("3.5", "3.5"), ("yes!", "yes"), ("an apple", "apple"),
+    ("dont", "don't"), ("Its  a  dog", "its dog"), ("1,000", "1000"), ("black/white", "black white"),
+    ("left - right", "left right"), ("ten", "10"), ("none", "0"),
+])
+def test_normalize_answer(raw, normalised):
+    assert normalize_answer(raw) == normalised
 
 
 def test_answer_scores_match_vqa_accuracy():
