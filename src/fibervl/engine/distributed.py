@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -240,3 +240,58 @@ def gather_dicts(part: dict) -> dict:
     for d in all_gather_object(part):
         out.update(d)
     return out
+
+
+def gather_shares(share_results: Sequence[Any], n: int) -> list[Any]:
+    """The results of every rank's :func:`rank_share` of ``n`` items -> all ``n`` results in item
+    order (as one process computing them all would list them). ``share_results``: this rank's,
+    one per item of its share, in the share's order; any picklable objects (tensors included,
+    on any device the backend can pickle). Collective; ``list(share_results)`` in one process."""
+    if not is_distributed():
+        return list(share_results)
+    world = get_world_size()
+    out: list[Any] = [None] * n
+    for rank, part in enumerate(all_gather_object(list(share_results))):
+        expected = len(range(rank, n, world))
+        if len(part) != expected:
+            raise RuntimeError(f"rank {rank} returned {len(part)} results for its share of {expected} of {n} items")
+        out[rank::world] = part
+    return out
+
+
+def gather_share_rows(rows: torch.Tensor, n: int) -> torch.Tensor:
+    """:func:`gather_shares` for a tensor: ``rows`` [n_r, ...], one row per item of this rank's
+    share of ``n`` items -> [n, ...] in item order, on ``rows``' device. Collective; ``rows``
+    itself in one process. (Gathered as pickled objects, so it works for CPU tensors whatever the
+    backend, and for any row count per rank, including none.)"""
+    if not is_distributed():
+        return rows
+    parts = [p.to(rows.device) for p in all_gather_object(rows) if p.shape[0] > 0]
+    order = torch.cat([torch.arange(r, n, get_world_size()) for r in range(get_world_size())])
+    if sum(p.shape[0] for p in parts) != n:
+        raise RuntimeError(f"the ranks returned {sum(p.shape[0] for p in parts)} rows for {n} items")
+    out = torch.empty((n, *parts[0].shape[1:]), dtype=parts[0].dtype, device=rows.device) if parts else rows
+    if parts:
+        out[order.to(rows.device)] = torch.cat(parts)
+    return out
+
+
+def computed_once(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` computed on rank 0 alone and its result sent to every rank (for a
+    metric that is costly to compute, e.g. pycocotools' AP, or that runs external programs).
+    When it raises on rank 0, every rank raises (rank 0 its own error, the others a
+    RuntimeError naming it) instead of waiting for a result. Collective; a plain call in one process."""
+    if not is_distributed():
+        return fn(*args, **kwargs)
+    result, error = None, None
+    if get_rank() == 0:
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - every rank must learn of it, then it is raised again
+            error = e
+    failed = broadcast_object(None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    if failed is not None:
+        raise RuntimeError(f"rank 0 failed to compute {getattr(fn, '__name__', fn)}: {failed}")
+    return broadcast_object(result)

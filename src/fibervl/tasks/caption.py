@@ -12,6 +12,7 @@ head; position i predicts token i + 1. A training batch is a dict with ``images 
 from __future__ import annotations
 
 import copy
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +24,11 @@ from torch.utils.data import DataLoader
 
 from ..data import Processor, Sample, Tokenizer
 from ..data.transforms import eval_transforms
+from ..engine import distributed as D
+from ..engine.precision import eval_autocast
 from ..metrics.cider import CiderD
 from .caption_objectives import gold_loss, scst_loss
 from .decoding import DecodeConfig, generate
-from .retrieval import precision_context
 
 
 OBJECTIVES = ("mle", "scst", "gold")
@@ -163,7 +165,7 @@ def caption_images(model, tokenizer: Tokenizer, images: torch.Tensor, decode: De
                    bf16: bool = False) -> list[str]:
     """Captions of ``images`` [B, 3, H, W] (already transformed and normalised)."""
     device = next(model.parameters()).device
-    with precision_context(device, bf16):
+    with eval_autocast(device, bf16):
         image_tokens = model.caption_image(images.to(device))
         decoded = generate(model, image_tokens, decode, tokenizer.bos_token_id, tokenizer.eos_token_id,
                            tokenizer.pad_token_id, extra_banned=(tokenizer.mask_token_id,))
@@ -196,11 +198,17 @@ def evaluate_captioning(model, tokenizer: Tokenizer, reader, image_size: int, de
     from ..metrics.caption import caption_scores
 
     images = reader.images[:limit] if limit else reader.images
-    captions = caption_paths(model, tokenizer, [img["image_path"] for img in images], image_size, decode,
-                             batch_size, bf16)
+    # Under torchrun each process captions its share of the images; the captions are gathered in
+    # order and scored once (rank 0: the scorers are Java programs), the scores sent to every rank.
+    share = D.rank_share(images)
+    if D.is_distributed():
+        print(f"Caption evaluation: rank {D.get_rank()} of {D.get_world_size()} captions {len(share)} of "
+              f"{len(images)} images", file=sys.stderr)
+    captions = D.gather_shares(caption_paths(model, tokenizer, [img["image_path"] for img in share], image_size,
+                                             decode, batch_size, bf16), len(images))
     predictions = {img["image_id"]: c for img, c in zip(images, captions)}
     references = {img["image_id"]: img["captions"] for img in images}
-    metrics = caption_scores(predictions, references, spice=spice)
+    metrics = D.computed_once(caption_scores, predictions, references, spice=spice)
     return metrics, [{"image_id": k, "caption": c} for k, c in predictions.items()]
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import random
+import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from ..metrics.grounding import GROUNDING_PROTOCOLS, grounding_recall, rec_accur
 from ..metrics.lvis import lvis_ap
 from ..modeling.detection.losses import GroundingLoss, GroundingTarget
 from ..modeling.detection.postprocess import GroundingPostProcessor
+from ..engine import distributed as D
 from ..engine.progress import progress
 
 __all__ = [
@@ -299,11 +301,28 @@ def rank_phrase_boxes(model, batch: dict, phrase_maps: Sequence[Tensor],
     return result
 
 
-def _eval_loader(reader, tokenizer, image_size, max_len, batch_size, limit, normalization):
+def _eval_samples(reader, image_size, limit: int) -> list[Sample]:
+    """The first ``limit`` records of ``reader`` (0: all) in the order evaluation runs them:
+    images that pad to one size together (:func:`size_groups` runs them together)."""
     size = InputSize.of(image_size)
     samples = list(reader)[:limit] if limit else list(reader)
-    # images that pad to one size run together (size_groups): batch them together
     samples.sort(key=lambda s: _padded(size.input_size(s.width, s.height)) if s.width and s.height else (0, 0))
+    return samples
+
+
+def _eval_share(samples: list[Sample], what: str) -> list[Sample]:
+    """This process's share of ``samples`` (:func:`~fibervl.engine.distributed.rank_share`; all
+    of them in one process), said on stderr under torchrun."""
+    share = D.rank_share(samples)
+    if D.is_distributed():
+        print(f"{what} evaluation: rank {D.get_rank()} of {D.get_world_size()} runs {len(share)} of "
+              f"{len(samples)} records", file=sys.stderr)
+    return share
+
+
+def _eval_loader(samples, tokenizer, image_size, max_len, batch_size, normalization):
+    """Batches of ``samples`` (in their order) processed for evaluation."""
+    size = InputSize.of(image_size)
     data = ProcessedDataset(samples, make_processor(size.eval_transforms(), normalization))
     collate = Collator(tokenizer, max_length=max_len, size_divisibility=SIZE_DIVISIBILITY)
     return torch.utils.data.DataLoader(data, batch_size=batch_size, collate_fn=collate)
@@ -334,14 +353,18 @@ def evaluate_grounding(model, tokenizer: Tokenizer, reader, image_size: int | In
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    preds, gts = [], []
-    for batch in progress(_eval_loader(reader, tokenizer, image_size, max_len, batch_size, limit, normalization), "grounding"):
+    samples = _eval_samples(reader, image_size, limit)
+    per_record = []  # (ground-truth boxes of each phrase, ranked boxes of each phrase)
+    share = _eval_share(samples, "Grounding")
+    for batch in progress(_eval_loader(share, tokenizer, image_size, max_len, batch_size, normalization), "grounding"):
         grouped = [phrases_of(pm, bx) for pm, bx in zip(batch.positive_maps, batch.boxes)]
         ranked = rank_phrase_boxes(model, _device_batch(batch, device), [g[0] for g in grouped], top_k=10)
-        for (_, boxes), r in zip(grouped, ranked):
-            gts.extend(boxes)
-            preds.extend(b for b, _ in r)
+        per_record += [(boxes, [b for b, _ in r]) for (_, boxes), r in zip(grouped, ranked)]
     model.train(was_training)
+    preds, gts = [], []
+    for boxes, ranked_boxes in D.gather_shares(per_record, len(samples)):
+        gts.extend(boxes)
+        preds.extend(ranked_boxes)
     out: dict[str, float] = {}
     if protocol in ("any", "both"):
         out.update(grounding_recall(preds, gts))
@@ -366,18 +389,23 @@ def evaluate_refexp(model, tokenizer: Tokenizer, reader, image_size: int | Input
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    top1, targets, groups = [], [], []
-    for batch in progress(_eval_loader(reader, tokenizer, image_size, max_len, batch_size, limit, normalization), "referring expressions"):
+    samples = _eval_samples(reader, image_size, limit)
+    per_record = []  # (target box, top-1 box, group), or None for a record without its box
+    share = _eval_share(samples, "Referring expression")
+    for batch in progress(_eval_loader(share, tokenizer, image_size, max_len, batch_size, normalization),
+                          "referring expressions"):
         maps = [pm[:1] for pm in batch.positive_maps]  # the referred object is the record's (first) box
         ranked = rank_phrase_boxes(model, _device_batch(batch, device), maps, top_k=1)
         for sample, boxes, r in zip(batch.samples, batch.boxes, ranked):
             if boxes.shape[0] == 0:
-                continue  # the expression's words were truncated away (counted by the collator)
-            targets.append(boxes[0])
+                per_record.append(None)  # the expression's words were truncated away (counted by the collator)
+                continue
             best = r[0][0]
-            top1.append(best[0] if best.shape[0] else torch.zeros(4))
-            groups.append(group_of(sample) if group_of else "")
+            per_record.append((boxes[0], best[0] if best.shape[0] else torch.zeros(4),
+                               group_of(sample) if group_of else ""))
     model.train(was_training)
+    kept = [r for r in D.gather_shares(per_record, len(samples)) if r is not None]
+    targets, top1, groups = [r[0] for r in kept], [r[1] for r in kept], [r[2] for r in kept]
     if not targets:
         result = rec_accuracy(torch.zeros(0, 4), torch.zeros(0, 4))
     else:
@@ -455,20 +483,25 @@ def detection_results(model, tokenizer: Tokenizer, reader, category_ids: Sequenc
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    results, image_ids = [], []
-    for batch in progress(_eval_loader(reader, tokenizer, image_size, max_len, batch_size, limit, normalization), "detection"):
+    samples = _eval_samples(reader, image_size, limit)
+    per_image = []  # (image id, boxes [N, 4] xyxy in the original pixels, scores [N], labels [N])
+    share = _eval_share(samples, "Detection")
+    for batch in progress(_eval_loader(share, tokenizer, image_size, max_len, batch_size, normalization), "detection"):
         in_sizes = [tuple(int(v) for v in s) for s in batch.image_sizes]
         dets = detect_with_prompt(model, batch.pixel_values.to(device), in_sizes, chunks, post)
         for sample, (h_in, w_in), (boxes, scores, labels) in zip(batch.samples, in_sizes, dets):
             if len(chunks) > 1 and max_detections > 0:  # one chunk: the post-processor's own cut stands
                 boxes, scores, labels = boxes[:max_detections], scores[:max_detections], labels[:max_detections]
             h0, w0 = sizes[sample.image_id]
-            boxes = boxes * torch.tensor([w0 / w_in, h0 / h_in, w0 / w_in, h0 / h_in])
-            image_ids.append(sample.image_id)
-            for box, score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
-                results.append({"image_id": sample.image_id, "category_id": int(label), "score": float(score),
-                                "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]})
+            per_image.append((sample.image_id, boxes * torch.tensor([w0 / w_in, h0 / h_in, w0 / w_in, h0 / h_in]),
+                              scores, labels))
     model.train(was_training)
+    results, image_ids = [], []
+    for image_id, boxes, scores, labels in D.gather_shares(per_image, len(samples)):
+        image_ids.append(image_id)
+        for box, score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
+            results.append({"image_id": image_id, "category_id": int(label), "score": float(score),
+                            "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]})
     return results, image_ids
 
 
@@ -492,13 +525,18 @@ def evaluate_detection(model, tokenizer: Tokenizer, reader, category_ids: Sequen
                                          chunk_size, normalization, budget)
     if results is not None:
         results.extend(found)
-    gt = reader.ground_truth()
-    if federated:
-        metrics = lvis_ap(gt, found, category_ids, image_ids)
-    else:
-        metrics = coco_ap(gt, found, category_ids, image_ids)
-        metrics.update(ap_by_frequency(gt, found, category_ids, image_ids))
+    metrics = D.computed_once(_detection_ap, reader, found, category_ids, image_ids)  # rank 0 scores, all get it
     metrics["images"] = len(image_ids)
+    return metrics
+
+
+def _detection_ap(reader, found: list[dict], category_ids: Sequence[int], image_ids: list) -> dict[str, float]:
+    """The AP of detections ``found`` on ``image_ids`` by the rules of ``reader`` (see :func:`evaluate_detection`)."""
+    gt = reader.ground_truth()
+    if getattr(reader, "federated", False):
+        return lvis_ap(gt, found, category_ids, image_ids)
+    metrics = coco_ap(gt, found, category_ids, image_ids)
+    metrics.update(ap_by_frequency(gt, found, category_ids, image_ids))
     return metrics
 
 

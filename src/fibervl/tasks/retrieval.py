@@ -19,8 +19,8 @@
 
 from __future__ import annotations
 
+import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -29,11 +29,9 @@ from torch.utils.data import DataLoader
 from ..data import Processor, Sample, Tokenizer
 from ..data.transforms import eval_transforms
 from ..metrics.retrieval import chance_recall, retrieval_recall
+from ..engine import distributed as D
+from ..engine.precision import eval_autocast
 from ..engine.progress import progress
-
-
-def precision_context(device: torch.device, bf16: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
 
 def _stack_images(items):
@@ -52,7 +50,7 @@ def embed_images(model, paths: list[Path], image_size: int, batch_size: int = 64
     device = next(model.parameters()).device
     out = []
     for images in progress(loader, "image embeddings"):
-        with precision_context(device, bf16):
+        with eval_autocast(device, bf16):
             out.append(model.encode_image(images.to(device)).float().cpu())
     return torch.cat(out)
 
@@ -65,7 +63,7 @@ def embed_texts(model, tokenizer: Tokenizer, texts: list[str], max_length: int, 
     out = []
     for start in progress(range(0, len(texts), batch_size), "text embeddings"):
         tokens = tokenizer(texts[start:start + batch_size], max_length=max_length, padding="longest")
-        with precision_context(device, bf16):
+        with eval_autocast(device, bf16):
             out.append(model.encode_text(tokens.input_ids.to(device), tokens.attention_mask.to(device)).float().cpu())
     return torch.cat(out)
 
@@ -83,14 +81,23 @@ def _limit(reader, limit: int):
 
 def _embed_split(model, tokenizer: Tokenizer, paths, texts, image_size: int, max_length: int,
                  bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """ITC embeddings of a split's images [I, H] and texts [T, H], in eval mode (restored after)."""
+    """ITC embeddings of a split's images [I, H] and texts [T, H], in eval mode (restored after).
+    Under torchrun each process embeds its share of the images and of the texts
+    (:func:`~fibervl.engine.distributed.rank_share`) and every process returns them all, in
+    order (collective: call it on every rank)."""
+    paths_share, texts_share = D.rank_share(paths), D.rank_share(texts)
+    if D.is_distributed():
+        print(f"Retrieval evaluation: rank {D.get_rank()} of {D.get_world_size()} embeds {len(paths_share)} of "
+              f"{len(paths)} images and {len(texts_share)} of {len(texts)} texts", file=sys.stderr)
     was_training = model.training
     model.eval()
     try:
-        return (embed_images(model, paths, image_size, bf16=bf16),
-                embed_texts(model, tokenizer, texts, max_length, bf16=bf16))
+        # a rank with no share (more ranks than items) embeds nothing
+        images = embed_images(model, paths_share, image_size, bf16=bf16) if paths_share else torch.zeros(0)
+        text = embed_texts(model, tokenizer, texts_share, max_length, bf16=bf16) if texts_share else torch.zeros(0)
     finally:
         model.train(was_training)
+    return D.gather_share_rows(images, len(paths)), D.gather_share_rows(text, len(texts))
 
 
 def load_image_tensors(paths: list[Path], image_size: int) -> torch.Tensor:
@@ -135,7 +142,7 @@ def itm_pair_scores(model, images: torch.Tensor, input_ids: torch.Tensor, attent
         return torch.zeros(0)
     used_images, image_row = pairs[:, 0].unique(return_inverse=True)
     used_texts, text_row = pairs[:, 1].unique(return_inverse=True)
-    with precision_context(device, bf16):
+    with eval_autocast(device, bf16):
         image_prefix = torch.cat([model.image_prefix(images[c].to(device)).cpu() for c in used_images.split(batch_size)])
         text_prefix = torch.cat([model.text_prefix(input_ids[c].to(device), attention_mask[c].to(device)).cpu()
                                  for c in used_texts.split(batch_size)])
@@ -159,7 +166,7 @@ def itm_prefix_pair_scores(model, image_prefixes: torch.Tensor, text_prefixes: t
         images, texts = pairs[start:start + batch_size].unbind(1)
         mask = attention_mask[texts]
         length = int(mask.sum(1).max())  # drop the columns that are padding for every text here
-        with precision_context(device, bf16):
+        with eval_autocast(device, bf16):
             cls = model.fuse(None, None, mask[:, :length].to(device),
                              image_prefix=image_prefixes[images].to(device, dtype),
                              text_prefix=text_prefixes[texts, :length].to(device, dtype)).cls_feats
@@ -198,6 +205,30 @@ def rerank_scores(itc: torch.Tensor, pair_scorer, k: int,
         return torch.where(cand, combined + shift, itc)
 
     return lift(cand_i2t), lift(cand_t2i)
+
+
+def split_by_image(score_own_pairs):
+    """A pair scorer over a gallery whose images are split across processes by
+    :func:`~fibervl.engine.distributed.rank_share` (image ``i`` is row ``i // world_size`` of
+    rank ``i % world_size``'s share): ``score_own_pairs(pairs [P, 2]) -> [P]`` scores pairs of
+    this rank's images, given as (row in its share, text index). Returns ``f(pairs [P, 2]) -> [P]``
+    for (gallery image, text) pairs: each rank scores the pairs of its own images, once, and
+    every rank returns every pair's score (collective). ``score_own_pairs`` itself in one process."""
+    if not D.is_distributed():
+        return score_own_pairs
+    world, rank = D.get_world_size(), D.get_rank()
+
+    def score(pairs: torch.Tensor) -> torch.Tensor:
+        pairs = pairs.cpu()
+        mine = (pairs[:, 0] % world == rank).nonzero().squeeze(1)
+        own = pairs[mine].clone()
+        own[:, 0] //= world
+        out = torch.empty(pairs.shape[0])
+        for index, scores in D.all_gather_object((mine, score_own_pairs(own).cpu())):
+            out[index] = scores
+        return out
+
+    return score
 
 
 def parse_mode(mode: str) -> tuple[str, int]:
@@ -250,14 +281,20 @@ def evaluate_retrieval(model, tokenizer: Tokenizer, reader, image_size: int, max
         if rerank_k > 0 or any(kind != "itc" for _, kind, _ in parsed):
             start = time.perf_counter()
             ids, mask = tokenize_gallery(tokenizer, texts, max_length)
-            image_rows = image_prefix_rows(model, paths, image_size, itm_batch_size, bf16, prefix_dtype, prefix_dir)
-            text_rows = text_prefix_rows(model, ids, mask, 4 * itm_batch_size, bf16, prefix_dtype, prefix_dir)
+            # Under torchrun each process keeps the prefixes of its share of the images and scores
+            # the pairs of those images (split_by_image); each computes every text's prefix (the
+            # text tower alone, cheap next to the image prefixes and the fused passes).
+            own_paths = D.rank_share(paths)
+            rows_dir = Path(prefix_dir) / f"rank{D.get_rank()}" if prefix_dir and D.is_distributed() else prefix_dir
+            image_rows = (image_prefix_rows(model, own_paths, image_size, itm_batch_size, bf16, prefix_dtype, rows_dir)
+                          if own_paths else torch.zeros(0))
+            text_rows = text_prefix_rows(model, ids, mask, 4 * itm_batch_size, bf16, prefix_dtype, rows_dir)
             prefix_seconds = time.perf_counter() - start
 
             def score_pairs(pairs: torch.Tensor) -> torch.Tensor:
                 return itm_prefix_pair_scores(model, image_rows, text_rows, mask, pairs, itm_batch_size, bf16)
 
-            scorer = score_pairs
+            scorer = split_by_image(score_pairs)
 
         if rerank_k > 0:
             # Candidates from the embeddings (cosine order = ITC order); with FAISS for large
