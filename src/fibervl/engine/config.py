@@ -381,17 +381,20 @@ def config_options(cls: type) -> dict[str, tuple[str, bool]]:
     return {f.metadata["option"]: (key, bool(f.metadata.get("repeat"))) for key, f, _ in _fields_declaring(cls, "option")}
 
 
-def cli_help(cls: type, usage: str, aliases: Mapping[str, str] | None = None) -> str:
-    """The ``-h`` text of a config-driven command: its usage, its options and every key with its
-    default."""
+def cli_help(cls: type, usage: str, aliases: Mapping[str, str] | None = None, resume: bool = True) -> str:
+    """The ``-h`` text of a config-driven command: its usage, its options (``--resume`` when the
+    command trains) and every key with its default."""
     rows = config_keys(cls)
     width = max(len(k) for k, _, _ in rows)
-    lines = [f"usage: {usage}", "", "options:", "  --config FILE     a YAML or JSON config (keys below); key=value overrides it",
-             "  --resume [PATH]   continue from the newest checkpoint of train.run_dir, or from PATH"]
-    lines += [f"  {alias + ' V':<17} {key}=V" for alias, key in (aliases or {}).items()]
-    lines += [f"  {switch:<17} {key}=true" for switch, key in config_switches(cls).items()]
-    lines += [f"  {option + ' V':<17} {key}=V" + (" (repeatable: a list)" if repeat else "")
-              for option, (key, repeat) in config_options(cls).items()]
+    options = [("--config FILE", "a YAML or JSON config (keys below); key=value overrides it")]
+    if resume:
+        options.append(("--resume [PATH]", "continue from the newest checkpoint of train.run_dir, or from PATH"))
+    options += [(f"{alias} V", f"{key}=V") for alias, key in (aliases or {}).items()]
+    options += [(switch, f"{key}=true") for switch, key in config_switches(cls).items()]
+    options += [(f"{option} V", f"{key}=V" + (" (repeatable: a list)" if repeat else ""))
+                for option, (key, repeat) in config_options(cls).items()]
+    name_width = max(len(name) for name, _ in options)
+    lines = [f"usage: {usage}", "", "options:"] + [f"  {name:<{name_width}}  {what}" for name, what in options]
     lines += ["", "keys (key=value, dotted for sections):"]
     lines += [f"  {k:<{width}}  {d}  ({t})" for k, t, d in rows]
     return "\n".join(lines)

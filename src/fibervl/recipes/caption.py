@@ -125,13 +125,15 @@ def evaluate_saved(cfg: CaptionConfig) -> dict:
     ignored), or with ``--baseline`` those of the most frequent training caption."""
     from ..experiment import resolve_model_dir
 
+    if not cfg.baseline:
+        required_model(cfg, "caption")
     eval_reader = caption_reader(cfg.data, cfg.data.eval_split)
     split = cfg.data.eval_source().split or cfg.data.eval_split
     if cfg.baseline:
         metrics = most_frequent_caption_baseline(caption_reader(cfg.data, cfg.data.train_split), eval_reader,
                                                  limit=cfg.data.num_eval, spice=cfg.caption.spice)
         return {"split": split, "baseline": "most frequent training caption", **metrics}
-    model_dir = resolve_model_dir(required_model(cfg, "caption"))
+    model_dir = resolve_model_dir(cfg.model.init)
     model = FiberModel.from_pretrained(model_dir).eval()
     _check_caption_head(model, model_dir)
     fallback = cfg.data.tokenizer or (Path(cfg.data.root) / "tokenizer")

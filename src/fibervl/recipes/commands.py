@@ -43,7 +43,7 @@ def help_text(recipe: Recipe, verb: str) -> str:
     default."""
     what = "evaluate a saved model: " if verb == "evaluate" else ""
     parts = [f"{what}{recipe.summary}", _own_doc(recipe.config_cls)]
-    parts.append(cli_help(recipe.config_cls, usage(recipe, verb), recipe.aliases(verb)))
+    parts.append(cli_help(recipe.config_cls, usage(recipe, verb), recipe.aliases(verb), resume=verb in TRAINING_VERBS))
     return "\n\n".join(p for p in parts if p)
 
 
