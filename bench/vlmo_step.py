@@ -23,15 +23,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from forward import pair_batch  # noqa: E402
 from fibervl.engine.allocator import keep_freed_memory  # noqa: E402
-from fibervl.modeling.families import build_from_config, get_any_preset  # noqa: E402
+from fibervl.modeling.factory import create_model, preset_config  # noqa: E402
 from fibervl.tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask  # noqa: E402
 from fibervl.tasks.pretrain_vlmo import MimTask, TextMlmTask, set_stage_trainable  # noqa: E402
 
 
 def step_time(preset: str, stage: str, precision: str, batch_size: int, tokens: int, runs: int) -> float:
-    cfg = get_any_preset(preset)
+    cfg = preset_config(preset)
     torch.manual_seed(0)
-    model = build_from_config(cfg).train()
+    model = create_model(cfg, seed=None).train()
     set_stage_trainable(model, stage)
     specials = (cfg.text.bos_token_id, cfg.text.eos_token_id, cfg.text.pad_token_id)
     if stage == "mim":
@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--stages", default="mim,text,vl")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    n = sum(p.numel() for p in build_from_config(get_any_preset(args.preset)).parameters())
+    n = sum(p.numel() for p in create_model(args.preset).parameters())
     print(f"{args.preset}: {n:,} parameters; batch {args.batch}, {args.tokens} tokens, {args.threads} thread(s)")
     for stage in args.stages.split(","):
         for precision in ("fp32", "bf16"):

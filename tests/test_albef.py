@@ -10,13 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from fibervl.cli import main
-from fibervl.config import ConfigError
+from fibervl.errors import ConfigError
 from fibervl.data import ProcessedDataset, Processor, Tokenizer
 from fibervl.data.shapes import ShapesDataset
 from fibervl.data.transforms import eval_transforms
-from fibervl.experiment import ModelSpec, build_task_model, fit_to_tokenizer
+from fibervl.experiment import ModelSpec
 from fibervl.modeling.albef import AlbefConfig, AlbefModel
-from fibervl.modeling.families import all_presets, get_any_preset, load_pretrained, saved_family
+from fibervl.modeling.factory import create_model, fit_to_tokenizer, list_presets, preset_config, read_model_config
 from fibervl.recipes.common import PairCollator
 from fibervl.tasks.nlvr2 import Nlvr2Collator, Nlvr2Task
 from fibervl.tasks.objectives import FeatureQueue, itc_logits
@@ -48,9 +48,9 @@ def micro_model(**changes) -> AlbefModel:
 # ---- the model ------------------------------------------------------------------------------
 
 def test_presets_are_registered_in_the_albef_family():
-    presets = all_presets()
+    presets = list_presets()
     assert presets["albef-base"] == "albef" and presets["albef-tiny"] == "albef"
-    assert get_any_preset("albef-tiny").family == "albef"
+    assert preset_config("albef-tiny").family == "albef"
 
 
 def test_albef_base_parameter_count_matches_the_architecture():
@@ -68,7 +68,7 @@ def test_albef_base_parameter_count_matches_the_architecture():
     expected = vit + text + cross + heads
     assert expected == 233_380_157
     with torch.device("meta"):  # no memory, no initialisation cost
-        model = AlbefModel(get_any_preset("albef-base"))
+        model = AlbefModel(preset_config("albef-base"))
     assert sum(p.numel() for p in model.vision.parameters()) == vit == 85_844_736
     assert model.fusion_parameters() == {"cross_attention": cross}
     assert sum(p.numel() for p in model.parameters()) == expected
@@ -126,8 +126,8 @@ def test_vit_interpolates_positions_for_another_resolution():
 def test_save_load_round_trip_is_bit_exact(tmp_path):
     model = micro_model().eval()
     model.save_pretrained(tmp_path)
-    assert saved_family(tmp_path).name == "albef"
-    loaded = load_pretrained(tmp_path).eval()
+    assert read_model_config(tmp_path).family == "albef"
+    loaded = create_model(tmp_path).eval()
     assert type(loaded) is AlbefModel and loaded.config == model.config
     for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert k == k2 and a.equal(b), k
@@ -313,9 +313,10 @@ def test_task_model_from_an_albef_directory_adds_the_vqa_head(shapes_tiny, tmp_p
     tok = Tokenizer.from_pretrained(ShapesDataset(shapes_tiny).tokenizer_dir)
     base = _albef_for(tok, heads=("itc", "itm", "mlm"))
     base.save_pretrained(tmp_path / "run" / "model")
-    model, new = build_task_model(ModelSpec(init=str(tmp_path / "run")), tok, new_heads=("vqa",), vqa_num_answers=11)
+    model, report = ModelSpec(init=str(tmp_path / "run")).build(tok, new_heads=("vqa",), config_changes={"vqa_num_answers": 11},
+                                                                with_report=True)
     assert isinstance(model, AlbefModel) and model.config.vqa_num_answers == 11
-    assert new and all(k.startswith("heads.vqa.") for k in new)
+    assert report.new and all(k.startswith("heads.vqa.") for k in report.new)
     for k, v in base.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k
 
@@ -334,7 +335,7 @@ def test_cli_pretrain_albef_resumes_exports_and_fine_tunes(shapes_tiny, tmp_path
     assert any(k.startswith("momentum_model.") for k in state["task"]) and int(state["task"]["queue.count"]) == 8
     assert main(args + ["train.max_steps=3", "--resume"]) == 0
     assert "i2t_r1=" in capsys.readouterr().out
-    model = load_pretrained(run_dir / "model")
+    model = create_model(run_dir / "model")
     assert isinstance(model, AlbefModel)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["images"] == 10
@@ -345,4 +346,4 @@ def test_cli_pretrain_albef_resumes_exports_and_fine_tunes(shapes_tiny, tmp_path
     assert main(["finetune", "vqa", "--config", "configs/fiber-tiny_vqa_shapes.yaml", "--init", str(run_dir),
                  f"data.root={shapes_tiny}", f"--run-dir={vqa}", "train.batch_size=4", "train.progress_bar=false",
                  "train.ckpt_every=null", "train.max_steps=2", "data.num_eval=6", "train.precision=fp32"]) == 0
-    assert isinstance(load_pretrained(vqa / "model"), AlbefModel)
+    assert isinstance(create_model(vqa / "model"), AlbefModel)

@@ -9,13 +9,14 @@ import torch
 from safetensors.torch import save_file
 
 from fibervl.cli import main as cli_main
-from fibervl.config import ConfigError, FiberConfig, get_preset
+from fibervl.config import FiberConfig, get_preset
 from fibervl.convert.common import ConversionError
 from fibervl.convert.official_coarse import convert_official_coarse_state
 from fibervl.convert.official_vqa import check_vqa_files, official_answer_list
 from fibervl.convert.unimodal import load_roberta, load_swin
 from fibervl.modeling.fiber import FiberModel
-from fibervl.modeling.pretrained import CheckpointError, loaded_once
+from fibervl.errors import CheckpointError, ConfigError
+from fibervl.modeling.pretrained import loaded_once
 from fibervl.modeling.swin import resize_relative_position_table
 from fibervl.testing.configs import micro_config
 
@@ -176,6 +177,28 @@ def test_official_converter_round_trip(official_micro):
     assert set(dropped) == {"text_transformer.pooler.dense.weight", "queue_ptr", "rank_output.weight", "rank_output.bias"}
     for key, value in model.state_dict().items():
         assert torch.equal(converted.state_dict()[key], value), key
+
+
+def test_create_model_reaches_official_checkpoints_through_their_converter(official_micro, tmp_path):
+    """``create_model("official-coarse:PATH")`` converts the file as ``fibervl convert`` does,
+    reports the keys the converter dropped, and adds a task head like any saved model."""
+    from fibervl.modeling.factory import create_model
+
+    model, state = official_micro
+    torch.save({"state_dict": state, "epoch": 0}, tmp_path / "official.ckpt")
+    source = f"official-coarse:{tmp_path / 'official.ckpt'}"
+    options = {"image_size": 64, "text_head_dim": 16}
+    converted, report = create_model(source, convert_options=options, with_report=True)
+    assert report.dropped.keys() == {"text_transformer.pooler.dense.weight", "queue_ptr", "rank_output.weight",
+                                     "rank_output.bias"} and report.new == []
+    for key, value in model.state_dict().items():
+        assert torch.equal(converted.state_dict()[key], value), key
+    vqa, report = create_model(source, convert_options=options, new_heads=("vqa",), config_changes={"vqa_num_answers": 3},
+                               with_report=True)
+    assert report.new and all(k.startswith("heads.vqa.") for k in report.new) and vqa.heads.vqa[-1].out_features == 3
+    assert torch.equal(vqa.state_dict()["heads.itm.weight"], model.state_dict()["heads.itm.weight"])
+    with pytest.raises(ConfigError, match="official checkpoint.*init="):
+        create_model(source, convert_options=options, init=tmp_path)
 
 
 def test_official_converter_rejects_unknown_and_missing_keys(official_micro):

@@ -11,7 +11,7 @@ import yaml
 
 from fibervl.mainjob.job import TASK_STAGES, run_job
 from fibervl.mainjob.presets import get_job_preset
-from fibervl.modeling.families import load_pretrained
+from fibervl.modeling.factory import create_model
 
 
 # 4 workers on a 2-core CI machine: torch warns, and the point is to run the preset's own number
@@ -36,5 +36,5 @@ def test_gpu_small_settings_run_every_stage_at_micro_scale(tmp_path):
         train = yaml.safe_load((tmp_path / "stages" / stage / "config.yaml").read_text())["train"]
         assert (train["batch_size"], train["num_workers"]) == (batch, gpu.workers), stage
     for stage in ("fine", *TASK_STAGES):
-        assert sum(p.numel() for p in load_pretrained(tmp_path / "stages" / stage / "model").parameters()) > 0
+        assert sum(p.numel() for p in create_model(tmp_path / "stages" / stage / "model").parameters()) > 0
     assert (tmp_path / "report.md").is_file()

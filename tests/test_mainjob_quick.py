@@ -25,7 +25,7 @@ import pytest
 from fibervl.cli import main
 from fibervl.mainjob.job import TASK_STAGES
 from fibervl.mainjob.report import beats_baseline
-from fibervl.modeling.families import load_pretrained
+from fibervl.modeling.factory import create_model
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_quick_preset_beats_the_baselines_it_has_the_budget_for(quick_run):
 def test_every_stage_model_loads(quick_run):
     out, _ = quick_run
     for stage in ("coarse", "fine", *TASK_STAGES):
-        model = load_pretrained(out / "stages" / stage / "model")
+        model = create_model(out / "stages" / stage / "model")
         assert sum(p.numel() for p in model.parameters()) > 0
 
 

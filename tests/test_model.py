@@ -186,7 +186,8 @@ def test_max_image_pooling_keeps_a_small_bright_region(batch):
     """image_pooling="max": one token's feature survives pooling (a mean over N tokens divides it by N);
     both the dual-encoder embedding and the fused cls features use it; configs saved before the
     option existed load as "mean"."""
-    from fibervl.config import ConfigError, FiberConfig, get_preset
+    from fibervl.config import FiberConfig, get_preset
+    from fibervl.errors import ConfigError
 
     images, ids, mask = batch
     mean_model = FiberModel(micro_config()).eval()
@@ -288,10 +289,14 @@ def test_freeze_prefix_trains_exactly_what_lies_above_the_first_fused_block(batc
 def test_freeze_prefix_through_the_model_spec(tmp_path):
     """``ModelSpec(freeze_prefix=True)`` freezes the task model it builds; a family without
     fused prefixes says so instead of training everything."""
-    from fibervl.experiment import ModelSpec, apply_freezing
+    from fibervl.experiment import ModelSpec
+    from fibervl.modeling.albef import AlbefModel
+    from fibervl.testing.configs import albef_micro_config
 
-    model = apply_freezing(FiberModel(micro_config()), ModelSpec(freeze_prefix=True))
+    FiberModel(micro_config()).save_pretrained(tmp_path / "fiber")
+    model = ModelSpec(init=str(tmp_path / "fiber"), freeze_prefix=True).build(micro_config().text)
     assert not model.vision.patch_embed.proj.weight.requires_grad
     assert all(p.requires_grad for p in model.heads.parameters())
-    with pytest.raises(ValueError, match="freeze_prefix"):
-        apply_freezing(torch.nn.Linear(2, 2), ModelSpec(freeze_prefix=True))
+    AlbefModel(albef_micro_config()).save_pretrained(tmp_path / "albef")
+    with pytest.raises(ValueError, match="freeze_prefix: AlbefModel has no unfused prefix"):
+        ModelSpec(init=str(tmp_path / "albef"), freeze_prefix=True).build(albef_micro_config().text)

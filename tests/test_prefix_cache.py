@@ -12,7 +12,7 @@ import torch
 from fibervl.data import AnswerVocabulary, DataError, ProcessedDataset, Processor, Tokenizer
 from fibervl.data.shapes import ShapesDataset
 from fibervl.data.transforms import eval_transforms
-from fibervl.experiment import fit_to_tokenizer
+from fibervl.modeling.factory import fit_to_tokenizer
 from fibervl.modeling.fiber import FiberModel
 from fibervl.recipes.common import PairCollator, fused_training_data
 from fibervl.tasks.caption import CaptionSettings, CaptionTask

@@ -223,11 +223,11 @@ def test_step_draws_come_from_the_seed_and_the_checkpointed_step_count():
 def test_every_trainable_parameter_gets_a_gradient(preset):
     """What DDP needs of a pre-training model (a trainable parameter without a gradient stops
     the second step under torchrun): the heads no pre-training step reaches are frozen."""
-    from fibervl.modeling.families import build_from_config, get_any_preset
+    from fibervl.modeling.factory import create_model
     from fibervl.recipes.image_text import freeze_unreached_parts
 
     torch.manual_seed(0)
-    model = build_from_config(get_any_preset(preset)).train()
+    model = create_model(preset, seed=None).train()
     frozen = freeze_unreached_parts(model)
     assert {"heads.vqa", "heads.nlvr2"} <= set(frozen) or preset != "fiber-tiny"
     cfg = model.config

@@ -14,7 +14,7 @@ from PIL import Image
 from fibervl.cli import main
 from fibervl.data import Tokenizer
 from fibervl.engine.config import cli_help, parse_cli
-from fibervl.experiment import fit_to_tokenizer
+from fibervl.modeling.factory import fit_to_tokenizer
 from fibervl.modeling.fiber import FiberModel
 from fibervl.recipes.image_text import CaptionData, caption_reader
 from fibervl.recipes.retrieval import RetrievalConfig

@@ -131,12 +131,12 @@ def test_itm_pair_scores_equal_one_fused_pass_per_pair(family):
     """Re-ranking computes each image's and text's unfused prefix once and re-uses it across its
     pairs (batches of 2 here, texts of different lengths): the scores are those of one fused pass
     from the inputs for each pair."""
-    from fibervl.modeling.families import build_from_config
+    from fibervl.modeling.factory import create_model
     from fibervl.tasks.retrieval import itm_pair_scores
     from fibervl.testing.configs import albef_micro_config, micro_config
 
     torch.manual_seed(0)
-    model = build_from_config(micro_config() if family == "fiber" else albef_micro_config()).eval()
+    model = create_model(micro_config() if family == "fiber" else albef_micro_config(), seed=None).eval()
     images = torch.randn(3, 3, 64, 64)
     ids = torch.randint(4, 99, (4, 7))
     ids[:, 0] = 0
@@ -155,12 +155,12 @@ def test_itm_pair_scores_equal_one_fused_pass_per_pair(family):
 def test_nlvr2_logits_share_the_statement_prefix(family):
     """NLVR2 computes the statement's unfused prefix once for its two images: the logits are those
     of the two fused passes from the inputs."""
-    from fibervl.modeling.families import build_from_config
+    from fibervl.modeling.factory import create_model
     from fibervl.tasks.nlvr2 import nlvr2_logits
     from fibervl.testing.configs import albef_micro_config, micro_config
 
     torch.manual_seed(0)
-    model = build_from_config(micro_config() if family == "fiber" else albef_micro_config()).eval()
+    model = create_model(micro_config() if family == "fiber" else albef_micro_config(), seed=None).eval()
     left, right = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
     ids = torch.randint(4, 99, (2, 6))
     ids[1, 4:] = 1

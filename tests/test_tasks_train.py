@@ -12,12 +12,12 @@ from fibervl.cli import main
 from fibervl.data import AnswerVocabulary, ProcessedDataset, Processor, Tokenizer
 from fibervl.data.shapes import ShapesDataset
 from fibervl.data.transforms import eval_transforms
-from fibervl.experiment import ModelSpec, build_task_model
+from fibervl.experiment import ModelSpec
 from fibervl.modeling.fiber import FiberModel
-from fibervl.modeling.pretrained import CheckpointError
+from fibervl.errors import CheckpointError
 from fibervl.tasks.nlvr2 import Nlvr2Collator, Nlvr2Task
 from fibervl.tasks.vqa import VqaCollator, VqaTask, vocabulary_coverage
-from fibervl.experiment import fit_to_tokenizer
+from fibervl.modeling.factory import fit_to_tokenizer
 from fibervl.testing.training import train_losses
 from fibervl.testing.configs import micro_config
 
@@ -55,25 +55,32 @@ def test_nlvr2_loss_falls(shapes_tiny):
     assert losses[-1] < 0.5 * losses[0]
 
 
+def _task_model(init, tok, answers: int):
+    """(model, new weight names) of a VQA task started from ``init`` with a fresh VQA head."""
+    model, report = ModelSpec(init=str(init)).build(tok, new_heads=("vqa",), config_changes={"vqa_num_answers": answers},
+                                                     with_report=True)
+    return model, report.new
+
+
 def test_task_model_rebuilds_the_vqa_head_and_reports_new_weights(shapes_tiny, tmp_path):
     tok = Tokenizer.from_pretrained(ShapesDataset(shapes_tiny).tokenizer_dir)
     base = _micro_for(tok, heads=("itc", "itm", "mlm"))
     base.save_pretrained(tmp_path / "run" / "model")
-    model, new = build_task_model(ModelSpec(init=str(tmp_path / "run")), tok, new_heads=("vqa",), vqa_num_answers=11)
+    model, new = _task_model(tmp_path / "run", tok, 11)
     assert model.config.vqa_num_answers == 11 and "vqa" in model.config.heads
     assert new and all(k.startswith("heads.vqa.") for k in new)
     for k, v in base.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k
     # A head of another size in the init is replaced, not loaded.
     model.save_pretrained(tmp_path / "vqa11")
-    model2, new2 = build_task_model(ModelSpec(init=str(tmp_path / "vqa11")), tok, new_heads=("vqa",), vqa_num_answers=3)
+    model2, new2 = _task_model(tmp_path / "vqa11", tok, 3)
     assert model2.heads.vqa[-1].out_features == 3 and new2 == new
     # Anything else missing from the file is an error naming the file.
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("heads.itm.")}
     from safetensors.torch import save_file
     save_file(state, str(tmp_path / "vqa11" / "model.safetensors"))
     with pytest.raises(CheckpointError, match="heads.itm"):
-        build_task_model(ModelSpec(init=str(tmp_path / "vqa11")), tok, new_heads=("vqa",), vqa_num_answers=3)
+        _task_model(tmp_path / "vqa11", tok, 3)
 
 
 def test_fresh_weights_depend_on_the_model_seed_only(shapes_tiny, tmp_path):
@@ -89,16 +96,16 @@ def test_fresh_weights_depend_on_the_model_seed_only(shapes_tiny, tmp_path):
     def weights(spec, **kw):
         torch.manual_seed(torch.randint(0, 2**31, (1,)).item() + 1)  # a different global state each call
         before = torch.get_rng_state()
-        model = build_task_model(spec, tok, **kw)[0]
+        model = spec.build(tok, **kw)
         assert spec.init or torch.equal(torch.get_rng_state(), before)
         return model.state_dict()
 
     a, b, other = weights(spec), weights(spec), weights(ModelSpec(preset=str(preset), seed=1))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], other[k]) for k in a if a[k].is_floating_point() and a[k].std() > 0)
-    build_task_model(spec, tok)[0].save_pretrained(tmp_path / "base")
+    spec.build(tok).save_pretrained(tmp_path / "base")
     init = ModelSpec(init=str(tmp_path / "base"))
-    h1, h2 = (weights(init, new_heads=("vqa",), vqa_num_answers=5) for _ in range(2))
+    h1, h2 = (weights(init, new_heads=("vqa",), config_changes={"vqa_num_answers": 5}) for _ in range(2))
     assert all(torch.equal(h1[k], h2[k]) for k in h1 if k.startswith("heads.vqa."))
 
 

@@ -14,9 +14,9 @@ import torch
 from fibervl.cli import main as cli_main
 from fibervl.engine import checkpoint as ckpt
 from fibervl.engine.trainer import Trainer, TrainConfig
-from fibervl.modeling.families import load_pretrained
+from fibervl.modeling.factory import create_model
 from fibervl.modeling.fiber import FiberModel
-from fibervl.modeling.pretrained import CheckpointError as PretrainedError
+from fibervl.errors import CheckpointError
 from fibervl.testing.configs import micro_config
 
 
@@ -113,11 +113,11 @@ def micro_dir(tmp_path: Path) -> Path:
     return out
 
 
-@pytest.mark.parametrize("load", [FiberModel.from_pretrained, load_pretrained])
+@pytest.mark.parametrize("load", [FiberModel.from_pretrained, create_model])
 def test_model_directories_are_never_unpickled(micro_dir: Path, marker: Path, load) -> None:
     weights = micro_dir / "model.safetensors"
     pickle_bomb(weights, marker)
-    with pytest.raises(PretrainedError, match=f"{weights}: cannot read safetensors weights"):
+    with pytest.raises(CheckpointError, match=f"{weights}: cannot read safetensors weights"):
         load(micro_dir)
     assert not marker.exists()
 

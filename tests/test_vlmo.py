@@ -8,13 +8,14 @@ import json
 import pytest
 import torch
 
-from fibervl.config import ConfigError, TextConfig
+from fibervl.config import TextConfig
+from fibervl.errors import ConfigError
 from fibervl.data import AnswerVocabulary, ProcessedDataset, Processor, Tokenizer
 from fibervl.data.shapes import ShapesDataset
 from fibervl.data.transforms import eval_transforms
 from fibervl.engine.optim import OptimConfig, build_optimizer
-from fibervl.experiment import fit_to_tokenizer
-from fibervl.modeling.families import get_any_preset, load_pretrained, saved_family
+from fibervl.modeling.factory import fit_to_tokenizer
+from fibervl.modeling.factory import create_model, preset_config, read_model_config
 from fibervl.modeling.vlmo import VlmoConfig, VlmoModel, VlmoVisionConfig
 from fibervl.tasks.nlvr2 import Nlvr2Collator, Nlvr2Task
 from fibervl.tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask
@@ -148,13 +149,13 @@ def test_vlmo_base_parameter_count_by_hand():
     expected = (text_emb + image_emb + modality_type + blocks + final_norm + itc + poolers + itm + mlm + vqa + nlvr2)
     assert expected == 244_445_591
     with torch.device("meta"):
-        base = VlmoModel(get_any_preset("vlmo-base"))
+        base = VlmoModel(preset_config("vlmo-base"))
     assert sum(t.numel() for t in base.parameters()) == expected
     assert base.fusion_parameters()["vl_ffn"] == 2 * ffn
 
 
 def test_config_round_trip_and_validation(tmp_path):
-    cfg = get_any_preset("vlmo-tiny")
+    cfg = preset_config("vlmo-tiny")
     cfg.save(tmp_path / "c.json")
     assert VlmoConfig.load(tmp_path / "c.json") == cfg
     data = cfg.to_dict() | {"bogus": 1}
@@ -170,8 +171,8 @@ def test_config_round_trip_and_validation(tmp_path):
 
 def test_save_load_round_trip_is_bit_exact(model, pairs, tmp_path):
     model.save_pretrained(tmp_path / "m")
-    assert saved_family(tmp_path / "m").name == "vlmo"
-    loaded = load_pretrained(tmp_path / "m")
+    assert read_model_config(tmp_path / "m").family == "vlmo"
+    loaded = create_model(tmp_path / "m")
     assert isinstance(loaded, VlmoModel) and loaded.config == model.config
     for k, v in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
@@ -291,12 +292,12 @@ def test_vlmo_pretrain_recipe_then_finetune_recipes(shapes_tiny, tmp_path, capsy
     assert "i2t_r1=" in capsys.readouterr().out
     for stage in ("mim", "text", "vl"):
         assert (run / stage / "model" / "model.safetensors").is_file()
-    text_model = load_pretrained(run / "text" / "model")
-    mim_model = load_pretrained(run / "mim" / "model")
+    text_model = create_model(run / "text" / "model")
+    mim_model = create_model(run / "mim" / "model")
     for n, p in mim_model.named_parameters():  # the text stage moved only text-side weights
         if not (n.startswith(("text_embeddings.", "heads.mlm.")) or ".experts.text." in n):
             assert torch.equal(text_model.state_dict()[n], p), n
-    final = load_pretrained(run / "model")
+    final = create_model(run / "model")
     assert all(p.requires_grad for p in final.parameters())
     assert json.loads((run / "metrics.json").read_text())["images"] == 8
     # a second call with --resume finds every stage done and only re-evaluates
@@ -308,7 +309,7 @@ def test_vlmo_pretrain_recipe_then_finetune_recipes(shapes_tiny, tmp_path, capsy
         out = tmp_path / recipe
         assert main(["finetune", recipe, "--config", f"configs/fiber-tiny_{recipe}_shapes.yaml", *common,
                      f"--run-dir={out}", *extra]) == 0, recipe
-        assert isinstance(load_pretrained(out / "model"), VlmoModel)
+        assert isinstance(create_model(out / "model"), VlmoModel)
 
 
 @torch.no_grad()

@@ -13,9 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
-
-class ConfigError(ValueError):
-    """A config file or override names an unknown key or holds a value of the wrong kind."""
+from .errors import ConfigError
 
 
 def read_config_json(path: str | Path) -> dict[str, Any]:
@@ -195,12 +193,17 @@ class FiberConfig(SerializableConfig):
     image_pooling: str = "mean"
     detection: DetectionConfig | None = None
     name: str = "custom"
+    # Every family's config names its family, which is how a saved directory finds its class
+    # (:mod:`fibervl.modeling.factory`); a config.json without the key is FIBER's.
+    family: str = "fiber"
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         v, t, f = self.vision, self.text, self.fusion
+        if self.family != "fiber":
+            raise ConfigError(f"a FiberConfig has family 'fiber', got {self.family!r}")
         if len(v.depths) != len(v.num_heads):
             raise ConfigError(f"vision.depths {v.depths} and vision.num_heads {v.num_heads} differ in length")
         for dim, heads in zip(v.stage_dims(), v.num_heads):

@@ -6,7 +6,6 @@ from pathlib import Path
 
 from torch import nn
 
-from .config import PRESETS, get_preset
 from .modeling.fiber import FiberModel
 
 # Official FIBER-B (coarse) fusion counts, from the official model's state_dict.
@@ -48,14 +47,11 @@ def _other_family_report(model: nn.Module) -> str:
 
 
 def parameter_report(name_or_dir: str) -> str:
-    from .modeling.families import all_presets, build_from_config, get_any_preset, load_pretrained
+    from .modeling.factory import create_model, list_presets
 
-    if Path(name_or_dir).is_dir():
-        model = load_pretrained(name_or_dir)
-    elif name_or_dir in all_presets():
-        model = FiberModel(get_preset(name_or_dir)) if name_or_dir in PRESETS else build_from_config(get_any_preset(name_or_dir))
-    else:
-        raise ValueError(f"{name_or_dir!r} is neither a model directory nor a preset ({', '.join(sorted(all_presets()))})")
+    if not Path(name_or_dir).is_dir() and name_or_dir not in list_presets():
+        raise ValueError(f"{name_or_dir!r} is neither a model directory nor a preset ({', '.join(sorted(list_presets()))})")
+    model = create_model(name_or_dir, seed=None)  # only counted: its weights may come from any stream
     if not isinstance(model, FiberModel):
         return _other_family_report(model)
     cfg = model.config

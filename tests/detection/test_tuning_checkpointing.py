@@ -103,17 +103,17 @@ def test_prompt_offsets_start_at_zero_and_change_nothing_until_trained():
 
 def test_model_spec_builds_the_prompt_and_freezes():
     from fibervl.data.tokenizer import train_bytelevel_bpe
-    from fibervl.experiment import ModelSpec, build_model_compatible
+    from fibervl.experiment import ModelSpec
 
     tokenizer = train_bytelevel_bpe(["a red star beside a blue heart"] * 4, vocab_size=300)
     spec = ModelSpec(preset="fiber-tiny-fine", tuning="language_prompt_v2", activation_checkpointing=True)
-    model, report = build_model_compatible(spec, tokenizer)
+    model = spec.build(tokenizer, init_as="weights")
     rows = model.config.detection.max_query_len
     assert model.text_prompt_offsets.shape == (rows, model.config.text.hidden_size)
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {"text_prompt_offsets"}
     assert model._checkpoint_blocks and model.detector.head.tower.checkpointing
     with pytest.raises(ValueError, match="unknown tuning mode"):
-        build_model_compatible(ModelSpec(preset="fiber-tiny-fine", tuning="v2"), tokenizer)
+        ModelSpec(preset="fiber-tiny-fine", tuning="v2").build(tokenizer, init_as="weights")
 
 
 @pytest.mark.parametrize("tower_blocks", [0, 1])

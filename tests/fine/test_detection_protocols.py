@@ -24,7 +24,7 @@ from fibervl.config import DetectionConfig, get_preset
 from fibervl.data import CocoDetectionReader, MdetrReader, Tokenizer
 from fibervl.data.readers.odinw import OdinwReader
 from fibervl.data.transforms import InputSize
-from fibervl.experiment import fit_to_tokenizer
+from fibervl.modeling.factory import fit_to_tokenizer
 from fibervl.metrics.detection import average_over_datasets
 from fibervl.metrics.grounding import grounding_recall, refexp_split
 from fibervl.metrics.lvis import lvis_ap

@@ -18,7 +18,7 @@ from fibervl.cli import main
 from fibervl.config import DetectionConfig
 from fibervl.data import Tokenizer
 from fibervl.data.shapes import ShapesDataset
-from fibervl.experiment import fit_to_tokenizer
+from fibervl.modeling.factory import fit_to_tokenizer
 from fibervl.modeling.fiber import FiberModel
 from fibervl.testing.configs import micro_config
 

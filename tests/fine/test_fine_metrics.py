@@ -105,8 +105,9 @@ def test_prompt_chunks_split_long_vocabularies(shapes_tiny):
         prompt_chunks(cats, list(cats), tok, max_length=2)  # <s> and </s> alone
 
 
-def test_load_compatible_reports_new_and_unused_weights(tmp_path):
-    from fibervl.experiment import load_compatible
+def test_compatible_init_reports_new_and_unused_weights(tmp_path):
+    from fibervl.errors import CheckpointError
+    from fibervl.modeling.factory import create_model
 
     coarse_cfg = micro_config()
     coarse = FiberModel(coarse_cfg)
@@ -115,8 +116,8 @@ def test_load_compatible_reports_new_and_unused_weights(tmp_path):
         vision=dataclasses.replace(coarse_cfg.vision, feature_norms=(1, 2, 3)), heads=(),
         detection=DetectionConfig(channels=16, num_blocks=1, num_groups=4, max_query_len=16),
     )
-    fine = FiberModel(fine_cfg)
-    new, unused = load_compatible(fine, tmp_path / "coarse")
+    fine, report = create_model(fine_cfg, init=tmp_path / "coarse", with_report=True)
+    new, unused = report.new, report.unused
     assert new and all(k.startswith(("detector.", "vision.feature_norms.")) for k in new)
     assert any(k.startswith("detector.head.") for k in new) and any(k.startswith("vision.feature_norms.") for k in new)
     assert unused and all(k.startswith(("heads.", "cross_modal.", "temperature")) for k in unused)
@@ -125,9 +126,9 @@ def test_load_compatible_reports_new_and_unused_weights(tmp_path):
         if k in coarse_state:
             assert torch.equal(v, coarse_state[k]), k
     # a shared name with another shape is an error naming it
-    wider = FiberModel(fine_cfg.replace(text=dataclasses.replace(fine_cfg.text, vocab_size=101)))
-    with pytest.raises(ValueError, match="text.embeddings"):
-        load_compatible(wider, tmp_path / "coarse")
+    wider = fine_cfg.replace(text=dataclasses.replace(fine_cfg.text, vocab_size=101))
+    with pytest.raises(CheckpointError, match="text.embeddings"):
+        create_model(wider, init=tmp_path / "coarse")
 
 
 def test_detection_prompts_keep_present_classes_and_sample_negatives(shapes_tiny):

@@ -14,7 +14,7 @@ import dataclasses
 from fibervl.cli import main
 from fibervl.config import DetectionConfig
 from fibervl.data import Tokenizer
-from fibervl.experiment import ModelSpec, model_config
+from fibervl.modeling.factory import create_model, read_model_config
 from fibervl.modeling.fiber import FiberModel
 from fibervl.testing.configs import micro_config
 
@@ -33,7 +33,7 @@ def fine_run(shapes_tiny, tmp_path_factory):
     micro = micro_config()
     (root / "coarse_cfg").mkdir()
     micro.save(root / "coarse_cfg" / "config.json")
-    FiberModel(model_config(ModelSpec(str(root / "coarse_cfg")), tok)).save_pretrained(root / "coarse")
+    create_model(read_model_config(root / "coarse_cfg"), tokenizer=tok, seed=None).save_pretrained(root / "coarse")
     fine = micro.replace(vision=dataclasses.replace(micro.vision, image_size=128, feature_norms=(1, 2, 3)), heads=(),
                          detection=DetectionConfig(channels=16, num_blocks=1, num_groups=4,
                                                    anchor_sizes=(16, 32, 64, 128, 256), max_query_len=16))

@@ -11,8 +11,8 @@ import torch
 
 import fibervl
 from fibervl.data import DataError, Tokenizer
-from fibervl.experiment import DataSpec, fit_to_tokenizer
-from fibervl.modeling.families import build_from_config
+from fibervl.experiment import DataSpec
+from fibervl.modeling.factory import create_model, fit_to_tokenizer
 from fibervl.predict import Gallery, ModelCard, RetrievalPredictor, VqaPredictor, card_of, save
 from fibervl.predict import retrieval as retrieval_module
 from fibervl.recipes.common import export_task_model
@@ -97,12 +97,12 @@ def _other_tokenizer(tmp_path):
 
 @pytest.mark.parametrize("family", ["albef", "vlmo"])
 def test_load_handles_every_family(family, tokenizer_dir, image_paths, tmp_path):
-    from fibervl.modeling.families import get_any_preset
+    from fibervl.modeling.factory import preset_config
 
     tok = Tokenizer.from_pretrained(tokenizer_dir)
-    config = fit_to_tokenizer(albef_micro_config() if family == "albef" else get_any_preset("vlmo-tiny"), tok)
+    config = fit_to_tokenizer(albef_micro_config() if family == "albef" else preset_config("vlmo-tiny"), tok)
     torch.manual_seed(0)
-    model = build_from_config(config)
+    model = create_model(config, seed=None)
     directory = tmp_path / family
     model.save_pretrained(directory)
     tok.save(directory / "tokenizer")
@@ -130,7 +130,7 @@ def test_gallery_save_and_load_give_the_same_ranking(coarse_dir, image_dir, imag
     queries = ["a red star", "two blue circles", "a green square"]
     before = RetrievalPredictor(model, processor, gallery, rerank_k=2, top=4).predict(queries)
     assert RetrievalPredictor(model, processor, loaded, rerank_k=2, top=4).predict(queries) == before
-    other = set_fusion_gates(build_from_config(model.config), 0.5)
+    other = set_fusion_gates(create_model(model.config, seed=None), 0.5)
     with pytest.raises(ValueError, match="another model"):
         RetrievalPredictor(other, processor, loaded)
 

@@ -14,7 +14,8 @@ import torch
 
 from ..config import FiberConfig, FusionConfig, SwinConfig, TextConfig
 from ..modeling.fiber import FiberModel
-from ..modeling.pretrained import CheckpointError, load_state_strict
+from ..errors import CheckpointError
+from ..modeling.pretrained import load_state_strict
 from ..modeling.swin import resize_relative_position_table
 from .common import ConversionError, KeyMapper, load_torch_checkpoint
 

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from ..config import DetectionConfig, FiberConfig, FusionConfig, get_preset
 from ..modeling.fiber import FiberModel
-from ..modeling.pretrained import CheckpointError, load_state_strict
+from ..errors import CheckpointError
+from ..modeling.pretrained import load_state_strict
 from .common import ConversionError, KeyMapper
 from .common import load_torch_checkpoint
 from .official_coarse import _DROPS, _RULES, infer_config

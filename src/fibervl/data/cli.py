@@ -56,7 +56,7 @@ def _build_parser() -> argparse.ArgumentParser:
 def _check(args) -> int:
     import json
 
-    from ..engine.config import ConfigError
+    from ..errors import ConfigError
     from .errors import DataError
     from .sources import parse_spec
     from .sources.check import check_source, format_report

@@ -47,7 +47,7 @@ def _card_tasks(directory: Path) -> list[str]:
 
 
 def _offers(path: Path) -> dict[str, Path]:
-    from ..experiment import resolve_model_dir
+    from ..modeling.factory import resolve_model_dir
 
     if _is_model_dir(path):
         directory = resolve_model_dir(path)
@@ -64,7 +64,7 @@ def _offers(path: Path) -> dict[str, Path]:
 
 
 def _what_it_holds(path: Path) -> str:
-    from ..experiment import resolve_model_dir
+    from ..modeling.factory import resolve_model_dir
 
     if _is_model_dir(path):
         return f"its model can do {_card_tasks(resolve_model_dir(path)) or 'no task'}"

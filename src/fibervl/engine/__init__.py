@@ -6,8 +6,9 @@ Modules: :mod:`.config` (typed YAML configs), :mod:`.distributed` (process group
 :mod:`.trainer`.
 """
 
-from .checkpoint import CheckpointError, find_latest_checkpoint, verify_checkpoint
-from .config import ConfigError, load_config, parse_cli, save_config
+from ..errors import CheckpointError, ConfigError
+from .checkpoint import find_latest_checkpoint, verify_checkpoint
+from .config import load_config, parse_cli, save_config
 from .optim import OptimConfig, ScheduleConfig, build_optimizer, build_param_groups, build_scheduler
 from .trainer import Trainer, TrainConfig
 

@@ -45,6 +45,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
+from ..errors import CheckpointError
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -54,10 +56,6 @@ _STEP_RE = re.compile(r"^step_(\d+)$")
 # point of the protocol. The phases, in the order a save reaches them:
 PAUSE_PHASES = ("after_model", "before_meta", "before_rename", "before_latest", "before_prune")
 _PAUSE_ENV = "FIBERVL_CKPT_TEST_PAUSE"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, incomplete or corrupt."""
 
 
 def step_dir_name(step: int) -> str:

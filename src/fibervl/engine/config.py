@@ -49,12 +49,9 @@ from typing import Any, TypeVar, Union
 
 import yaml
 
+from ..errors import ConfigError
+
 T = TypeVar("T")
-
-
-
-class ConfigError(ValueError):
-    """A config file or override is invalid (unknown key, wrong type, missing value)."""
 
 
 def _fmt_key(prefix: str, name: str) -> str:

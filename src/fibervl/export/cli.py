@@ -75,22 +75,20 @@ def _load(name_or_dir: str):
     """(FiberModel, default output directory) from a model or run directory, or a preset name."""
     import torch
 
-    from ..config import PRESETS, get_preset
-    from ..experiment import resolve_model_dir
-    from ..modeling.families import all_presets, load_pretrained, saved_family
-    from ..modeling.fiber import FiberModel
+    from ..config import PRESETS
+    from ..modeling.factory import create_model, list_presets, read_model_config, resolve_model_dir
 
     if Path(name_or_dir).is_dir():
         directory = resolve_model_dir(name_or_dir)
-        family = saved_family(directory).name
+        family = read_model_config(directory).family
         if family != "fiber":
             raise ValueError(f"{directory} holds a {family} model; ONNX export covers FIBER models")
-        return load_pretrained(directory), directory / "onnx"
+        return create_model(directory), directory / "onnx"
     if name_or_dir in PRESETS:
         torch.manual_seed(0)  # the same random weights every time
-        return FiberModel(get_preset(name_or_dir)), Path(f"{name_or_dir}-onnx")
-    if name_or_dir in all_presets():
-        raise ValueError(f"{name_or_dir} is a {all_presets()[name_or_dir]} preset; ONNX export covers FIBER models "
+        return create_model(name_or_dir, seed=None), Path(f"{name_or_dir}-onnx")
+    if name_or_dir in list_presets():
+        raise ValueError(f"{name_or_dir} is a {list_presets()[name_or_dir]} preset; ONNX export covers FIBER models "
                          f"({', '.join(sorted(PRESETS))})")
     raise ValueError(f"{name_or_dir!r} is neither a model directory nor a preset ({', '.join(sorted(PRESETS))})")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..modeling.families import load_pretrained
+from ..modeling.factory import create_model
 from ..modeling.flops import count_flops
 from .stages import write_json_atomic
 
@@ -44,7 +44,7 @@ def _median_samples_per_s(run_dir: Path) -> float | None:
 
 def family_row(family: str, out: Path, results: dict) -> dict:
     model_dir = out / "stages" / ("coarse" if family == "fiber" else "pretrain") / "model"
-    model = load_pretrained(model_dir)
+    model = create_model(model_dir)
     params = sum(p.numel() for p in model.parameters())
     parts = model.fusion_parameters()
     fusion = sum(v for k, v in parts.items() if k != "caption_proj")  # FIBER's caption projection is not fusion

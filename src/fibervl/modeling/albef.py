@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError, SerializableConfig, TextConfig
+from ..config import SerializableConfig, TextConfig
+from ..errors import ConfigError
 from .fiber import FusionOutput, _init_weights, _l2_normalise
 from .heads import HeadLogits, Heads
 from .layers import merge_heads, split_heads
@@ -273,6 +274,30 @@ class AlbefModel(HeadLogits, nn.Module):
                 for m in (layer.cross, layer.cross_norm) for p in m.parameters())
         return {"cross_attention": n}
 
+    def parameter_groups(self) -> dict[str, list[nn.Module | nn.Parameter]]:
+        """The groups a training config names to give them their own learning rate
+        (``optim.lr_multipliers``, e.g. ``{heads: 5, fusion: 5}``):
+
+        - ``vision``: the ViT; ``text``: the text encoder, its fusion layers included;
+        - ``cross_attention``: each fusion layer's attention to the image tokens (query, key,
+          value, output);
+        - ``fusion``: what a fusion layer adds to a text layer: ``cross_attention`` and the
+          LayerNorm after it;
+        - ``itc_projections``: the ITC projections to ``embed_dim`` (with the ``itc`` head);
+        - ``heads``; ``temperature`` (with the ``itc`` head).
+
+        Groups overlap (``cross_attention`` lies in ``fusion``, ``fusion`` in ``text``); the
+        engine gives a parameter the multiplier of the smallest group named that holds it."""
+        fusion_layers = self.text.layers[self.text.num_text_only:]
+        groups: dict[str, list] = {"vision": [self.vision], "text": [self.text],
+                                   "cross_attention": [layer.cross for layer in fusion_layers],
+                                   "fusion": [m for layer in fusion_layers for m in (layer.cross, layer.cross_norm)],
+                                   "heads": [self.heads]}
+        if "itc" in self.config.heads:
+            groups["itc_projections"] = [self.vision_proj, self.text_proj]
+            groups["temperature"] = [self.temperature]
+        return groups
+
     # ---- save / load ---------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> None:
         from .pretrained import save_pretrained
@@ -281,9 +306,10 @@ class AlbefModel(HeadLogits, nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "AlbefModel":
-        from .pretrained import load_pretrained
+        """The model saved in ``directory`` (a model or run directory); it must be a albef model."""
+        from .factory import create_model, resolve_model_dir
 
-        return load_pretrained(cls, directory, map_location, config_cls=AlbefConfig)
+        return create_model(resolve_model_dir(directory), device=map_location, family="albef")
 
 
 # ---- presets -----------------------------------------------------------------------------

@@ -199,6 +199,34 @@ class FiberModel(HeadLogits, nn.Module):
             parts["prompt"] = [self.text_prompt_offsets]
         return parts
 
+    def parameter_groups(self) -> dict[str, list[nn.Module | nn.Parameter]]:
+        """The groups a training config names to give them their own learning rate
+        (``optim.lr_multipliers``, e.g. ``{heads: 5, fusion: 5, gates: 20}``): every part of
+        :meth:`parts`, and these groups across or inside them:
+
+        - ``image_to_text``: the image backbone's cross-attention to the text (the fused Swin
+          blocks' ``i2t``, gates included);
+        - ``text_to_image``: the text encoder's cross-attention to the image (the fused text
+          layers' ``t2i``, gates included), the only path from the image to a caption's words;
+        - ``gates``: the fusion gates ``alpha`` of both directions (one scalar per fused block
+          or layer, :attr:`FiberConfig.fusion.alpha_init` at the start);
+        - ``poolers``: the tanh poolers of ``cross_modal`` (fused and ITC);
+        - ``fusion``: everything that mixes the modalities, the official ``lr_mult_cross_modal``
+          set: both directions of cross-attention and ``cross_modal``;
+        - ``detector``: the whole grounding detector (``fpn`` and the head), with a detection head.
+
+        Groups overlap (``gates`` lie in ``fusion``, ``fusion`` in ``vision`` and ``text``);
+        the engine gives a parameter the multiplier of the smallest group named that holds it."""
+        groups = dict(self.parts())
+        groups["image_to_text"] = [b.i2t for b in self._fused_block_modules()]
+        groups["text_to_image"] = [layer.t2i for layer in self.text.layers if layer.t2i is not None]
+        groups["gates"] = [m.alpha for m in groups["image_to_text"] + groups["text_to_image"]]
+        groups["poolers"] = [m for m in self.cross_modal.children() if isinstance(m, Pooler)]
+        groups["fusion"] = groups["image_to_text"] + groups["text_to_image"] + [self.cross_modal]
+        if self.detector is not None:
+            groups["detector"] = [self.detector]
+        return groups
+
     def freeze(self, names) -> int:
         """Stop training the parts named (see :meth:`parts`): ``requires_grad = False``, and their
         modules stay in eval mode (no dropout, no drop path) when the model trains, as the official
@@ -479,9 +507,10 @@ class FiberModel(HeadLogits, nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "FiberModel":
-        from .pretrained import load_pretrained
+        """The model saved in ``directory`` (a model or run directory); it must be a fiber model."""
+        from .factory import create_model, resolve_model_dir
 
-        return load_pretrained(cls, directory, map_location)
+        return create_model(resolve_model_dir(directory), device=map_location, family="fiber")
 
     def fusion_parameters(self) -> dict[str, int]:
         """Parameter counts of the fusion modules: {"i2t": n, "t2i": n, "caption_proj": n}."""

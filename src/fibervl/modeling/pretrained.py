@@ -1,4 +1,5 @@
-"""``save_pretrained`` / ``from_pretrained``: a directory with ``config.json`` + ``model.safetensors``.
+"""The files of a model directory: ``config.json`` + ``model.safetensors``, written atomically
+and read strictly (:func:`fibervl.modeling.factory.create_model` builds models from them).
 
 ``config.json`` holds the model's config and, optionally, a ``"card"`` entry: JSON metadata for
 whoever uses the directory (see :mod:`fibervl.predict.card`), which the model never reads.
@@ -17,15 +18,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..config import ConfigError, FiberConfig, read_config_json
+from ..config import read_config_json
+from ..errors import CheckpointError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_KEY = "card"
-
-
-class CheckpointError(RuntimeError):
-    """A weights file does not fit the model: names the file and the offending keys."""
 
 
 def save_pretrained(model: nn.Module, directory: str | Path, card: dict | None = None) -> None:
@@ -39,17 +37,6 @@ def save_pretrained(model: nn.Module, directory: str | Path, card: dict | None =
         data[CARD_KEY] = card
     _atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(state, str(path), metadata={"format": "pt"}))
     _atomic_write(directory / CONFIG_NAME, lambda path: path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8"))
-
-
-def read_config(config_cls, path: str | Path):
-    """A saved ``config.json`` as ``config_cls`` (its card left out); errors name the file."""
-    path = Path(path)
-    data = read_config_json(path)
-    data.pop(CARD_KEY, None)
-    try:
-        return config_cls.from_dict(data)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
 
 
 def read_card(directory: str | Path) -> dict | None:
@@ -126,22 +113,22 @@ def loaded_once():
         _loaded = outer
 
 
-def load_pretrained(cls, directory: str | Path, map_location="cpu", config_cls=FiberConfig):
-    """``cls(config_cls.load(config.json))`` with every weight of ``model.safetensors`` (strict)."""
+def load_saved(model_cls, config, directory: str | Path, device="cpu"):
+    """``model_cls(config)`` with every weight of ``directory/model.safetensors`` (strict), on
+    ``device``; ``config`` is the one saved beside the weights."""
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"model directory not found: {directory}")
     key = None
     if _loaded is not None and (directory / WEIGHTS_NAME).is_file():
         stat = (directory / WEIGHTS_NAME).stat()
-        key = (cls, str(directory.resolve()), str(map_location), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        key = (model_cls, str(directory.resolve()), str(device), stat.st_ino, stat.st_mtime_ns, stat.st_size)
         if key in _loaded:
             return _loaded[key]
-    config = read_config(config_cls, directory / CONFIG_NAME)
-    model = cls(config)
+    model = model_cls(config)
     state = read_weights(directory / WEIGHTS_NAME)
     load_state_strict(model, state, str(directory / WEIGHTS_NAME))
-    model = model.to(map_location)
+    model = model.to(device)
     if key is not None:
         _loaded[key] = model
     return model

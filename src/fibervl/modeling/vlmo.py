@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import ConfigError, SerializableConfig, TextConfig
+from ..config import SerializableConfig, TextConfig
+from ..errors import ConfigError
 from .fiber import FusionOutput, _init_weights, _l2_normalise
 from .heads import HeadLogits, Heads, Pooler
 from .layers import DropPath, Mlp, key_padding_mask
@@ -182,7 +183,7 @@ class ImageEmbeddings(nn.Module):
 
 
 class VlmoModel(HeadLogits, nn.Module):
-    """The VLMo model behind the vision-language model protocol (see :mod:`.families`).
+    """The VLMo model behind the vision-language model protocol (:class:`.protocol.VisionLanguageModel`).
 
     Parameters: ``image_embeddings``, ``text_embeddings`` (RoBERTa-style, reused from FIBER's text
     encoder), ``type_embeddings`` (modality: 0 text, 1 image, added to every token), ``blocks``,
@@ -329,6 +330,32 @@ class VlmoModel(HeadLogits, nn.Module):
         """Parameters only fused inputs use: {"vl_ffn": n} (the attention is shared by all modes)."""
         return {"vl_ffn": sum(p.numel() for _, p in self.expert_parameters("vl"))}
 
+    def parameter_groups(self) -> dict[str, list[nn.Module | nn.Parameter]]:
+        """The groups a training config names to give them their own learning rate
+        (``optim.lr_multipliers``, e.g. ``{heads: 5, poolers: 5, itc_projections: 5}``):
+
+        - ``embeddings``: the image, text and modality-type embeddings;
+        - ``transformer``: the MoME blocks (shared attention and every expert) and the final norm;
+        - ``fusion``: the VL experts of the top blocks, which only fused inputs use;
+        - ``itc_projections`` and ``temperature`` (with the ``itc`` head);
+        - ``poolers``: the text and image poolers of ``cls_feats`` (with an itm, vqa or nlvr2 head);
+        - ``heads``.
+
+        ``fusion`` lies inside ``transformer``; the engine gives a parameter the multiplier of
+        the smallest group named that holds it."""
+        groups: dict[str, list] = {
+            "embeddings": [self.image_embeddings, self.text_embeddings, self.type_embeddings],
+            "transformer": [self.blocks, self.norm],
+            "fusion": [block.experts["vl"] for block in self.blocks if "vl" in block.experts],
+            "heads": [self.heads],
+        }
+        if "itc" in self.config.heads:
+            groups["itc_projections"] = [self.itc_image_proj, self.itc_text_proj]
+            groups["temperature"] = [self.temperature]
+        if hasattr(self, "text_pooler"):
+            groups["poolers"] = [self.text_pooler, self.image_pooler]
+        return groups
+
     # ---- save / load -----------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> None:
         from .pretrained import save_pretrained
@@ -337,9 +364,10 @@ class VlmoModel(HeadLogits, nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "VlmoModel":
-        from .pretrained import load_pretrained
+        """The model saved in ``directory`` (a model or run directory); it must be a vlmo model."""
+        from .factory import create_model, resolve_model_dir
 
-        return load_pretrained(cls, directory, map_location, config_cls=VlmoConfig)
+        return create_model(resolve_model_dir(directory), device=map_location, family="vlmo")
 
 
 # ---- presets ---------------------------------------------------------------------------------

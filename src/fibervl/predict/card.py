@@ -75,14 +75,12 @@ def make_card(config, directory: str | Path | None = None, data=None, metrics: d
     """The card of a model of ``config`` saved (or about to be saved) in ``directory``: the
     tokenizer and answer list are named when the directory holds them; ``data`` may be a
     dataclass (a recipe's data settings) or a dict."""
-    from ..modeling.families import family_of_config
-
     directory = Path(directory) if directory is not None else None
     tokenizer = TOKENIZER_DIR if directory is not None and (directory / TOKENIZER_DIR).is_dir() else None
     answers = ANSWERS_FILE if directory is not None and (directory / ANSWERS_FILE).is_file() else None
     if dataclasses.is_dataclass(data):
         data = dataclasses.asdict(data)
-    card = ModelCard(preset=config.name, family=family_of_config(config).name,
+    card = ModelCard(preset=config.name, family=config.family,
                      tasks=supported_tasks(config, answers is not None), tokenizer=tokenizer, answers=answers,
                      data=dict(data or {}), metrics=dict(metrics or {}))
     return dataclasses.replace(card, **changes)
@@ -92,7 +90,7 @@ def card_of(directory: str | Path) -> ModelCard:
     """The card saved in ``directory``'s config.json, or, for a directory saved without one, the
     card :func:`make_card` works out from its config and files (metrics from a ``metrics.json``
     beside the directory, as ``fibervl`` runs write it)."""
-    from ..modeling.families import load_config
+    from ..modeling.factory import read_model_config
     from ..modeling.pretrained import read_card
 
     directory = Path(directory)
@@ -101,4 +99,4 @@ def card_of(directory: str | Path) -> ModelCard:
         return ModelCard.from_dict(saved)
     metrics_file = directory.parent / "metrics.json"
     metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
-    return make_card(load_config(directory), directory, metrics=metrics if isinstance(metrics, dict) else {})
+    return make_card(read_model_config(directory), directory, metrics=metrics if isinstance(metrics, dict) else {})

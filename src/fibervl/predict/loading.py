@@ -66,11 +66,10 @@ def _is_model_dir(path) -> bool:
 
 
 def _from_directory(path, device, tokenizer, answers):
-    from ..experiment import resolve_model_dir
-    from ..modeling.families import load_pretrained
+    from ..modeling.factory import create_model, resolve_model_dir
 
     directory = resolve_model_dir(path)
-    model = load_pretrained(directory, map_location=str(device))
+    model = create_model(directory, device=str(device))
     card = card_of(directory)
     if answers is None and card.answers is not None and (directory / card.answers).is_file():
         answers = _read_answers(directory / card.answers)
@@ -88,22 +87,19 @@ def _from_directory(path, device, tokenizer, answers):
 
 
 def _from_preset(name, device, tokenizer, answers, seed):
-    from ..experiment import _fresh, fit_to_tokenizer
-    from ..modeling.families import all_presets, get_any_preset
+    from ..modeling.factory import create_model, list_presets
 
-    if name not in all_presets():
+    if name not in list_presets():
         raise FileNotFoundError(f"{name} is neither a model directory (config.json, or model/config.json) nor a "
-                                f"preset name ({sorted(all_presets())})")
+                                f"preset name ({sorted(list_presets())})")
     if tokenizer is None:
         raise ValueError(f"the preset {name!r} has no tokenizer: give one (tokenizer=PATH, --tokenizer PATH)")
     tok = _tokenizer(tokenizer)
-    config = fit_to_tokenizer(get_any_preset(name), tok)
-    if answers is not None:
-        config = config.replace(vqa_num_answers=len(answers))
     warnings.warn(f"{name!r} is a preset name, not a trained model: its weights are random and its predictions "
                   "mean nothing (give a model directory for a trained one)", stacklevel=3)
-    model = _fresh(config, seed).to(device)
-    return model, make_card(config, None), tok
+    changes = {"vqa_num_answers": len(answers)} if answers is not None else {}
+    model = create_model(name, tokenizer=tok, config_changes=changes, seed=seed, device=device)
+    return model, make_card(model.config, None), tok
 
 
 def _tokenizer(tokenizer) -> Tokenizer:

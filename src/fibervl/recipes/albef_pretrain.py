@@ -7,7 +7,7 @@ The same data and evaluation as ``fibervl pretrain coarse`` (a Karpathy-format c
 or a shapes data set; dual-encoder R@1/5/10 on ``eval_split``), so the two are comparable. The run
 directory holds the engine's checkpoints (with the momentum model and the queues: ``--resume``
 continues exactly) and, at the end, ``model/`` (loadable through
-:func:`fibervl.modeling.families.load_pretrained`, usable as ``model.init`` of the fine-tuning
+:func:`fibervl.modeling.factory.create_model`, usable as ``model.init`` of the fine-tuning
 recipes) and ``metrics.json``.
 """
 

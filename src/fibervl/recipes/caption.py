@@ -28,14 +28,15 @@ from ..data.transforms import train_transforms
 from ..engine import distributed as D
 from ..engine.precision import uses_bf16
 from ..engine.trainer import Trainer, TrainConfig
-from ..experiment import ModelSpec, build_model, load_tokenizer
+from ..experiment import ModelSpec, load_tokenizer
 from ..modeling.fiber import FiberModel
 from ..tasks.caption import (
     CaptionSettings, CaptionTask, evaluate_captioning, most_frequent_caption_baseline,
 )
 from ..engine.config import ConfigError
 from .common import (
-    PairCollator, export_model, fused_training_data, model_tokenizer, recipe_train, required_model, stable_id,
+    PairCollator, evaluation_processes, export_model, fused_training_data, model_tokenizer, recipe_train, required_model,
+    stable_id,
 )
 from .image_text import FinetuneCaptionData, caption_reader
 from .registry import Recipe
@@ -73,7 +74,7 @@ def run(cfg: CaptionConfig) -> dict:
     if cfg.baseline:
         raise ConfigError("--baseline scores a caption baseline: it belongs to evaluate caption")
     tokenizer = load_tokenizer(cfg.data, cfg.model.init)
-    model = build_model(cfg.model, tokenizer)
+    model = cfg.model.build(tokenizer)
     _check_caption_head(model, cfg.model.init or cfg.model.preset)
     mcfg = model.config
     image_size, max_len = cfg.data.input_sizes(mcfg)
@@ -123,7 +124,7 @@ def evaluate_saved(cfg: CaptionConfig) -> dict:
     """``evaluate caption``: the caption scores of the saved model ``--model DIR`` on the
     evaluation split (the config's ``data`` and ``caption`` sections apply; ``train`` is
     ignored), or with ``--baseline`` those of the most frequent training caption."""
-    from ..experiment import resolve_model_dir
+    from ..modeling.factory import resolve_model_dir
 
     if not cfg.baseline:
         required_model(cfg, "caption")
@@ -134,16 +135,17 @@ def evaluate_saved(cfg: CaptionConfig) -> dict:
                                                  limit=cfg.data.num_eval, spice=cfg.caption.spice)
         return {"split": split, "baseline": "most frequent training caption", **metrics}
     model_dir = resolve_model_dir(cfg.model.init)
-    model = FiberModel.from_pretrained(model_dir).eval()
-    _check_caption_head(model, model_dir)
-    fallback = cfg.data.tokenizer or (Path(cfg.data.root) / "tokenizer")
-    tokenizer = model_tokenizer(model_dir, fallback)
-    image_size = cfg.data.image_size or model.config.vision.image_size
-    metrics, preds = evaluate_captioning(model, tokenizer, eval_reader, image_size, cfg.caption.decode_config(),
-                                         limit=cfg.data.num_eval, batch_size=cfg.caption.eval_batch_size,
-                                         spice=cfg.caption.spice)
-    if cfg.results:
-        write_caption_results(preds, cfg.results)
+    with evaluation_processes(cfg.train.device) as device:  # under torchrun: the images split across processes
+        model = FiberModel.from_pretrained(model_dir).eval().to(device)
+        _check_caption_head(model, model_dir)
+        fallback = cfg.data.tokenizer or (Path(cfg.data.root) / "tokenizer")
+        tokenizer = model_tokenizer(model_dir, fallback)
+        image_size = cfg.data.image_size or model.config.vision.image_size
+        metrics, preds = evaluate_captioning(model, tokenizer, eval_reader, image_size, cfg.caption.decode_config(),
+                                             limit=cfg.data.num_eval, batch_size=cfg.caption.eval_batch_size,
+                                             spice=cfg.caption.spice)
+        if cfg.results and D.get_rank() == 0:  # every rank has every caption: one writes them
+            write_caption_results(preds, cfg.results)
     return {"split": split, "beam_size": cfg.caption.beam_size, **metrics,
             **({"results": cfg.results} if cfg.results else {})}
 

@@ -37,7 +37,8 @@ from ..data.sources import DataSource, Mixture, format_of, open_eval, open_sourc
 from ..errors import ConfigError
 from ..data.transforms import InputSize
 from ..engine.trainer import Trainer, TrainConfig
-from ..experiment import DataSpec, ModelSpec, build_model_compatible, load_tokenizer, summarize_keys
+from ..experiment import DataSpec, ModelSpec, load_tokenizer
+from ..modeling.factory import summarize_keys
 from ..tasks.grounding import (
     DetectionPromptDataset, FineCollator, FineGrainedTask, FineObjectives, evaluate_detection, evaluate_grounding, evaluate_refexp,
     detector_input, make_processor,
@@ -204,7 +205,8 @@ def init_report_text(report: dict) -> str:
 def run(cfg: FineConfig, train_data=None, eval_which=("grounding", "refexp", "detection", "zero_shot")) -> dict:
     """Train on ``train_data`` (default: :func:`training_set` of ``cfg.data``) and evaluate."""
     tokenizer = load_tokenizer(cfg.data, cfg.model.init)
-    model, report = build_model_compatible(cfg.model, tokenizer)
+    model, loaded = cfg.model.build(tokenizer, init_as="weights", with_report=True)
+    report = loaded.to_dict()
     if model.config.detection is None:
         raise ValueError(f"model preset {cfg.model.preset!r} has no detection config")
     print(init_report_text(report), flush=True)

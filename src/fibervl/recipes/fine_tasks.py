@@ -35,10 +35,12 @@ import sys
 from functools import partial
 
 from ..engine.config import ConfigError
-from ..experiment import load_tokenizer, resolve_model_dir
+from ..experiment import load_tokenizer
+from ..modeling.factory import resolve_model_dir
 from ..metrics.detection import write_results
 from ..modeling.fiber import FiberModel
-from .common import required_model
+from ..engine import distributed as D
+from .common import evaluation_processes, required_model
 from .fine_pretrain import EvalSets, FineConfig, evaluate_all, run
 from .registry import Recipe
 
@@ -76,13 +78,15 @@ def evaluate(task: str, cfg: FineConfig) -> dict:
     required_model(cfg, task)
     if cfg.results and task != "detect":
         raise ConfigError("--results writes detection results: it belongs to evaluate detect")
-    model = FiberModel.from_pretrained(resolve_model_dir(cfg.model.init)).eval()
-    tokenizer = load_tokenizer(cfg.data, cfg.model.init)
-    image_size, max_len = cfg.data.input_sizes(model.config)
-    results = [] if cfg.results else None
-    metrics = evaluate_all(model, tokenizer, cfg.data, EvalSets(cfg.data, TASKS[task][1]), image_size, max_len, results)
-    if cfg.results:
-        print(f"{len(results)} detections written to {write_results(results, cfg.results)}", file=sys.stderr)
+    with evaluation_processes(cfg.train.device) as device:  # under torchrun: the images split across processes
+        model = FiberModel.from_pretrained(resolve_model_dir(cfg.model.init)).eval().to(device)
+        tokenizer = load_tokenizer(cfg.data, cfg.model.init)
+        image_size, max_len = cfg.data.input_sizes(model.config)
+        results = [] if cfg.results else None
+        metrics = evaluate_all(model, tokenizer, cfg.data, EvalSets(cfg.data, TASKS[task][1]), image_size, max_len,
+                               results)
+        if cfg.results and D.get_rank() == 0:  # every rank has every detection: one writes them
+            print(f"{len(results)} detections written to {write_results(results, cfg.results)}", file=sys.stderr)
     return metrics
 
 

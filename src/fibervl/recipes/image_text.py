@@ -17,7 +17,7 @@ from ..data.sources import DataSource, open_eval, training_data, training_reader
 from ..data.transforms import train_transforms
 from ..engine.precision import uses_bf16
 from ..engine.trainer import Trainer, TrainConfig
-from ..experiment import DataSpec, ModelSpec, build_model, load_tokenizer
+from ..experiment import DataSpec, ModelSpec, load_tokenizer
 from ..tasks.retrieval import evaluate_itc_retrieval
 from .common import PairCollator, export_model, final_metrics
 
@@ -101,7 +101,7 @@ def freeze_unreached_parts(model) -> list[str]:
 def image_text_setup(model_spec: ModelSpec, data: CaptionData, train_cfg: TrainConfig, family: str) -> ImageTextSetup:
     """Build :class:`ImageTextSetup`; the model must be of ``family`` (the recipe's own)."""
     tokenizer = load_tokenizer(data, model_spec.init)
-    model = build_model(model_spec, tokenizer)
+    model = model_spec.build(tokenizer)
     mcfg = model.config
     if getattr(mcfg, "family", "fiber") != family:
         raise ValueError(f"this recipe pre-trains {family} models; model.preset={model_spec.preset!r} "

@@ -23,7 +23,7 @@ from ..data.sources import DataSource, open_eval, training_reader
 from ..data.transforms import train_transforms
 from ..engine.precision import uses_bf16
 from ..engine.trainer import Trainer, TrainConfig
-from ..experiment import DataSpec, ModelSpec, build_task_model, load_tokenizer
+from ..experiment import DataSpec, ModelSpec, load_tokenizer
 from ..tasks.nlvr2 import Nlvr2Collator, Nlvr2Task, evaluate_nlvr2
 from .common import (evaluation_processes, export_task_model, fused_training_data, load_model_dir, required_model,
                      warn_truncated, final_metrics, recipe_train)
@@ -73,9 +73,9 @@ def _eval_samples(cfg: Nlvr2Config, split: str):
 
 def run(cfg: Nlvr2Config) -> dict:
     tokenizer = load_tokenizer(cfg.data, cfg.model.init)
-    model, new = build_task_model(cfg.model, tokenizer, new_heads=("nlvr2",))
+    model, loaded = cfg.model.build(tokenizer, new_heads=("nlvr2",), with_report=True)
     if cfg.model.init:
-        print(f"new weights (not loaded from {cfg.model.init}): {new}")
+        print(f"new weights (not loaded from {cfg.model.init}): {loaded.new}")
     image_size, max_len = cfg.data.input_sizes(model.config)
     train_reader = nlvr2_reader(cfg.data, cfg.data.train_split, cfg.train.seed)
     warn_truncated(tokenizer, (s.text for s in train_reader), max_len, "training statements")

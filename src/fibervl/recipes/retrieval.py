@@ -22,11 +22,11 @@ import torch
 from ..data.transforms import train_transforms
 from ..engine.precision import uses_bf16
 from ..engine.trainer import Trainer, TrainConfig
-from ..experiment import ModelSpec, build_task_model, load_tokenizer
+from ..experiment import ModelSpec, load_tokenizer
 from ..tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask
 from ..tasks.retrieval import evaluate_itc_retrieval, evaluate_retrieval
-from .common import (PairCollator, export_task_model, fused_training_data, load_model_dir, recipe_train,
-                     required_model)
+from .common import (PairCollator, evaluation_processes, export_task_model, fused_training_data, load_model_dir,
+                     recipe_train, required_model)
 from .image_text import FinetuneCaptionData, caption_reader, special_ids
 from .registry import Recipe
 
@@ -83,9 +83,9 @@ def run(cfg: RetrievalConfig) -> dict:
     if cfg.objectives.mlm:
         raise ValueError("retrieval fine-tuning is ITC + ITM: set objectives.mlm=0")
     tokenizer = load_tokenizer(cfg.data, cfg.model.init)
-    model, new = build_task_model(cfg.model, tokenizer)
-    if cfg.model.init and new:
-        print(f"new weights (not in {cfg.model.init}): {new}")
+    model, loaded = cfg.model.build(tokenizer, with_report=True)
+    if cfg.model.init and loaded.new:
+        print(f"new weights (not in {cfg.model.init}): {loaded.new}")
     image_size, max_len = cfg.data.input_sizes(model.config)
     mcfg = model.config
     eval_reader = caption_reader(cfg.data, cfg.data.eval_split)
@@ -122,9 +122,12 @@ def _data_tokenizer(data):
 
 
 def evaluate_saved(cfg: RetrievalConfig) -> dict:
-    """``evaluate retrieval``: the metrics of the saved model ``--model DIR`` on ``data.eval_split``."""
-    model, tokenizer, _ = load_model_dir(required_model(cfg, "retrieval"), fallback_tokenizer=_data_tokenizer(cfg.data))
-    return {"split": cfg.data.eval_source().split or cfg.data.eval_split, **evaluate(cfg, model, tokenizer)}
+    """``evaluate retrieval``: the metrics of the saved model ``--model DIR`` on ``data.eval_split``
+    (under torchrun the images, texts and re-ranked pairs split across the processes)."""
+    model_dir = required_model(cfg, "retrieval")
+    with evaluation_processes(cfg.train.device) as device:
+        model, tokenizer, _ = load_model_dir(model_dir, device=str(device), fallback_tokenizer=_data_tokenizer(cfg.data))
+        return {"split": cfg.data.eval_source().split or cfg.data.eval_split, **evaluate(cfg, model, tokenizer)}
 
 
 def predict(model_dir: str | Path, images: list[str], texts: list[str], rerank_k: int = 16) -> list[dict]:

@@ -33,7 +33,8 @@ from ..data.transforms import train_transforms
 from ..engine import distributed as D
 from ..engine.precision import uses_bf16
 from ..engine.trainer import Trainer, TrainConfig
-from ..experiment import DataSpec, ModelSpec, build_task_model, load_tokenizer, resolve_model_dir
+from ..experiment import DataSpec, ModelSpec, load_tokenizer
+from ..modeling.factory import resolve_model_dir
 from ..metrics.vqa import write_vqa_results
 from ..tasks.vqa import VqaCollator, VqaTask, evaluate_vqa, predict_answers, vocabulary_coverage
 from .common import (evaluation_processes, export_task_model, fused_training_data, load_model_dir, required_model,
@@ -112,9 +113,10 @@ def run(cfg: VqaConfig) -> dict:
     # A fresh VQA head unless the init is a VQA model with this very answer list (continued training).
     keep = cfg.model.init and (resolve_model_dir(cfg.model.init) / ANSWERS_FILE).is_file() and \
         load_vocabulary(resolve_model_dir(cfg.model.init)).answers == vocab.answers
-    model, new = build_task_model(cfg.model, tokenizer, new_heads=() if keep else ("vqa",), vqa_num_answers=len(vocab))
+    model, loaded = cfg.model.build(tokenizer, new_heads=() if keep else ("vqa",),
+                                    config_changes={"vqa_num_answers": len(vocab)}, with_report=True)
     if cfg.model.init:
-        print(f"new weights (not loaded from {cfg.model.init}): {new}")
+        print(f"new weights (not loaded from {cfg.model.init}): {loaded.new}")
     image_size, max_len = cfg.data.input_sizes(model.config)
     warn_truncated(tokenizer, (s.text for s in train_reader), max_len, "training questions")
     eval_split, eval_samples = _eval_set(cfg)

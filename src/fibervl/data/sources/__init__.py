@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ...engine.config import ConfigError
+from ...errors import ConfigError
 from ..dataset import ProcessedDataset
 from .formats import FORMATS, KINDS, Format, check_kind, check_paths, format_of, open_source, source_splits
 from .mix import MixedStream, Mixture, mix

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ...engine.config import ConfigError
+from ...errors import ConfigError
 from ..errors import DataError
 from .spec import DataSource
 

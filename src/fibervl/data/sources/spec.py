@@ -23,7 +23,7 @@ import dataclasses
 import re
 from dataclasses import dataclass
 
-from ...engine.config import ConfigError
+from ...errors import ConfigError
 
 FEW_SHOT_FORMATS = ("odinw",)
 _WEIGHT = re.compile(r"@((?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)$")
