@@ -73,12 +73,12 @@ def test_paper_config_loads_with_its_recipe(path):
 def test_paper_settings_as_the_official_configs_state_them():
     """A few values checked against the official files by hand (microsoft/FIBER)."""
     vqa = load_config(VqaConfig, PAPER / "vqa.yaml")
-    assert (vqa.data.image_size, vqa.train.optim.lr, vqa.train.optim.lr_multipliers["heads."], vqa.train.epochs) == \
+    assert (vqa.data.image_size, vqa.train.optim.lr, vqa.train.optim.lr_multipliers["heads"], vqa.train.epochs) == \
         (576, 2e-5, 50.0, 10)
     assert vqa.train.batch_size * vqa.train.grad_accum_steps * 8 == 512
     assert [s.split for s in vqa.data.train_sources()] == ["train2014", "val2014"]
     fine = load_config(FineConfig, PAPER / "fine.yaml")
-    assert (fine.train.max_steps, fine.train.optim.lr, fine.train.optim.lr_multipliers["text."]) == (800000, 1e-4, 0.1)
+    assert (fine.train.max_steps, fine.train.optim.lr, fine.train.optim.lr_multipliers["text"]) == (800000, 1e-4, 0.1)
     assert (fine.train.schedule.name, fine.train.schedule.milestones, fine.train.schedule.warmup) == \
         ("step", (0.67, 0.89), 2000)
     assert (fine.data.image_size, fine.data.max_size, fine.data.train_sizes) == (800, 1333, (480, 560, 640, 720, 800))

@@ -57,6 +57,41 @@ def test_longest_pattern_wins_first_on_ties() -> None:
     assert lr_multiplier_for("a.b", {"a.": 2.0, ".b": 3.0}) == 2.0  # same length: first listed
 
 
+def fiberish_groups(m: Fiberish) -> dict:
+    """Named groups as a model's ``parameter_groups()`` gives them: nested (``gate`` inside
+    ``fusion``) and overlapping the name patterns."""
+    return {"heads": [m.heads], "fusion": [m.vision.attn, m.vision.attn.alpha_i2t, m.cross_modal],
+            "gate": [m.vision.attn.alpha_i2t], "text": [m.text]}
+
+
+def test_named_groups_smallest_wins_and_patterns_override() -> None:
+    m = Fiberish()
+
+    def by_name(mults: dict) -> dict[str, float]:
+        groups = build_param_groups(m.named_parameters(), OptimConfig(lr=1.0, lr_multipliers=mults), fiberish_groups(m))
+        return {n: g["lr_mult"] for g in groups for n in g["param_names"]}
+
+    g = by_name({"fusion": 5.0, "gate": 20.0, "heads": 3.0})
+    assert g["vision.attn.alpha_i2t"] == 20.0  # the gate lies inside fusion: the smaller group wins
+    assert g["vision.attn.qkv_i2t.weight"] == g["cross_modal.text_transform.bias"] == 5.0
+    assert g["heads.itm.weight"] == 3.0 and g["text.layer.weight"] == g["temp"] == 1.0
+    # listed the other way round, the same: the order of the keys does not decide nesting
+    assert by_name({"gate": 20.0, "heads": 3.0, "fusion": 5.0}) == g
+    # a name pattern overrides the groups; the rest keep their group's multiplier
+    g = by_name({"heads": 3.0, "heads.itm.bias": 7.0})
+    assert g["heads.itm.bias"] == 7.0 and g["heads.itm.weight"] == 3.0
+
+
+def test_unknown_group_is_a_clear_error() -> None:
+    m = Fiberish()
+    with pytest.raises(ValueError, match=r"'head' is not a parameter group of the model; its groups are: heads, fusion, "
+                                         r"gate, text"):
+        build_param_groups(m.named_parameters(), OptimConfig(lr_multipliers={"head": 5.0}), fiberish_groups(m))
+    # a model without named groups: only name patterns (with a '.' or a glob character) work
+    with pytest.raises(ValueError, match=r"'heads' is not a parameter group .* names no parameter groups"):
+        build_param_groups(m.named_parameters(), OptimConfig(lr_multipliers={"heads": 5.0}))
+
+
 def test_optimizer_defaults_and_tied_params() -> None:
     m = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))
     m[1].weight = m[0].weight  # tied: optimised once

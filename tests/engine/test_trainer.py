@@ -69,6 +69,27 @@ def test_param_groups_from_config(tmp_path: Path) -> None:
     assert by_name["backbone.weight"]["initial_lr"] == pytest.approx(1e-3)
 
 
+class GroupedToy(ToyModel):
+    """A toy model that names its parameter groups, as the fibervl models do."""
+
+    def parameter_groups(self) -> dict:
+        return {"head": [self.heads], "mixer": [self.cross_modal], "mixer_bias": [self.cross_modal["mix"].bias]}
+
+
+def test_param_groups_named_by_the_model(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path, "named", max_steps=1,
+                   optim=OptimConfig(lr=1e-3, lr_multipliers={"head": 5.0, "mixer": 2.0, "mixer_bias": 3.0}))
+    tr = Trainer(cfg, GroupedToy(), RegressionTask(), RegressionData())
+    tr.fit()
+    by_name = {n: g["lr_mult"] for g in tr.optimizer.param_groups for n in g["param_names"]}
+    assert by_name == {"backbone.weight": 1.0, "backbone.bias": 1.0, "cross_modal.mix.weight": 2.0,
+                       "cross_modal.mix.bias": 3.0, "norm.weight": 1.0, "norm.bias": 1.0,
+                       "heads.out.weight": 5.0, "heads.out.bias": 5.0}
+    with pytest.raises(ValueError, match="'heads' is not a parameter group of the model; its groups are: head, mixer"):
+        Trainer(make_cfg(tmp_path, "typo", max_steps=1, optim=OptimConfig(lr_multipliers={"heads": 5.0})),
+                GroupedToy(), RegressionTask(), RegressionData()).fit()
+
+
 def test_eval_callback_does_not_disturb_training_rng(tmp_path: Path) -> None:
     calls = []
 

@@ -2,33 +2,43 @@
 
 Parameter-group rule (official FIBER/METER recipe, expressed as config instead of code):
 
-* **Learning rate.** ``lr_multipliers`` maps a *pattern* to a multiplier of ``lr``. A pattern that
-  contains a glob character (``*``, ``?``, ``[``) matches a parameter whose full name matches it
-  with :func:`fnmatch.fnmatchcase`; any other pattern matches a name that *contains* it as a
-  substring. When several patterns match, the **longest pattern** wins, ties going to the one
-  listed first. A parameter no pattern matches gets multiplier 1.0.
-  Example: ``{"heads.": 5.0, "cross_modal.": 5.0, ".i2t": 5.0, ".t2i": 5.0}``.
+* **Learning rate.** ``lr_multipliers`` maps a *parameter group* of the model to a multiplier of
+  ``lr``: ``{"heads": 5.0, "fusion": 5.0, "gates": 20.0}``. The model names its groups itself
+  (``model.parameter_groups()``: group name -> the modules and parameters in it; the trainer
+  passes them here), so a config never spells out parameter names. Groups may nest (FIBER's
+  ``gates`` lie inside ``fusion``): a parameter in several named groups takes the multiplier of
+  the **smallest** of them (fewest parameters), ties going to the one listed first. A key that
+  is not one of the model's groups is an error listing them.
+* **Name patterns** (for models without groups, or a one-off override): a key containing ``.``
+  or a glob character (``*``, ``?``, ``[``) is a pattern over parameter names. A glob matches a
+  name that matches it whole (:func:`fnmatch.fnmatchcase`); any other pattern a name that
+  *contains* it. When several patterns match, the **longest** wins, ties going to the one listed
+  first; a matching pattern overrides the groups. A parameter nothing matches gets 1.0.
 * **Weight decay.** ``weight_decay`` applies to every parameter except: any parameter with
   ``ndim <= 1`` (biases, LayerNorm/GroupNorm weights, scalars such as temperatures and fusion
   alphas) and any parameter whose name matches one of ``no_decay`` (same substring/glob rule;
   e.g. ``"pos_embed"``, ``"relative_position_bias_table"``).
 * Parameters with ``requires_grad=False`` are left out.
 
-Groups are formed per distinct (multiplier, decay) pair and carry a readable ``name``.
+Optimizer groups are formed per distinct (multiplier, decay) pair, in the order the parameters
+first reach them, and carry a readable ``name``.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import torch
 from torch import nn
 
 _GLOB_CHARS = set("*?[")
+
+# What a model's ``parameter_groups()`` returns: group name -> the modules and parameters in it.
+ParameterGroups = Mapping[str, Sequence[Union[nn.Module, nn.Parameter]]]
 
 
 @dataclass
@@ -87,13 +97,60 @@ def _matches(name: str, pattern: str) -> bool:
     return pattern in name
 
 
-def lr_multiplier_for(name: str, lr_multipliers: Mapping[str, float]) -> float:
-    """Multiplier for parameter ``name``: the longest matching pattern wins, first on ties."""
+def is_name_pattern(key: str) -> bool:
+    """Whether an ``lr_multipliers`` key is a parameter-name pattern (it holds ``.`` or a glob
+    character) rather than the name of a parameter group."""
+    return "." in key or bool(_GLOB_CHARS & set(key))
+
+
+def _pattern_multiplier(name: str, patterns: Mapping[str, float]) -> Optional[float]:
     best: Optional[tuple[int, float]] = None
-    for pattern, mult in lr_multipliers.items():
+    for pattern, mult in patterns.items():
         if _matches(name, pattern) and (best is None or len(pattern) > best[0]):
             best = (len(pattern), float(mult))
-    return 1.0 if best is None else best[1]
+    return None if best is None else best[1]
+
+
+def lr_multiplier_for(name: str, lr_multipliers: Mapping[str, float]) -> float:
+    """Multiplier for parameter ``name`` under name patterns: the longest matching pattern wins,
+    first on ties; 1.0 if none matches."""
+    mult = _pattern_multiplier(name, lr_multipliers)
+    return 1.0 if mult is None else mult
+
+
+def _group_params(items: Sequence[Union[nn.Module, nn.Parameter]]) -> set[int]:
+    """The ids of the parameters of a group's modules and parameters."""
+    ids: set[int] = set()
+    for item in items:
+        ids.update(id(p) for p in ([item] if isinstance(item, nn.Parameter) else item.parameters()))
+    return ids
+
+
+def multiplier_rule(lr_multipliers: Mapping[str, float],
+                    model_groups: Optional[ParameterGroups] = None) -> Callable[[str, nn.Parameter], float]:
+    """``(name, parameter) -> lr multiplier`` for ``lr_multipliers`` (see the module docstring):
+    a matching name pattern, else the smallest named group holding the parameter, else 1.0.
+    Raises ``ValueError`` for a key that is neither a group of ``model_groups`` nor a pattern."""
+    groups = dict(model_groups or {})
+    patterns = {k: float(v) for k, v in lr_multipliers.items() if k not in groups and is_name_pattern(k)}
+    unknown = [k for k in lr_multipliers if k not in groups and k not in patterns]
+    if unknown:
+        have = (f"its groups are: {', '.join(groups)}" if groups
+                else "it names no parameter groups (no parameter_groups() method)")
+        raise ValueError(f"optim.lr_multipliers: {', '.join(map(repr, unknown))} is not a parameter group of the "
+                         f"model; {have}. A parameter-name pattern holds a '.' or a glob character (e.g. 'heads.').")
+    # smallest group first (a nested group overrides the one around it); stable sort: ties keep
+    # the order in which lr_multipliers lists them
+    named = sorted(((_group_params(groups[k]), float(v)) for k, v in lr_multipliers.items() if k in groups),
+                   key=lambda member_mult: len(member_mult[0]))
+
+    def rule(name: str, param: nn.Parameter) -> float:
+        mult = _pattern_multiplier(name, patterns)
+        if mult is not None:
+            return mult
+        return next((m for members, m in named if id(param) in members), 1.0)
+
+    return rule
 
 
 def uses_weight_decay(name: str, param: torch.Tensor, no_decay: Sequence[str] = ()) -> bool:
@@ -104,17 +161,20 @@ def uses_weight_decay(name: str, param: torch.Tensor, no_decay: Sequence[str] = 
 
 
 def build_param_groups(
-    named_params: Iterable[tuple[str, nn.Parameter]], cfg: OptimConfig
+    named_params: Iterable[tuple[str, nn.Parameter]], cfg: OptimConfig,
+    model_groups: Optional[ParameterGroups] = None,
 ) -> list[dict]:
     """Group trainable parameters by (lr multiplier, decay). Each group has keys
-    ``params``, ``lr``, ``weight_decay``, ``lr_mult``, ``name`` and ``param_names``."""
+    ``params``, ``lr``, ``weight_decay``, ``lr_mult``, ``name`` and ``param_names``.
+    ``model_groups``: the model's named parameter groups, which ``cfg.lr_multipliers`` may name."""
+    multiplier = multiplier_rule(cfg.lr_multipliers, model_groups)
     groups: dict[tuple[float, bool], dict] = {}
     seen: set[int] = set()
     for name, p in named_params:
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))  # tied weights: optimise once
-        mult = lr_multiplier_for(name, cfg.lr_multipliers)
+        mult = multiplier(name, p)
         decay = uses_weight_decay(name, p, cfg.no_decay)
         key = (mult, decay)
         if key not in groups:
@@ -133,9 +193,10 @@ def build_param_groups(
     return list(groups.values())
 
 
-def build_optimizer(named_params: Iterable[tuple[str, nn.Parameter]], cfg: OptimConfig) -> torch.optim.AdamW:
+def build_optimizer(named_params: Iterable[tuple[str, nn.Parameter]], cfg: OptimConfig,
+                    model_groups: Optional[ParameterGroups] = None) -> torch.optim.AdamW:
     """AdamW over :func:`build_param_groups`. ``param_names`` are kept in the groups for logging."""
-    groups = build_param_groups(named_params, cfg)
+    groups = build_param_groups(named_params, cfg, model_groups)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 

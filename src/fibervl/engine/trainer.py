@@ -207,7 +207,9 @@ class Trainer:
         named = list(self.model.named_parameters())
         if isinstance(self.task, nn.Module):
             named += [(f"task.{n}", p) for n, p in self.task.named_parameters()]
-        self.optimizer = build_optimizer(named, cfg.optim)
+        # the model may name its parameter groups, which optim.lr_multipliers then refers to
+        groups = self.model.parameter_groups() if hasattr(self.model, "parameter_groups") else None
+        self.optimizer = build_optimizer(named, cfg.optim, groups)
         self._params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.loader_len = self._epoch_len()
         self.total_steps = self._total_steps()

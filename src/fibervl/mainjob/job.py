@@ -26,20 +26,30 @@ from .presets import JobPreset, StagePlan
 from .stages import StageInterrupted, StageRunner
 
 EVAL_SPLIT = "test"  # the report's numbers: the held-out split no stage trains or selects on
-# Learning-rate multipliers of the stages that train the fused model. The backbones start from
-# scratch here, not from pre-trained unimodal weights, so the gates (``alpha``, 0 at start) get a
-# much larger rate than the official 5x of the fusion modules: at lr 3e-4 they would need ~1000s
-# of steps to open.
-FUSED_MULTIPLIERS = {"heads.": 5.0, "cross_modal.": 5.0, ".i2t.": 5.0, ".t2i.": 5.0, "*.alpha": 20.0}
+# Learning-rate multipliers, keyed by the parameter groups each model names
+# (``parameter_groups()``, docs/models.md). The stage that trains the fused FIBER model: its heads
+# and its fusion (both directions of cross-attention, the cross-modal projections and poolers)
+# at the official 5x. The backbones start from scratch here, not from pre-trained unimodal
+# weights, so the gates (``alpha``, 0 at start; inside ``fusion``) get a much larger rate: at lr
+# 3e-4 they would need ~1000s of steps to open.
+FUSED_MULTIPLIERS = {"heads": 5.0, "fusion": 5.0, "gates": 20.0}
+# ALBEF's and VLMo's pre-training: the heads at 5x, and ALBEF's cross-attention to the image
+# (not the LayerNorm after it).
+ALBEF_PRETRAIN_MULTIPLIERS = {"heads": 5.0, "cross_attention": 5.0}
+VLMO_PRETRAIN_MULTIPLIERS = {"heads": 5.0}
+# The fine-grained stages: the detection head and FPN, new on the coarse model, learn 3x faster.
+FINE_MULTIPLIERS = {"detector": 3.0}
 # Fine-tuning the pre-trained model on a task (retrieval, VQA, NLVR2, captioning): the presets give these
 # stages a low rate (3e-5) that the pre-trained backbones and fusion keep, while the new head and
-# the projections / poolers it reads learn 33x faster (1e-3). With the pre-training rates instead,
-# the freshly initialised head's first large gradients wreck the fused features and the task
-# model falls back to the text prior (measured on VQA, 300 steps: 44.1 against 52.7; see
-# docs/results.md). The captioner also moves its text-to-image attention fast: it is
-# the only path from the image to a causal text that pre-training never ran.
-FINETUNE_MULTIPLIERS = {"heads.": 33.0, "cross_modal.": 33.0, "_pooler.": 33.0}
-CAPTION_MULTIPLIERS = {**FINETUNE_MULTIPLIERS, ".t2i.": 33.0}
+# what lies between the fused features and it learn 33x faster (1e-3): FIBER's cross_modal
+# projections and poolers, VLMo's poolers (ALBEF's heads read the fused states directly). With
+# the pre-training rates instead, the freshly initialised head's first large gradients wreck the
+# fused features and the task model falls back to the text prior (measured on VQA, 300 steps:
+# 44.1 against 52.7; see docs/results.md). The captioner also moves its text-to-image attention
+# fast: it is the only path from the image to a causal text that pre-training never ran.
+FINETUNE_MULTIPLIERS = {"fiber": {"heads": 33.0, "cross_modal": 33.0}, "albef": {"heads": 33.0},
+                        "vlmo": {"heads": 33.0, "poolers": 33.0}}
+CAPTION_MULTIPLIERS = {**FINETUNE_MULTIPLIERS["fiber"], "text_to_image": 33.0}
 
 
 @dataclass
@@ -158,7 +168,7 @@ def _fine_config(ctx: JobContext, stage_dir: Path, init_stage: str, plan: StageP
     return FineConfig(model=ModelSpec(preset=p.fine_model, init=ctx.stage_model(init_stage)),
                       data=FineData(root=str(ctx.data_root), num_eval=p.num_eval, eval_split=EVAL_SPLIT, **sources),
                       objectives=FineObjectives(token_align=p.token_align),
-                      train=train_config(plan, stage_dir, p, {"detector.": 3.0}))
+                      train=train_config(plan, stage_dir, p, FINE_MULTIPLIERS))
 
 
 def stage_fine(ctx: JobContext, stage_dir: Path) -> dict:
@@ -181,7 +191,7 @@ def stage_albef_pretrain(ctx: JobContext, stage_dir: Path) -> dict:
     cfg = AlbefPretrainConfig(model=ModelSpec(preset=p.family_models["albef"]),
                               data=CaptionData(root=str(ctx.data_root), num_eval=p.num_eval),
                               objectives=AlbefObjectives(queue_size=1024, alpha_warmup_steps=max(1, plan.steps // 3)),
-                              train=train_config(plan, stage_dir, p, {"heads.": 5.0, ".cross.": 5.0}))
+                              train=train_config(plan, stage_dir, p, ALBEF_PRETRAIN_MULTIPLIERS))
     return {"eval": _finished(run(cfg))["eval"]}
 
 
@@ -198,7 +208,7 @@ def stage_vlmo_pretrain(ctx: JobContext, stage_dir: Path) -> dict:
                              data=CaptionData(root=str(ctx.data_root), num_eval=p.num_eval),
                              stages=StageSettings(mim_steps=unimodal, text_steps=unimodal,
                                                   vl_steps=p.itc_steps + p.coarse.steps),
-                             train=train_config(p.coarse, stage_dir, p, {"heads.": 5.0}))
+                             train=train_config(p.coarse, stage_dir, p, VLMO_PRETRAIN_MULTIPLIERS))
     summary = run(cfg)
     for stage in summary["stages"].values():
         _finished(stage)
@@ -216,7 +226,7 @@ def task_retrieval(ctx: JobContext, stage_dir: Path) -> dict:
                           data=RetrievalData(root=str(ctx.data_root), num_eval=p.num_eval, eval_split=EVAL_SPLIT,
                                              cache_image_prefix=ctx.caches_prefix("retrieval")),
                           eval=RetrievalEval(rerank_k=8),
-                          train=train_config(p.task("retrieval"), stage_dir, p, FINETUNE_MULTIPLIERS))
+                          train=train_config(p.task("retrieval"), stage_dir, p, FINETUNE_MULTIPLIERS[ctx.family]))
     m = _finished(run(cfg))["eval"]
     value = (m["rerank_i2t_r1"] + m["rerank_t2i_r1"]) / 2
     c = chance_recall(int(m["images"]), int(m["texts"]), m["texts"] / m["images"])
@@ -232,7 +242,7 @@ def task_vqa(ctx: JobContext, stage_dir: Path) -> dict:
     cfg = VqaConfig(model=ctx.task_model("vqa"),
                     data=VqaData(root=str(ctx.data_root), num_eval=p.num_eval * 6, eval_split=EVAL_SPLIT,
                                  cache_image_prefix=ctx.caches_prefix("vqa")),
-                    train=train_config(p.task("vqa"), stage_dir, p, FINETUNE_MULTIPLIERS))
+                    train=train_config(p.task("vqa"), stage_dir, p, FINETUNE_MULTIPLIERS[ctx.family]))
     m = _finished(run(cfg))["eval"]
     b = evaluated_baselines(ctx.data_root, EVAL_SPLIT, "vqa", cfg.data.num_eval)["all"]
     prior = max(b["text_only_prior"], b["prefix_prior"])
@@ -251,7 +261,7 @@ def task_nlvr2(ctx: JobContext, stage_dir: Path) -> dict:
                       # num_eval counts images; NLVR2 has nlvr2_per_image statements per image (VQA: 6 questions)
                       data=Nlvr2Data(root=str(ctx.data_root), num_eval=int(p.num_eval * p.data.nlvr2_per_image),
                                      eval_split=EVAL_SPLIT, cache_image_prefix=ctx.caches_prefix("nlvr2")),
-                      train=train_config(p.task("nlvr2"), stage_dir, p, FINETUNE_MULTIPLIERS))
+                      train=train_config(p.task("nlvr2"), stage_dir, p, FINETUNE_MULTIPLIERS[ctx.family]))
     m = _finished(run(cfg))["eval"]
     b = evaluated_baselines(ctx.data_root, EVAL_SPLIT, "nlvr2", cfg.data.num_eval)
     best = max(b["chance"], b["majority"], b["prefix_prior"], b["text_only_prior"])
