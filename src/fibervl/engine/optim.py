@@ -35,6 +35,8 @@ from typing import Literal, Optional, Union
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 _GLOB_CHARS = set("*?[")
 
 # What a model's ``parameter_groups()`` returns: group name -> the modules and parameters in it.
@@ -130,15 +132,17 @@ def multiplier_rule(lr_multipliers: Mapping[str, float],
                     model_groups: Optional[ParameterGroups] = None) -> Callable[[str, nn.Parameter], float]:
     """``(name, parameter) -> lr multiplier`` for ``lr_multipliers`` (see the module docstring):
     a matching name pattern, else the smallest named group holding the parameter, else 1.0.
-    Raises ``ValueError`` for a key that is neither a group of ``model_groups`` nor a pattern."""
+    Raises :class:`~fibervl.errors.ConfigError` (a ``ValueError``) for a key that is neither a
+    group of ``model_groups`` nor a pattern."""
     groups = dict(model_groups or {})
     patterns = {k: float(v) for k, v in lr_multipliers.items() if k not in groups and is_name_pattern(k)}
     unknown = [k for k in lr_multipliers if k not in groups and k not in patterns]
     if unknown:
         have = (f"its groups are: {', '.join(groups)}" if groups
                 else "it names no parameter groups (no parameter_groups() method)")
-        raise ValueError(f"optim.lr_multipliers: {', '.join(map(repr, unknown))} is not a parameter group of the "
-                         f"model; {have}. A parameter-name pattern holds a '.' or a glob character (e.g. 'heads.').")
+        what = "is not a parameter group" if len(unknown) == 1 else "are not parameter groups"
+        raise ConfigError(f"optim.lr_multipliers: {', '.join(map(repr, unknown))} {what} of the model; {have}. "
+                          "A parameter-name pattern holds a '.' or a glob character (e.g. 'heads.').")
     # smallest group first (a nested group overrides the one around it); stable sort: ties keep
     # the order in which lr_multipliers lists them
     named = sorted(((_group_params(groups[k]), float(v)) for k, v in lr_multipliers.items() if k in groups),
