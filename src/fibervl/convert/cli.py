@@ -41,8 +41,7 @@ def add_convert_parser(sub) -> argparse.ArgumentParser:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from ..config import get_preset
-    from ..modeling.fiber import FiberModel
+    from ..modeling.factory import create_model
 
     if args.vqa_answers and args.kind != "official-coarse":
         raise ValueError("--vqa-answers is for official-coarse (a VQA fine-tuned checkpoint)")
@@ -53,15 +52,9 @@ def run_convert(args: argparse.Namespace) -> int:
 
         # Read the extra files first: a bad one fails before anything is written.
         answers = answer_list_from_files(args.vqa_answers) if args.vqa_answers else None
-        if args.kind == "official-coarse":
-            from .official_coarse import convert_official_coarse
-
-            model, dropped = convert_official_coarse(args.src, image_size=args.image_size,
-                                                     text_head_dim=args.text_head_dim)
-        else:
-            from .official_fine import convert_official_fine
-
-            model, dropped = convert_official_fine(args.src)
+        options = {"image_size": args.image_size, "text_head_dim": args.text_head_dim} if args.kind == "official-coarse" else {}
+        model, report = create_model(f"{args.kind}:{args.src}", convert_options=options, with_report=True)
+        dropped = report.dropped
         tokenizer = check_vqa_files(model, answers, args.tokenizer)
         model.save_pretrained(args.dst)
         write_vqa_files(args.dst, answers, tokenizer)
@@ -75,7 +68,8 @@ def run_convert(args: argparse.Namespace) -> int:
 
     from .unimodal import load_roberta, load_swin
 
-    model = FiberModel.from_pretrained(args.init) if args.init else FiberModel(get_preset(args.preset))
+    # a fresh preset draws from the process's stream, as it always has (seed=None)
+    model = create_model(args.init or args.preset, seed=None, family="fiber")
     load = load_roberta if args.kind == "roberta" else load_swin
     left, dropped = load(model, args.src)
     model.save_pretrained(args.dst)

@@ -198,11 +198,12 @@ def summarize_keys(keys: list[str], depth: int = 2) -> dict[str, int]:
 
 
 # Official checkpoints are reached through their converters in ``fibervl.convert``, named here
-# as "module:function" and imported only when such a checkpoint is asked for. The converters
-# build on the model (they construct a FiberModel and load it strictly), so the model layer
-# cannot import them at module level without a cycle; a lazy import keeps ``import
-# fibervl.modeling`` free of them and of their torch.load and answer-list code, where a
-# registration by the converters themselves would still need someone to import them first.
+# as "module:function" and imported only when such a checkpoint is asked for. The converters sit
+# above the model (they build a FiberModel and load it strictly, and read the official files
+# with the engine's guarded torch.load), so the model layer never imports them at module level:
+# ``import fibervl.modeling`` stays free of them. A registration by the converters themselves
+# would invert the dependency too, but someone would still have to import them before the first
+# official checkpoint, which is the lazy import again, only less visible.
 OFFICIAL_CONVERTERS = {
     "official-coarse": "fibervl.convert.official_coarse:convert_official_coarse",
     "official-fine": "fibervl.convert.official_fine:convert_official_fine",
@@ -261,6 +262,7 @@ def create_model(
     extras = dict(new_heads=tuple(new_heads), changes=dict(config_changes or {}), seed=seed)
     label, official = _describe(source)
     if official is None and isinstance(source, (str, Path)) and Path(source).is_dir():
+        # a saved model: its own config and every weight (strict), then new heads or changes
         directory = resolve_model_dir(source)
         _only_for_fresh(f"{directory} is a saved model", heads, init)
         config = read_model_config(directory)
@@ -269,6 +271,7 @@ def create_model(
         base = pretrained.load_saved(get_family(config.family).model_cls, config, directory, device)
         model, report = _extend(base, str(directory / pretrained.WEIGHTS_NAME), **extras)
     elif official is not None:
+        # an official checkpoint: converted (strict), then new heads or changes
         _only_for_fresh(f"{label} is an official checkpoint", heads, init)
         base, dropped = _convert(official, label, convert_options)
         _check_family(base.config, family, label)
@@ -276,6 +279,7 @@ def create_model(
         model, report = _extend(base, label, **extras)
         report.dropped = dict(dropped)
     else:
+        # a preset or a config: a fresh model drawn from the seed, then the weights it shares with init
         if isinstance(source, Path) or (isinstance(source, str) and ("/" in source or Path(source).exists())):
             raise FileNotFoundError(f"{source} is neither a model directory (config.json, or model/config.json) nor a "
                                     "preset; an official checkpoint file is named official-coarse:PATH or official-fine:PATH")

@@ -33,7 +33,7 @@ from ..modeling.fiber import FiberModel
 from ..tasks.caption import (
     CaptionSettings, CaptionTask, evaluate_captioning, most_frequent_caption_baseline,
 )
-from ..engine.config import ConfigError
+from ..errors import ConfigError
 from .common import (
     PairCollator, evaluation_processes, export_model, fused_training_data, model_tokenizer, recipe_train, required_model,
     stable_id,

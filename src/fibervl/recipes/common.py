@@ -122,7 +122,7 @@ def recipe_train(command: str, **settings):
 def required_model(cfg, task: str) -> str:
     """The saved model an ``evaluate`` command evaluates: ``--model DIR`` (``model.init``)."""
     if not cfg.model.init:
-        from ..engine.config import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError(f"evaluate {task} needs --model DIR (a trained {task} model or its run directory)")
     return cfg.model.init

@@ -34,7 +34,7 @@ import dataclasses
 import sys
 from functools import partial
 
-from ..engine.config import ConfigError
+from ..errors import ConfigError
 from ..experiment import load_tokenizer
 from ..modeling.factory import resolve_model_dir
 from ..metrics.detection import write_results
