@@ -108,12 +108,25 @@ def uses_bf16(precision: str, device: str = "auto") -> bool:
     return resolve_precision(precision, resolve_device(device)) == "bf16"
 
 
-def autocast(precision: str, device: torch.device):
+def autocast(precision: str, device: torch.device | str):
     """The autocast context of a resolved ``precision`` ("fp32": none)."""
     if precision == "fp32":
         return nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def eval_autocast(device: torch.device | str, bf16: bool):
+    """The autocast context of evaluation and prediction, whose settings carry the resolved
+    precision as a flag (:func:`uses_bf16`): bf16 autocast when ``bf16``, none otherwise."""
+    return autocast("bf16" if bf16 else "fp32", device)
+
+
+def autocast_disabled(device: torch.device | str):
+    """Autocast switched off inside, whatever autocast is open outside: for the computations that
+    must stay fp32 under a bf16 run (similarities divided by a small temperature, whose small
+    differences bf16's 8-bit mantissa would round away before the softmax)."""
+    return torch.autocast(device_type=torch.device(device).type, enabled=False)
 
 
 @contextmanager

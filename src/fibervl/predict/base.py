@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..tasks.retrieval import precision_context
+from ..engine.precision import eval_autocast
 from .processor import ImageLike, InputProcessor, LoadedImage
 
 
@@ -37,7 +37,7 @@ class Predictor:
         return next(self.model.parameters()).device
 
     def autocast(self):
-        return precision_context(self.device, self.bf16)
+        return eval_autocast(self.device, self.bf16)
 
     def batches(self, *columns: Sequence) -> Iterator[tuple[list, ...]]:
         """Equal-length ``columns`` cut into rows of ``batch_size``: tuples of lists."""

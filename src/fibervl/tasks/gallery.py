@@ -18,7 +18,7 @@ import torch
 
 from ..data import Processor, Sample, Tokenizer
 from ..data.transforms import eval_transforms
-from ..engine.precision import autocast
+from ..engine.precision import eval_autocast
 from ..engine.progress import progress
 
 
@@ -56,7 +56,7 @@ def image_prefix_rows(model, paths: list[Path], image_size: int, batch_size: int
         chunk = paths[start:start + batch_size]
         images = torch.stack([processor(Sample(sample_id=str(p), image_id=start + k, image_path=Path(p))).pixel_values
                               for k, p in enumerate(chunk)])
-        with autocast("bf16" if bf16 else "fp32", device):
+        with eval_autocast(device, bf16):
             grid = model.image_prefix(images.to(device))
         if out is None:
             out = row_storage(len(paths), tuple(grid.shape[1:]), dtype or grid.dtype, directory, "image_prefixes")
@@ -76,7 +76,7 @@ def text_prefix_rows(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     out = None
     for start in progress(range(0, input_ids.shape[0], batch_size), "gallery text prefixes"):
         rows = slice(start, start + batch_size)
-        with autocast("bf16" if bf16 else "fp32", device):
+        with eval_autocast(device, bf16):
             states = model.text_prefix(input_ids[rows].to(device), attention_mask[rows].to(device))
         if out is None:
             out = row_storage(input_ids.shape[0], tuple(states.shape[1:]), dtype or states.dtype, directory, "text_prefixes")

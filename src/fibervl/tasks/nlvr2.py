@@ -15,9 +15,9 @@ from torch.utils.data import DataLoader
 from ..data import Collator, ProcessedDataset, Processor, Tokenizer
 from ..data.transforms import eval_transforms
 from ..engine import distributed as D
+from ..engine.precision import eval_autocast
 from ..engine.progress import progress
 from .prefix_cache import ImagePrefixCache, image_inputs
-from .retrieval import precision_context
 
 
 class Nlvr2Collator:
@@ -83,7 +83,7 @@ def predict_nlvr2(model, tokenizer: Tokenizer, samples, image_size: int, max_len
     ids, probs = [], []
     try:
         for b in progress(loader, "NLVR2"):
-            with precision_context(device, bf16):
+            with eval_autocast(device, bf16):
                 logits = nlvr2_logits(model, b.pixel_values.to(device), b.pixel_values2.to(device),
                                       b.input_ids.to(device), b.attention_mask.to(device)).float()
             ids += [s.sample_id for s in b.samples]

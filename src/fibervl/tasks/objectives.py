@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fibervl.engine.distributed import all_gather_no_grad, all_gather_with_grad, get_rank, is_distributed
+from fibervl.engine.precision import autocast_disabled
 
 INIT_TEMPERATURE = 0.07
 TEMPERATURE_RANGE = (0.001, 1.0)
@@ -157,8 +158,7 @@ def itc_logits(
     else:
         img_cols, txt_cols = img_all, txt_all
     temp = temperature.float() if isinstance(temperature, torch.Tensor) else float(temperature)
-    # fp32 even under bf16 autocast: small similarity differences matter after / temperature
-    with torch.autocast(device_type=img.device.type, enabled=False):
+    with autocast_disabled(img.device):  # fp32 similarities: see autocast_disabled
         logits_i2t = img @ txt_cols.t() / temp
         logits_t2i = txt @ img_cols.t() / temp
         targets = torch.arange(b, device=img.device) + offset

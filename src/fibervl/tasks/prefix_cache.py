@@ -24,8 +24,8 @@ import torch
 from ..data import ProcessedSample, Processor, Sample
 from ..data.errors import DataError
 from ..data.transforms import eval_transforms
+from ..engine.precision import eval_autocast
 from ..engine.progress import progress
-from .retrieval import precision_context
 
 DEFAULT_MAX_BYTES = 4 << 30
 
@@ -87,7 +87,7 @@ class ImagePrefixCache:
                 chunk = unique[i:i + batch_size]
                 images = torch.stack([processor(Sample(sample_id=p, image_id=p, image_path=Path(p), text="")).pixel_values
                                       for _, p in chunk])
-                with precision_context(device, bf16):
+                with eval_autocast(device, bf16):
                     grid = model.image_prefix(images.to(device))
                 if i == 0:
                     total = grid[0].numel() * grid.element_size() * len(unique)

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..engine.precision import autocast_disabled
 from .objectives import FeatureQueue, clamp_temperature_, itm_hard_negative_batch, itm_loss, mask_tokens, sample_hard_negatives
 
 TEMPERATURE_RANGE = (0.001, 0.5)  # ALBEF's clamp
@@ -109,8 +110,7 @@ def momentum_itc(image_feat: torch.Tensor, text_feat: torch.Tensor, image_feat_m
     hard = torch.zeros(b, img_m.shape[0], device=image_feat.device)
     hard[:, :b] = positives.float()
     hard = hard / hard.sum(dim=1, keepdim=True)
-    # fp32 even under bf16 autocast: small similarity differences matter after / temperature
-    with torch.autocast(device_type=image_feat.device.type, enabled=False):
+    with autocast_disabled(image_feat.device):  # fp32 similarities: see autocast_disabled
         sim_i2t = image_feat.float() @ txt_m.t() / temp
         sim_t2i = text_feat.float() @ img_m.t() / temp
         with torch.no_grad():

@@ -20,9 +20,9 @@ from ..data import AnswerVocabulary, Collator, ProcessedDataset, Processor, Toke
 from ..data.transforms import eval_transforms
 from ..engine import distributed as D
 from ..metrics.vqa import vqa_score
+from ..engine.precision import eval_autocast
 from ..engine.progress import progress
 from .prefix_cache import ImagePrefixCache, image_inputs
-from .retrieval import precision_context
 
 
 class VqaCollator:
@@ -83,7 +83,7 @@ def vqa_topk(model, pixel_values: torch.Tensor, input_ids: torch.Tensor, attenti
              k: int = 5, bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, 3, S, S] images, [B, L] tokens -> (sigmoid scores [B, k], answer indices [B, k])."""
     device = next(model.parameters()).device
-    with precision_context(device, bf16):
+    with eval_autocast(device, bf16):
         cls = model.fuse(pixel_values.to(device), input_ids.to(device), attention_mask.to(device)).cls_feats
         logits = model.vqa_logits(cls).float()
     return torch.sigmoid(logits).topk(min(k, logits.shape[1]), dim=1)
