@@ -86,10 +86,14 @@ def fine_model(tokenizer: Tokenizer) -> FiberModel:
 
 
 def retrieval(shapes: ShapesDataset, tokenizer: Tokenizer, out: Path) -> dict:
+    # small embedding batches (in one process too), so that 5 images and 25 texts make several
+    import fibervl.tasks.retrieval as task
+
+    task.EMBED_IMAGE_BATCH, task.EMBED_TEXT_BATCH = 2, 4
     calls: Counter = Counter()
     model = counted(coarse_model(tokenizer), ("encode_image", "encode_text", "image_prefix", "fuse"), calls)
     reader = shapes.captions("val")
-    metrics = evaluate_retrieval(model, tokenizer, reader, 64, 16, limit=LIMIT, rerank_k=3, itm_batch_size=4,
+    metrics = evaluate_retrieval(model, tokenizer, reader, 64, 16, limit=LIMIT, rerank_k=3, itm_batch_size=2,
                                  modes=("itc", "itm", "rerank@2"), prefix_dir=out / "prefixes")
     itc = evaluate_itc_retrieval(model, tokenizer, reader, 64, 16, limit=LIMIT)
     return {"metrics": {**_no_seconds(metrics), **{f"itc_only/{k}": v for k, v in itc.items()}}, "calls": calls}
@@ -194,6 +198,7 @@ def main(shapes_root: Path, out: Path) -> None:
 
         for write in (write_coco, write_lvis, write_odinw):
             write(shapes, out / "layouts", LIMIT + 2)
+        fine_model(tokenizer).save_pretrained(out / "fine_model")  # for the test of `evaluate detect` itself
     D.barrier()
     report = {name: evaluate(shapes, tokenizer, out) for name, evaluate in EVALUATIONS.items()}
     (out / f"rank{rank}_world{world}.json").write_text(json.dumps(report))

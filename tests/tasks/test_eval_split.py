@@ -31,15 +31,21 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def reports(shapes_tiny, tmp_path_factory) -> tuple[dict, list[dict]]:
-    """(one process's report, [rank 0's, rank 1's] of two processes)."""
+def workdir(shapes_tiny, tmp_path_factory) -> Path:
+    """The worker's output, once in one process and once in two: rank{r}_world{w}.json, the
+    COCO / LVIS / Roboflow files it evaluated (layouts/) and its untrained detector (fine_model/)."""
     pytest.importorskip("pycocotools")
     out = tmp_path_factory.mktemp("eval_split")
     _run([sys.executable, str(WORKER), str(shapes_tiny), str(out)])
     _run([*TORCHRUN, str(WORKER), str(shapes_tiny), str(out)])
+    return out
 
+
+@pytest.fixture(scope="module")
+def reports(workdir) -> tuple[dict, list[dict]]:
+    """(one process's report, [rank 0's, rank 1's] of two processes)."""
     def load(name: str) -> dict:
-        return json.loads((out / name).read_text())
+        return json.loads((workdir / name).read_text())
 
     return load("rank0_world1.json"), [load("rank0_world2.json"), load("rank1_world2.json")]
 
@@ -81,3 +87,21 @@ def test_a_metric_is_computed_once_and_its_failure_reaches_every_rank(reports):
     assert one["metric_error"]["raised"] == "ValueError: no ground truth"
     assert ranks[0]["metric_error"]["raised"] == "ValueError: no ground truth"
     assert ranks[1]["metric_error"]["raised"] == "RuntimeError: rank 0 failed to compute broken_metric: ValueError: no ground truth"
+
+
+def test_evaluate_detect_under_torchrun_prints_and_writes_once(workdir, shapes_tiny, tmp_path):
+    """``fibervl evaluate detect --results`` in 2 processes: rank 0 alone prints the metrics and
+    writes the results file, and both are those of one process (every image's detections once)."""
+    coco = workdir / "layouts" / "coco"
+    args = ["-m", "fibervl.cli", "evaluate", "detect", "--model", str(workdir / "fine_model"),
+            "--tokenizer", str(shapes_tiny / "tokenizer"), "--eval-data",
+            f"coco:{coco / 'annotations' / 'instances_val2017.json'}:{coco / 'val2017'}", "train.device=cpu",
+            "data.chunk_size=2", "data.eval_batch_size=2"]
+    one = _run([sys.executable, *args, "--results", str(tmp_path / "one.json")])
+    two = _run([*TORCHRUN, *args, "--results", str(tmp_path / "two.json")])
+    assert "Detection evaluation: rank 1 of 2 runs" in two.stderr
+    printed = [json.loads(line) for line in two.stdout.splitlines() if line.startswith("{")]
+    assert printed == [json.loads(one.stdout.splitlines()[-1])]  # once, the metrics of one process
+    assert printed[0]["det_images"] == len(json.loads((coco / "annotations" / "instances_val2017.json").read_text())["images"])
+    assert two.stderr.count("detections written to") == 1
+    assert json.loads((tmp_path / "two.json").read_text()) == json.loads((tmp_path / "one.json").read_text())

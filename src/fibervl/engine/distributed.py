@@ -225,12 +225,18 @@ def rank_offset(n_local: int, device: torch.device | str = "cpu") -> int:
     return sum(_gather_sizes(n_local, torch.device(device))[: get_rank()])
 
 
-def rank_share(items: Sequence[Any]) -> list[Any]:
-    """This rank's share of ``items`` for an evaluation split across processes: every
-    ``world_size``-th item from ``rank`` on, so that the shares are disjoint, cover ``items``
-    and differ in size by at most one (nothing is padded, so nothing is evaluated twice; a
-    DistributedSampler would repeat items to even the shares out). All of them in one process."""
-    return list(items[get_rank()::get_world_size()])
+def rank_share(items: Sequence[Any], batch_size: int = 1) -> list[Any]:
+    """This rank's share of ``items`` for an evaluation split across processes: cut into
+    batches of ``batch_size`` (as one process would batch them), every ``world_size``-th batch
+    from ``rank`` on, so that the shares are disjoint and cover ``items`` (nothing is padded, so
+    nothing is evaluated twice; a DistributedSampler would repeat items to even the shares out).
+    Batched the same way again, a share gives exactly batches of the one process (only the last
+    batch of all is short), so a model whose numbers depend on a batch's other members gives
+    the same results to the last bit. All of them in one process."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    starts = range(get_rank() * batch_size, len(items), get_world_size() * batch_size)
+    return [item for start in starts for item in items[start:start + batch_size]]
 
 
 def gather_dicts(part: dict) -> dict:
@@ -242,37 +248,47 @@ def gather_dicts(part: dict) -> dict:
     return out
 
 
-def gather_shares(share_results: Sequence[Any], n: int) -> list[Any]:
-    """The results of every rank's :func:`rank_share` of ``n`` items -> all ``n`` results in item
-    order (as one process computing them all would list them). ``share_results``: this rank's,
-    one per item of its share, in the share's order; any picklable objects (tensors included,
-    on any device the backend can pickle). Collective; ``list(share_results)`` in one process."""
+def _share_positions(n: int, batch_size: int) -> list[list[int]]:
+    """Per rank, the item indices of its :func:`rank_share` of ``n`` items, in its share's order."""
+    world = get_world_size()
+    return [[i for start in range(rank * batch_size, n, world * batch_size) for i in range(start, min(start + batch_size, n))]
+            for rank in range(world)]
+
+
+def gather_shares(share_results: Sequence[Any], n: int, batch_size: int = 1) -> list[Any]:
+    """The results of every rank's :func:`rank_share` of ``n`` items (``batch_size`` as given to
+    it) -> all ``n`` results in item order, as one process computing them all would list them.
+    ``share_results``: this rank's, one per item of its share, in the share's order; any
+    picklable objects (tensors included). Collective; ``list(share_results)`` in one process."""
     if not is_distributed():
         return list(share_results)
-    world = get_world_size()
     out: list[Any] = [None] * n
-    for rank, part in enumerate(all_gather_object(list(share_results))):
-        expected = len(range(rank, n, world))
-        if len(part) != expected:
-            raise RuntimeError(f"rank {rank} returned {len(part)} results for its share of {expected} of {n} items")
-        out[rank::world] = part
+    for rank, (part, positions) in enumerate(zip(all_gather_object(list(share_results)), _share_positions(n, batch_size))):
+        if len(part) != len(positions):
+            raise RuntimeError(f"rank {rank} returned {len(part)} results for its share of {len(positions)} of {n} items")
+        for i, result in zip(positions, part):
+            out[i] = result
     return out
 
 
-def gather_share_rows(rows: torch.Tensor, n: int) -> torch.Tensor:
+def gather_share_rows(rows: torch.Tensor, n: int, batch_size: int = 1) -> torch.Tensor:
     """:func:`gather_shares` for a tensor: ``rows`` [n_r, ...], one row per item of this rank's
     share of ``n`` items -> [n, ...] in item order, on ``rows``' device. Collective; ``rows``
     itself in one process. (Gathered as pickled objects, so it works for CPU tensors whatever the
     backend, and for any row count per rank, including none.)"""
     if not is_distributed():
         return rows
-    parts = [p.to(rows.device) for p in all_gather_object(rows) if p.shape[0] > 0]
-    order = torch.cat([torch.arange(r, n, get_world_size()) for r in range(get_world_size())])
-    if sum(p.shape[0] for p in parts) != n:
-        raise RuntimeError(f"the ranks returned {sum(p.shape[0] for p in parts)} rows for {n} items")
-    out = torch.empty((n, *parts[0].shape[1:]), dtype=parts[0].dtype, device=rows.device) if parts else rows
-    if parts:
-        out[order.to(rows.device)] = torch.cat(parts)
+    gathered = all_gather_object(rows)
+    positions = _share_positions(n, batch_size)
+    for rank, (part, pos) in enumerate(zip(gathered, positions)):
+        if part.shape[0] != len(pos):
+            raise RuntimeError(f"rank {rank} returned {part.shape[0]} rows for its share of {len(pos)} of {n} items")
+    parts = [(p.to(rows.device), pos) for p, pos in zip(gathered, positions) if pos]
+    if not parts:
+        return rows
+    out = torch.empty((n, *parts[0][0].shape[1:]), dtype=parts[0][0].dtype, device=rows.device)
+    for part, pos in parts:
+        out[torch.tensor(pos, device=rows.device)] = part
     return out
 
 

@@ -198,14 +198,15 @@ def evaluate_captioning(model, tokenizer: Tokenizer, reader, image_size: int, de
     from ..metrics.caption import caption_scores
 
     images = reader.images[:limit] if limit else reader.images
-    # Under torchrun each process captions its share of the images; the captions are gathered in
-    # order and scored once (rank 0: the scorers are Java programs), the scores sent to every rank.
-    share = D.rank_share(images)
+    # Under torchrun each process captions its share of the images (whole batches of the one
+    # process: the same captions); they are gathered in order and scored once (rank 0: the
+    # scorers are Java programs), the scores sent to every rank.
+    share = D.rank_share(images, batch_size)
     if D.is_distributed():
         print(f"Caption evaluation: rank {D.get_rank()} of {D.get_world_size()} captions {len(share)} of "
               f"{len(images)} images", file=sys.stderr)
     captions = D.gather_shares(caption_paths(model, tokenizer, [img["image_path"] for img in share], image_size,
-                                             decode, batch_size, bf16), len(images))
+                                             decode, batch_size, bf16), len(images), batch_size)
     predictions = {img["image_id"]: c for img, c in zip(images, captions)}
     references = {img["image_id"]: img["captions"] for img in images}
     metrics = D.computed_once(caption_scores, predictions, references, spice=spice)

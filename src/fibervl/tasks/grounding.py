@@ -310,10 +310,11 @@ def _eval_samples(reader, image_size, limit: int) -> list[Sample]:
     return samples
 
 
-def _eval_share(samples: list[Sample], what: str) -> list[Sample]:
-    """This process's share of ``samples`` (:func:`~fibervl.engine.distributed.rank_share`; all
-    of them in one process), said on stderr under torchrun."""
-    share = D.rank_share(samples)
+def _eval_share(samples: list[Sample], batch_size: int, what: str) -> list[Sample]:
+    """This process's share of ``samples``: whole batches of the one process
+    (:func:`~fibervl.engine.distributed.rank_share`; all of them in one process), said on stderr
+    under torchrun."""
+    share = D.rank_share(samples, batch_size)
     if D.is_distributed():
         print(f"{what} evaluation: rank {D.get_rank()} of {D.get_world_size()} runs {len(share)} of "
               f"{len(samples)} records", file=sys.stderr)
@@ -355,14 +356,14 @@ def evaluate_grounding(model, tokenizer: Tokenizer, reader, image_size: int | In
     device = next(model.parameters()).device
     samples = _eval_samples(reader, image_size, limit)
     per_record = []  # (ground-truth boxes of each phrase, ranked boxes of each phrase)
-    share = _eval_share(samples, "Grounding")
+    share = _eval_share(samples, batch_size, "Grounding")
     for batch in progress(_eval_loader(share, tokenizer, image_size, max_len, batch_size, normalization), "grounding"):
         grouped = [phrases_of(pm, bx) for pm, bx in zip(batch.positive_maps, batch.boxes)]
         ranked = rank_phrase_boxes(model, _device_batch(batch, device), [g[0] for g in grouped], top_k=10)
         per_record += [(boxes, [b for b, _ in r]) for (_, boxes), r in zip(grouped, ranked)]
     model.train(was_training)
     preds, gts = [], []
-    for boxes, ranked_boxes in D.gather_shares(per_record, len(samples)):
+    for boxes, ranked_boxes in D.gather_shares(per_record, len(samples), batch_size):
         gts.extend(boxes)
         preds.extend(ranked_boxes)
     out: dict[str, float] = {}
@@ -391,7 +392,7 @@ def evaluate_refexp(model, tokenizer: Tokenizer, reader, image_size: int | Input
     device = next(model.parameters()).device
     samples = _eval_samples(reader, image_size, limit)
     per_record = []  # (target box, top-1 box, group), or None for a record without its box
-    share = _eval_share(samples, "Referring expression")
+    share = _eval_share(samples, batch_size, "Referring expression")
     for batch in progress(_eval_loader(share, tokenizer, image_size, max_len, batch_size, normalization),
                           "referring expressions"):
         maps = [pm[:1] for pm in batch.positive_maps]  # the referred object is the record's (first) box
@@ -404,7 +405,7 @@ def evaluate_refexp(model, tokenizer: Tokenizer, reader, image_size: int | Input
             per_record.append((boxes[0], best[0] if best.shape[0] else torch.zeros(4),
                                group_of(sample) if group_of else ""))
     model.train(was_training)
-    kept = [r for r in D.gather_shares(per_record, len(samples)) if r is not None]
+    kept = [r for r in D.gather_shares(per_record, len(samples), batch_size) if r is not None]
     targets, top1, groups = [r[0] for r in kept], [r[1] for r in kept], [r[2] for r in kept]
     if not targets:
         result = rec_accuracy(torch.zeros(0, 4), torch.zeros(0, 4))
@@ -485,7 +486,7 @@ def detection_results(model, tokenizer: Tokenizer, reader, category_ids: Sequenc
     device = next(model.parameters()).device
     samples = _eval_samples(reader, image_size, limit)
     per_image = []  # (image id, boxes [N, 4] xyxy in the original pixels, scores [N], labels [N])
-    share = _eval_share(samples, "Detection")
+    share = _eval_share(samples, batch_size, "Detection")
     for batch in progress(_eval_loader(share, tokenizer, image_size, max_len, batch_size, normalization), "detection"):
         in_sizes = [tuple(int(v) for v in s) for s in batch.image_sizes]
         dets = detect_with_prompt(model, batch.pixel_values.to(device), in_sizes, chunks, post)
@@ -497,7 +498,7 @@ def detection_results(model, tokenizer: Tokenizer, reader, category_ids: Sequenc
                               scores, labels))
     model.train(was_training)
     results, image_ids = [], []
-    for image_id, boxes, scores, labels in D.gather_shares(per_image, len(samples)):
+    for image_id, boxes, scores, labels in D.gather_shares(per_image, len(samples), batch_size):
         image_ids.append(image_id)
         for box, score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
             results.append({"image_id": image_id, "category_id": int(label), "score": float(score),

@@ -14,7 +14,7 @@
   passes: small galleries only).
 
   Why not the ITC logit (cosine / temperature, about 12x the cosine): on that scale ITC outweighs
-  ITM in every re-ranked list, and a trained ITM moved few of them (docs/results.md, session 13).
+  ITM in every re-ranked list, and a trained ITM moved few of them (docs/results.md).
 """
 
 from __future__ import annotations
@@ -32,6 +32,10 @@ from ..metrics.retrieval import chance_recall, retrieval_recall
 from ..engine import distributed as D
 from ..engine.precision import eval_autocast
 from ..engine.progress import progress
+
+
+# Images and texts a batch when a split is embedded (evaluation splits them across processes in these batches).
+EMBED_IMAGE_BATCH, EMBED_TEXT_BATCH = 64, 256
 
 
 def _stack_images(items):
@@ -82,10 +86,10 @@ def _limit(reader, limit: int):
 def _embed_split(model, tokenizer: Tokenizer, paths, texts, image_size: int, max_length: int,
                  bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """ITC embeddings of a split's images [I, H] and texts [T, H], in eval mode (restored after).
-    Under torchrun each process embeds its share of the images and of the texts
-    (:func:`~fibervl.engine.distributed.rank_share`) and every process returns them all, in
-    order (collective: call it on every rank)."""
-    paths_share, texts_share = D.rank_share(paths), D.rank_share(texts)
+    Under torchrun each process embeds its share of the images and of the texts (whole batches
+    of the one process: :func:`~fibervl.engine.distributed.rank_share`) and every process
+    returns them all, in order (collective: call it on every rank)."""
+    paths_share, texts_share = D.rank_share(paths, EMBED_IMAGE_BATCH), D.rank_share(texts, EMBED_TEXT_BATCH)
     if D.is_distributed():
         print(f"Retrieval evaluation: rank {D.get_rank()} of {D.get_world_size()} embeds {len(paths_share)} of "
               f"{len(paths)} images and {len(texts_share)} of {len(texts)} texts", file=sys.stderr)
@@ -93,11 +97,14 @@ def _embed_split(model, tokenizer: Tokenizer, paths, texts, image_size: int, max
     model.eval()
     try:
         # a rank with no share (more ranks than items) embeds nothing
-        images = embed_images(model, paths_share, image_size, bf16=bf16) if paths_share else torch.zeros(0)
-        text = embed_texts(model, tokenizer, texts_share, max_length, bf16=bf16) if texts_share else torch.zeros(0)
+        images = (embed_images(model, paths_share, image_size, EMBED_IMAGE_BATCH, bf16=bf16) if paths_share
+                  else torch.zeros(0))
+        text = (embed_texts(model, tokenizer, texts_share, max_length, EMBED_TEXT_BATCH, bf16=bf16) if texts_share
+                else torch.zeros(0))
     finally:
         model.train(was_training)
-    return D.gather_share_rows(images, len(paths)), D.gather_share_rows(text, len(texts))
+    return (D.gather_share_rows(images, len(paths), EMBED_IMAGE_BATCH),
+            D.gather_share_rows(text, len(texts), EMBED_TEXT_BATCH))
 
 
 def load_image_tensors(paths: list[Path], image_size: int) -> torch.Tensor:
@@ -207,22 +214,24 @@ def rerank_scores(itc: torch.Tensor, pair_scorer, k: int,
     return lift(cand_i2t), lift(cand_t2i)
 
 
-def split_by_image(score_own_pairs):
-    """A pair scorer over a gallery whose images are split across processes by
-    :func:`~fibervl.engine.distributed.rank_share` (image ``i`` is row ``i // world_size`` of
-    rank ``i % world_size``'s share): ``score_own_pairs(pairs [P, 2]) -> [P]`` scores pairs of
-    this rank's images, given as (row in its share, text index). Returns ``f(pairs [P, 2]) -> [P]``
-    for (gallery image, text) pairs: each rank scores the pairs of its own images, once, and
-    every rank returns every pair's score (collective). ``score_own_pairs`` itself in one process."""
+def split_by_image(score_own_pairs, n_images: int, batch_size: int):
+    """A pair scorer over a gallery of ``n_images`` split across processes by
+    :func:`~fibervl.engine.distributed.rank_share` in batches of ``batch_size``:
+    ``score_own_pairs(pairs [P, 2]) -> [P]`` scores pairs of this rank's images, given as (row in
+    its share, text index). Returns ``f(pairs [P, 2]) -> [P]`` for (gallery image, text) pairs:
+    each rank scores the pairs of its own images, once, and every rank returns every pair's
+    score (collective). ``score_own_pairs`` itself in one process."""
     if not D.is_distributed():
         return score_own_pairs
-    world, rank = D.get_world_size(), D.get_rank()
+    own_images = torch.tensor(D.rank_share(range(n_images), batch_size), dtype=torch.long)
+    row = torch.full((n_images,), -1, dtype=torch.long)  # image -> its row in this rank's share (-1: another's)
+    row[own_images] = torch.arange(own_images.numel())
 
     def score(pairs: torch.Tensor) -> torch.Tensor:
         pairs = pairs.cpu()
-        mine = (pairs[:, 0] % world == rank).nonzero().squeeze(1)
+        mine = (row[pairs[:, 0]] >= 0).nonzero().squeeze(1)
         own = pairs[mine].clone()
-        own[:, 0] //= world
+        own[:, 0] = row[own[:, 0]]
         out = torch.empty(pairs.shape[0])
         for index, scores in D.all_gather_object((mine, score_own_pairs(own).cpu())):
             out[index] = scores
@@ -284,7 +293,7 @@ def evaluate_retrieval(model, tokenizer: Tokenizer, reader, image_size: int, max
             # Under torchrun each process keeps the prefixes of its share of the images and scores
             # the pairs of those images (split_by_image); each computes every text's prefix (the
             # text tower alone, cheap next to the image prefixes and the fused passes).
-            own_paths = D.rank_share(paths)
+            own_paths = D.rank_share(paths, itm_batch_size)  # the image batches of one process
             rows_dir = Path(prefix_dir) / f"rank{D.get_rank()}" if prefix_dir and D.is_distributed() else prefix_dir
             image_rows = (image_prefix_rows(model, own_paths, image_size, itm_batch_size, bf16, prefix_dtype, rows_dir)
                           if own_paths else torch.zeros(0))
@@ -294,7 +303,7 @@ def evaluate_retrieval(model, tokenizer: Tokenizer, reader, image_size: int, max
             def score_pairs(pairs: torch.Tensor) -> torch.Tensor:
                 return itm_prefix_pair_scores(model, image_rows, text_rows, mask, pairs, itm_batch_size, bf16)
 
-            scorer = split_by_image(score_pairs)
+            scorer = split_by_image(score_pairs, len(paths), itm_batch_size)
 
         if rerank_k > 0:
             # Candidates from the embeddings (cosine order = ITC order); with FAISS for large
