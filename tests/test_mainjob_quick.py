@@ -7,12 +7,11 @@ their baseline and ``--check`` exits 3 exactly when one does not, every stage's 
 ``from_pretrained``, and a second run skips every finished stage.
 
 Also asserted: retrieval, VQA, phrase grounding, detection and zero-shot detection beat their
-baselines, as they did in bf16 and in fp32 (session 14, docs/results.md: the thinnest margin is
-grounding's, +4.1). The other three are checked for a truthful report only: captioning and REC
-end within a few points of their baselines, above or below depending on the host's precision
-(CIDEr 56.9 in bf16 and 47.0 in fp32 against 52.8; REC 51 and 50 against 51), and NLVR2 does
-not learn in the 3-minute budget (its training accuracy leaves chance only after about 1000
-cached steps).
+baselines, in bf16 and in fp32 (docs/results.md: the thinnest margin is grounding's, +4.1). The
+other three are checked for a truthful report only: captioning and REC end within a few points
+of their baselines, above or below depending on the host's precision (CIDEr 56.9 in bf16 and
+47.0 in fp32 against 52.8; REC 51 and 50 against 51), and NLVR2 does not learn in the 3-minute
+budget (its training accuracy leaves chance only after about 1000 cached steps).
 """
 
 import json

@@ -12,8 +12,8 @@ from fibervl.engine import allocator
 # rounds: with glibc's defaults each buffer is a fresh mmap (16,384 pages to fault in every
 # round); with keep_freed_memory the rounds re-use freed heap memory. The first few rounds may
 # still grow the heap (small allocations between them can take a piece of a freed buffer): up to
-# five rounds in six trials of a clean-clone venv (session 15), where three warm-up rounds made
-# the test fail one time in three.
+# five rounds in six trials of a fresh virtual environment, where three warm-up rounds made the
+# test fail one time in three.
 PROBE = """
 import json, resource, sys, torch
 from fibervl.engine.allocator import keep_freed_memory

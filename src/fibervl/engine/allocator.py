@@ -6,7 +6,7 @@ A tensor of that size therefore starts on fresh pages, and the first write to ea
 is a page fault answered by the kernel zeroing the page. A fused forward of ``fiber-base``
 (batch 2, 384 px) took 50,000-60,000 such faults; on 37 MB tensors (Swin stage 1) GELU ran at
 560 M elements/s and a copy at 620, against 2,700 and 4,500 once the memory was re-used
-(2 cores of an AMD EPYC, session 15; BENCHMARKS.md).
+(2 cores of an AMD EPYC; BENCHMARKS.md).
 
 :func:`keep_freed_memory` sets ``M_MMAP_MAX`` to 0 (every allocation comes from the heap) and
 ``M_TRIM_THRESHOLD`` to 2 GiB (freed heap memory waits for the next allocation). The process

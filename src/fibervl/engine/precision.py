@@ -10,10 +10,10 @@ machine), and a bf16 run would take hours instead of minutes.
 On CUDA the answer is ``torch.cuda.is_bf16_supported()``. On the CPU it is measured once per
 process: a 256 x 512 x 512 matmul in both precisions, the fastest of several interleaved runs of
 each after a warm-up call of each (a few milliseconds where bf16 is fast, about 0.2 s where it is
-not). The fastest, not the median: on a shared machine another process only ever adds time, and a
-median of five once measured a 2.5x speed-up below the 1.3x threshold, so that one main-job run
-of a bf16 host trained in fp32 (session 14). The environment variable ``FIBERVL_AUTO_PRECISION``
-(fp32 or bf16) overrides the measurement, e.g. to make timings comparable across machines.
+not). The fastest, not the median: on a shared machine another process only ever adds time, and
+under load the median of five put a host whose bf16 is 2.5x faster below the 1.3x threshold, so
+that it trained in fp32. The environment variable ``FIBERVL_AUTO_PRECISION`` (fp32 or bf16)
+overrides the measurement, e.g. to make timings comparable across machines.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def cpu_bf16_speedup(runs: int = 9) -> float:
     a, b = torch.randn(256, 512), torch.randn(512, 512)
     a16, b16 = a.bfloat16(), b.bfloat16()
     # A warm-up call of each first: the first bf16 matmul of a process also builds its kernel,
-    # which once took 0.1 s on a bf16 host and made it look emulated (session 15).
+    # which can take 0.1 s on a bf16 host and would make it look emulated.
     _seconds(lambda: a @ b)
     _seconds(lambda: a16 @ b16)
     fp32 = min(_seconds(lambda: a @ b) for _ in range(3))

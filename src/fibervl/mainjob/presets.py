@@ -75,9 +75,9 @@ class JobPreset:
 # The rate of the pre-trained weights when a task fine-tunes them; the task's new head learns
 # faster (``FINETUNE_MULTIPLIERS`` in job.py). At this rate the unfused prefixes hardly move, so
 # retrieval, VQA, NLVR2 and captioning freeze them (``freeze_prefix``) and train on each image's
-# prefix computed once (``cache_prefix``): the same VQA accuracy in 0.44x the time (docs/results.md,
-# session 12). Captioning's causal text was expected to need its lower text layers, but freezing
-# them cost 2 CIDEr (92.9 against 95.0), and the cached steps are 4x cheaper (session 14).
+# prefix computed once (``cache_prefix``): the same VQA accuracy in 0.44x the time (docs/results.md).
+# Captioning's causal text was expected to need its lower text layers, but freezing them cost 2
+# CIDEr (92.9 against 95.0), and the cached steps are 4x cheaper (docs/results.md).
 FINETUNE_LR = 3e-5
 
 TASK_NAMES = ("retrieval", "vqa", "nlvr2", "caption", "grounding", "refexp", "detection")
@@ -93,12 +93,12 @@ def _default() -> JobPreset:
         fine=StagePlan(steps=400, batch_size=16),
         tasks={
             # ITM learns slowly on these captions (a generic one fits many images, so many hard
-            # negatives are true matches): 1000 cheap cached steps make it a re-ranker (session 13)
+            # negatives are true matches): 1000 cheap cached steps make it a re-ranker (docs/results.md)
             "retrieval": StagePlan(steps=1000, lr=FINETUNE_LR, freeze_prefix=True, cache_prefix=True),
             "vqa": StagePlan(steps=400, lr=FINETUNE_LR, freeze_prefix=True, cache_prefix=True),
             # NLVR2 learns late (one bit per two images): many cheap cached steps, from the
             # retrieval model, whose ITM training taught the fused layers image-text agreement
-            # (docs/results.md, sessions 12-13: 54.6 from the coarse model at 1600 steps, 59.1 so)
+            # (docs/results.md: 54.6 from the coarse model at 1600 steps, 59.1 so)
             "nlvr2": StagePlan(steps=2400, batch_size=16, lr=FINETUNE_LR, freeze_prefix=True, cache_prefix=True,
                                init_from="retrieval"),
             "caption": StagePlan(steps=600, lr=FINETUNE_LR, freeze_prefix=True, cache_prefix=True),
@@ -119,7 +119,7 @@ def _quick() -> JobPreset:
         coarse=StagePlan(steps=15, warmup=5),
         # Twice the default's rate: after 250 steps at 6e-4 the fine-grained model grounds with val
         # R@1 88.8 and REC 70.6, against 72.8 and 60.0 at 3e-4 (random object: 72.1 and 53.5;
-        # session 14). The grounding, REC and detection stages below then take a few gentle steps:
+        # docs/results.md). The grounding, REC and detection stages below then take a few gentle steps:
         # the fine-grained stage already trained on their three sources, and 20 steps at 3e-4 on
         # one source cost grounding 3 points.
         fine=StagePlan(steps=230, batch_size=16, lr=6e-4),
@@ -133,7 +133,7 @@ def _quick() -> JobPreset:
                                init_from="retrieval"),
             # from the weak quick coarse model, 3e-5 needs 600 steps to reach the best constant
             # caption (test CIDEr 54.4 against 52.8); on val 2e-4 gave 57.9 after 200 steps and 67.9
-            # after 300, against 58.5 (session 14). Still near its baseline: see docs/results.md
+            # after 300, against 58.5. Still near its baseline: see docs/results.md
             "caption": StagePlan(steps=250, lr=2e-4, freeze_prefix=True, cache_prefix=True),
             "grounding": StagePlan(steps=10, batch_size=16, lr=FINETUNE_LR),
             "refexp": StagePlan(steps=10, batch_size=16, lr=FINETUNE_LR),

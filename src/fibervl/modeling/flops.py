@@ -3,9 +3,9 @@
 ``torch.utils.flop_counter.FlopCounterMode`` has a formula for the CUDA attention kernels but
 none for the CPU's fused kernel (``_scaled_dot_product_flash_attention_for_cpu``), so on the
 CPU every ``F.scaled_dot_product_attention`` counted as 0 FLOPs: fiber-base's fused forward came
-to 210.4 GFLOP instead of 222.1 (the 11.8 of its window, text and cross attention missing;
-session 15). Counting with attention on the math path, where it is two batched matmuls, gives
-the full count on any device.
+to 210.4 GFLOP instead of 222.1 (the 11.8 of its window, text and cross attention missing).
+Counting with attention on the math path, where it is two batched matmuls, gives the full count
+on any device.
 """
 
 from __future__ import annotations
