@@ -199,7 +199,7 @@ def test_best_constant_caption_baseline_picks_the_best_single_sentence():
     from types import SimpleNamespace
 
     from fibervl.metrics.caption import caption_scores, constant_caption_cider
-    from fibervl.tasks.caption import best_constant_caption_baseline
+    from fibervl.metrics.baselines import best_constant_caption_baseline
 
     train = SimpleNamespace(images=[{"captions": ["a red star", "a red star", "two shapes"]},
                                     {"captions": ["a blue circle", "two shapes"]}])

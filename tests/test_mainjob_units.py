@@ -92,7 +92,7 @@ def test_interrupted_stage_is_not_recorded_as_done(tmp_path):
 def test_grounding_baselines_random_object_above_random_box(shapes_tiny):
     """A guess that knows the objects (random true box) against one that does not (random box):
     the report gives both, and the chance one must be far lower and repeatable."""
-    from fibervl.mainjob.baselines import grounding_random_object, phrase_chance_random_box
+    from fibervl.metrics.baselines import grounding_random_object, phrase_chance_random_box
 
     informed = grounding_random_object(shapes_tiny, "test")
     for source in ("grounding", "refexp"):
@@ -106,7 +106,7 @@ def test_baselines_are_computed_on_the_evaluated_items(shapes_tiny):
     over the whole split the values are the generator's baselines.json; over a prefix they are
     the hand-computed rates of that prefix."""
     from fibervl.data.shapes import ShapesDataset
-    from fibervl.mainjob.baselines import evaluated_baselines
+    from fibervl.metrics.baselines import evaluated_baselines
 
     whole = json.loads((shapes_tiny / "baselines.json").read_text())["test"]
     assert evaluated_baselines(shapes_tiny, "test", "nlvr2") == whole["nlvr2"]
@@ -128,7 +128,7 @@ def test_baselines_are_computed_on_the_evaluated_items(shapes_tiny):
 def test_random_box_chance_is_certain_when_every_box_fills_its_image(tmp_path, monkeypatch):
     """Hand-made: one 32x32 image whose one phrase box is the whole image, training boxes
     32x32 too, so every random box is the phrase's box: chance 100 %."""
-    from fibervl.mainjob import baselines
+    from fibervl.metrics import baselines
     from fibervl.data.samples import Sample
     import torch
 

@@ -110,8 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         import json
         from pathlib import Path
 
-        from .shapes import compute_baselines
-
+        from ..metrics.baselines import compute_baselines
         from .errors import DataError
         from .shapes.readme import write_readme
 

@@ -21,7 +21,7 @@ from typing import Callable
 
 from ..engine.optim import OptimConfig, ScheduleConfig
 from ..engine.trainer import TrainConfig
-from .baselines import detection_chance_ap, evaluated_baselines, grounding_random_object, phrase_chance_random_box
+from ..metrics.baselines import detection_chance_ap, evaluated_baselines, grounding_random_object, phrase_chance_random_box
 from .presets import JobPreset, StagePlan
 from .stages import StageInterrupted, StageRunner
 
@@ -218,7 +218,7 @@ def stage_vlmo_pretrain(ctx: JobContext, stage_dir: Path) -> dict:
 # ---- tasks -------------------------------------------------------------------------------
 
 def task_retrieval(ctx: JobContext, stage_dir: Path) -> dict:
-    from ..metrics.retrieval import chance_recall
+    from ..metrics.baselines import chance_recall
     from ..recipes.retrieval import RetrievalConfig, RetrievalData, RetrievalEval, run
 
     p = ctx.preset
@@ -272,7 +272,8 @@ def task_nlvr2(ctx: JobContext, stage_dir: Path) -> dict:
 def task_caption(ctx: JobContext, stage_dir: Path) -> dict:
     from ..recipes.caption import CaptionConfig, run
     from ..recipes.image_text import FinetuneCaptionData, caption_reader
-    from ..tasks.caption import CaptionSettings, best_constant_caption_baseline
+    from ..metrics.baselines import best_constant_caption_baseline
+    from ..tasks.caption import CaptionSettings
 
     p = ctx.preset
     data = FinetuneCaptionData(root=str(ctx.data_root), num_eval=p.num_eval, eval_split=EVAL_SPLIT,

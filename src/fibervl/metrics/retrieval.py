@@ -32,13 +32,3 @@ def retrieval_recall(scores: torch.Tensor, text_to_image: torch.Tensor, ks: tupl
         out[f"t2i_r{k}"] = 100.0 * (t2i_rank < k).float().mean().item()
     out["rsum"] = sum(out.values())
     return out
-
-
-def chance_recall(n_images: int, n_texts: int, captions_per_image: float, k: int = 1) -> dict[str, float]:
-    """Expected R@k of random scores (the chance baseline)."""
-    c = captions_per_image
-    # i2t: probability that at least one of c positives lands in the top k of n_texts.
-    miss = 1.0
-    for j in range(k):
-        miss *= max(0.0, (n_texts - c - j) / (n_texts - j))
-    return {f"i2t_r{k}": 100.0 * (1 - miss), f"t2i_r{k}": 100.0 * min(1.0, k / n_images)}

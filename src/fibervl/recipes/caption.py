@@ -30,9 +30,8 @@ from ..engine.precision import uses_bf16
 from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import ModelSpec, load_tokenizer
 from ..modeling.fiber import FiberModel
-from ..tasks.caption import (
-    CaptionSettings, CaptionTask, evaluate_captioning, most_frequent_caption_baseline,
-)
+from ..metrics.baselines import most_frequent_caption_baseline
+from ..tasks.caption import CaptionSettings, CaptionTask, evaluate_captioning
 from ..errors import ConfigError
 from .common import (
     PairCollator, evaluation_processes, export_model, fused_training_data, model_tokenizer, recipe_train, required_model,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import sys
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,37 +210,3 @@ def evaluate_captioning(model, tokenizer: Tokenizer, reader, image_size: int, de
     references = {img["image_id"]: img["captions"] for img in images}
     metrics = D.computed_once(caption_scores, predictions, references, spice=spice)
     return metrics, [{"image_id": k, "caption": c} for k, c in predictions.items()]
-
-
-def _caption_counts(reader) -> Counter:
-    """How often each caption occurs in ``reader`` (every caption of every image)."""
-    return Counter(c for img in reader.images for c in img["captions"])
-
-
-def most_frequent_caption_baseline(train_reader, eval_reader, limit: int = 0, spice: bool = False) -> dict:
-    """Scores of predicting the most frequent training caption for every evaluation image: what
-    a model that ignores the image can reach with one fixed answer."""
-    from ..metrics.caption import caption_scores
-
-    best = _caption_counts(train_reader).most_common(1)[0][0]
-    images = eval_reader.images[:limit] if limit else eval_reader.images
-    metrics = caption_scores({img["image_id"]: best for img in images},
-                             {img["image_id"]: img["captions"] for img in images}, spice=spice)
-    metrics["caption"] = best
-    return metrics
-
-
-def best_constant_caption_baseline(train_reader, eval_reader, limit: int = 0, candidates: int = 50) -> dict:
-    """The best a captioner that ignores the image can do with one sentence: of the
-    ``candidates`` most frequent training captions, the one whose CIDEr is highest when given
-    for every evaluation image (chosen on the evaluation references themselves, so an upper
-    bound of constant captions). A model must beat it to show that its captions use the image.
-    Returns ``{"caption", "cider"}``."""
-    from ..metrics.caption import constant_caption_cider
-
-    counts = _caption_counts(train_reader)
-    pool = sorted(counts, key=lambda c: (-counts[c], c))[:candidates]
-    images = eval_reader.images[:limit] if limit else eval_reader.images
-    scores = constant_caption_cider(pool, {img["image_id"]: img["captions"] for img in images})
-    best = max(range(len(pool)), key=lambda i: scores[i])
-    return {"caption": pool[best], "cider": scores[best]}

@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader
 
 from ..data import Processor, Sample, Tokenizer
 from ..data.transforms import eval_transforms
-from ..metrics.retrieval import chance_recall, retrieval_recall
+from ..metrics.baselines import chance_recall
+from ..metrics.retrieval import retrieval_recall
 from ..engine import distributed as D
 from ..engine.precision import eval_autocast
 from ..engine.progress import progress
