@@ -205,3 +205,27 @@ def test_webdataset_reader_and_bad_samples(tmp_path):
     got = list(r)
     assert [s.text for s in got] == ["a photo", "שלום 🎉"]
     assert r.skipped.total == 3 and got[0].image.mode == "RGB"
+
+
+def test_webdataset_captions_in_img2dataset_json_and_other_image_types(tmp_path):
+    """img2dataset writes KEY.json with the caption beside KEY.txt; some shards keep the
+    caption in the .json only, and images may be .jpeg / .png / .webp."""
+    png, webp = io.BytesIO(), io.BytesIO()
+    Image.new("RGB", (6, 4), (200, 0, 0)).save(png, "PNG")
+    Image.new("RGB", (6, 4), (0, 200, 0)).save(webp, "WEBP")
+    meta = {"url": "http://x/1.jpg", "key": "000000001", "status": "success", "error_message": None,
+            "width": 8, "height": 8, "caption": " a red cat "}
+    _tar(tmp_path / "00000.tar", [
+        ("000000000.jpg", _jpg()), ("000000000.txt", b"from the txt"),
+        ("000000000.json", json.dumps({**meta, "caption": "from the json"}).encode()),
+        ("000000001.jpeg", _jpg()), ("000000001.json", json.dumps(meta).encode()),
+        ("000000002.png", png.getvalue()), ("000000002.json", json.dumps({**meta, "caption": "a green square"}).encode()),
+        ("000000003.webp", webp.getvalue()), ("000000003.txt", b"a green webp"),
+        ("000000004.jpg", _jpg()), ("000000004.json", json.dumps({**meta, "caption": None}).encode()),
+    ])
+    r = WebDatasetReader(tmp_path / "00000.tar", skip_bad=True)
+    got = list(r)
+    assert [s.text for s in got] == ["from the txt", "a red cat", "a green square", "a green webp"]
+    assert [s.image.size for s in got[2:]] == [(6, 4), (6, 4)]
+    with pytest.raises(DataError, match=r"00000\.tar \[record 000000004\]: sample has no caption member"):
+        list(WebDatasetReader(tmp_path / "00000.tar"))

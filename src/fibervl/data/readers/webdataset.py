@@ -1,8 +1,11 @@
 """Webdataset tar shards of image-text pairs (CC3M, CC12M, LAION, the shapes train split).
 
 A shard is a plain tar; the members of one sample share a key (the name up to the first
-dot): ``000123.jpg``, ``000123.txt`` (the caption), optionally ``000123.json``. Shards are
-named with brace ranges, e.g. ``cc3m/{00000..00331}.tar``, expanded here.
+dot): ``000123.jpg`` (or ``.jpeg``, ``.png``, ``.webp``), ``000123.txt`` (the caption),
+optionally ``000123.json``. img2dataset writes the caption into the ``.json`` too
+(``{"caption": ..., "url": ..., "key": ...}``), and some exports keep it there only: a sample
+without a ``.txt`` takes the ``.json``'s ``caption``. Shards are named with brace ranges, e.g.
+``cc3m/{00000..00331}.tar``, expanded here.
 """
 
 from __future__ import annotations
@@ -94,23 +97,16 @@ class WebDatasetReader:
     def _make(self, shard: Path, key: str, members: dict[str, bytes]) -> Sample | None:
         try:
             image_ext = next((e for e in IMAGE_EXTENSIONS if e in members), None)
-            text_ext = next((e for e in TEXT_EXTENSIONS if e in members), None)
             if image_ext is None:
                 raise DataError(shard, f"sample has no image member (has {sorted(members)})", key)
-            if text_ext is None:
-                raise DataError(shard, f"sample has no caption member (has {sorted(members)})", key)
-            try:
-                raw = members[text_ext].decode("utf-8-sig")  # a byte order mark is not part of the caption
-            except UnicodeDecodeError:
-                raise DataError(shard, "caption is not UTF-8", key) from None
-            text, cut = check_text(raw.strip(), shard, key, self.max_text_chars)
-            self.truncated += cut
             meta = {}
             if "json" in members:
                 try:
                     meta = json.loads(members["json"])
                 except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                     raise DataError(shard, f"invalid JSON member: {exc}", key) from None
+            text, cut = check_text(self._caption(shard, key, members, meta), shard, key, self.max_text_chars)
+            self.truncated += cut
             image = decode_image(members[image_ext], f"{shard}:{key}.{image_ext}", record=key) if self.decode else None
             caps = meta.get("captions", [text]) if isinstance(meta, dict) else [text]
             return Sample(sample_id=key, image_id=meta.get("image_id", key) if isinstance(meta, dict) else key,
@@ -119,3 +115,19 @@ class WebDatasetReader:
         except DataError as err:
             handle(err, self.skip_bad, self.skipped)
             return None
+
+    @staticmethod
+    def _caption(shard: Path, key: str, members: dict[str, bytes], meta: object) -> str:
+        """The caption of a sample: its ``.txt`` (or ``.caption``) member, else the
+        ``caption`` field of its ``.json`` member (img2dataset's metadata)."""
+        text_ext = next((e for e in TEXT_EXTENSIONS if e in members), None)
+        if text_ext is not None:
+            try:
+                return members[text_ext].decode("utf-8-sig").strip()  # a byte order mark is not part of the caption
+            except UnicodeDecodeError:
+                raise DataError(shard, "caption is not UTF-8", key) from None
+        caption = meta.get("caption") if isinstance(meta, dict) else None
+        if isinstance(caption, str):
+            return caption.strip()
+        raise DataError(shard, f"sample has no caption member (has {sorted(members)}; "
+                               "a caption is a .txt member or the 'caption' of a .json member)", key)

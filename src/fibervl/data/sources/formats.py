@@ -169,7 +169,8 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("coco_captions", ("captions",), _open_coco_captions,
            about="COCO captions_{split}.json; IMAGES: the split's image folder (coco/{split})"),
     Format("webdataset", ("captions",), _open_webdataset, "shards", stream=True,
-           about="tar shards of image + .txt caption pairs ('cc3m/{00000..00331}.tar'), streamed"),
+           about="tar shards of images with a .txt caption, or img2dataset's .json caption "
+                 "('cc3m/{00000..00331}.tar'), streamed"),
     Format("vqav2", ("vqa",), _open_vqav2, "folder",
            about="the folder of v2_OpenEnded_mscoco_{split}_questions.json and v2_mscoco_{split}_annotations.json; "
                  "IMAGES: the COCO root (options split=train2014, image_template=...)"),
