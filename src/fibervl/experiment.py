@@ -131,6 +131,18 @@ def holds_splits(source: DataSource) -> bool:
     return source.format in ("shapes", "karpathy", "vqav2") or "{split}" in source.annotations + source.images
 
 
+def split_name(source: DataSource, split: str) -> str:
+    """The name of the split of ``source`` that a command reads when it asks for ``split``, for
+    its report: the source's own ``split`` option, else ``split`` when the source holds several,
+    else the name of its annotation file or folder (``test1`` for ``nlvr2/data/test1.json``),
+    since a file that is one split is read whole whatever split was asked for."""
+    if source.split:
+        return source.split
+    if holds_splits(source):
+        return split
+    return Path(source.annotations).stem or split
+
+
 def load_tokenizer(data: DataSpec, init: str = "") -> Tokenizer:
     """The tokenizer a run uses: ``data.tokenizer`` when named, else the ``init`` model
     directory's own ``tokenizer/``, else the shapes set's among the data sources."""

@@ -194,7 +194,8 @@ def test_nlvr2_on_nlvr2(coarse, official, tmp_path, capsys):
     args = ["evaluate", "nlvr2", "--model", str(run), "--eval-data", official["nlvr2_dev"], "train.device=cpu"]
     assert main(args) == 0
     metrics = _json_line(capsys)
-    assert metrics["items"] == 8 and metrics["split"] == "val" and 0 <= metrics["nlvr2_acc"] <= 100
+    # a file that is one split is named by its file (dev.json), not by data.eval_split's default "val"
+    assert metrics["items"] == 8 and metrics["split"] == "dev" and 0 <= metrics["nlvr2_acc"] <= 100
     # under torchrun: each of 2 processes scores its half, rank 0 prints the metrics of one process
     res = _torchrun(args)
     assert [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")] == [metrics]

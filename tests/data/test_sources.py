@@ -18,6 +18,7 @@ from fibervl.data.sources import (
     training_reader,
 )
 from fibervl.engine.config import ConfigError, load_config, parse_cli
+from fibervl.experiment import split_name
 from fibervl.recipes.fine_pretrain import FineConfig
 from fibervl.recipes.vqa import VqaConfig
 
@@ -93,6 +94,19 @@ def test_older_keys_are_one_source(tmp_path):
     assert cfg.data.eval_source() == cfg.data.train_sources()[0]
     cfg, _ = parse_cli(VqaConfig, ["data.root=/s"])
     assert cfg.data.eval_source() == DataSource("shapes", "/s")
+
+
+@pytest.mark.parametrize("spec,name", [
+    ("nlvr2:nlvr2/data/test1.json:nlvr2/images", "test1"),  # one file, one split: named by the file
+    ("coco_captions:coco/annotations/captions_val2017.json:coco/val2017", "captions_val2017"),
+    ("karpathy:dataset_coco.json:coco", "test"),  # holds several: the split asked for
+    ("coco_captions:a/captions_{split}.json:a/{split}", "test"),
+    ("vqav2,split=test-dev2015:vqav2:coco", "test-dev2015"),  # its own split option
+])
+def test_the_split_an_evaluation_reports(spec, name):
+    """``evaluate`` reports the split it read: a one-split file is read whole whatever
+    ``data.eval_split`` (``--split``) says, so its name is the file's."""
+    assert split_name(parse_spec(spec), "test") == name
 
 
 # ---- every format opens its official layout ------------------------------------------------

@@ -28,7 +28,7 @@ from ..data.transforms import train_transforms
 from ..engine import distributed as D
 from ..engine.precision import uses_bf16
 from ..engine.trainer import Trainer, TrainConfig
-from ..experiment import ModelSpec, load_tokenizer
+from ..experiment import ModelSpec, load_tokenizer, split_name
 from ..modeling.fiber import FiberModel
 from ..metrics.baselines import most_frequent_caption_baseline
 from ..tasks.caption import CaptionSettings, CaptionTask, evaluate_captioning
@@ -128,7 +128,7 @@ def evaluate_saved(cfg: CaptionConfig) -> dict:
     if not cfg.baseline:
         required_model(cfg, "caption")
     eval_reader = caption_reader(cfg.data, cfg.data.eval_split)
-    split = cfg.data.eval_source().split or cfg.data.eval_split
+    split = split_name(cfg.data.eval_source(), cfg.data.eval_split)
     if cfg.baseline:
         metrics = most_frequent_caption_baseline(caption_reader(cfg.data, cfg.data.train_split), eval_reader,
                                                  limit=cfg.data.num_eval, spice=cfg.caption.spice)

@@ -23,7 +23,7 @@ from ..data.sources import DataSource, open_eval, training_reader
 from ..data.transforms import train_transforms
 from ..engine.precision import uses_bf16
 from ..engine.trainer import Trainer, TrainConfig
-from ..experiment import DataSpec, ModelSpec, load_tokenizer
+from ..experiment import DataSpec, ModelSpec, load_tokenizer, split_name
 from ..tasks.nlvr2 import Nlvr2Collator, Nlvr2Task, evaluate_nlvr2
 from .common import (evaluation_processes, export_task_model, fused_training_data, load_model_dir, required_model,
                      warn_truncated, final_metrics, recipe_train)
@@ -105,7 +105,7 @@ def evaluate_saved(cfg: Nlvr2Config) -> dict:
         image_size, max_len = cfg.data.input_sizes(model.config)
         metrics = evaluate_nlvr2(model, tokenizer, _eval_samples(cfg, cfg.data.eval_split), image_size, max_len,
                                  bf16=uses_bf16(cfg.train.precision, cfg.train.device))
-    return {"split": cfg.data.eval_source().split or cfg.data.eval_split, **metrics}
+    return {"split": split_name(cfg.data.eval_source(), cfg.data.eval_split), **metrics}
 
 
 RECIPE = Recipe("nlvr2", "natural language for visual reasoning (NLVR2 accuracy)", Nlvr2Config, run,

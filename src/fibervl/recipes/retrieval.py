@@ -22,7 +22,7 @@ import torch
 from ..data.transforms import train_transforms
 from ..engine.precision import uses_bf16
 from ..engine.trainer import Trainer, TrainConfig
-from ..experiment import ModelSpec, load_tokenizer
+from ..experiment import ModelSpec, load_tokenizer, split_name
 from ..tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask
 from ..tasks.retrieval import evaluate_itc_retrieval, evaluate_retrieval
 from .common import (PairCollator, evaluation_processes, export_task_model, fused_training_data, load_model_dir,
@@ -127,7 +127,7 @@ def evaluate_saved(cfg: RetrievalConfig) -> dict:
     model_dir = required_model(cfg, "retrieval")
     with evaluation_processes(cfg.train.device) as device:
         model, tokenizer, _ = load_model_dir(model_dir, device=str(device), fallback_tokenizer=_data_tokenizer(cfg.data))
-        return {"split": cfg.data.eval_source().split or cfg.data.eval_split, **evaluate(cfg, model, tokenizer)}
+        return {"split": split_name(cfg.data.eval_source(), cfg.data.eval_split), **evaluate(cfg, model, tokenizer)}
 
 
 def predict(model_dir: str | Path, images: list[str], texts: list[str], rerank_k: int = 16) -> list[dict]:
