@@ -131,6 +131,67 @@ def test_compatible_init_reports_new_and_unused_weights(tmp_path):
         create_model(wider, init=tmp_path / "coarse")
 
 
+def _many_class_coco(root, n_classes: int, classes_per_image: list[int]):
+    """A COCO detection file of ``n_classes`` long class names, one image per entry of
+    ``classes_per_image`` with one box of each of that many classes."""
+    import json
+
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    cats = [{"id": 3 * k + 1, "name": f"small red star {k}", "supercategory": "thing"}
+            for k in range(n_classes)]
+    images, anns = [], []
+    for n, k in enumerate(classes_per_image):
+        Image.new("RGB", (64, 48), (90, 120, 150)).save(root / "images" / f"{n:012d}.jpg")
+        images.append({"id": n + 1, "file_name": f"{n:012d}.jpg", "width": 64, "height": 48})
+        for j in range(k):
+            anns.append({"id": len(anns) + 1, "image_id": n + 1, "category_id": cats[j]["id"], "bbox": [2, 2, 20, 20],
+                         "area": 400.0, "iscrowd": 0})
+    (root / "instances_train.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return root / "instances_train.json", root / "images"
+
+
+def test_detection_prompts_fit_the_query_length_without_cutting_a_name(shapes_tiny, tmp_path):
+    """As GLIP builds them: present classes first, then the negatives that still fit whole; a
+    prompt never ends in half a name and never loses a present class that fits."""
+    from fibervl.data import CocoDetectionReader, Tokenizer
+    from fibervl.data.shapes import ShapesDataset
+    from fibervl.data.transforms import eval_transforms
+    from fibervl.tasks.grounding import DetectionPromptDataset, _names_that_fit, make_processor
+
+    tok = Tokenizer.from_pretrained(ShapesDataset(shapes_tiny).tokenizer_dir)
+    det = CocoDetectionReader(*_many_class_coco(tmp_path, 30, [2, 1, 3, 12]))
+    max_length = 48
+    assert _names_that_fit(list(det.categories.values()), tok, max_length) < 12  # 30, or 12, names overflow
+    processor = make_processor(eval_transforms(64))
+    for max_classes in (25, 0):  # sampled negatives; every class in a fixed order
+        ds = DetectionPromptDataset(det, det.categories, processor, max_classes=max_classes, tokenizer=tok,
+                                    max_length=max_length)
+        torch.manual_seed(0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            items = [ds[i].sample for i in range(len(det))]
+        for i, item in enumerate(items[:3]):
+            ids = item.meta["prompt_category_ids"]
+            names = [det.categories[c] for c in ids]
+            assert _names_that_fit(names, tok, max_length) == len(ids)  # every name whole
+            assert set(det[i].category_ids.tolist()) <= set(ids) and item.num_boxes == det[i].num_boxes
+            assert len(ids) > len(set(det[i].category_ids.tolist()))  # negatives fill the rest
+            if not max_classes:
+                assert ids == sorted(ids)
+        # the last image has more classes than fit: it keeps those that fit, with a warning, once
+        crowded = items[3]
+        kept = crowded.meta["prompt_category_ids"]
+        assert 0 < len(kept) < 12 and crowded.num_boxes == len(kept)
+        assert [str(w.message) for w in caught if "holds" in str(w.message)] != []
+        assert sum("holds" in str(w.message) for w in caught) == 1
+    # without a tokenizer the prompt is as long as asked (the collator would cut it)
+    plain = DetectionPromptDataset(det, det.categories, processor, max_classes=25)
+    torch.manual_seed(0)
+    assert len(plain[0].sample.meta["prompt_category_ids"]) == 25
+
+
 def test_detection_prompts_keep_present_classes_and_sample_negatives(shapes_tiny):
     from fibervl.data.shapes import ShapesDataset
     from fibervl.data.transforms import eval_transforms

@@ -31,7 +31,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data import ProcessedDataset
+from ..data import FineCollator, ProcessedDataset
 from ..data.shapes import ShapesDataset
 from ..data.sources import DataSource, Mixture, format_of, open_eval, open_source
 from ..errors import ConfigError
@@ -40,7 +40,7 @@ from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import DataSpec, ModelSpec, load_tokenizer
 from ..modeling.factory import summarize_keys
 from ..tasks.grounding import (
-    DetectionPromptDataset, FineCollator, FineGrainedTask, FineObjectives, evaluate_detection, evaluate_grounding, evaluate_refexp,
+    DetectionPromptDataset, FineGrainedTask, FineObjectives, evaluate_detection, evaluate_grounding, evaluate_refexp,
     detector_input, make_processor,
 )
 from .common import export_model, final_metrics, recipe_train
@@ -111,9 +111,10 @@ def source_kinds(data: FineData, source: DataSource, switched: tuple[str, ...] |
     return held[:1]
 
 
-def training_set(data: FineData, image_size: InputSize | int, seed: int = 0):
+def training_set(data: FineData, image_size: InputSize | int, seed: int = 0, tokenizer=None, max_len: int = 0):
     """The fine-grained training set: every (source, kind) part, mixed by the sources' weights,
-    at ``image_size`` (:meth:`FineData.input_sizes`; an int ``n``: fit into ``n`` x ``n``)."""
+    at ``image_size`` (:meth:`FineData.input_sizes`; an int ``n``: fit into ``n`` x ``n``).
+    ``tokenizer`` / ``max_len``: detection prompts are built to fit that many tokens."""
     skip = data.skip_bad_records
     processor = make_processor(InputSize.of(image_size).train_transforms(), data.normalization, skip_bad=skip)
     parts, weights = [], []
@@ -121,7 +122,8 @@ def training_set(data: FineData, image_size: InputSize | int, seed: int = 0):
         for kind in source_kinds(data, source):
             reader = open_source(source, kind, data.train_split, skip, "fine-grained training")
             if kind == "detection":
-                parts.append(DetectionPromptDataset(reader, reader.categories, processor, max_classes=data.max_classes))
+                parts.append(DetectionPromptDataset(reader, reader.categories, processor, max_classes=data.max_classes,
+                                                   tokenizer=tokenizer, max_length=max_len))
             else:
                 parts.append(ProcessedDataset(reader, processor))
             weights.append(source.weight)
@@ -214,7 +216,7 @@ def run(cfg: FineConfig, train_data=None, eval_which=("grounding", "refexp", "de
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "init_report.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     image_size, max_len = cfg.data.input_sizes(model.config)
-    train = train_data if train_data is not None else training_set(cfg.data, image_size, cfg.train.seed)
+    train = train_data if train_data is not None else training_set(cfg.data, image_size, cfg.train.seed, tokenizer, max_len)
     sets = EvalSets(cfg.data, eval_which)
 
     def evaluate(m) -> dict[str, float]:

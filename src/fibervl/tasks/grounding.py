@@ -97,28 +97,61 @@ class DetectionPromptDataset(Dataset):
     """Detection samples as grounding samples over a prompt of class names, processed.
 
     Each item's prompt holds every class present in the image plus negative classes drawn at
-    random from ``category_ids`` until ``max_classes`` names (the prompt must also fit the text
-    length: keep ``max_classes`` such that the longest names fit). Classes are shuffled, so the
+    random from ``category_ids`` until ``max_classes`` names. Classes are shuffled, so the
     model cannot learn a class from its position. ``max_classes`` 0 = all classes, fixed order.
+
+    With ``tokenizer`` and ``max_length`` (the detector's query length) the prompt also fits
+    the text length, as GLIP builds it: the present classes come first, then as many of the
+    negatives as still fit whole; a name is never cut, because the collator would drop a box
+    whose name lost its tokens, or train it on half a name. An image with more present classes
+    than fit keeps those that fit and drops the others' boxes, with a warning (the first
+    time). Without them, a prompt longer than ``max_length`` is truncated by the collator.
     """
 
     def __init__(self, reader: Sequence[Sample], categories: dict[int, str], processor: Processor,
-                 category_ids: Sequence[int] | None = None, max_classes: int = 0) -> None:
+                 category_ids: Sequence[int] | None = None, max_classes: int = 0,
+                 tokenizer: Tokenizer | None = None, max_length: int = 0) -> None:
         self.reader, self.categories, self.processor = reader, categories, processor
         self.ids = sorted(categories) if category_ids is None else list(category_ids)
         self.max_classes = max_classes
+        self.tokenizer, self.max_length = tokenizer, max_length
+        self._warned = False
 
     def __len__(self) -> int:
         return len(self.reader)
 
+    def _fit_count(self, ids: list[int]) -> int:
+        """How many leading classes of ``ids`` a prompt of ``max_length`` tokens holds whole."""
+        if self.tokenizer is None or not self.max_length:
+            return len(ids)
+        return _names_that_fit([self.categories[i] for i in ids], self.tokenizer, self.max_length)
+
+    def _fitting(self, present: list[int], negatives: list[int]) -> list[int]:
+        """``present`` then ``negatives``, cut after the last class that fits whole."""
+        chosen = present + negatives
+        n = self._fit_count(chosen)
+        if n < len(present) and not self._warned:
+            self._warned = True
+            warnings.warn(f"an image has {len(present)} classes but a prompt of {self.max_length} tokens holds "
+                          f"{n} of their names: the boxes of the others are left out of its prompt "
+                          f"(shown once per data set)", stacklevel=3)
+        return chosen[:max(n, 1)]
+
     def prompt_ids(self, sample: Sample, rng: random.Random) -> list[int]:
-        if not self.max_classes:
-            return list(self.ids)
         present = sorted({int(c) for c in sample.category_ids.tolist() if int(c) in set(self.ids)})
         others = [i for i in self.ids if i not in set(present)]
+        if not self.max_classes:
+            if self._fit_count(self.ids) == len(self.ids):
+                return list(self.ids)
+            kept = set(self._fitting(present, others))
+            return [i for i in self.ids if i in kept]
         n_neg = max(0, self.max_classes - len(present))
-        chosen = present + rng.sample(others, min(n_neg, len(others)))
+        chosen = self._fitting(present, rng.sample(others, min(n_neg, len(others))))
         rng.shuffle(chosen)
+        # another order can tokenise a little longer (a name first has no leading space)
+        while len(chosen) > 1 and self._fit_count(chosen) < len(chosen):
+            negative = [i for i in chosen if i not in set(present)]
+            chosen.remove(negative[-1] if negative else chosen[-1])
         return chosen
 
     def __getitem__(self, i: int):
