@@ -89,7 +89,7 @@ def load_time(root: Path, batch_size: int, runs: int) -> float:
     from fibervl.data import ProcessedDataset, Processor, Tokenizer
     from fibervl.data.shapes import ShapesDataset
     from fibervl.data.transforms import train_transforms
-    from fibervl.recipes.common import PairCollator
+    from fibervl.data import PairCollator
 
     shapes = ShapesDataset(root)
     data = ProcessedDataset(shapes.captions("train"), Processor(train_transforms(128)))

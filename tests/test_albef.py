@@ -11,20 +11,19 @@ import torch.nn.functional as F
 
 from fibervl.cli import main
 from fibervl.errors import ConfigError
-from fibervl.data import ProcessedDataset, Processor, Tokenizer
+from fibervl.data import Nlvr2Collator, PairCollator, ProcessedDataset, Processor, Tokenizer, VqaCollator
 from fibervl.data.shapes import ShapesDataset
 from fibervl.data.transforms import eval_transforms
 from fibervl.experiment import ModelSpec
 from fibervl.modeling.albef import AlbefConfig, AlbefModel
 from fibervl.modeling.factory import create_model, fit_to_tokenizer, list_presets, preset_config, read_model_config
-from fibervl.recipes.common import PairCollator
-from fibervl.tasks.nlvr2 import Nlvr2Collator, Nlvr2Task
+from fibervl.tasks.nlvr2 import Nlvr2Task
 from fibervl.tasks.objectives import FeatureQueue, itc_logits
 from fibervl.tasks.pretrain_albef import (
     AlbefObjectives, AlbefPretrainTask, distillation_targets, momentum_itc, momentum_update_,
 )
 from fibervl.tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask
-from fibervl.tasks.vqa import VqaCollator, VqaTask
+from fibervl.tasks.vqa import VqaTask
 from fibervl.data import AnswerVocabulary
 from fibervl.testing.training import train_losses
 from fibervl.testing.configs import albef_micro_config

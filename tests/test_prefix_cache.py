@@ -9,17 +9,19 @@ import shutil
 import pytest
 import torch
 
-from fibervl.data import AnswerVocabulary, DataError, ProcessedDataset, Processor, Tokenizer
+from fibervl.data import (
+    AnswerVocabulary, DataError, Nlvr2Collator, PairCollator, ProcessedDataset, Processor, Tokenizer, VqaCollator,
+)
 from fibervl.data.shapes import ShapesDataset
 from fibervl.data.transforms import eval_transforms
 from fibervl.modeling.factory import fit_to_tokenizer
 from fibervl.modeling.fiber import FiberModel
-from fibervl.recipes.common import PairCollator, fused_training_data
+from fibervl.recipes.common import fused_training_data
 from fibervl.tasks.caption import CaptionSettings, CaptionTask
-from fibervl.tasks.nlvr2 import Nlvr2Collator, Nlvr2Task
+from fibervl.tasks.nlvr2 import Nlvr2Task
 from fibervl.tasks.prefix_cache import ImagePrefixCache, cached_training_inputs
 from fibervl.tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask
-from fibervl.tasks.vqa import VqaCollator, VqaTask
+from fibervl.tasks.vqa import VqaTask
 from fibervl.testing.configs import micro_config
 
 SIZE = 64

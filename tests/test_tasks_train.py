@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from fibervl.cli import main
-from fibervl.data import AnswerVocabulary, ProcessedDataset, Processor, Tokenizer
+from fibervl.data import AnswerVocabulary, Nlvr2Collator, ProcessedDataset, Processor, Tokenizer, VqaCollator
 from fibervl.data.shapes import ShapesDataset
 from fibervl.data.transforms import eval_transforms
 from fibervl.experiment import ModelSpec
 from fibervl.modeling.fiber import FiberModel
 from fibervl.errors import CheckpointError
-from fibervl.tasks.nlvr2 import Nlvr2Collator, Nlvr2Task
-from fibervl.tasks.vqa import VqaCollator, VqaTask, vocabulary_coverage
+from fibervl.tasks.nlvr2 import Nlvr2Task
+from fibervl.tasks.vqa import VqaTask, vocabulary_coverage
 from fibervl.modeling.factory import fit_to_tokenizer
 from fibervl.testing.training import train_losses
 from fibervl.testing.configs import micro_config

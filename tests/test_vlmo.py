@@ -10,17 +10,17 @@ import torch
 
 from fibervl.config import TextConfig
 from fibervl.errors import ConfigError
-from fibervl.data import AnswerVocabulary, ProcessedDataset, Processor, Tokenizer
+from fibervl.data import AnswerVocabulary, Nlvr2Collator, ProcessedDataset, Processor, Tokenizer, VqaCollator
 from fibervl.data.shapes import ShapesDataset
 from fibervl.data.transforms import eval_transforms
 from fibervl.engine.optim import OptimConfig, build_optimizer
 from fibervl.modeling.factory import fit_to_tokenizer
 from fibervl.modeling.factory import create_model, preset_config, read_model_config
 from fibervl.modeling.vlmo import VlmoConfig, VlmoModel, VlmoVisionConfig
-from fibervl.tasks.nlvr2 import Nlvr2Collator, Nlvr2Task
+from fibervl.tasks.nlvr2 import Nlvr2Task
 from fibervl.tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask
 from fibervl.tasks.pretrain_vlmo import MimTask, TextMlmTask, patchify, random_patch_mask, set_stage_trainable
-from fibervl.tasks.vqa import VqaCollator, VqaTask
+from fibervl.tasks.vqa import VqaTask
 
 
 def micro_vlmo(**changes) -> VlmoConfig:

@@ -5,12 +5,16 @@ Never imports the model. Main entry points:
 - :class:`Tokenizer` (RoBERTa byte-level BPE, local files only), :func:`train_bytelevel_bpe`
 - readers: :class:`KarpathyCaptions`, :class:`CocoCaptionsReader`, :class:`VqaReader`, :class:`Nlvr2Reader`,
   :class:`MdetrReader`, :class:`CocoDetectionReader`, :class:`WebDatasetReader`
-- :class:`Sample`, :class:`Processor`, :class:`Collator`, :class:`Batch`, transforms
+- :class:`Sample`, :class:`Processor`, :class:`Collator`, :class:`Batch`, transforms; the task collators
+  (:class:`PairCollator`, :class:`VqaCollator`, :class:`Nlvr2Collator`, :class:`FineCollator`)
 - the embedded data set: :mod:`fibervl.data.shapes` (``ShapesDataset``, ``generate``)
 """
 
 from .answers import AnswerVocabulary, answer_score, normalize_answer
-from .collate import Batch, Collator, build_positive_map, normalize_positive_map, pad_images
+from .collate import (
+    Batch, Collator, FineCollator, Nlvr2Collator, PairCollator, VqaCollator, build_positive_map, normalize_positive_map,
+    pad_images, stable_id,
+)
 from .dataset import ProcessedDataset, ProcessedIterableDataset
 from .errors import DataError, SkipLog, skip_report
 from .image_io import decode_image, load_image
@@ -24,7 +28,8 @@ from .tokenizer import TokenBatch, Tokenizer, train_bytelevel_bpe, train_shapes_
 
 __all__ = [
     "AnswerVocabulary", "answer_score", "normalize_answer",
-    "Batch", "CocoCaptionsReader", "CocoDetectionReader", "Collator", "DataError", "KarpathyCaptions", "MdetrReader", "Nlvr2Reader",
+    "Batch", "CocoCaptionsReader", "CocoDetectionReader", "Collator", "DataError", "FineCollator", "Nlvr2Collator",
+    "PairCollator", "VqaCollator", "stable_id", "KarpathyCaptions", "MdetrReader", "Nlvr2Reader",
     "ProcessedDataset", "ProcessedIterableDataset", "ProcessedSample", "Processor", "Sample", "SkipLog", "TokenBatch",
     "Tokenizer", "VqaReader",
     "WebDatasetReader", "build_positive_map", "clean_name", "decode_image", "detection_prompt",

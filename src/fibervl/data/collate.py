@@ -1,11 +1,23 @@
-"""Batching: pad images and text, build the token-level positive map of the boxes."""
+"""Batching: pad images and text, build the token-level positive map of the boxes, and turn a
+:class:`Batch` into the dict of tensors each task's ``training_step`` reads.
+
+:class:`Collator` makes the :class:`Batch`; the task collators on top of it (:class:`PairCollator`
+for image-text pairs, :class:`VqaCollator`, :class:`Nlvr2Collator`, :class:`FineCollator` for the
+detector) keep tensors only, so that the engine can move the batch to any device. With a cache of
+image prefixes (:class:`fibervl.tasks.prefix_cache.ImagePrefixCache`, anything with a
+``lookup(paths)``) the first three put ``image_prefix`` in the batch instead of ``images``.
+"""
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Protocol
 
 import torch
 
+from .answers import AnswerVocabulary
 from .processor import ProcessedSample
 from .samples import Sample, Span
 from .tokenizer import Tokenizer
@@ -150,3 +162,108 @@ class Collator:
             answers=[s.answers for s in samples], samples=samples, labels=labels,
             pixel_values2=pv2, pixel_mask2=pm2, dropped_boxes=dropped, skipped=len(items) - len(kept),
         )
+
+
+# ---------------------------------------------------------------------- task batches
+class PrefixLookup(Protocol):
+    """Image files -> their cached image prefixes ``[B, Hs, Ws, Cs]`` (see
+    :class:`fibervl.tasks.prefix_cache.ImagePrefixCache`, which computes them with the model)."""
+
+    def lookup(self, paths: Iterable[Path | str | None]) -> torch.Tensor: ...
+
+
+def image_inputs(batch: Batch, prefix_cache: PrefixLookup | None) -> dict[str, torch.Tensor]:
+    """A collated batch's image inputs for a fused task: ``images`` (and NLVR2's ``images2``)
+    [B, 3, S, S], or with a cache ``image_prefix`` (and ``image2_prefix``) [B, Hs, Ws, Cs] looked
+    up by the samples' image files."""
+    if prefix_cache is None:
+        out = {"images": batch.pixel_values}
+        if batch.pixel_values2 is not None:
+            out["images2"] = batch.pixel_values2
+        return out
+    out = {"image_prefix": prefix_cache.lookup(s.image_path for s in batch.samples)}
+    if any(s.image2_path is not None for s in batch.samples):
+        out["image2_prefix"] = prefix_cache.lookup(s.image2_path for s in batch.samples)
+    return out
+
+
+def stable_id(value) -> int:
+    """An int for any image id, equal on every process (Python's str hash is salted per process)."""
+    return value if isinstance(value, int) else zlib.crc32(str(value).encode())
+
+
+class PairCollator:
+    """ProcessedSamples -> the dict the image-text tasks take (pre-training, retrieval,
+    captioning): images [B, 3, H, W] (with ``prefix_cache``: ``image_prefix`` [B, Hs, Ws, Cs]
+    instead), input_ids / attention_mask [B, T], image_ids [B] (:func:`stable_id`)."""
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int, prefix_cache: PrefixLookup | None = None) -> None:
+        self.collate = Collator(tokenizer, max_length=max_length)
+        self.prefix_cache = prefix_cache
+
+    def __call__(self, items) -> dict[str, torch.Tensor]:
+        batch = self.collate(items)
+        return {
+            **image_inputs(batch, self.prefix_cache),
+            "input_ids": batch.input_ids,
+            "attention_mask": batch.attention_mask,
+            "image_ids": torch.tensor([stable_id(s.image_id) for s in batch.samples], dtype=torch.long),
+        }
+
+
+class VqaCollator:
+    """ProcessedSamples -> ``images [B, 3, S, S]`` (with ``prefix_cache``: ``image_prefix``
+    [B, Hs, Ws, Cs] instead), ``input_ids`` / ``attention_mask [B, L]``, ``targets [B, N]`` soft
+    scores and ``in_vocab [B]`` (bool: some annotator answer is in the vocabulary; questions
+    without one train towards "no answer" and are counted)."""
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int, vocab: AnswerVocabulary,
+                 prefix_cache: PrefixLookup | None = None) -> None:
+        self.collate = Collator(tokenizer, max_length=max_length)
+        self.vocab = vocab
+        self.prefix_cache = prefix_cache
+
+    def __call__(self, items) -> dict[str, torch.Tensor]:
+        batch = self.collate(items)
+        targets = self.vocab.batch_targets(batch.answers)
+        return {**image_inputs(batch, self.prefix_cache), "input_ids": batch.input_ids,
+                "attention_mask": batch.attention_mask, "targets": targets, "in_vocab": targets.sum(1) > 0}
+
+
+class Nlvr2Collator:
+    """ProcessedSamples (pairs) -> ``images`` / ``images2 [B, 3, S, S]`` (left / right; with
+    ``prefix_cache``: ``image_prefix`` / ``image2_prefix`` [B, Hs, Ws, Cs]), ``input_ids`` /
+    ``attention_mask [B, L]``, ``labels [B]`` (1 = True)."""
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int, prefix_cache: PrefixLookup | None = None) -> None:
+        self.collate = Collator(tokenizer, max_length=max_length)
+        self.prefix_cache = prefix_cache
+
+    def __call__(self, items) -> dict[str, torch.Tensor]:
+        b = self.collate(items)
+        images = image_inputs(b, self.prefix_cache)
+        if len(images) != 2 or b.labels is None:
+            raise ValueError("NLVR2 batches need image pairs and labels (samples from an Nlvr2Reader)")
+        return {**images, "input_ids": b.input_ids, "attention_mask": b.attention_mask, "labels": b.labels}
+
+
+# The detector's strides go to 32 on the backbone (128 for P7, which pads itself): its batches are
+# padded to a multiple of 32 so every level's grid is whole.
+SIZE_DIVISIBILITY = 32
+
+
+class FineCollator:
+    """ProcessedSamples -> dict of tensors for the detector (fine-grained pre-training, grounding,
+    REC, detection): images ``[B, 3, H, W]`` (padded to a multiple of :data:`SIZE_DIVISIBILITY`),
+    input_ids / attention_mask ``[B, T]``, image_sizes ``[B, 2]`` (h, w before padding), boxes:
+    B ``[N_i, 4]`` xyxy, positive_maps: B ``[N_i, T]`` 0/1."""
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int) -> None:
+        self.collate = Collator(tokenizer, max_length=max_length, size_divisibility=SIZE_DIVISIBILITY)
+
+    def __call__(self, items) -> dict:
+        batch = self.collate(items)
+        return {
+            "images": batch.pixel_values, "input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+            "image_sizes": batch.image_sizes, "boxes": batch.boxes, "positive_maps": batch.positive_maps,
+        }

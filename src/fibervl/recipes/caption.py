@@ -24,6 +24,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data import PairCollator, stable_id
 from ..data.transforms import train_transforms
 from ..engine import distributed as D
 from ..engine.precision import uses_bf16
@@ -34,8 +35,7 @@ from ..metrics.baselines import most_frequent_caption_baseline
 from ..tasks.caption import CaptionSettings, CaptionTask, evaluate_captioning
 from ..errors import ConfigError
 from .common import (
-    PairCollator, evaluation_processes, export_model, fused_training_data, model_tokenizer, recipe_train, required_model,
-    stable_id,
+    evaluation_processes, export_model, fused_training_data, model_tokenizer, recipe_train, required_model,
 )
 from .image_text import FinetuneCaptionData, caption_reader
 from .registry import Recipe

@@ -1,43 +1,15 @@
-"""Pieces every recipe shares: pair batches, run directories, the final model export (with the
-tokenizer, so that ``run_dir/model`` is self-contained)."""
+"""Pieces every recipe shares: run directories, the final model export (with the tokenizer, so
+that ``run_dir/model`` is self-contained). The batches are :mod:`fibervl.data.collate`'s."""
 
 from __future__ import annotations
 
 import json
-import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-
-from ..data import Collator, ProcessedDataset, Processor, Tokenizer
+from ..data import ProcessedDataset, Processor, Tokenizer
 from ..engine import distributed as D
-from ..tasks.prefix_cache import ImagePrefixCache, cached_training_inputs, image_inputs
-
-
-def stable_id(value) -> int:
-    """An int for any image id, equal on every process (Python's str hash is salted per process)."""
-    return value if isinstance(value, int) else zlib.crc32(str(value).encode())
-
-
-class PairCollator:
-    """ProcessedSamples -> the dict the pre-training tasks take (tensors only, so the engine can
-    move it to any device): images [B, 3, H, W] (with ``prefix_cache``: ``image_prefix``
-    [B, Hs, Ws, Cs] instead, see :mod:`fibervl.tasks.prefix_cache`), input_ids / attention_mask
-    [B, T], image_ids [B]."""
-
-    def __init__(self, tokenizer: Tokenizer, max_length: int, prefix_cache: ImagePrefixCache | None = None) -> None:
-        self.collate = Collator(tokenizer, max_length=max_length)
-        self.prefix_cache = prefix_cache
-
-    def __call__(self, items) -> dict[str, torch.Tensor]:
-        batch = self.collate(items)
-        return {
-            **image_inputs(batch, self.prefix_cache),
-            "input_ids": batch.input_ids,
-            "attention_mask": batch.attention_mask,
-            "image_ids": torch.tensor([stable_id(s.image_id) for s in batch.samples], dtype=torch.long),
-        }
+from ..tasks.prefix_cache import cached_training_inputs
 
 
 def export_model(model, run_dir: str | Path, metrics: dict | None = None, tokenizer: Tokenizer | None = None,

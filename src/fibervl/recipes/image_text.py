@@ -12,14 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data import Processor
+from ..data import PairCollator, Processor
 from ..data.sources import DataSource, open_eval, training_data, training_reader
 from ..data.transforms import train_transforms
 from ..engine.precision import uses_bf16
 from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import DataSpec, ModelSpec, load_tokenizer
 from ..tasks.retrieval import evaluate_itc_retrieval
-from .common import PairCollator, export_model, final_metrics
+from .common import export_model, final_metrics
 
 CAPTION_FORMATS = ("karpathy", "coco_captions")
 

@@ -19,12 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data import Nlvr2Collator
 from ..data.sources import DataSource, open_eval, training_reader
 from ..data.transforms import train_transforms
 from ..engine.precision import uses_bf16
 from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import DataSpec, ModelSpec, load_tokenizer, split_name
-from ..tasks.nlvr2 import Nlvr2Collator, Nlvr2Task, evaluate_nlvr2
+from ..tasks.nlvr2 import Nlvr2Task, evaluate_nlvr2
 from .common import (evaluation_processes, export_task_model, fused_training_data, load_model_dir, required_model,
                      warn_truncated, final_metrics, recipe_train)
 from .registry import Recipe

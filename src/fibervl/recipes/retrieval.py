@@ -19,13 +19,14 @@ from pathlib import Path
 
 import torch
 
+from ..data import PairCollator
 from ..data.transforms import train_transforms
 from ..engine.precision import uses_bf16
 from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import ModelSpec, load_tokenizer, split_name
 from ..tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask
 from ..tasks.retrieval import evaluate_itc_retrieval, evaluate_retrieval
-from .common import (PairCollator, evaluation_processes, export_task_model, fused_training_data, load_model_dir,
+from .common import (evaluation_processes, export_task_model, fused_training_data, load_model_dir,
                      recipe_train, required_model)
 from .image_text import FinetuneCaptionData, caption_reader, special_ids
 from .registry import Recipe

@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data import AnswerVocabulary
+from ..data import AnswerVocabulary, VqaCollator
 from ..data.readers.vqa import VQAV2_IMAGE_TEMPLATE
 from ..data.sources import DataSource, open_eval, training_reader
 from ..data.transforms import train_transforms
@@ -36,7 +36,7 @@ from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import DataSpec, ModelSpec, load_tokenizer
 from ..modeling.factory import resolve_model_dir
 from ..metrics.vqa import write_vqa_results
-from ..tasks.vqa import VqaCollator, VqaTask, evaluate_vqa, predict_answers, vocabulary_coverage
+from ..tasks.vqa import VqaTask, evaluate_vqa, predict_answers, vocabulary_coverage
 from .common import (evaluation_processes, export_task_model, fused_training_data, load_model_dir, required_model,
                      warn_truncated, final_metrics, recipe_train)
 from .registry import Recipe

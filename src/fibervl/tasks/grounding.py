@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 from ..data import Collator, ProcessedDataset, Processor, Tokenizer, build_positive_map, detection_prompt
 from ..data.prompts import detection_to_grounding
 from ..data.samples import Sample
+from ..data.collate import SIZE_DIVISIBILITY
 from ..data.transforms import InputSize
 from ..metrics.detection import ap_by_frequency, average_over_datasets, coco_ap
 from ..metrics.grounding import GROUNDING_PROTOCOLS, grounding_recall, rec_accuracy, refexp_split
@@ -46,14 +47,11 @@ from ..engine import distributed as D
 from ..engine.progress import progress
 
 __all__ = [
-    "OfficialDetectionNormalize", "DetectionPromptDataset", "FineCollator", "FineGrainedTask", "FineObjectives", "PromptChunk",
+    "OfficialDetectionNormalize", "DetectionPromptDataset", "FineGrainedTask", "FineObjectives", "PromptChunk",
     "prompt_chunks", "phrases_of", "rank_phrase_boxes", "evaluate_grounding", "evaluate_refexp", "evaluate_detection",
     "detect_with_prompt", "detection_results", "detector_input", "evaluate_odinw",
 ]
 
-# The detector's strides go to 32 on the backbone (128 for P7, which pads itself): batches are
-# padded to a multiple of 32 so every level's grid is whole.
-SIZE_DIVISIBILITY = 32
 
 
 class OfficialDetectionNormalize:
@@ -162,23 +160,6 @@ class DetectionPromptDataset(Dataset):
         return self.processor(detection_to_grounding(sample, self.categories, self.prompt_ids(sample, rng)))
 
 
-class FineCollator:
-    """ProcessedSamples -> dict of tensors (the engine moves it to the device):
-    images ``[B, 3, H, W]`` (padded to a multiple of 32), input_ids / attention_mask ``[B, T]``,
-    image_sizes ``[B, 2]`` (h, w before padding), boxes: B ``[N_i, 4]`` xyxy, positive_maps:
-    B ``[N_i, T]`` 0/1."""
-
-    def __init__(self, tokenizer: Tokenizer, max_length: int) -> None:
-        self.collate = Collator(tokenizer, max_length=max_length, size_divisibility=SIZE_DIVISIBILITY)
-
-    def __call__(self, items) -> dict:
-        batch = self.collate(items)
-        return {
-            "images": batch.pixel_values, "input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
-            "image_sizes": batch.image_sizes, "boxes": batch.boxes, "positive_maps": batch.positive_maps,
-        }
-
-
 @dataclass
 class FineObjectives:
     """What fine-grained training optimises besides the official detector losses.
@@ -201,7 +182,7 @@ class FineObjectives:
 @dataclass
 class FineGrainedTask:
     """``training_step``: detector losses (ATSS + token focal + GIoU + centerness, and the
-    alignment term if ``objectives`` asks for it) on a batch of :class:`FineCollator`; ``loss`` is
+    alignment term if ``objectives`` asks for it) on a batch of :class:`~fibervl.data.collate.FineCollator`; ``loss`` is
     their sum (each is already normalised per positive anchor)."""
 
     objectives: FineObjectives = field(default_factory=FineObjectives)

@@ -17,24 +17,6 @@ from ..data.transforms import eval_transforms
 from ..engine import distributed as D
 from ..engine.precision import eval_autocast
 from ..engine.progress import progress
-from .prefix_cache import ImagePrefixCache, image_inputs
-
-
-class Nlvr2Collator:
-    """ProcessedSamples (pairs) -> ``images`` / ``images2 [B, 3, S, S]`` (left / right; with
-    ``prefix_cache``: ``image_prefix`` / ``image2_prefix`` [B, Hs, Ws, Cs], see
-    :mod:`.prefix_cache`), ``input_ids`` / ``attention_mask [B, L]``, ``labels [B]`` (1 = True)."""
-
-    def __init__(self, tokenizer: Tokenizer, max_length: int, prefix_cache: ImagePrefixCache | None = None) -> None:
-        self.collate = Collator(tokenizer, max_length=max_length)
-        self.prefix_cache = prefix_cache
-
-    def __call__(self, items) -> dict[str, torch.Tensor]:
-        b = self.collate(items)
-        images = image_inputs(b, self.prefix_cache)
-        if len(images) != 2 or b.labels is None:
-            raise ValueError("NLVR2 batches need image pairs and labels (samples from an Nlvr2Reader)")
-        return {**images, "input_ids": b.input_ids, "attention_mask": b.attention_mask, "labels": b.labels}
 
 
 def nlvr2_logits(model, images: torch.Tensor | None, images2: torch.Tensor | None, input_ids: torch.Tensor,

@@ -118,18 +118,3 @@ def cached_training_inputs(model, samples: list[Sample], image_size: int, bf16: 
     """The cache of every image of ``samples`` (left and right) and the processor that goes with it."""
     paths = [p for s in samples for p in (s.image_path, s.image2_path) if p is not None]
     return ImagePrefixCache.build(model, paths, image_size, bf16=bf16, echo=echo), TextOnly()
-
-
-def image_inputs(batch, cache: ImagePrefixCache | None) -> dict[str, torch.Tensor]:
-    """A collated :class:`~fibervl.data.Batch`'s image inputs for a fused task: ``images`` (and
-    NLVR2's ``images2``) [B, 3, S, S], or with a cache ``image_prefix`` (and ``image2_prefix``)
-    [B, Hs, Ws, Cs] looked up by the samples' image files."""
-    if cache is None:
-        out = {"images": batch.pixel_values}
-        if batch.pixel_values2 is not None:
-            out["images2"] = batch.pixel_values2
-        return out
-    out = {"image_prefix": cache.lookup(s.image_path for s in batch.samples)}
-    if any(s.image2_path is not None for s in batch.samples):
-        out["image2_prefix"] = cache.lookup(s.image2_path for s in batch.samples)
-    return out

@@ -22,26 +22,6 @@ from ..engine import distributed as D
 from ..metrics.vqa import vqa_score
 from ..engine.precision import eval_autocast
 from ..engine.progress import progress
-from .prefix_cache import ImagePrefixCache, image_inputs
-
-
-class VqaCollator:
-    """ProcessedSamples -> ``images [B, 3, S, S]`` (with ``prefix_cache``: ``image_prefix``
-    [B, Hs, Ws, Cs] instead, see :mod:`.prefix_cache`), ``input_ids`` / ``attention_mask [B, L]``,
-    ``targets [B, N]`` soft scores and ``in_vocab [B]`` (bool: some annotator answer is in the
-    vocabulary; questions without one train towards "no answer" and are counted)."""
-
-    def __init__(self, tokenizer: Tokenizer, max_length: int, vocab: AnswerVocabulary,
-                 prefix_cache: ImagePrefixCache | None = None) -> None:
-        self.collate = Collator(tokenizer, max_length=max_length)
-        self.vocab = vocab
-        self.prefix_cache = prefix_cache
-
-    def __call__(self, items) -> dict[str, torch.Tensor]:
-        batch = self.collate(items)
-        targets = self.vocab.batch_targets(batch.answers)
-        return {**image_inputs(batch, self.prefix_cache), "input_ids": batch.input_ids,
-                "attention_mask": batch.attention_mask, "targets": targets, "in_vocab": targets.sum(1) > 0}
 
 
 def vqa_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
