@@ -86,6 +86,32 @@ def test_karpathy_empty_and_enormous_captions(tmp_path):
     assert r[0].image_path == tmp_path / "val2014" / "a.jpg"
 
 
+def _karpathy_image(imgid, split, filename, raws, **extra):
+    """One image of Karpathy's split file as the published files have it."""
+    return {"filename": filename, "imgid": imgid, "split": split, "sentids": list(range(len(raws))), **extra,
+            "sentences": [{"tokens": r.lower().strip(" .").split(), "raw": r, "imgid": imgid, "sentid": k}
+                          for k, r in enumerate(raws)]}
+
+
+def test_karpathy_coco_restval_and_flickr_photo_ids(tmp_path):
+    coco = _write(tmp_path / "dataset_coco.json", {"dataset": "coco", "images": [
+        _karpathy_image(0, "train", "COCO_train2014_000000000009.jpg", ["A cat."], filepath="train2014", cocoid=9),
+        _karpathy_image(1, "restval", "COCO_val2014_000000000042.jpg", ["A dog. "], filepath="val2014", cocoid=42),
+        _karpathy_image(2, "test", "COCO_val2014_000000000073.jpg", ["A bus."], filepath="val2014", cocoid=73)]})
+    train = KarpathyCaptions(coco, tmp_path / "coco", "train")
+    assert [s.image_id for s in train] == [9, 42]  # the training split takes restval, ids are cocoid
+    assert train[1].image_path == tmp_path / "coco" / "val2014" / "COCO_val2014_000000000042.jpg"
+    assert [s.image_id for s in KarpathyCaptions(coco, tmp_path / "coco", "train", include_restval=False)] == [9]
+    flickr = _write(tmp_path / "dataset_flickr30k.json", {"dataset": "flickr30k", "images": [
+        _karpathy_image(0, "test", "1000092795.jpg", ["Two young guys.", "Two men outside."]),
+        _karpathy_image(1, "test", "photo.jpg", ["A view."])]})
+    test = KarpathyCaptions(flickr, tmp_path / "flickr30k-images", "test", dataset="flickr30k")
+    # Flickr30k has no cocoid: the id is the Flickr photo id of the file name (Karpathy's imgid otherwise)
+    assert [img["image_id"] for img in test.images] == [1000092795, 1]
+    assert test[0].image_path == tmp_path / "flickr30k-images" / "1000092795.jpg" and test[0].captions == [
+        "Two young guys.", "Two men outside."]
+
+
 def _coco(tmp_path, anns, images=None, cats=None):
     return _write(tmp_path / "inst.json", {
         "images": images or [{"id": 1, "file_name": "1.jpg", "width": 100, "height": 50}],

@@ -2,7 +2,8 @@
 
 Format: ``{"images": [{"filepath": "val2014", "filename": "COCO_val2014_...jpg",
 "split": "train|restval|val|test", "cocoid": 391895, "sentences": [{"raw": "..."}]}]}``.
-Flickr30k's file has no ``filepath``; its images sit directly under the image root.
+Flickr30k's file has no ``filepath`` and no ``cocoid``; its images sit directly under the image
+root, and an image's id is its Flickr photo id (the file name, ``1000092795.jpg``).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class KarpathyCaptions(CaptionReader):
         filepath = img.get("filepath", "")
         if not isinstance(filepath, str):
             raise DataError(self.file, f"key 'filepath' should be str, got {type(filepath).__name__}", rid)
-        image_id = img.get("cocoid", img.get("imgid", n))
+        image_id = img.get("cocoid", _photo_id(filename, img.get("imgid", n)))
         sentences = require(img, "sentences", self.file, rid, list)
         if not sentences:
             raise DataError(self.file, "image has no sentences", rid)
@@ -63,3 +64,11 @@ class KarpathyCaptions(CaptionReader):
             captions.append((f"{image_id}_{k}", text))
         if captions:
             self._add_image(image_id, self.image_root / filepath / filename, captions, dataset)
+
+
+def _photo_id(filename: str, fallback):
+    """The image id of an image without ``cocoid``: Flickr30k's photo id, the file name's
+    number (``1000092795.jpg``), which Flickr30k Entities and caption results use; Karpathy's
+    ``imgid`` (a position in the file) otherwise."""
+    stem = Path(filename).stem
+    return int(stem) if stem.isdigit() else fallback
