@@ -70,7 +70,9 @@ def test_coco_captions_is_a_caption_format(coco, shapes_tiny):
 def test_evaluate_stops_at_a_bad_record_or_skips_it_when_asked(coco, shapes_tiny, capsys, caplog):
     args = ["evaluate", "retrieval", "--model", str(coco / "model"), *_data_args(coco, shapes_tiny), "eval.rerank_k=0"]
     assert main(args) == 1
-    assert "captions_val2017.json [record annotation 3 (id 11)]: empty caption" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "captions_val2017.json [record annotation 3 (id 11)]: empty caption" in err
+    assert "--skip-bad-records leaves such records out" in err  # the error says how to go past it
     for switch in ("--skip-bad-records", "data.skip_bad_records=true"):
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="fibervl.data"):

@@ -130,7 +130,21 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (FileNotFoundError, ValueError, RuntimeError, KeyError) as err:
         print(f"fibervl {args.command}: error: {err}", file=sys.stderr)
+        if args.func is _recipe and _bad_record(err) and not _skipping(rest):
+            print("  a bad record: --skip-bad-records leaves such records out, warns about each and sums them up "
+                  "(docs/datasets.md, Bad input)", file=sys.stderr)
         return 1
+
+
+def _bad_record(err: Exception) -> bool:
+    """A reader's error about one record (not about a whole file): skipping can go past it."""
+    from .data.errors import DataError
+
+    return isinstance(err, DataError) and err.record is not None
+
+
+def _skipping(rest: list[str]) -> bool:
+    return "--skip-bad-records" in rest or any(a.replace(" ", "") == "data.skip_bad_records=true" for a in rest)
 
 
 if __name__ == "__main__":
