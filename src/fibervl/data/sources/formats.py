@@ -149,10 +149,15 @@ def _open_lvis(source, kind, split, skip_bad):
 
 
 def _open_odinw(source, kind, split, skip_bad):
-    from ..readers.odinw import OdinwReader
+    from ..readers.odinw import OdinwReader, OdinwSuite, is_folder_list
 
-    folder = Path(source.path("annotations", split))
-    return OdinwReader(folder, skip_bad=skip_bad, shots=source.shots, seed=source.seed)
+    folder = source.path("annotations", split)
+    if is_folder_list(folder):  # several data sets (odinw/*/valid): scored each, and averaged
+        if source.shots:
+            raise ConfigError(f"data source {source}: a k-shot training set is drawn from one data set; "
+                              "name one folder")
+        return OdinwSuite(folder, skip_bad=skip_bad)
+    return OdinwReader(Path(folder), skip_bad=skip_bad, shots=source.shots, seed=source.seed)
 
 
 def _open_webdataset(source, kind, split, skip_bad):
@@ -187,7 +192,8 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            about="LVIS v1 (lvis_v1_val.json); IMAGES: the COCO root, each image found through its coco_url"),
     Format("odinw", ("detection",), _open_odinw, "folder", reader_module="fibervl.data.readers.odinw",
            about=f"a Roboflow export folder (odinw/Aquarium/raw/valid: {ROBOFLOW_ANNOTATIONS} with the images; "
-                 "options shots=K, seed=S: the k-shot training set)"),
+                 "options shots=K, seed=S: the k-shot training set; a glob or {A,B} list of such folders, "
+                 "odinw/*/valid, evaluates each data set and their mean AP)"),
 )}
 
 
@@ -213,6 +219,12 @@ def check_kind(source: DataSource, kind: str, what: str = "") -> Format:
     return fmt
 
 
+def _folder_list(pattern: str) -> bool:
+    from ..readers.odinw import is_folder_list
+
+    return is_folder_list(pattern)
+
+
 def check_paths(source: DataSource, split: str) -> None:
     """DataError naming the source when its annotations (or its images folder) are not there."""
     fmt = format_of(source)
@@ -226,6 +238,12 @@ def check_paths(source: DataSource, split: str) -> None:
         missing = [s for s in shards if not s.is_file()]
         if missing:
             raise DataError(missing[0], f"shard not found ({len(missing)} of {len(shards)} missing; source {source})")
+    elif fmt.name == "odinw" and _folder_list(ann):
+        from ..readers.odinw import expand_folders
+
+        for folder in expand_folders(ann):
+            if not folder.is_dir():
+                raise DataError(folder, f"folder not found (source {source})")
     elif fmt.annotations == "folder":
         if not Path(ann).is_dir():
             raise DataError(ann, f"folder not found (source {source})")
@@ -269,5 +287,7 @@ def source_splits(source: DataSource) -> list[str]:
         from ..readers import load_json
 
         images = load_json(ann).get("images", [])
-        return list(dict.fromkeys(i["split"] for i in images if isinstance(i, dict) and isinstance(i.get("split"), str)))
+        names = list(dict.fromkeys(i["split"] for i in images if isinstance(i, dict) and isinstance(i.get("split"), str)))
+        # COCO's restval images train with the train split (KarpathyCaptions reads them there)
+        return [n for n in names if n != "restval"] if "train" in names else names
     return [""]
