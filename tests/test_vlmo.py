@@ -277,6 +277,16 @@ def test_vqa_and_nlvr2_steps_with_a_vlmo_model(shapes_tiny):
     assert losses[-1] < losses[0]
 
 
+def test_vlmo_pretrain_without_stage_steps_names_them(tmp_path, capsys):
+    """train.max_steps alone, as for the other pre-training commands, is a clear error naming the
+    stage keys (the stages have their own step counts), before any data is read."""
+    from fibervl.cli import main
+
+    assert main(["pretrain", "vlmo", "train.max_steps=2", f"train.run_dir={tmp_path}"]) == 1
+    err = capsys.readouterr().err
+    assert "stages.mim_steps=N stages.text_steps=N stages.vl_steps=N" in err and "train.max_steps is not used" in err
+
+
 def test_vlmo_pretrain_recipe_then_finetune_recipes(shapes_tiny, tmp_path, capsys):
     from fibervl.cli import main
 

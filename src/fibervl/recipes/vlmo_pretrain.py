@@ -90,7 +90,9 @@ def run(cfg: VlmoPretrainConfig) -> dict:
         raise ValueError("a staged run resumes with --resume (resume=auto); each stage finds its own checkpoints")
     steps = {s: getattr(cfg.stages, f"{s}_steps") for s in STAGES}
     if any(n < 0 for n in steps.values()) or not any(steps.values()):
-        raise ValueError(f"stage steps must be >= 0 with at least one > 0, got {steps}")
+        raise ValueError(f"pretrain vlmo runs its stages by their own step counts, >= 0 with at least one > 0 "
+                         f"(got {steps}; train.max_steps is not used): give stages.mim_steps=N "
+                         "stages.text_steps=N stages.vl_steps=N, or a config that sets them")
     setup = image_text_setup(cfg.model, cfg.data, cfg.train, "vlmo")
     tokenizer, model, evaluate = setup.tokenizer, setup.model, setup.evaluate
     mcfg = model.config
