@@ -255,7 +255,8 @@ class Trainer:
         if n_batches == 0:
             raise ValueError(
                 f"dataset of {len(self.train_data)} samples gives no batch of {self.cfg.batch_size} "  # type: ignore[arg-type]
-                f"per rank over {self.world} rank(s) (drop_last={self.cfg.drop_last})"
+                f"per rank over {self.world} rank(s) (drop_last={self.cfg.drop_last}): "
+                f"lower train.batch_size or set train.drop_last=false"
             )
         return n_batches
 
