@@ -169,3 +169,56 @@ def test_a_task_stage_runs_after_the_stage_it_starts_from():
         preset.task("retrieval"), init_from="nlvr2")})
     with pytest.raises(ValueError, match="retrieval starts from 'nlvr2', which is not a task stage before it"):
         task_order(backwards, "fiber", family_tasks, ["retrieval"])
+
+
+@pytest.mark.parametrize("family", ["fiber", "albef", "vlmo"])
+@pytest.mark.parametrize("preset_name", ["quick", "default", "gpu-small"])
+def test_every_stage_is_a_recipe_with_a_config_it_accepts(preset_name, family):
+    """Each stage of the job is a recipe of the registry and a config that recipe loads
+    strictly (no unknown key, every value of the right type), trained into the stage's own
+    directory; a task starts from the model of the stage its plan names."""
+    from fibervl.mainjob.job import EVAL_SPLIT, FAMILY_STAGES, TASK_STAGES, JobContext
+    from fibervl.mainjob.presets import get_job_preset
+    from fibervl.recipes.registry import recipes
+
+    preset = get_job_preset(preset_name)
+    ctx = JobContext(preset, Path("/out"), Path("/out/data"), StageRunner(Path("/out")), family=family)
+    pretrain, tasks = FAMILY_STAGES[family]
+    known = recipes()
+    for name, stage in [*pretrain.items(), *((t, TASK_STAGES[t]) for t in tasks)]:
+        stage_dir = Path("/out/stages") / name
+        cfg = stage.build(ctx, stage_dir)
+        assert isinstance(cfg, known[stage.recipe].config_cls), name
+        assert cfg.train.run_dir == str(stage_dir) and cfg.train.resume == "auto" and cfg.data.root == "/out/data"
+        if name in tasks:
+            assert cfg.data.eval_split == EVAL_SPLIT
+    if family == "fiber":
+        ground = TASK_STAGES["grounding"].build(ctx, Path("/g"))
+        assert (ground.data.grounding, ground.data.refexp, ground.data.detection) == (True, False, False)
+        assert ground.model.init == ctx.stage_model("fine")
+        assert TASK_STAGES["vqa"].build(ctx, Path("/v")).model.init == ctx.task_init("vqa")
+
+
+def test_a_stage_runs_its_recipe_and_keeps_its_record(monkeypatch, tmp_path):
+    import dataclasses
+
+    from fibervl.mainjob.job import PRETRAIN_STAGES, JobContext
+    from fibervl.mainjob.presets import get_job_preset
+    from fibervl.mainjob.stages import StageInterrupted
+    from fibervl.recipes import registry
+
+    ran = []
+    table = registry.recipes()
+
+    def run(cfg, **options):
+        ran.append((cfg.train.run_dir, cfg.objectives.itm, options))
+        return {"eval": {"i2t_r1": 50.0}, "stopped_by_signal": cfg.train.max_steps == 7}
+
+    monkeypatch.setattr(registry, "recipes", lambda: {**table, "coarse": dataclasses.replace(table["coarse"], run=run)})
+    ctx = JobContext(get_job_preset("quick"), tmp_path, tmp_path / "data", StageRunner(tmp_path))
+    assert PRETRAIN_STAGES["coarse-itc"](ctx, tmp_path / "itc") == {"eval": {"i2t_r1": 50.0}}
+    assert ran == [(str(tmp_path / "itc"), 0.0, {})]
+    stopped = dataclasses.replace(ctx, preset=dataclasses.replace(
+        ctx.preset, coarse=dataclasses.replace(ctx.preset.coarse, steps=7)))
+    with pytest.raises(StageInterrupted, match="stopped by a signal"):
+        PRETRAIN_STAGES["coarse"](stopped, tmp_path / "coarse")

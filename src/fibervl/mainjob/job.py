@@ -1,7 +1,8 @@
 """The main job: data -> coarse pre-training -> fine-grained pre-training -> seven tasks -> report.
 
-Every stage is an existing recipe (``fibervl pretrain coarse``, ``fibervl finetune vqa``, ...)
-configured from the preset; this module only chains them and collects one result per task:
+Every stage is a :class:`RecipeStage`: an existing recipe (``fibervl pretrain coarse``,
+``fibervl finetune vqa``, ...), the config keys the preset gives it over the recipe's defaults,
+and the record kept of its run; this module only chains them and collects one result per task:
 
     {"metric": "accuracy (VQAv2 metric, %)", "value": 61.2,
      "baseline": "text-only prior", "baseline_value": 42.0, "split": "test", ...details}
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..engine.config import to_dict
 from ..engine.optim import OptimConfig, ScheduleConfig
 from ..engine.trainer import TrainConfig
 from ..metrics.baselines import detection_chance_ap, evaluated_baselines, grounding_random_object, phrase_chance_random_box
@@ -85,13 +87,6 @@ class JobContext:
         source = self.preset.task(task).init_from
         return self.stage_model(source) if source else self.pretrained
 
-    def task_model(self, task: str):
-        """The :class:`~fibervl.experiment.ModelSpec` of a coarse-grained task stage: its init
-        model, with the prefix frozen where the plan asks for it."""
-        from ..experiment import ModelSpec
-
-        return ModelSpec(init=self.task_init(task), freeze_prefix=self.freezes_prefix(task))
-
 
 def train_config(plan: StagePlan, run_dir: Path, preset: JobPreset, lr_multipliers: dict | None = None) -> TrainConfig:
     """The engine settings of one stage: linear warm-up then the plan's schedule, gradient
@@ -107,11 +102,57 @@ def train_config(plan: StagePlan, run_dir: Path, preset: JobPreset, lr_multiplie
 
 
 def _finished(summary: dict) -> dict:
-    """A recipe's summary, unless its training was stopped by a signal (SIGINT / SIGTERM): then
-    the stage is not finished, and the job stops so that a re-run resumes it from its checkpoint."""
-    if summary.get("stopped_by_signal"):
-        raise StageInterrupted(f"stopped by a signal at step {summary.get('step')}")
+    """A recipe's summary, unless its training (or that of one of its own stages) was stopped by
+    a signal (SIGINT / SIGTERM): then the stage is not finished, and the job stops so that a
+    re-run resumes it from its checkpoint."""
+    for part in (summary, *summary.get("stages", {}).values()):
+        if part.get("stopped_by_signal"):
+            raise StageInterrupted(f"stopped by a signal at step {part.get('step')}")
     return summary
+
+
+def _metrics(ctx: JobContext, stage_dir: Path, cfg, summary: dict) -> dict:
+    """The record a pre-training stage keeps: its final metrics."""
+    return {"eval": summary["eval"]}
+
+
+@dataclass(frozen=True)
+class RecipeStage:
+    """A stage of the job as data: a recipe (its name in :func:`fibervl.recipes.registry.recipes`),
+    the config the preset gives it over the recipe's defaults (``config(ctx, stage_dir)``: config
+    keys as a ``--config`` file holds them), and the record the job keeps of the run
+    (``record(ctx, stage_dir, cfg, summary)``: a task's result row). Calling it runs the recipe
+    as its command would; ``run_options`` are keyword arguments of the recipe's ``run``
+    beyond the config (the fine-grained pre-training's ``eval_which``)."""
+
+    recipe: str
+    config: Callable[[JobContext, Path], dict]
+    record: Callable[[JobContext, Path, object, dict], dict] = _metrics
+    run_options: tuple[tuple[str, object], ...] = ()
+
+    def build(self, ctx: JobContext, stage_dir: Path):
+        """The recipe's config for this stage, checked strictly as a config file would be."""
+        from ..engine.config import from_dict
+        from ..recipes.registry import get_recipe
+
+        return from_dict(get_recipe(self.recipe).config_cls, self.config(ctx, stage_dir))
+
+    def __call__(self, ctx: JobContext, stage_dir: Path) -> dict:
+        from ..recipes.registry import get_recipe
+
+        cfg = self.build(ctx, stage_dir)
+        summary = _finished(get_recipe(self.recipe).run(cfg, **dict(self.run_options)))
+        return self.record(ctx, stage_dir, cfg, summary)
+
+
+def _train(plan: StagePlan, stage_dir: Path, preset: JobPreset, lr_multipliers: dict | None = None) -> dict:
+    """The ``train`` section of a stage's config: :func:`train_config` as config keys."""
+    return to_dict(train_config(plan, stage_dir, preset, lr_multipliers))
+
+
+def _data(ctx: JobContext, **keys) -> dict:
+    """The ``data`` section of a stage's config: the job's data set, the preset's evaluation size."""
+    return {"root": str(ctx.data_root), "num_eval": ctx.preset.num_eval, **keys}
 
 
 # ---- stages ------------------------------------------------------------------------------
@@ -128,106 +169,79 @@ def stage_data(ctx: JobContext, stage_dir: Path) -> dict:
     return {"root": str(ctx.data_root), "splits": meta["splits"], "seconds": meta["generation_seconds"]}
 
 
-def stage_coarse_itc(ctx: JobContext, stage_dir: Path) -> dict:
+def coarse_itc_config(ctx: JobContext, stage_dir: Path) -> dict:
     """ITC alone first: the dual encoder learns to align before the fused objectives start."""
-    from ..recipes.coarse_pretrain import CoarseConfig, run
-    from ..recipes.image_text import CaptionData
-    from ..experiment import ModelSpec
-    from ..tasks.pretrain_coarse import CoarseObjectives
-
     p = ctx.preset
     plan = dataclasses.replace(p.coarse, steps=p.itc_steps, schedule="constant")
-    cfg = CoarseConfig(model=ModelSpec(preset=p.model), data=CaptionData(root=str(ctx.data_root), num_eval=p.num_eval),
-                       objectives=CoarseObjectives(itm=0.0, mlm=0.0), train=train_config(plan, stage_dir, p))
-    return {"eval": _finished(run(cfg))["eval"]}
+    return {"model": {"preset": p.model}, "data": _data(ctx), "objectives": {"itm": 0.0, "mlm": 0.0},
+            "train": _train(plan, stage_dir, p)}
 
 
-def stage_coarse(ctx: JobContext, stage_dir: Path) -> dict:
-    from ..recipes.coarse_pretrain import CoarseConfig, run
-    from ..recipes.image_text import CaptionData
-    from ..experiment import ModelSpec
-    from ..tasks.pretrain_coarse import CoarseObjectives
-
+def coarse_config(ctx: JobContext, stage_dir: Path) -> dict:
     p = ctx.preset
     init = ctx.stage_model("coarse-itc") if p.itc_steps else ""
-    cfg = CoarseConfig(model=ModelSpec(preset=p.model, init=init),
-                       data=CaptionData(root=str(ctx.data_root), num_eval=p.num_eval),
-                       objectives=CoarseObjectives(), train=train_config(p.coarse, stage_dir, p, FUSED_MULTIPLIERS))
-    return {"eval": _finished(run(cfg))["eval"]}
+    return {"model": {"preset": p.model, "init": init}, "data": _data(ctx),
+            "train": _train(p.coarse, stage_dir, p, FUSED_MULTIPLIERS)}
 
 
-def _fine_config(ctx: JobContext, stage_dir: Path, init_stage: str, plan: StagePlan, **sources: bool):
+def _fine_config(ctx: JobContext, stage_dir: Path, init_stage: str, plan: StagePlan, **sources: bool) -> dict:
     """The fine-grained recipe's config for a stage of the job: the preset's fine model from the
     model of ``init_stage``, trained by ``plan`` (detector 3x) with the preset's word-region
     weight; ``sources`` switches training sources off (default: grounding, refexp, detection)."""
-    from ..experiment import ModelSpec
-    from ..recipes.fine_pretrain import FineConfig, FineData
-    from ..tasks.grounding import FineObjectives
-
     p = ctx.preset
-    return FineConfig(model=ModelSpec(preset=p.fine_model, init=ctx.stage_model(init_stage)),
-                      data=FineData(root=str(ctx.data_root), num_eval=p.num_eval, eval_split=EVAL_SPLIT, **sources),
-                      objectives=FineObjectives(token_align=p.token_align),
-                      train=train_config(plan, stage_dir, p, FINE_MULTIPLIERS))
+    return {"model": {"preset": p.fine_model, "init": ctx.stage_model(init_stage)},
+            "data": _data(ctx, eval_split=EVAL_SPLIT, **sources),
+            "objectives": {"token_align": p.token_align}, "train": _train(plan, stage_dir, p, FINE_MULTIPLIERS)}
 
 
-def stage_fine(ctx: JobContext, stage_dir: Path) -> dict:
-    from ..recipes.fine_pretrain import run
+def fine_config(ctx: JobContext, stage_dir: Path) -> dict:
+    return _fine_config(ctx, stage_dir, "coarse", ctx.preset.fine)
 
-    summary = _finished(run(_fine_config(ctx, stage_dir, "coarse", ctx.preset.fine), eval_which=()))
+
+def fine_record(ctx: JobContext, stage_dir: Path, cfg, summary: dict) -> dict:
     return {"init_new": len(summary["init_report"]["new"]), "init_unused": len(summary["init_report"]["unused"])}
 
 
-def stage_albef_pretrain(ctx: JobContext, stage_dir: Path) -> dict:
+def albef_pretrain_config(ctx: JobContext, stage_dir: Path) -> dict:
     """ALBEF: ITC (momentum distillation, queue) + ITM + MLM for as many steps as FIBER's two
     coarse stages together, so that the comparison is at matched image-text steps."""
-    from ..experiment import ModelSpec
-    from ..recipes.albef_pretrain import AlbefPretrainConfig, run
-    from ..recipes.image_text import CaptionData
-    from ..tasks.pretrain_albef import AlbefObjectives
-
     p = ctx.preset
     plan = dataclasses.replace(p.coarse, steps=p.itc_steps + p.coarse.steps)
-    cfg = AlbefPretrainConfig(model=ModelSpec(preset=p.family_models["albef"]),
-                              data=CaptionData(root=str(ctx.data_root), num_eval=p.num_eval),
-                              objectives=AlbefObjectives(queue_size=1024, alpha_warmup_steps=max(1, plan.steps // 3)),
-                              train=train_config(plan, stage_dir, p, ALBEF_PRETRAIN_MULTIPLIERS))
-    return {"eval": _finished(run(cfg))["eval"]}
+    return {"model": {"preset": p.family_models["albef"]}, "data": _data(ctx),
+            "objectives": {"queue_size": 1024, "alpha_warmup_steps": max(1, plan.steps // 3)},
+            "train": _train(plan, stage_dir, p, ALBEF_PRETRAIN_MULTIPLIERS)}
 
 
-def stage_vlmo_pretrain(ctx: JobContext, stage_dir: Path) -> dict:
+def vlmo_pretrain_config(ctx: JobContext, stage_dir: Path) -> dict:
     """VLMo's three stages: image-only MIM, text-only MLM (attention and vision experts frozen),
     then ITC + ITM + MLM for as many steps as FIBER's two coarse stages together."""
-    from ..experiment import ModelSpec
-    from ..recipes.image_text import CaptionData
-    from ..recipes.vlmo_pretrain import StageSettings, VlmoPretrainConfig, run
-
     p = ctx.preset
     unimodal = max(1, p.itc_steps // 2)
-    cfg = VlmoPretrainConfig(model=ModelSpec(preset=p.family_models["vlmo"]),
-                             data=CaptionData(root=str(ctx.data_root), num_eval=p.num_eval),
-                             stages=StageSettings(mim_steps=unimodal, text_steps=unimodal,
-                                                  vl_steps=p.itc_steps + p.coarse.steps),
-                             train=train_config(p.coarse, stage_dir, p, VLMO_PRETRAIN_MULTIPLIERS))
-    summary = run(cfg)
-    for stage in summary["stages"].values():
-        _finished(stage)
-    return {"eval": summary["eval"]}
+    return {"model": {"preset": p.family_models["vlmo"]}, "data": _data(ctx),
+            "stages": {"mim_steps": unimodal, "text_steps": unimodal, "vl_steps": p.itc_steps + p.coarse.steps},
+            "train": _train(p.coarse, stage_dir, p, VLMO_PRETRAIN_MULTIPLIERS)}
 
 
 # ---- tasks -------------------------------------------------------------------------------
 
-def task_retrieval(ctx: JobContext, stage_dir: Path) -> dict:
-    from ..metrics.baselines import chance_recall
-    from ..recipes.retrieval import RetrievalConfig, RetrievalData, RetrievalEval, run
+def _task_model(ctx: JobContext, task: str) -> dict:
+    """The ``model`` section of a coarse-grained task stage: its init model, with the prefix
+    frozen where the plan asks for it."""
+    return {"init": ctx.task_init(task), "freeze_prefix": ctx.freezes_prefix(task)}
 
+
+def retrieval_config(ctx: JobContext, stage_dir: Path) -> dict:
     p = ctx.preset
-    cfg = RetrievalConfig(model=ctx.task_model("retrieval"),
-                          data=RetrievalData(root=str(ctx.data_root), num_eval=p.num_eval, eval_split=EVAL_SPLIT,
-                                             cache_image_prefix=ctx.caches_prefix("retrieval")),
-                          eval=RetrievalEval(rerank_k=8),
-                          train=train_config(p.task("retrieval"), stage_dir, p, FINETUNE_MULTIPLIERS[ctx.family]))
-    m = _finished(run(cfg))["eval"]
+    return {"model": _task_model(ctx, "retrieval"),
+            "data": _data(ctx, eval_split=EVAL_SPLIT, cache_image_prefix=ctx.caches_prefix("retrieval")),
+            "eval": {"rerank_k": 8},
+            "train": _train(p.task("retrieval"), stage_dir, p, FINETUNE_MULTIPLIERS[ctx.family])}
+
+
+def retrieval_record(ctx: JobContext, stage_dir: Path, cfg, summary: dict) -> dict:
+    from ..metrics.baselines import chance_recall
+
+    m = summary["eval"]
     value = (m["rerank_i2t_r1"] + m["rerank_t2i_r1"]) / 2
     c = chance_recall(int(m["images"]), int(m["texts"]), m["texts"] / m["images"])
     chance = (c["i2t_r1"] + c["t2i_r1"]) / 2
@@ -235,15 +249,15 @@ def task_retrieval(ctx: JobContext, stage_dir: Path) -> dict:
             "value": value, "baseline": "chance (random ranking)", "baseline_value": chance, "details": m}
 
 
-def task_vqa(ctx: JobContext, stage_dir: Path) -> dict:
-    from ..recipes.vqa import VqaConfig, VqaData, run
-
+def vqa_config(ctx: JobContext, stage_dir: Path) -> dict:
     p = ctx.preset
-    cfg = VqaConfig(model=ctx.task_model("vqa"),
-                    data=VqaData(root=str(ctx.data_root), num_eval=p.num_eval * 6, eval_split=EVAL_SPLIT,
-                                 cache_image_prefix=ctx.caches_prefix("vqa")),
-                    train=train_config(p.task("vqa"), stage_dir, p, FINETUNE_MULTIPLIERS[ctx.family]))
-    m = _finished(run(cfg))["eval"]
+    return {"model": _task_model(ctx, "vqa"),
+            "data": _data(ctx, num_eval=p.num_eval * 6, eval_split=EVAL_SPLIT, cache_image_prefix=ctx.caches_prefix("vqa")),
+            "train": _train(p.task("vqa"), stage_dir, p, FINETUNE_MULTIPLIERS[ctx.family])}
+
+
+def vqa_record(ctx: JobContext, stage_dir: Path, cfg, summary: dict) -> dict:
+    m = summary["eval"]
     b = evaluated_baselines(ctx.data_root, EVAL_SPLIT, "vqa", cfg.data.num_eval)["all"]
     prior = max(b["text_only_prior"], b["prefix_prior"])
     parts = [(kind, m.get(f"vqa_acc_{key}")) for kind, key in (("yes/no", "yes_no"), ("number", "number"), ("other", "other"))]
@@ -253,37 +267,38 @@ def task_vqa(ctx: JobContext, stage_dir: Path) -> dict:
             "breakdown": ", ".join(f"{kind} {v:.2f}" for kind, v in parts if v is not None)}
 
 
-def task_nlvr2(ctx: JobContext, stage_dir: Path) -> dict:
-    from ..recipes.nlvr2 import Nlvr2Config, Nlvr2Data, run
-
+def nlvr2_config(ctx: JobContext, stage_dir: Path) -> dict:
     p = ctx.preset
-    cfg = Nlvr2Config(model=ctx.task_model("nlvr2"),
-                      # num_eval counts images; NLVR2 has nlvr2_per_image statements per image (VQA: 6 questions)
-                      data=Nlvr2Data(root=str(ctx.data_root), num_eval=int(p.num_eval * p.data.nlvr2_per_image),
-                                     eval_split=EVAL_SPLIT, cache_image_prefix=ctx.caches_prefix("nlvr2")),
-                      train=train_config(p.task("nlvr2"), stage_dir, p, FINETUNE_MULTIPLIERS[ctx.family]))
-    m = _finished(run(cfg))["eval"]
+    # num_eval counts images; NLVR2 has nlvr2_per_image statements per image (VQA: 6 questions)
+    return {"model": _task_model(ctx, "nlvr2"),
+            "data": _data(ctx, num_eval=int(p.num_eval * p.data.nlvr2_per_image), eval_split=EVAL_SPLIT,
+                          cache_image_prefix=ctx.caches_prefix("nlvr2")),
+            "train": _train(p.task("nlvr2"), stage_dir, p, FINETUNE_MULTIPLIERS[ctx.family])}
+
+
+def nlvr2_record(ctx: JobContext, stage_dir: Path, cfg, summary: dict) -> dict:
+    m = summary["eval"]
     b = evaluated_baselines(ctx.data_root, EVAL_SPLIT, "nlvr2", cfg.data.num_eval)
     best = max(b["chance"], b["majority"], b["prefix_prior"], b["text_only_prior"])
     return {"metric": "accuracy (%)", "value": m["nlvr2_acc"],
             "baseline": "best of chance, majority and text-only priors", "baseline_value": best, "details": m}
 
 
-def task_caption(ctx: JobContext, stage_dir: Path) -> dict:
-    from ..recipes.caption import CaptionConfig, run
-    from ..recipes.image_text import FinetuneCaptionData, caption_reader
-    from ..metrics.baselines import best_constant_caption_baseline
-    from ..tasks.caption import CaptionSettings
-
+def caption_config(ctx: JobContext, stage_dir: Path) -> dict:
     p = ctx.preset
-    data = FinetuneCaptionData(root=str(ctx.data_root), num_eval=p.num_eval, eval_split=EVAL_SPLIT,
-                               cache_image_prefix=ctx.caches_prefix("caption"))
-    cfg = CaptionConfig(model=ctx.task_model("caption"), data=data,
-                        caption=CaptionSettings(beam_size=3, spice=False),
-                        train=train_config(p.task("caption"), stage_dir, p, CAPTION_MULTIPLIERS))
-    m = _finished(run(cfg))["eval"]
-    base = best_constant_caption_baseline(caption_reader(data, "train"), caption_reader(data, EVAL_SPLIT),
-                                          limit=p.num_eval)
+    return {"model": _task_model(ctx, "caption"),
+            "data": _data(ctx, eval_split=EVAL_SPLIT, cache_image_prefix=ctx.caches_prefix("caption")),
+            "caption": {"beam_size": 3, "spice": False},
+            "train": _train(p.task("caption"), stage_dir, p, CAPTION_MULTIPLIERS)}
+
+
+def caption_record(ctx: JobContext, stage_dir: Path, cfg, summary: dict) -> dict:
+    from ..metrics.baselines import best_constant_caption_baseline
+    from ..recipes.image_text import caption_reader
+
+    m = summary["eval"]
+    base = best_constant_caption_baseline(caption_reader(cfg.data, "train"), caption_reader(cfg.data, EVAL_SPLIT),
+                                          limit=ctx.preset.num_eval)
     predictions = json.loads((stage_dir / f"predictions_{EVAL_SPLIT}.json").read_text(encoding="utf-8"))
     return {"metric": "CIDEr (beam 3)", "value": m["cider"],
             "baseline": f"the best single training caption given for every image (\"{base['caption']}\")",
@@ -292,16 +307,16 @@ def task_caption(ctx: JobContext, stage_dir: Path) -> dict:
                         "distinct_captions": len({x["caption"] for x in predictions})}}
 
 
-def _fine_task(ctx: JobContext, stage_dir: Path, source: str, evals: tuple[str, ...]) -> dict:
-    from ..recipes.fine_pretrain import run
+def _fine_task_config(source: str) -> Callable[[JobContext, Path], dict]:
+    """The config of the fine-grained task stage that trains on ``source`` data alone."""
+    def config(ctx: JobContext, stage_dir: Path) -> dict:
+        switches = {s: s == source for s in ("grounding", "refexp", "detection")}
+        return _fine_config(ctx, stage_dir, "fine", ctx.preset.task(source), **switches)
+    return config
 
-    switches = {s: s == source for s in ("grounding", "refexp", "detection")}
-    cfg = _fine_config(ctx, stage_dir, "fine", ctx.preset.task(source), **switches)
-    return _finished(run(cfg, eval_which=evals))["eval"]
 
-
-def task_grounding(ctx: JobContext, stage_dir: Path) -> dict:
-    m = _fine_task(ctx, stage_dir, "grounding", ("grounding",))
+def grounding_record(ctx: JobContext, stage_dir: Path, cfg, summary: dict) -> dict:
+    m = summary["eval"]
     base = grounding_random_object(ctx.data_root, EVAL_SPLIT, ctx.preset.num_eval)
     chance = phrase_chance_random_box(ctx.data_root, EVAL_SPLIT, "grounding", ctx.preset.num_eval)
     return {"metric": "phrase grounding R@1 (IoU >= 0.5, %)", "value": m["ground_r1"],
@@ -309,8 +324,8 @@ def task_grounding(ctx: JobContext, stage_dir: Path) -> dict:
             "details": {**m, "chance_random_box": chance}}
 
 
-def task_refexp(ctx: JobContext, stage_dir: Path) -> dict:
-    m = _fine_task(ctx, stage_dir, "refexp", ("refexp",))
+def refexp_record(ctx: JobContext, stage_dir: Path, cfg, summary: dict) -> dict:
+    m = summary["eval"]
     base = evaluated_baselines(ctx.data_root, EVAL_SPLIT, "refexp", ctx.preset.num_eval)["random_object"]
     chance = phrase_chance_random_box(ctx.data_root, EVAL_SPLIT, "refexp", ctx.preset.num_eval)
     groups = (("expressions naming a seen shape or none", "seen"), ("naming a shape held out of training", "held_out"))
@@ -321,10 +336,10 @@ def task_refexp(ctx: JobContext, stage_dir: Path) -> dict:
                                    for what, g in groups if f"rec_acc_{g}" in m)}
 
 
-def task_detection(ctx: JobContext, stage_dir: Path) -> dict:
+def detection_record(ctx: JobContext, stage_dir: Path, cfg, summary: dict) -> dict:
     from ..data.shapes import ShapesDataset
 
-    m = _fine_task(ctx, stage_dir, "detection", ("detection", "zero_shot"))
+    m = summary["eval"]
     shapes = ShapesDataset(ctx.data_root)
     seen = detection_chance_ap(ctx.data_root, EVAL_SPLIT, shapes.seen_category_ids, ctx.preset.num_eval)
     unseen = detection_chance_ap(ctx.data_root, EVAL_SPLIT, shapes.held_out_category_ids, ctx.preset.num_eval)
@@ -338,18 +353,29 @@ def task_detection(ctx: JobContext, stage_dir: Path) -> dict:
     }
 
 
-TASK_STAGES: dict[str, Callable[[JobContext, Path], dict]] = {
-    "retrieval": task_retrieval, "vqa": task_vqa, "nlvr2": task_nlvr2, "caption": task_caption,
-    "grounding": task_grounding, "refexp": task_refexp, "detection": task_detection,
+# The task stages: the recipe each runs, its config from the preset, the result row it reports.
+# The fine-grained ones run the recipes ground / refexp / detect, which train the fine-grained
+# model on one kind of data and evaluate that task alone.
+TASK_STAGES: dict[str, RecipeStage] = {
+    "retrieval": RecipeStage("retrieval", retrieval_config, retrieval_record),
+    "vqa": RecipeStage("vqa", vqa_config, vqa_record),
+    "nlvr2": RecipeStage("nlvr2", nlvr2_config, nlvr2_record),
+    "caption": RecipeStage("caption", caption_config, caption_record),
+    "grounding": RecipeStage("ground", _fine_task_config("grounding"), grounding_record),
+    "refexp": RecipeStage("refexp", _fine_task_config("refexp"), refexp_record),
+    "detection": RecipeStage("detect", _fine_task_config("detection"), detection_record),
 }
-PRETRAIN_STAGES: dict[str, Callable[[JobContext, Path], dict]] = {
-    "coarse-itc": stage_coarse_itc, "coarse": stage_coarse, "fine": stage_fine,
+PRETRAIN_STAGES: dict[str, RecipeStage] = {
+    "coarse-itc": RecipeStage("coarse", coarse_itc_config),
+    "coarse": RecipeStage("coarse", coarse_config),
+    # the fine-grained model is evaluated by the task stages that start from it
+    "fine": RecipeStage("fine", fine_config, fine_record, run_options=(("eval_which", ()),)),
 }
 # family -> (its pre-training stages, the tasks it has heads for)
 FAMILY_STAGES: dict[str, tuple[dict, tuple[str, ...]]] = {
     "fiber": (PRETRAIN_STAGES, tuple(TASK_STAGES)),
-    "albef": ({"pretrain": stage_albef_pretrain}, ("retrieval", "vqa", "nlvr2")),
-    "vlmo": ({"pretrain": stage_vlmo_pretrain}, ("retrieval", "vqa", "nlvr2")),
+    "albef": ({"pretrain": RecipeStage("albef", albef_pretrain_config)}, ("retrieval", "vqa", "nlvr2")),
+    "vlmo": ({"pretrain": RecipeStage("vlmo", vlmo_pretrain_config)}, ("retrieval", "vqa", "nlvr2")),
 }
 
 
