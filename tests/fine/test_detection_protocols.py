@@ -21,6 +21,7 @@ import fibervl.predict.grounding  # noqa: F401  imported before the oracles patc
 import fibervl.tasks.grounding as grounding
 from fibervl.cli import main
 from fibervl.config import DetectionConfig, get_preset
+from fibervl.errors import ConfigError
 from fibervl.data import CocoDetectionReader, MdetrReader, Tokenizer
 from fibervl.data.readers.odinw import OdinwReader
 from fibervl.data.transforms import InputSize
@@ -268,6 +269,41 @@ def test_odinw_average_over_datasets(tokenizer_dir, tmp_path, monkeypatch):
     oracle_detector(monkeypatch)
     m = grounding.evaluate_odinw(nn.Linear(1, 1), tok, readers, 64, 16)
     assert 0 < m["AP_Pets"] < 100 and m["AP_Zoo"] == m["AP_Pets"] and m["AP"] == m["AP_Pets"] and m["datasets"] == 2
+
+
+def test_evaluate_detect_on_a_list_of_odinw_data_sets(model_dir, tokenizer_dir, tmp_path, monkeypatch, capsys):
+    """``--eval-data 'odinw:odinw/*/valid'`` (or ``{Pets,Zoo}``): each data set's AP over its own
+    classes and their mean, as the ODinW-13 / -35 summary; data check reports each data set;
+    training, k-shot sets and --results take one data set."""
+    import shutil
+
+    from fibervl.data.sources import as_source
+    from fibervl.data.sources.check import check_source
+    from fibervl.recipes.fine_pretrain import FineData, training_set
+
+    pytest.importorskip("pycocotools")
+    one, _ = write_detection_set("odinw", tmp_path)
+    shutil.copytree(tmp_path / "odinw" / "Pets", tmp_path / "odinw" / "Zoo")
+    oracle_detector(monkeypatch)
+    single = _evaluate(model_dir, tokenizer_dir, one, tmp_path / "one.json", capsys)
+    for spec in (f"odinw:{tmp_path}/odinw/*/raw/valid", f"odinw:{tmp_path}/odinw/{{Pets,Zoo}}/raw/valid"):
+        assert main(["evaluate", "detect", "--model", str(model_dir), "--tokenizer", str(tokenizer_dir),
+                     "--eval-data", spec, "data.eval_batch_size=2"]) == 0
+        m = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert m == {"det_AP_Pets": single["det_AP"], "det_AP_Zoo": single["det_AP"], "det_AP": single["det_AP"],
+                     "det_datasets": 2}
+    report = check_source(as_source(f"odinw:{tmp_path}/odinw/*/raw/valid"))
+    assert [(p["dataset"], p["samples"], p["categories"]) for p in report["parts"]] == [("Pets", 3, 3), ("Zoo", 3, 3)]
+    assert main(["evaluate", "detect", "--model", str(model_dir), "--tokenizer", str(tokenizer_dir), "--eval-data",
+                 f"odinw:{tmp_path}/odinw/*/raw/valid", "--results", str(tmp_path / "r.json")]) == 1
+    assert "one at a time" in capsys.readouterr().err
+    assert main(["evaluate", "detect", "--model", str(model_dir), "--tokenizer", str(tokenizer_dir), "--eval-data",
+                 f"odinw:{tmp_path}/odinw/{{Pets,Nope}}/raw/valid"]) == 1
+    assert "Nope/raw/valid: folder not found" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="training takes one"):
+        training_set(FineData(train=(f"odinw:{tmp_path}/odinw/*/raw/valid",)), 64)
+    with pytest.raises(ConfigError, match="drawn from one data set"):
+        training_set(FineData(train=(f"odinw,shots=1,seed=1:{tmp_path}/odinw/*/raw/valid",)), 64)
 
 
 # ---- evaluate detect --results ---------------------------------------------------------------------

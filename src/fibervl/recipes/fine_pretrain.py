@@ -40,7 +40,8 @@ from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import DataSpec, ModelSpec, load_tokenizer
 from ..modeling.factory import summarize_keys
 from ..tasks.grounding import (
-    DetectionPromptDataset, FineGrainedTask, FineObjectives, evaluate_detection, evaluate_grounding, evaluate_refexp,
+    DetectionPromptDataset, FineGrainedTask, FineObjectives, evaluate_detection, evaluate_grounding, evaluate_odinw,
+    evaluate_refexp,
     detector_input, make_processor,
 )
 from .common import export_model, final_metrics, recipe_train
@@ -121,6 +122,9 @@ def training_set(data: FineData, image_size: InputSize | int, seed: int = 0, tok
     for source in data.train_sources():
         for kind in source_kinds(data, source):
             reader = open_source(source, kind, data.train_split, skip, "fine-grained training")
+            if hasattr(reader, "datasets"):
+                raise ConfigError(f"data source {source}: several ODinW data sets evaluate together, but training "
+                                  "takes one (the paper fine-tunes each data set on its own)")
             if kind == "detection":
                 parts.append(DetectionPromptDataset(reader, reader.categories, processor, max_classes=data.max_classes,
                                                    tokenizer=tokenizer, max_length=max_len))
@@ -164,8 +168,8 @@ class EvalSets:
             for kind in kinds:
                 reader = open_eval(source, kind, data.eval_split, skip, "fine-grained evaluation")
                 self.readers[kind] = reader
-                if kind == "detection":
-                    self.category_ids[kind] = sorted(reader.categories)
+                if kind == "detection":  # several ODinW data sets: each names its own classes
+                    self.category_ids[kind] = sorted(getattr(reader, "categories", ()))
 
     @property
     def which(self) -> tuple[str, ...]:
@@ -189,7 +193,13 @@ def evaluate_all(model, tokenizer, data: FineData, sets: EvalSets, image_size: I
         m = evaluate_refexp(model, tokenizer, r["refexp"], group_of=sets.group_of, **kw)
         out.update({f"rec_{k}": v for k, v in m.items()})
     for kind, prefix in (("detection", "det"), ("zero_shot", "zs")):
-        if kind in r:
+        if kind in r and hasattr(r[kind], "datasets"):  # an ODinW list: AP of each data set, and their mean
+            if results is not None:
+                raise ConfigError("--results writes one data set's detections (their image ids would clash): "
+                                  "evaluate the ODinW data sets one at a time to write results files")
+            m = evaluate_odinw(model, tokenizer, r[kind].datasets, chunk_size=data.chunk_size, **kw)
+            out.update({f"{prefix}_{k}": v for k, v in m.items()})
+        elif kind in r:
             m = evaluate_detection(model, tokenizer, r[kind], sets.category_ids[kind], chunk_size=data.chunk_size,
                                    results=results if kind == "detection" else None, **kw)
             out.update({f"{prefix}_{k}": v for k, v in m.items()})

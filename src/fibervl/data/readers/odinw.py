@@ -10,7 +10,9 @@ and of the evaluation (GLIP's ``annotations_without_background``).
 
 from __future__ import annotations
 
+import glob
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -106,3 +108,56 @@ def few_shot_image_ids(samples: Sequence[Sample], shots: int, seed: int = 0) -> 
             for c in cats:
                 left[c] -= 1
     return chosen
+
+
+# ---- several data sets -------------------------------------------------------------------------
+
+_BRACES = re.compile(r"\{([^{}]*,[^{}]*)\}")
+
+
+def is_folder_list(pattern: str | Path) -> bool:
+    """Whether ``pattern`` names several Roboflow folders: a glob (``odinw/*/valid``) or a
+    brace list (``odinw/{Aquarium,Pothole}/valid``)."""
+    text = str(pattern)
+    return bool(_BRACES.search(text)) or any(ch in text for ch in "*?[")
+
+
+def expand_folders(pattern: str | Path) -> list[Path]:
+    """The folders ``pattern`` names, in the order given (a glob's matches sorted): braces
+    ``{a,b}`` first, then globs; a pattern that matches nothing is a DataError."""
+    text = str(pattern)
+    m = _BRACES.search(text)
+    if m:
+        return [p for alt in m.group(1).split(",")
+                for p in expand_folders(text[:m.start()] + alt.strip() + text[m.end():])]
+    if any(ch in text for ch in "*?["):
+        found = sorted(Path(p) for p in glob.glob(text) if Path(p).is_dir())
+        if not found:
+            raise DataError(text, "no folder matches this pattern")
+        return found
+    return [Path(text)]
+
+
+class OdinwSuite:
+    """Several ODinW data sets evaluated together (GLIP's ODinW-13 / -35 average): ``datasets``,
+    name -> :class:`OdinwReader` of each folder that ``pattern`` names (:func:`expand_folders`).
+    Each is scored over its own classes, and the summary is their mean
+    (:func:`fibervl.tasks.grounding.evaluate_odinw`). It is an evaluation set: training takes one
+    data set at a time, as the paper fine-tunes each one on its own."""
+
+    def __init__(self, pattern: str | Path, skip_bad: bool = False):
+        self.pattern = str(pattern)
+        self.datasets: dict[str, OdinwReader] = {}
+        for folder in expand_folders(pattern):
+            reader = OdinwReader(folder, skip_bad=skip_bad)
+            name = reader.name
+            if name in self.datasets:  # two variants of one data set: name them by their folders
+                name = f"{name}/{folder.parent.name}/{folder.name}"
+            self.datasets[name] = reader
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self.datasets.values())
+
+    def __iter__(self):
+        for reader in self.datasets.values():
+            yield from reader

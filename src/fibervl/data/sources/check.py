@@ -114,12 +114,18 @@ def check_source(source: DataSource, kinds: list[str] | None = None, splits: lis
                     part.update(samples=0, problems=[_problem(err)])
                     parts.append(part)
                     continue
-            problems = [_problem(e) for e in report.errors]
-            part.update(_count_samples(kind, reader, samples))
-            if images and not fmt.stream:
-                problems += [_problem(e) for e in _check_images(samples, seen_images, image_limit)]
-            part["problems"] = problems
-            parts.append(part)
+            # several ODinW data sets (odinw/*/valid): a part each, as each is scored on its own
+            members = getattr(reader, "datasets", None) or {None: reader}
+            for name, member in members.items():
+                own = samples if name is None else list(member)
+                problems = [_problem(e) for e in report.errors
+                            if name is None or str(e.file) == str(getattr(member, "file", ""))]
+                member_part = dict(part) if name is None else {**part, "dataset": name}
+                member_part.update(_count_samples(kind, member, own))
+                if images and not fmt.stream:
+                    problems += [_problem(e) for e in _check_images(own, seen_images, image_limit)]
+                member_part["problems"] = problems
+                parts.append(member_part)
     return {"source": str(source), "parts": parts, "errors": sum(len(p["problems"]) for p in parts)}
 
 
@@ -131,7 +137,8 @@ def format_report(report: dict, listed: int = 10) -> str:
         split = part["split"] or "(one split)"
         counts = ", ".join(f"{part[k]} {k}" for k in ("samples", "images", "captions", "boxes", "categories", "shards")
                            if k in part)
-        lines.append(f"{part['kind']}, split {split}: {counts}")
+        dataset = f" of {part['dataset']}" if part.get("dataset") else ""
+        lines.append(f"{part['kind']}{dataset}, split {split}: {counts}")
         for key in ("boxes_per_category", "answer_types", "labels"):
             if part.get(key):
                 lines.append(f"  {key.replace('_', ' ')}: " + ", ".join(f"{n} {c}" for n, c in part[key].items()))
