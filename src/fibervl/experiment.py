@@ -26,9 +26,10 @@ class ModelSpec:
 
     ``preset``: a preset name or a model directory (its config.json: the architecture only);
     ``init``: a model or run directory (``save_pretrained`` output, e.g. an earlier stage's
-    ``model/``) whose weights start the run. ``heads``: override the preset's heads (empty: keep). ``seed``: the seed of every weight
-    initialised here rather than loaded (a fresh model, a new head), so that two runs of one
-    config start from the same weights; it leaves the process's random streams as they were.
+    ``model/``) whose weights start the run. ``heads``: override the preset's heads (empty:
+    keep). ``seed``: the seed of every weight initialised here rather than loaded (a fresh
+    model, a new head), so that two runs of one config start from the same weights; it leaves
+    the process's random streams as they were.
     ``freeze_prefix``: train only what lies above the first fused block
     (:meth:`FiberModel.freeze_prefix`), for fine-tuning a pre-trained model cheaply.
     ``tuning``: what a grounding detector trains, one of the official modes ``full``,

@@ -51,7 +51,7 @@ class VisionLanguageModel(Protocol):
     once.
     """
 
-    config: Any  # a ModelConfig
+    config: ModelConfig
 
     def image_prefix(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, S, S] -> [B, ...]: the unfused image passes."""
