@@ -9,8 +9,10 @@ shards); :func:`write_all` returns the SPEC of each, relative to nothing (absolu
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import tarfile
 from pathlib import Path
 
 from PIL import Image
@@ -186,10 +188,24 @@ def write_nlvr2(ds: ShapesDataset, out: Path, n: int) -> None:
 
 
 def write_webdataset(ds: ShapesDataset, out: Path) -> None:
-    """shards/000000.tar and 000001.tar (two copies of the shapes set's training shard)."""
+    """shards/000000.tar (the shapes set's training shard: KEY.jpg, KEY.txt, KEY.json) and
+    000001.tar, the same samples as some img2dataset exports hold them: KEY.jpeg and the caption
+    only in KEY.json's ``caption``."""
     shard = ds.root / "webdataset" / ds.meta["webdataset_shards"]["train"][0]
-    for k in range(2):
-        _copy(shard, out / "shards" / f"{k:06d}.tar")
+    _copy(shard, out / "shards" / "000000.tar")
+    with tarfile.open(shard) as src, tarfile.open(out / "shards" / "000001.tar", "w") as dst:
+        members = {m.name: src.extractfile(m).read() for m in src if m.isfile()}
+        for name, data in members.items():
+            key, _, ext = name.partition(".")
+            if ext == "txt":
+                continue
+            if ext == "json":
+                meta = json.loads(data)
+                data = json.dumps({**meta, "key": key, "status": "success",
+                                   "caption": members[f"{key}.txt"].decode("utf-8")}).encode("utf-8")
+            info = tarfile.TarInfo(f"{key}.jpeg" if ext == "jpg" else name)
+            info.size = len(data)
+            dst.addfile(info, io.BytesIO(data))
 
 
 def write_all(shapes_root: Path, out: Path, n: int = 8) -> dict[str, str]:

@@ -126,6 +126,10 @@ def test_every_format_opens_its_layout(official):
             assert first.image is not None or Path(first.image_path).is_file(), (name, kind, first.image_path)
             if kind == "detection":
                 assert sum(s.num_boxes for s in samples) > 0 and reader.categories
+            if source.format == "webdataset":  # shard 1 holds shard 0's samples as .jpeg + .json caption
+                half = len(samples) // 2
+                assert [s.text for s in samples[half:]] == [s.text for s in samples[:half]]
+                assert [s.image.size for s in samples[half:]] == [s.image.size for s in samples[:half]]
     assert formats == {f for f in FORMATS if f != "shapes" and FORMATS[f].available}
 
 
