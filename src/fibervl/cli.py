@@ -131,9 +131,23 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, RuntimeError, KeyError) as err:
         print(f"fibervl {args.command}: error: {err}", file=sys.stderr)
         if args.func is _recipe and _bad_record(err) and not _skipping(rest):
-            print("  a bad record: --skip-bad-records leaves such records out, warns about each and sums them up "
-                  "(docs/datasets.md, Bad input)", file=sys.stderr)
+            if args.command == "evaluate" and _names_an_image(err):  # skipping cannot go past it: see docstring
+                print("  an evaluation image that does not load: every image of the split is scored, so restore "
+                      "it or leave its record out of the annotations (docs/datasets.md, Bad input)", file=sys.stderr)
+            else:
+                print("  a bad record: --skip-bad-records leaves such records out, warns about each and sums them up "
+                      "(docs/datasets.md, Bad input)", file=sys.stderr)
         return 1
+
+
+def _names_an_image(err: Exception) -> bool:
+    """Whether a record's error is about its image file (missing, unreadable), not its annotation:
+    evaluation does not skip those, since a left-out image would change what is scored."""
+    from pathlib import Path
+
+    from .predict.cli import IMAGE_SUFFIXES
+
+    return Path(str(getattr(err, "file", "") or "")).suffix.lower() in IMAGE_SUFFIXES
 
 
 def _bad_record(err: Exception) -> bool:

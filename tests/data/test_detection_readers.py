@@ -95,6 +95,12 @@ def test_lvis_images_are_found_through_coco_url_under_the_coco_root(tmp_path):
     flat = tmp_path / "flat"
     _image(flat / "000000000139.jpg")
     assert LvisReader(file, flat)[0].image_path == flat / "000000000139.jpg"
+    # a COCO root holding val2017/ but not train2017/ is a COCO root missing a folder, not an
+    # images folder: the image is looked for (and reported missing) where it belongs
+    partial = tmp_path / "partial"
+    _image(partial / "val2017" / "000000000285.jpg", (48, 64))
+    paths = {s.image_id: s.image_path for s in LvisReader(file, partial)}
+    assert paths == {139: partial / "train2017" / "000000000139.jpg", 285: partial / "val2017" / "000000000285.jpg"}
 
 
 def test_lvis_label_lists_are_checked(tmp_path):

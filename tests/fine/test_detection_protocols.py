@@ -404,3 +404,15 @@ def test_evaluate_detect_with_a_model_writes_what_pycocotools_scores(model_dir, 
     assert main(["evaluate", "ground", "--model", str(model_dir), "--tokenizer", str(tokenizer_dir),
                  "--results", str(results)]) == 1
     assert "belongs to evaluate detect" in capsys.readouterr().err
+
+
+def test_evaluate_detect_names_a_missing_lvis_image_where_it_belongs(model_dir, tokenizer_dir, tmp_path, capsys):
+    """A COCO root without train2017/ (LVIS val draws on it): the error names the path the image
+    should have, and says that evaluation cannot skip it (the hint to skip is for annotations)."""
+    spec, _ = write_detection_set("lvis", tmp_path)
+    (tmp_path / "coco" / "val2017" / "000000000002.jpg").unlink()
+    assert main(["evaluate", "detect", "--model", str(model_dir), "--tokenizer", str(tokenizer_dir),
+                 "--eval-data", spec]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'coco' / 'val2017' / '000000000002.jpg'} [record 2]: image file not found" in err
+    assert "every image of the split is scored" in err and "--skip-bad-records" not in err

@@ -12,12 +12,14 @@ JSON with federated labels.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from ..errors import DataError
 from .coco_detection import CocoDetectionReader
 
 LABEL_LISTS = ("neg_category_ids", "not_exhaustive_category_ids")
+COCO_SPLIT_FOLDER = re.compile(r"(train|val|test)20\d\d")  # train2017, val2017, val2014, ...
 
 
 class LvisReader(CocoDetectionReader):
@@ -34,6 +36,7 @@ class LvisReader(CocoDetectionReader):
     def __init__(self, annotation_file: str | Path, coco_root: str | Path, skip_bad: bool = False):
         self._folders: dict[str, bool] = {}  # COCO split folder -> whether the root holds it
         self._root = Path(coco_root)
+        self._root_folders: list[Path] | None = None
         super().__init__(annotation_file, coco_root, skip_bad=skip_bad, keep_crowd=False, keep_empty=True)
         for c in self.category_meta.values():
             if c.get("frequency") not in ("r", "c", "f"):
@@ -57,8 +60,17 @@ class LvisReader(CocoDetectionReader):
             images[iid]["file_name"] = self._coco_path(img["coco_url"])
 
     def _coco_path(self, url: str) -> str:
-        """``.../val2017/X.jpg`` -> ``val2017/X.jpg`` when the root holds ``val2017/``, else ``X.jpg``."""
+        """``.../val2017/X.jpg`` -> ``val2017/X.jpg`` when the root holds ``val2017/``, else ``X.jpg``
+        (the root is the images folder itself) unless the root holds another COCO split folder:
+        then it is the COCO root missing ``val2017/``, and the error names the path it should have."""
         folder, name = url.rstrip("/").split("/")[-2:]
         if folder not in self._folders:
             self._folders[folder] = (self._root / folder).is_dir()
-        return f"{folder}/{name}" if self._folders[folder] else name
+        if self._folders[folder] or any(COCO_SPLIT_FOLDER.fullmatch(p.name) for p in self._subfolders()):
+            return f"{folder}/{name}"
+        return name
+
+    def _subfolders(self) -> list[Path]:
+        if self._root_folders is None:
+            self._root_folders = [p for p in self._root.iterdir() if p.is_dir()] if self._root.is_dir() else []
+        return self._root_folders
