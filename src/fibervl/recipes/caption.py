@@ -139,7 +139,7 @@ def evaluate_saved(cfg: CaptionConfig) -> dict:
         _check_caption_head(model, model_dir)
         fallback = cfg.data.tokenizer or (Path(cfg.data.root) / "tokenizer")
         tokenizer = model_tokenizer(model_dir, fallback)
-        image_size = cfg.data.image_size or model.config.vision.image_size
+        image_size, _ = cfg.data.input_sizes(model.config)
         metrics, preds = evaluate_captioning(model, tokenizer, eval_reader, image_size, cfg.caption.decode_config(),
                                              limit=cfg.data.num_eval, batch_size=cfg.caption.eval_batch_size,
                                              spice=cfg.caption.spice)
