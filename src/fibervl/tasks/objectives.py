@@ -354,9 +354,20 @@ def mask_tokens(
     return masked, labels
 
 
-def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over selected tokens: logits ``[B, L, V]``, labels ``[B, L]`` (-100 ignored)."""
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+def masked_lm_logits(mlm_head, text_feats: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MLM head's fp32 logits at the masked positions and the tokens to predict there:
+    ``text_feats [B, T, H]``, ``labels [B, T]`` (-100 where nothing was masked, as
+    :func:`mask_tokens` gives them) -> ``logits [M, V]``, ``targets [M]``. ``mlm_head``:
+    ``model.mlm_logits``. The vocabulary projection runs only where a token was masked: B*T*V
+    logits would dominate the step."""
+    chosen = labels != -100
+    return mlm_head(text_feats[chosen]).float(), labels[chosen]
+
+
+def mlm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of masked-token logits ``[M, V]`` against their tokens ``[M]`` (see
+    :func:`masked_lm_logits`); ``reduction`` "mean" (over the M tokens) or "sum"."""
+    return F.cross_entropy(logits, targets, reduction=reduction)
 
 
 def itm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -367,5 +378,5 @@ def itm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 __all__ = [
     "INIT_TEMPERATURE", "TEMPERATURE_RANGE", "clamp_temperature_", "FeatureQueue", "ITCOutput",
     "itc_logits", "itc_loss", "sample_hard_negatives", "itm_hard_negative_batch", "mask_tokens",
-    "mlm_loss", "itm_loss",
+    "masked_lm_logits", "mlm_loss", "itm_loss",
 ]

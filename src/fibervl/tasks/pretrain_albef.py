@@ -37,7 +37,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..engine.precision import autocast_disabled
-from .objectives import FeatureQueue, clamp_temperature_, itm_hard_negative_batch, itm_loss, mask_tokens, sample_hard_negatives
+from .objectives import (
+    FeatureQueue, clamp_temperature_, itm_hard_negative_batch, itm_loss, mask_tokens, masked_lm_logits, mlm_loss,
+    sample_hard_negatives,
+)
 
 TEMPERATURE_RANGE = (0.001, 0.5)  # ALBEF's clamp
 
@@ -194,17 +197,14 @@ class AlbefPretrainTask(nn.Module):
         special = torch.isin(ids, self.special_ids)
         masked, labels = mask_tokens(ids, self.mask_token_id, self.vocab_size, attention_mask=mask,
                                      special_tokens_mask=special, prob=self.objectives.mlm_prob)
-        chosen = labels != -100
         feats = model.fuse_features(image_tokens, model.text_hidden(masked, mask), mask).text_feats
-        # The vocabulary projection only where a token was masked: B*T*V logits would dominate.
-        logits = model.mlm_logits(feats[chosen]).float()
-        targets = labels[chosen]
-        loss = F.cross_entropy(logits, targets)
+        logits, targets = masked_lm_logits(model.mlm_logits, feats, labels)
+        loss = mlm_loss(logits, targets)
         if alpha > 0:
             mom = self.momentum_model
             with torch.no_grad():
                 feats_m = mom.fuse_features(image_tokens_m, mom.text_hidden(masked, mask), mask).text_feats
-                soft = mom.mlm_logits(feats_m[chosen]).float().softmax(dim=-1)
+                soft = masked_lm_logits(mom.mlm_logits, feats_m, labels)[0].softmax(dim=-1)
             loss = (1.0 - alpha) * loss + alpha * soft_cross_entropy(logits, soft)
         return loss, (logits.argmax(-1) == targets).float().mean().detach()
 

@@ -37,6 +37,8 @@ from .objectives import (
     itm_hard_negative_batch,
     itm_loss,
     mask_tokens,
+    masked_lm_logits,
+    mlm_loss,
     sample_hard_negatives,
 )
 
@@ -185,14 +187,11 @@ class CoarsePretrainTask(nn.Module):
         num_masked = (labels != -100).sum()
         masked, labels = masked[offset : offset + ids.shape[0]], labels[offset : offset + ids.shape[0]]
         feats = model.fuse(None, masked, mask, image_prefix=image_prefix).text_feats
-        chosen = labels != -100
-        # The vocabulary projection only where a token was masked: B*T*V logits would dominate.
-        logits = model.mlm_logits(feats[chosen]).float()
-        targets = labels[chosen]
+        logits, targets = masked_lm_logits(model.mlm_logits, feats, labels)
         # Sum over this rank's tokens / (global count / world): DDP's average over ranks is then
         # the mean over every masked token, as in one process (a per-rank mean would weigh a
         # token by how few its rank happened to mask).
-        loss = nn.functional.cross_entropy(logits, targets, reduction="sum") * (get_world_size() / num_masked.clamp(min=1))
+        loss = mlm_loss(logits, targets, reduction="sum") * (get_world_size() / num_masked.clamp(min=1))
         return loss, (logits.argmax(-1) == targets).float().mean().detach()
 
     def on_step_end(self, model, step: int) -> None:

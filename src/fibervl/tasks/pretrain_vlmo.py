@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .objectives import mask_tokens
+from .objectives import mask_tokens, masked_lm_logits, mlm_loss
 
 STAGES = ("mim", "text", "vl")
 
@@ -116,9 +116,6 @@ class TextMlmTask(nn.Module):
         ids, mask = batch["input_ids"], batch["attention_mask"]
         masked, labels = mask_tokens(ids, self.mask_token_id, self.vocab_size, attention_mask=mask,
                                      special_tokens_mask=torch.isin(ids, self.special_ids), prob=self.prob)
-        feats = model.text_states(masked, mask)
-        chosen = labels != -100
-        logits = model.mlm_logits(feats[chosen]).float()  # masked positions only: [M, V]
-        targets = labels[chosen]
-        loss = F.cross_entropy(logits, targets)
+        logits, targets = masked_lm_logits(model.mlm_logits, model.text_states(masked, mask), labels)
+        loss = mlm_loss(logits, targets)
         return {"loss": loss, "mlm": loss.detach(), "mlm_acc": (logits.argmax(-1) == targets).float().mean()}
