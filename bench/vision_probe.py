@@ -12,6 +12,11 @@ accuracy on the training images (eval transforms: can it fit?) and on held-out i
     python bench/vision_probe.py --stage 2            # pool stage 2 (0-based) instead of the last
     python bench/vision_probe.py --patch-size 2
     python bench/vision_probe.py --cnn                # a small CNN as a reference
+    python bench/vision_probe.py --stem conv          # overlapping 3x3 stride-2 conv stem instead of 4x4 patches
+    python bench/vision_probe.py --window 8 --heads 2,4,8,16 --depths 2,2,2,2   # tower shape
+    python bench/vision_probe.py --warmup 0.3 --rpb-decay 0 --init torch        # optimisation
+
+Accuracy is also reported per object size (small 13-18 px, medium 23-32 px, large 38-51 px).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from fibervl.config import get_preset
 from fibervl.data.samples import Sample
 from fibervl.data.shapes.render import render
 from fibervl.data.shapes.scene import sample_scene, scene_rng
-from fibervl.data.shapes.vocab import COLOR_NAMES, SHAPES
+from fibervl.data.shapes.vocab import COLOR_NAMES, SHAPES, SIZE_NAMES
 from fibervl.data.transforms import Compose, Normalize, RandomHorizontalFlip, Resize, eval_transforms, to_tensor, \
     train_transforms
 from fibervl.engine.precision import bf16_is_fast
@@ -36,15 +41,16 @@ from fibervl.modeling.fiber import FiberModel
 
 
 def make_split(split: str, n: int, size: int, seed: int):
-    """n one-object scenes: (PIL images, colour labels, shape labels)."""
-    images, colors, shapes = [], [], []
+    """n one-object scenes: (PIL images, colour labels, shape labels, size labels)."""
+    images, colors, shapes, sizes = [], [], [], []
     for i in range(n):
         scene = sample_scene(scene_rng(seed, split, i), i, split, size, 1, 1)
         obj = scene.objects[0]
         images.append(render(scene))
         colors.append(COLOR_NAMES.index(obj.color))
         shapes.append(SHAPES.index(obj.shape))
-    return images, torch.tensor(colors), torch.tensor(shapes)
+        sizes.append(SIZE_NAMES.index(obj.size))
+    return images, torch.tensor(colors), torch.tensor(shapes), torch.tensor(sizes)
 
 
 def to_batch(images, transform, normalize) -> torch.Tensor:
@@ -55,16 +61,85 @@ def to_batch(images, transform, normalize) -> torch.Tensor:
     return torch.stack(out)
 
 
+def conv_norm(channels: int, norm: str) -> nn.Module:
+    """A norm over the channels of a [B, C, H, W] map."""
+    if norm == "bn":
+        return nn.BatchNorm2d(channels)
+    if norm == "gn":
+        return nn.GroupNorm(max(1, channels // 8), channels)
+    return nn.GroupNorm(1, channels)  # "ln": one group = LayerNorm over (C, H, W)
+
+
+class ProbeConvStem(nn.Module):
+    """Prototype of an overlapping conv stem: log2(patch) 3x3 stride-2 conv + norm + ReLU layers
+    (channels growing to the embed width), a 1x1 conv, then the tower's channels-last LayerNorm.
+    [B, 3, H, W] -> [B, H/p, W/p, C], as PatchEmbed."""
+
+    def __init__(self, patch: int, dim: int, norm: str, eps: float):
+        super().__init__()
+        layers, chans = [], 3
+        n = patch.bit_length() - 1
+        for i in range(n):
+            out = dim // 2 ** (n - 1 - i)
+            layers += [nn.Conv2d(chans, out, 3, stride=2, padding=1, bias=False), conv_norm(out, norm),
+                       nn.ReLU(inplace=True)]
+            chans = out
+        layers.append(nn.Conv2d(chans, dim, 1))
+        self.body = nn.Sequential(*layers)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+
+    def forward(self, images):
+        return self.norm(self.body(images).permute(0, 2, 3, 1))
+
+
+class ProbeConvMerge(nn.Module):
+    """Prototype of an overlapping downsampling between stages: 3x3 stride-2 conv (C -> 2C) +
+    LayerNorm, in place of PatchMerging's non-overlapping 2x2 concat. [B, H, W, C] -> [B, H/2, W/2, 2C]."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.conv = nn.Conv2d(dim, 2 * dim, 3, stride=2, padding=1)
+        self.norm = nn.LayerNorm(2 * dim, eps=eps)
+
+    def forward(self, x):
+        return self.norm(self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+
+
+def probe_config(args):
+    """fiber-tiny's vision config with the probe's overrides."""
+    cfg = get_preset("fiber-tiny")
+    vision = cfg.vision
+    changes = {"patch_size": args.patch_size}
+    if args.window:
+        changes["window_size"] = args.window
+    if args.heads:
+        changes["num_heads"] = tuple(int(h) for h in args.heads.split(","))
+    if args.depths:
+        changes["depths"] = tuple(int(d) for d in args.depths.split(","))
+    if args.embed_dim:
+        changes["embed_dim"] = args.embed_dim
+    return dataclasses.replace(cfg, vision=dataclasses.replace(vision, **changes))
+
+
 class SwinProbe(nn.Module):
     """The fiber-tiny Swin tower, one stage's grid pooled, two linear heads."""
 
-    def __init__(self, patch_size: int, stage: int, pool: str):
+    def __init__(self, args, pool: str):
         super().__init__()
-        cfg = get_preset("fiber-tiny")
-        if patch_size != cfg.vision.patch_size:
-            cfg = dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, patch_size=patch_size))
+        cfg = probe_config(args)
         self.vision = FiberModel(cfg).vision
-        self.stage = stage % len(self.vision.stages)
+        if args.init == "torch":  # PyTorch's default (fan-in) init of every Linear instead of normal(0.02)
+            for m in self.vision.modules():
+                if isinstance(m, nn.Linear):
+                    m.reset_parameters()
+        if args.stem == "conv":
+            self.vision.patch_embed = ProbeConvStem(args.patch_size, cfg.vision.embed_dim, args.stem_norm,
+                                                    cfg.vision.layer_norm_eps)
+        if args.merge == "conv":
+            for stage, dim in zip(self.vision.stages, self.vision.dims):
+                if stage.downsample is not None:
+                    stage.downsample = ProbeConvMerge(dim, cfg.vision.layer_norm_eps)
+        self.stage = args.stage % len(self.vision.stages)
         self.pool = pool
         dim = self.vision.dims[self.stage]
         self.color, self.shape = nn.Linear(dim, len(COLOR_NAMES)), nn.Linear(dim, len(SHAPES))
@@ -81,12 +156,14 @@ class SwinProbe(nn.Module):
 class TinyCNN(nn.Module):
     """Reference: five stride-2 3x3 conv + BN + ReLU layers, global pooling, two heads."""
 
-    def __init__(self, pool: str, width: int = 32):
+    def __init__(self, pool: str, width: int = 32, kernel: int = 3):
         super().__init__()
         chans = [3, width // 2, width, 2 * width, 4 * width, 8 * width]
         layers = []
         for a, b in zip(chans, chans[1:]):
-            layers += [nn.Conv2d(a, b, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(inplace=True)]
+            # kernel 2 (= the stride): non-overlapping, as patch embedding and merging are.
+            layers += [nn.Conv2d(a, b, kernel, stride=2, padding=kernel // 2 if kernel % 2 else 0, bias=False),
+                       nn.BatchNorm2d(b), nn.ReLU(inplace=True)]
         self.body = nn.Sequential(*layers)
         self.pool = pool
         self.color, self.shape = nn.Linear(chans[-1], len(COLOR_NAMES)), nn.Linear(chans[-1], len(SHAPES))
@@ -98,15 +175,18 @@ class TinyCNN(nn.Module):
 
 
 @torch.no_grad()
-def accuracy(model, images, colors, shapes, transform, normalize, batch: int = 128) -> tuple[float, float]:
+def accuracy(model, images, colors, shapes, sizes, transform, normalize, batch: int = 128):
+    """(colour %, shape %, {size name: shape %})."""
     model.eval()
-    hits_c = hits_s = 0
+    hit_c, hit_s = [], []
     for i in range(0, len(images), batch):
         c, s = model(to_batch(images[i:i + batch], transform, normalize))
-        hits_c += int((c.argmax(1) == colors[i:i + batch]).sum())
-        hits_s += int((s.argmax(1) == shapes[i:i + batch]).sum())
+        hit_c.append(c.argmax(1) == colors[i:i + batch])
+        hit_s.append(s.argmax(1) == shapes[i:i + batch])
     model.train()
-    return 100.0 * hits_c / len(images), 100.0 * hits_s / len(images)
+    hit_c, hit_s = torch.cat(hit_c).float(), torch.cat(hit_s).float()
+    by_size = {name: 100.0 * hit_s[sizes == k].mean().item() for k, name in enumerate(SIZE_NAMES)}
+    return 100.0 * hit_c.mean().item(), 100.0 * hit_s.mean().item(), by_size
 
 
 def main(argv=None) -> None:
@@ -123,6 +203,23 @@ def main(argv=None) -> None:
     p.add_argument("--no-jitter", action="store_true", help="train with resize + flip only (no colour jitter)")
     p.add_argument("--cnn", action="store_true", help="train the reference CNN instead of the Swin tower")
     p.add_argument("--cnn-width", type=int, default=32, help="64: about the Swin tower's FLOPs")
+    p.add_argument("--cnn-kernel", type=int, default=3, help="2: non-overlapping stride-2 kernels")
+    p.add_argument("--merge", choices=("patch", "conv"), default="patch",
+                   help="conv: 3x3 stride-2 conv + LayerNorm between stages instead of PatchMerging")
+    p.add_argument("--stem", choices=("patch", "conv"), default="patch",
+                   help="conv: overlapping 3x3 stride-2 conv layers instead of the patch projection")
+    p.add_argument("--stem-norm", choices=("bn", "gn", "ln"), default="bn", help="the conv stem's norm")
+    p.add_argument("--window", type=int, default=0, help="Swin window (0: the preset's)")
+    p.add_argument("--heads", default="", help="heads per stage, e.g. 2,4,8,16 (default: the preset's)")
+    p.add_argument("--depths", default="", help="blocks per stage, e.g. 2,2,2,2 (default: the preset's)")
+    p.add_argument("--embed-dim", type=int, default=0, help="stage-0 width (0: the preset's)")
+    p.add_argument("--init", choices=("fiber", "torch"), default="fiber",
+                   help="fiber: normal(0.02) Linear weights (the model's init); torch: PyTorch's fan-in default")
+    p.add_argument("--warmup", type=float, default=0.1, help="one-cycle warm-up fraction")
+    p.add_argument("--wd", type=float, default=0.05, help="AdamW weight decay")
+    p.add_argument("--rpb-decay", type=float, default=None,
+                   help="weight decay on relative-position tables, norms and biases (default: --wd; Swin uses 0)")
+    p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     # One thread: on a shared 2-core machine a 2-thread step stalls whenever one core is taken
     # (0.3 s steps became 1-4 s); two 1-thread runs side by side use both cores instead.
@@ -143,7 +240,7 @@ def main(argv=None) -> None:
         else train_transforms(size)
     eval_tf = eval_transforms(size)
 
-    model = TinyCNN(pool, args.cnn_width) if args.cnn else SwinProbe(args.patch_size, args.stage, pool)
+    model = TinyCNN(pool, args.cnn_width, args.cnn_kernel) if args.cnn else SwinProbe(args, pool)
     with FlopCounterMode(display=False) as fc:
         model.eval()
         model(torch.zeros(1, 3, size, size))
@@ -152,31 +249,42 @@ def main(argv=None) -> None:
     print(f"model: {'cnn' if args.cnn else 'swin'} pool={pool} stage={args.stage} patch={args.patch_size} "
           f"params={params / 1e6:.2f}M forward={fc.get_total_flops() / 2e9:.3f} GMAC/image")
 
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.steps, pct_start=0.1)
+    no_decay = [q for n, q in model.named_parameters() if q.ndim < 2 or "relative_position_bias_table" in n]
+    decay = [q for n, q in model.named_parameters() if not (q.ndim < 2 or "relative_position_bias_table" in n)]
+    rpb_decay = args.wd if args.rpb_decay is None else args.rpb_decay
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.wd},
+                             {"params": no_decay, "weight_decay": rpb_decay}], lr=args.lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.steps, pct_start=args.warmup)
     use_bf16 = bf16_is_fast("cpu")
     ce = nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(args.seed)
-    images, colors, shapes = train
+    images, colors, shapes, _ = train
     t0 = time.perf_counter()
     for step in range(1, args.steps + 1):
         idx = torch.randint(len(images), (args.batch,), generator=gen)
         x = to_batch([images[i] for i in idx], train_tf, normalize)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
             c, s = model(x)
-            loss = ce(c.float(), colors[idx]) + ce(s.float(), shapes[idx])
+            loss_c, loss_s = ce(c.float(), colors[idx]), ce(s.float(), shapes[idx])
+            loss = loss_c + loss_s
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        if step % 50 == 0 or step == args.steps:
-            print(f"step {step} loss {loss.item():.3f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+        if step % args.log_every == 0 or step == args.steps:
+            print(f"step {step} loss {loss.item():.3f} (colour {loss_c.item():.3f} shape {loss_s.item():.3f}) "
+                  f"({time.perf_counter() - t0:.0f}s)", flush=True)
     seconds = time.perf_counter() - t0
 
-    tr = accuracy(model, images, colors, shapes, eval_tf, normalize)
+    tr = accuracy(model, *train, eval_tf, normalize)
     te = accuracy(model, *test, eval_tf, normalize)
+
+    def by_size(acc):
+        return " ".join(f"{name}={value:.1f}" for name, value in acc[2].items())
+
     print(f"RESULT steps={args.steps} train_s={seconds:.0f} bf16={use_bf16} "
           f"train colour={tr[0]:.1f} shape={tr[1]:.1f} | held-out colour={te[0]:.1f} shape={te[1]:.1f}")
+    print(f"SHAPE BY SIZE train {by_size(tr)} | held-out {by_size(te)}")
 
 
 if __name__ == "__main__":
