@@ -114,6 +114,7 @@ class DetectionPromptDataset(Dataset):
         self.max_classes = max_classes
         self.tokenizer, self.max_length = tokenizer, max_length
         self._warned = False
+        self._all_fit: bool | None = None
 
     def __len__(self) -> int:
         return len(self.reader)
@@ -139,7 +140,9 @@ class DetectionPromptDataset(Dataset):
         present = sorted({int(c) for c in sample.category_ids.tolist() if int(c) in set(self.ids)})
         others = [i for i in self.ids if i not in set(present)]
         if not self.max_classes:
-            if self._fit_count(self.ids) == len(self.ids):
+            if self._all_fit is None:  # the same for every image: tokenise the whole vocabulary once
+                self._all_fit = self._fit_count(self.ids) == len(self.ids)
+            if self._all_fit:
                 return list(self.ids)
             kept = set(self._fitting(present, others))
             return [i for i in self.ids if i in kept]
