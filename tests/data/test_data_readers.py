@@ -102,6 +102,12 @@ def test_karpathy_coco_restval_and_flickr_photo_ids(tmp_path):
     assert [s.image_id for s in train] == [9, 42]  # the training split takes restval, ids are cocoid
     assert train[1].image_path == tmp_path / "coco" / "val2014" / "COCO_val2014_000000000042.jpg"
     assert [s.image_id for s in KarpathyCaptions(coco, tmp_path / "coco", "train", include_restval=False)] == [9]
+    # only COCO 2017's folders on disk: the same images under their ids, found there
+    (tmp_path / "coco" / "val2017").mkdir(parents=True)
+    Image.new("RGB", (8, 6)).save(tmp_path / "coco" / "val2017" / "000000000042.jpg")
+    train = KarpathyCaptions(coco, tmp_path / "coco", "train")
+    assert train[1].image_path == tmp_path / "coco" / "val2017" / "000000000042.jpg"
+    assert train[0].image_path == tmp_path / "coco" / "train2014" / "COCO_train2014_000000000009.jpg"  # nowhere: as named
     flickr = _write(tmp_path / "dataset_flickr30k.json", {"dataset": "flickr30k", "images": [
         _karpathy_image(0, "test", "1000092795.jpg", ["Two young guys.", "Two men outside."]),
         _karpathy_image(1, "test", "photo.jpg", ["A view."])]})

@@ -13,6 +13,9 @@ from pathlib import Path
 from ..errors import DataError
 from .common import DEFAULT_MAX_TEXT_CHARS, CaptionReader, check_format, check_text, load_json, require
 
+# COCO 2017 holds the 2014 images (train2014 + val2014) renamed to their id, split differently
+COCO_2017_FOLDERS = ("train2017", "val2017")
+
 
 class KarpathyCaptions(CaptionReader):
     """One Sample per (image, caption); ``sample.captions`` lists all captions of the image.
@@ -63,7 +66,19 @@ class KarpathyCaptions(CaptionReader):
             self.truncated += cut
             captions.append((f"{image_id}_{k}", text))
         if captions:
-            self._add_image(image_id, self.image_root / filepath / filename, captions, dataset)
+            self._add_image(image_id, self._image_path(filepath, filename, img.get("cocoid")), captions, dataset)
+
+    def _image_path(self, filepath: str, filename: str, cocoid) -> Path:
+        """``image_root/filepath/filename`` (``coco/val2014/COCO_val2014_000000391895.jpg``); for a
+        COCO image not there, the same image in the 2017 layout, which has the 2014 images under
+        new names (``coco/train2017/000000391895.jpg`` or ``coco/val2017/...``), when it is there."""
+        path = self.image_root / filepath / filename
+        if isinstance(cocoid, int) and not path.is_file():
+            for folder in COCO_2017_FOLDERS:
+                moved = self.image_root / folder / f"{cocoid:012d}.jpg"
+                if moved.is_file():
+                    return moved
+        return path
 
 
 def _photo_id(filename: str, fallback):
