@@ -271,6 +271,19 @@ def test_odinw_average_over_datasets(tokenizer_dir, tmp_path, monkeypatch):
     assert 0 < m["AP_Pets"] < 100 and m["AP_Zoo"] == m["AP_Pets"] and m["AP"] == m["AP_Pets"] and m["datasets"] == 2
 
 
+def test_an_image_keeps_at_most_the_detection_budget_with_one_prompt(tokenizer_dir, tmp_path, monkeypatch):
+    """The post-processor keeps ties at its cut (301 of a 300 budget were written to an LVIS
+    results file); the budget is a hard limit per image, one prompt or several."""
+    spec, file = write_detection_set("coco", tmp_path)
+    reader = CocoDetectionReader(file, file.parent.parent / "val2017")
+    oracle_detector(monkeypatch)  # a false positive and every true box: 2 to 3 detections an image
+    tok = Tokenizer.from_pretrained(tokenizer_dir)
+    rows, ids = grounding.detection_results(nn.Linear(1, 1), tok, reader, sorted(reader.categories), 64, 16,
+                                            max_detections=1)
+    assert len(ids) == 3 and len(rows) == 3 and sorted(r["image_id"] for r in rows) == [1, 2, 3]
+    assert all(r["score"] == pytest.approx(0.9) for r in rows)  # each image's best
+
+
 def test_evaluate_detect_on_a_list_of_odinw_data_sets(model_dir, tokenizer_dir, tmp_path, monkeypatch, capsys):
     """``--eval-data 'odinw:odinw/*/valid'`` (or ``{Pets,Zoo}``): each data set's AP over its own
     classes and their mean, as the ODinW-13 / -35 summary; data check reports each data set;
