@@ -48,6 +48,11 @@ def test_vqa_template_and_official_names(tmp_path):
     assert r[0].answers.count("cat") == 9 and r[0].meta["multiple_choice_answer"] == "cat"
     test = VqaReader(tmp_path, "val2014", annotations=False)
     assert test[0].answers == []
+    # only COCO 2017's folders on disk: the same image under its id
+    (tmp_path / "coco" / "train2017").mkdir(parents=True)
+    Image.new("RGB", (8, 6)).save(tmp_path / "coco" / "train2017" / "000000000123.jpg")
+    r = VqaReader(tmp_path, "val2014", image_root=tmp_path / "coco")
+    assert r[0].image_path == tmp_path / "coco" / "train2017" / "000000000123.jpg"
 
 
 def test_vqa_invalid_json_and_missing_keys(tmp_path):

@@ -86,6 +86,23 @@ def check_text(text: Any, file: Path, record_id: object, max_chars: int, what: s
     return text, False
 
 
+# COCO 2017 holds the 2014 train and val images, renamed to their id and split differently
+COCO_2017_FOLDERS = ("train2017", "val2017")
+
+
+def coco_image(path: Path, image_root: Path, image_id: Any) -> Path:
+    """``path`` (a 2014 name: ``coco/val2014/COCO_val2014_000000391895.jpg``) when it is there;
+    else the same image in COCO 2017's layout under ``image_root``
+    (``coco/train2017/000000391895.jpg`` or ``coco/val2017/...``) when that is there; else ``path``
+    (a missing image is reported when it is loaded)."""
+    if isinstance(image_id, int) and not isinstance(image_id, bool) and not path.is_file():
+        for folder in COCO_2017_FOLDERS:
+            moved = image_root / folder / f"{image_id:012d}.jpg"
+            if moved.is_file():
+                return moved
+    return path
+
+
 class Reader(Sequence[Sample]):
     """A parsed annotation file: an indexable list of :class:`Sample`.
 

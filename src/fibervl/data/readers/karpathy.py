@@ -11,10 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DataError
-from .common import DEFAULT_MAX_TEXT_CHARS, CaptionReader, check_format, check_text, load_json, require
-
-# COCO 2017 holds the 2014 images (train2014 + val2014) renamed to their id, split differently
-COCO_2017_FOLDERS = ("train2017", "val2017")
+from .common import DEFAULT_MAX_TEXT_CHARS, CaptionReader, check_format, check_text, coco_image, load_json, require
 
 
 class KarpathyCaptions(CaptionReader):
@@ -66,19 +63,9 @@ class KarpathyCaptions(CaptionReader):
             self.truncated += cut
             captions.append((f"{image_id}_{k}", text))
         if captions:
-            self._add_image(image_id, self._image_path(filepath, filename, img.get("cocoid")), captions, dataset)
-
-    def _image_path(self, filepath: str, filename: str, cocoid) -> Path:
-        """``image_root/filepath/filename`` (``coco/val2014/COCO_val2014_000000391895.jpg``); for a
-        COCO image not there, the same image in the 2017 layout, which has the 2014 images under
-        new names (``coco/train2017/000000391895.jpg`` or ``coco/val2017/...``), when it is there."""
-        path = self.image_root / filepath / filename
-        if isinstance(cocoid, int) and not path.is_file():
-            for folder in COCO_2017_FOLDERS:
-                moved = self.image_root / folder / f"{cocoid:012d}.jpg"
-                if moved.is_file():
-                    return moved
-        return path
+            # a COCO image not at filepath/filename may be in COCO 2017's folders, renamed
+            path = coco_image(self.image_root / filepath / filename, self.image_root, img.get("cocoid"))
+            self._add_image(image_id, path, captions, dataset)
 
 
 def _photo_id(filename: str, fallback):

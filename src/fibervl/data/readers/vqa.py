@@ -5,7 +5,9 @@ have no annotation file. Images are found with a template relative to ``image_ro
 VQAv2's default is ``{split}/COCO_{split}_{image_id:012d}.jpg`` (with split = "train2014",
 i.e. ``train2014/COCO_train2014_000000000123.jpg``); the shapes set uses
 ``{split}/shapes_{split}_{image_id:012d}.jpg``. test-dev2015 is a subset of test2015's
-questions on test2015's images, so its template is filled with ``split = "test2015"``.
+questions on test2015's images, so its template is filled with ``split = "test2015"``. A
+train2014 / val2014 image missing from its 2014 place is taken from COCO 2017's folders
+(``train2017/000000000123.jpg`` or ``val2017/...``), which hold the same images renamed.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..samples import Sample, most_common_answer
-from .common import DEFAULT_MAX_TEXT_CHARS, Reader, check_format, check_text, load_json, require
+from .common import DEFAULT_MAX_TEXT_CHARS, Reader, check_format, check_text, coco_image, load_json, require
 
 VQAV2_IMAGE_TEMPLATE = "{split}/COCO_{split}_{image_id:012d}.jpg"
 ANSWER_TYPES = ("yes/no", "number", "other")
 # splits whose images are another split's: {questions split: images split}
 IMAGE_SPLITS = {"test-dev2015": "test2015"}
+# image splits COCO 2017 also holds (renamed, in train2017/ and val2017/)
+COCO_2014_SPLITS = ("train2014", "val2014")
 
 
 def format_image_path(image_root: Path, template: str, file: Path, record: object, **fields) -> Path:
@@ -62,6 +66,7 @@ class VqaReader(Reader):
         super().__init__(skip_bad, max_text_chars)
         root = Path(root)
         self.split = split
+        self._coco_images: dict[int, Path] = {}  # image id -> its file, where the 2014 name is missing
         self.questions_file = Path(questions_file or root / f"v2_OpenEnded_{source}_{split}_questions.json")
         self.annotations_file = Path(annotations_file or root / f"v2_{source}_{split}_annotations.json") if annotations else None
         image_root = Path(image_root) if image_root is not None else root
@@ -112,8 +117,12 @@ class VqaReader(Reader):
         text, cut = check_text(require(q, "question", f, rid), f, rid, self.max_text_chars, what="question")
         self.truncated += cut
         image_split = IMAGE_SPLITS.get(self.split, self.split)
-        sample = Sample(sample_id=str(qid), image_id=image_id, text=text, dataset=dataset,
-                        image_path=format_image_path(image_root, template, f, rid, split=image_split, image_id=image_id))
+        path = format_image_path(image_root, template, f, rid, split=image_split, image_id=image_id)
+        if dataset == "mscoco" and image_split in COCO_2014_SPLITS:  # or in COCO 2017's folders, renamed
+            if image_id not in self._coco_images:  # several questions per image: look once
+                self._coco_images[image_id] = coco_image(path, image_root, image_id)
+            path = self._coco_images[image_id]
+        sample = Sample(sample_id=str(qid), image_id=image_id, text=text, dataset=dataset, image_path=path)
         if ann is not None:
             af = self.annotations_file
             rid = f"annotation {a_n} (question_id {qid})"
