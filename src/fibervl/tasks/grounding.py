@@ -485,8 +485,9 @@ def detection_results(model, tokenizer: Tokenizer, reader, category_ids: Sequenc
     of the annotation's image; and the ids of the images run.
 
     The prompt names only ``category_ids``, in chunks (:func:`prompt_chunks`). Each image keeps
-    at most its ``max_detections`` best over all chunks (each chunk may give that many, and more
-    where scores tie at the post-processor's cut)."""
+    its ``max_detections`` best over all chunks (each chunk may give that many); a federated
+    (LVIS) reader's images at most that many, also where scores tie at the post-processor's cut."""
+    federated = bool(getattr(reader, "federated", False))
     if not category_ids:
         raise ValueError("detection needs at least one category id to name in the prompt")
     categories = reader.categories
@@ -509,9 +510,10 @@ def detection_results(model, tokenizer: Tokenizer, reader, category_ids: Sequenc
         in_sizes = [tuple(int(v) for v in s) for s in batch.image_sizes]
         dets = detect_with_prompt(model, batch.pixel_values.to(device), in_sizes, chunks, post)
         for sample, (h_in, w_in), (boxes, scores, labels) in zip(batch.samples, in_sizes, dets):
-            # the post-processor keeps ties at its cut (the official kthvalue rule), and several
-            # chunks give that many each: the budget (LVIS: 300 an image) is a hard limit here
-            if max_detections > 0:
+            # several chunks give the budget each; and LVIS allows 300 an image, where the
+            # post-processor keeps ties at its cut (the official kthvalue rule). One COCO prompt
+            # keeps that rule: pycocotools limits detections per image and category, not per image.
+            if max_detections > 0 and (len(chunks) > 1 or federated):
                 boxes, scores, labels = boxes[:max_detections], scores[:max_detections], labels[:max_detections]
             h0, w0 = sizes[sample.image_id]
             per_image.append((sample.image_id, boxes * torch.tensor([w0 / w_in, h0 / h_in, w0 / w_in, h0 / h_in]),
