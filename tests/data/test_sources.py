@@ -309,3 +309,9 @@ def test_data_check_names_each_problem(official, tmp_path, capsys):
     assert rc == 1 and [p["record"] for p in report["parts"][0]["problems"]] == [f"annotation 3 (id {caps['annotations'][3]['id']})"]
     assert main(["data", "check", f"coco:{tmp_path}/none.json"]) == 2
     assert "annotation file not found" in capsys.readouterr().err
+    # NLVR2 without IMAGES: the images are looked for beside the JSON lines, none is there
+    nlvr2 = parse_spec(official["nlvr2_dev"])
+    assert main(["data", "check", f"nlvr2:{nlvr2.annotations}"]) == 1
+    out = capsys.readouterr().out
+    assert "image file not found" in out and "none of its images is there: is IMAGES" in out
+    assert main(["data", "check", str(nlvr2)]) == 0 and "none of its images" not in capsys.readouterr().out

@@ -156,6 +156,9 @@ def format_report(report: dict, listed: int = 10) -> str:
                 lines.append(f"    {where}: {p['problem']}")
             if len(problems) > listed:
                 lines.append(f"    ... and {len(problems) - listed} more")
+        if 0 < part.get("images", 0) <= len(by_kind.get("image file not found", [])):
+            lines.append("  none of its images is there: is IMAGES, the folder after the second ':' of the "
+                         "SPEC, the right one? (default: the annotations' folder)")
     n = report["errors"]
     lines.append(f"{n} problem{'s' if n != 1 else ''} found" if n else "no problems found")
     return "\n".join(lines)
