@@ -190,7 +190,9 @@ def evaluate_captioning(model, tokenizer: Tokenizer, reader, image_size: int, de
                         limit: int = 0, batch_size: int = 32, bf16: bool = False,
                         spice: bool = False) -> tuple[dict, list[dict]]:
     """Caption every image of a captions split (e.g. :class:`~fibervl.data.KarpathyCaptions`;
-    ``limit``: the first N images only) and score against all its references.
+    ``limit``: the first N images only) and score against all its references. Under torchrun the
+    images are split across the processes and every process returns the same (collective: call
+    it on every rank).
 
     Returns (metrics of :func:`~fibervl.metrics.caption.caption_scores`, predictions
     [{"image_id", "caption"}] in the COCO results format)."""

@@ -273,7 +273,8 @@ def evaluate_retrieval(model, tokenizer: Tokenizer, reader, image_size: int, max
     gallery's prefixes, computed once for all modes, are ``prefixes/seconds``). The fused passes
     read the gallery's prefixes, computed a batch of images at a time and kept in
     ``prefix_dtype`` (default as computed), in memory or memory-mapped in ``prefix_dir``
-    (:mod:`fibervl.tasks.gallery`)."""
+    (:mod:`fibervl.tasks.gallery`). Under torchrun the images, texts and pairs are split across
+    the processes and every process returns the same metrics (collective: call it on every rank)."""
     from .gallery import image_prefix_rows, text_prefix_rows, tokenize_gallery
 
     parsed = [(m, *parse_mode(m)) for m in modes]
