@@ -22,7 +22,7 @@ import fibervl.tasks.grounding as grounding
 from fibervl.cli import main
 from fibervl.config import DetectionConfig, get_preset
 from fibervl.errors import ConfigError
-from fibervl.data import CocoDetectionReader, MdetrReader, Tokenizer
+from fibervl.data import CocoDetectionReader, DataError, MdetrReader, Tokenizer
 from fibervl.data.readers.odinw import OdinwReader
 from fibervl.data.transforms import InputSize
 from fibervl.modeling.factory import fit_to_tokenizer
@@ -234,6 +234,10 @@ def test_flickr_evaluation_reports_both_protocols(tokenizer_dir, tmp_path, monke
     assert "merged_r1" not in only_any and only_any["r1"] == 100.0
     with pytest.raises(ValueError, match="grounding protocol"):
         grounding.evaluate_grounding(nn.Linear(1, 1), tok, reader, 64, 16, protocol="best")
+    # phrases without ground-truth boxes cannot be scored: an error naming the file, not R@1 0.00
+    empty = _write_mdetr(tmp_path / "final_flickr_separateGT_val.json", tmp_path / "images", [("a dog", [])])
+    with pytest.raises(DataError, match="final_flickr_separateGT_val.json: none of its 1 records has a box"):
+        grounding.evaluate_grounding(nn.Linear(1, 1), tok, MdetrReader(empty, tmp_path / "images"), 64, 16)
 
 
 def test_refcoco_accuracy_is_reported_per_split(tokenizer_dir, tmp_path, monkeypatch):

@@ -34,6 +34,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..data import Collator, ProcessedDataset, Processor, Tokenizer, build_positive_map, detection_prompt
+from ..data.errors import DataError
 from ..data.prompts import detection_to_grounding
 from ..data.samples import Sample
 from ..data.collate import SIZE_DIVISIBILITY
@@ -372,6 +373,10 @@ def evaluate_grounding(model, tokenizer: Tokenizer, reader, image_size: int | In
     model.eval()
     device = next(model.parameters()).device
     samples = _eval_samples(reader, image_size, limit)
+    if samples and not any(s.num_boxes for s in samples):  # recall over no phrase would print 0.00
+        raise DataError(getattr(reader, "file", None), f"none of its {len(samples)} records has a box: phrase "
+                        "grounding is scored against the annotated boxes of each phrase, and this file has none "
+                        "(a file of phrases to query, without ground truth, cannot be scored)")
     per_record = []  # (ground-truth boxes of each phrase, ranked boxes of each phrase)
     share = _eval_share(samples, batch_size, "Grounding")
     for batch in progress(_eval_loader(share, tokenizer, image_size, max_len, batch_size, normalization), "grounding"):
