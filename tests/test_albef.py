@@ -344,5 +344,7 @@ def test_cli_pretrain_albef_resumes_exports_and_fine_tunes(shapes_tiny, tmp_path
     vqa = tmp_path / "vqa"
     assert main(["finetune", "vqa", "--config", "configs/fiber-tiny_vqa_shapes.yaml", "--init", str(run_dir),
                  f"data.root={shapes_tiny}", f"--run-dir={vqa}", "train.batch_size=4", "train.progress_bar=false",
-                 "train.ckpt_every=null", "train.max_steps=2", "data.num_eval=6", "train.precision=fp32"]) == 0
+                 "train.ckpt_every=null", "train.max_steps=2", "data.num_eval=6", "train.precision=fp32",
+                 # the config names FIBER's groups (cross_modal); ALBEF's head is its own
+                 "train.optim.lr_multipliers={heads: 33}"]) == 0
     assert isinstance(create_model(vqa / "model"), AlbefModel)

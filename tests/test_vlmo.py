@@ -314,7 +314,8 @@ def test_vlmo_pretrain_recipe_then_finetune_recipes(shapes_tiny, tmp_path, capsy
     assert main(args + ["--resume"]) == 0
 
     common = [f"data.root={shapes_tiny}", f"--init={run}", "train.batch_size=4", "train.progress_bar=false",
-              "train.ckpt_every=null", "train.max_steps=1", "data.num_eval=4", "train.precision=fp32"]
+              "train.ckpt_every=null", "train.max_steps=1", "data.num_eval=4", "train.precision=fp32",
+              "train.optim.lr_multipliers={heads: 33, poolers: 33}"]  # the configs name FIBER's groups
     for recipe, extra in (("vqa", []), ("nlvr2", []), ("retrieval", ["eval.rerank_k=2"])):
         out = tmp_path / recipe
         assert main(["finetune", recipe, "--config", f"configs/fiber-tiny_{recipe}_shapes.yaml", *common,
