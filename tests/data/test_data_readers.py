@@ -181,6 +181,17 @@ def test_mdetr_reader_and_bad_spans(tmp_path):
     assert len(r) == 0 and r.skipped.total == 1
 
 
+def test_mdetr_box_the_caption_does_not_name_is_kept_with_no_positive_token(tmp_path):
+    """MDETR / GLIP files may hold a box with an empty tokens_positive: a ground-truth box that no
+    word of the caption names. It stays (a box for the detector), and its positive-map row is zero."""
+    from fibervl.data.collate import build_positive_map
+
+    r = MdetrReader(_mdetr(tmp_path, "a red star", []), tmp_path)
+    assert r[0].num_boxes == 1 and r[0].tokens_positive == [[]]
+    pm = build_positive_map([(0, 0), (0, 1), (2, 5), (6, 10), (0, 0)], r[0].tokens_positive, 5)
+    assert pm.shape == (1, 5) and not pm.any()
+
+
 def test_mdetr_sizes_as_strings_and_bad_sizes(tmp_path):
     path = _mdetr(tmp_path, "a red star", [[0, 10]])
     data = json.loads(path.read_text())

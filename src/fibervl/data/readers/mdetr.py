@@ -23,6 +23,7 @@ class MdetrReader(Reader):
 
     A bad box or span makes the whole record bad (a grounding record with a box missing
     would teach the wrong thing): it raises, or is skipped and counted when ``skip_bad``.
+    A box with an empty ``tokens_positive`` is not bad: the caption names no word of it.
     """
 
     def __init__(self, annotation_file: str | Path, image_root: str | Path, skip_bad: bool = False,
@@ -79,8 +80,8 @@ class MdetrReader(Reader):
                 if not 0 <= s < e <= len(caption):
                     raise DataError(f, f"tokens_positive span {span} outside the caption of {len(caption)} characters", arid)
                 box_spans.append((s, e))
-            if not box_spans:
-                raise DataError(f, "box with empty tokens_positive", arid)
+            # An empty list is a box the caption does not name (MDETR and GLIP keep it: a ground-truth
+            # box whose anchors get no positive token), so it stays, with an all-zero positive map row.
             spans.append(box_spans)
         original = img.get("original_img_id", img.get("original_id", rec_id))
         self.samples.append(Sample(
