@@ -96,13 +96,16 @@ class ProbeConvMerge(nn.Module):
     """Prototype of an overlapping downsampling between stages: 3x3 stride-2 conv (C -> 2C) +
     LayerNorm, in place of PatchMerging's non-overlapping 2x2 concat. [B, H, W, C] -> [B, H/2, W/2, 2C]."""
 
-    def __init__(self, dim: int, eps: float):
+    def __init__(self, dim: int, eps: float, act: bool = False):
         super().__init__()
         self.conv = nn.Conv2d(dim, 2 * dim, 3, stride=2, padding=1)
         self.norm = nn.LayerNorm(2 * dim, eps=eps)
+        # Optional GELU after the norm: a nonlinearity on the downsampling path itself, as a CNN
+        # has after every stride-2 layer (the Swin's own path is linear + LayerNorm).
+        self.act = nn.GELU() if act else nn.Identity()
 
     def forward(self, x):
-        return self.norm(self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+        return self.act(self.norm(self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)))
 
 
 def probe_config(args):
@@ -138,7 +141,7 @@ class SwinProbe(nn.Module):
         if args.merge == "conv":
             for stage, dim in zip(self.vision.stages, self.vision.dims):
                 if stage.downsample is not None:
-                    stage.downsample = ProbeConvMerge(dim, cfg.vision.layer_norm_eps)
+                    stage.downsample = ProbeConvMerge(dim, cfg.vision.layer_norm_eps, args.merge_act)
         self.stage = args.stage % len(self.vision.stages)
         self.pool = pool
         dim = self.vision.dims[self.stage]
@@ -206,6 +209,7 @@ def main(argv=None) -> None:
     p.add_argument("--cnn-kernel", type=int, default=3, help="2: non-overlapping stride-2 kernels")
     p.add_argument("--merge", choices=("patch", "conv"), default="patch",
                    help="conv: 3x3 stride-2 conv + LayerNorm between stages instead of PatchMerging")
+    p.add_argument("--merge-act", action="store_true", help="with --merge conv: GELU after the merge's norm")
     p.add_argument("--stem", choices=("patch", "conv"), default="patch",
                    help="conv: overlapping 3x3 stride-2 conv layers instead of the patch projection")
     p.add_argument("--stem-norm", choices=("bn", "gn", "ln"), default="bn", help="the conv stem's norm")
