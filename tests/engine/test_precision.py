@@ -13,8 +13,10 @@ from fibervl.engine.trainer import Trainer, TrainConfig
 
 @pytest.fixture
 def cpu_speedup(monkeypatch):
-    """Pretend the CPU's bf16 / fp32 matmul speed ratio is the given value."""
+    """Pretend the CPU's bf16 / fp32 matmul speed ratio is the given value (on a machine that
+    does not list its instruction sets, where the ratio decides)."""
     monkeypatch.delenv(P.ENV_OVERRIDE, raising=False)
+    monkeypatch.setattr(P, "cpu_bf16_instructions", lambda: None)
 
     def set_speedup(value: float) -> None:
         monkeypatch.setattr(P, "cpu_bf16_speedup", lambda: value)
@@ -45,6 +47,28 @@ def test_environment_overrides_auto_and_bad_values_are_errors(cpu_speedup, monke
         P.resolve_precision("auto", "cpu")
     with pytest.raises(ValueError, match="precision must be one of"):
         P.resolve_precision("half", "cpu")
+
+
+X86_BF16 = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+X86_AVX2 = "processor\t: 0\nflags\t\t: fpu sse avx2 fma\n"
+ARM_BF16 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
+
+
+@pytest.mark.parametrize("cpuinfo, listed", [(X86_BF16, ("avx512_bf16", "amx_bf16")), (X86_AVX2, ()),
+                                             (ARM_BF16, ("bf16",)), ("processor\t: 0\n", None)])
+def test_cpuinfo_names_the_native_bf16_instructions(cpuinfo, listed):
+    assert P.bf16_instructions_in(cpuinfo) == listed
+
+
+@pytest.mark.parametrize("listed, expected", [(("amx_bf16",), "bf16"), ((), "fp32")])
+def test_auto_follows_the_instruction_sets_whatever_the_measured_speed(monkeypatch, listed, expected):
+    """Where the CPU lists its instruction sets, auto is a property of the hardware: a measurement
+    slowed by a busy host (1.1x) does not turn a bf16 machine to fp32, nor the reverse."""
+    monkeypatch.delenv(P.ENV_OVERRIDE, raising=False)
+    monkeypatch.setattr(P, "cpu_bf16_instructions", lambda: listed)
+    monkeypatch.setattr(P, "cpu_bf16_speedup", lambda: 1.1 if listed else 4.0)
+    assert P.resolve_precision("auto", "cpu") == expected
+    assert ("bf16 instructions" in P.auto_reason("cpu")) is True
 
 
 def test_the_measurement_is_a_positive_ratio():

@@ -7,7 +7,12 @@ faster than fp32; on a CPU without them (e.g. AVX2-only or plain AVX), PyTorch f
 bf16 matmul hundreds of times slower than fp32 (0.26 against 91 GFLOP/s, measured on such a
 machine), and a bf16 run would take hours instead of minutes.
 
-On CUDA the answer is ``torch.cuda.is_bf16_supported()``. On the CPU it is measured once per
+On CUDA the answer is ``torch.cuda.is_bf16_supported()``. On a CPU whose ``/proc/cpuinfo``
+lists its instruction sets (Linux), it is whether they include native bf16 arithmetic
+(``avx512_bf16`` or ``amx_bf16`` on x86, ``bf16`` on Arm): a property of the hardware, so that
+two runs of one config on one host train in the same precision whatever else the host is doing
+(a timed measurement under load once chose fp32 on a host where bf16 is 3.9x faster, and the
+run's numbers changed with it). Elsewhere it is measured once per
 process: a 256 x 512 x 512 matmul in both precisions, the fastest of several interleaved runs of
 each after a warm-up call of each (a few milliseconds where bf16 is fast, about 0.2 s where it is
 not). The fastest, not the median: on a shared machine another process only ever adds time, and
@@ -66,11 +71,46 @@ def cpu_bf16_speedup(runs: int = 9) -> float:
     return min(fp32_times) / min(bf16_times)
 
 
+# Instruction-set names of native bf16 arithmetic, as /proc/cpuinfo spells them: x86's "flags"
+# (AVX512-BF16 dot products, AMX tiles) and Arm's "Features" (BFDOT / BFMMLA).
+BF16_INSTRUCTIONS = ("avx512_bf16", "amx_bf16", "bf16")
+CPUINFO = "/proc/cpuinfo"
+
+
+def bf16_instructions_in(cpuinfo: str) -> tuple[str, ...] | None:
+    """The native bf16 instruction sets a ``/proc/cpuinfo`` text lists (empty: none), or None
+    when it lists no instruction sets at all (no ``flags`` / ``Features`` line)."""
+    listed: set[str] = set()
+    found_line = False
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() in ("flags", "features"):
+            found_line = True
+            listed.update(value.split())
+    if not found_line:
+        return None
+    return tuple(name for name in BF16_INSTRUCTIONS if name in listed)
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_instructions() -> tuple[str, ...] | None:
+    """:func:`bf16_instructions_in` of this machine's ``/proc/cpuinfo``; None where it cannot be
+    read (not Linux) or lists no instruction sets."""
+    try:
+        with open(CPUINFO, encoding="utf-8", errors="replace") as f:
+            return bf16_instructions_in(f.read())
+    except OSError:
+        return None
+
+
 def bf16_is_fast(device: torch.device | str) -> bool:
     """Whether bf16 autocast speeds up training on ``device`` (see the module docstring)."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    native = cpu_bf16_instructions()
+    if native is not None:
+        return bool(native)
     return cpu_bf16_speedup() >= _MIN_CPU_SPEEDUP
 
 
@@ -87,18 +127,21 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
             return forced
         return "bf16" if bf16_is_fast(device) else "fp32"
     if precision == "bf16" and torch.device(device).type == "cpu" and not bf16_is_fast(device):
-        log.warning("precision=bf16 on a CPU where bf16 matmuls are %.3gx the speed of fp32: training will be "
-                    "slow; precision=auto chooses fp32 here", cpu_bf16_speedup())
+        log.warning("precision=bf16 on a CPU without native bf16 arithmetic (%s): training will be slow; "
+                    "precision=auto chooses fp32 here", auto_reason(device))
     return precision
 
 
 def auto_reason(device: torch.device | str) -> str:
-    """Why "auto" resolves as it does on ``device``, for a run's log ("auto: bf16 matmul 2.1x
-    fp32")."""
+    """Why "auto" resolves as it does on ``device``, for a run's log ("auto: CPU bf16
+    instructions amx_bf16", or where the CPU lists none "auto: bf16 matmul 2.1x fp32")."""
     if os.environ.get(ENV_OVERRIDE, "").strip():
         return f"auto, set by {ENV_OVERRIDE}"
     if torch.device(device).type != "cpu":
         return "auto"
+    native = cpu_bf16_instructions()
+    if native is not None:
+        return f"auto: CPU bf16 instructions {', '.join(native)}" if native else "auto: no bf16 instructions on this CPU"
     return f"auto: bf16 matmul {cpu_bf16_speedup():.2g}x fp32"
 
 
