@@ -5,7 +5,7 @@ Both decoders start every caption with ``bos_id`` and stop a caption at ``eos_id
 :meth:`FiberModel.caption_step` (the t2i keys/values of the image are computed once, the past
 tokens' self-attention keys/values are cached); ``use_cache=False`` recomputes the whole prefix
 with :meth:`FiberModel.caption_features` at every step, as the official decoder does. Both give
-the same captions (tests/test_caption.py); the image encoder runs once per image in both.
+the same captions (tests/tasks/test_caption.py); the image encoder runs once per image in both.
 
 Beam search keeps ``beam_size`` running hypotheses per image; a hypothesis that emits EOS is
 finished with the length-normalised score ``sum log p / length ** length_penalty`` (length =

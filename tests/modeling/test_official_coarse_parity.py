@@ -120,7 +120,7 @@ def test_fixtures_travel_with_the_repository(monkeypatch):
     """Without FIBERVL_OFFICIAL_FIXTURES the parity tests read the copy inside the repository,
     so a clone with nothing beside it runs them."""
     monkeypatch.delenv("FIBERVL_OFFICIAL_FIXTURES", raising=False)
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     directory = fixture_dir()
     assert directory.resolve().is_relative_to(repo)
     for name in ("coarse_inputs_outputs.safetensors", "coarse_keys.json", "fine_inputs_outputs.safetensors",

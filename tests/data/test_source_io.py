@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "fibervl"
+SRC = Path(__file__).resolve().parents[2] / "src" / "fibervl"
 # Being reworked elsewhere when this check came in; remove an entry when its file names its encodings.
 PENDING = {"recipes/caption.py"}
 

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("onnxruntime", reason="bench/export.py needs onnxruntime: pip install 'fibervl[export]'")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_export_bench_writes_its_section(tmp_path):

@@ -21,7 +21,7 @@ from fibervl.recipes.registry import get_recipe, recipes
 from fibervl.recipes.retrieval import RetrievalConfig
 from fibervl.recipes.vqa import VqaConfig
 
-PAPER = Path(__file__).resolve().parents[1] / "configs" / "paper"
+PAPER = Path(__file__).resolve().parents[2] / "configs" / "paper"
 # recipe name (fibervl.recipes.registry) -> its config class; a file is named RECIPE[_WHAT].yaml
 CONFIGS = {"coarse": CoarseConfig, "fine": FineConfig, "retrieval": RetrievalConfig, "vqa": VqaConfig,
            "nlvr2": Nlvr2Config, "caption": CaptionConfig, "ground": FineConfig, "refexp": FineConfig,

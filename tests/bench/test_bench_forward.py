@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fibervl.engine.precision import bf16_is_fast
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_forward_bench_writes_its_section(tmp_path):
