@@ -72,6 +72,21 @@ def test_recall_with_several_captions_per_image():
     assert r["rsum"] == pytest.approx(300.0)
 
 
+def test_recall_breaks_ties_at_random_in_expectation():
+    """A collapsed model (every score equal) is at chance, not at 100: the hit probability of a
+    tie between the target and t rivals is 1 / (t + 1) at k = 1."""
+    text_to_image = torch.arange(4)  # four images, one caption each
+    r = retrieval_recall(torch.zeros(4, 4), text_to_image, ks=(1, 2, 5))
+    assert r["i2t_r1"] == pytest.approx(25.0) and r["t2i_r1"] == pytest.approx(25.0)
+    assert r["i2t_r2"] == pytest.approx(50.0) and r["i2t_r5"] == 100.0
+    # image 0: its caption ties with one other text, one text above both -> R@1 0, R@2 1/2, R@3 1;
+    # image 1 (texts 1-3) ranks its own first
+    scores = torch.tensor([[0.5, 0.9, 0.5, 0.1],
+                           [0.0, 1.0, 1.0, 1.0]])
+    r = retrieval_recall(scores, torch.tensor([0, 1, 1, 1]), ks=(1, 2, 3))
+    assert (r["i2t_r1"], r["i2t_r2"], r["i2t_r3"]) == (50.0, 75.0, 100.0)
+
+
 def test_rerank_picks_the_itm_best_among_the_top_k():
     itc = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0]])  # one image, five texts
     itm = {(0, 0): 0.0, (0, 1): 0.5, (0, 2): 4.0, (0, 3): 100.0, (0, 4): 100.0}
