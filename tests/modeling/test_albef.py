@@ -25,18 +25,10 @@ from fibervl.tasks.pretrain_albef import (
 from fibervl.tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask
 from fibervl.tasks.vqa import VqaTask
 from fibervl.data import AnswerVocabulary
-from fibervl.testing.training import train_losses
+from fibervl.testing.training import pair_batch, train_losses
 from fibervl.testing.configs import albef_micro_config
 
 
-def make_batch(n: int = 6, seed: int = 0) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(4, 99, (n, 8), generator=g)
-    ids[:, 0], ids[:, -1] = 0, 2
-    ids[1, 5:] = 1
-    ids[1, 4] = 2
-    return {"images": torch.randn(n, 3, 64, 64, generator=g), "input_ids": ids,
-            "attention_mask": ids.ne(1).long(), "image_ids": torch.tensor([0, 0, 1, 2, 3, 4])[:n]}
 
 
 def micro_model(**changes) -> AlbefModel:
@@ -92,7 +84,7 @@ def test_config_round_trip_and_unknown_keys(tmp_path):
 
 def test_cross_attention_runs_only_in_the_fusion_layers_and_only_when_fusing():
     model = micro_model().eval()
-    b = make_batch()
+    b = pair_batch()
     calls = []
     for i, layer in enumerate(model.text.layers):
         if hasattr(layer, "cross"):
@@ -130,7 +122,7 @@ def test_save_load_round_trip_is_bit_exact(tmp_path):
     assert type(loaded) is AlbefModel and loaded.config == model.config
     for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert k == k2 and a.equal(b), k
-    b = make_batch()
+    b = pair_batch()
     assert loaded.fuse(b["images"], b["input_ids"], b["attention_mask"]).cls_feats.equal(
         model.fuse(b["images"], b["input_ids"], b["attention_mask"]).cls_feats)
 
@@ -162,7 +154,7 @@ def test_task_holds_a_frozen_momentum_copy_updated_after_each_step():
     assert all(not p.requires_grad for p in task.momentum_model.parameters())
     assert any(k.startswith("momentum_model.") for k in task.state_dict())  # checkpointed with the task
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    task.training_step(model, make_batch())["loss"].backward()
+    task.training_step(model, pair_batch())["loss"].backward()
     before = {k: v.clone() for k, v in task.momentum_model.named_parameters()}
     opt.step()
     task.on_step_end(model, 1)
@@ -188,7 +180,7 @@ def test_queue_enqueue_order_and_wrap():
 def test_task_enqueues_the_momentum_embeddings_of_the_batch():
     model = micro_model().train()
     task = AlbefPretrainTask(model, AlbefObjectives(queue_size=16), (0, 1, 2))
-    batch = make_batch()
+    batch = pair_batch()
     task.training_step(model, batch)
     with torch.no_grad():
         expected_img = task.momentum_model.encode_image(batch["images"])
@@ -239,7 +231,7 @@ def test_momentum_itc_reduces_to_infonce_and_uses_the_queue():
 def test_pretrain_loss_falls_on_a_fixed_batch_and_every_part_trains():
     model = micro_model().train()
     task = AlbefPretrainTask(model, AlbefObjectives(queue_size=0), (0, 1, 2))
-    batch = make_batch()
+    batch = pair_batch()
     out = task.training_step(model, batch)
     assert set(out) >= {"loss", "itc", "itm", "mlm", "itm_acc", "mlm_acc", "temperature", "alpha"}
     out["loss"].backward()

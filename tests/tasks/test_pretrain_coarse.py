@@ -7,17 +7,10 @@ import torch
 
 from fibervl.modeling.fiber import FiberModel
 from fibervl.tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask
+from fibervl.testing.training import pair_batch
 from fibervl.testing.configs import micro_config
 
 
-def make_batch(n: int = 6, seed: int = 0) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(4, 99, (n, 8), generator=g)
-    ids[:, 0], ids[:, -1] = 0, 2
-    ids[1, 5:] = 1
-    ids[1, 4] = 2
-    return {"images": torch.randn(n, 3, 64, 64, generator=g), "input_ids": ids,
-            "attention_mask": ids.ne(1).long(), "image_ids": torch.tensor([0, 0, 1, 2, 3, 4])[:n]}
 
 
 def make_task(model: FiberModel, **kw) -> CoarsePretrainTask:
@@ -30,7 +23,7 @@ def test_one_step_trains_every_part():
     torch.manual_seed(0)
     model = FiberModel(micro_config()).train()
     task = make_task(model, queue_size=8)
-    out = task.training_step(model, make_batch())
+    out = task.training_step(model, pair_batch())
     assert set(out) >= {"loss", "itc", "itm", "mlm", "itm_acc", "mlm_acc", "temperature"}
     assert torch.isfinite(out["loss"])
     torch.testing.assert_close(out["loss"].detach(), out["itc"] + out["itm"] + out["mlm"])
@@ -48,7 +41,7 @@ def test_losses_fall_on_a_fixed_batch():
     torch.manual_seed(0)
     model = FiberModel(micro_config()).train()
     task = make_task(model)
-    batch = make_batch()
+    batch = pair_batch()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     first = None
     for step in range(30):
@@ -79,7 +72,7 @@ def test_hard_negatives_skip_pairs_of_the_same_image(monkeypatch):
     model = FiberModel(micro_config()).eval()
     task = make_task(model, mlm=0.0)
     for seed in range(20):
-        task.training_step(model, make_batch(seed=seed))
+        task.training_step(model, pair_batch(seed=seed))
     for choice in seen:
         assert choice[0] != 1 and choice[1] != 0
         assert (choice != torch.arange(6)).all()
@@ -115,7 +108,7 @@ def test_random_itm_negatives_ignore_the_itc_similarities(monkeypatch):
         monkeypatch.setattr(pretrain_coarse, "sample_hard_negatives", spy)
         task = make_task(model, mlm=0.0, itm_negatives=mode)
         torch.manual_seed(0)
-        batch = make_batch(seed=3)
+        batch = pair_batch(seed=3)
         for _ in range(100):
             task.training_step(model, batch)
         negative_texts = torch.stack(calls[0::2])  # each step draws a text, then an image
@@ -143,7 +136,7 @@ def test_shared_prefixes_change_nothing_but_the_cost(monkeypatch):
     torch.manual_seed(0)
     model = FiberModel(micro_config()).train()
     task = make_task(model)
-    batch = make_batch()
+    batch = pair_batch()
     out = task.training_step(model, batch)
     model.zero_grad()
     out["loss"].backward()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from ..config import FiberConfig, FusionConfig, SwinConfig, TextConfig
+import dataclasses
+
+from ..config import DetectionConfig, FiberConfig, FusionConfig, SwinConfig, TextConfig
 
 
 def micro_config(**fusion) -> FiberConfig:
@@ -17,6 +19,15 @@ def micro_config(**fusion) -> FiberConfig:
         hidden_size=24,
         vqa_num_answers=7,
     )
+
+
+def micro_detector_config() -> FiberConfig:
+    """:func:`micro_config` as a grounding detector: 128 px, three feature levels, a one-block
+    16-channel head, 16-token prompts, no task heads."""
+    micro = micro_config()
+    return micro.replace(vision=dataclasses.replace(micro.vision, image_size=128, feature_norms=(1, 2, 3)), heads=(),
+                         detection=DetectionConfig(channels=16, num_blocks=1, num_groups=4,
+                                                   anchor_sizes=(16, 32, 64, 128, 256), max_query_len=16))
 
 
 def albef_micro_config(**changes):

@@ -20,7 +20,7 @@ from torch import nn
 import fibervl.predict.grounding  # noqa: F401  imported before the oracles patch what it imports by name
 import fibervl.tasks.grounding as grounding
 from fibervl.cli import main
-from fibervl.config import DetectionConfig, get_preset
+from fibervl.config import get_preset
 from fibervl.errors import ConfigError
 from fibervl.data import CocoDetectionReader, DataError, MdetrReader, Tokenizer
 from fibervl.data.readers.odinw import OdinwReader
@@ -30,7 +30,7 @@ from fibervl.metrics.detection import average_over_datasets
 from fibervl.metrics.grounding import grounding_recall, refexp_split
 from fibervl.metrics.lvis import lvis_ap
 from fibervl.modeling.fiber import FiberModel
-from fibervl.testing.configs import micro_config
+from fibervl.testing.configs import micro_detector_config
 
 CATEGORIES = [(1, "cat"), (2, "dog"), (3, "bird")]
 # (width, height) and boxes (xywh, category) of each image: wide, tall, square
@@ -337,10 +337,7 @@ def model_dir(tokenizer_dir, tmp_path_factory):
     """An untrained micro grounding detector (128 px, 16-token prompts) whose scores start near
     0.5 (the focal-loss prior zeroed), so that it detects something."""
     out = tmp_path_factory.mktemp("protocol_model")
-    micro = micro_config()
-    fine = micro.replace(vision=dataclasses.replace(micro.vision, image_size=128, feature_norms=(1, 2, 3)), heads=(),
-                         detection=DetectionConfig(channels=16, num_blocks=1, num_groups=4,
-                                                   anchor_sizes=(16, 32, 64, 128, 256), max_query_len=16))
+    fine = micro_detector_config()
     torch.manual_seed(0)
     model = FiberModel(fit_to_tokenizer(fine, Tokenizer.from_pretrained(tokenizer_dir)))
     with torch.no_grad():

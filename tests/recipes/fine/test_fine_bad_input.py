@@ -3,7 +3,6 @@ without held-out classes, annotations the reader rejected. Never a silently wron
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 
@@ -15,22 +14,18 @@ from torch import nn
 
 import fibervl.tasks.grounding as grounding
 from fibervl.cli import main
-from fibervl.config import DetectionConfig
 from fibervl.data import Tokenizer
 from fibervl.data.shapes import ShapesDataset
 from fibervl.modeling.factory import fit_to_tokenizer
 from fibervl.modeling.fiber import FiberModel
-from fibervl.testing.configs import micro_config
+from fibervl.testing.configs import micro_detector_config
 
 
 @pytest.fixture(scope="module")
 def fine_model(shapes_tiny, tmp_path_factory):
     """An untrained micro grounding detector: what it predicts does not matter here, only where."""
     out = tmp_path_factory.mktemp("fine_model")
-    micro = micro_config()
-    fine = micro.replace(vision=dataclasses.replace(micro.vision, image_size=128, feature_norms=(1, 2, 3)), heads=(),
-                         detection=DetectionConfig(channels=16, num_blocks=1, num_groups=4,
-                                                   anchor_sizes=(16, 32, 64, 128, 256), max_query_len=16))
+    fine = micro_detector_config()
     torch.manual_seed(0)
     FiberModel(fit_to_tokenizer(fine, Tokenizer.from_pretrained(shapes_tiny / "tokenizer"))).save_pretrained(out)
     return out
