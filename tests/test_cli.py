@@ -169,12 +169,12 @@ def test_every_recipe_has_its_commands_in_the_cli(capsys):
     from fibervl.cli import verb_names
     from fibervl.recipes.registry import recipes
 
-    assert verb_names("pretrain") == ["coarse", "fine", "albef", "vlmo"]
+    assert verb_names("pretrain") == ["image", "coarse", "fine", "albef", "vlmo"]
     tasks = ["retrieval", "vqa", "nlvr2", "caption", "ground", "refexp", "detect"]
     for verb in ("finetune", "evaluate", "predict"):
         assert verb_names(verb) == tasks
         assert ", ".join(tasks) in _help_of([verb, "-h"], capsys)
-    assert set(recipes()) == {"coarse", "fine", "albef", "vlmo", *tasks}
+    assert set(recipes()) == {"image", "coarse", "fine", "albef", "vlmo", *tasks}
 
 
 def test_help_is_generated_from_the_recipe(capsys):

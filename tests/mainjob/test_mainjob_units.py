@@ -177,13 +177,13 @@ def test_every_stage_is_a_recipe_with_a_config_it_accepts(preset_name, family):
     """Each stage of the job is a recipe of the registry and a config that recipe loads
     strictly (no unknown key, every value of the right type), trained into the stage's own
     directory; a task starts from the model of the stage its plan names."""
-    from fibervl.mainjob.job import EVAL_SPLIT, FAMILY_STAGES, TASK_STAGES, JobContext
+    from fibervl.mainjob.job import EVAL_SPLIT, FAMILY_STAGES, TASK_STAGES, JobContext, pretrain_stages
     from fibervl.mainjob.presets import get_job_preset
     from fibervl.recipes.registry import recipes
 
     preset = get_job_preset(preset_name)
     ctx = JobContext(preset, Path("/out"), Path("/out/data"), StageRunner(Path("/out")), family=family)
-    pretrain, tasks = FAMILY_STAGES[family]
+    pretrain, tasks = pretrain_stages(preset, family), FAMILY_STAGES[family][1]
     known = recipes()
     for name, stage in [*pretrain.items(), *((t, TASK_STAGES[t]) for t in tasks)]:
         stage_dir = Path("/out/stages") / name

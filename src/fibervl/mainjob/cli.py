@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -36,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="fiber", choices=("fiber", "albef", "vlmo", "all"),
                    help="model family: fiber (all seven tasks), albef or vlmo (retrieval, VQA, NLVR2), or all: "
                         "the three on the same data, with a comparison table (OUT/comparison.md)")
+    p.add_argument("--image-steps", type=int, default=None, metavar="N",
+                   help="run a supervised image-only stage of N steps (colours and shapes of each training image) "
+                        "before the coarse stages, which start from its image tower (default: the preset's; 0 = none)")
     p.add_argument("--check", action="store_true",
                    help="exit with status 3 unless every task beats its baseline, naming those that do not "
                         "(CI runs the quick preset with it and checks both against the table)")
@@ -84,6 +88,11 @@ def main(argv: list[str]) -> int:
 
     args = build_parser().parse_args(argv)
     preset = get_job_preset(args.preset)
+    if args.image_steps is not None:
+        if args.image_steps < 0:
+            print(f"fibervl run: error: --image-steps must be >= 0, got {args.image_steps}", file=sys.stderr)
+            return 2
+        preset = dataclasses.replace(preset, image=dataclasses.replace(preset.image, steps=args.image_steps))
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip()) or None
     unknown = set(tasks or ()) - set(TASK_STAGES)
     if unknown:

@@ -169,17 +169,29 @@ def stage_data(ctx: JobContext, stage_dir: Path) -> dict:
     return {"root": str(ctx.data_root), "splits": meta["splits"], "seconds": meta["generation_seconds"]}
 
 
+def image_config(ctx: JobContext, stage_dir: Path) -> dict:
+    """The image tower alone, supervised by the colours and shapes of each training image; the
+    fit it reports is on the first ``num_eval`` training images."""
+    p = ctx.preset
+    return {"model": {"preset": p.model}, "data": _data(ctx), "train": _train(p.image, stage_dir, p)}
+
+
+def _image_model(ctx: JobContext) -> dict:
+    """The ``model`` keys that start a coarse stage from the image stage's model, when it runs."""
+    return {"init": ctx.stage_model("image")} if ctx.preset.image.steps else {}
+
+
 def coarse_itc_config(ctx: JobContext, stage_dir: Path) -> dict:
     """ITC alone first: the dual encoder learns to align before the fused objectives start."""
     p = ctx.preset
     plan = dataclasses.replace(p.coarse, steps=p.itc_steps, schedule="constant")
-    return {"model": {"preset": p.model}, "data": _data(ctx), "objectives": {"itm": 0.0, "mlm": 0.0},
-            "train": _train(plan, stage_dir, p)}
+    return {"model": {"preset": p.model, **_image_model(ctx)}, "data": _data(ctx),
+            "objectives": {"itm": 0.0, "mlm": 0.0}, "train": _train(plan, stage_dir, p)}
 
 
 def coarse_config(ctx: JobContext, stage_dir: Path) -> dict:
     p = ctx.preset
-    init = ctx.stage_model("coarse-itc") if p.itc_steps else ""
+    init = ctx.stage_model("coarse-itc") if p.itc_steps else _image_model(ctx).get("init", "")
     return {"model": {"preset": p.model, "init": init}, "data": _data(ctx),
             "train": _train(p.coarse, stage_dir, p, FUSED_MULTIPLIERS)}
 
@@ -366,6 +378,7 @@ TASK_STAGES: dict[str, RecipeStage] = {
     "detection": RecipeStage("detect", _fine_task_config("detection"), detection_record),
 }
 PRETRAIN_STAGES: dict[str, RecipeStage] = {
+    "image": RecipeStage("image", image_config),
     "coarse-itc": RecipeStage("coarse", coarse_itc_config),
     "coarse": RecipeStage("coarse", coarse_config),
     # the fine-grained model is evaluated by the task stages that start from it
@@ -399,6 +412,16 @@ def task_order(preset: JobPreset, family: str, family_tasks: tuple[str, ...], re
     return [t for t in family_tasks if t in needed]
 
 
+def pretrain_stages(preset: JobPreset, family: str, tasks: tuple[str, ...] | None = None) -> dict[str, RecipeStage]:
+    """The family's pre-training stages that the preset and ``tasks`` (default: all) call for,
+    in order: the image stage only with ``image.steps``, ITC-only only with ``itc_steps``, the
+    fine-grained stage only for a fine-grained task."""
+    pretrain, family_tasks = FAMILY_STAGES[family]
+    needs_fine = any(t in ("grounding", "refexp", "detection") for t in (tasks or family_tasks))
+    skipped = {"image": not preset.image.steps, "coarse-itc": not preset.itc_steps, "fine": not needs_fine}
+    return {name: stage for name, stage in pretrain.items() if not skipped.get(name, False)}
+
+
 def run_job(preset: JobPreset, out: Path, data_root: Path | None = None, redo: set[str] | None = None,
             tasks: tuple[str, ...] | None = None, echo: Callable[[str], None] = print, family: str = "fiber") -> dict:
     """Run (or continue) the whole job for one model family; returns the results dict also
@@ -407,11 +430,9 @@ def run_job(preset: JobPreset, out: Path, data_root: Path | None = None, redo: s
 
     if family not in FAMILY_STAGES:
         raise ValueError(f"unknown model family {family!r}; known: {sorted(FAMILY_STAGES)}")
-    pretrain, family_tasks = FAMILY_STAGES[family]
+    family_tasks = FAMILY_STAGES[family][1]
     make_data = data_root is None or not (Path(data_root) / "dataset.json").is_file()
-    needs_fine = any(t in ("grounding", "refexp", "detection") for t in (tasks or family_tasks))
-    pretrain = {name: fn for name, fn in pretrain.items()
-                if not ((name == "coarse-itc" and not preset.itc_steps) or (name == "fine" and not needs_fine))}
+    pretrain = pretrain_stages(preset, family, tasks)
     task_names = task_order(preset, family, family_tasks, tasks or family_tasks)
     out.mkdir(parents=True, exist_ok=True)
     runner = StageRunner(out, redo, echo, plan=["data"] * make_data + list(pretrain) + list(task_names))

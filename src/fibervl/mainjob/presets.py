@@ -51,7 +51,10 @@ class JobPreset:
     evaluates (VQA: 6 questions per image, NLVR2: ``data.nlvr2_per_image`` statements per
     image; 0: the whole split);
     ``token_align``: weight of the contrastive word-region term in the fine-grained stage and the
-    grounding, REC and detection stages (``FineObjectives``; 0 = the official loss alone)."""
+    grounding, REC and detection stages (``FineObjectives``; 0 = the official loss alone);
+    ``image``: a supervised image-only stage before the coarse ones (``fibervl pretrain image``:
+    the colours and shapes each training image shows), whose tower the coarse stages start
+    from; ``image.steps`` 0 (the default) runs no such stage."""
 
     name: str
     description: str
@@ -67,6 +70,7 @@ class JobPreset:
     device: str = "auto"
     workers: int = 0
     token_align: float = 4.0
+    image: StagePlan = StagePlan(steps=0, batch_size=64, lr=1e-3, warmup=30)
 
     def task(self, name: str) -> StagePlan:
         return self.tasks[name]

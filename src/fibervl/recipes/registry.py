@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 # The modules that declare recipes, in the order the command line lists them.
-MODULES = ("coarse_pretrain", "fine_pretrain", "albef_pretrain", "vlmo_pretrain",
+MODULES = ("image_pretrain", "coarse_pretrain", "fine_pretrain", "albef_pretrain", "vlmo_pretrain",
            "retrieval", "vqa", "nlvr2", "caption", "fine_tasks")
 
 # The friendly options every training command has (beside --config, --resume and key=value).

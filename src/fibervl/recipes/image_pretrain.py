@@ -1,0 +1,141 @@
+"""``fibervl pretrain image``: supervised image-only pre-training of FIBER's image tower.
+
+    fibervl pretrain image --data-root data/shapes train.max_steps=600 train.batch_size=64
+
+Every training image of a shapes data set is labelled with the colours and the shapes of its
+objects (``ROOT/detection/instances_train.json``: each object's category and its ``color``
+attribute; held-out categories, marked ``"seen": false``, are never labels). The tower learns to
+tell which labels an image shows (:class:`~fibervl.tasks.image_labels.ImageLabelTask`), so that
+the coarse-grained stage, given ``model.init`` = this run's ``model/``, starts from a tower that
+already sees colour and shape, as the paper's starts from an ImageNet-trained Swin.
+
+Only the training split is read. The run directory holds the engine's checkpoints and, at the
+end, ``model/`` (the whole model, its tower trained, the rest as initialised; the label head is
+dropped) and ``metrics.json``: the label fit on the first ``data.num_eval`` training images.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..data import Processor
+from ..data.samples import Sample
+from ..data.transforms import eval_transforms, train_transforms
+from ..engine.trainer import Trainer, TrainConfig
+from ..experiment import DataSpec, ModelSpec, load_tokenizer
+from ..tasks.image_labels import ImageLabelTask
+from .common import export_model, recipe_train
+from .registry import Recipe
+
+
+@dataclass
+class ImageLabelData(DataSpec):
+    """A shapes data set ``root``; ``train_split``: the split whose images and annotations train."""
+
+    train_split: str = "train"
+
+
+@dataclass
+class ImagePretrainConfig:
+    """Supervised image-only pre-training: which colours and shapes does each image show?"""
+
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: ImageLabelData = field(default_factory=ImageLabelData)
+    train: TrainConfig = field(default_factory=lambda: recipe_train("pretrain-image", max_steps=600, batch_size=64))
+
+
+def read_image_labels(root: str | Path, split: str) -> tuple[list[str], list[tuple[Path, list[int]]]]:
+    """The label names (``color:red``, ..., ``shape:circle``, ...) and, per image of ``split``,
+    its file and the indices of the labels it shows, from ``root/detection/instances_{split}.json``."""
+    path = Path(root) / "detection" / f"instances_{split}.json"
+    try:
+        coco = json.loads(path.read_text(encoding="utf-8"))
+        categories = {c["id"]: c["name"] for c in coco["categories"] if c.get("seen", True)}
+        images = {im["id"]: im["file_name"] for im in coco["images"]}
+        objects = [(a["image_id"], a["category_id"], a["attributes"]["color"]) for a in coco["annotations"]]
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file; data.root must be a shapes data set "
+                         "(fibervl data shapes writes detection/instances_<split>.json)") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a shapes detection file with a color attribute per object ({err!r})") from None
+    colors = sorted({color for _, _, color in objects})
+    names = [f"color:{c}" for c in colors] + [f"shape:{n}" for n in categories.values()]
+    index = {name: i for i, name in enumerate(names)}
+    shown: dict[int, set[int]] = {image_id: set() for image_id in images}
+    for image_id, category, color in objects:
+        if image_id not in shown:
+            raise ValueError(f"{path}: an annotation names image {image_id}, which the file does not list")
+        shown[image_id].add(index[f"color:{color}"])
+        if category in categories:
+            shown[image_id].add(index[f"shape:{categories[category]}"])
+    image_dir = Path(root) / "images" / split
+    return names, [(image_dir / images[i], sorted(shown[i])) for i in sorted(images)]
+
+
+class ImageLabelDataset(torch.utils.data.Dataset):
+    """Item i: ``{"images": [3, S, S] processed image, "labels": [L] multi-hot}``."""
+
+    def __init__(self, items: list[tuple[Path, list[int]]], num_labels: int, processor: Processor) -> None:
+        self.items, self.num_labels, self.processor = items, num_labels, processor
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        path, shown = self.items[i]
+        processed = self.processor(Sample(sample_id=str(i), image_id=i, image_path=path))
+        labels = torch.zeros(self.num_labels)
+        labels[shown] = 1.0
+        return {"images": processed.pixel_values, "labels": labels}
+
+
+@torch.no_grad()
+def label_fit(model, task: ImageLabelTask, data: ImageLabelDataset, batch_size: int = 64) -> dict[str, float]:
+    """How well the labels of ``data`` are told: ``exact`` (%, every label right) and ``label_acc``
+    (%, per label)."""
+    exact = right = count = 0.0
+    for start in range(0, len(data), batch_size):
+        items = [data[i] for i in range(start, min(start + batch_size, len(data)))]
+        images = torch.stack([it["images"] for it in items]).to(next(model.parameters()).device)
+        labels = torch.stack([it["labels"] for it in items]).to(images.device) > 0.5
+        predicted = task.logits(model, images) > 0
+        exact += (predicted == labels).all(dim=1).sum().item()
+        right += (predicted == labels).sum().item()
+        count += len(items)
+    return {"exact": 100 * exact / max(count, 1), "label_acc": 100 * right / max(count * labels.shape[1], 1),
+            "images": count}
+
+
+def run(cfg: ImagePretrainConfig) -> dict:
+    if cfg.data.train or cfg.data.eval:
+        raise ValueError("pretrain image reads the annotations of a shapes data set (data.root) only; "
+                         "data.train / data.eval (--train-data, --eval-data) are not supported")
+    tokenizer = load_tokenizer(cfg.data, cfg.model.init)
+    model = cfg.model.build(tokenizer)
+    if getattr(model.config, "family", "fiber") != "fiber":
+        raise ValueError(f"pretrain image trains FIBER's image tower; model.preset={cfg.model.preset!r} "
+                         f"is a {model.config.family} model")
+    names, items = read_image_labels(cfg.data.root, cfg.data.train_split)
+    image_size = cfg.data.image_size or model.config.vision.image_size
+    train = ImageLabelDataset(items, len(names), Processor(train_transforms(image_size)))
+    task = ImageLabelTask(model.vision.dims[-1], len(names))
+    # Only the tower trains: the text side and fusion get no gradient from this task.
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("vision."))
+    trainer = Trainer(cfg.train, model, task, train, config_snapshot=cfg)
+    summary = trainer.fit()
+    model.requires_grad_(True)
+    model.eval()
+    fit = ImageLabelDataset(items[:cfg.data.num_eval or len(items)], len(names), Processor(eval_transforms(image_size)))
+    metrics = {f"train_{k}": v for k, v in label_fit(model, task, fit).items()}
+    export_model(model, cfg.train.run_dir, {"labels": len(names), **metrics}, tokenizer=tokenizer, data=cfg.data)
+    summary["eval"] = metrics
+    return summary
+
+
+RECIPE = Recipe("image", "supervised image-only pre-training of FIBER's image tower (colour and shape labels)",
+                ImagePretrainConfig, run, stage="pretrain")

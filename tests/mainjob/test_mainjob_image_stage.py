@@ -1,0 +1,79 @@
+"""The main job's optional image-only stage (``JobPreset.image``, ``fibervl run --image-steps``)
+and its recipe ``fibervl pretrain image``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from fibervl.cli import main
+from fibervl.experiment import ModelSpec, load_tokenizer
+from fibervl.mainjob.job import PRETRAIN_STAGES, JobContext, coarse_config, coarse_itc_config, pretrain_stages
+from fibervl.mainjob.presets import PRESETS, get_job_preset
+from fibervl.mainjob.stages import StageRunner
+from fibervl.recipes.image_pretrain import ImageLabelData, read_image_labels
+
+
+def with_image_steps(preset, steps: int):
+    return dataclasses.replace(preset, image=dataclasses.replace(preset.image, steps=steps))
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_image_stage_is_off_by_default_and_leaves_the_stages_as_they_were(name):
+    preset = get_job_preset(name)
+    assert preset.image.steps == 0
+    assert list(pretrain_stages(preset, "fiber")) == ["coarse-itc", "coarse", "fine"]
+    assert list(pretrain_stages(with_image_steps(preset, 5), "fiber")) == ["image", "coarse-itc", "coarse", "fine"]
+
+
+def test_coarse_stages_start_from_the_image_stage_only_when_it_runs(tmp_path):
+    preset = get_job_preset("quick")
+    off = JobContext(preset, tmp_path, tmp_path / "data", StageRunner(tmp_path))
+    assert "init" not in coarse_itc_config(off, tmp_path)["model"]
+    on = JobContext(with_image_steps(preset, 5), tmp_path, tmp_path / "data", StageRunner(tmp_path))
+    assert coarse_itc_config(on, tmp_path)["model"]["init"] == str(tmp_path / "stages" / "image" / "model")
+    # without the ITC-only stage, the fused coarse stage is the one that starts from it
+    no_itc = dataclasses.replace(on, preset=dataclasses.replace(on.preset, itc_steps=0))
+    assert coarse_config(no_itc, tmp_path)["model"]["init"] == str(tmp_path / "stages" / "image" / "model")
+    assert coarse_config(on, tmp_path)["model"]["init"] == str(tmp_path / "stages" / "coarse-itc" / "model")
+    # the image stage's config is one its recipe accepts
+    assert PRETRAIN_STAGES["image"].build(on, tmp_path / "image").train.batch_size == preset.image.batch_size
+
+
+def test_image_labels_are_each_images_colours_and_seen_shapes(shapes_tiny):
+    names, items = read_image_labels(shapes_tiny, "train")
+    coco = json.loads((shapes_tiny / "detection" / "instances_train.json").read_text())
+    held_out = json.loads((shapes_tiny / "dataset.json").read_text())["held_out_shapes"]
+    assert held_out and not {f"shape:{s}" for s in held_out} & set(names)
+    assert len(items) == len(coco["images"])
+    first = coco["images"][0]
+    objects = [a for a in coco["annotations"] if a["image_id"] == first["id"]]
+    shapes = {c["id"]: c["name"] for c in coco["categories"]}
+    expected = {f"color:{a['attributes']['color']}" for a in objects} | {f"shape:{shapes[a['category_id']]}" for a in objects}
+    path, shown = items[0]
+    assert path == shapes_tiny / "images" / "train" / first["file_name"] and path.is_file()
+    assert {names[i] for i in shown} == expected
+
+
+def test_missing_annotations_are_named(tmp_path):
+    with pytest.raises(ValueError, match="instances_train.json: no such file"):
+        read_image_labels(tmp_path, "train")
+
+
+def test_image_stage_trains_the_tower_alone_and_the_coarse_model_starts_from_it(shapes_tiny, tmp_path):
+    run_dir = tmp_path / "image"
+    assert main(["pretrain", "image", f"data.root={shapes_tiny}", f"train.run_dir={run_dir}", "train.max_steps=2",
+                 "train.batch_size=8", "train.progress_bar=false", "data.num_eval=8"]) == 0
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["train_images"] == 8 and 0 <= metrics["train_exact"] <= 100
+    data = ImageLabelData(root=str(shapes_tiny))
+    fresh = ModelSpec(preset="fiber-tiny").build(load_tokenizer(data))
+    trained = ModelSpec(preset="fiber-tiny", init=str(run_dir / "model")).build(load_tokenizer(data, str(run_dir / "model")))
+    before, after = fresh.state_dict(), trained.state_dict()
+    # the tower moved; the text side got no gradient and kept its initial weights
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("vision."))
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("text."))
+    # the coarse stage builds its model as ``trained`` was built: from the image stage's directory
