@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the three on the same data, with a comparison table (OUT/comparison.md)")
     p.add_argument("--image-steps", type=int, default=None, metavar="N",
                    help="run a supervised image-only stage of N steps (colours and shapes of each training image) "
-                        "before the coarse stages, which start from its image tower (default: the preset's; 0 = none)")
+                        "before the coarse stages, which start from its image tower (default: the preset's; 0 = none; "
+                        "in an OUT whose stages ran without it, add --redo image)")
     p.add_argument("--check", action="store_true",
                    help="exit with status 3 unless every task beats its baseline, naming those that do not "
                         "(CI runs the quick preset with it and checks both against the table)")
