@@ -46,7 +46,7 @@ class ModelSpec:
     activation_checkpointing: bool = False
 
     def build(self, tokenizer: Tokenizer, *, init_as: str = "model", new_heads: tuple[str, ...] = (),
-              config_changes: Optional[dict] = None,
+              config_changes: Optional[dict] = None, family: Optional[str] = None,
               with_report: bool = False) -> Union[VisionLanguageModel, tuple[VisionLanguageModel, LoadReport]]:
         """The model this spec names, from :func:`~fibervl.modeling.factory.create_model`, its
         vocabulary fitted to (or checked against) ``tokenizer``; ``new_heads`` and
@@ -58,10 +58,11 @@ class ModelSpec:
           weight of the same name (another architecture allowed: a coarse model into a
           fine-grained one).
 
-        ``with_report``: return ``(model, LoadReport)``."""
+        ``family``: the family the model must be of (a recipe's own; ConfigError before any
+        weight is built otherwise). ``with_report``: return ``(model, LoadReport)``."""
         if init_as not in ("model", "weights"):
             raise ConfigError(f"init_as must be 'model' or 'weights', got {init_as!r}")
-        options = dict(tokenizer=tokenizer, new_heads=new_heads, config_changes=config_changes, seed=self.seed,
+        options = dict(tokenizer=tokenizer, new_heads=new_heads, config_changes=config_changes, family=family, seed=self.seed,
                        freeze_prefix=self.freeze_prefix, tuning=self.tuning,
                        activation_checkpointing=self.activation_checkpointing, with_report=with_report)
         if self.init and init_as == "model":

@@ -123,6 +123,18 @@ def test_the_family_is_checked(tmp_path):
     assert family_of(micro_vlmo()).model_cls is VlmoModel
 
 
+def test_a_recipe_names_its_family_through_the_model_spec(tmp_path):
+    """A pre-training recipe given another family's model (``pretrain albef`` with a FIBER
+    directory) stops at the factory's family check, before a weight is built."""
+    from fibervl.experiment import ModelSpec
+
+    FiberModel(micro_config()).save_pretrained(tmp_path / "fiber")
+    with pytest.raises(ConfigError, match="is a fiber model, not a albef model"):
+        ModelSpec(preset=str(tmp_path / "fiber")).build(None, family="albef")
+    with pytest.raises(ConfigError, match="is a fiber model, not a vlmo model"):
+        ModelSpec(init=str(tmp_path / "fiber")).build(None, family="vlmo")
+
+
 def test_a_missing_weight_names_the_key_and_the_file(tmp_path):
     model = FiberModel(micro_config())
     state = {k: v for k, v in model.state_dict().items() if k != "heads.itm.weight"}

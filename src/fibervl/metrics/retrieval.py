@@ -26,13 +26,13 @@ def retrieval_recall(scores: torch.Tensor, text_to_image: torch.Tensor, ks: tupl
     if text_to_image.shape != (n_texts,):
         raise ValueError(f"text_to_image must have {n_texts} entries, got {tuple(text_to_image.shape)}")
     out: dict[str, float] = {}
-    positive = text_to_image[None, :] == torch.arange(n_images)[:, None]  # [I, T]
+    rivals = text_to_image[None, :] != torch.arange(n_images)[:, None]  # [I, T]: not the text's image
     # Image -> text: the best positive of each image against the other texts.
-    best_pos = scores.masked_fill(~positive, float("-inf")).max(dim=1).values[:, None]
-    i2t = _hit_probability(scores, best_pos, ~positive, dim=1, ks=ks)
+    best_pos = scores.masked_fill(rivals, float("-inf")).max(dim=1).values[:, None]
+    i2t = _hit_probability(scores, best_pos, rivals, dim=1, ks=ks)
     # Text -> image: each text's own image against the other images.
-    best_image = scores.masked_fill(~positive, float("-inf")).max(dim=0).values[None, :]
-    t2i = _hit_probability(scores, best_image, ~positive, dim=0, ks=ks)
+    own = scores[text_to_image, torch.arange(n_texts)][None, :]
+    t2i = _hit_probability(scores, own, rivals, dim=0, ks=ks)
     for k in ks:
         out[f"i2t_r{k}"] = 100.0 * i2t[k].mean().item()
     for k in ks:

@@ -115,12 +115,9 @@ def run(cfg: ImagePretrainConfig) -> dict:
         raise ValueError("pretrain image reads the annotations of a shapes data set (data.root) only; "
                          "data.train / data.eval (--train-data, --eval-data) are not supported")
     tokenizer = load_tokenizer(cfg.data, cfg.model.init)
-    model = cfg.model.build(tokenizer)
-    if getattr(model.config, "family", "fiber") != "fiber":
-        raise ValueError(f"pretrain image trains FIBER's image tower; model.preset={cfg.model.preset!r} "
-                         f"is a {model.config.family} model")
+    model = cfg.model.build(tokenizer, family="fiber")  # the tower trained is FIBER's Swin
     names, items = read_image_labels(cfg.data.root, cfg.data.train_split)
-    image_size = cfg.data.image_size or model.config.vision.image_size
+    image_size, _ = cfg.data.input_sizes(model.config)
     train = ImageLabelDataset(items, len(names), Processor(train_transforms(image_size)))
     task = ImageLabelTask(model.vision.dims[-1], len(names))
     # Only the tower trains: the text side and fusion get no gradient from this task.

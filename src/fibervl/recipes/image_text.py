@@ -101,11 +101,8 @@ def freeze_unreached_parts(model) -> list[str]:
 def image_text_setup(model_spec: ModelSpec, data: CaptionData, train_cfg: TrainConfig, family: str) -> ImageTextSetup:
     """Build :class:`ImageTextSetup`; the model must be of ``family`` (the recipe's own)."""
     tokenizer = load_tokenizer(data, model_spec.init)
-    model = model_spec.build(tokenizer)
+    model = model_spec.build(tokenizer, family=family)
     mcfg = model.config
-    if getattr(mcfg, "family", "fiber") != family:
-        raise ValueError(f"this recipe pre-trains {family} models; model.preset={model_spec.preset!r} "
-                         f"is a {getattr(mcfg, 'family', 'fiber')} model")
     freeze_unreached_parts(model)
     image_size, max_len = data.input_sizes(mcfg)
     skip = data.skip_bad_records
