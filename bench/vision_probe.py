@@ -15,6 +15,10 @@ accuracy on the training images (eval transforms: can it fit?) and on held-out i
     python bench/vision_probe.py --stem conv          # overlapping 3x3 stride-2 conv stem instead of 4x4 patches
     python bench/vision_probe.py --window 8 --heads 2,4,8,16 --depths 2,2,2,2   # tower shape
     python bench/vision_probe.py --warmup 0.3 --rpb-decay 0 --init torch        # optimisation
+    python bench/vision_probe.py --backgrounds plain --train-images 19200       # the main job's backgrounds, fresh images every step
+    python bench/vision_probe.py --conv-mlp | --peg                             # local mixing inside the Swin blocks
+    python bench/vision_probe.py --stem conv --merge conv --merge-norm bn --merge-act --conv-stages 3 --no-final-norm
+                                                      # the hybrid tower fiber-tiny now uses (vision.conv_stages=3)
 
 Accuracy is also reported per object size (small 13-18 px, medium 23-32 px, large 38-51 px).
 """
@@ -33,18 +37,18 @@ from fibervl.config import get_preset
 from fibervl.data.samples import Sample
 from fibervl.data.shapes.render import render
 from fibervl.data.shapes.scene import sample_scene, scene_rng
-from fibervl.data.shapes.vocab import COLOR_NAMES, SHAPES, SIZE_NAMES
+from fibervl.data.shapes.vocab import BACKGROUNDS, COLOR_NAMES, SHAPES, SIZE_NAMES
 from fibervl.data.transforms import Compose, Normalize, RandomHorizontalFlip, Resize, eval_transforms, to_tensor, \
     train_transforms
 from fibervl.engine.precision import bf16_is_fast
 from fibervl.modeling.fiber import FiberModel
 
 
-def make_split(split: str, n: int, size: int, seed: int):
+def make_split(split: str, n: int, size: int, seed: int, backgrounds: tuple[str, ...] = BACKGROUNDS):
     """n one-object scenes: (PIL images, colour labels, shape labels, size labels)."""
     images, colors, shapes, sizes = [], [], [], []
     for i in range(n):
-        scene = sample_scene(scene_rng(seed, split, i), i, split, size, 1, 1)
+        scene = sample_scene(scene_rng(seed, split, i), i, split, size, 1, 1, backgrounds)
         obj = scene.objects[0]
         images.append(render(scene))
         colors.append(COLOR_NAMES.index(obj.color))
@@ -96,16 +100,80 @@ class ProbeConvMerge(nn.Module):
     """Prototype of an overlapping downsampling between stages: 3x3 stride-2 conv (C -> 2C) +
     LayerNorm, in place of PatchMerging's non-overlapping 2x2 concat. [B, H, W, C] -> [B, H/2, W/2, 2C]."""
 
-    def __init__(self, dim: int, eps: float, act: bool = False):
+    def __init__(self, dim: int, eps: float, act: bool = False, norm: str = "ln"):
         super().__init__()
         self.conv = nn.Conv2d(dim, 2 * dim, 3, stride=2, padding=1)
-        self.norm = nn.LayerNorm(2 * dim, eps=eps)
+        self.channels_norm = norm
+        self.norm = nn.LayerNorm(2 * dim, eps=eps) if norm == "ln" else conv_norm(2 * dim, norm)
         # Optional GELU after the norm: a nonlinearity on the downsampling path itself, as a CNN
         # has after every stride-2 layer (the Swin's own path is linear + LayerNorm).
         self.act = nn.GELU() if act else nn.Identity()
 
     def forward(self, x):
-        return self.act(self.norm(self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)))
+        y = self.conv(x.permute(0, 3, 1, 2))
+        if self.channels_norm != "ln":  # over batch and positions, per channel, as the CNN
+            return self.act(self.norm(y).permute(0, 2, 3, 1))
+        return self.act(self.norm(y.permute(0, 2, 3, 1)))
+
+
+class ProbeConvMlp(nn.Module):
+    """Prototype of a locally mixing MLP (LocalViT / CeiT's LeFF): Linear -> depthwise 3x3 conv over
+    the token grid -> GELU -> Linear. [B, H, W, C] -> [B, H, W, C], as the block's Mlp."""
+
+    def __init__(self, mlp: nn.Module):
+        super().__init__()
+        self.fc1, self.fc2 = mlp.fc1, mlp.fc2
+        hidden = mlp.fc1.out_features
+        self.dw = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+
+    def forward(self, x):
+        h = self.fc1(x).permute(0, 3, 1, 2)
+        h = self.dw(h).permute(0, 2, 3, 1)
+        return self.fc2(nn.functional.gelu(h))
+
+
+class ProbePositionConv(nn.Module):
+    """Prototype of a conditional position encoding (CPVT's PEG): x + depthwise 3x3 conv(x) before
+    a block. [B, H, W, C] -> [B, H, W, C]."""
+
+    def __init__(self, block: nn.Module, dim: int):
+        super().__init__()
+        self.block = block
+        self.dw = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+
+    def forward(self, x):
+        return self.block(x + self.dw(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+
+
+class ProbeConvBlock(nn.Module):
+    """Prototype of a convolutional block in place of a Swin block: x + BN(conv3x3(ReLU(BN(conv3x3(x)))))
+    (a ResNet basic block), then ReLU. [B, H, W, C] -> [B, H, W, C]."""
+
+    def __init__(self, dim: int, norm: str = "bn"):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, bias=False), conv_norm(dim, norm), nn.ReLU(),
+                                  nn.Conv2d(dim, dim, 3, padding=1, bias=False), conv_norm(dim, norm))
+
+    def forward(self, x):
+        x = x.permute(0, 3, 1, 2)
+        return torch.relu(x + self.body(x)).permute(0, 2, 3, 1)
+
+
+class ImageNorm(nn.Module):
+    """Prototype of a norm that keeps tokens' relative magnitudes: standardise over all tokens and
+    channels of each image (GroupNorm with one group), then a per-channel affine. Channels-last:
+    [B, ..., C] -> same shape. A per-token LayerNorm instead blows every flat background token up
+    to the scale of an object's edge."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight, self.bias, self.eps = nn.Parameter(torch.ones(dim)), nn.Parameter(torch.zeros(dim)), eps
+
+    def forward(self, x):
+        dims = tuple(range(1, x.dim()))
+        mean = x.mean(dims, keepdim=True)
+        var = x.var(dims, keepdim=True, unbiased=False)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
 
 
 def probe_config(args):
@@ -141,17 +209,37 @@ class SwinProbe(nn.Module):
         if args.merge == "conv":
             for stage, dim in zip(self.vision.stages, self.vision.dims):
                 if stage.downsample is not None:
-                    stage.downsample = ProbeConvMerge(dim, cfg.vision.layer_norm_eps, args.merge_act)
+                    stage.downsample = ProbeConvMerge(dim, cfg.vision.layer_norm_eps, args.merge_act, args.merge_norm)
+        if args.main_norm == "image":  # the norms on the token path itself (not the blocks' pre-norms)
+            self.vision.patch_embed.norm = ImageNorm(cfg.vision.embed_dim)
+            for stage, dim in zip(self.vision.stages, self.vision.dims):
+                if stage.downsample is not None and hasattr(stage.downsample, "reduction"):
+                    stage.downsample.norm = ImageNorm(4 * dim)
+            self.vision.norm = ImageNorm(self.vision.dims[-1])
+        for stage, dim in list(zip(self.vision.stages, self.vision.dims))[:args.conv_stages]:
+            stage.blocks = nn.ModuleList([ProbeConvBlock(dim, args.stem_norm) for _ in stage.blocks])
+        if args.conv_mlp:
+            for stage in self.vision.stages:
+                for block in stage.blocks:
+                    block.mlp = ProbeConvMlp(block.mlp)
+        if args.peg:
+            for stage, dim in zip(self.vision.stages, self.vision.dims):
+                stage.blocks[0] = ProbePositionConv(stage.blocks[0], dim)
         self.stage = args.stage % len(self.vision.stages)
         self.pool = pool
         dim = self.vision.dims[self.stage]
+        self.final_norm = not args.no_final_norm
+        # Optional per-token Linear + ReLU before pooling: features that are zero unless they fire.
+        self.prepool = nn.Sequential(nn.Linear(dim, 2 * dim), nn.ReLU()) if args.prepool == "mlp" else nn.Identity()
+        dim = 2 * dim if args.prepool == "mlp" else dim
         self.color, self.shape = nn.Linear(dim, len(COLOR_NAMES)), nn.Linear(dim, len(SHAPES))
 
     def forward(self, x):
         feats = self.vision(x)[self.stage].flatten(1, 2)
         # The final norm belongs to the last stage only (as encode_image applies it).
-        if self.stage == len(self.vision.stages) - 1 and self.vision.norm is not None:
+        if self.final_norm and self.stage == len(self.vision.stages) - 1 and self.vision.norm is not None:
             feats = self.vision.norm(feats)
+        feats = self.prepool(feats)
         pooled = feats.amax(1) if self.pool == "max" else feats.mean(1)
         return self.color(pooled), self.shape(pooled)
 
@@ -210,9 +298,23 @@ def main(argv=None) -> None:
     p.add_argument("--merge", choices=("patch", "conv"), default="patch",
                    help="conv: 3x3 stride-2 conv + LayerNorm between stages instead of PatchMerging")
     p.add_argument("--merge-act", action="store_true", help="with --merge conv: GELU after the merge's norm")
+    p.add_argument("--merge-norm", choices=("ln", "bn", "gn"), default="ln", help="with --merge conv: the merge's norm")
     p.add_argument("--stem", choices=("patch", "conv"), default="patch",
                    help="conv: overlapping 3x3 stride-2 conv layers instead of the patch projection")
     p.add_argument("--stem-norm", choices=("bn", "gn", "ln"), default="bn", help="the conv stem's norm")
+    p.add_argument("--conv-mlp", action="store_true",
+                   help="depthwise 3x3 conv between the two Linears of every block's MLP (LocalViT)")
+    p.add_argument("--conv-stages", type=int, default=0,
+                   help="the first N stages use ResNet basic blocks instead of Swin blocks (with --stem/--merge conv)")
+    p.add_argument("--no-final-norm", action="store_true", help="pool the last stage without the final LayerNorm")
+    p.add_argument("--prepool", choices=("none", "mlp"), default="none",
+                   help="mlp: Linear(C, 2C) + ReLU on every token before pooling")
+    p.add_argument("--main-norm", choices=("layer", "image"), default="layer",
+                   help="image: the patch-embedding, merging and final norms standardise over the whole image")
+    p.add_argument("--peg", action="store_true",
+                   help="x + depthwise 3x3 conv(x) before each stage's first block (CPVT's PEG)")
+    p.add_argument("--backgrounds", default="",
+                   help="comma-separated background kinds (default: all; the main job's data: plain)")
     p.add_argument("--window", type=int, default=0, help="Swin window (0: the preset's)")
     p.add_argument("--heads", default="", help="heads per stage, e.g. 2,4,8,16 (default: the preset's)")
     p.add_argument("--depths", default="", help="blocks per stage, e.g. 2,2,2,2 (default: the preset's)")
@@ -235,8 +337,9 @@ def main(argv=None) -> None:
     cfg = get_preset("fiber-tiny")
     size, pool = cfg.vision.image_size, args.pool or cfg.image_pooling
     t0 = time.perf_counter()
-    train = make_split("train", args.train_images, size, args.seed)
-    test = make_split("test", args.test_images, size, args.seed)
+    backgrounds = tuple(args.backgrounds.split(",")) if args.backgrounds else BACKGROUNDS
+    train = make_split("train", args.train_images, size, args.seed, backgrounds)
+    test = make_split("test", args.test_images, size, args.seed, backgrounds)
     print(f"rendered {args.train_images}+{args.test_images} images in {time.perf_counter() - t0:.1f}s")
 
     normalize = Normalize()  # ImageNet mean / std, as the main job's Processor

@@ -69,6 +69,8 @@ class SwinConfig:
     the official coarse model); the detection Swin of the fine-grained code pads and shifts anyway.
     ``feature_norms``: stages whose outputs get their own LayerNorm for the detection FPN
     (the fine-grained model has norms on stages 1, 2, 3 counted from 0).
+    ``conv_stages``: the first N stages are convolutional (conv stem, ResNet basic blocks with
+    BatchNorm, strided-conv downsampling everywhere); 0, the official Swin, for fiber-base.
     """
 
     image_size: int = 384
@@ -84,6 +86,7 @@ class SwinConfig:
     single_window_no_shift: bool = True
     final_norm: bool = True
     feature_norms: tuple[int, ...] = ()
+    conv_stages: int = 0
 
     @property
     def resolved_window_size(self) -> int:
@@ -148,7 +151,12 @@ class DetectionConfig:
     most ``max_size`` (the paper: 800 and 1333); training draws the shorter side from
     ``train_min_sizes`` (the paper: 480..800 by 80). 0 / () fall back to ``vision.image_size``,
     ``min_size`` and ``(min_size,)``, so a square image at the model size is used as it is
-    (:func:`fibervl.tasks.grounding.detector_input` resolves them)."""
+    (:func:`fibervl.tasks.grounding.detector_input` resolves them).
+
+    ``head_fusion_layers``: GLIP-style fusion in the head, layers of bidirectional cross-attention
+    between the pyramid levels and the text states before the predictors
+    (:mod:`fibervl.modeling.detection.head_fusion`, ``head_fusion_heads`` heads, gates starting at
+    ``fusion.alpha_init``); 0 (the default, official FIBER) has none: FIBER fuses in the backbone."""
 
     channels: int = 256
     num_blocks: int = 6
@@ -160,6 +168,8 @@ class DetectionConfig:
     min_size: int = 0
     max_size: int = 0
     train_min_sizes: tuple[int, ...] = ()
+    head_fusion_layers: int = 0
+    head_fusion_heads: int = 8
 
 
 @dataclass
@@ -218,6 +228,12 @@ class FiberConfig(SerializableConfig):
                 f"fusion.num_layers={f.num_layers} must lie in [0, {min(sum(v.depths), t.num_layers)}] "
                 "(no more than the Swin blocks or the text layers)"
             )
+        if not 0 <= v.conv_stages <= len(v.depths):
+            raise ConfigError(f"vision.conv_stages must lie in [0, {len(v.depths)}], got {v.conv_stages}")
+        convolutional = [(s, b) for s, b in self.fused_blocks() if s < v.conv_stages]
+        if convolutional:
+            raise ConfigError(f"fusion blocks {convolutional} fall in the first vision.conv_stages={v.conv_stages} "
+                              "stages, which are convolutional; fusion needs Swin blocks")
         unknown = set(self.heads) - KNOWN_HEADS
         if unknown:
             raise ConfigError(f"unknown heads {sorted(unknown)}; known: {sorted(KNOWN_HEADS)}")
@@ -241,6 +257,13 @@ class FiberConfig(SerializableConfig):
             if min(d.min_size, d.max_size, *d.train_min_sizes) < 0 or 0 in d.train_min_sizes:
                 raise ConfigError(f"detection input sizes must be positive (0: the default), got min_size={d.min_size}, "
                                   f"max_size={d.max_size}, train_min_sizes={d.train_min_sizes}")
+            for key in ("head_fusion_layers", "head_fusion_heads"):
+                value = getattr(d, key)
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise ConfigError(f"detection.{key} must be a whole number >= 0, got {value!r}")
+            if d.head_fusion_layers and (d.head_fusion_heads < 1 or d.channels % d.head_fusion_heads):
+                raise ConfigError(f"detection.head_fusion_heads={d.head_fusion_heads} must be >= 1 and divide "
+                                  f"detection.channels={d.channels} (the head fusion attends at the pyramid width)")
         if t.max_text_len + t.pad_token_id + 1 > t.max_position_embeddings:
             raise ConfigError("text.max_text_len does not fit text.max_position_embeddings")
 
@@ -321,7 +344,7 @@ def _fiber_tiny() -> FiberConfig:
         name="fiber-tiny",
         vision=SwinConfig(
             image_size=128, embed_dim=32, depths=(1, 1, 2, 2), num_heads=(1, 2, 4, 8),
-            window_size=4, drop_path_rate=0.0,
+            window_size=4, drop_path_rate=0.0, conv_stages=3, final_norm=False,
         ),
         text=TextConfig(
             vocab_size=2048, hidden_size=128, num_layers=4, num_heads=2, intermediate_size=512,

@@ -20,13 +20,15 @@ def test_gpu_small_settings_run_every_stage_at_micro_scale(tmp_path):
     gpu = get_job_preset("gpu-small")
     two_steps = lambda plan: dataclasses.replace(plan, steps=2)  # noqa: E731
     micro = dataclasses.replace(
-        gpu, data=dataclasses.replace(gpu.data, size=40), itc_steps=2, coarse=two_steps(gpu.coarse),
+        # the image stage reads one item per image: 40 images hold no batch of the preset's 64
+        gpu, data=dataclasses.replace(gpu.data, size=40), image=dataclasses.replace(gpu.image, steps=2, batch_size=16),
+        itc_steps=2, coarse=two_steps(gpu.coarse),
         fine=two_steps(gpu.fine), tasks={name: two_steps(plan) for name, plan in gpu.tasks.items()},
         num_eval=8, device="cpu")
     results = run_job(micro, tmp_path, echo=lambda line: None)
 
     assert set(results["tasks"]) == set(TASK_STAGES) | {"detection_zero_shot"}
-    assert set(results["stages"]) == {"data", "coarse-itc", "coarse", "fine", *TASK_STAGES}
+    assert set(results["stages"]) == {"data", "image", "coarse-itc", "coarse", "fine", *TASK_STAGES}
     # the preset's data: 2-8 objects on every background kind
     data = json.loads((tmp_path / "data" / "dataset.json").read_text())["config"]
     assert (data["min_objects"], data["max_objects"]) == (2, 8) and len(data["backgrounds"]) == 5

@@ -22,16 +22,18 @@ def with_image_steps(preset, steps: int):
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
-def test_image_stage_is_off_by_default_and_leaves_the_stages_as_they_were(name):
+def test_every_preset_runs_the_image_stage_first_and_zero_steps_drop_it(name):
     preset = get_job_preset(name)
-    assert preset.image.steps == 0
-    assert list(pretrain_stages(preset, "fiber")) == ["coarse-itc", "coarse", "fine"]
-    assert list(pretrain_stages(with_image_steps(preset, 5), "fiber")) == ["image", "coarse-itc", "coarse", "fine"]
+    assert preset.image.steps > 0
+    assert list(pretrain_stages(preset, "fiber")) == ["image", "coarse-itc", "coarse", "fine"]
+    assert list(pretrain_stages(with_image_steps(preset, 0), "fiber")) == ["coarse-itc", "coarse", "fine"]
+    # the image stage trains FIBER's tower: the other families never run it
+    assert "image" not in pretrain_stages(preset, "albef") and "image" not in pretrain_stages(preset, "vlmo")
 
 
 def test_coarse_stages_start_from_the_image_stage_only_when_it_runs(tmp_path):
     preset = get_job_preset("quick")
-    off = JobContext(preset, tmp_path, tmp_path / "data", StageRunner(tmp_path))
+    off = JobContext(with_image_steps(preset, 0), tmp_path, tmp_path / "data", StageRunner(tmp_path))
     assert "init" not in coarse_itc_config(off, tmp_path)["model"]
     on = JobContext(with_image_steps(preset, 5), tmp_path, tmp_path / "data", StageRunner(tmp_path))
     assert coarse_itc_config(on, tmp_path)["model"]["init"] == str(tmp_path / "stages" / "image" / "model")

@@ -155,7 +155,8 @@ class FiberModel(HeadLogits, nn.Module):
         self.detector = None if det is None else GroundingDetector(
             in_channels=[dims[s] for s in config.vision.feature_norms], channels=det.channels,
             text_dim=config.text.hidden_size, num_blocks=det.num_blocks, num_groups=det.num_groups,
-            strides=det.strides, anchor_sizes=det.anchor_sizes,
+            strides=det.strides, anchor_sizes=det.anchor_sizes, head_fusion_layers=det.head_fusion_layers,
+            head_fusion_heads=det.head_fusion_heads, head_fusion_gate_init=config.fusion.alpha_init,
         )
         # Language prompt tuning: per-position offsets on the text embeddings, zero at the start
         # so that adding them changes nothing until they are trained.
@@ -183,7 +184,8 @@ class FiberModel(HeadLogits, nn.Module):
         fusion), ``cross_modal`` (poolers and projections), ``heads``, ``temperature``, and for a
         detector ``fpn``, ``head_tower`` (DyHead), ``head_scales`` (per-level box scales),
         ``head_predictors`` (box, centerness, token projection, logit scale and biases: what
-        the official linear probe trains) and ``prompt`` (:attr:`text_prompt_offsets`)."""
+        the official linear probe trains), ``head_fusion`` (GLIP-style fusion in the head, when
+        ``detection.head_fusion_layers`` builds it) and ``prompt`` (:attr:`text_prompt_offsets`)."""
         parts: dict[str, list] = {"vision": [self.vision], "text": [self.text], "cross_modal": [self.cross_modal],
                                   "heads": [self.heads]}
         if "itc" in self.config.heads:
@@ -195,6 +197,8 @@ class FiberModel(HeadLogits, nn.Module):
             parts["head_scales"] = [head.scales]
             parts["head_predictors"] = [head.bbox_pred, head.centerness, head.token_proj,
                                         head.log_scale, head.bias_lang, head.bias0]
+            if self.detector.head_fusion is not None:
+                parts["head_fusion"] = [self.detector.head_fusion]
         if self.text_prompt_offsets is not None:
             parts["prompt"] = [self.text_prompt_offsets]
         return parts
@@ -303,6 +307,10 @@ class FiberModel(HeadLogits, nn.Module):
             for p in module.parameters():
                 p.requires_grad_(False)
                 frozen += p.numel()
+            # Frozen modules run in eval mode (see ``train``): a hybrid tower's BatchNorms would
+            # otherwise normalise with each batch's statistics and drift their running ones.
+            self._frozen_modules.append(module)
+        self.train(self.training)
         return frozen
 
     def _run_blocks(

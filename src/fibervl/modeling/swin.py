@@ -1,5 +1,11 @@
 """Swin Transformer image backbone with optional image-to-text fusion in chosen blocks.
 
+``SwinConfig.conv_stages`` > 0 makes the tower a hybrid (fiber-tiny's choice; fiber-base keeps the
+official Swin): a convolutional stem, ResNet basic blocks in the first stages and strided-conv
+downsampling, Swin blocks (and fusion) above. At the embedded data's budgets the all-Swin tower
+learns colour at once but sits on a long plateau before it tells shapes apart; the conv stages
+leave it within the first few hundred steps (docs/results.md, issue 31).
+
 Tokens travel between blocks as [B, H, W, C] grids so windowing is a reshape, not a gather.
 Feature maps whose size is not a multiple of the window are zero-padded after ``norm1`` (the
 detection Swin's rule); padded tokens take part as keys, exactly as in the official code.
@@ -191,6 +197,59 @@ class PatchEmbed(nn.Module):
         return self.norm(self.proj(images).permute(0, 2, 3, 1))
 
 
+class ConvStem(nn.Module):
+    """Overlapping stem for ``conv_stages``: log2(patch) 3x3 stride-2 conv + BatchNorm + ReLU layers
+    (widths doubling up to C), a 1x1 conv, then LayerNorm, as PatchEmbed ends.
+    [B, 3, H, W] -> [B, H/p, W/p, C] (H/p rounded up)."""
+
+    def __init__(self, patch: int, in_channels: int, dim: int, eps: float) -> None:
+        super().__init__()
+        if patch < 2 or patch & (patch - 1):
+            raise ValueError(f"a convolutional stem needs a power-of-two patch size >= 2, got {patch}")
+        layers, channels, n = [], in_channels, patch.bit_length() - 1
+        for i in range(n):
+            width = dim // 2 ** (n - 1 - i)
+            layers += [nn.Conv2d(channels, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width),
+                       nn.ReLU(inplace=True)]
+            channels = width
+        layers.append(nn.Conv2d(channels, dim, 1))
+        self.body = nn.Sequential(*layers)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.body(images).permute(0, 2, 3, 1))
+
+
+class ConvBlock(nn.Module):
+    """ResNet basic block on a channels-last grid, in place of a Swin block in a ``conv_stages``
+    stage: ReLU(x + BN(conv3x3(ReLU(BN(conv3x3(x)))))). [B, H, W, C] -> [B, H, W, C]."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(dim, dim, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(dim)
+        self.conv2 = nn.Conv2d(dim, dim, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 3, 1, 2)
+        y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        return F.relu(x + y).permute(0, 2, 3, 1)
+
+
+class ConvDownsample(nn.Module):
+    """Overlapping downsampling in place of PatchMerging when ``conv_stages`` > 0: 3x3 stride-2
+    conv (C -> 2C) + BatchNorm + GELU. [B, H, W, C] -> [B, ceil(H/2), ceil(W/2), 2C]."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(dim, 2 * dim, 3, stride=2, padding=1)
+        self.norm = nn.BatchNorm2d(2 * dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.norm(self.conv(x.permute(0, 3, 1, 2)))).permute(0, 2, 3, 1)
+
+
 class SwinStage(nn.Module):
     def __init__(self, blocks: list[SwinBlock], downsample: PatchMerging | None) -> None:
         super().__init__()
@@ -212,13 +271,19 @@ class SwinTransformer(nn.Module):
         window = cfg.resolved_window_size
         dims = cfg.stage_dims()
         self.dims = dims
-        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_channels, cfg.embed_dim, cfg.layer_norm_eps)
-        rates = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths)).tolist()
+        hybrid = cfg.conv_stages > 0  # FiberConfig.validate keeps fusion out of the conv stages
         fused = set(map(tuple, fused_blocks))
+        self.patch_embed = (ConvStem if hybrid else PatchEmbed)(cfg.patch_size, cfg.in_channels, cfg.embed_dim,
+                                                                 cfg.layer_norm_eps)
+        rates = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths)).tolist()
         stages, k = [], 0
         for s, (depth, heads) in enumerate(zip(cfg.depths, cfg.num_heads)):
             blocks = []
             for b in range(depth):
+                if s < cfg.conv_stages:
+                    blocks.append(ConvBlock(dims[s]))
+                    k += 1
+                    continue
                 blocks.append(SwinBlock(
                     dims[s], heads, window, shift=b % 2 == 1, mlp_ratio=cfg.mlp_ratio, drop_path=rates[k],
                     eps=cfg.layer_norm_eps, single_window_no_shift=cfg.single_window_no_shift,
@@ -226,7 +291,8 @@ class SwinTransformer(nn.Module):
                 ))
                 k += 1
             last = s == len(cfg.depths) - 1
-            stages.append(SwinStage(blocks, None if last else PatchMerging(dims[s], cfg.layer_norm_eps)))
+            downsample = None if last else ConvDownsample(dims[s]) if hybrid else PatchMerging(dims[s], cfg.layer_norm_eps)
+            stages.append(SwinStage(blocks, downsample))
         self.stages = nn.ModuleList(stages)
         self.norm = nn.LayerNorm(dims[-1], eps=cfg.layer_norm_eps) if cfg.final_norm else None
         self.feature_norms = nn.ModuleDict(
