@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from .anchors import AnchorGenerator
 from .fpn import FPN
 from .head import GroundingHead, GroundingHeadOutput
+from .head_fusion import HeadFusion
 from .losses import GroundingLoss, GroundingTarget
 from .postprocess import Detections, GroundingPostProcessor
 
@@ -25,7 +26,7 @@ __all__ = ["DetectorOutput", "GroundingDetector"]
 @dataclass
 class DetectorOutput:
     """``head``: per-level head outputs; ``anchors``: per level ``[H_l*W_l, 4]``;
-    ``pyramid``: FPN levels ``[B, C, H_l, W_l]`` (P3..P7)."""
+    ``pyramid``: FPN levels ``[B, C, H_l, W_l]`` (P3..P7; after the head fusion, if any)."""
 
     head: GroundingHeadOutput
     anchors: list[Tensor]
@@ -43,6 +44,9 @@ class GroundingDetector(nn.Module):
         num_groups: GroupNorm groups (16).
         strides, anchor_sizes: per pyramid level (8..128 and 64..1024).
         loss, postprocessor: override the official defaults.
+        head_fusion_layers: GLIP-style image-text fusion layers on the pyramid and the text before
+            the head (:class:`~.head_fusion.HeadFusion`); 0 (official FIBER) builds none.
+        head_fusion_heads, head_fusion_gate_init: their attention heads and initial gates.
 
     ``forward(image_features, text_hidden, text_mask) -> DetectorOutput`` with ``image_features`` a
     list of 3 maps ``[B, in_channels[i], H_i, W_i]``, ``text_hidden [B, T, text_dim]``, ``text_mask
@@ -61,6 +65,9 @@ class GroundingDetector(nn.Module):
         anchor_sizes: Sequence[float] = (64, 128, 256, 512, 1024),
         loss: GroundingLoss | None = None,
         postprocessor: GroundingPostProcessor | None = None,
+        head_fusion_layers: int = 0,
+        head_fusion_heads: int = 8,
+        head_fusion_gate_init: float = 0.0,
     ) -> None:
         super().__init__()
         if len(strides) != 5:
@@ -70,11 +77,17 @@ class GroundingDetector(nn.Module):
         self.anchor_generator = AnchorGenerator(strides, anchor_sizes)
         self.loss_fn = loss or GroundingLoss()
         self.postprocessor = postprocessor or GroundingPostProcessor()
+        # Built last, so that the FPN and head start from the same weights with or without it.
+        self.head_fusion = None if head_fusion_layers == 0 else HeadFusion(
+            channels, text_dim, head_fusion_layers, head_fusion_heads, head_fusion_gate_init)
 
     def forward(self, image_features: Sequence[Tensor], text_hidden: Tensor, text_mask: Tensor) -> DetectorOutput:
         if text_mask.shape != text_hidden.shape[:2]:
             raise ValueError(f"text_mask {tuple(text_mask.shape)} does not match text_hidden {tuple(text_hidden.shape)}")
         pyramid = self.fpn(image_features)
+        if self.head_fusion is not None:
+            # the fused levels feed the predictors and the anchors; the fused text the token logits
+            pyramid, text_hidden = self.head_fusion(pyramid, text_hidden, text_mask)
         # official language_dict_features["embedded"] = hidden * mask
         embedded = text_hidden * text_mask[..., None].to(text_hidden.dtype)
         head_out = self.head(pyramid, embedded)
