@@ -79,3 +79,18 @@ def test_image_stage_trains_the_tower_alone_and_the_coarse_model_starts_from_it(
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("vision."))
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("text."))
     # the coarse stage builds its model as ``trained`` was built: from the image stage's directory
+
+
+def test_image_stage_gives_the_same_tower_whatever_the_process_random_state(shapes_tiny, tmp_path):
+    """Its label head is drawn from the model's seed, not from the process's stream (which
+    differs from run to run): two runs that start from different global states train the same tower."""
+    towers = []
+    for k, state in enumerate((11, 12345)):
+        torch.manual_seed(state)
+        run_dir = tmp_path / f"image{k}"
+        assert main(["pretrain", "image", f"data.root={shapes_tiny}", f"train.run_dir={run_dir}", "train.max_steps=2",
+                     "train.batch_size=8", "train.progress_bar=false", "data.num_eval=8"]) == 0
+        data = ImageLabelData(root=str(shapes_tiny))
+        model = ModelSpec(preset="fiber-tiny", init=str(run_dir / "model")).build(load_tokenizer(data, str(run_dir / "model")))
+        towers.append({k: v for k, v in model.state_dict().items() if k.startswith("vision.")})
+    assert all(torch.equal(towers[0][k], towers[1][k]) for k in towers[0])

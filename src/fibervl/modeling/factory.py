@@ -154,7 +154,7 @@ def fit_to_tokenizer(config: ModelConfig, tokenizer: TokenizerLike) -> ModelConf
 
 
 @contextlib.contextmanager
-def _weights_drawn_from(seed: Optional[int]) -> Iterator[None]:
+def weights_drawn_from(seed: Optional[int]) -> Iterator[None]:
     """Within the block, random initialisation draws from ``seed`` alone and leaves the process's
     random streams as they were: the process's default seed differs from run to run, and the
     trainer seeds only after the model exists. Building a model draws from torch's generators
@@ -351,7 +351,7 @@ def _fresh_config(config, tokenizer, heads, tuning, new_heads, changes) -> Model
 
 
 def _fresh(config: ModelConfig, seed: Optional[int]):
-    with _weights_drawn_from(seed):
+    with weights_drawn_from(seed):
         return family_of(config).model_cls(config)
 
 

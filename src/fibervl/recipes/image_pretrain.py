@@ -27,6 +27,7 @@ from ..data.samples import Sample
 from ..data.transforms import eval_transforms, train_transforms
 from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import DataSpec, ModelSpec, load_tokenizer
+from ..modeling.factory import weights_drawn_from
 from ..tasks.image_labels import ImageLabelTask
 from .common import export_model, recipe_train
 from .registry import Recipe
@@ -119,7 +120,9 @@ def run(cfg: ImagePretrainConfig) -> dict:
     names, items = read_image_labels(cfg.data.root, cfg.data.train_split)
     image_size, _ = cfg.data.input_sizes(model.config)
     train = ImageLabelDataset(items, len(names), Processor(train_transforms(image_size)))
-    task = ImageLabelTask(model.vision.dims[-1], len(names))
+    # The label head is drawn from the model's seed too: the process's own stream differs per run.
+    with weights_drawn_from(cfg.model.seed + 1):
+        task = ImageLabelTask(model.vision.dims[-1], len(names))
     # Only the tower trains: the text side and fusion get no gradient from this task.
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith("vision."))

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import ModelSpec
+from ..modeling.factory import weights_drawn_from
 from ..modeling.pretrained import WEIGHTS_NAME, load_state_strict, read_weights
 from ..tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask
 from ..tasks.pretrain_vlmo import STAGES, MimTask, TextMlmTask, set_stage_trainable
@@ -108,7 +109,8 @@ def run(cfg: VlmoPretrainConfig) -> dict:
             summaries[stage] = {"skipped": f"loaded the finished stage from {done}"}
             continue
         set_stage_trainable(model, stage)
-        task = _stage_task(stage, cfg, mcfg, tokenizer)
+        with weights_drawn_from(cfg.model.seed + 1):  # the MIM head's weights, reproducibly
+            task = _stage_task(stage, cfg, mcfg, tokenizer)
         trainer = Trainer(stage_cfg, model, task, setup.train, collate_fn=setup.collate,
                           evaluate=evaluate if stage == "vl" else None, config_snapshot=cfg)
         summaries[stage] = trainer.fit()
