@@ -104,5 +104,5 @@ def test_second_run_skips_finished_stages(quick_run):
     proc = subprocess.run([sys.executable, "-m", "fibervl.cli", "run", "--preset", "quick", "--out", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("finished earlier") == len({"data", "coarse-itc", "coarse", "fine", *TASK_STAGES})
+    assert proc.stdout.count("finished earlier") == len({"data", "image", "coarse-itc", "coarse", "fine", *TASK_STAGES})
     assert "running in" not in proc.stdout
