@@ -2,7 +2,7 @@
 shape of the one object in an image?
 
 Renders single-object scenes with the shapes generator's own sampler and renderer, then trains
-the Swin tower of ``FiberModel(get_preset("fiber-tiny"))`` from scratch with two linear heads
+the all-Swin tower of ``FiberModel(get_preset("fiber-tiny"))`` (``conv_stages=0``; see ``probe_config``) from scratch with two linear heads
 (colour, shape) by cross-entropy, through the main job's transforms and normalisation. Reports
 accuracy on the training images (eval transforms: can it fit?) and on held-out images.
 
@@ -177,10 +177,13 @@ class ImageNorm(nn.Module):
 
 
 def probe_config(args):
-    """fiber-tiny's vision config with the probe's overrides."""
+    """fiber-tiny's vision config as the probe's rows measured it, the all-Swin tower with its final
+    norm (the preset's tower is now the hybrid ``conv_stages=3``, which the flags ``--stem conv --merge
+    conv --merge-norm bn --merge-act --conv-stages 3 --no-final-norm`` rebuild from the prototypes
+    above), with the probe's overrides."""
     cfg = get_preset("fiber-tiny")
     vision = cfg.vision
-    changes = {"patch_size": args.patch_size}
+    changes = {"patch_size": args.patch_size, "conv_stages": 0, "final_norm": True}
     if args.window:
         changes["window_size"] = args.window
     if args.heads:

@@ -280,11 +280,7 @@ class SwinTransformer(nn.Module):
         for s, (depth, heads) in enumerate(zip(cfg.depths, cfg.num_heads)):
             blocks = []
             for b in range(depth):
-                if s < cfg.conv_stages:
-                    blocks.append(ConvBlock(dims[s]))
-                    k += 1
-                    continue
-                blocks.append(SwinBlock(
+                blocks.append(ConvBlock(dims[s]) if s < cfg.conv_stages else SwinBlock(
                     dims[s], heads, window, shift=b % 2 == 1, mlp_ratio=cfg.mlp_ratio, drop_path=rates[k],
                     eps=cfg.layer_norm_eps, single_window_no_shift=cfg.single_window_no_shift,
                     fusion_text_dim=text_dim if (s, b) in fused else None, i2t_query_norm=i2t_query_norm,
