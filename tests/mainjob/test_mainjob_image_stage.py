@@ -14,7 +14,10 @@ from fibervl.experiment import ModelSpec, load_tokenizer
 from fibervl.mainjob.job import PRETRAIN_STAGES, JobContext, coarse_config, coarse_itc_config, pretrain_stages
 from fibervl.mainjob.presets import PRESETS, get_job_preset
 from fibervl.mainjob.stages import StageRunner
-from fibervl.recipes.image_pretrain import ImageLabelData, read_image_labels
+from fibervl.data import Processor
+from fibervl.data.samples import Sample
+from fibervl.data.transforms import eval_transforms
+from fibervl.recipes.image_pretrain import FreshSceneLabels, ImageLabelData, read_image_labels
 
 
 def with_image_steps(preset, steps: int):
@@ -94,3 +97,50 @@ def test_image_stage_gives_the_same_tower_whatever_the_process_random_state(shap
         model = ModelSpec(preset="fiber-tiny", init=str(run_dir / "model")).build(load_tokenizer(data, str(run_dir / "model")))
         towers.append({k: v for k, v in model.state_dict().items() if k.startswith("vision.")})
     assert all(torch.equal(towers[0][k], towers[1][k]) for k in towers[0])
+
+
+def test_fresh_scenes_are_one_labelled_object_drawn_the_same_way_every_time(shapes_tiny):
+    names, _ = read_image_labels(shapes_tiny, "train")
+    processor = Processor(eval_transforms(128))
+    fresh = FreshSceneLabels(shapes_tiny, 200, names, processor)
+    again = FreshSceneLabels(shapes_tiny, 200, names, processor)
+    assert len(fresh) == 200
+    first, other = fresh[3], again[3]
+    assert torch.equal(first["images"], other["images"]) and torch.equal(first["labels"], other["labels"])
+    assert not torch.equal(first["images"], fresh[4]["images"])  # a new scene at every index
+    held_out = json.loads((shapes_tiny / "dataset.json").read_text())["held_out_shapes"]
+    kinds = [sorted(names[j].split(":")[0] for j in fresh[i]["labels"].nonzero().flatten().tolist()) for i in range(200)]
+    # one colour and one shape each, except held-out shapes, whose shape is never a label
+    assert all(k in (["color", "shape"], ["color"]) for k in kinds)
+    assert ["color"] in kinds and held_out
+
+
+def test_fresh_scenes_are_none_of_the_data_sets_images(shapes_tiny):
+    """The fresh split is drawn under its own name: no training, validation or test image recurs."""
+    from PIL import Image
+    import numpy as np
+
+    names, _ = read_image_labels(shapes_tiny, "train")
+    fresh = FreshSceneLabels(shapes_tiny, 20, names, Processor(eval_transforms(128)))
+    files = sorted((shapes_tiny / "images").rglob("*.*"))[:40]
+    rendered = [fresh[i]["images"] for i in range(20)]
+    for path in files:
+        pixels = Processor(eval_transforms(128))(Sample(sample_id="x", image_id=0, image=Image.open(path).convert("RGB")))
+        assert all(float((pixels.pixel_values - r).abs().mean()) > 0.05 for r in rendered), path
+    assert np.isfinite(float(rendered[0].mean()))
+
+
+def test_the_job_draws_one_fresh_scene_per_image_stage_draw(tmp_path):
+    preset = get_job_preset("default")
+    ctx = JobContext(preset, tmp_path, tmp_path / "data", StageRunner(tmp_path))
+    cfg = PRETRAIN_STAGES["image"].build(ctx, tmp_path / "image")
+    assert cfg.data.fresh_scenes == preset.image.steps * preset.image.batch_size
+    off = dataclasses.replace(ctx, preset=dataclasses.replace(preset, fresh_image_scenes=False))
+    assert PRETRAIN_STAGES["image"].build(off, tmp_path / "image").data.fresh_scenes == 0
+
+
+def test_image_stage_on_fresh_scenes_trains(shapes_tiny, tmp_path):
+    run_dir = tmp_path / "image"
+    assert main(["pretrain", "image", f"data.root={shapes_tiny}", f"train.run_dir={run_dir}", "train.max_steps=2",
+                 "train.batch_size=8", "train.progress_bar=false", "data.num_eval=8", "data.fresh_scenes=16"]) == 0
+    assert json.loads((run_dir / "metrics.json").read_text())["train_images"] == 8

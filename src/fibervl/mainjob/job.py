@@ -170,10 +170,12 @@ def stage_data(ctx: JobContext, stage_dir: Path) -> dict:
 
 
 def image_config(ctx: JobContext, stage_dir: Path) -> dict:
-    """The image tower alone, supervised by the colours and shapes of each training image; the
-    fit it reports is on the first ``num_eval`` training images."""
+    """The image tower alone, supervised by the colours and shapes it is shown: with
+    ``preset.fresh_image_scenes`` a freshly rendered one-object scene at every draw, else the
+    training images. The fit it reports is on the first ``num_eval`` training images."""
     p = ctx.preset
-    return {"model": {"preset": p.model}, "data": _data(ctx), "train": _train(p.image, stage_dir, p)}
+    fresh = {"fresh_scenes": p.image.steps * p.image.batch_size} if p.fresh_image_scenes else {}
+    return {"model": {"preset": p.model}, "data": _data(ctx, **fresh), "train": _train(p.image, stage_dir, p)}
 
 
 def _image_model(ctx: JobContext) -> dict:
