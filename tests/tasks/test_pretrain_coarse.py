@@ -78,6 +78,44 @@ def test_hard_negatives_skip_pairs_of_the_same_image(monkeypatch):
         assert (choice != torch.arange(6)).all()
 
 
+def test_hard_negatives_skip_pairs_with_the_same_caption(monkeypatch):
+    """Pairs 3 and 5 have word-for-word the same caption (different images): the caption is true of
+    both images, so neither pair may be drawn as the other's negative."""
+    from fibervl.tasks import pretrain_coarse
+
+    seen = []
+    real = pretrain_coarse.sample_hard_negatives
+
+    def spy(logits, positive, generator=None, exclude=None, **rows):
+        choice = real(logits, positive, generator, exclude, **rows)
+        seen.append(choice)
+        return choice
+
+    monkeypatch.setattr(pretrain_coarse, "sample_hard_negatives", spy)
+    model = FiberModel(micro_config()).eval()
+    task = make_task(model, mlm=0.0)
+    for seed in range(20):
+        batch = pair_batch(seed=seed)
+        batch["input_ids"][5] = batch["input_ids"][3]
+        task.training_step(model, batch)
+    assert len(seen) == 40
+    for choice in seen:
+        assert choice[3] != 5 and choice[5] != 3
+        assert choice[0] != 1 and choice[1] != 0
+
+
+def test_same_text_ignores_padding_and_compares_every_token():
+    from fibervl.tasks.objectives import same_text
+
+    ids = torch.tensor([[0, 7, 8, 2, 1], [0, 7, 8, 2, 5], [0, 7, 9, 2, 1]])
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 0], [1, 1, 1, 1, 0]])
+    # row 1's padding holds another token id: still the same text as row 0
+    assert same_text(ids, mask, ids, mask).tolist() == [[True, True, False], [True, True, False],
+                                                         [False, False, True]]
+    longer = torch.tensor([[1, 1, 1, 1, 1]])
+    assert not same_text(ids[:1], mask[:1], ids[:1], longer).any()
+
+
 def test_random_itm_negatives_ignore_the_itc_similarities(monkeypatch):
     """itm_negatives="random": every other pair (not of the same image) is equally likely to be
     drawn, whatever ITC thinks; "hard" follows the ITC similarities; anything else is an error."""

@@ -4,7 +4,8 @@
   rows and globally gathered columns, optionally extended by a :class:`FeatureQueue` of past
   features (the official FIBER recipe: 4096 detached entries, no momentum encoder).
 * :func:`sample_hard_negatives`: one negative per row drawn from the softmax of the ITC logits
-  with the positive excluded (VLMo-style global hard negatives for ITM).
+  with the positive excluded (VLMo-style global hard negatives for ITM); :func:`same_text` marks
+  the pairs whose captions are the same tokens, which are no negatives for each other.
 * :func:`itm_hard_negative_batch`: assembles the ``3 x B`` ITM batch and its labels.
 * :func:`mask_tokens`: BERT masking (15 %, 80/10/10) for MLM.
 * :func:`clamp_temperature_`: the official temperature clamp (init 0.07, range [0.001, 1]).
@@ -247,6 +248,14 @@ def sample_hard_negatives(
     assert not bool((choice == positive).any())
     return choice
 
+def same_text(ids: torch.Tensor, mask: torch.Tensor, ids_all: torch.Tensor, mask_all: torch.Tensor) -> torch.Tensor:
+    """[B, T] token ids and masks of this rank, [Bg, T] of all ranks -> [B, Bg] bool, True where
+    text i and text j are the same tokens (padding ignored)."""
+    mine = ids.masked_fill(~mask.bool(), -1)
+    every = ids_all.masked_fill(~mask_all.bool(), -1)
+    return (mine[:, None, :] == every[None, :, :]).all(dim=-1)
+
+
 
 def itm_hard_negative_batch(
     image: torch.Tensor,
@@ -377,6 +386,6 @@ def itm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 __all__ = [
     "INIT_TEMPERATURE", "TEMPERATURE_RANGE", "clamp_temperature_", "FeatureQueue", "ITCOutput",
-    "itc_logits", "itc_loss", "sample_hard_negatives", "itm_hard_negative_batch", "mask_tokens",
+    "itc_logits", "itc_loss", "sample_hard_negatives", "same_text", "itm_hard_negative_batch", "mask_tokens",
     "masked_lm_logits", "mlm_loss", "itm_loss",
 ]

@@ -39,7 +39,7 @@ from torch import nn
 from ..engine.precision import autocast_disabled
 from .objectives import (
     FeatureQueue, clamp_temperature_, itm_hard_negative_batch, itm_loss, mask_tokens, masked_lm_logits, mlm_loss,
-    sample_hard_negatives,
+    same_text, sample_hard_negatives,
 )
 
 TEMPERATURE_RANGE = (0.001, 0.5)  # ALBEF's clamp
@@ -171,7 +171,10 @@ class AlbefPretrainTask(nn.Module):
         logs: dict = {"itc": itc.loss.detach(), "temperature": model.temperature.detach(),
                                          "alpha": alpha}
         if obj.itm:
-            itm, itm_acc = self._itm(model, image_tokens, text_hidden, mask, itc, same_image)
+            # pairs of one image or of word-for-word equal captions are no negatives (as FIBER's)
+            not_negative = same_text(ids, mask, ids, mask)
+            not_negative = not_negative if same_image is None else not_negative | same_image
+            itm, itm_acc = self._itm(model, image_tokens, text_hidden, mask, itc, not_negative)
             loss = loss + obj.itm * itm
             logs.update(itm=itm.detach(), itm_acc=itm_acc)
         if obj.mlm:
@@ -183,11 +186,11 @@ class AlbefPretrainTask(nn.Module):
         logs["loss"] = loss
         return logs
 
-    def _itm(self, model, image_tokens, text_hidden, mask, itc: MomentumITC, same_image):
+    def _itm(self, model, image_tokens, text_hidden, mask, itc: MomentumITC, not_negative):
         b = image_tokens.shape[0]
         positive = torch.arange(b, device=image_tokens.device)
-        neg_text = sample_hard_negatives(itc.sim_i2t[:, :b], positive, exclude=same_image)
-        neg_image = sample_hard_negatives(itc.sim_t2i[:, :b], positive, exclude=same_image)
+        neg_text = sample_hard_negatives(itc.sim_i2t[:, :b], positive, exclude=not_negative)
+        neg_image = sample_hard_negatives(itc.sim_t2i[:, :b], positive, exclude=not_negative)
         itm_tokens, itm_text, itm_mask, labels = itm_hard_negative_batch(
             image_tokens, text_hidden, mask, image_tokens, text_hidden, mask, neg_text, neg_image)
         logits = model.itm_logits(model.fuse_features(itm_tokens, itm_text, itm_mask).cls_feats)
