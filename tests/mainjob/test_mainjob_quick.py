@@ -7,7 +7,7 @@ their baseline and ``--check`` exits 3 exactly when one does not, every stage's 
 ``from_pretrained``, and a second run skips every finished stage.
 
 Also asserted: every one of the eight tasks beats its baseline by at least a point (docs/results.md:
-the quick preset in bf16, its thinnest margins VQA's +2.8 and zero-shot detection's +4.9).
+the quick preset in bf16, its thinnest margins grounding's +3.3 and zero-shot detection's +4.2).
 """
 
 import json
