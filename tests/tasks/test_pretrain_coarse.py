@@ -56,8 +56,8 @@ def test_losses_fall_on_a_fixed_batch():
     assert 0.001 <= model.temperature.item() <= 1.0
 
 
-def test_hard_negatives_skip_pairs_of_the_same_image(monkeypatch):
-    """Rows 0 and 1 share image 0: neither may be drawn as the other's negative."""
+def record_negatives(monkeypatch) -> list[torch.Tensor]:
+    """Every draw of the coarse task's ``sample_hard_negatives`` from now on, in order."""
     from fibervl.tasks import pretrain_coarse
 
     seen = []
@@ -69,6 +69,12 @@ def test_hard_negatives_skip_pairs_of_the_same_image(monkeypatch):
         return choice
 
     monkeypatch.setattr(pretrain_coarse, "sample_hard_negatives", spy)
+    return seen
+
+
+def test_hard_negatives_skip_pairs_of_the_same_image(monkeypatch):
+    """Rows 0 and 1 share image 0: neither may be drawn as the other's negative."""
+    seen = record_negatives(monkeypatch)
     model = FiberModel(micro_config()).eval()
     task = make_task(model, mlm=0.0)
     for seed in range(20):
@@ -81,17 +87,7 @@ def test_hard_negatives_skip_pairs_of_the_same_image(monkeypatch):
 def test_hard_negatives_skip_pairs_with_the_same_caption(monkeypatch):
     """Pairs 3 and 5 have word-for-word the same caption (different images): the caption is true of
     both images, so neither pair may be drawn as the other's negative."""
-    from fibervl.tasks import pretrain_coarse
-
-    seen = []
-    real = pretrain_coarse.sample_hard_negatives
-
-    def spy(logits, positive, generator=None, exclude=None, **rows):
-        choice = real(logits, positive, generator, exclude, **rows)
-        seen.append(choice)
-        return choice
-
-    monkeypatch.setattr(pretrain_coarse, "sample_hard_negatives", spy)
+    seen = record_negatives(monkeypatch)
     model = FiberModel(micro_config()).eval()
     task = make_task(model, mlm=0.0)
     for seed in range(20):
