@@ -31,6 +31,9 @@ import torch
 
 from ..data import Processor
 from ..data.samples import Sample
+from ..data.shapes.layout import ShapesDataset
+from ..data.shapes.render import render
+from ..data.shapes.scene import sample_scene, scene_rng
 from ..data.transforms import eval_transforms, train_transforms
 from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import DataSpec, ModelSpec, load_tokenizer
@@ -104,6 +107,10 @@ class ImageLabelDataset(torch.utils.data.Dataset):
         return {"images": processed.pixel_values, "labels": labels}
 
 
+# The split name the fresh scenes are drawn under: none of the generator's own splits.
+FRESH_SPLIT = "image-pretrain"
+
+
 class FreshSceneLabels(torch.utils.data.Dataset):
     """Item i: scene i of the split ``FRESH_SPLIT``, one object, rendered by the shapes generator
     with the settings of data set ``root`` (image size and backgrounds; not encoded: the files'
@@ -113,8 +120,6 @@ class FreshSceneLabels(torch.utils.data.Dataset):
     Deterministic in (the data set's seed, i): a resumed run draws the same scenes."""
 
     def __init__(self, root: str | Path, n: int, names: list[str], processor: Processor) -> None:
-        from ..data.shapes.layout import ShapesDataset
-
         if n < 1:
             raise ValueError(f"fresh_scenes must be positive, got {n}")
         config = ShapesDataset(root).meta["config"]
@@ -126,9 +131,6 @@ class FreshSceneLabels(torch.utils.data.Dataset):
         return self.n
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        from ..data.shapes.render import render
-        from ..data.shapes.scene import sample_scene, scene_rng
-
         scene = sample_scene(scene_rng(self.seed, FRESH_SPLIT, i), i, FRESH_SPLIT, self.size, 1, 1, self.backgrounds)
         processed = self.processor(Sample(sample_id=f"{FRESH_SPLIT}/{i}", image_id=i, image=render(scene)))
         labels = torch.zeros(len(self.index))
@@ -137,10 +139,6 @@ class FreshSceneLabels(torch.utils.data.Dataset):
             if name in self.index:  # a held-out shape is never a label
                 labels[self.index[name]] = 1.0
         return {"images": processed.pixel_values, "labels": labels}
-
-
-# The split name the fresh scenes are drawn under: none of the generator's own splits.
-FRESH_SPLIT = "image-pretrain"
 
 
 @torch.no_grad()

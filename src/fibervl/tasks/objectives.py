@@ -248,13 +248,13 @@ def sample_hard_negatives(
     assert not bool((choice == positive).any())
     return choice
 
+
 def same_text(ids: torch.Tensor, mask: torch.Tensor, ids_all: torch.Tensor, mask_all: torch.Tensor) -> torch.Tensor:
     """[B, T] token ids and masks of this rank, [Bg, T] of all ranks -> [B, Bg] bool, True where
     text i and text j are the same tokens (padding ignored)."""
     mine = ids.masked_fill(~mask.bool(), -1)
     every = ids_all.masked_fill(~mask_all.bool(), -1)
     return (mine[:, None, :] == every[None, :, :]).all(dim=-1)
-
 
 
 def itm_hard_negative_batch(

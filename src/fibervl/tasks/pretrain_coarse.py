@@ -58,7 +58,6 @@ def pad_to_common_length(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.T
 
 
 @dataclass
-
 class CoarseObjectives:
     """Weights of the three losses and their settings (the official recipe: all 1, no queue here).
 
@@ -157,7 +156,7 @@ class CoarsePretrainTask(nn.Module):
         # is true of both images. Generic captions repeat often ("a picture of one shape": the
         # embedded set has 637 distinct among 1,500 test captions), and drawn as negatives they
         # teach ITM that true captions do not match (docs/results.md).
-        exclude = same_text(ids, mask, ids_all, mask_all)[:, :n]
+        exclude = same_text(ids, mask, ids_all, mask_all)
         if image_ids is not None:
             ids_global = all_gather_no_grad(image_ids)
             exclude = exclude | (image_ids[:, None] == ids_global[None, :])
