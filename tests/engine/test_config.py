@@ -139,3 +139,23 @@ def test_a_commands_aliases_are_overrides_and_listed_by_help(capsys):
     with pytest.raises(SystemExit):
         parse_cli(Exp, ["-h"], aliases)
     assert "--init V" in capsys.readouterr().out
+
+
+def test_epochs_given_over_a_recipe_default_of_steps_trains_epochs(tmp_path: Path):
+    """A recipe's section defaults to ``max_steps``; a config or command that gives ``epochs``
+    alone means epochs (not the default's steps, which would win over it); both given: steps."""
+    from dataclasses import dataclass, field
+
+    @dataclass
+    class Recipe:
+        train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=100))
+
+    assert load_config(Recipe, None, ["train.epochs=8"]).train.max_steps is None
+    assert load_config(Recipe, None, ["train.epochs=8"]).train.epochs == 8
+    config = tmp_path / "c.yaml"
+    config.write_text("train:\n  epochs: 8\n  batch_size: 16\n", encoding="utf-8")
+    from_file = load_config(Recipe, config)
+    assert (from_file.train.max_steps, from_file.train.epochs, from_file.train.batch_size) == (None, 8, 16)
+    both = load_config(Recipe, config, ["train.max_steps=5"]).train
+    assert (both.max_steps, both.epochs) == (5, 8)
+    assert load_config(Recipe, None, ["train.batch_size=4"]).train.max_steps == 100

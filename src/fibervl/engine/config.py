@@ -187,7 +187,9 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, prefix: str = "") -> T:
 def _over_section_default(f: dataclasses.Field, tp: Any, value: Any) -> Any:
     """A nested section given in part starts from the field's own default: ``train.batch_size=8``
     for a section declared ``field(default_factory=lambda: TrainConfig(max_steps=100))`` keeps
-    ``max_steps=100`` instead of falling back to the class defaults of ``TrainConfig``."""
+    ``max_steps=100`` instead of falling back to the class defaults of ``TrainConfig``. Keys the
+    section's class lists together in ``ALTERNATIVE_KEYS`` are one setting: ``epochs=8`` given
+    alone there resets ``max_steps`` to its class default (None)."""
     if not (dataclasses.is_dataclass(tp) and isinstance(value, Mapping)) or f.default_factory is dataclasses.MISSING:
         return value
     try:
@@ -197,6 +199,13 @@ def _over_section_default(f: dataclasses.Field, tp: Any, value: Any) -> Any:
     if not dataclasses.is_dataclass(default):
         return value
     merged = to_dict(default)
+    # A section's one-of keys (TrainConfig's max_steps / epochs): setting one drops the default's
+    # value of the others, so that ``epochs: 8`` over a default of ``max_steps: 100`` trains 8
+    # epochs instead of being silently outranked by the default.
+    defaults = {f.name: f.default for f in dataclasses.fields(tp)}
+    for group in getattr(tp, "ALTERNATIVE_KEYS", ()):
+        if any(key in value for key in group):
+            merged.update({key: defaults[key] for key in group if key not in value})
     for key, sub in value.items():
         if isinstance(sub, Mapping) and isinstance(merged.get(key), Mapping):
             merged[key] = {**merged[key], **sub}

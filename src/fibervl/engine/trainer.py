@@ -34,7 +34,7 @@ import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Optional
+from typing import Any, Callable, ClassVar, Iterator, Literal, Optional
 
 import torch
 import torch.distributed as dist
@@ -62,6 +62,10 @@ class NonFiniteError(FloatingPointError, RuntimeError):
 @dataclass
 class TrainConfig:
     """Trainer settings. See docs/engine.md for the meaning of every key."""
+
+    # One length: a config that gives one of these replaces a recipe default's other
+    # (engine/config.py); given both, max_steps wins.
+    ALTERNATIVE_KEYS: ClassVar[tuple[tuple[str, ...], ...]] = (("max_steps", "epochs"),)
 
     run_dir: str = "runs/default"
     seed: int = 0
