@@ -202,7 +202,7 @@ def _over_section_default(f: dataclasses.Field, tp: Any, value: Any) -> Any:
     # A section's one-of keys (TrainConfig's max_steps / epochs): setting one drops the default's
     # value of the others, so that ``epochs: 8`` over a default of ``max_steps: 100`` trains 8
     # epochs instead of being silently outranked by the default.
-    defaults = {f.name: f.default for f in dataclasses.fields(tp)}
+    defaults = {field_.name: field_.default for field_ in dataclasses.fields(tp)}
     for group in getattr(tp, "ALTERNATIVE_KEYS", ()):
         if any(key in value for key in group):
             merged.update({key: defaults[key] for key in group if key not in value})
