@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import logging
 import os
 import signal
 import sys
@@ -34,6 +33,7 @@ from fibervl.engine.trainer import Trainer, TrainConfig
 from fibervl.modeling.fiber import FiberModel
 from fibervl.tasks import pretrain_coarse
 from fibervl.tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask
+from fibervl.testing.workers import exit_now
 
 GLOBAL_BATCH = 8
 BOS, PAD, EOS = 0, 1, 2
@@ -144,17 +144,6 @@ def train(argv: list[str]) -> None:
     if "DIE_AT_MICRO_STEP" in os.environ:
         die_inside(task, int(os.environ["DIE_AT_MICRO_STEP"]), int(os.environ["DIE_RANK"]), Path(os.environ["DIE_STAMP"]))
     Trainer(cfg, ToyModel(dropout=0.2), task, RegressionData(noise=0.3)).fit()
-
-
-def exit_now() -> None:
-    """Leave without the interpreter's teardown. After a torchrun restart a worker that had
-    finished cleanly (process group destroyed, checkpoint written) once aborted at exit
-    ("terminate called without an active exception", SIGABRT) in CI; the tests here check
-    training, not torch's exit path."""
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from engine_toys import DualEncoder, ITCTask, PairData, RegressionData, Regressi
 from fibervl.engine import distributed as D
 from fibervl.engine.config import parse_cli
 from fibervl.engine.trainer import Trainer, TrainConfig
+from fibervl.testing.workers import exit_now
 
 
 def run_regression(argv: list[str]) -> dict:
@@ -78,5 +79,6 @@ if __name__ == "__main__":
     elif mode == "ddp":
         ddp_cases(Path(sys.argv[2]))
         D.destroy_distributed()
+        exit_now()
     else:
         raise SystemExit(f"unknown mode {mode}")
