@@ -33,7 +33,7 @@ from fibervl.engine.trainer import Trainer, TrainConfig
 from fibervl.modeling.fiber import FiberModel
 from fibervl.tasks import pretrain_coarse
 from fibervl.tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask
-from fibervl.testing.workers import exit_now
+from fibervl.testing.workers import finish_worker
 
 GLOBAL_BATCH = 8
 BOS, PAD, EOS = 0, 1, 2
@@ -150,10 +150,8 @@ if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "coarse":
         coarse_steps(Path(sys.argv[2]))
-        D.destroy_distributed()
     elif mode == "train":
         train(sys.argv[2:])
-        D.destroy_distributed()
     else:
         raise SystemExit(f"unknown mode {mode}")
-    exit_now()
+    finish_worker()

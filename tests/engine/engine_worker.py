@@ -19,7 +19,7 @@ from engine_toys import DualEncoder, ITCTask, PairData, RegressionData, Regressi
 from fibervl.engine import distributed as D
 from fibervl.engine.config import parse_cli
 from fibervl.engine.trainer import Trainer, TrainConfig
-from fibervl.testing.workers import exit_now
+from fibervl.testing.workers import finish_worker
 
 
 def run_regression(argv: list[str]) -> dict:
@@ -78,7 +78,6 @@ if __name__ == "__main__":
         run_regression(sys.argv[2:])
     elif mode == "ddp":
         ddp_cases(Path(sys.argv[2]))
-        D.destroy_distributed()
-        exit_now()
+        finish_worker()
     else:
         raise SystemExit(f"unknown mode {mode}")

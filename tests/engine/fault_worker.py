@@ -20,7 +20,7 @@ from engine_toys import FaultyRegressionTask, IdRegressionData, ToyModel
 from fibervl.engine import distributed as D
 from fibervl.engine.config import parse_cli
 from fibervl.engine.trainer import Trainer, TrainConfig
-from fibervl.testing.workers import exit_now
+from fibervl.testing.workers import finish_worker
 
 
 def config(run_dir: Path, *more: str) -> TrainConfig:
@@ -67,5 +67,4 @@ if __name__ == "__main__":
     result = nan_on_one_rank(out_dir, r)
     result.update(failed_write_on_rank0(out_dir, r))
     torch.save(result, out_dir / f"rank{r}.pt")
-    D.destroy_distributed()
-    exit_now()
+    finish_worker()

@@ -6,13 +6,17 @@ import logging
 import os
 import sys
 
+from ..engine import distributed as D
 
-def exit_now(code: int = 0) -> None:
-    """Leave the process without the interpreter's teardown, once its process group is down.
+
+def finish_worker(code: int = 0) -> None:
+    """Tear the process group down on every rank together, then leave the process without the
+    interpreter's teardown.
 
     Workers that had finished cleanly (process group destroyed, results written) have aborted at
     exit in CI now and then ("terminate called without an active exception", SIGABRT, on rank
     0, in different tests); the tests check what the workers compute, not torch's exit path."""
+    D.destroy_distributed()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
