@@ -44,7 +44,12 @@ def caption_words(data: Path, splits: list[str]) -> list[tuple[Path, str, str, s
 @torch.no_grad()
 def accuracy(model, processor, items, other_image: bool, batch_size: int = 32) -> dict[str, list[bool]]:
     tokenizer = processor.tokenizer
-    token = {w: tokenizer.encode(" " + w)[0][1] for members in GROUPS.values() for w in members}
+    token = {}
+    for word in (w for members in GROUPS.values() for w in members):
+        pieces = tokenizer.encode(" " + word)[0][1:-1]  # between <s> and </s>
+        if len(pieces) != 1:
+            raise ValueError(f"{word!r} is {len(pieces)} tokens of {tokenizer.source}: the probe masks one token")
+        token[word] = pieces[0]
     right = collections.defaultdict(list)
     for k in range(0, len(items), batch_size):
         chunk = items[k:k + batch_size]
