@@ -361,7 +361,7 @@ def detection_record(ctx: JobContext, stage_dir: Path, cfg, summary: dict) -> di
         "detection": {"metric": "COCO AP, seen classes (%)", "value": m["det_AP"],
                       "baseline": "chance (random boxes and classes)", "baseline_value": seen,
                       "details": {k: v for k, v in m.items() if k.startswith("det_")}},
-        "detection_zero_shot": {"metric": "COCO AP, held-out classes never trained on (%)", "value": m["zs_AP"],
+        "detection_zero_shot": {"metric": "COCO AP, held-out classes never trained on, every class named (%)", "value": m["zs_AP"],
                                 "baseline": "chance (random boxes and classes)", "baseline_value": unseen,
                                 "details": {k: v for k, v in m.items() if k.startswith("zs_")}},
     }

@@ -138,15 +138,21 @@ def training_set(data: FineData, image_size: InputSize | int, seed: int = 0, tok
 
 class EvalSets:
     """The evaluation readers of the evaluations in ``which`` the evaluation source allows, read
-    once: ``readers[kind]``, ``category_ids[kind]`` (detection: classes named in the prompts)
-    and ``group_of`` (REC groups; shapes only). A shapes source also gives ``zero_shot``: its
-    held-out names on ``zero_shot_split`` (left out, saying so, when it has none)."""
+    once: ``readers[kind]``, ``category_ids[kind]`` (detection: the classes AP is averaged over),
+    ``prompt_ids[kind]`` (the classes named in the prompts, where they are more than those) and
+    ``group_of`` (REC groups; shapes only). A shapes source also gives ``zero_shot``: AP over
+    its held-out classes on ``zero_shot_split`` (left out, saying so, when it has none), with
+    every class named in the prompts, as GLIP scores LVIS's rare classes and open-vocabulary
+    detection its novel ones: a prompt of the held-out names alone offers an object of a seen
+    shape no name but a held-out one, so a detector that knows the seen shapes labels them
+    with it."""
 
     def __init__(self, data: FineData, which: tuple[str, ...]):
         source = data.eval_source()
         skip = data.skip_bad_records
         self.readers: dict[str, object] = {}
         self.category_ids: dict[str, list[int]] = {}
+        self.prompt_ids: dict[str, list[int]] = {}
         self.group_of = None
         if source.format == "shapes":
             shapes = ShapesDataset(source.annotations)
@@ -159,6 +165,7 @@ class EvalSets:
                 if kind == "zero_shot":
                     self.readers[kind] = shapes.detection(source.split or data.zero_shot_split, skip_bad=skip)
                     self.category_ids[kind] = shapes.held_out_category_ids
+                    self.prompt_ids[kind] = shapes.seen_category_ids + shapes.held_out_category_ids
                 else:
                     self.readers[kind] = getattr(shapes, kind)(split, skip_bad=skip)
                     if kind == "detection":
@@ -201,6 +208,7 @@ def evaluate_all(model, tokenizer, data: FineData, sets: EvalSets, image_size: I
             out.update({f"{prefix}_{k}": v for k, v in m.items()})
         elif kind in r:
             m = evaluate_detection(model, tokenizer, r[kind], sets.category_ids[kind], chunk_size=data.chunk_size,
+                                   prompt_ids=sets.prompt_ids.get(kind),
                                    results=results if kind == "detection" else None, **kw)
             out.update({f"{prefix}_{k}": v for k, v in m.items()})
     return out

@@ -536,10 +536,13 @@ def detection_results(model, tokenizer: Tokenizer, reader, category_ids: Sequenc
 def evaluate_detection(model, tokenizer: Tokenizer, reader, category_ids: Sequence[int], image_size: int | InputSize,
                        max_len: int, limit: int = 0, batch_size: int = 16, chunk_size: int = 40,
                        normalization: str = "imagenet", max_detections: int = 0,
-                       results: list | None = None) -> dict[str, float]:
+                       results: list | None = None, prompt_ids: Sequence[int] | None = None) -> dict[str, float]:
     """Detection AP (percent) of ``category_ids`` on a detection reader's images
     (:func:`detection_results`), scored against what the reader accepted
     (``reader.ground_truth()``: boxes it skipped as bad are not counted as missed).
+    ``prompt_ids``: the classes the prompts name, a superset of ``category_ids`` (default: those
+    alone); the others compete for the boxes and are not scored (zero-shot AP with every class
+    named).
 
     A federated reader (LVIS, ``reader.federated``) is scored by the LVIS rules
     (:func:`~fibervl.metrics.lvis.lvis_ap`: AP, APr / APc / APf, 300 detections per image);
@@ -549,7 +552,10 @@ def evaluate_detection(model, tokenizer: Tokenizer, reader, category_ids: Sequen
     write the official results file)."""
     federated = bool(getattr(reader, "federated", False))
     budget = max_detections or (LVIS_MAX_DETECTIONS if federated else 100)
-    found, image_ids = detection_results(model, tokenizer, reader, category_ids, image_size, max_len, limit, batch_size,
+    named = list(prompt_ids) if prompt_ids is not None else list(category_ids)
+    if not set(category_ids) <= set(named):
+        raise ValueError(f"classes {sorted(set(category_ids) - set(named))} are scored but not named in the prompts")
+    found, image_ids = detection_results(model, tokenizer, reader, named, image_size, max_len, limit, batch_size,
                                          chunk_size, normalization, budget)
     if results is not None:
         results.extend(found)

@@ -100,3 +100,40 @@ def test_predict_prints_json_and_writes_png(fine_run, shapes_tiny, tmp_path, cap
     assert [p["phrase"] for p in result["phrases"]] == ["red star", "blue circle"]
     assert all(len(p["boxes"]) == 2 and p["scores"][0] >= p["scores"][1] for p in result["phrases"])
     assert out.is_file()
+
+
+def test_zero_shot_prompts_name_every_class(fine_run, shapes_tiny, monkeypatch):
+    """Zero-shot AP is averaged over the held-out classes with every class named in the prompts
+    (GLIP's LVIS protocol): with the held-out names alone, an object of a seen shape could only
+    be labelled with a held-out name."""
+    import fibervl.tasks.grounding as grounding
+    from fibervl.data.shapes import ShapesDataset
+    from fibervl.recipes.fine_pretrain import EvalSets, FineData, evaluate_all
+
+    shapes = ShapesDataset(shapes_tiny)
+    data = FineData(root=str(shapes_tiny), num_eval=4, eval_batch_size=4, chunk_size=4)
+    sets = EvalSets(data, ("detection", "zero_shot"))
+    assert sets.category_ids["zero_shot"] == shapes.held_out_category_ids
+    assert sorted(sets.prompt_ids["zero_shot"]) == sorted(shapes.seen_category_ids + shapes.held_out_category_ids)
+    assert "detection" not in sets.prompt_ids  # seen AP: the seen names alone, as before
+
+    named, scored = [], []
+    real_results, real_ap = grounding.detection_results, grounding._detection_ap
+    monkeypatch.setattr(grounding, "detection_results",
+                        lambda model, tok, reader, ids, *a, **k: named.append(list(ids)) or real_results(model, tok, reader, ids, *a, **k))
+    monkeypatch.setattr(grounding, "_detection_ap",
+                        lambda reader, found, ids, image_ids: scored.append(list(ids)) or real_ap(reader, found, ids, image_ids))
+    model = FiberModel.from_pretrained(fine_run / "run" / "model")
+    tok = Tokenizer.from_pretrained(shapes_tiny / "tokenizer")
+    image_size, max_len = data.input_sizes(model.config)
+    metrics = evaluate_all(model, tok, data, sets, image_size, max_len)
+    assert "zs_AP" in metrics and "det_AP" in metrics
+    assert named == [shapes.seen_category_ids, sets.prompt_ids["zero_shot"]]
+    assert scored == [shapes.seen_category_ids, shapes.held_out_category_ids]
+
+
+def test_a_scored_class_must_be_named_in_the_prompts(fine_run):
+    from fibervl.tasks.grounding import evaluate_detection
+
+    with pytest.raises(ValueError, match=r"classes \[9\] are scored but not named"):
+        evaluate_detection(None, None, None, [8, 9], image_size=128, max_len=16, prompt_ids=[1, 2, 8])
