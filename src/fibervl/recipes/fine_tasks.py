@@ -16,8 +16,9 @@ switched on; ``--train-data`` / ``--eval-data`` name the sources, :mod:`fibervl.
 starting from ``model.init`` (``--init``; usually a ``pretrain fine`` model, or a preset alone);
 ``evaluate`` loads ``--model DIR`` (``model.init=`` is the same) and prints the task's metrics
 on ``data.eval_split`` (``--split``) of the evaluation source (detection on a shapes set: seen
-classes, and zero-shot AP on the held-out names of ``data.zero_shot_split``, when the data set
-holds some out of training; on a detection file: AP over all its classes). ``predict`` is
+classes, and zero-shot AP over the held-out classes of ``data.zero_shot_split`` with every class
+named in the prompts, when the data set holds some out of training; on a detection file: AP over
+all its classes). ``predict`` is
 :mod:`fibervl.predict.cli`: JSON with boxes in the pixels of the image as shown (EXIF
 orientation applied) and a PNG with labelled boxes per image (``--out``, default
 ``runs/predict-<task>/<image stem>_<task>.png`` under the current directory).
@@ -93,7 +94,7 @@ def evaluate(task: str, cfg: FineConfig) -> dict:
 SUMMARIES = {
     "ground": "phrase grounding (Flickr30k Entities protocol, R@1/5/10)",
     "refexp": "referring expression comprehension (top-1 box, accuracy at IoU >= 0.5)",
-    "detect": "object detection as grounding over class-name prompts (COCO / LVIS AP; zero-shot AP on held-out names)",
+    "detect": "object detection as grounding over class-name prompts (COCO / LVIS AP; zero-shot AP over held-out classes)",
 }
 RECIPES = tuple(
     Recipe(task, SUMMARIES[task], FineConfig, partial(finetune, task), evaluate=partial(evaluate, task), predict=True,
