@@ -132,7 +132,7 @@ def test_zero_shot_prompts_name_every_class(fine_run, shapes_tiny, monkeypatch):
     assert scored == [shapes.seen_category_ids, shapes.held_out_category_ids]
 
 
-def test_a_scored_class_must_be_named_in_the_prompts(fine_run):
+def test_a_scored_class_must_be_named_in_the_prompts():
     from fibervl.tasks.grounding import evaluate_detection
 
     with pytest.raises(ValueError, match=r"classes \[9\] are scored but not named"):
