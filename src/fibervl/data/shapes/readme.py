@@ -25,9 +25,10 @@ def render_readme(meta: dict, baselines: dict) -> str:
         f"- shapes ({len(SHAPES)}): {', '.join(SHAPES)}",
         f"- colours ({len(COLOR_NAMES)}): {', '.join(COLOR_NAMES)}; sizes: {', '.join(SIZE_NAMES)}",
         f"- held out of fine-grained training (zero-shot): **{', '.join(HELD_OUT_SHAPES)}**. They appear, named, "
-        "in captions, VQA, NLVR2 and webdataset text of every split; in `detection/instances_{train,val}.json` "
-        "they have no category and no boxes, and grounding / referring records that name them or have a "
-        "phrase covering one of them are left out of the train and val files. "
+        "in captions, VQA, NLVR2 and webdataset text of every split. The train and val files of boxes "
+        "(`detection/instances_{train,val}.json`, grounding, referring expressions) leave out every image "
+        "that shows one (the zero-shot detection protocol: an unlabelled object would be trained as "
+        "background), and the detection files have no category for them. "
         "`detection/instances_test.json` and the test grounding / referring files have all classes "
         "(category field `seen` is false for the held-out ones).",
         f"- tokenizer: byte-level BPE, {meta['tokenizer_vocab_size']} ids, in `tokenizer/tokenizer.json`",
