@@ -32,6 +32,15 @@ def test_deterministic_and_independent_of_worker_count(tmp_path):
     assert _digest(a) == _digest(b) != _digest(c)
 
 
+def test_one_object_scenes_skip_the_statements_they_cannot_make(tmp_path):
+    """With one object an image no pair offers a relation statement: those NLVR2 items are skipped
+    (the generator used to draw pairs for them forever), every other template is written."""
+    generate(tmp_path, ShapesConfig(size=40, seed=1, workers=1, vocab_size=400, min_objects=1, max_objects=1))
+    lines = (tmp_path / "nlvr2" / "train.json").read_text().splitlines()
+    templates = {json.loads(line)["template"] for line in lines}
+    assert templates == set(NLVR2_TEMPLATES) - {"relation_in"}
+
+
 def test_counts_answers_match_the_boxes(shapes):
     det = {s.image_id: s for s in shapes.detection("test")}
     vqa = shapes.vqa("test")

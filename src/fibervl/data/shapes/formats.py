@@ -19,6 +19,8 @@ from .scene import SceneSpec, scene_rng
 from .vocab import HELD_OUT_SHAPES, SEEN_SHAPES, SHAPES, category_id
 
 WEBDATASET_SHARD_SIZE = 1000
+# Random pairs an NLVR2 item tries for its statement, then for its label, before it is skipped.
+PAIR_TRIES = 300
 
 
 def _xywh(box) -> list[float]:
@@ -147,10 +149,14 @@ def write_nlvr2(cfg, out: Path, split: str, scenes: list[SceneSpec]) -> list[dic
         # Statement first (from a random pair), then the label, then a pair giving that label:
         # the words of a statement then carry no information about its label.
         statement = None
-        while statement is None:
+        for _ in range(PAIR_TRIES):
             a, b = rng.sample(range(len(scenes)), 2)
             statement = nlvr2_statement(template, scenes[a], scenes[b], rng)
-        for _ in range(300):
+            if statement is not None:
+                break
+        else:
+            continue  # no pair offers this template (one-object scenes have no relation): skip it
+        for _ in range(PAIR_TRIES):
             a, b = rng.sample(range(len(scenes)), 2)
             if statement.truth(scenes[a], scenes[b]) == want:
                 break
