@@ -157,6 +157,7 @@ class FiberModel(HeadLogits, nn.Module):
             text_dim=config.text.hidden_size, num_blocks=det.num_blocks, num_groups=det.num_groups,
             strides=det.strides, anchor_sizes=det.anchor_sizes, head_fusion_layers=det.head_fusion_layers,
             head_fusion_heads=det.head_fusion_heads, head_fusion_gate_init=config.fusion.alpha_init,
+            location_prior=det.location_prior,
         )
         # Language prompt tuning: per-position offsets on the text embeddings, zero at the start
         # so that adding them changes nothing until they are trained.
@@ -184,8 +185,9 @@ class FiberModel(HeadLogits, nn.Module):
         fusion), ``cross_modal`` (poolers and projections), ``heads``, ``temperature``, and for a
         detector ``fpn``, ``head_tower`` (DyHead), ``head_scales`` (per-level box scales),
         ``head_predictors`` (box, centerness, token projection, logit scale and biases: what
-        the official linear probe trains), ``head_fusion`` (GLIP-style fusion in the head, when
-        ``detection.head_fusion_layers`` builds it) and ``prompt`` (:attr:`text_prompt_offsets`)."""
+        the official linear probe trains; and the location prior, with ``detection.location_prior``),
+        ``head_fusion`` (GLIP-style fusion in the head, when ``detection.head_fusion_layers``
+        builds it) and ``prompt`` (:attr:`text_prompt_offsets`)."""
         parts: dict[str, list] = {"vision": [self.vision], "text": [self.text], "cross_modal": [self.cross_modal],
                                   "heads": [self.heads]}
         if "itc" in self.config.heads:
@@ -197,6 +199,8 @@ class FiberModel(HeadLogits, nn.Module):
             parts["head_scales"] = [head.scales]
             parts["head_predictors"] = [head.bbox_pred, head.centerness, head.token_proj,
                                         head.log_scale, head.bias_lang, head.bias0]
+            if self.detector.location_prior is not None:
+                parts["head_predictors"].append(self.detector.location_prior)
             if self.detector.head_fusion is not None:
                 parts["head_fusion"] = [self.detector.head_fusion]
         if self.text_prompt_offsets is not None:

@@ -54,7 +54,7 @@ def test_default_builds_no_module_and_keeps_the_state_dict_keys():
     assert "head_fusion" not in plain.parts()
     keys = set(plain.state_dict())
     assert not [k for k in keys if "head_fusion" in k]
-    assert {k.split(".")[1] for k in keys if k.startswith("detector.")} == {"fpn", "head"}
+    assert {k.split(".")[1] for k in keys if k.startswith("detector.")} == {"fpn", "head", "location_prior"}
 
     # With head fusion the model holds the same weights (the same values: the module is built
     # last) plus the head fusion's own.

@@ -13,7 +13,7 @@ from fibervl.modeling.detection.tuning import TRAINED_PARTS, apply_tuning_mode, 
 from fibervl.modeling.fiber import FiberModel
 
 PREDICTORS = ("detector.head.bbox_pred.", "detector.head.centerness.", "detector.head.token_proj.",
-              "detector.head.log_scale", "detector.head.bias_lang", "detector.head.bias0")
+              "detector.head.log_scale", "detector.head.bias_lang", "detector.head.bias0", "detector.location_prior.")
 
 
 def _config(prompt_tokens: int = 0, tower_blocks: int = 0, dropout: float = 0.0):

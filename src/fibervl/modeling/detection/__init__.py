@@ -10,6 +10,7 @@ from .detector import DetectorOutput, GroundingDetector
 from .dyhead import DeformConvGN, DyHeadBlock, DyHeadTower, DyReLU, h_sigmoid
 from .fpn import FPN
 from .head import GroundingHead, GroundingHeadOutput, Scale
+from .location import LocationPrior, location_code
 from .losses import GroundingLoss, GroundingTarget, centerness_targets, giou_loss, token_sigmoid_focal_loss
 from .nms import batched_nms, nms
 from .postprocess import Detections, GroundingPostProcessor, positive_map_from_label_tokens, token_scores_to_class_scores
@@ -17,7 +18,8 @@ from .postprocess import Detections, GroundingPostProcessor, positive_map_from_l
 __all__ = [
     "AnchorGenerator", "atss_assign", "BoxCoder", "ModulatedDeformConv2d", "modulated_deform_conv2d", "DetectorOutput",
     "GroundingDetector", "DeformConvGN", "DyHeadBlock", "DyHeadTower", "DyReLU", "h_sigmoid", "FPN",
-    "GroundingHead", "GroundingHeadOutput", "Scale", "GroundingLoss", "GroundingTarget", "centerness_targets",
+    "GroundingHead", "GroundingHeadOutput", "Scale", "LocationPrior", "location_code",
+    "GroundingLoss", "GroundingTarget", "centerness_targets",
     "giou_loss", "token_sigmoid_focal_loss", "batched_nms", "nms", "Detections", "GroundingPostProcessor",
     "positive_map_from_label_tokens", "token_scores_to_class_scores",
 ]

@@ -17,6 +17,7 @@ from .anchors import AnchorGenerator
 from .fpn import FPN
 from .head import GroundingHead, GroundingHeadOutput
 from .head_fusion import HeadFusion
+from .location import LocationPrior
 from .losses import GroundingLoss, GroundingTarget
 from .postprocess import Detections, GroundingPostProcessor
 
@@ -47,6 +48,8 @@ class GroundingDetector(nn.Module):
         head_fusion_layers: GLIP-style image-text fusion layers on the pyramid and the text before
             the head (:class:`~.head_fusion.HeadFusion`); 0 (official FIBER) builds none.
         head_fusion_heads, head_fusion_gate_init: their attention heads and initial gates.
+        location_prior: add the expression's prior over places to the grounding logits
+            (:class:`~.location.LocationPrior`); off in official FIBER.
 
     ``forward(image_features, text_hidden, text_mask) -> DetectorOutput`` with ``image_features`` a
     list of 3 maps ``[B, in_channels[i], H_i, W_i]``, ``text_hidden [B, T, text_dim]``, ``text_mask
@@ -68,6 +71,7 @@ class GroundingDetector(nn.Module):
         head_fusion_layers: int = 0,
         head_fusion_heads: int = 8,
         head_fusion_gate_init: float = 0.0,
+        location_prior: bool = False,
     ) -> None:
         super().__init__()
         if len(strides) != 5:
@@ -80,6 +84,7 @@ class GroundingDetector(nn.Module):
         # Built last, so that the FPN and head start from the same weights with or without it.
         self.head_fusion = None if head_fusion_layers == 0 else HeadFusion(
             channels, text_dim, head_fusion_layers, head_fusion_heads, head_fusion_gate_init)
+        self.location_prior = LocationPrior(text_dim) if location_prior else None
 
     def forward(self, image_features: Sequence[Tensor], text_hidden: Tensor, text_mask: Tensor) -> DetectorOutput:
         if text_mask.shape != text_hidden.shape[:2]:
@@ -90,7 +95,9 @@ class GroundingDetector(nn.Module):
             pyramid, text_hidden = self.head_fusion(pyramid, text_hidden, text_mask)
         # official language_dict_features["embedded"] = hidden * mask
         embedded = text_hidden * text_mask[..., None].to(text_hidden.dtype)
-        head_out = self.head(pyramid, embedded)
+        places = None if self.location_prior is None else [
+            self.location_prior(text_hidden, text_mask, level.shape[-2], level.shape[-1]) for level in pyramid]
+        head_out = self.head(pyramid, embedded, places)
         return DetectorOutput(head_out, self.anchor_generator(pyramid), pyramid)
 
     def loss(self, out: DetectorOutput, targets: Sequence[GroundingTarget], text_mask: Tensor,

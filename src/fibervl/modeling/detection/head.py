@@ -78,8 +78,10 @@ class GroundingHead(nn.Module):
         log_scale: initial ``log_scale`` (logit temperature; 0.0 official).
         logit_clamp: symmetric clamp of the grounding logits (50000 official).
 
-    ``forward(features, text_embedded)``: ``features`` is a list of ``num_levels`` maps
-    ``[B, channels, H_l, W_l]``; ``text_embedded`` is ``[B, T, text_dim]`` (hidden * mask).
+    ``forward(features, text_embedded, location_logits=None)``: ``features`` is a list of
+    ``num_levels`` maps ``[B, channels, H_l, W_l]``; ``text_embedded`` is ``[B, T, text_dim]``
+    (hidden * mask); ``location_logits`` (not official), one ``[B, H_l*W_l]`` per level, is added
+    to every token's logit at each location before the clamp (:mod:`.location`).
     """
 
     def __init__(
@@ -119,7 +121,8 @@ class GroundingHead(nn.Module):
         proj_bias = torch.matmul(e, self.bias_lang) + self.bias0
         return proj_tokens, proj_bias
 
-    def forward(self, features: Sequence[Tensor], text_embedded: Tensor) -> GroundingHeadOutput:
+    def forward(self, features: Sequence[Tensor], text_embedded: Tensor,
+                location_logits: Sequence[Tensor] | None = None) -> GroundingHeadOutput:
         if len(features) != self.num_levels:
             raise ValueError(f"expected {self.num_levels} pyramid levels, got {len(features)}")
         batch = features[0].shape[0]
@@ -138,5 +141,7 @@ class GroundingHead(nn.Module):
             # official: matmul / exp(log_scale) + bias; dividing keeps the rounding identical
             logit = torch.matmul(queries, proj_tokens.transpose(-1, -2)) / torch.exp(self.log_scale)
             logit = logit + proj_bias[:, None, :]
+            if location_logits is not None:
+                logit = logit + location_logits[level][:, :, None].to(logit.dtype)
             logits.append(logit.clamp(-self.logit_clamp, self.logit_clamp))
         return GroundingHeadOutput(logits, bbox_reg, centerness, tower, proj_tokens, proj_bias)

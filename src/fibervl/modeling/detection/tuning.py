@@ -5,7 +5,7 @@
 | mode | trains | the official switches |
 | --- | --- | --- |
 | ``full`` | everything | nothing frozen |
-| ``linear_prob`` | the head's predictors (box, centerness, token projection, logit scale, biases) | backbone, FPN,
+| ``linear_prob`` | the head's predictors (box, centerness, token projection, logit scale, biases; the location prior) | backbone, FPN,
   language frozen; ``LINEAR_PROB`` |
 | ``language_prompt_v1`` | the text encoder (with its fusion) | backbone, FPN, head frozen |
 | ``language_prompt_v2`` | the prompt offsets on the text embeddings | everything else frozen; ``ADD_LINEAR_LAYER`` |
