@@ -222,3 +222,28 @@ def test_a_stage_runs_its_recipe_and_keeps_its_record(monkeypatch, tmp_path):
         ctx.preset, coarse=dataclasses.replace(ctx.preset.coarse, steps=7)))
     with pytest.raises(StageInterrupted, match="stopped by a signal"):
         PRETRAIN_STAGES["coarse"](stopped, tmp_path / "coarse")
+
+
+@pytest.mark.parametrize("kind", ["grounding", "refexp"])
+def test_grounding_and_refexp_evaluate_every_record_of_the_first_images(shapes_tiny, kind):
+    """A preset's num_eval counts test images; the grounding and REC files hold several records
+    an image, so their stages evaluate the records of the first num_eval images, not num_eval
+    records (the first 300 grounding records are the captions of 60 images)."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from fibervl.data.shapes import ShapesDataset
+    from fibervl.mainjob.job import records_of_first_images
+    from fibervl.mainjob.presets import PRESETS
+
+    records = list(getattr(ShapesDataset(shapes_tiny), kind)("test"))
+    images = list(dict.fromkeys(s.image_path for s in records))
+    preset = PRESETS["quick"]()
+
+    def limit(num_eval):
+        ctx = SimpleNamespace(preset=dataclasses.replace(preset, num_eval=num_eval), data_root=shapes_tiny)
+        return records_of_first_images(ctx, kind)
+
+    first = limit(3)
+    assert first >= 3 and {s.image_path for s in records[:first]} == set(images[:3])
+    assert limit(len(images)) == limit(0) == 0  # every record

@@ -325,14 +325,34 @@ def _fine_task_config(source: str) -> Callable[[JobContext, Path], dict]:
     """The config of the fine-grained task stage that trains on ``source`` data alone."""
     def config(ctx: JobContext, stage_dir: Path) -> dict:
         switches = {s: s == source for s in ("grounding", "refexp", "detection")}
-        return _fine_config(ctx, stage_dir, "fine", ctx.preset.task(source), **switches)
+        cfg = _fine_config(ctx, stage_dir, "fine", ctx.preset.task(source), **switches)
+        if source != "detection":  # a detection record is an image; the others have several
+            cfg["data"]["num_eval"] = records_of_first_images(ctx, source)
+        return cfg
     return config
+
+
+def records_of_first_images(ctx: JobContext, kind: str) -> int:
+    """The records of the first ``num_eval`` test images in the ``kind`` ("grounding" or
+    "refexp") file, which holds several records an image (5 captions; 1-3 expressions) and whose
+    evaluation and baselines count records: the first this many (0: all)."""
+    from ..data.shapes import ShapesDataset
+
+    if not ctx.preset.num_eval:
+        return 0
+    images = set()
+    for count, sample in enumerate(getattr(ShapesDataset(ctx.data_root), kind)(EVAL_SPLIT)):
+        images.add(sample.image_path)
+        if len(images) > ctx.preset.num_eval:
+            return count
+    return 0  # the split has no more images than num_eval: every record
 
 
 def grounding_record(ctx: JobContext, stage_dir: Path, cfg, summary: dict) -> dict:
     m = summary["eval"]
-    base = grounding_random_object(ctx.data_root, EVAL_SPLIT, ctx.preset.num_eval)
-    chance = phrase_chance_random_box(ctx.data_root, EVAL_SPLIT, "grounding", ctx.preset.num_eval)
+    limit = records_of_first_images(ctx, "grounding")
+    base = grounding_random_object(ctx.data_root, EVAL_SPLIT, limit)
+    chance = phrase_chance_random_box(ctx.data_root, EVAL_SPLIT, "grounding", limit)
     return {"metric": "phrase grounding R@1 (IoU >= 0.5, %)", "value": m["ground_r1"],
             "baseline": f"a random object of the image (a random box: {chance:.2f})", "baseline_value": base,
             "details": {**m, "chance_random_box": chance}}
@@ -340,8 +360,9 @@ def grounding_record(ctx: JobContext, stage_dir: Path, cfg, summary: dict) -> di
 
 def refexp_record(ctx: JobContext, stage_dir: Path, cfg, summary: dict) -> dict:
     m = summary["eval"]
-    base = evaluated_baselines(ctx.data_root, EVAL_SPLIT, "refexp", ctx.preset.num_eval)["random_object"]
-    chance = phrase_chance_random_box(ctx.data_root, EVAL_SPLIT, "refexp", ctx.preset.num_eval)
+    limit = records_of_first_images(ctx, "refexp")
+    base = evaluated_baselines(ctx.data_root, EVAL_SPLIT, "refexp", limit)["random_object"]
+    chance = phrase_chance_random_box(ctx.data_root, EVAL_SPLIT, "refexp", limit)
     groups = (("expressions naming a seen shape or none", "seen"), ("naming a shape held out of training", "held_out"))
     return {"metric": "accuracy (top box IoU >= 0.5, %)", "value": m["rec_acc"],
             "baseline": f"a random object of the image (a random box: {chance:.2f})", "baseline_value": base,
