@@ -335,11 +335,14 @@ def _fine_task_config(source: str) -> Callable[[JobContext, Path], dict]:
 def records_of_first_images(ctx: JobContext, kind: str) -> int:
     """The records of the first ``num_eval`` test images in the ``kind`` ("grounding" or
     "refexp") file, which holds several records an image (5 captions; 1-3 expressions) and whose
-    evaluation and baselines count records: the first this many (0: all)."""
+    evaluation and baselines count records: the first this many (0: all). Before the data stage
+    has written the data set (a config built to be checked, never run) it is ``num_eval``."""
     from ..data.shapes import ShapesDataset
 
     if not ctx.preset.num_eval:
         return 0
+    if not (ctx.data_root / "dataset.json").is_file():
+        return ctx.preset.num_eval
     images = set()
     for count, sample in enumerate(getattr(ShapesDataset(ctx.data_root), kind)(EVAL_SPLIT)):
         images.add(sample.image_path)
