@@ -353,7 +353,7 @@ def records_of_first_images(ctx: JobContext, kind: str) -> int:
 
 def grounding_record(ctx: JobContext, stage_dir: Path, cfg, summary: dict) -> dict:
     m = summary["eval"]
-    limit = records_of_first_images(ctx, "grounding")
+    limit = cfg.data.num_eval  # the stage's: records_of_first_images
     base = grounding_random_object(ctx.data_root, EVAL_SPLIT, limit)
     chance = phrase_chance_random_box(ctx.data_root, EVAL_SPLIT, "grounding", limit)
     return {"metric": "phrase grounding R@1 (IoU >= 0.5, %)", "value": m["ground_r1"],
@@ -363,7 +363,7 @@ def grounding_record(ctx: JobContext, stage_dir: Path, cfg, summary: dict) -> di
 
 def refexp_record(ctx: JobContext, stage_dir: Path, cfg, summary: dict) -> dict:
     m = summary["eval"]
-    limit = records_of_first_images(ctx, "refexp")
+    limit = cfg.data.num_eval  # the stage's: records_of_first_images
     base = evaluated_baselines(ctx.data_root, EVAL_SPLIT, "refexp", limit)["random_object"]
     chance = phrase_chance_random_box(ctx.data_root, EVAL_SPLIT, "refexp", limit)
     groups = (("expressions naming a seen shape or none", "seen"), ("naming a shape held out of training", "held_out"))

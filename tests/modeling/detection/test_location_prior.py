@@ -85,12 +85,12 @@ def test_the_real_tokens_choose_the_prior():
     g = torch.Generator().manual_seed(1)
     text = torch.randn(2, 5, 8, generator=g)
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
-    out = prior(text, mask, 3, 4)
+    out, = prior(text, mask, [(3, 4)])
     assert out.shape == (2, 12)
     assert not torch.allclose(out[0], out[1])
     padded = text.clone()
     padded[1, 3:] = 100.0  # what the padding holds does not count
-    assert torch.equal(prior(padded, mask, 3, 4), out)
+    assert torch.equal(prior(padded, mask, [(3, 4)])[0], out)
 
 
 def test_the_loss_teaches_the_prior():

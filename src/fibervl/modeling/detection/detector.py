@@ -95,8 +95,8 @@ class GroundingDetector(nn.Module):
             pyramid, text_hidden = self.head_fusion(pyramid, text_hidden, text_mask)
         # official language_dict_features["embedded"] = hidden * mask
         embedded = text_hidden * text_mask[..., None].to(text_hidden.dtype)
-        places = None if self.location_prior is None else [
-            self.location_prior(text_hidden, text_mask, level.shape[-2], level.shape[-1]) for level in pyramid]
+        places = None if self.location_prior is None else self.location_prior(
+            text_hidden, text_mask, [tuple(level.shape[-2:]) for level in pyramid])
         head_out = self.head(pyramid, embedded, places)
         return DetectorOutput(head_out, self.anchor_generator(pyramid), pyramid)
 

@@ -43,8 +43,9 @@ def location_code(height: int, width: int, device: torch.device | None = None) -
 
 
 class LocationPrior(nn.Module):
-    """``forward(text_hidden [B, T, D], text_mask [B, T], height, width) -> [B, H*W]``: the
-    expression's logit term for each location of an ``height`` x ``width`` map (module docstring).
+    """``forward(text_hidden [B, T, D], text_mask [B, T], sizes) -> [[B, H*W], ...]``: the
+    expression's logit term for each location of each ``(height, width)`` map of ``sizes``
+    (module docstring); the expression's weights are computed once for all maps.
     ``weight [LOCATION_CODE_DIM, D]`` and ``bias [LOCATION_CODE_DIM]`` start at zero."""
 
     def __init__(self, text_dim: int) -> None:
@@ -54,9 +55,8 @@ class LocationPrior(nn.Module):
         self.weight = nn.Parameter(torch.zeros(LOCATION_CODE_DIM, text_dim))
         self.bias = nn.Parameter(torch.zeros(LOCATION_CODE_DIM))
 
-    def forward(self, text_hidden: Tensor, text_mask: Tensor, height: int, width: int) -> Tensor:
+    def forward(self, text_hidden: Tensor, text_mask: Tensor, sizes: list[tuple[int, int]]) -> list[Tensor]:
         real = text_mask[..., None].to(text_hidden.dtype)
         pooled = (text_hidden * real).sum(1) / real.sum(1).clamp_min(1)  # [B, D]
         place_weights = pooled @ self.weight.t().to(pooled.dtype) + self.bias.to(pooled.dtype)  # [B, P]
-        code = location_code(height, width, text_hidden.device).to(place_weights.dtype)  # [H*W, P]
-        return place_weights @ code.t()
+        return [place_weights @ location_code(h, w, text_hidden.device).to(place_weights.dtype).t() for h, w in sizes]
