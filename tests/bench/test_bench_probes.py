@@ -1,0 +1,78 @@
+"""bench/vqa_breakdown.py scores VQA answers per question form with the official metric, and
+bench/object_token_probe.py reads each object's token where the object is."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fibervl.predict.processor import InputProcessor
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_bench(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_vqa_breakdown_scores_each_form_with_the_official_metric():
+    breakdown = load_bench("vqa_breakdown").breakdown
+    annotations = [
+        {"question_id": 1, "template": "color", "answers": [{"answer": "red"}] * 10},
+        {"question_id": 2, "template": "color", "answers": [{"answer": "blue"}] * 10},
+        # two of ten annotators said "two": the official leave-one-out score is 0.6
+        {"question_id": 3, "template": "count", "answers": [{"answer": "2"}] * 2 + [{"answer": "3"}] * 8},
+        {"question_id": 4, "template": "count", "answers": [{"answer": "3"}] * 10},  # not answered: left out
+    ]
+    rows = breakdown(annotations, {1: "red", 2: "red", 3: "two"}, "template")
+    assert rows["color"] == (50.0, 2)
+    assert rows["count"][1] == 1 and rows["count"][0] == pytest.approx(60.0)
+    with pytest.raises(ValueError, match="no field 'question_type'"):
+        breakdown(annotations, {1: "red"}, "question_type")
+
+
+class CellIndexTower:
+    """Stands in for a model: the token of cell (line, col) of a 4x4 grid holds its index."""
+
+    def unfused_image_tokens(self, pixels):
+        return torch.arange(16.0).repeat(pixels.shape[0], 1)[..., None].expand(-1, -1, 3)
+
+
+def test_object_token_probe_reads_the_cell_of_each_objects_centre(shapes_tiny):
+    probe = load_bench("object_token_probe")
+    processor = InputProcessor(tokenizer=None, image_size=128, text_length=8)
+    tokens, colours, shapes, counts = probe.object_tokens(CellIndexTower(), processor, shapes_tiny, "test", 5, False)
+    coco = json.loads((shapes_tiny / "detection" / "instances_test.json").read_text())
+    images = sorted(coco["images"], key=lambda im: im["id"])[:5]
+    objects = [a for im in images for a in coco["annotations"] if a["image_id"] == im["id"]]
+    assert len(tokens) == len(objects) == len(colours) == len(shapes) == len(counts)
+    for token, a, colour in zip(tokens, objects, colours):
+        image = next(im for im in images if im["id"] == a["image_id"])
+        x, y, w, h = a["bbox"]
+        cell = int((y + h / 2) * 4 / image["height"]) * 4 + int((x + w / 2) * 4 / image["width"])
+        assert token[0] == cell and colour == a["attributes"]["color"]
+    # held-out shapes are left out when asked
+    seen = probe.object_tokens(CellIndexTower(), processor, shapes_tiny, "test", 20, True)[2]
+    held_out = json.loads((shapes_tiny / "dataset.json").read_text())["held_out_shapes"]
+    assert seen and not set(seen) & set(held_out)
+
+
+def test_linear_probe_learns_a_separable_attribute():
+    probe = load_bench("object_token_probe")
+    generator = torch.Generator().manual_seed(0)
+    labels = ["red", "blue", "green"] * 100
+    centres = {"red": [1.0, 0.0], "blue": [-1.0, 0.0], "green": [0.0, 1.0]}
+    x = torch.cat([torch.tensor([centres[c] for c in labels]), torch.zeros(300, 4)], 1)
+    x = x + 0.1 * torch.randn(300, 6, generator=generator)
+    right = probe.linear_probe(x[:240], labels[:240], x[240:], labels[240:])
+    assert len(right) == 60 and all(right)
+    # a probe cannot read what the features do not hold: labels independent of them stay near chance
+    shuffled = [labels[i] for i in torch.randperm(300, generator=generator).tolist()]
+    assert sum(probe.linear_probe(x[:240], shuffled[:240], x[240:], shuffled[240:])) < 40
