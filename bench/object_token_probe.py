@@ -1,11 +1,11 @@
 """Does the image tower keep each object's colour and shape in the token where the object is?
 
-    python bench/object_token_probe.py RUN/stages/coarse/model --data RUN/data [--seen-only]
+    python bench/object_token_probe.py RUN/stages/coarse/model --data RUN/data [--seen-only] [--stage S]
 
 For every object of a shapes data set's detection files (``detection/instances_{split}.json``:
 box, category, ``color`` attribute), takes the token of the tower's last stage, run unimodally
 (:meth:`FiberModel.unfused_image_tokens`, what the fused layers and the dual encoder start from),
-whose cell holds the object's centre. A linear classifier per attribute is trained on the training
+whose cell holds the object's centre (``--stage S``: the output of stage S, counted from 0). A linear classifier per attribute is trained on the training
 split's objects and tested on the test split's, by the number of objects in the image: if the
 colour is there but the fused model answers "what colour is the star?" with another object's
 colour, the loss is in the fusion, not the tower. ``--seen-only`` leaves out held-out shapes
@@ -25,9 +25,10 @@ import torch
 import fibervl
 
 
-def object_tokens(model, processor, data: Path, split: str, limit: int, seen_only: bool, batch_size: int = 64):
+def object_tokens(model, processor, data: Path, split: str, limit: int, seen_only: bool, batch_size: int = 64,
+                  stage: int | None = None):
     """(tokens [N, C] float, colours, shapes, objects in the image) for the objects of the first
-    ``limit`` images of ``split``."""
+    ``limit`` images of ``split``; ``stage``: read that stage's output instead of the last one's."""
     coco = json.loads((data / "detection" / f"instances_{split}.json").read_text(encoding="utf-8"))
     names = {c["id"]: c["name"] for c in coco["categories"]}
     held_out = {c["id"] for c in coco["categories"] if not c.get("seen", True)}
@@ -40,7 +41,10 @@ def object_tokens(model, processor, data: Path, split: str, limit: int, seen_onl
         chunk = images[start:start + batch_size]
         pixels = processor.images([processor.open(str(data / "images" / split / im["file_name"])) for im in chunk]).pixels
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-            grid_tokens = model.unfused_image_tokens(pixels).float()  # [B, h*w, C], row-major
+            if stage is None:
+                grid_tokens = model.unfused_image_tokens(pixels).float()  # [B, h*w, C], row-major
+            else:
+                grid_tokens = model.vision(pixels)[stage].flatten(1, 2).float()
         side = round(grid_tokens.shape[1] ** 0.5)
         for row, im in enumerate(chunk):
             for a in objects[im["id"]]:
@@ -84,11 +88,12 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=3000)
     parser.add_argument("--test-images", type=int, default=300)
     parser.add_argument("--seen-only", action="store_true", help="leave out objects of held-out shapes")
+    parser.add_argument("--stage", type=int, help="probe this stage's output (from 0) instead of the last stage's")
     args = parser.parse_args()
     model, processor = fibervl.load(args.model, task="retrieval")
     model.eval()
-    train = object_tokens(model, processor, args.data, "train", args.train_images, args.seen_only)
-    test = object_tokens(model, processor, args.data, "test", args.test_images, args.seen_only)
+    train = object_tokens(model, processor, args.data, "train", args.train_images, args.seen_only, stage=args.stage)
+    test = object_tokens(model, processor, args.data, "test", args.test_images, args.seen_only, stage=args.stage)
     print("| attribute | test accuracy by objects in the image (objects) |\n| --- | --- |")
     for name, k in (("colour", 1), ("shape", 2)):
         right = linear_probe(train[0], train[k], test[0], test[k])

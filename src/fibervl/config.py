@@ -71,6 +71,9 @@ class SwinConfig:
     (the fine-grained model has norms on stages 1, 2, 3 counted from 0).
     ``conv_stages``: the first N stages are convolutional (conv stem, ResNet basic blocks with
     BatchNorm, strided-conv downsampling everywhere); 0, the official Swin, for fiber-base.
+    ``unmerged_stages``: stages that start on the previous stage's grid at its width, with no
+    patch merging (or strided conv) before them; () for the official Swin, where every stage
+    after the first halves the grid and doubles the width.
     """
 
     image_size: int = 384
@@ -87,13 +90,24 @@ class SwinConfig:
     final_norm: bool = True
     feature_norms: tuple[int, ...] = ()
     conv_stages: int = 0
+    unmerged_stages: tuple[int, ...] = ()
 
     @property
     def resolved_window_size(self) -> int:
         return self.window_size if self.window_size is not None else max(1, self.image_size // 32)
 
     def stage_dims(self) -> list[int]:
-        return [self.embed_dim * 2**i for i in range(len(self.depths))]
+        dims = [self.embed_dim]
+        for s in range(1, len(self.depths)):
+            dims.append(dims[-1] if s in self.unmerged_stages else 2 * dims[-1])
+        return dims
+
+    def stage_strides(self) -> list[int]:
+        """Each stage's grid stride in pixels (4, 8, 16, 32 for the official Swin)."""
+        strides = [self.patch_size]
+        for s in range(1, len(self.depths)):
+            strides.append(strides[-1] if s in self.unmerged_stages else 2 * strides[-1])
+        return strides
 
 
 @dataclass
@@ -244,10 +258,13 @@ class FiberConfig(SerializableConfig):
             raise ConfigError(f"unknown heads {sorted(unknown)}; known: {sorted(KNOWN_HEADS)}")
         if "caption" in self.heads and "mlm" not in self.heads:
             raise ConfigError("the caption head reuses the MLM head: heads must include 'mlm' too")
-        if v.image_size % (v.patch_size * 2 ** (len(v.depths) - 1)):
+        if not set(v.unmerged_stages) <= set(range(1, len(v.depths))):
+            raise ConfigError(f"vision.unmerged_stages {v.unmerged_stages} must name stages 1..{len(v.depths) - 1} "
+                              "(stage 0 starts at the patch embedding)")
+        if v.image_size % v.stage_strides()[-1]:
             raise ConfigError(
-                f"vision.image_size {v.image_size} must be divisible by patch_size * 2**(stages-1) = "
-                f"{v.patch_size * 2 ** (len(v.depths) - 1)}"
+                f"vision.image_size {v.image_size} must be divisible by the last stage's stride "
+                f"{v.stage_strides()[-1]} (patch_size times 2 per merged stage)"
             )
         if self.text_pooling not in ("first", "mean"):
             raise ConfigError(f"text_pooling must be 'first' or 'mean', got {self.text_pooling!r}")
@@ -259,6 +276,10 @@ class FiberConfig(SerializableConfig):
             if self.detection.channels % self.detection.num_groups:
                 raise ConfigError("detection.channels must be divisible by detection.num_groups")
             d = self.detection
+            backbone_strides = [v.stage_strides()[s] for s in v.feature_norms]
+            if len(d.strides) != 5 or list(d.strides[:3]) != backbone_strides:
+                raise ConfigError(f"detection.strides {d.strides} must be five levels whose first three are the "
+                                  f"strides {backbone_strides} of the vision.feature_norms stages")
             if min(d.min_size, d.max_size, *d.train_min_sizes) < 0 or 0 in d.train_min_sizes:
                 raise ConfigError(f"detection input sizes must be positive (0: the default), got min_size={d.min_size}, "
                                   f"max_size={d.max_size}, train_min_sizes={d.train_min_sizes}")

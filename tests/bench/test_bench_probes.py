@@ -64,6 +64,26 @@ def test_object_token_probe_reads_the_cell_of_each_objects_centre(shapes_tiny):
     assert seen and not set(seen) & set(held_out)
 
 
+class StageTower(CellIndexTower):
+    """Its stage 1 is an 8x8 grid [B, 8, 8, 3] whose cell (line, col) holds 100 + its index."""
+
+    def vision(self, pixels):
+        stage1 = (100 + torch.arange(64.0)).reshape(1, 8, 8, 1).expand(pixels.shape[0], -1, -1, 3)
+        return [None, stage1, None]
+
+
+def test_object_token_probe_reads_a_chosen_stages_grid(shapes_tiny):
+    probe = load_bench("object_token_probe")
+    processor = InputProcessor(tokenizer=None, image_size=128, text_length=8)
+    tokens = probe.object_tokens(StageTower(), processor, shapes_tiny, "test", 5, False, stage=1)[0]
+    coco = json.loads((shapes_tiny / "detection" / "instances_test.json").read_text())
+    images = sorted(coco["images"], key=lambda im: im["id"])[:5]
+    objects = [(a, im) for im in images for a in coco["annotations"] if a["image_id"] == im["id"]]
+    expected = [100 + int((a["bbox"][1] + a["bbox"][3] / 2) * 8 / im["height"]) * 8
+                + int((a["bbox"][0] + a["bbox"][2] / 2) * 8 / im["width"]) for a, im in objects]
+    assert tokens[:, 0].tolist() == expected
+
+
 def test_linear_probe_learns_a_separable_attribute():
     probe = load_bench("object_token_probe")
     generator = torch.Generator().manual_seed(0)

@@ -137,7 +137,7 @@ def check_image_size(model: FiberModel, image_size: int) -> None:
     """The size must give whole grids at every stage, as ``FiberConfig.validate`` demands of the
     config's own size (the detector's levels must halve exactly)."""
     v = model.config.vision
-    multiple = v.patch_size * 2 ** (len(v.depths) - 1)
+    multiple = v.stage_strides()[-1]
     if image_size <= 0 or image_size % multiple:
         raise ValueError(f"image size {image_size} must be a positive multiple of {multiple} for {model.config.name}")
 

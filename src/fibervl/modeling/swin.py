@@ -286,8 +286,8 @@ class SwinTransformer(nn.Module):
                     fusion_text_dim=text_dim if (s, b) in fused else None, i2t_query_norm=i2t_query_norm,
                 ))
                 k += 1
-            last = s == len(cfg.depths) - 1
-            downsample = None if last else ConvDownsample(dims[s]) if hybrid else PatchMerging(dims[s], cfg.layer_norm_eps)
+            merges = s < len(cfg.depths) - 1 and s + 1 not in cfg.unmerged_stages
+            downsample = None if not merges else ConvDownsample(dims[s]) if hybrid else PatchMerging(dims[s], cfg.layer_norm_eps)
             stages.append(SwinStage(blocks, downsample))
         self.stages = nn.ModuleList(stages)
         self.norm = nn.LayerNorm(dims[-1], eps=cfg.layer_norm_eps) if cfg.final_norm else None
