@@ -5,11 +5,12 @@
 For every object of a shapes data set's detection files (``detection/instances_{split}.json``:
 box, category, ``color`` attribute), takes the token of the tower's last stage, run unimodally
 (:meth:`FiberModel.unfused_image_tokens`, what the fused layers and the dual encoder start from),
-whose cell holds the object's centre (``--stage S``: the output of stage S, counted from 0). A linear classifier per attribute is trained on the training
-split's objects and tested on the test split's, by the number of objects in the image: if the
-colour is there but the fused model answers "what colour is the star?" with another object's
-colour, the loss is in the fusion, not the tower. ``--seen-only`` leaves out held-out shapes
-(the training box files hold none, so the probe cannot learn them).
+whose cell holds the object's centre (``--stage S``: the output of stage S, counted from 0).
+A linear classifier per attribute is trained on the training split's objects and tested on the
+test split's, by the number of objects in the image: if the colour is there but the fused model
+answers "what colour is the star?" with another object's colour, the loss is in the fusion, not
+the tower. ``--seen-only`` leaves out held-out shapes (the training box files hold none, so the
+probe cannot learn them).
 Results: docs/results.md, "Diagnosis: VQA by question form".
 """
 
