@@ -211,3 +211,34 @@ def test_difficulty_knobs_limit_objects_and_backgrounds(tmp_path):
         ShapesConfig(nlvr2_per_image=0)
     with pytest.raises(ValueError, match="backgrounds"):
         ShapesConfig(backgrounds=("lava",))
+
+
+def test_captions_of_small_scenes_name_every_object_by_colour_and_shape():
+    """Every caption of a scene with up to three (colour, shape) groups names each group, so that
+    captions tell images apart; larger scenes keep partial captions that fit 40 tokens."""
+    from fibervl.data.shapes.captions import COMPLETE_UP_TO, captions
+    from fibervl.data.shapes.describe import count_phrase, groups
+    from fibervl.data.shapes.scene import scene_rng
+
+    complete = partial = 0
+    for i in range(200):
+        scene = sample_scene(scene_rng(0, "train", i), i, "train", 128, 1, 6, ("plain",))
+        g = groups(scene)
+        for caption in captions(scene, random.Random(i)):
+            # a group is named by a span over exactly its objects that says its colour and shape
+            # ("a red star", "two red stars", "a large red star")
+            named = {key for p in caption.phrases for key, idx in g.items()
+                     if set(p.objects) == set(idx) and key[0] in caption.text[p.start:p.end].split()
+                     and caption.text[p.start:p.end].split()[-1] in (key[1], plural(key[1]))}
+            missing = [key for key in g if key not in named]
+            if len(g) <= COMPLETE_UP_TO:
+                assert not missing, (caption.text, missing)
+                complete += 1
+            else:
+                partial += bool(missing)
+            for p in caption.phrases:  # each named group's span covers exactly its objects
+                phrase = caption.text[p.start:p.end]
+                for key, idx in g.items():
+                    if phrase == count_phrase(len(idx), *key):
+                        assert set(p.objects) == set(idx)
+    assert complete > 500 and partial > 0

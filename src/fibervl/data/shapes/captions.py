@@ -1,4 +1,12 @@
-"""Five captions per scene, each phrase naming objects recorded as a grounded span."""
+"""Five captions per scene, each phrase naming objects recorded as a grounded span.
+
+Every caption of a scene with up to ``COMPLETE_UP_TO`` (colour, shape) groups names every group:
+a template that speaks of counts, colours or one relation ("three shapes", "two red shapes")
+goes on to list what it did not name ("... : a red star, a blue ring and a green heart"). A
+caption true of many images ("two shapes" fits a third of them) cannot be told from the others'
+captions by text, so it caps text-to-image retrieval (a caption shared by N images is found at
+rank 1 one time in N) and turns ITM's hard negatives into true captions labelled false.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +17,10 @@ from .describe import (
 )
 from .scene import SceneSpec
 from .vocab import NUMBER_WORDS
+
+# Scenes with more groups than this keep their partial captions: listing every group would
+# overrun the 40-token text length.
+COMPLETE_UP_TO = 3
 
 
 def captions(scene: SceneSpec, rng: random.Random, n: int = 5) -> list[Text]:
@@ -27,16 +39,34 @@ def captions(scene: SceneSpec, rng: random.Random, n: int = 5) -> list[Text]:
     return out
 
 
-def _cap_list(scene, rng):
-    g = list(groups(scene).items())
-    rng.shuffle(g)
-    g = g[: rng.randint(2, 3)] if len(g) >= 2 else g
-    b = TextBuilder().add(rng.choice(["", "", "a picture of ", "an image with "]))
-    for k, ((color, shape), idx) in enumerate(g):
+def _add_groups(b: TextBuilder, scene, keys) -> TextBuilder:
+    """Append "a red star, two blue rings and a green heart" for the (colour, shape) ``keys``."""
+    g = groups(scene)
+    for k, key in enumerate(keys):
         if k:
-            b.add(" and " if k == len(g) - 1 else ", ")
-        b.add(count_phrase(len(idx), color, shape), tuple(idx))
-    return b.build("list")
+            b.add(" and " if k == len(keys) - 1 else ", ")
+        b.add(count_phrase(len(g[key]), *key), tuple(g[key]))
+    return b
+
+
+def _complete(b: TextBuilder, scene, rng, named=(), lead=": ") -> TextBuilder:
+    """Name, after ``lead``, the groups of a scene with at most COMPLETE_UP_TO groups that are
+    not among the (colour, shape) keys ``named``."""
+    g = groups(scene)
+    if len(g) > COMPLETE_UP_TO:
+        return b
+    rest = [key for key in g if key not in set(named)]
+    rng.shuffle(rest)
+    return _add_groups(b.add(lead), scene, rest) if rest else b
+
+
+def _cap_list(scene, rng):
+    g = list(groups(scene))
+    rng.shuffle(g)
+    if len(g) > COMPLETE_UP_TO:
+        g = g[: rng.randint(2, 3)]
+    b = TextBuilder().add(rng.choice(["", "", "a picture of ", "an image with "]))
+    return _add_groups(b, scene, g).build("list")
 
 
 def _cap_relation(scene, rng):
@@ -59,7 +89,7 @@ def _cap_relation(scene, rng):
     else:            # "there is a red star to the left of a blue square"
         b.add("there is ").add(f"{article(a_desc)} {a_desc}", (i,)).add(f" {RELATION_WORDS[rel]} ")
         b.add(f"{article(b_desc)} {b_desc}", (j,))
-    return b.build("relation")
+    return _complete(b, scene, rng, named=(o.key, p.key), lead=", with ").build("relation")
 
 
 def _cap_count_all(scene, rng):
@@ -68,7 +98,7 @@ def _cap_count_all(scene, rng):
     lead = rng.choice(["", "there is " if n == 1 else "there are ", "a picture of "])
     b.add(lead).add(f"{NUMBER_WORDS[n]} shape" + ("" if n == 1 else "s"), tuple(range(n)))
     b.add(rng.choice([f" on a {scene.background} background", ""]))
-    return b.build("count")
+    return _complete(b, scene, rng).build("count")
 
 
 def _cap_color_count(scene, rng):
@@ -81,7 +111,7 @@ def _cap_color_count(scene, rng):
         if k:
             b.add(" and ")
         b.add(count_phrase(len(by_color[c]), c, None), tuple(by_color[c]))
-    return b.build("color_count")
+    return _complete(b, scene, rng).build("color_count")
 
 
 def _cap_shape_count(scene, rng):
@@ -97,7 +127,7 @@ def _cap_shape_count(scene, rng):
     else:
         n = len(scene.objects)
         b.add(phrase, tuple(by_shape[shape])).add(" alone" if n == 1 else f" among {NUMBER_WORDS[n]} shapes")
-    return b.build("shape_count")
+    return _complete(b, scene, rng).build("shape_count")
 
 
 def _cap_size(scene, rng):
@@ -112,7 +142,7 @@ def _cap_size(scene, rng):
         b = TextBuilder().add(f"a {bi}", (i,)).add(" and ").add(f"a {sj}", (j,))
     else:
         b = TextBuilder().add(f"a {sj}", (j,)).add(rng.choice([" next to ", " and "])).add(f"a {bi}", (i,))
-    return b.build("size")
+    return _complete(b, scene, rng, named=(objs[i].key, objs[j].key), lead=", with ").build("size")
 
 
 def _cap_background(scene, rng):
@@ -120,4 +150,4 @@ def _cap_background(scene, rng):
     key = rng.choice(sorted(g))
     b = TextBuilder().add(count_phrase(len(g[key]), *key), tuple(g[key]))
     b.add(f" on a {scene.background} background")
-    return b.build("background")
+    return _complete(b, scene, rng, named=(key,), lead=", with ").build("background")

@@ -31,6 +31,10 @@ def render_readme(meta: dict, baselines: dict) -> str:
         "background), and the detection files have no category for them. "
         "`detection/instances_test.json` and the test grounding / referring files have all classes "
         "(category field `seen` is false for the held-out ones).",
+        "- captions: five per image from different templates (a list of the objects, a relation, counts, "
+        "colours, sizes, the background). In scenes with up to three (colour, shape) groups every caption "
+        "goes on to name every group by colour and shape (\"two shapes: a red star and a blue ring\"), so "
+        "that a caption tells its image from the others as a COCO caption does.",
         f"- tokenizer: byte-level BPE, {meta['tokenizer_vocab_size']} ids, in `tokenizer/tokenizer.json`",
         "",
         "## Files and counts",
