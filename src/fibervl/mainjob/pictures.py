@@ -66,7 +66,9 @@ def grounding_and_detection(ctx, figures: Path) -> dict[str, str]:
 
     samples, shown = [], set()
     for sample in shapes.grounding("test"):
-        if len(samples) < NUM_EXAMPLES and sample.image_id not in shown and fits(sample.text):  # one per image
+        if len(samples) == NUM_EXAMPLES:
+            break
+        if sample.image_id not in shown and fits(sample.text):  # one phrase set per image
             shown.add(sample.image_id)
             samples.append(sample)
     if samples:

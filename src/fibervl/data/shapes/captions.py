@@ -55,7 +55,7 @@ def _complete(b: TextBuilder, scene, rng, named=(), lead=": ") -> TextBuilder:
     g = groups(scene)
     if len(g) > COMPLETE_UP_TO:
         return b
-    rest = [key for key in g if key not in set(named)]
+    rest = [key for key in g if key not in named]
     rng.shuffle(rest)
     return _add_groups(b.add(lead), scene, rest) if rest else b
 
