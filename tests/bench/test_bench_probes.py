@@ -96,3 +96,23 @@ def test_linear_probe_learns_a_separable_attribute():
     # a probe cannot read what the features do not hold: labels independent of them stay near chance
     shuffled = [labels[i] for i in torch.randperm(300, generator=generator).tolist()]
     assert sum(probe.linear_probe(x[:240], shuffled[:240], x[240:], shuffled[240:])) < 40
+
+
+def test_detection_confusion_labels_each_object_by_its_best_overlapping_detection():
+    probe = load_bench("detection_confusion")
+    annotations = [
+        {"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10]},
+        {"image_id": 1, "category_id": 2, "bbox": [50, 50, 10, 10]},
+        {"image_id": 2, "category_id": 1, "bbox": [0, 0, 10, 10]},
+    ]
+    detections = [
+        {"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.4},
+        {"image_id": 1, "category_id": 2, "bbox": [1, 1, 10, 10], "score": 0.9},  # IoU 0.68: the label
+        {"image_id": 1, "category_id": 1, "bbox": [50, 50, 10, 10], "score": 0.8},
+        {"image_id": 1, "category_id": 2, "bbox": [50, 50, 2, 2], "score": 0.95},  # IoU 0.04: ignored
+        {"image_id": 2, "category_id": 1, "bbox": [30, 30, 10, 10], "score": 0.7},  # overlaps nothing
+    ]
+    table = probe.confusion(annotations, detections)
+    assert table[1] == {2: 1, 0: 1} and table[2] == {1: 1}
+    own, elsewhere = probe.stray_detections(annotations, detections, 1)
+    assert own == [0.4] and sorted(elsewhere) == [0.7, 0.8]
