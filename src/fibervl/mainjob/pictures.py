@@ -62,7 +62,7 @@ def grounding_and_detection(ctx, figures: Path) -> dict[str, str]:
     model, processor = _load(ctx, "grounding", "ground")
 
     def fits(text: str) -> bool:  # a caption whose phrases all lie within the model's query length
-        return int(processor.tokenizer([text]).attention_mask.sum()) <= processor.max_length
+        return len(processor.tokenizer.encode(text)[0]) <= processor.max_length
 
     samples, shown = [], set()
     for sample in shapes.grounding("test"):
