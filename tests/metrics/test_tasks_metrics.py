@@ -10,7 +10,8 @@ import torch
 
 from fibervl.metrics.retrieval import retrieval_recall
 from fibervl.metrics.vqa import mean_vqa_accuracy, vqa_accuracy, vqa_score, write_vqa_results
-from fibervl.tasks.retrieval import rerank_scores, topk_candidates
+from fibervl.tasks.retrieval import (SWEEP_PREFIX, choose_itm_weight, rerank_scores, scored_once, topk_candidates,
+                                     weighted)
 
 
 def test_vqa_accuracy_leave_one_out():
@@ -119,6 +120,43 @@ def test_rerank_with_k_at_gallery_size_is_the_full_ensemble():
     i2t, t2i = rerank_scores(itc, lambda p: itm[p[:, 0], p[:, 1]], k=2)
     assert torch.allclose(i2t - i2t.min(), (itc + itm) - (itc + itm).min())
     assert t2i.argmax(0).tolist() == [0, 0]
+
+
+def test_weighted_rerank_lets_itm_overrule_itc_only_as_far_as_its_weight():
+    itc = torch.tensor([[0.30, 0.25, 0.10]])  # one image, three texts; ITC prefers text 0
+    itm = torch.tensor([-1.0, 1.0, 5.0])  # ITM prefers text 2, then 1
+
+    def scorer(pairs):
+        return itm[pairs[:, 1]]
+
+    order = {w: rerank_scores(itc, weighted(scorer, w), k=3)[0][0].argsort(descending=True).tolist()
+             for w in (0.0, 0.03, 1.0)}
+    assert order[0.0] == [0, 1, 2]  # weight 0 keeps the ITC order
+    assert order[0.03] == [1, 0, 2]  # 0.25 + 0.03 > 0.30 - 0.03 > 0.10 + 0.15
+    assert order[1.0] == [2, 1, 0]
+
+
+def test_scored_once_runs_the_fused_passes_once_for_the_same_pairs():
+    calls = []
+
+    def scorer(pairs):
+        calls.append(len(pairs))
+        return pairs[:, 1].float()
+
+    once = scored_once(scorer)
+    pairs = torch.tensor([[0, 1], [0, 2]])
+    assert once(pairs).tolist() == once(pairs.clone()).tolist() == [1.0, 2.0]
+    assert calls == [2]
+    once(torch.tensor([[0, 3]]))
+    assert calls == [2, 1]
+
+
+def test_choose_itm_weight_takes_the_best_mean_r1_and_the_smaller_weight_on_a_tie():
+    sweep = {f"{SWEEP_PREFIX}0": 60.0, f"{SWEEP_PREFIX}0.02": 62.5, f"{SWEEP_PREFIX}0.1": 62.5,
+             f"{SWEEP_PREFIX}1": 55.0, "itc_i2t_r1": 99.0}
+    assert choose_itm_weight(sweep) == 0.02
+    with pytest.raises(ValueError, match="itm_weight_sweep"):
+        choose_itm_weight({"itc_i2t_r1": 50.0})
 
 
 def test_topk_candidates_dense():

@@ -3,6 +3,8 @@ ones give boxes in the original image's pixels."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 import warnings
 
@@ -102,6 +104,28 @@ def test_retrieval_of_texts_for_image_queries(coarse, image_paths):
                         image_paths)
     assert_same(batched, single)
     assert all(sorted(x["item"] for x in r["ranking"]) == sorted(texts) for r in batched)
+
+
+def test_retrieval_weighs_itm_by_the_model_cards_weight(coarse, image_paths):
+    model, processor = coarse
+    gallery = Gallery.build(model, processor, texts=["a red star", "two blue circles", "a green square"])
+
+    def itm_parts(predictor):  # per query: item -> (ITC, score - ITC)
+        return [{x["item"]: (x["itc"], x["score"] - x["itc"]) for x in r["ranking"]}
+                for r in predictor.predict(image_paths[:2])]
+
+    assert processor.card.itm_weight == 1.0
+    full = itm_parts(RetrievalPredictor(model, processor, gallery, rerank_k=3, top=0))
+    half = itm_parts(RetrievalPredictor(model, processor, gallery, rerank_k=3, top=0, itm_weight=0.5))
+    for f, h in zip(full, half):
+        assert all(abs(h[item][1] - 0.5 * f[item][1]) < 2e-4 for item in f)
+    ignoring = copy.copy(processor)
+    ignoring.card = dataclasses.replace(processor.card, itm_weight=0.0)
+    for r in RetrievalPredictor(model, ignoring, gallery, rerank_k=3, top=0).predict(image_paths[:2]):
+        assert [x["score"] for x in r["ranking"]] == [x["itc"] for x in r["ranking"]]
+        assert [x["itc"] for x in r["ranking"]] == sorted((x["itc"] for x in r["ranking"]), reverse=True)
+    with pytest.raises(ValueError, match="itm_weight"):
+        RetrievalPredictor(model, processor, gallery, itm_weight=-1)
 
 
 def test_detection_batched_equals_one_by_one(fine, image_paths):

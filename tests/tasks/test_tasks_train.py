@@ -16,8 +16,10 @@ from fibervl.experiment import ModelSpec
 from fibervl.modeling.fiber import FiberModel
 from fibervl.errors import CheckpointError
 from fibervl.tasks.nlvr2 import Nlvr2Task
+from fibervl.tasks.retrieval import ITM_WEIGHTS
 from fibervl.tasks.vqa import VqaTask, vocabulary_coverage
 from fibervl.modeling.factory import fit_to_tokenizer
+from fibervl.predict.card import card_of
 from fibervl.testing.training import train_losses
 from fibervl.testing.configs import micro_config
 
@@ -155,10 +157,27 @@ def test_cli_nlvr2_and_retrieval(shapes_tiny, tmp_path, capsys):
 
     run = tmp_path / "retrieval"
     assert main(["finetune", "retrieval", "--config", "configs/fiber-tiny_retrieval_shapes.yaml",
-                 *_common(shapes_tiny, run), "eval.rerank_k=3"]) == 0
+                 *_common(shapes_tiny, run), "eval.rerank_k=3", "eval.itm_weight_split=val"]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert {"itc_rsum", "rerank_rsum", "rerank_i2t_r1", "rerank_t2i_r10"} <= set(metrics)
+    # the re-ranking weight is chosen on val, used for the eval split and kept in the model's card
+    sweep = {float(k.split("/")[-1]): v for k, v in metrics.items() if k.startswith("val/itm_weight_sweep/")}
+    assert sorted(sweep) == sorted(ITM_WEIGHTS)
+    weight = card_of(run / "model").itm_weight
+    assert weight == metrics["rerank_itm_weight"] and sweep[weight] == max(sweep.values())
     capsys.readouterr()
+    assert main(["evaluate", "retrieval", "--model", str(run / "model"), "--data-root", str(shapes_tiny),
+                 "--split", "val", "--rerank-k", "3", "data.num_eval=8", "train.precision=fp32"]) == 0
+    evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert evaluated["rerank_itm_weight"] == weight
+    assert (evaluated["rerank_i2t_r1"] + evaluated["rerank_t2i_r1"]) / 2 == pytest.approx(sweep[weight])
+    assert main(["evaluate", "retrieval", "--model", str(run / "model"), "--data-root", str(shapes_tiny),
+                 "--rerank-k", "3", "--itm-weight", "0", "data.num_eval=8"]) == 0
+    itc_order = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [itc_order[f"rerank_{d}_r1"] for d in ("i2t", "t2i")] == [itc_order[f"itc_{d}_r1"] for d in ("i2t", "t2i")]
+    assert main(["finetune", "retrieval", "--config", "configs/fiber-tiny_retrieval_shapes.yaml",
+                 *_common(shapes_tiny, tmp_path / "both"), "eval.itm_weight=0.1", "eval.itm_weight_split=val"]) == 1
+    assert "not both" in capsys.readouterr().err
     paths, texts, _, _ = ShapesDataset(shapes_tiny).captions("val").retrieval_lists()
     assert main(["predict", "retrieval", "--model", str(run / "model"), "--image", str(paths[0]),
                  "--texts", ",".join(texts[:3]), "--out", str(tmp_path / "predict")]) == 0

@@ -26,7 +26,10 @@ class ModelCard:
     ``tokenizer`` / ``answers``: paths relative to the directory (None: not there); ``data``:
     the training data settings of the run that wrote it; ``metrics``: its evaluation;
     ``normalization``: the image input the model expects ("imagenet", or "official" for converted
-    fine-grained checkpoints); ``extra``: keys written by a newer fibervl, kept as they are."""
+    fine-grained checkpoints); ``itm_weight``: how much ITM counts when retrieval re-ranks
+    (ITC + ``itm_weight`` x ITM: :mod:`fibervl.tasks.retrieval`), chosen on a validation split by
+    retrieval fine-tuning with ``eval.itm_weight_split``, else 1; ``extra``: keys written by a
+    newer fibervl, kept as they are."""
 
     preset: str = ""
     family: str = "fiber"
@@ -36,6 +39,7 @@ class ModelCard:
     data: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     normalization: str = "imagenet"
+    itm_weight: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

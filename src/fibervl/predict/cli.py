@@ -78,7 +78,9 @@ def build_parser(task: str) -> argparse.ArgumentParser:
         p.add_argument("--texts", default="", help="comma-separated texts: a text gallery, ranked for each --image")
         p.add_argument("--gallery", default="", help="a saved gallery directory to search instead of --images/--texts")
         p.add_argument("--save-gallery", default="", help="where to save a gallery built here (default OUT/gallery)")
-        p.add_argument("--rerank-k", type=int, default=16, help="re-rank the ITC top k with ITC + ITM (0: ITC only)")
+        p.add_argument("--rerank-k", type=int, default=16, help="re-rank the ITC top k with ITC + w x ITM (0: ITC only)")
+        p.add_argument("--itm-weight", type=float, default=None,
+                       help="w in ITC + w x ITM (default: the model card's, chosen on validation by fine-tuning, else 1)")
         p.add_argument("--top", type=int, default=10, help="items listed per query (0: the whole gallery)")
     return p
 
@@ -252,7 +254,7 @@ def _retrieval(args, model, processor, output: Output) -> int:
         raise ValueError(f"a {gallery.kind} gallery is searched with "
                          f"{'text queries (--text)' if gallery.kind == 'image' else 'image queries (--image)'}")
     predictor = RetrievalPredictor(model, processor, gallery, rerank_k=args.rerank_k, top=args.top,
-                                   batch_size=args.batch_size)
+                                   batch_size=args.batch_size, itm_weight=args.itm_weight)
     if gallery.kind == "image":
         for k, result in enumerate(predictor.predict(args.text)):
             output.emit(result, predictor.draw(result), f"query_{k}")

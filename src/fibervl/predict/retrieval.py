@@ -154,22 +154,27 @@ class Gallery:
 
 class RetrievalPredictor(Embedder):
     """Rank ``gallery``'s items for each query: text queries for an image gallery, images for a
-    text gallery. The ``rerank_k`` best by ITC are re-scored with ITC + ITM (the model's ITM
+    text gallery. The ``rerank_k`` best by ITC are re-scored with ITC + w x ITM (the model's ITM
     head; 0 or no ITM head: ITC alone) and rank above the rest, which keep their ITC order.
+    ``itm_weight`` w: default the model card's (:attr:`~fibervl.predict.card.ModelCard.itm_weight`).
 
     ``predict(queries)`` -> per query ``{"query", "ranking": [{"item", "itc", "score"}, ...]}``,
-    the ``top`` best (0: the whole gallery); ``score`` is ITC + ITM for re-ranked items, ITC
+    the ``top`` best (0: the whole gallery); ``score`` is ITC + w x ITM for re-ranked items, ITC
     for the others.
     """
 
     task = "retrieval"
 
     def __init__(self, model, processor, gallery: Gallery, rerank_k: int = 16, top: int = 10,
-                 batch_size: int = 32, bf16: bool = False, use_faiss: bool | None = None) -> None:
+                 batch_size: int = 32, bf16: bool = False, use_faiss: bool | None = None,
+                 itm_weight: float | None = None) -> None:
         super().__init__(model, processor, batch_size, bf16)
         gallery.check_model(model, self.processor)
         self.gallery, self.top, self.use_faiss = gallery, top, use_faiss
         self.rerank_k = rerank_k if "itm" in getattr(model.config, "heads", ()) else 0
+        self.itm_weight = self.processor.card.itm_weight if itm_weight is None else float(itm_weight)
+        if self.itm_weight < 0:
+            raise ValueError(f"itm_weight must be >= 0, got {self.itm_weight}")
 
     @torch.no_grad()
     def predict(self, queries: Sequence) -> list[dict]:
@@ -188,7 +193,7 @@ class RetrievalPredictor(Embedder):
             score = itc.clone()
             k = min(self.rerank_k, idx.shape[1])
             if k:
-                score[:, :k] += self._itm(batch, idx[:, :k]).view(-1, k)
+                score[:, :k] += self.itm_weight * self._itm(batch, idx[:, :k]).view(-1, k)
                 order = score[:, :k].argsort(dim=1, descending=True, stable=True)
                 itc[:, :k], idx[:, :k], score[:, :k] = (t[:, :k].gather(1, order) for t in (itc, idx, score))
             n = idx.shape[1] if self.top <= 0 else min(self.top, idx.shape[1])

@@ -13,10 +13,11 @@ from ..tasks.prefix_cache import cached_training_inputs
 
 
 def export_model(model, run_dir: str | Path, metrics: dict | None = None, tokenizer: Tokenizer | None = None,
-                 data=None, files: dict[str, object] | None = None) -> Path:
+                 data=None, files: dict[str, object] | None = None, card_fields: dict | None = None) -> Path:
     """Write ``run_dir/model`` on rank 0: model.safetensors and config.json with the model card
     (:mod:`fibervl.predict.card`: preset, tasks, ``data`` (the recipe's data settings),
-    ``metrics``), ``tokenizer/`` when a tokenizer is given (see :func:`model_tokenizer`),
+    ``metrics``, and any other card field in ``card_fields``), ``tokenizer/`` when a tokenizer is
+    given (see :func:`model_tokenizer`),
     ``files`` (name -> JSON-serialisable object, e.g. ``{"answers.json": [...]}``) beside
     config.json; and ``run_dir/metrics.json``."""
     from ..modeling.pretrained import save_pretrained
@@ -30,7 +31,8 @@ def export_model(model, run_dir: str | Path, metrics: dict | None = None, tokeni
         for name, obj in (files or {}).items():
             (out / name).write_text(json.dumps(obj, ensure_ascii=False) + "\n", encoding="utf-8")
         # the card names the tokenizer and files written above
-        save_pretrained(model, out, card=make_card(model.config, out, data=data, metrics=metrics).to_dict())
+        save_pretrained(model, out, card=make_card(model.config, out, data=data, metrics=metrics,
+                                                      **(card_fields or {})).to_dict())
         if metrics is not None:
             (Path(run_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     D.barrier()
@@ -61,10 +63,10 @@ def warn_truncated(tokenizer: Tokenizer, texts, max_length: int, what: str = "te
 
 
 def export_task_model(model, tokenizer: Tokenizer, run_dir: str | Path, metrics: dict | None = None,
-                      files: dict[str, object] | None = None, data=None) -> Path:
+                      files: dict[str, object] | None = None, data=None, card_fields: dict | None = None) -> Path:
     """:func:`export_model` of a task's model: with the tokenizer and ``files`` (e.g. VQA's
     ``answers.json``), so that the model directory is self-contained for ``predict``."""
-    return export_model(model, run_dir, metrics, tokenizer, data=data, files=files)
+    return export_model(model, run_dir, metrics, tokenizer, data=data, files=files, card_fields=card_fields)
 
 
 def load_model_dir(path: str | Path, device: str = "cpu", fallback_tokenizer: Tokenizer | None = None):

@@ -8,8 +8,10 @@
 
 Fine-tuning: ITC + ITM with hard negatives (the coarse pre-training task with the MLM weight 0).
 Evaluation: dual-encoder (ITC) recall and the ITC top-``eval.rerank_k`` re-ranked with
-ITC + ITM (see :mod:`fibervl.tasks.retrieval`), R@1/5/10 both ways and rsum; with
-``eval.modes`` the paper's Table 4 modes side by side with their costs.
+ITC + w x ITM (see :mod:`fibervl.tasks.retrieval`), R@1/5/10 both ways and rsum; with
+``eval.modes`` the paper's Table 4 modes side by side with their costs. The ITM weight w is
+``eval.itm_weight``, else the model card's; fine-tuning with ``eval.itm_weight_split=val`` chooses
+it on that split and writes it into the exported model's card.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from ..engine.precision import uses_bf16
 from ..engine.trainer import Trainer, TrainConfig
 from ..experiment import ModelSpec, load_tokenizer, split_name
 from ..tasks.pretrain_coarse import CoarseObjectives, CoarsePretrainTask
-from ..tasks.retrieval import evaluate_itc_retrieval, evaluate_retrieval
+from ..predict.card import card_of
+from ..tasks.retrieval import (ITM_WEIGHTS, SWEEP_PREFIX, choose_itm_weight, evaluate_itc_retrieval,
+                               evaluate_retrieval)
 from .common import (evaluation_processes, export_task_model, fused_training_data, load_model_dir,
                      recipe_train, required_model)
 from .image_text import FinetuneCaptionData, caption_reader, special_ids
@@ -41,7 +45,11 @@ class RetrievalEval:
     ``rerank@K`` (e.g. ``[itc, itm, itc+itm, rerank@10, rerank@20, rerank@50, rerank@100]``).
     ``prefix_dtype`` (``float32`` or ``bfloat16``: empty keeps what the model computes) and
     ``prefix_dir`` (a directory: the gallery's prefixes memory-mapped there instead of in RAM)
-    keep large galleries in memory bounds (:mod:`fibervl.tasks.gallery`)."""
+    keep large galleries in memory bounds (:mod:`fibervl.tasks.gallery`).
+    ``itm_weight``: w in the re-ranking score ITC + w x ITM (empty: the model card's, 1 for a
+    model without one); ``itm_weight_split`` (fine-tuning only, e.g. ``val``): choose w on that
+    split among :data:`~fibervl.tasks.retrieval.ITM_WEIGHTS` (best mean R@1 of both directions),
+    evaluate with it and record it in the model's card."""
 
     rerank_k: int = 16
     faiss: bool = False
@@ -49,6 +57,8 @@ class RetrievalEval:
     modes: tuple[str, ...] = ()
     prefix_dtype: str = ""
     prefix_dir: str = ""
+    itm_weight: float | None = None
+    itm_weight_split: str = ""
 
 
 RetrievalData = FinetuneCaptionData  # captions, and training on cached image prefixes
@@ -68,7 +78,8 @@ class RetrievalConfig:
 PREFIX_DTYPES = {"": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def evaluate(cfg: RetrievalConfig, model, tokenizer, split: str | None = None) -> dict:
+def evaluate(cfg: RetrievalConfig, model, tokenizer, split: str | None = None, itm_weight: float = 1.0,
+             sweep_itm_weights: tuple[float, ...] = ()) -> dict:
     if cfg.eval.prefix_dtype not in PREFIX_DTYPES:
         raise ValueError(f"eval.prefix_dtype={cfg.eval.prefix_dtype!r}: use float32 or bfloat16 (empty: as computed)")
     image_size, max_len = cfg.data.input_sizes(model.config)
@@ -76,13 +87,43 @@ def evaluate(cfg: RetrievalConfig, model, tokenizer, split: str | None = None) -
                               limit=cfg.data.num_eval, rerank_k=cfg.eval.rerank_k, use_faiss=cfg.eval.faiss,
                               itm_batch_size=cfg.eval.itm_batch_size, bf16=uses_bf16(cfg.train.precision, cfg.train.device),
                               modes=cfg.eval.modes, prefix_dtype=PREFIX_DTYPES[cfg.eval.prefix_dtype],
-                              prefix_dir=cfg.eval.prefix_dir or None)
+                              prefix_dir=cfg.eval.prefix_dir or None, itm_weight=itm_weight,
+                              sweep_itm_weights=sweep_itm_weights)
+
+
+def _check_itm_weight(cfg: RetrievalConfig) -> None:
+    w = cfg.eval.itm_weight
+    if w is not None and not (isinstance(w, (int, float)) and w >= 0):
+        raise ValueError(f"eval.itm_weight={w!r}: a number >= 0 (0 keeps the ITC order), or empty for the model card's")
+    if cfg.eval.itm_weight_split and w is not None:
+        raise ValueError(f"eval.itm_weight={w} and eval.itm_weight_split={cfg.eval.itm_weight_split!r}: "
+                         "give the weight or the split to choose it on, not both")
+    if cfg.eval.itm_weight_split and cfg.eval.rerank_k <= 0:
+        raise ValueError("eval.itm_weight_split chooses the re-ranking weight: it needs eval.rerank_k > 0")
+
+
+def evaluate_chosen_weight(cfg: RetrievalConfig, model, tokenizer) -> tuple[dict, float]:
+    """(metrics on ``data.eval_split``, the ITM weight they used): ``eval.itm_weight``, 1, or with
+    ``eval.itm_weight_split`` the best of :data:`ITM_WEIGHTS` on that split, whose sweep is
+    kept in the metrics as ``SPLIT/itm_weight_sweep/W``."""
+    weight = 1.0 if cfg.eval.itm_weight is None else float(cfg.eval.itm_weight)
+    chosen_on: dict = {}
+    if cfg.eval.itm_weight_split:
+        split = cfg.eval.itm_weight_split
+        sweep = evaluate(cfg, model, tokenizer, split=split, sweep_itm_weights=ITM_WEIGHTS)
+        weight = choose_itm_weight(sweep)
+        chosen_on = {f"{split}/{k}": v for k, v in sweep.items() if k.startswith(SWEEP_PREFIX)}
+        chosen_on[f"{split}/itc_r1_mean"] = (sweep["itc_i2t_r1"] + sweep["itc_t2i_r1"]) / 2
+        print(f"ITM re-ranking weight {weight:g}, chosen on {split} (mean R@1: ITC {chosen_on[f'{split}/itc_r1_mean']:.2f}, "
+              f"re-ranked {sweep[SWEEP_PREFIX + f'{weight:g}']:.2f})")
+    return {**evaluate(cfg, model, tokenizer, itm_weight=weight), **chosen_on}, weight
 
 
 def run(cfg: RetrievalConfig) -> dict:
     """Fine-tune, evaluate on ``data.eval_split``, export ``run_dir/model`` (with its tokenizer)."""
     if cfg.objectives.mlm:
         raise ValueError("retrieval fine-tuning is ITC + ITM: set objectives.mlm=0")
+    _check_itm_weight(cfg)
     tokenizer = load_tokenizer(cfg.data, cfg.model.init)
     model, loaded = cfg.model.build(tokenizer, with_report=True)
     if cfg.model.init and loaded.new:
@@ -107,9 +148,9 @@ def run(cfg: RetrievalConfig) -> dict:
     # evaluation below (with ITM re-ranking) is the one that counts.
     summary = Trainer(cfg.train, model, task, train, collate_fn=PairCollator(tokenizer, max_len, cache),
                       evaluate=periodic if cfg.train.eval_every else None, config_snapshot=cfg).fit()
-    metrics = evaluate(cfg, model, tokenizer)
+    metrics, weight = evaluate_chosen_weight(cfg, model, tokenizer)
     export_task_model(model, tokenizer, cfg.train.run_dir, {"eval_split": cfg.data.eval_split, **metrics},
-                      data=cfg.data)
+                      data=cfg.data, card_fields={"itm_weight": weight})
     summary["eval"] = metrics
     return summary
 
@@ -126,9 +167,16 @@ def evaluate_saved(cfg: RetrievalConfig) -> dict:
     """``evaluate retrieval``: the metrics of the saved model ``--model DIR`` on ``data.eval_split``
     (under torchrun the images, texts and re-ranked pairs split across the processes)."""
     model_dir = required_model(cfg, "retrieval")
+    _check_itm_weight(cfg)
+    if cfg.eval.itm_weight_split:
+        raise ValueError("eval.itm_weight_split is chosen while fine-tuning; evaluate takes eval.itm_weight "
+                         "(default: the model card's)")
     with evaluation_processes(cfg.train.device) as device:
-        model, tokenizer, _ = load_model_dir(model_dir, device=str(device), fallback_tokenizer=_data_tokenizer(cfg.data))
-        return {"split": split_name(cfg.data.eval_source(), cfg.data.eval_split), **evaluate(cfg, model, tokenizer)}
+        model, tokenizer, directory = load_model_dir(model_dir, device=str(device),
+                                                     fallback_tokenizer=_data_tokenizer(cfg.data))
+        weight = card_of(directory).itm_weight if cfg.eval.itm_weight is None else float(cfg.eval.itm_weight)
+        return {"split": split_name(cfg.data.eval_source(), cfg.data.eval_split),
+                **evaluate(cfg, model, tokenizer, itm_weight=weight)}
 
 
 def predict(model_dir: str | Path, images: list[str], texts: list[str], rerank_k: int = 16) -> list[dict]:
@@ -147,4 +195,5 @@ def predict(model_dir: str | Path, images: list[str], texts: list[str], rerank_k
 
 
 RECIPE = Recipe("retrieval", "image-text retrieval (R@1/5/10 both ways)", RetrievalConfig, run,
-                evaluate=evaluate_saved, predict=True, evaluate_aliases={"--rerank-k": "eval.rerank_k"})
+                evaluate=evaluate_saved, predict=True,
+                evaluate_aliases={"--rerank-k": "eval.rerank_k", "--itm-weight": "eval.itm_weight"})

@@ -6,7 +6,7 @@
 - fusion encoder: one fused pass per (image, text) pair, so only for a shortlist
   (:func:`itm_pair_scores`);
 - re-ranking (:func:`rerank_scores`): for every query the dual encoder's top ``k`` gallery items
-  are re-scored with ``score = s_itc + s_itm`` where ``s_itc = <e_image, e_text>`` (the cosine
+  are re-scored with ``score = s_itc + w * s_itm`` where ``s_itc = <e_image, e_text>`` (the cosine
   similarity of the normalised embeddings: the official code's ITC retrieval score, which
   ALBEF's re-ranking adds to the ITM score too) and ``s_itm = itm_logit[match] -
   itm_logit[no match]`` (the ITM log-odds); items outside the top ``k`` keep their ITC order
@@ -15,6 +15,11 @@
 
   Why not the ITC logit (cosine / temperature, about 12x the cosine): on that scale ITC outweighs
   ITM in every re-ranked list, and a trained ITM moved few of them (docs/results.md).
+
+  ``w`` (``itm_weight``, default 1) sets how far ITM may overrule ITC. The two scores' spreads
+  are a property of the trained model (for fiber-tiny the log-odds of the top-k pairs spread
+  about 25x wider than their cosines), so :func:`choose_itm_weight` picks ``w`` on a validation
+  split from :data:`ITM_WEIGHTS`, the best mean R@1 of both directions.
 """
 
 from __future__ import annotations
@@ -37,6 +42,10 @@ from ..engine.progress import progress
 
 # Images and texts a batch when a split is embedded (evaluation splits them across processes in these batches).
 EMBED_IMAGE_BATCH, EMBED_TEXT_BATCH = 64, 256
+
+# The ITM weights :func:`choose_itm_weight` tries: 0 (the ITC order kept) up to 1 (ITM decides
+# wherever its log-odds differ by more than the cosines).
+ITM_WEIGHTS = (0.0, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 def _stack_images(items):
@@ -185,7 +194,7 @@ def itm_prefix_pair_scores(model, image_prefixes: torch.Tensor, text_prefixes: t
 
 def rerank_scores(itc: torch.Tensor, pair_scorer, k: int,
                   candidates: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Re-rank the ITC top-k of every query with ``itc + itm``.
+    """Re-rank the ITC top-k of every query with ``itc + itm`` (``pair_scorer`` may weigh ITM: :func:`weighted`).
 
     itc: [I, T] ITC scores (cosine similarities, see the module docstring); pair_scorer: ``f(pairs [P, 2]) -> [P]`` ITM scores of (image,
     text) pairs; candidates: optional (texts of each image [I, k], images of each text [T, k])
@@ -260,13 +269,49 @@ def _recall_both_ways(s_i2t: torch.Tensor, s_t2i: torch.Tensor, t2i: torch.Tenso
     return r
 
 
+def weighted(scorer, weight: float):
+    """``scorer`` (pairs [P, 2] -> ITM log-odds [P]) with its scores times ``weight``."""
+    return lambda pairs: weight * scorer(pairs)
+
+
+def scored_once(scorer):
+    """``scorer`` remembering its last answer: re-ranking the same candidates at several ITM
+    weights runs the fused passes once."""
+    last: list = []
+
+    def score(pairs: torch.Tensor) -> torch.Tensor:
+        if not (last and torch.equal(last[0], pairs)):
+            last[:] = [pairs.clone(), scorer(pairs)]
+        return last[1]
+
+    return score
+
+
+SWEEP_PREFIX = "itm_weight_sweep/"
+
+
+def choose_itm_weight(metrics: dict[str, float]) -> float:
+    """The ITM weight with the best mean R@1 of both directions among the ``itm_weight_sweep/W``
+    entries of :func:`evaluate_retrieval`'s metrics (``sweep_itm_weights``); ties go to the
+    smaller weight, the one that overrules ITC less."""
+    sweep = {float(k[len(SWEEP_PREFIX):]): v for k, v in metrics.items() if k.startswith(SWEEP_PREFIX)}
+    if not sweep:
+        raise ValueError("no itm_weight_sweep/ entries: evaluate with sweep_itm_weights and rerank_k > 0")
+    best = max(sweep.values())
+    return min(w for w, v in sweep.items() if v == best)
+
+
 @torch.no_grad()
 def evaluate_retrieval(model, tokenizer: Tokenizer, reader, image_size: int, max_length: int, limit: int = 0,
                        rerank_k: int = 16, use_faiss: bool = False, itm_batch_size: int = 64,
                        bf16: bool = False, modes: tuple[str, ...] = (), prefix_dtype: torch.dtype | None = None,
-                       prefix_dir: str | Path | None = None) -> dict[str, float]:
+                       prefix_dir: str | Path | None = None, itm_weight: float = 1.0,
+                       sweep_itm_weights: tuple[float, ...] = ()) -> dict[str, float]:
     """Dual-encoder recall (``itc_*`` keys) and, with ``rerank_k`` > 0, the re-ranked recall
-    (``rerank_*``: top ``rerank_k`` re-scored with ITC + ITM) over a captions split.
+    (``rerank_*``: top ``rerank_k`` re-scored with ITC + ``itm_weight`` x ITM; the weight is
+    ``rerank_itm_weight``) over a captions split. ``sweep_itm_weights`` adds, for each weight W,
+    ``itm_weight_sweep/W``: the mean R@1 of both directions re-ranked with that weight (the same
+    fused passes; :func:`choose_itm_weight` reads them).
 
     ``modes`` (see :func:`parse_mode`) adds the paper's Table 4 comparison: for each mode
     ``MODE/<recall>``, ``MODE/pairs`` (fused passes) and ``MODE/seconds`` (its scoring time; the
@@ -312,11 +357,16 @@ def evaluate_retrieval(model, tokenizer: Tokenizer, reader, image_size: int, max
             # galleries. The recall itself still reads the dense [I, T] matrix.
             candidates = (topk_candidates(image_embed, text_embed, rerank_k, use_faiss)[1],
                           topk_candidates(text_embed, image_embed, rerank_k, use_faiss)[1])
-            rr = _recall_both_ways(*rerank_scores(itc, scorer, rerank_k, candidates), t2i)
+            once = scored_once(scorer)  # every weight re-ranks the same candidates
+            for w in sweep_itm_weights:
+                rr = _recall_both_ways(*rerank_scores(itc, weighted(once, w), rerank_k, candidates), t2i)
+                metrics[f"{SWEEP_PREFIX}{w:g}"] = (rr["i2t_r1"] + rr["t2i_r1"]) / 2
+            rr = _recall_both_ways(*rerank_scores(itc, weighted(once, itm_weight), rerank_k, candidates), t2i)
             metrics.update({f"rerank_{k}": v for k, v in rr.items()})
             metrics["rerank_k"] = rerank_k
+            metrics["rerank_itm_weight"] = itm_weight
         if parsed:
-            metrics.update(_compare_modes(parsed, itc, t2i, scorer, itc_seconds))
+            metrics.update(_compare_modes(parsed, itc, t2i, scorer, itc_seconds, itm_weight))
             if prefix_seconds is not None:
                 metrics["prefixes/seconds"] = prefix_seconds
     finally:
@@ -325,9 +375,11 @@ def evaluate_retrieval(model, tokenizer: Tokenizer, reader, image_size: int, max
     return metrics
 
 
-def _compare_modes(parsed, itc: torch.Tensor, t2i: torch.Tensor, scorer, itc_seconds: float) -> dict[str, float]:
+def _compare_modes(parsed, itc: torch.Tensor, t2i: torch.Tensor, scorer, itc_seconds: float,
+                   itm_weight: float = 1.0) -> dict[str, float]:
     """Recall, fused passes and scoring seconds of each mode (see :func:`evaluate_retrieval`).
-    ``itc_seconds``: the encoder passes and the product, the dual encoder's whole cost."""
+    ``itc_seconds``: the encoder passes and the product, the dual encoder's whole cost; ITC + ITM
+    sums (``itc+itm``, ``rerank@K``) weigh ITM by ``itm_weight``."""
     out: dict[str, float] = {}
     every_pair = None  # ITM of every pair: "itm" and "itc+itm" need the same passes, scored once
 
@@ -341,14 +393,15 @@ def _compare_modes(parsed, itc: torch.Tensor, t2i: torch.Tensor, scorer, itc_sec
             scores, pairs, seconds = (itc, itc), 0, itc_seconds
         elif kind == "rerank":
             scored = []
-            scores, seconds = timed(lambda: rerank_scores(itc, lambda p: scored.append(len(p)) or scorer(p), k))
+            scores, seconds = timed(lambda: rerank_scores(
+                itc, lambda p: scored.append(len(p)) or itm_weight * scorer(p), k))
             pairs = sum(scored)
         else:
             if every_pair is None:
                 grid = torch.cartesian_prod(torch.arange(itc.shape[0]), torch.arange(itc.shape[1]))
                 every_pair = timed(lambda: scorer(grid).reshape(itc.shape))
             itm, seconds = every_pair
-            both = itm if kind == "itm" else itc + itm
+            both = itm if kind == "itm" else itc + itm_weight * itm
             scores, pairs = (both, both), itc.numel()
         out.update({f"{name}/{m}": v for m, v in _recall_both_ways(*scores, t2i).items()})
         out[f"{name}/pairs"] = pairs
