@@ -116,3 +116,30 @@ def test_detection_confusion_labels_each_object_by_its_best_overlapping_detectio
     assert table[1] == {2: 1, 0: 1} and table[2] == {1: 1}
     own, elsewhere = probe.stray_detections(annotations, detections, 1)
     assert own == [0.4] and sorted(elsewhere) == [0.7, 0.8]
+
+
+def test_retrieval_misses_counts_wrong_picks_of_an_image_with_the_same_objects():
+    probe = load_bench("retrieval_misses")
+    # three images; image 1 shows what image 0 shows; texts 0-2 belong to images 0-2
+    contents = [(("red", "star"),), (("red", "star"),), (("blue", "circle"),)]
+    text_to_image = torch.tensor([0, 1, 2])
+    candidates = torch.tensor([[0, 1], [0, 1], [2, 0]])
+    scores = torch.tensor([[0.1, 0.9], [0.9, 0.1], [0.8, 0.2]])
+    # image 0 picks text 1 (same objects), image 1 picks text 0 (same objects), image 2 is right
+    counts = probe.pick_counts(candidates, scores, text_to_image, contents)
+    assert counts["misses"] == 2 and counts["same_objects"] == 2
+    assert counts["r1"] == pytest.approx(100 / 3) and counts["right_or_same"] == pytest.approx(100.0)
+    # an image the annotations do not list is never "the same"
+    counts = probe.pick_counts(candidates, scores, text_to_image, [None, None, (("blue", "circle"),)])
+    assert counts["same_objects"] == 0 and counts["right_or_same"] == pytest.approx(100 / 3)
+
+
+def test_retrieval_misses_reads_each_images_coloured_shapes(shapes_tiny):
+    probe = load_bench("retrieval_misses")
+    coco = json.loads((shapes_tiny / "detection" / "instances_test.json").read_text())
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    image = coco["images"][0]
+    objects = sorted((a["attributes"]["color"], names[a["category_id"]])
+                     for a in coco["annotations"] if a["image_id"] == image["id"])
+    got = probe.image_contents(shapes_tiny, "test", [f"somewhere/{image['file_name']}", "elsewhere/unknown.jpg"])
+    assert got == [tuple(objects), None]
