@@ -157,7 +157,8 @@ def test_cli_nlvr2_and_retrieval(shapes_tiny, tmp_path, capsys):
 
     run = tmp_path / "retrieval"
     assert main(["finetune", "retrieval", "--config", "configs/fiber-tiny_retrieval_shapes.yaml",
-                 *_common(shapes_tiny, run), "eval.rerank_k=3", "eval.itm_weight_split=val"]) == 0
+                 *_common(shapes_tiny, run), "eval.rerank_k=3", "eval.itm_weight_split=val",
+                 "data.eval_split=test"]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert {"itc_rsum", "rerank_rsum", "rerank_i2t_r1", "rerank_t2i_r10"} <= set(metrics)
     # the re-ranking weight is chosen on val, used for the eval split and kept in the model's card
@@ -178,6 +179,9 @@ def test_cli_nlvr2_and_retrieval(shapes_tiny, tmp_path, capsys):
     assert main(["finetune", "retrieval", "--config", "configs/fiber-tiny_retrieval_shapes.yaml",
                  *_common(shapes_tiny, tmp_path / "both"), "eval.itm_weight=0.1", "eval.itm_weight_split=val"]) == 1
     assert "not both" in capsys.readouterr().err
+    assert main(["finetune", "retrieval", "--config", "configs/fiber-tiny_retrieval_shapes.yaml",
+                 *_common(shapes_tiny, tmp_path / "same"), "eval.itm_weight_split=val", "data.eval_split=val"]) == 1
+    assert "flatters the recall" in capsys.readouterr().err
     paths, texts, _, _ = ShapesDataset(shapes_tiny).captions("val").retrieval_lists()
     assert main(["predict", "retrieval", "--model", str(run / "model"), "--image", str(paths[0]),
                  "--texts", ",".join(texts[:3]), "--out", str(tmp_path / "predict")]) == 0

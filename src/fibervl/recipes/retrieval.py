@@ -93,11 +93,14 @@ def evaluate(cfg: RetrievalConfig, model, tokenizer, split: str | None = None, i
 
 def _check_itm_weight(cfg: RetrievalConfig) -> None:
     w = cfg.eval.itm_weight
-    if w is not None and not (isinstance(w, (int, float)) and w >= 0):
+    if w is not None and not (isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0):
         raise ValueError(f"eval.itm_weight={w!r}: a number >= 0 (0 keeps the ITC order), or empty for the model card's")
     if cfg.eval.itm_weight_split and w is not None:
         raise ValueError(f"eval.itm_weight={w} and eval.itm_weight_split={cfg.eval.itm_weight_split!r}: "
                          "give the weight or the split to choose it on, not both")
+    if cfg.eval.itm_weight_split and cfg.eval.itm_weight_split == cfg.data.eval_split:
+        raise ValueError(f"eval.itm_weight_split={cfg.eval.itm_weight_split!r} is also data.eval_split: a weight chosen "
+                         "on the split it is scored on flatters the recall; choose it on another split (val)")
     if cfg.eval.itm_weight_split and cfg.eval.rerank_k <= 0:
         raise ValueError("eval.itm_weight_split chooses the re-ranking weight: it needs eval.rerank_k > 0")
 
