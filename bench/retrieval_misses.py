@@ -68,11 +68,12 @@ def main() -> None:
     args = parser.parse_args()
     model, processor = fibervl.load(args.model, task="retrieval")
     weight = processor.card.itm_weight if args.itm_weight is None else args.itm_weight
-    paths, texts, t2i = R._limit(ShapesDataset(args.data).captions(args.split), 0)
+    paths, texts, t2i, _ = ShapesDataset(args.data).captions(args.split).retrieval_lists()
     contents = image_contents(Path(args.data), args.split, [str(p) for p in paths])
     size, length = model.config.vision.image_size, model.config.text.max_text_len
     with torch.no_grad():
-        image_embed, text_embed = R._embed_split(model, processor.tokenizer, paths, texts, size, length, False)
+        image_embed = R.embed_images(model, paths, size)
+        text_embed = R.embed_texts(model, processor.tokenizer, texts, length)
         cosine = image_embed @ text_embed.t()
         ids, mask = tokenize_gallery(processor.tokenizer, texts, length)
         images = image_prefix_rows(model, paths, size, 64, False, None, None)
