@@ -112,6 +112,21 @@ def test_config_round_trip_and_validation(tmp_path):
         FiberConfig.from_dict({"heads": ["itm", "retrieval"]})
 
 
+def test_detection_class_scores_follow_the_config():
+    """The tiny fine-grained preset scores a prompt's classes as exclusive; a config written
+    before the key existed (and the official presets) keep the official independent scores."""
+    tiny = get_preset("fiber-tiny-fine")
+    assert tiny.detection.class_scores == "exclusive"
+    assert FiberModel(tiny).detector.postprocessor.class_scores == "exclusive"
+    assert get_preset("fiber-base-fine").detection.class_scores == "independent"
+    old = tiny.to_dict()
+    del old["detection"]["class_scores"]
+    assert FiberModel(FiberConfig.from_dict(old)).detector.postprocessor.class_scores == "independent"
+    old["detection"]["class_scores"] = "softmax"
+    with pytest.raises(ConfigError, match="detection.class_scores must be one of"):
+        FiberConfig.from_dict(old)
+
+
 def test_relative_position_table_resize():
     table = torch.randn(23 * 23, 4)
     assert resize_relative_position_table(table, 12) is table

@@ -26,6 +26,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..config import FiberConfig
 from .detection.detector import DetectorOutput, GroundingDetector
+from .detection.postprocess import GroundingPostProcessor
 from .heads import HeadLogits, Heads, Pooler
 from .swin import SwinTransformer
 from .text import TextEncoder
@@ -158,6 +159,7 @@ class FiberModel(HeadLogits, nn.Module):
             strides=det.strides, anchor_sizes=det.anchor_sizes, head_fusion_layers=det.head_fusion_layers,
             head_fusion_heads=det.head_fusion_heads, head_fusion_gate_init=config.fusion.alpha_init,
             location_prior=det.location_prior,
+            postprocessor=GroundingPostProcessor(class_scores=det.class_scores),
         )
         # Language prompt tuning: per-position offsets on the text embeddings, zero at the start
         # so that adding them changes nothing until they are trained.

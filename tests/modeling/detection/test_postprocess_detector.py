@@ -8,6 +8,7 @@ from fibervl.modeling.detection import (
     GroundingDetector,
     GroundingPostProcessor,
     GroundingTarget,
+    exclusive_class_scores,
     positive_map_from_label_tokens,
     token_scores_to_class_scores,
 )
@@ -70,6 +71,35 @@ def test_class_scores_mean_over_tokens_and_errors():
     reg, ctr, logits, anchors, pm, labels = _case()
     with pytest.raises(ValueError, match="positive_map must be"):
         GroundingPostProcessor()([reg], [ctr], [logits], anchors, [(100, 100)], pm[:, :3], labels)
+
+
+def test_exclusive_class_scores_rank_a_class_where_it_beats_the_others():
+    """A class that fires at 0.45 on every box (an untrained name) scores higher on the box no
+    other class claims than on the box another class is sure of; independent scores tie there."""
+    probs = torch.tensor([[0.90, 0.45], [0.05, 0.45]])  # box 0: class 0 sure; box 1: nothing sure
+    scores = exclusive_class_scores(probs)
+    assert scores[1, 1] > scores[0, 1]
+    # within a box the order of the classes is kept, the best class keeps at most its probability,
+    # and the shares add up to the best probability
+    assert scores[0].argmax() == 0 and scores[1].argmax() == 1
+    assert (scores.amax(-1) <= probs.amax(-1)).all()
+    torch.testing.assert_close(scores.sum(-1), probs.amax(-1))
+    one = torch.tensor([[0.3], [0.8]])
+    torch.testing.assert_close(exclusive_class_scores(one), one)  # one named class: unchanged
+
+
+def test_postprocess_exclusive_scores_lower_the_losing_class():
+    reg, ctr, logits, anchors, pm, labels = _case()
+    indep = GroundingPostProcessor()([reg], [ctr], [logits], anchors, [(100, 100)], pm, labels)[0]
+    excl = GroundingPostProcessor(class_scores="exclusive")([reg], [ctr], [logits], anchors, [(100, 100)], pm, labels)[0]
+    # location 6: class A (logit 2) beats class B (logit 1), so B's detection there falls
+    b_indep = indep.scores[indep.labels == 2].max()
+    b_excl = excl.scores[excl.labels == 2].max()
+    assert b_excl < b_indep
+    # location 5's class A: nearly all of its probability is A's, so its score hardly moves
+    assert abs(float(excl.scores[0] - indep.scores[0])) < 1e-3
+    with pytest.raises(ValueError, match="class_scores must be one of"):
+        GroundingPostProcessor(class_scores="softmax")
 
 
 def _tiny():

@@ -10,11 +10,11 @@ from fibervl.data import Tokenizer
 from fibervl.data.shapes import ShapesDataset
 
 
-def test_only_test_expressions_name_held_out_shapes(shapes_tiny):
+def test_no_training_expression_names_a_held_out_shape(shapes_tiny):
     shapes = ShapesDataset(shapes_tiny)
     test = [shapes.expression_group(s) for s in shapes.refexp("test")]
     assert "held_out" in test and "seen" in test
-    assert {shapes.expression_group(s) for s in shapes.refexp("val")} == {"seen"}
+    assert {shapes.expression_group(s) for s in shapes.refexp("train")} == {"seen"}
     held = next(s for s in shapes.refexp("test") if shapes.expression_group(s) == "held_out")
     assert any(name in held.text for name in shapes.held_out_shapes)
 

@@ -28,13 +28,14 @@ def _xywh(box) -> list[float]:
 
 
 def fine_grained_scenes(split: str, scenes: list[SceneSpec]) -> list[SceneSpec]:
-    """The scenes of ``split``'s box files (detection, grounding, referring expressions): outside
-    test, those that show no held-out shape. This is the zero-shot detection protocol (Bansal et
+    """The scenes of ``split``'s box files (detection, grounding, referring expressions): in
+    train, those that show no held-out shape. This is the zero-shot detection protocol (Bansal et
     al., ECCV 2018): an unlabelled held-out object in a training image would be trained as
     background, and the detector would learn to suppress exactly the classes it is tested on
     (held-out AP 13.8 against 25.9 on the same coarse model, docs/results.md). Captions, VQA and
-    NLVR2 keep every image: the held-out names are learnt from text, never from boxes."""
-    if split == "test":
+    NLVR2 keep every image: the held-out names are learnt from text, never from boxes. Val keeps
+    every scene, as test does, so that zero-shot choices can be made on val."""
+    if split != "train":
         return scenes
     return [s for s in scenes if not any(o.shape in HELD_OUT_SHAPES for o in s.objects)]
 
@@ -80,7 +81,7 @@ def vqa_json(cfg, split, scenes, text) -> tuple[dict, dict]:
 
 
 def mdetr_json(cfg, split, scenes, text, kind) -> dict:
-    """MDETR-style COCO JSON: one "image" entry per (image, sentence) pair. Outside test, no
+    """MDETR-style COCO JSON: one "image" entry per (image, sentence) pair. In train, no
     image that shows a held-out shape (:func:`fine_grained_scenes`)."""
     images, anns, cats = [], [], [{"id": category_id(s), "name": s, "supercategory": "shape"} for s in SHAPES]
     for scene in fine_grained_scenes(split, scenes):
@@ -116,9 +117,9 @@ def mdetr_json(cfg, split, scenes, text, kind) -> dict:
 
 
 def detection_json(cfg, split, scenes) -> dict:
-    """COCO detection; outside test, held-out classes have no category and no image shows one
+    """COCO detection; in train, held-out classes have no category and no image shows one
     (:func:`fine_grained_scenes`)."""
-    shapes = SHAPES if split == "test" else SEEN_SHAPES
+    shapes = SEEN_SHAPES if split == "train" else SHAPES
     cats = [{"id": category_id(s), "name": s, "supercategory": "shape", "seen": s not in HELD_OUT_SHAPES} for s in shapes]
     images, anns = [], []
     for scene in fine_grained_scenes(split, scenes):
@@ -132,7 +133,7 @@ def detection_json(cfg, split, scenes) -> dict:
                          "bbox": box, "area": box[2] * box[3], "iscrowd": 0,
                          "attributes": {"color": obj.color, "size": obj.size}})
     return {"images": images, "annotations": anns, "categories": cats,
-            "info": {"held_out_categories": list(HELD_OUT_SHAPES) if split != "test" else []}}
+            "info": {"held_out_categories": list(HELD_OUT_SHAPES) if split == "train" else []}}
 
 
 def write_nlvr2(cfg, out: Path, split: str, scenes: list[SceneSpec]) -> list[dict]:

@@ -25,12 +25,12 @@ def render_readme(meta: dict, baselines: dict) -> str:
         f"- shapes ({len(SHAPES)}): {', '.join(SHAPES)}",
         f"- colours ({len(COLOR_NAMES)}): {', '.join(COLOR_NAMES)}; sizes: {', '.join(SIZE_NAMES)}",
         f"- held out of fine-grained training (zero-shot): **{', '.join(HELD_OUT_SHAPES)}**. They appear, named, "
-        "in captions, VQA, NLVR2 and webdataset text of every split. The train and val files of boxes "
-        "(`detection/instances_{train,val}.json`, grounding, referring expressions) leave out every image "
+        "in captions, VQA, NLVR2 and webdataset text of every split. The train files of boxes "
+        "(`detection/instances_train.json`, grounding, referring expressions) leave out every image "
         "that shows one (the zero-shot detection protocol: an unlabelled object would be trained as "
-        "background), and the detection files have no category for them. "
-        "`detection/instances_test.json` and the test grounding / referring files have all classes "
-        "(category field `seen` is false for the held-out ones).",
+        "background), and the train detection file has no category for them. "
+        "The val and test files of boxes have every image and all classes "
+        "(category field `seen` is false for the held-out ones): val is scored as test is.",
         "- captions: five per image from different templates (a list of the objects, a relation, counts, "
         "colours, sizes, the background). In scenes with up to three (colour, shape) groups every caption "
         "goes on to name every group by colour and shape (\"two shapes: a red star and a blue ring\"), so "

@@ -13,7 +13,8 @@ from .head import GroundingHead, GroundingHeadOutput, Scale
 from .location import LocationPrior, location_code
 from .losses import GroundingLoss, GroundingTarget, centerness_targets, giou_loss, token_sigmoid_focal_loss
 from .nms import batched_nms, nms
-from .postprocess import Detections, GroundingPostProcessor, positive_map_from_label_tokens, token_scores_to_class_scores
+from .postprocess import (CLASS_SCORES, Detections, GroundingPostProcessor, exclusive_class_scores,
+                          positive_map_from_label_tokens, token_scores_to_class_scores)
 
 __all__ = [
     "AnchorGenerator", "atss_assign", "BoxCoder", "ModulatedDeformConv2d", "modulated_deform_conv2d", "DetectorOutput",
@@ -21,5 +22,5 @@ __all__ = [
     "GroundingHead", "GroundingHeadOutput", "Scale", "LocationPrior", "location_code",
     "GroundingLoss", "GroundingTarget", "centerness_targets",
     "giou_loss", "token_sigmoid_focal_loss", "batched_nms", "nms", "Detections", "GroundingPostProcessor",
-    "positive_map_from_label_tokens", "token_scores_to_class_scores",
+    "positive_map_from_label_tokens", "token_scores_to_class_scores", "exclusive_class_scores", "CLASS_SCORES",
 ]

@@ -3,7 +3,9 @@
 Per level and image:
 
 1. token probabilities ``sigmoid(logits) [A, T]``; class score = **mean** of the probabilities of the
-   class's tokens (``SCORE_AGG "MEAN"``), via a positive map ``[K, T]``;
+   class's tokens (``SCORE_AGG "MEAN"``), via a positive map ``[K, T]``; with ``class_scores
+   "exclusive"`` (not official) those scores are then shared out among the named classes
+   (:func:`exclusive_class_scores`);
 2. candidates: class score ``> pre_nms_thresh`` (0.05) — tested *before* centerness;
 3. ranking score ``cls * sigmoid(centerness)``; the best ``min(#candidates, pre_nms_top_n)`` (1000)
    (anchor, class) pairs are kept;
@@ -25,11 +27,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ...config import CLASS_SCORES
 from .box_coder import BoxCoder
 from ...boxes import clip_boxes_to_image, remove_small_boxes
 from .nms import batched_nms
 
-__all__ = ["Detections", "positive_map_from_label_tokens", "token_scores_to_class_scores", "GroundingPostProcessor"]
+__all__ = ["Detections", "positive_map_from_label_tokens", "token_scores_to_class_scores", "exclusive_class_scores",
+           "CLASS_SCORES", "GroundingPostProcessor"]
+
 
 
 @dataclass
@@ -65,6 +70,21 @@ def token_scores_to_class_scores(token_probs: Tensor, positive_map: Tensor) -> T
     return token_probs @ (pm / counts[:, None]).T
 
 
+def exclusive_class_scores(class_probs: Tensor) -> Tensor:
+    """Scores of classes that exclude one another: ``[..., K]`` probabilities -> ``[..., K]``.
+
+    A box's score for class ``k`` becomes its best class probability (how sure it is that the box
+    is one of the named things) times the softmax over the classes' logits (which of them it is):
+    ``max_j p_j * softmax(logit p)_k``. Independent sigmoids let a class whose name was never
+    trained on boxes (zero-shot) fire at the same score on every object; shared out, it scores
+    high only where it beats the other named classes. With one class the scores are unchanged."""
+    if class_probs.shape[-1] < 2:
+        return class_probs
+    p = class_probs.clamp(1e-6, 1 - 1e-6)
+    share = torch.softmax(torch.log(p) - torch.log1p(-p), dim=-1)
+    return class_probs.amax(-1, keepdim=True) * share
+
+
 class GroundingPostProcessor:
     """``__call__(bbox_reg, centerness, dot_product_logits, anchors, image_sizes, positive_map,
     class_labels=None) -> list[Detections]``.
@@ -76,6 +96,10 @@ class GroundingPostProcessor:
         positive_map: ``[K, T]`` class -> tokens (non-zero = token belongs to the class);
         class_labels: ``[K]`` label reported for each class row; default ``1..K`` (the official
         label ids are the keys of the label -> token map, 1-based for detection prompts).
+
+    ``class_scores`` (:data:`CLASS_SCORES`): "independent", each row of ``positive_map`` scored on
+    its own (official); "exclusive", the rows are classes of which a box is at most one
+    (:func:`exclusive_class_scores`; for detection prompts, not for the phrases of a caption).
     """
 
     def __init__(
@@ -86,7 +110,11 @@ class GroundingPostProcessor:
         nms_thresh: float = 0.6,
         detections_per_img: int = 100,
         min_size: float = 0.0,
+        class_scores: str = "independent",
     ) -> None:
+        if class_scores not in CLASS_SCORES:
+            raise ValueError(f"class_scores must be one of {CLASS_SCORES}, got {class_scores!r}")
+        self.class_scores = class_scores
         self.box_coder = box_coder or BoxCoder()
         self.pre_nms_thresh = pre_nms_thresh
         self.pre_nms_top_n = pre_nms_top_n
@@ -124,6 +152,8 @@ class GroundingPostProcessor:
             reg = reg.float().permute(0, 2, 3, 1).reshape(batch, -1, 4)
             ctr = ctr.float().permute(0, 2, 3, 1).reshape(batch, -1).sigmoid()
             cls = token_scores_to_class_scores(logit.float().sigmoid(), positive_map.to(logit.device))  # [B, A, K]
+            if self.class_scores == "exclusive":
+                cls = exclusive_class_scores(cls)
             candidates = cls > self.pre_nms_thresh
             ranked = cls * ctr[:, :, None]
             for b in range(batch):
