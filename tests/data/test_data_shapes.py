@@ -244,3 +244,12 @@ def test_captions_of_small_scenes_name_every_object_by_colour_and_shape():
                     if phrase == count_phrase(len(idx), *key):
                         assert set(p.objects) == set(idx)
     assert complete > 500 and partial > 0
+
+
+def test_a_scene_can_be_drawn_from_some_shapes_only():
+    seen = tuple(s for s in SHAPES if s not in HELD_OUT_SHAPES)
+    drawn = {o.shape for k in range(40)
+             for o in sample_scene(random.Random(k), k, "x", 128, 1, 3, shapes=seen).objects}
+    assert drawn and drawn <= set(seen)
+    everything = {o.shape for k in range(40) for o in sample_scene(random.Random(k), k, "x", 128, 1, 3).objects}
+    assert everything & set(HELD_OUT_SHAPES)  # the default draws every shape

@@ -108,11 +108,11 @@ def test_fresh_scenes_are_one_labelled_object_drawn_the_same_way_every_time(shap
     first, other = fresh[3], again[3]
     assert torch.equal(first["images"], other["images"]) and torch.equal(first["labels"], other["labels"])
     assert not torch.equal(first["images"], fresh[4]["images"])  # a new scene at every index
-    held_out = json.loads((shapes_tiny / "dataset.json").read_text())["held_out_shapes"]
     kinds = [sorted(names[j].split(":")[0] for j in fresh[i]["labels"].nonzero().flatten().tolist()) for i in range(200)]
-    # one colour and one shape each, except held-out shapes, whose shape is never a label
-    assert all(k in (["color", "shape"], ["color"]) for k in kinds)
-    assert ["color"] in kinds and held_out
+    # one colour and one shape each: no scene shows a held-out shape, which would have no shape label
+    assert all(k == ["color", "shape"] for k in kinds)
+    shown = {names[j] for i in range(200) for j in fresh[i]["labels"].nonzero().flatten().tolist()}
+    assert len([n for n in shown if n.startswith("shape:")]) == len([n for n in names if n.startswith("shape:")])
 
 
 def test_fresh_scenes_are_none_of_the_data_sets_images(shapes_tiny):
@@ -144,3 +144,88 @@ def test_image_stage_on_fresh_scenes_trains(shapes_tiny, tmp_path):
     assert main(["pretrain", "image", f"data.root={shapes_tiny}", f"train.run_dir={run_dir}", "train.max_steps=2",
                  "train.batch_size=8", "train.progress_bar=false", "data.num_eval=8", "data.fresh_scenes=16"]) == 0
     assert json.loads((run_dir / "metrics.json").read_text())["train_images"] == 8
+
+
+def _object(shape, color, cx, cy, box):
+    from fibervl.data.shapes.scene import ObjectSpec
+
+    obj = ObjectSpec(shape=shape, color=color, size="small", cx=cx, cy=cy, extent=box[2] - box[0], rotation=0.0,
+                     texture="plain", shade_seed=0)
+    obj.visible_box = box
+    return obj
+
+
+def test_token_labels_name_the_object_centred_in_each_cell():
+    """A 4 x 4 grid of 32-pixel cells over a 128-pixel scene (row-major, as the tower's tokens)."""
+    from fibervl.data.shapes.scene import SceneSpec
+    from fibervl.recipes.image_pretrain import token_labels
+
+    index = {"color:red": 0, "color:blue": 1, "shape:star": 2, "shape:ring": 3}
+    scene = SceneSpec(0, "x", 128, "plain", (128, 128, 128), 0)
+    scene.objects = [
+        _object("star", "red", 48, 16, (36.0, 4.0, 60.0, 28.0)),  # within cell (0, 1)
+        _object("heart", "blue", 112, 112, (100.0, 100.0, 124.0, 124.0)),  # held out: colour only, cell (3, 3)
+        _object("ring", "red", 80, 70, (60.0, 50.0, 100.0, 90.0)),  # centre in (2, 2); covers rows 1-2, cols 1-3
+    ]
+    labels, scored = token_labels(scene, 4, index)
+    assert labels.shape == (16, 4) and scored.shape == (16,)
+    assert scored[1] and labels[1].tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert scored[15] and labels[15].tolist() == [0.0, 1.0, 0.0, 0.0]  # a held-out shape is never a label
+    assert scored[10] and labels[10].tolist() == [1.0, 0.0, 0.0, 1.0]
+    # cells the ring covers without its centre are not scored; untouched cells are background
+    assert not scored[5] and not scored[6] and not scored[7] and not scored[9] and not scored[11]
+    assert scored[0] and labels[0].sum() == 0 and scored[12] and labels[12].sum() == 0
+    # two centres in one cell: neither is scored there
+    scene.objects.append(_object("star", "blue", 20, 20, (14.0, 14.0, 26.0, 26.0)))
+    scene.objects.append(_object("ring", "blue", 12, 12, (6.0, 6.0, 18.0, 18.0)))
+    labels, scored = token_labels(scene, 4, index)
+    assert not scored[0]
+
+
+def test_fresh_scenes_of_several_objects_label_every_object_and_their_tokens(shapes_tiny):
+    names, _ = read_image_labels(shapes_tiny, "train")
+    fresh = FreshSceneLabels(shapes_tiny, 50, names, Processor(eval_transforms(128)), max_objects=3, grid=4)
+    colours = [int(fresh[i]["labels"][[j for j, n in enumerate(names) if n.startswith("color:")]].sum())
+               for i in range(50)]
+    assert max(colours) > 1  # several objects, several colours
+    item = fresh[7]
+    assert item["token_labels"].shape == (16, len(names)) and item["token_mask"].dtype == torch.bool
+    # every label a token shows is one the image shows
+    shown = item["labels"] > 0
+    assert (item["token_labels"][item["token_mask"]] <= shown.float()).all()
+    again = FreshSceneLabels(shapes_tiny, 50, names, Processor(eval_transforms(128)), max_objects=3, grid=4)[7]
+    assert torch.equal(item["token_labels"], again["token_labels"]) and torch.equal(item["images"], again["images"])
+    with pytest.raises(ValueError, match="fresh_objects must be"):
+        FreshSceneLabels(shapes_tiny, 5, names, Processor(eval_transforms(128)), max_objects=0)
+
+
+def test_token_labels_train_the_token_head_and_need_fresh_scenes(shapes_tiny, tmp_path, capsys):
+    from fibervl.tasks.image_labels import ImageLabelTask
+
+    torch.manual_seed(0)
+    data = ImageLabelData(root=str(shapes_tiny))
+    model = ModelSpec(preset="fiber-tiny").build(load_tokenizer(data))
+    names, _ = read_image_labels(shapes_tiny, "train")
+    fresh = FreshSceneLabels(shapes_tiny, 4, names, Processor(eval_transforms(128)), max_objects=3, grid=4)
+    batch = {k: torch.stack([fresh[i][k] for i in range(4)]) for k in fresh[0]}
+    plain = ImageLabelTask(model.vision.dims[-1], len(names))
+    task = ImageLabelTask(model.vision.dims[-1], len(names), token_weight=2.0)
+    task.head.load_state_dict(plain.head.state_dict())
+    out = task.training_step(model, batch)
+    base = plain.training_step(model, batch)
+    torch.testing.assert_close(out["loss"], base["loss"] + 2.0 * out["token_bce"])
+    out["loss"].backward()
+    assert task.token_head.weight.grad is not None and task.token_head.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="needs token labels"):
+        task.training_step(model, {"images": batch["images"], "labels": batch["labels"]})
+    with pytest.raises(ValueError, match="token_weight must be"):
+        ImageLabelTask(8, 3, token_weight=-1.0)
+    # the recipe refuses token labels without rendered scenes
+    assert main(["pretrain", "image", f"data.root={shapes_tiny}", f"train.run_dir={tmp_path / 'x'}",
+                 "train.max_steps=1", "data.token_weight=1"]) == 1
+    assert "data.token_weight needs data.fresh_scenes" in capsys.readouterr().err
+    run_dir = tmp_path / "tok"
+    assert main(["pretrain", "image", f"data.root={shapes_tiny}", f"train.run_dir={run_dir}", "train.max_steps=2",
+                 "train.batch_size=8", "train.progress_bar=false", "data.num_eval=8", "data.fresh_scenes=16",
+                 "data.fresh_objects=3", "data.token_weight=1"]) == 0
+    assert (run_dir / "model" / "model.safetensors").is_file()

@@ -172,10 +172,12 @@ def stage_data(ctx: JobContext, stage_dir: Path) -> dict:
 
 def image_config(ctx: JobContext, stage_dir: Path) -> dict:
     """The image tower alone, supervised by the colours and shapes it is shown: with
-    ``preset.fresh_image_scenes`` a freshly rendered one-object scene at every draw, else the
+    ``preset.fresh_image_scenes`` a freshly rendered scene of 1 to ``preset.image_scene_objects``
+    objects at every draw (its tokens labelled too with ``preset.image_token_weight``), else the
     training images. The fit it reports is on the first ``num_eval`` training images."""
     p = ctx.preset
-    fresh = {"fresh_scenes": p.image.steps * p.image.batch_size} if p.fresh_image_scenes else {}
+    fresh = {"fresh_scenes": p.image.steps * p.image.batch_size, "fresh_objects": p.image_scene_objects,
+             "token_weight": p.image_token_weight} if p.fresh_image_scenes else {}
     return {"model": {"preset": p.model}, "data": _data(ctx, **fresh), "train": _train(p.image, stage_dir, p)}
 
 

@@ -15,6 +15,10 @@ learning shape (issue 31's probe: 92 % of its training shapes, 34 % of unseen on
 own generator renders as they are drawn (its image size and backgrounds, read from
 ``dataset.json``), in a split of their own: no image of the data set is among them, and a step
 sees images no step saw before, as an ImageNet pass would. The labels are the same names.
+``data.fresh_objects`` = K draws scenes of 1 to K objects instead of one; ``data.token_weight``
+> 0 then also asks each token of the tower's last grid which labels it shows (the labels of the
+object centred in its cell; :class:`~fibervl.tasks.image_labels.ImageLabelTask`), so that each
+object's token, not only the pooled image, tells its shape among others.
 
 Only the training split is read. The run directory holds the engine's checkpoints and, at the
 end, ``model/`` (the whole model, its tower trained, the rest as initialised; the label head is
@@ -47,10 +51,13 @@ from .registry import Recipe
 class ImageLabelData(DataSpec):
     """A shapes data set ``root``; ``train_split``: the split whose images and annotations train
     (and whose label fit is reported); ``fresh_scenes``: N > 0 trains on N freshly rendered
-    one-object scenes instead (:class:`FreshSceneLabels`)."""
+    scenes instead (:class:`FreshSceneLabels`) of 1 to ``fresh_objects`` objects;
+    ``token_weight``: weight of the per-token labels of those scenes (0: none)."""
 
     train_split: str = "train"
     fresh_scenes: int = 0
+    fresh_objects: int = 1
+    token_weight: float = 0.0
 
 
 @dataclass
@@ -111,34 +118,76 @@ class ImageLabelDataset(torch.utils.data.Dataset):
 FRESH_SPLIT = "image-pretrain"
 
 
-class FreshSceneLabels(torch.utils.data.Dataset):
-    """Item i: scene i of the split ``FRESH_SPLIT``, one object, rendered by the shapes generator
-    with the settings of data set ``root`` (image size and backgrounds; not encoded: the files'
-    JPEG at quality 95 without chroma subsampling changes no colour or outline, and the round
-    trip would cost 40 % of the draw), labelled with its colour and, unless the
-    shape is held out, its shape: ``{"images": [3, S, S], "labels": [L] multi-hot}``.
-    Deterministic in (the data set's seed, i): a resumed run draws the same scenes."""
+def token_labels(scene, grid: int, index: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per cell of a ``grid`` x ``grid`` split of a rendered ``scene`` (row-major, the tower's
+    token order): ``(labels [grid^2, L] multi-hot, scored [grid^2] bool)``. A cell holding one
+    object's centre shows that object's labels (colour, and its shape unless held out); a cell
+    no object's visible box touches shows none; the others (part of an object, or two centres)
+    are not scored."""
+    cell = scene.size / grid
+    labels = torch.zeros(grid * grid, len(index))
+    scored = torch.ones(grid * grid, dtype=torch.bool)
+    centred: dict[int, list] = {}
+    for obj in scene.objects:
+        x0, y0, x1, y1 = obj.visible_box
+        rows = range(int(y0 // cell), min(grid - 1, int((y1 - 1) // cell)) + 1)
+        cols = range(int(x0 // cell), min(grid - 1, int((x1 - 1) // cell)) + 1)
+        for r in rows:
+            scored[r * grid + cols.start: r * grid + cols.stop] = False
+        r, c = min(grid - 1, int(obj.cy // cell)), min(grid - 1, int(obj.cx // cell))
+        centred.setdefault(r * grid + c, []).append(obj)
+    for k, objs in centred.items():
+        if len(objs) == 1:
+            scored[k] = True
+            for name in (f"color:{objs[0].color}", f"shape:{objs[0].shape}"):
+                if name in index:
+                    labels[k, index[name]] = 1.0
+    return labels, scored
 
-    def __init__(self, root: str | Path, n: int, names: list[str], processor: Processor) -> None:
+
+class FreshSceneLabels(torch.utils.data.Dataset):
+    """Item i: scene i of the split ``FRESH_SPLIT``, of 1 to ``max_objects`` objects, rendered by
+    the shapes generator with the settings of data set ``root`` (image size and backgrounds; not
+    encoded: the files' JPEG at quality 95 without chroma subsampling changes no colour or
+    outline, and the round trip would cost 40 % of the draw), labelled with its colours and its
+    shapes: ``{"images": [3, S, S], "labels": [L] multi-hot}``. No scene shows a shape held out
+    of the data set's fine-grained training: its object would be labelled with its colour and no
+    shape, which trains its shape as "none of these", as an unlabelled box would be trained as
+    background (the zero-shot protocol of the data set's box files, docs/datasets.md); with
+    ``grid`` > 0 also ``"token_labels" [grid^2, L]`` and ``"token_mask" [grid^2]``
+    (:func:`token_labels`). Deterministic in (the data set's seed, i): a resumed run draws the
+    same scenes."""
+
+    def __init__(self, root: str | Path, n: int, names: list[str], processor: Processor,
+                 max_objects: int = 1, grid: int = 0) -> None:
         if n < 1:
             raise ValueError(f"fresh_scenes must be positive, got {n}")
-        config = ShapesDataset(root).meta["config"]
+        if isinstance(max_objects, bool) or not isinstance(max_objects, int) or max_objects < 1:
+            raise ValueError(f"fresh_objects must be a whole number >= 1, got {max_objects!r}")
+        shapes = ShapesDataset(root)
+        config = shapes.meta["config"]
+        self.shapes = tuple(s for s in shapes.shapes if s not in shapes.held_out_shapes)
         self.n, self.processor, self.index = n, processor, {name: i for i, name in enumerate(names)}
         self.seed, self.size = int(config["seed"]), int(config["image_size"])
         self.backgrounds = tuple(config["backgrounds"])
+        self.max_objects, self.grid = max_objects, grid
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        scene = sample_scene(scene_rng(self.seed, FRESH_SPLIT, i), i, FRESH_SPLIT, self.size, 1, 1, self.backgrounds)
+        scene = sample_scene(scene_rng(self.seed, FRESH_SPLIT, i), i, FRESH_SPLIT, self.size, 1, self.max_objects,
+                             self.backgrounds, self.shapes)
         processed = self.processor(Sample(sample_id=f"{FRESH_SPLIT}/{i}", image_id=i, image=render(scene)))
         labels = torch.zeros(len(self.index))
-        obj = scene.objects[0]
-        for name in (f"color:{obj.color}", f"shape:{obj.shape}"):
-            if name in self.index:  # a held-out shape is never a label
-                labels[self.index[name]] = 1.0
-        return {"images": processed.pixel_values, "labels": labels}
+        for obj in scene.objects:
+            for name in (f"color:{obj.color}", f"shape:{obj.shape}"):
+                if name in self.index:  # a colour no training annotation shows has no label
+                    labels[self.index[name]] = 1.0
+        item = {"images": processed.pixel_values, "labels": labels}
+        if self.grid:
+            item["token_labels"], item["token_mask"] = token_labels(scene, self.grid, self.index)
+        return item
 
 
 @torch.no_grad()
@@ -166,12 +215,20 @@ def run(cfg: ImagePretrainConfig) -> dict:
     model = cfg.model.build(tokenizer, family="fiber")  # the tower trained is FIBER's Swin
     names, items = read_image_labels(cfg.data.root, cfg.data.train_split)
     image_size, _ = cfg.data.input_sizes(model.config)
-    processor = Processor(train_transforms(image_size))
-    train = (FreshSceneLabels(cfg.data.root, cfg.data.fresh_scenes, names, processor) if cfg.data.fresh_scenes
-             else ImageLabelDataset(items, len(names), processor))
+    if cfg.data.token_weight and not cfg.data.fresh_scenes:
+        raise ValueError("data.token_weight needs data.fresh_scenes: only a rendered scene knows where its "
+                         "objects' centres are")
+    grid = 0
+    if cfg.data.token_weight:
+        grid = image_size // model.config.vision.stage_strides()[-1]
+    # a token's labels are those of the cell it covers: no flip, which would move the cell (fresh
+    # scenes are drawn anew at every step, so a flip adds no variety)
+    processor = Processor(train_transforms(image_size, flip=not grid))
+    train = (FreshSceneLabels(cfg.data.root, cfg.data.fresh_scenes, names, processor, cfg.data.fresh_objects, grid)
+             if cfg.data.fresh_scenes else ImageLabelDataset(items, len(names), processor))
     # The label head is drawn from the model's seed too: the process's own stream differs per run.
     with weights_drawn_from(cfg.model.seed + 1):
-        task = ImageLabelTask(model.vision.dims[-1], len(names))
+        task = ImageLabelTask(model.vision.dims[-1], len(names), cfg.data.token_weight)
     # Only the tower trains: the text side and fusion get no gradient from this task.
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith("vision."))

@@ -69,8 +69,9 @@ def _overlap_fraction(a, b) -> float:
 
 
 def sample_scene(rng: random.Random, image_id: int, split: str, image_size: int,
-                 min_objects: int = 2, max_objects: int = 8, backgrounds: tuple[str, ...] = BACKGROUNDS) -> SceneSpec:
-    """Sample 2..8 non-hiding objects on a random background.
+                 min_objects: int = 2, max_objects: int = 8, backgrounds: tuple[str, ...] = BACKGROUNDS,
+                 shapes: tuple[str, ...] = SHAPES) -> SceneSpec:
+    """Sample 2..8 non-hiding objects on a random background, of the given ``shapes``.
 
     With probability 1/2 one (colour, shape) pair is repeated, so that referring
     expressions and questions often need size or position to single out an object.
@@ -87,7 +88,7 @@ def sample_scene(rng: random.Random, image_id: int, split: str, image_size: int,
             src = rng.choice(scene.objects)
             shape, color = src.shape, src.color
         else:
-            shape, color = rng.choice(SHAPES), rng.choice(COLOR_NAMES)
+            shape, color = rng.choice(shapes), rng.choice(COLOR_NAMES)
         size = rng.choice(SIZE_NAMES)
         lo, hi = SIZES[size]
         extent = rng.uniform(lo, hi) * image_size
