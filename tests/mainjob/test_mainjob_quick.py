@@ -7,8 +7,8 @@ their baseline and ``--check`` exits 3 exactly when one does not, every stage's 
 ``from_pretrained``, and a second run skips every finished stage.
 
 Also asserted: every one of the eight tasks beats its baseline by at least a point (docs/results.md:
-the quick preset in bf16 beats each by 5.2 or more, its thinnest margins VQA's +5.2 and zero-shot
-AP's +6.4; asserted: a point, as one machine's margins are not promised on another).
+the quick preset in bf16 beats each by 3.7 or more, its thinnest margins zero-shot AP's +3.7 and
+VQA's +4.9; asserted: a point, as one machine's margins are not promised on another).
 """
 
 import json
