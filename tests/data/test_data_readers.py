@@ -24,8 +24,8 @@ def test_shapes_files_read_with_the_real_readers(shapes):
         ground, ref, det = shapes.grounding(split), shapes.refexp(split), shapes.detection(split)
         images = shapes.meta["splits"][split]["images"]
         assert len(caps) == 5 * images and all(len(s.captions) == 5 for s in caps)
-        # the box files leave out the train / val images that show a held-out shape
-        assert len(det) == images if split == "test" else 0 < len(det) < images
+        # the train box files leave out the images that show a held-out shape; val and test keep all
+        assert len(det) == images if split != "train" else 0 < len(det) < images
         assert len(vqa) > 0 and all(len(s.answers) == 10 for s in vqa)
         assert {s.answer_type for s in vqa} <= {"yes/no", "number", "other"}
         assert len(nlvr2) > 0 and all(s.image2_path.is_file() and s.image_path.is_file() for s in nlvr2)

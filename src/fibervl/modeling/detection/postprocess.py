@@ -36,7 +36,6 @@ __all__ = ["Detections", "positive_map_from_label_tokens", "token_scores_to_clas
            "CLASS_SCORES", "GroundingPostProcessor"]
 
 
-
 @dataclass
 class Detections:
     """One image: ``boxes [N, 4]`` xyxy, ``scores [N]``, ``labels [N]`` int64 (by decreasing score)."""
