@@ -118,6 +118,12 @@ class ImageLabelDataset(torch.utils.data.Dataset):
 FRESH_SPLIT = "image-pretrain"
 
 
+def object_label_ids(obj, index: dict[str, int]) -> list[int]:
+    """The labels a scene object shows: its colour and its shape, those of them ``index`` names
+    (a held-out shape, or a colour no training annotation shows, has no label)."""
+    return [index[name] for name in (f"color:{obj.color}", f"shape:{obj.shape}") if name in index]
+
+
 def token_labels(scene, grid: int, index: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per cell of a ``grid`` x ``grid`` split of a rendered ``scene`` (row-major, the tower's
     token order): ``(labels [grid^2, L] multi-hot, scored [grid^2] bool)``. A cell holding one
@@ -139,9 +145,7 @@ def token_labels(scene, grid: int, index: dict[str, int]) -> tuple[torch.Tensor,
     for k, objs in centred.items():
         if len(objs) == 1:
             scored[k] = True
-            for name in (f"color:{objs[0].color}", f"shape:{objs[0].shape}"):
-                if name in index:
-                    labels[k, index[name]] = 1.0
+            labels[k, object_label_ids(objs[0], index)] = 1.0
     return labels, scored
 
 
@@ -181,9 +185,7 @@ class FreshSceneLabels(torch.utils.data.Dataset):
         processed = self.processor(Sample(sample_id=f"{FRESH_SPLIT}/{i}", image_id=i, image=render(scene)))
         labels = torch.zeros(len(self.index))
         for obj in scene.objects:
-            for name in (f"color:{obj.color}", f"shape:{obj.shape}"):
-                if name in self.index:  # a colour no training annotation shows has no label
-                    labels[self.index[name]] = 1.0
+            labels[object_label_ids(obj, self.index)] = 1.0
         item = {"images": processed.pixel_values, "labels": labels}
         if self.grid:
             item["token_labels"], item["token_mask"] = token_labels(scene, self.grid, self.index)
