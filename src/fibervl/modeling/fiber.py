@@ -297,6 +297,8 @@ class FiberModel(HeadLogits, nn.Module):
         modules: list[nn.Module] = [self.vision.patch_embed, self.text.embeddings]
         for s, b in self._blocks[: self._first_fused_block]:
             stage = self.vision.stages[s]
+            if b == 0 and s == self.vision.position_stage and self.vision.absolute_position is not None:
+                modules.append(self.vision.absolute_position)
             modules.append(stage.blocks[b])
             if b == len(stage.blocks) - 1 and stage.downsample is not None:
                 modules.append(stage.downsample)
@@ -330,6 +332,8 @@ class FiberModel(HeadLogits, nn.Module):
         for k in range(start, stop):
             s, b = self._blocks[k]
             stage = self.vision.stages[s]
+            if b == 0:
+                img = self.vision.enter_stage(s, img)
             t = self._pairs.get((s, b)) if txt is not None else None
             if t is None:
                 img = self._call(stage.blocks[b], img)

@@ -250,6 +250,23 @@ class ConvDownsample(nn.Module):
         return F.gelu(self.norm(self.conv(x.permute(0, 3, 1, 2)))).permute(0, 2, 3, 1)
 
 
+class AbsolutePosition(nn.Module):
+    """A learned position embedding added to a grid (Swin's ``ape``): a [C, h, w] table for the
+    grid of the config's image size, resized bicubically to any other grid, so that a position
+    keeps its meaning as a fraction of the image. [B, H, W, C] -> [B, H, W, C]."""
+
+    def __init__(self, dim: int, grid: tuple[int, int]) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.zeros(1, dim, *grid))
+        nn.init.trunc_normal_(self.table, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        table = self.table
+        if tuple(table.shape[-2:]) != tuple(x.shape[1:3]):
+            table = F.interpolate(table, size=tuple(x.shape[1:3]), mode="bicubic", align_corners=False)
+        return x + table.permute(0, 2, 3, 1).to(x.dtype)
+
+
 class SwinStage(nn.Module):
     def __init__(self, blocks: list[SwinBlock], downsample: PatchMerging | None) -> None:
         super().__init__()
@@ -290,6 +307,14 @@ class SwinTransformer(nn.Module):
             downsample = None if not merges else ConvDownsample(dims[s]) if hybrid else PatchMerging(dims[s], cfg.layer_norm_eps)
             stages.append(SwinStage(blocks, downsample))
         self.stages = nn.ModuleList(stages)
+        # The first attention stage gets the absolute positions (the stages below are convolutions,
+        # whose zero padding is the only other source of position).
+        self.position_stage = cfg.conv_stages
+        self.absolute_position = None
+        if cfg.absolute_position:
+            stride = cfg.stage_strides()[self.position_stage]
+            grid = (-(-cfg.image_size // stride),) * 2
+            self.absolute_position = AbsolutePosition(dims[self.position_stage], grid)
         self.norm = nn.LayerNorm(dims[-1], eps=cfg.layer_norm_eps) if cfg.final_norm else None
         self.feature_norms = nn.ModuleDict(
             {str(s): nn.LayerNorm(dims[s], eps=cfg.layer_norm_eps) for s in cfg.feature_norms}
@@ -299,13 +324,21 @@ class SwinTransformer(nn.Module):
         """Unimodal forward. images: [B, 3, H, W] -> stage outputs (before merging), [B, Hs, Ws, Cs]."""
         x = self.patch_embed(images)
         outs = []
-        for stage in self.stages:
+        for s, stage in enumerate(self.stages):
+            x = self.enter_stage(s, x)
             for block in stage.blocks:
                 x = block(x)
             outs.append(x)
             if stage.downsample is not None:
                 x = stage.downsample(x)
         return outs
+
+    def enter_stage(self, stage: int, x: torch.Tensor) -> torch.Tensor:
+        """The grid [B, H, W, C] about to enter ``stage``: with the absolute positions added when
+        it is the first attention stage and the config asks for them."""
+        if self.absolute_position is not None and stage == self.position_stage:
+            return self.absolute_position(x)
+        return x
 
     def feature_maps(self, stage_outputs: list[torch.Tensor]) -> list[torch.Tensor]:
         """Normalised stage outputs for a detection neck: [B, Cs, Hs, Ws] for each ``feature_norms`` stage."""
