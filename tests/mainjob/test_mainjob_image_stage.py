@@ -48,7 +48,7 @@ def test_coarse_stages_start_from_the_image_stage_only_when_it_runs(tmp_path):
     assert PRETRAIN_STAGES["image"].build(on, tmp_path / "image").train.batch_size == preset.image.batch_size
 
 
-def test_image_labels_are_each_images_colours_and_seen_shapes(shapes_tiny):
+def test_image_labels_are_each_images_colours_sizes_and_seen_shapes(shapes_tiny):
     names, items = read_image_labels(shapes_tiny, "train")
     coco = json.loads((shapes_tiny / "detection" / "instances_train.json").read_text())
     held_out = json.loads((shapes_tiny / "dataset.json").read_text())["held_out_shapes"]
@@ -57,7 +57,9 @@ def test_image_labels_are_each_images_colours_and_seen_shapes(shapes_tiny):
     first = coco["images"][0]
     objects = [a for a in coco["annotations"] if a["image_id"] == first["id"]]
     shapes = {c["id"]: c["name"] for c in coco["categories"]}
-    expected = {f"color:{a['attributes']['color']}" for a in objects} | {f"shape:{shapes[a['category_id']]}" for a in objects}
+    expected = ({f"color:{a['attributes']['color']}" for a in objects} | {f"shape:{shapes[a['category_id']]}" for a in objects}
+                | {f"size:{a['attributes']['size']}" for a in objects})
+    assert {n for n in names if n.startswith("size:")} == {"size:small", "size:medium", "size:large"}
     path, shown = items[0]
     assert path == shapes_tiny / "images" / "train" / first["file_name"] and path.is_file()
     assert {names[i] for i in shown} == expected
@@ -109,8 +111,8 @@ def test_fresh_scenes_are_one_labelled_object_drawn_the_same_way_every_time(shap
     assert torch.equal(first["images"], other["images"]) and torch.equal(first["labels"], other["labels"])
     assert not torch.equal(first["images"], fresh[4]["images"])  # a new scene at every index
     kinds = [sorted(names[j].split(":")[0] for j in fresh[i]["labels"].nonzero().flatten().tolist()) for i in range(200)]
-    # one colour and one shape each: no scene shows a held-out shape, which would have no shape label
-    assert all(k == ["color", "shape"] for k in kinds)
+    # one colour, shape and size each: no scene shows a held-out shape, which would have no shape label
+    assert all(k == ["color", "shape", "size"] for k in kinds)
     shown = {names[j] for i in range(200) for j in fresh[i]["labels"].nonzero().flatten().tolist()}
     assert len([n for n in shown if n.startswith("shape:")]) == len([n for n in names if n.startswith("shape:")])
 
@@ -146,10 +148,10 @@ def test_image_stage_on_fresh_scenes_trains(shapes_tiny, tmp_path):
     assert json.loads((run_dir / "metrics.json").read_text())["train_images"] == 8
 
 
-def _object(shape, color, cx, cy, box):
+def _object(shape, color, cx, cy, box, size="small"):
     from fibervl.data.shapes.scene import ObjectSpec
 
-    obj = ObjectSpec(shape=shape, color=color, size="small", cx=cx, cy=cy, extent=box[2] - box[0], rotation=0.0,
+    obj = ObjectSpec(shape=shape, color=color, size=size, cx=cx, cy=cy, extent=box[2] - box[0], rotation=0.0,
                      texture="plain", shade_seed=0)
     obj.visible_box = box
     return obj
@@ -160,18 +162,20 @@ def test_token_labels_name_the_object_centred_in_each_cell():
     from fibervl.data.shapes.scene import SceneSpec
     from fibervl.recipes.image_pretrain import token_labels
 
-    index = {"color:red": 0, "color:blue": 1, "shape:star": 2, "shape:ring": 3}
+    index = {"color:red": 0, "color:blue": 1, "shape:star": 2, "shape:ring": 3, "size:small": 4, "size:large": 5}
     scene = SceneSpec(0, "x", 128, "plain", (128, 128, 128), 0)
     scene.objects = [
         _object("star", "red", 48, 16, (36.0, 4.0, 60.0, 28.0)),  # within cell (0, 1)
         _object("heart", "blue", 112, 112, (100.0, 100.0, 124.0, 124.0)),  # held out: colour only, cell (3, 3)
-        _object("ring", "red", 80, 70, (60.0, 50.0, 100.0, 90.0)),  # centre in (2, 2); covers rows 1-2, cols 1-3
+        # centre in (2, 2); covers rows 1-2, cols 1-3
+        _object("ring", "red", 80, 70, (60.0, 50.0, 100.0, 90.0), size="large"),
     ]
     labels, scored = token_labels(scene, 4, index)
-    assert labels.shape == (16, 4) and scored.shape == (16,)
-    assert scored[1] and labels[1].tolist() == [1.0, 0.0, 1.0, 0.0]
-    assert scored[15] and labels[15].tolist() == [0.0, 1.0, 0.0, 0.0]  # a held-out shape is never a label
-    assert scored[10] and labels[10].tolist() == [1.0, 0.0, 0.0, 1.0]
+    assert labels.shape == (16, 6) and scored.shape == (16,)
+    assert scored[1] and labels[1].tolist() == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+    # a held-out shape is never a label; its colour and size are
+    assert scored[15] and labels[15].tolist() == [0.0, 1.0, 0.0, 0.0, 1.0, 0.0]
+    assert scored[10] and labels[10].tolist() == [1.0, 0.0, 0.0, 1.0, 0.0, 1.0]
     # cells the ring covers without its centre are not scored; untouched cells are background
     assert not scored[5] and not scored[6] and not scored[7] and not scored[9] and not scored[11]
     assert scored[0] and labels[0].sum() == 0 and scored[12] and labels[12].sum() == 0

@@ -2,9 +2,10 @@
 
     fibervl pretrain image --data-root data/shapes train.max_steps=600 train.batch_size=64
 
-Every training image of a shapes data set is labelled with the colours and the shapes of its
-objects (``ROOT/detection/instances_train.json``: each object's category and its ``color``
-attribute; held-out categories, marked ``"seen": false``, are never labels). The tower learns to
+Every training image of a shapes data set is labelled with the colours, the shapes and the sizes
+of its objects (``ROOT/detection/instances_train.json``: each object's category and its ``color``
+and, where given, ``size`` attributes; held-out categories, marked ``"seen": false``, are never
+labels). The tower learns to
 tell which labels an image shows (:class:`~fibervl.tasks.image_labels.ImageLabelTask`), so that
 the coarse-grained stage, given ``model.init`` = this run's ``model/``, starts from a tower that
 already sees colour and shape, as the paper's starts from an ImageNet-trained Swin.
@@ -70,29 +71,35 @@ class ImagePretrainConfig:
 
 
 def read_image_labels(root: str | Path, split: str) -> tuple[list[str], list[tuple[Path, list[int]]]]:
-    """The label names (``color:red``, ..., ``shape:circle``, ...) and, per image of ``split``,
-    its file and the indices of the labels it shows, from ``root/detection/instances_{split}.json``."""
+    """The label names (``color:red``, ..., ``shape:circle``, ..., ``size:large``, ...: a size
+    label for each ``size`` attribute the file gives) and, per image of ``split``, its file and
+    the indices of the labels it shows, from ``root/detection/instances_{split}.json``."""
     path = Path(root) / "detection" / f"instances_{split}.json"
     try:
         coco = json.loads(path.read_text(encoding="utf-8"))
         categories = {c["id"]: c["name"] for c in coco["categories"] if c.get("seen", True)}
         images = {im["id"]: im["file_name"] for im in coco["images"]}
-        objects = [(a["image_id"], a["category_id"], a["attributes"]["color"]) for a in coco["annotations"]]
+        objects = [(a["image_id"], a["category_id"], a["attributes"]["color"], a["attributes"].get("size"))
+                   for a in coco["annotations"]]
     except FileNotFoundError:
         raise ValueError(f"{path}: no such file; data.root must be a shapes data set "
                          "(fibervl data shapes writes detection/instances_<split>.json)") from None
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise ValueError(f"{path}: not a shapes detection file with a color attribute per object ({err!r})") from None
-    colors = sorted({color for _, _, color in objects})
-    names = [f"color:{c}" for c in colors] + [f"shape:{n}" for n in categories.values()]
+    colors = sorted({color for _, _, color, _ in objects})
+    sizes = sorted({size for *_, size in objects if size is not None})
+    names = ([f"color:{c}" for c in colors] + [f"shape:{n}" for n in categories.values()]
+             + [f"size:{z}" for z in sizes])
     index = {name: i for i, name in enumerate(names)}
     shown: dict[int, set[int]] = {image_id: set() for image_id in images}
-    for image_id, category, color in objects:
+    for image_id, category, color, size in objects:
         if image_id not in shown:
             raise ValueError(f"{path}: an annotation names image {image_id}, which the file does not list")
         shown[image_id].add(index[f"color:{color}"])
         if category in categories:
             shown[image_id].add(index[f"shape:{categories[category]}"])
+        if size is not None:
+            shown[image_id].add(index[f"size:{size}"])
     image_dir = Path(root) / "images" / split
     return names, [(image_dir / images[i], sorted(shown[i])) for i in sorted(images)]
 
@@ -119,15 +126,16 @@ FRESH_SPLIT = "image-pretrain"
 
 
 def object_label_ids(obj, index: dict[str, int]) -> list[int]:
-    """The labels a scene object shows: its colour and its shape, those of them ``index`` names
-    (a held-out shape, or a colour no training annotation shows, has no label)."""
-    return [index[name] for name in (f"color:{obj.color}", f"shape:{obj.shape}") if name in index]
+    """The labels a scene object shows: its colour, shape and size, those of them ``index`` names
+    (a held-out shape, or a colour or size no training annotation shows, has no label)."""
+    names = (f"color:{obj.color}", f"shape:{obj.shape}", f"size:{obj.size}")
+    return [index[name] for name in names if name in index]
 
 
 def token_labels(scene, grid: int, index: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per cell of a ``grid`` x ``grid`` split of a rendered ``scene`` (row-major, the tower's
     token order): ``(labels [grid^2, L] multi-hot, scored [grid^2] bool)``. A cell holding one
-    object's centre shows that object's labels (colour, and its shape unless held out); a cell
+    object's centre shows that object's labels (colour, size, and its shape unless held out); a cell
     no object's visible box touches shows none; the others (part of an object, or two centres)
     are not scored."""
     cell = scene.size / grid
