@@ -65,6 +65,20 @@ def test_image_labels_are_each_images_colours_sizes_and_seen_shapes(shapes_tiny)
     assert {names[i] for i in shown} == expected
 
 
+def test_label_kinds_choose_the_labels_and_the_presets_name_theirs(shapes_tiny, tmp_path):
+    names, items = read_image_labels(shapes_tiny, "train", ("color", "shape"))
+    assert names and not any(n.startswith("size:") for n in names)
+    assert all(max(shown) < len(names) for _, shown in items)
+    only_sizes, _ = read_image_labels(shapes_tiny, "train", ("size",))
+    assert only_sizes == ["size:large", "size:medium", "size:small"]
+    with pytest.raises(ValueError, match="label_kinds must be some of"):
+        read_image_labels(shapes_tiny, "train", ("colour",))
+    for name, kinds in (("default", ["color", "shape", "size"]), ("quick", ["color", "shape"])):
+        ctx = JobContext(get_job_preset(name), tmp_path, tmp_path / "data", StageRunner(tmp_path))
+        config = PRETRAIN_STAGES["image"].build(ctx, tmp_path / "image")
+        assert list(config.data.label_kinds) == kinds
+
+
 def test_missing_annotations_are_named(tmp_path):
     with pytest.raises(ValueError, match="instances_train.json: no such file"):
         read_image_labels(tmp_path, "train")

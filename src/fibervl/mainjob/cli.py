@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model family: fiber (all seven tasks), albef or vlmo (retrieval, VQA, NLVR2), or all: "
                         "the three on the same data, with a comparison table (OUT/comparison.md)")
     p.add_argument("--image-steps", type=int, default=None, metavar="N",
-                   help="run a supervised image-only stage of N steps (colours and shapes of each training image) "
+                   help="run a supervised image-only stage of N steps (colours, shapes and sizes of each training image) "
                         "before the coarse stages, which start from its image tower (default: the preset's; 0 = none; "
                         "in an OUT whose stages ran without it, add --redo image)")
     p.add_argument("--check", action="store_true",

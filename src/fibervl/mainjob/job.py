@@ -171,14 +171,16 @@ def stage_data(ctx: JobContext, stage_dir: Path) -> dict:
 
 
 def image_config(ctx: JobContext, stage_dir: Path) -> dict:
-    """The image tower alone, supervised by the colours and shapes it is shown: with
+    """The image tower alone, supervised by the colours, shapes and sizes it is shown
+    (``preset.image_label_kinds``): with
     ``preset.fresh_image_scenes`` a freshly rendered scene of 1 to ``preset.image_scene_objects``
     objects at every draw (its tokens labelled too with ``preset.image_token_weight``), else the
     training images. The fit it reports is on the first ``num_eval`` training images."""
     p = ctx.preset
     fresh = {"fresh_scenes": p.image.steps * p.image.batch_size, "fresh_objects": p.image_scene_objects,
              "token_weight": p.image_token_weight} if p.fresh_image_scenes else {}
-    return {"model": {"preset": p.model}, "data": _data(ctx, **fresh), "train": _train(p.image, stage_dir, p)}
+    return {"model": {"preset": p.model}, "data": _data(ctx, label_kinds=list(p.image_label_kinds), **fresh),
+            "train": _train(p.image, stage_dir, p)}
 
 
 def _image_model(ctx: JobContext) -> dict:

@@ -53,12 +53,14 @@ class ImageLabelData(DataSpec):
     """A shapes data set ``root``; ``train_split``: the split whose images and annotations train
     (and whose label fit is reported); ``fresh_scenes``: N > 0 trains on N freshly rendered
     scenes instead (:class:`FreshSceneLabels`) of 1 to ``fresh_objects`` objects;
-    ``token_weight``: weight of the per-token labels of those scenes (0: none)."""
+    ``token_weight``: weight of the per-token labels of those scenes (0: none);
+    ``label_kinds``: which attributes of an object are labels (of :data:`LABEL_KINDS`)."""
 
     train_split: str = "train"
     fresh_scenes: int = 0
     fresh_objects: int = 1
     token_weight: float = 0.0
+    label_kinds: tuple[str, ...] = ("color", "shape", "size")
 
 
 @dataclass
@@ -70,10 +72,18 @@ class ImagePretrainConfig:
     train: TrainConfig = field(default_factory=lambda: recipe_train("pretrain-image", max_steps=600, batch_size=64))
 
 
-def read_image_labels(root: str | Path, split: str) -> tuple[list[str], list[tuple[Path, list[int]]]]:
-    """The label names (``color:red``, ..., ``shape:circle``, ..., ``size:large``, ...: a size
-    label for each ``size`` attribute the file gives) and, per image of ``split``, its file and
-    the indices of the labels it shows, from ``root/detection/instances_{split}.json``."""
+# The attributes of an object that can be labels: its ``color`` attribute, its category
+# (``shape``) and its ``size`` attribute.
+LABEL_KINDS = ("color", "shape", "size")
+
+
+def read_image_labels(root: str | Path, split: str, kinds=LABEL_KINDS) -> tuple[list[str], list[tuple[Path, list[int]]]]:
+    """The label names of ``kinds`` (``color:red``, ..., ``shape:circle``, ..., ``size:large``,
+    ...: a size label for each ``size`` attribute the file gives) and, per image of ``split``, its
+    file and the indices of the labels it shows, from ``root/detection/instances_{split}.json``."""
+    unknown = sorted(set(kinds) - set(LABEL_KINDS))
+    if unknown or not kinds:
+        raise ValueError(f"data.label_kinds must be some of {list(LABEL_KINDS)}, got {list(kinds)}")
     path = Path(root) / "detection" / f"instances_{split}.json"
     try:
         coco = json.loads(path.read_text(encoding="utf-8"))
@@ -88,18 +98,15 @@ def read_image_labels(root: str | Path, split: str) -> tuple[list[str], list[tup
         raise ValueError(f"{path}: not a shapes detection file with a color attribute per object ({err!r})") from None
     colors = sorted({color for _, _, color, _ in objects})
     sizes = sorted({size for *_, size in objects if size is not None})
-    names = ([f"color:{c}" for c in colors] + [f"shape:{n}" for n in categories.values()]
-             + [f"size:{z}" for z in sizes])
+    names = [name for name in [f"color:{c}" for c in colors] + [f"shape:{n}" for n in categories.values()]
+             + [f"size:{z}" for z in sizes] if name.split(":")[0] in kinds]
     index = {name: i for i, name in enumerate(names)}
     shown: dict[int, set[int]] = {image_id: set() for image_id in images}
     for image_id, category, color, size in objects:
         if image_id not in shown:
             raise ValueError(f"{path}: an annotation names image {image_id}, which the file does not list")
-        shown[image_id].add(index[f"color:{color}"])
-        if category in categories:
-            shown[image_id].add(index[f"shape:{categories[category]}"])
-        if size is not None:
-            shown[image_id].add(index[f"size:{size}"])
+        named = [f"color:{color}", f"shape:{categories.get(category)}", f"size:{size}"]
+        shown[image_id].update(index[name] for name in named if name in index)
     image_dir = Path(root) / "images" / split
     return names, [(image_dir / images[i], sorted(shown[i])) for i in sorted(images)]
 
@@ -223,7 +230,7 @@ def run(cfg: ImagePretrainConfig) -> dict:
                          "data.train / data.eval (--train-data, --eval-data) are not supported")
     tokenizer = load_tokenizer(cfg.data, cfg.model.init)
     model = cfg.model.build(tokenizer, family="fiber")  # the tower trained is FIBER's Swin
-    names, items = read_image_labels(cfg.data.root, cfg.data.train_split)
+    names, items = read_image_labels(cfg.data.root, cfg.data.train_split, cfg.data.label_kinds)
     image_size, _ = cfg.data.input_sizes(model.config)
     if cfg.data.token_weight and not cfg.data.fresh_scenes:
         raise ValueError("data.token_weight needs data.fresh_scenes: only a rendered scene knows where its "
@@ -253,5 +260,5 @@ def run(cfg: ImagePretrainConfig) -> dict:
     return summary
 
 
-RECIPE = Recipe("image", "supervised image-only pre-training of FIBER's image tower (colour and shape labels)",
+RECIPE = Recipe("image", "supervised image-only pre-training of FIBER's image tower (colour, shape and size labels)",
                 ImagePretrainConfig, run, stage="pretrain")
