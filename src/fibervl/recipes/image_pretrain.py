@@ -48,6 +48,11 @@ from .common import export_model, recipe_train
 from .registry import Recipe
 
 
+# The attributes of an object that can be labels: its ``color`` attribute, its category
+# (``shape``) and its ``size`` attribute.
+LABEL_KINDS = ("color", "shape", "size")
+
+
 @dataclass
 class ImageLabelData(DataSpec):
     """A shapes data set ``root``; ``train_split``: the split whose images and annotations train
@@ -60,21 +65,25 @@ class ImageLabelData(DataSpec):
     fresh_scenes: int = 0
     fresh_objects: int = 1
     token_weight: float = 0.0
-    label_kinds: tuple[str, ...] = ("color", "shape", "size")
+    label_kinds: tuple[str, ...] = LABEL_KINDS
 
 
 @dataclass
 class ImagePretrainConfig:
-    """Supervised image-only pre-training: which colours and shapes does each image show?"""
+    """Supervised image-only pre-training: which colours, shapes and sizes does each image show?"""
 
     model: ModelSpec = field(default_factory=ModelSpec)
     data: ImageLabelData = field(default_factory=ImageLabelData)
     train: TrainConfig = field(default_factory=lambda: recipe_train("pretrain-image", max_steps=600, batch_size=64))
 
 
-# The attributes of an object that can be labels: its ``color`` attribute, its category
-# (``shape``) and its ``size`` attribute.
-LABEL_KINDS = ("color", "shape", "size")
+def label_ids(index: dict[str, int], color: str | None, shape: str | None, size: str | None) -> list[int]:
+    """The indices of the labels an object shows: its colour, shape and size, those of them
+    ``index`` names (a held-out shape, a kind not chosen, or a colour or size no training
+    annotation shows has no label); None: the attribute is not given."""
+    named = [f"{kind}:{value}" for kind, value in (("color", color), ("shape", shape), ("size", size))
+             if value is not None]
+    return [index[name] for name in named if name in index]
 
 
 def read_image_labels(root: str | Path, split: str, kinds=LABEL_KINDS) -> tuple[list[str], list[tuple[Path, list[int]]]]:
@@ -87,7 +96,8 @@ def read_image_labels(root: str | Path, split: str, kinds=LABEL_KINDS) -> tuple[
     path = Path(root) / "detection" / f"instances_{split}.json"
     try:
         coco = json.loads(path.read_text(encoding="utf-8"))
-        categories = {c["id"]: c["name"] for c in coco["categories"] if c.get("seen", True)}
+        categories = {c["id"]: c["name"] for c in coco["categories"]}
+        seen = [c["name"] for c in coco["categories"] if c.get("seen", True)]
         images = {im["id"]: im["file_name"] for im in coco["images"]}
         objects = [(a["image_id"], a["category_id"], a["attributes"]["color"], a["attributes"].get("size"))
                    for a in coco["annotations"]]
@@ -98,15 +108,14 @@ def read_image_labels(root: str | Path, split: str, kinds=LABEL_KINDS) -> tuple[
         raise ValueError(f"{path}: not a shapes detection file with a color attribute per object ({err!r})") from None
     colors = sorted({color for _, _, color, _ in objects})
     sizes = sorted({size for *_, size in objects if size is not None})
-    names = [name for name in [f"color:{c}" for c in colors] + [f"shape:{n}" for n in categories.values()]
+    names = [name for name in [f"color:{c}" for c in colors] + [f"shape:{n}" for n in seen]
              + [f"size:{z}" for z in sizes] if name.split(":")[0] in kinds]
     index = {name: i for i, name in enumerate(names)}
     shown: dict[int, set[int]] = {image_id: set() for image_id in images}
     for image_id, category, color, size in objects:
         if image_id not in shown:
             raise ValueError(f"{path}: an annotation names image {image_id}, which the file does not list")
-        named = [f"color:{color}", f"shape:{categories.get(category)}", f"size:{size}"]
-        shown[image_id].update(index[name] for name in named if name in index)
+        shown[image_id].update(label_ids(index, color, categories.get(category), size))
     image_dir = Path(root) / "images" / split
     return names, [(image_dir / images[i], sorted(shown[i])) for i in sorted(images)]
 
@@ -133,10 +142,8 @@ FRESH_SPLIT = "image-pretrain"
 
 
 def object_label_ids(obj, index: dict[str, int]) -> list[int]:
-    """The labels a scene object shows: its colour, shape and size, those of them ``index`` names
-    (a held-out shape, or a colour or size no training annotation shows, has no label)."""
-    names = (f"color:{obj.color}", f"shape:{obj.shape}", f"size:{obj.size}")
-    return [index[name] for name in names if name in index]
+    """The labels a scene object shows (:func:`label_ids` of its colour, shape and size)."""
+    return label_ids(index, obj.color, obj.shape, obj.size)
 
 
 def token_labels(scene, grid: int, index: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
