@@ -3,6 +3,7 @@ bench/object_token_probe.py reads each object's token where the object is."""
 
 from __future__ import annotations
 
+import collections
 import importlib.util
 import json
 from pathlib import Path
@@ -143,3 +144,46 @@ def test_retrieval_misses_reads_each_images_coloured_shapes(shapes_tiny):
                      for a in coco["annotations"] if a["image_id"] == image["id"])
     got = probe.image_contents(shapes_tiny, "test", [f"somewhere/{image['file_name']}", "elsewhere/unknown.jpg"])
     assert got == [tuple(objects), None]
+
+
+def test_fusion_attention_probe_records_the_weights_the_layer_attends_with():
+    probe = load_bench("fusion_attention_probe")
+    from fibervl.modeling.fusion import TextToImageAttention, merge_heads, split_heads
+
+    torch.manual_seed(0)
+    layer = TextToImageAttention(dim=8, image_dim=6, num_heads=2)
+    layer.alpha.data.fill_(1.0)
+    recorder = probe.AttentionRecorder(torch.nn.Sequential(layer))
+    text, image = torch.randn(3, 5, 8), torch.randn(3, 16, 6)
+    out = layer(text, image)
+    (weights,) = recorder.maps
+    assert weights.shape == (3, 2, 5, 16) and torch.allclose(weights.sum(-1), torch.ones(3, 2, 5))
+    # the recorded weights times the values give the layer's own output
+    values = split_heads(layer.value(image), 2)
+    assert torch.allclose(layer.out(merge_heads(weights @ values)), out, atol=1e-5)
+
+
+def test_ridge_r2_reads_a_linear_target_and_not_an_independent_one():
+    ridge_r2 = load_bench("fusion_attention_probe").ridge_r2
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(600, 10, generator=generator)
+    linear = x[:, :2] @ torch.tensor([[1.0, 0.0], [0.5, -2.0]])
+    r2 = ridge_r2(x[:500], linear[:500], x[500:], linear[500:])
+    assert (r2 > 0.99).all()
+    noise = torch.randn(600, 2, generator=generator)
+    assert (ridge_r2(x[:500], noise[:500], x[500:], noise[500:]) < 0.1).all()
+
+
+def test_fusion_attention_probe_keeps_phrases_that_ground_one_box(shapes_tiny):
+    probe = load_bench("fusion_attention_probe")
+    items = probe.single_object_phrases(shapes_tiny, "val", 1000)
+    coco = json.loads((shapes_tiny / "mdetr_annotations" / "final_shapes_grounding_val.json").read_text())
+    captions = {im["caption"] for im in coco["images"]}
+    assert items
+    for path, caption, (start, end), box in items:
+        assert path.is_file() and caption in captions and 0 <= start < end <= len(caption)
+        same_span = [a for a in coco["annotations"] if a["tokens_positive"] == [[start, end]] and a["bbox"] == box]
+        assert same_span
+    # a phrase naming two objects ("two red stars") is left out
+    many = collections.Counter((a["image_id"], tuple(map(tuple, a["tokens_positive"]))) for a in coco["annotations"])
+    assert len(items) == sum(1 for (image_id, spans), n in many.items() if n == 1 and len(spans) == 1)
