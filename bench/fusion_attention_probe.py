@@ -10,7 +10,7 @@ that names exactly one object, two measurements on a fused model:
 
     python bench/fusion_attention_probe.py RUN/stages/vqa/model --data RUN/data [--train 2000 --val 800]
 
-Results: docs/results.md, "Why the comparisons fail: the fused words do not look at their objects".
+Results: docs/results.md, "Why the comparisons fail: a fused word does not find its object".
 """
 
 from __future__ import annotations

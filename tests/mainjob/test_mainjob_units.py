@@ -247,28 +247,3 @@ def test_grounding_and_refexp_evaluate_every_record_of_the_first_images(shapes_t
     first = limit(3)
     assert first >= 3 and {s.image_path for s in records[:first]} == set(images[:3])
     assert limit(len(images)) == limit(0) == 0  # every record
-
-
-@pytest.mark.parametrize("family", ["fiber", "albef"])
-def test_the_default_vqa_stage_trains_fibers_cross_attention_fastest(family):
-    """The default preset's VQA stage: FIBER's fused top at 1e-4, its cross-attention at 5e-4 and
-    its head at about 1e-3; the other families keep the plan's one rate below their heads."""
-    from fibervl.engine.optim import build_param_groups
-    from fibervl.mainjob.job import TASK_STAGES, JobContext
-    from fibervl.mainjob.presets import get_job_preset
-    from fibervl.modeling.factory import create_model
-
-    ctx = JobContext(get_job_preset("default"), Path("/out"), Path("/out/data"), StageRunner(Path("/out")), family=family)
-    optim = TASK_STAGES["vqa"].build(ctx, Path("/v")).train.optim
-    model = create_model(f"{family}-tiny", new_heads=("vqa",), freeze_prefix=ctx.freezes_prefix("vqa"))
-    rate = {n: g["lr"] for g in build_param_groups(model.named_parameters(), optim, model.parameter_groups())
-            for n in g["param_names"]}
-    if family == "fiber":
-        assert rate["text.layers.3.t2i.query.weight"] == pytest.approx(5e-4)
-        assert rate["vision.stages.3.blocks.1.i2t.query.weight"] == pytest.approx(5e-4)
-        assert rate["text.layers.3.attention.query.weight"] == pytest.approx(1e-4)
-        assert rate["heads.vqa.0.weight"] == pytest.approx(1e-3, rel=0.02)
-        assert not any(name.startswith("text.layers.0.") for name in rate)  # the frozen prefix
-    else:
-        body = [r for n, r in rate.items() if not n.startswith("heads.")]
-        assert body and all(r == pytest.approx(3e-5) for r in body)

@@ -55,15 +55,6 @@ FINETUNE_MULTIPLIERS = {"fiber": {"heads": 33.0, "cross_modal": 33.0}, "albef": 
 CAPTION_MULTIPLIERS = {**FINETUNE_MULTIPLIERS["fiber"], "text_to_image": 33.0}
 
 
-def finetune_multipliers(ctx: JobContext, plan: StagePlan) -> dict[str, float]:
-    """The family's fine-tuning multipliers, and for a FIBER model those the plan's
-    ``fiber_group_lr`` rates give (rate / ``plan.lr``)."""
-    multipliers = dict(FINETUNE_MULTIPLIERS[ctx.family])
-    if ctx.family == "fiber":
-        multipliers.update({group: rate / plan.lr for group, rate in plan.fiber_group_lr})
-    return multipliers
-
-
 @dataclass
 class JobContext:
     preset: JobPreset
@@ -263,7 +254,7 @@ def retrieval_config(ctx: JobContext, stage_dir: Path) -> dict:
     return {"model": _task_model(ctx, "retrieval"),
             "data": _data(ctx, eval_split=EVAL_SPLIT, cache_image_prefix=ctx.caches_prefix("retrieval")),
             "eval": {"rerank_k": 8, "itm_weight_split": VAL_SPLIT},
-            "train": _train(p.task("retrieval"), stage_dir, p, finetune_multipliers(ctx, p.task("retrieval")))}
+            "train": _train(p.task("retrieval"), stage_dir, p, FINETUNE_MULTIPLIERS[ctx.family])}
 
 
 def retrieval_record(ctx: JobContext, stage_dir: Path, cfg, summary: dict) -> dict:
@@ -282,7 +273,7 @@ def vqa_config(ctx: JobContext, stage_dir: Path) -> dict:
     p = ctx.preset
     return {"model": _task_model(ctx, "vqa"),
             "data": _data(ctx, num_eval=p.num_eval * 6, eval_split=EVAL_SPLIT, cache_image_prefix=ctx.caches_prefix("vqa")),
-            "train": _train(p.task("vqa"), stage_dir, p, finetune_multipliers(ctx, p.task("vqa")))}
+            "train": _train(p.task("vqa"), stage_dir, p, FINETUNE_MULTIPLIERS[ctx.family])}
 
 
 def vqa_record(ctx: JobContext, stage_dir: Path, cfg, summary: dict) -> dict:
@@ -302,7 +293,7 @@ def nlvr2_config(ctx: JobContext, stage_dir: Path) -> dict:
     return {"model": _task_model(ctx, "nlvr2"),
             "data": _data(ctx, num_eval=int(p.num_eval * p.data.nlvr2_per_image), eval_split=EVAL_SPLIT,
                           cache_image_prefix=ctx.caches_prefix("nlvr2")),
-            "train": _train(p.task("nlvr2"), stage_dir, p, finetune_multipliers(ctx, p.task("nlvr2")))}
+            "train": _train(p.task("nlvr2"), stage_dir, p, FINETUNE_MULTIPLIERS[ctx.family])}
 
 
 def nlvr2_record(ctx: JobContext, stage_dir: Path, cfg, summary: dict) -> dict:

@@ -31,9 +31,7 @@ class StagePlan:
     ``cache_prefix``: and computes each training image's frozen prefix once
     (``data.cache_image_prefix``; retrieval, VQA, NLVR2 and captioning); ``init_from``: a task stage starts
     from the model of this earlier task stage instead of the pre-trained one (the job runs that
-    stage first). ``fiber_group_lr``: rates of named parameter groups of a FIBER model
-    (:meth:`FiberModel.parameter_groups`, e.g. ``(("fusion", 5e-4),)``) that differ from ``lr``;
-    the other families train at ``lr``."""
+    stage first)."""
 
     steps: int
     batch_size: int = 32
@@ -44,7 +42,6 @@ class StagePlan:
     freeze_prefix: bool = False
     cache_prefix: bool = False
     init_from: str = ""
-    fiber_group_lr: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -130,14 +127,12 @@ def _default() -> JobPreset:
             # after 1000 steps, against 0.70 with generic captions) and ITC reaches R@1 70 / 70;
             # 700 steps pay for the longer captions elsewhere (docs/results.md)
             "retrieval": StagePlan(steps=700, lr=FINETUNE_LR, freeze_prefix=True, cache_prefix=True),
-            # VQA needs many questions seen: from the same coarse model, 1500 cached steps of 128
-            # questions (11 epochs, about 2 minutes) reach 67.8 against 55.3 for 400 steps of 32, and
-            # 3000 steps 71.8. 2400 steps gave 73.4 but took the job to 20 min 15 s (docs/results.md).
-            # The fused top at 1e-4 and its cross-attention at 5e-4, where pre-training's words
-            # barely attend to their objects: val 78.2 -> 81.4 (fused top at 3e-5, cross-attention
-            # at 5e-4: 79.8; everything at 2e-4: 75.9; docs/results.md)
-            "vqa": StagePlan(steps=1900, batch_size=128, lr=FINETUNE_LR, freeze_prefix=True, cache_prefix=True,
-                             fiber_group_lr=(("vision", 1e-4), ("text", 1e-4), ("fusion", 5e-4))),
+            # VQA needs many questions seen, not a higher rate: from the same coarse model, 1500
+            # cached steps of 128 questions (11 epochs, about 2 minutes) reach 67.8 against 55.3 for
+            # 400 steps of 32, and 3000 steps 71.8; at 1e-4 it is worse (63.7 against 66.3 at step
+            # 750). 2400 steps gave 73.4 but took the job to 20 min 15 s; 1900 is what the 20 minutes
+            # leave (docs/results.md)
+            "vqa": StagePlan(steps=1900, batch_size=128, lr=FINETUNE_LR, freeze_prefix=True, cache_prefix=True),
             # NLVR2 learns late (one bit per two images): many cheap cached steps, from the
             # retrieval model, whose ITM training taught the fused layers image-text agreement
             # (docs/results.md: 54.6 from the coarse model at 1600 steps, 59.1 so)
