@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 import fibervl
-from fibervl.modeling.fusion import TextToImageAttention, split_heads
+from fibervl.modeling.fusion import TextToImageAttentionRecorder
 
 
 def single_object_phrases(data: Path, split: str, limit: int) -> list[tuple[Path, str, tuple[int, int], list[float]]]:
@@ -42,21 +42,6 @@ def single_object_phrases(data: Path, split: str, limit: int) -> list[tuple[Path
     return out[:limit]
 
 
-class AttentionRecorder:
-    """Keeps each fused text layer's text-to-image attention weights [B, heads, T, N] of the
-    last forward pass (recomputed from the layer's own query and key: the model runs SDPA)."""
-
-    def __init__(self, model) -> None:
-        self.maps: list[torch.Tensor] = []
-        self.hooks = [m.register_forward_hook(self._record) for m in model.modules() if isinstance(m, TextToImageAttention)]
-
-    def _record(self, module, inputs, _output) -> None:
-        text, image = inputs
-        q = split_heads(module.query(text), module.num_heads).float()
-        k = split_heads(module.key(image), module.num_heads).float()
-        self.maps.append(torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1))
-
-
 def unfused_text_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """[B, T] -> [B, T, Dt]: the text encoder's last states with fusion off (what ITC pools)."""
     states = model.text_prefix(input_ids, attention_mask)
@@ -69,15 +54,14 @@ def unfused_text_states(model, input_ids: torch.Tensor, attention_mask: torch.Te
 @torch.no_grad()
 def measure(model, processor, items, batch_size: int = 64) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Per phrase: features by name ([P, D] each) and the object's centre [P, 2] in [0, 1]."""
-    recorder = AttentionRecorder(model)
+    recorder = TextToImageAttentionRecorder(model)
     features, centres = collections.defaultdict(list), []
     for k in range(0, len(items), batch_size):
         chunk = items[k:k + batch_size]
         loaded = [processor.open(str(path)) for path, *_ in chunk]
         pixels = processor.images(loaded).pixels
         text = processor.text([caption for _, caption, _, _ in chunk])
-        recorder.maps.clear()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with recorder, torch.autocast("cpu", dtype=torch.bfloat16):
             fused_text, stages = model.fuse_backbones(pixels, text.input_ids, text.attention_mask)
             fused_image = stages[-1].flatten(1, 2)
             unfused_image = model.unfused_image_tokens(pixels)
@@ -98,8 +82,6 @@ def measure(model, processor, items, batch_size: int = 64) -> tuple[dict[str, to
                 attention = weights[r][:, tokens].mean(1)  # [heads, N]
                 features[f"attention {layer}: on the object"].append(attention[:, cell])
                 features[f"attention {layer}: largest"].append(attention.max(-1).values)
-    for hook in recorder.hooks:
-        hook.remove()
     return {name: torch.stack(rows_) for name, rows_ in features.items()}, torch.tensor(centres)
 
 

@@ -146,23 +146,6 @@ def test_retrieval_misses_reads_each_images_coloured_shapes(shapes_tiny):
     assert got == [tuple(objects), None]
 
 
-def test_fusion_attention_probe_records_the_weights_the_layer_attends_with():
-    probe = load_bench("fusion_attention_probe")
-    from fibervl.modeling.fusion import TextToImageAttention, merge_heads, split_heads
-
-    torch.manual_seed(0)
-    layer = TextToImageAttention(dim=8, image_dim=6, num_heads=2)
-    layer.alpha.data.fill_(1.0)
-    recorder = probe.AttentionRecorder(torch.nn.Sequential(layer))
-    text, image = torch.randn(3, 5, 8), torch.randn(3, 16, 6)
-    out = layer(text, image)
-    (weights,) = recorder.maps
-    assert weights.shape == (3, 2, 5, 16) and torch.allclose(weights.sum(-1), torch.ones(3, 2, 5))
-    # the recorded weights times the values give the layer's own output
-    values = split_heads(layer.value(image), 2)
-    assert torch.allclose(layer.out(merge_heads(weights @ values)), out, atol=1e-5)
-
-
 def test_ridge_r2_reads_a_linear_target_and_not_an_independent_one():
     ridge_r2 = load_bench("fusion_attention_probe").ridge_r2
     generator = torch.Generator().manual_seed(0)

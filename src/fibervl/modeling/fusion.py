@@ -74,3 +74,34 @@ class TextToImageAttention(nn.Module):
         q = split_heads(self.query(x), self.num_heads)
         cross = F.scaled_dot_product_attention(q, k, v)
         return self.alpha * self.out(merge_heads(cross))
+
+
+class TextToImageAttentionRecorder:
+    """Keeps the text-to-image attention weights ``[B, heads, T, N]`` of every fused text layer
+    of a model, in layer order, for each forward pass run inside ``with recorder:`` (cleared on
+    entering). The layers run SDPA, which returns no weights, so a hook recomputes them from the
+    layer's own query and key projections, in fp32 and with gradients: a loss may train them.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers = [m for m in model.modules() if isinstance(m, TextToImageAttention)]
+        if not self.layers:
+            raise ValueError("the model has no text-to-image attention (no fused text layer)")
+        self.maps: list[torch.Tensor] = []
+        self._hooks: list = []
+
+    def _record(self, layer: TextToImageAttention, inputs, _output) -> None:
+        text, image = inputs
+        q = split_heads(layer.query(text), layer.num_heads).float()
+        k = split_heads(layer.key(image), layer.num_heads).float()
+        self.maps.append(torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1))
+
+    def __enter__(self) -> "TextToImageAttentionRecorder":
+        self.maps = []
+        self._hooks = [layer.register_forward_hook(self._record) for layer in self.layers]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []

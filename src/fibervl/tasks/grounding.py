@@ -21,6 +21,7 @@ input instead: :class:`OfficialDetectionNormalize` (BGR in 0..255).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
 import sys
@@ -42,7 +43,8 @@ from ..data.transforms import InputSize
 from ..metrics.detection import ap_by_frequency, average_over_datasets, coco_ap
 from ..metrics.grounding import GROUNDING_PROTOCOLS, grounding_recall, rec_accuracy, refexp_split
 from ..metrics.lvis import lvis_ap
-from ..modeling.detection.losses import GroundingLoss, GroundingTarget
+from ..modeling.detection.losses import GroundingLoss, GroundingTarget, attention_grounding_loss
+from ..modeling.fusion import TextToImageAttentionRecorder
 from ..modeling.detection.postprocess import GroundingPostProcessor
 from ..engine import distributed as D
 from ..engine.progress import progress
@@ -174,13 +176,21 @@ class FineObjectives:
     phrases name every object of their image, the official loss learns objectness rather than
     which object a word names; weight 4 lifted grounding R@1 from 66 to 76 and REC from 49 to 59
     after the same 400 fine-grained steps (docs/results.md, "Word-region alignment").
+
+    ``attention_align``: weight of a term that asks each grounded word's text-to-image attention,
+    in every fused text layer, to fall on the image tokens its boxes overlap
+    (:func:`~fibervl.modeling.detection.losses.attention_grounding_loss`). 0, the default, is
+    none. Without it a fused word of ``fiber-tiny`` attends to its object hardly more than to any
+    other token (docs/results.md, "Why the comparisons fail").
     """
 
     token_align: float = 0.0
+    attention_align: float = 0.0
 
     def __post_init__(self) -> None:
-        if not self.token_align >= 0:
-            raise ValueError(f"token_align must be >= 0, got {self.token_align}")
+        for name in ("token_align", "attention_align"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass
@@ -196,9 +206,15 @@ class FineGrainedTask:
         self._loss = GroundingLoss(align_loss_weight=align) if align > 0 else None
 
     def training_step(self, model, batch: dict) -> dict[str, Tensor]:
-        out = model.detect(batch["images"], batch["input_ids"], batch["attention_mask"])
+        weight = self.objectives.attention_align
+        recorder = TextToImageAttentionRecorder(model) if weight > 0 else contextlib.nullcontext()
+        with recorder:
+            out = model.detect(batch["images"], batch["input_ids"], batch["attention_mask"])
         targets = [GroundingTarget(b, pm) for b, pm in zip(batch["boxes"], batch["positive_maps"])]
         losses = model.detector.loss(out, targets, batch["attention_mask"], loss_fn=self._loss)
+        if weight > 0:
+            size = tuple(batch["images"].shape[-2:])
+            losses["loss_attention"] = weight * attention_grounding_loss(recorder.maps, size, targets)
         return {"loss": sum(losses.values()), **losses}
 
 

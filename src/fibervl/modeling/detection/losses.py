@@ -40,6 +40,7 @@ __all__ = [
     "giou_loss",
     "centerness_targets",
     "token_region_contrastive_loss",
+    "attention_grounding_loss",
     "GroundingLoss",
 ]
 
@@ -150,6 +151,38 @@ def token_region_contrastive_loss(logits: Tensor, positive_tokens: Tensor, text_
     hit = positive_tokens[:, tokens]
     token_to_anchor = per_token.logsumexp(0) - per_token.masked_fill(~hit, float("-inf")).logsumexp(0)
     return anchor_to_token, token_to_anchor
+
+
+def attention_grounding_loss(maps: Sequence[Tensor], input_size: tuple[int, int], targets: Sequence[GroundingTarget]) -> Tensor:
+    """How far each grounded word's text-to-image attention is from its boxes: the mean over
+    fused layers, images, heads and grounded tokens of ``-log`` (the attention mass on the image
+    tokens that its boxes overlap).
+
+    maps: per fused text layer, attention weights ``[B, heads, T, N]`` over the ``N`` tokens of the
+    image grid that layer reads (row-major; its stride follows from ``N`` and ``input_size``, the
+    padded network input ``(H, W)``). targets: per image, boxes (xyxy, input pixels) and the
+    positive map ``[G, T]``. Images without a grounded token add nothing; a batch without any
+    gives 0 (with the graph kept)."""
+    height, width = input_size
+    terms = []
+    for weights in maps:
+        stride = (height * width / weights.shape[-1]) ** 0.5
+        rows, cols = round(height / stride), round(width / stride)
+        starts_y = torch.arange(rows, device=weights.device) * stride
+        starts_x = torch.arange(cols, device=weights.device) * stride
+        for b, target in enumerate(targets):
+            if target.boxes.numel() == 0:
+                continue
+            x0, y0, x1, y1 = target.boxes.to(weights.device).float().unbind(-1)
+            over_y = (y0[:, None] < starts_y + stride) & (y1[:, None] > starts_y)  # [G, rows]
+            over_x = (x0[:, None] < starts_x + stride) & (x1[:, None] > starts_x)  # [G, cols]
+            cells = (over_y[:, :, None] & over_x[:, None, :]).flatten(1).float()  # [G, N]
+            covered = ((target.positive_map != 0).float().t().to(weights.device) @ cells).clamp(max=1)  # [T, N]
+            grounded = covered.sum(1) > 0
+            if grounded.any():
+                mass = (weights[b][:, grounded] * covered[grounded]).sum(-1)  # [heads, tokens]
+                terms.append(-mass.clamp_min(1e-6).log().mean())
+    return torch.stack(terms).mean() if terms else sum(m.sum() for m in maps) * 0.0
 
 
 def _flatten_levels(maps: Sequence[Tensor], channels: int) -> Tensor:
