@@ -196,8 +196,9 @@ class FineObjectives:
 @dataclass
 class FineGrainedTask:
     """``training_step``: detector losses (ATSS + token focal + GIoU + centerness, and the
-    alignment term if ``objectives`` asks for it) on a batch of :class:`~fibervl.data.collate.FineCollator`; ``loss`` is
-    their sum (each is already normalised per positive anchor)."""
+    word-region and attention terms where ``objectives`` asks for them) on a batch of
+    :class:`~fibervl.data.collate.FineCollator`; ``loss`` is their sum (the detector's terms are
+    normalised per positive anchor, the attention term per grounded word)."""
 
     objectives: FineObjectives = field(default_factory=FineObjectives)
 
