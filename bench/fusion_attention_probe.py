@@ -42,15 +42,6 @@ def single_object_phrases(data: Path, split: str, limit: int) -> list[tuple[Path
     return out[:limit]
 
 
-def unfused_text_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """[B, T] -> [B, T, Dt]: the text encoder's last states with fusion off (what ITC pools)."""
-    states = model.text_prefix(input_ids, attention_mask)
-    mask = attention_mask.bool()[:, None, None, :]
-    for layer in model.text.layers[model._first_fused_layer:]:
-        states = layer(states, mask)
-    return states
-
-
 @torch.no_grad()
 def measure(model, processor, items, batch_size: int = 64) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Per phrase: features by name ([P, D] each) and the object's centre [P, 2] in [0, 1]."""
@@ -65,7 +56,7 @@ def measure(model, processor, items, batch_size: int = 64) -> tuple[dict[str, to
             fused_text, stages = model.fuse_backbones(pixels, text.input_ids, text.attention_mask)
             fused_image = stages[-1].flatten(1, 2)
             unfused_image = model.unfused_image_tokens(pixels)
-            unfused_text = unfused_text_states(model, text.input_ids, text.attention_mask)
+            unfused_text = model.unfused_text_tokens(text.input_ids, text.attention_mask)
         rows, cols = stages[-1].shape[1:3]
         for r, ((_, _, (start, end), (x, y, w, h)), image) in enumerate(zip(chunk, loaded)):
             width, height = image.size

@@ -357,6 +357,16 @@ class FiberModel(HeadLogits, nn.Module):
         grid, _ = self._run_blocks(grid, [], self._first_fused_block, len(self._blocks))
         return grid.flatten(1, 2)
 
+    def unfused_text_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+                            text_prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, T] (or its :meth:`text_prefix`) -> [B, T, Dt]: the text layers above the prefix run
+        without fusion (what the dual encoder pools)."""
+        x = self.text_prefix(input_ids, attention_mask) if text_prefix is None else text_prefix
+        mask = attention_mask.bool()[:, None, None, :]
+        for layer in self.text.layers[self._first_fused_layer:]:
+            x = self._call(layer, x, mask)
+        return x
+
     # ---- dual encoder --------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor | None = None, *, image_prefix: torch.Tensor | None = None) -> torch.Tensor:
         """[B, 3, H, W] (or its :meth:`image_prefix`) -> [B, H] L2-normalised ITC image embedding.
@@ -374,10 +384,7 @@ class FiberModel(HeadLogits, nn.Module):
         ``text_prefix``: :meth:`text_prefix` of the same ids, when already computed."""
         cm = self.cross_modal
         cm.require("itc_text_transform", "dual-encoder (itc)")
-        x = self.text_prefix(input_ids, attention_mask) if text_prefix is None else text_prefix
-        mask = attention_mask.bool()[:, None, None, :]
-        for layer in self.text.layers[self._first_fused_layer:]:
-            x = self._call(layer, x, mask)
+        x = self.unfused_text_tokens(input_ids, attention_mask, text_prefix=text_prefix)
         return _l2_normalise(cm.itc_text_pooler(self._pool_text(cm.itc_text_transform(x), attention_mask)))
 
     def itc_logits(self, image_embed: torch.Tensor, text_embed: torch.Tensor) -> torch.Tensor:
