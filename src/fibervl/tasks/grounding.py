@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..data import Collator, ProcessedDataset, Processor, Tokenizer, build_positive_map, detection_prompt
@@ -205,10 +205,18 @@ class FineGrainedTask:
     def __post_init__(self) -> None:
         align = self.objectives.token_align
         self._loss = GroundingLoss(align_loss_weight=align) if align > 0 else None
+        self._recorder: tuple[nn.Module, TextToImageAttentionRecorder] | None = None
+
+    def _attention_recorder(self, model: nn.Module) -> TextToImageAttentionRecorder:
+        """The recorder of ``model``'s fused text layers, found once per model rather than by a
+        scan of its modules at every step."""
+        if self._recorder is None or self._recorder[0] is not model:
+            self._recorder = (model, TextToImageAttentionRecorder(model))
+        return self._recorder[1]
 
     def training_step(self, model, batch: dict) -> dict[str, Tensor]:
         weight = self.objectives.attention_align
-        recorder = TextToImageAttentionRecorder(model) if weight > 0 else contextlib.nullcontext()
+        recorder = self._attention_recorder(model) if weight > 0 else contextlib.nullcontext()
         with recorder:
             out = model.detect(batch["images"], batch["input_ids"], batch["attention_mask"])
         targets = [GroundingTarget(b, pm) for b, pm in zip(batch["boxes"], batch["positive_maps"])]

@@ -80,8 +80,11 @@ def test_attention_align_adds_its_term_and_trains_the_words_queries():
              "positive_maps": [torch.tensor([[0.0, 1.0, 1.0, 0, 0, 0, 0, 0]]), torch.tensor([[0.0, 0, 0, 1.0, 0, 0, 0, 0]])]}
     plain = FineGrainedTask().training_step(model, batch)
     assert "loss_attention" not in plain
-    out = FineGrainedTask(FineObjectives(attention_align=2.0)).training_step(model, batch)
+    task = FineGrainedTask(FineObjectives(attention_align=2.0))
+    out = task.training_step(model, batch)
     assert out["loss_attention"].item() > 0
+    # the task keeps one recorder per model: a second step records that step's maps alone
+    assert task.training_step(model, batch)["loss_attention"].item() == pytest.approx(out["loss_attention"].item())
     assert out["loss"].item() == pytest.approx(plain["loss"].item() + out["loss_attention"].item(), rel=1e-4)
     model.zero_grad()
     out["loss_attention"].backward()
