@@ -14,6 +14,8 @@ with the official epsilons (:func:`fibervl.modeling.detection.losses.giou_loss`)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -51,6 +53,20 @@ def check_boxes(boxes: Tensor, name: str = "boxes", pixel_offset: float = 0.0) -
                 f"{name}[{i}] = {boxes[i].tolist()} has negative width/height or a non-finite value "
                 f"(xyxy expected, pixel_offset={pixel_offset})"
             )
+
+
+def check_box_lists(boxes: Sequence[Tensor], name: str = "boxes[{}]", pixel_offset: float = 0.0) -> None:
+    """:func:`check_boxes` for each of ``boxes`` (the i-th named ``name.format(i)``), tested in one
+    pass: a batch is checked at every training step, and most batches are valid."""
+    if all(b.dim() == 2 and b.shape[-1] == 4 and b.is_floating_point() for b in boxes):
+        together = torch.cat([b.to(boxes[0].dtype) for b in boxes]) if len(boxes) else None
+        if together is None or not together.numel():
+            return
+        wh = together[:, 2:] - together[:, :2] + pixel_offset
+        if not ((wh < 0).any() | ~torch.isfinite(together).all()):
+            return
+    for i, b in enumerate(boxes):  # some box is wrong: find it, to name it
+        check_boxes(b, name.format(i), pixel_offset)
 
 
 def box_xyxy_to_cxcywh(boxes: Tensor) -> Tensor:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fibervl.modeling.detection.anchors import AnchorGenerator
-from fibervl.modeling.detection.atss import atss_assign
+from fibervl.modeling.detection.atss import atss_assign, atss_assign_batch
 from fibervl.modeling.detection.box_coder import BoxCoder
 
 
@@ -113,3 +113,24 @@ def test_atss_no_boxes_and_bad_input():
     assert matched.tolist() == [-1, -1] and ious.shape == (2, 0)
     with pytest.raises(ValueError, match="negative width"):
         atss_assign([anchors], torch.tensor([[10.0, 0.0, 2.0, 5.0]]))
+
+
+def test_atss_batch_equals_each_image_alone():
+    """One pass for the batch gives each image's own assignment: boxes of one image never take
+    another image's anchors, ties go to an image's lowest box index, an image without boxes is
+    all background."""
+    gen = AnchorGenerator(sizes=(16, 32, 64, 128, 256), strides=(8, 16, 32, 64, 128))
+    anchors = gen.grid_anchors([(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)])
+    g = torch.Generator().manual_seed(0)
+    images = []
+    for count in (3, 0, 1, 5, 2):
+        corner = torch.rand(count, 2, generator=g) * 90
+        images.append(torch.cat([corner, corner + 13 + torch.rand(count, 2, generator=g) * 38], dim=1))
+    images.append(torch.tensor([[20.0, 20.0, 50.0, 50.0]] * 2))  # the same box twice: box 0 wins
+    matched = atss_assign_batch(anchors, images)
+    assert matched.shape == (len(images), sum(len(a) for a in anchors))
+    for b, boxes in enumerate(images):
+        assert matched[b].tolist() == atss_assign(anchors, boxes)[0].tolist(), b
+    assert (matched[1] == -1).all() and (matched[-1] >= 0).any() and (matched[-1] != 1).all()
+    with pytest.raises(ValueError, match=r"gt_boxes\[2\]"):
+        atss_assign_batch(anchors, [images[0], images[2], torch.tensor([[10.0, 0.0, 2.0, 5.0]])])

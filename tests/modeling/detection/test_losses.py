@@ -137,9 +137,12 @@ def test_grounding_loss_bad_targets():
     bad = [GroundingTarget(targets[0].boxes, torch.zeros(2, 4)), targets[1]]
     with pytest.raises(ValueError, match="positive_map must be"):
         GroundingLoss()(bbox_reg, ctr, logits, anchors, bad, torch.ones(2, 5))
-    neg = [GroundingTarget(torch.tensor([[30.0, 0.0, 10.0, 5.0]]), torch.zeros(1, 5)), targets[1]]
-    with pytest.raises(ValueError, match="negative width"):
+    neg = [targets[0], GroundingTarget(torch.tensor([[30.0, 0.0, 10.0, 5.0]]), torch.zeros(1, 5))]
+    with pytest.raises(ValueError, match=r"targets\[1\]\.boxes\[0\] .* negative width"):
         GroundingLoss()(bbox_reg, ctr, logits, anchors, neg, torch.ones(2, 5))
+    nan = [GroundingTarget(torch.tensor([[0.0, 0.0, float("nan"), 5.0]]), torch.zeros(1, 5)), targets[1]]
+    with pytest.raises(ValueError, match=r"targets\[0\]\.boxes\[0\] .* non-finite"):
+        GroundingLoss()(bbox_reg, ctr, logits, anchors, nan, torch.ones(2, 5))
 
 
 def test_contrastive_alignment_hand_computation():

@@ -29,10 +29,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
-from .atss import atss_assign
+from .atss import atss_assign_batch
 from .box_coder import BoxCoder
-from ...boxes import check_boxes
+from ...boxes import check_box_lists
 
 __all__ = [
     "GroundingTarget",
@@ -72,15 +73,15 @@ def token_sigmoid_focal_loss(
     if text_mask is not None:
         if text_mask.shape != (logits.shape[0], logits.shape[2]):
             raise ValueError(f"text_mask must be [B, T] = {(logits.shape[0], logits.shape[2])}, got {tuple(text_mask.shape)}")
-        keep = (text_mask > 0)[:, None, :].expand_as(logits)
-        logits = logits[keep]
-        targets = targets[keep]
     p = torch.sigmoid(logits)
     ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     p_t = p * targets + (1 - p) * (1 - targets)
     loss = ce * (1 - p_t) ** gamma
     if alpha >= 0:
         loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    if text_mask is not None:
+        # zeroed rather than selected: a boolean selection of [B, A, T] costs more than the loss
+        loss = loss.masked_fill(~(text_mask > 0)[:, None, :], 0.0)
     return loss.sum()
 
 
@@ -119,16 +120,16 @@ def centerness_targets(gt_boxes: Tensor, anchors: Tensor) -> Tensor:
 
 
 def token_region_contrastive_loss(logits: Tensor, positive_tokens: Tensor, text_mask: Tensor) -> tuple[Tensor, Tensor]:
-    """MDETR's contrastive alignment (Kamath et al. 2021) over the anchors of one image.
+    """MDETR's contrastive alignment (Kamath et al. 2021) over the anchors of each image.
 
     Args:
-        logits: ``[A, T]`` grounding logits. positive_tokens: ``[A, T]`` bool, True where anchor
-        ``a`` is assigned to a box whose phrase holds token ``t`` (all False on background
-        anchors). text_mask: ``[T]`` (non-zero = real token).
+        logits: ``[B, A, T]`` grounding logits (or ``[A, T]``, one image). positive_tokens: the
+        same shape, bool, True where anchor ``a`` is assigned to a box whose phrase holds token
+        ``t`` (all False on background anchors). text_mask: ``[B, T]`` (or ``[T]``; non-zero = real token).
 
-    Returns two vectors of ``-log`` softmax probabilities of the positives:
-    ``anchor_to_token [P]``, for each positive anchor a softmax over the real tokens, and
-    ``token_to_anchor [K]``, for each token positive somewhere a softmax over all anchors.
+    Returns two vectors of ``-log`` softmax probabilities of the positives, image by image:
+    ``anchor_to_token [P]``, for each positive anchor a softmax over its image's real tokens, and
+    ``token_to_anchor [K]``, for each token positive somewhere a softmax over its image's anchors.
 
     Why: the official token focal loss scores each (anchor, token) pair on its own. Where most
     phrases name every object of their image, it is nearly minimised by objectness alone, and the
@@ -136,20 +137,27 @@ def token_region_contrastive_loss(logits: Tensor, positive_tokens: Tensor, text_
     each anchor and the anchors (objects and background) compete for each word, so "the red ring"
     must score the red ring above the purple one (docs/results.md, "Word-region alignment").
     """
-    if logits.dim() != 2 or positive_tokens.shape != logits.shape or text_mask.shape != logits.shape[1:]:
-        raise ValueError(f"logits [A, T], positive_tokens [A, T] and text_mask [T] expected, got "
+    if logits.dim() == 2:
+        if positive_tokens.shape != logits.shape or text_mask.shape != logits.shape[1:]:
+            raise ValueError(f"logits [A, T], positive_tokens [A, T] and text_mask [T] expected, got "
+                             f"{tuple(logits.shape)}, {tuple(positive_tokens.shape)}, {tuple(text_mask.shape)}")
+        logits, positive_tokens, text_mask = logits[None], positive_tokens[None], text_mask[None]
+    if (logits.dim() != 3 or positive_tokens.shape != logits.shape
+            or text_mask.shape != (logits.shape[0], logits.shape[2])):
+        raise ValueError(f"logits [B, A, T], positive_tokens [B, A, T] and text_mask [B, T] expected, got "
                          f"{tuple(logits.shape)}, {tuple(positive_tokens.shape)}, {tuple(text_mask.shape)}")
     logits = logits.float()
-    real = text_mask > 0
+    real = (text_mask > 0)[:, None, :].expand_as(logits)
     positive_tokens = positive_tokens.bool() & real
-    anchors = positive_tokens.any(1)
-    per_anchor = logits[anchors][:, real]
-    hit = positive_tokens[anchors][:, real]
-    anchor_to_token = per_anchor.logsumexp(1) - per_anchor.masked_fill(~hit, float("-inf")).logsumexp(1)
-    tokens = positive_tokens.any(0)
-    per_token = logits[:, tokens]
-    hit = positive_tokens[:, tokens]
-    token_to_anchor = per_token.logsumexp(0) - per_token.masked_fill(~hit, float("-inf")).logsumexp(0)
+    # Rows are selected before the softmaxes, so none of them is all -inf (no NaN in backward).
+    anchors = positive_tokens.any(2)  # [B, A]
+    per_anchor = logits[anchors]  # [P, T]
+    anchor_to_token = (per_anchor.masked_fill(~real[anchors], float("-inf")).logsumexp(1)
+                       - per_anchor.masked_fill(~positive_tokens[anchors], float("-inf")).logsumexp(1))
+    tokens = positive_tokens.any(1)  # [B, T]
+    per_token = logits.transpose(1, 2)[tokens]  # [K, A]
+    hit = positive_tokens.transpose(1, 2)[tokens]
+    token_to_anchor = per_token.logsumexp(1) - per_token.masked_fill(~hit, float("-inf")).logsumexp(1)
     return anchor_to_token, token_to_anchor
 
 
@@ -245,32 +253,28 @@ class GroundingLoss:
                 f"predictions cover {box_flat.shape[1]} / {logits.shape[1]} locations but there are {num_anchors} anchors"
             )
 
-        token_targets, reg_targets, positive, align_terms = [], [], [], []
+        pixel_offset = self.box_coder.pixel_offset
+        check_box_lists([t.boxes for t in targets], "targets[{}].boxes", pixel_offset)
         for b, target in enumerate(targets):
-            check_boxes(target.boxes, f"targets[{b}].boxes", self.box_coder.pixel_offset)
             g = target.boxes.shape[0]
             if target.positive_map.shape != (g, num_tokens):
                 raise ValueError(
                     f"targets[{b}].positive_map must be [{g}, {num_tokens}], got {tuple(target.positive_map.shape)}"
                 )
-            gt = target.boxes.to(anchors_flat)
-            matched, _ = atss_assign(anchors, gt, self.topk, self.box_coder.pixel_offset)
-            pos = matched >= 0
-            tok = torch.zeros(num_anchors, num_tokens, device=logits.device)
-            tok[~pos, -1] = 1.0  # official "no object" token
-            if g:
-                tok[pos] = (target.positive_map[matched[pos]] != 0).to(tok)
-                reg_targets.append(self.box_coder.encode(gt[matched.clamp(min=0)], anchors_flat))
-                if self.align_loss_weight > 0:
-                    positive_tokens = tok.bool() & pos[:, None]  # the "no object" column is not a word
-                    align_terms.append(token_region_contrastive_loss(logits[b], positive_tokens, text_mask[b]))
-            else:
-                reg_targets.append(torch.zeros(num_anchors, 4, device=logits.device))
-            token_targets.append(tok)
-            positive.append(pos)
-        token_targets = torch.stack(token_targets)
-        positive = torch.stack(positive)  # [B, A]
-        reg_targets = torch.stack(reg_targets)  # [B, A, 4]
+        # Every image's boxes and positive map padded to the batch's most boxes: [B, G, 4], [B, G, T].
+        boxes = [t.boxes.to(anchors_flat) for t in targets]
+        gt = pad_sequence(boxes, batch_first=True)
+        maps = pad_sequence([(t.positive_map != 0).to(logits) for t in targets], batch_first=True)
+        matched = atss_assign_batch(anchors, boxes, self.topk, pixel_offset)  # [B, A]
+        positive = matched >= 0  # [B, A]
+        image_idx, anchor_idx = positive.nonzero(as_tuple=True)  # image-major, as the losses sum
+        box_idx = matched[positive]
+        token_targets = torch.zeros_like(logits)
+        token_targets[..., -1] = (~positive).to(logits)  # official "no object" token
+        token_targets[image_idx, anchor_idx] = maps[image_idx, box_idx] if len(box_idx) else 0.0
+        if self.align_loss_weight > 0:
+            positive_tokens = token_targets.bool() & positive[..., None]  # the "no object" column is not a word
+            anchor_to_token, token_to_anchor = token_region_contrastive_loss(logits, positive_tokens, text_mask)
 
         num_pos = float(positive.sum()) if num_pos_override is None else float(num_pos_override)
         num_pos = max(num_pos, 1.0)
@@ -279,8 +283,9 @@ class GroundingLoss:
         box_pos = box_flat[positive]
         ctr_pos = ctr_flat[positive]
         if box_pos.shape[0] > 0:
-            anc_pos = anchors_flat.expand(batch, -1, -1)[positive]
-            gt_pos = self.box_coder.decode(reg_targets[positive], anc_pos)
+            anc_pos = anchors_flat[anchor_idx]
+            # through the anchor encoding and back, as the official loss takes its targets
+            gt_pos = self.box_coder.decode(self.box_coder.encode(gt[image_idx, box_idx], anc_pos), anc_pos)
             ctr_t = centerness_targets(gt_pos, anc_pos)
             ctr_sum = float(ctr_t.sum()) if centerness_sum_override is None else float(centerness_sum_override)
             reg_loss = giou_loss(self.box_coder.decode(box_pos, anc_pos), gt_pos, weight=ctr_t) / ctr_sum
@@ -295,15 +300,8 @@ class GroundingLoss:
             "loss_dot_product_token": token_loss * self.token_loss_weight,
         }
         if self.align_loss_weight > 0:
-            losses["loss_align"] = self.align_loss_weight * _mean_of_directions(align_terms, logits)
+            # mean over the batch of each direction, then of the two; 0 (in the graph) without a positive
+            align = (0.5 * (anchor_to_token.mean() + token_to_anchor.mean()) if anchor_to_token.numel()
+                     else logits.sum() * 0.0)
+            losses["loss_align"] = self.align_loss_weight * align
         return losses
-
-
-def _mean_of_directions(terms: list[tuple[Tensor, Tensor]], logits: Tensor) -> Tensor:
-    """Mean over the batch of each direction of :func:`token_region_contrastive_loss`, then of
-    the two; 0 (in the graph) for a batch without a positive anchor."""
-    anchor_to_token = [a for a, _ in terms if a.numel()]
-    token_to_anchor = [t for _, t in terms if t.numel()]
-    if not anchor_to_token:
-        return logits.sum() * 0.0
-    return 0.5 * (torch.cat(anchor_to_token).mean() + torch.cat(token_to_anchor).mean())
