@@ -1,7 +1,8 @@
 """Training losses of the official fine-grained FIBER head (``ATSSLossComputation`` with
 ``USE_DOT_PRODUCT_TOKEN_LOSS``), single process.
 
-Per image, ATSS assigns anchors to ground-truth boxes (:func:`atss_assign`). Then, with
+ATSS assigns each image's anchors to its ground-truth boxes (:func:`atss_assign_batch`, the whole
+batch in one pass). Then, with
 ``num_pos = max(total positive anchors in the batch, 1)``:
 
 * ``loss_dot_product_token = sum(focal(logits, token_targets)[text_mask]) / num_pos`` — sigmoid focal
