@@ -242,6 +242,15 @@ def main() -> None:
         write_section(args.write, "forward", f"Command: `python bench/forward.py {' '.join(sys.argv[1:])}`\n\n" + text)
 
 
+def publish_table(table: str, write: Path | None, name: str, how: str) -> None:
+    """Print ``table``; with ``write``, put it in that file's section ``name`` under the command
+    line that produced it (this process's own) and ``how`` (threads, repetitions)."""
+    print(table)
+    if write:
+        command = " ".join([f"python bench/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+        write_section(write, name, f"Command: `{command}` ({torch.__version__}, {how}).\n\n{table}")
+
+
 def write_section(path: Path, name: str, body: str) -> None:
     """Replace the block between ``<!-- bench:NAME -->`` markers (appending it if absent)."""
     begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"

@@ -24,7 +24,7 @@ import torch
 sys.path.append(str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from forward import median_time, write_section  # noqa: E402
+from forward import median_time, publish_table  # noqa: E402
 from fibervl.config import get_preset  # noqa: E402
 from fibervl.modeling.detection.anchors import AnchorGenerator  # noqa: E402
 from fibervl.modeling.detection.losses import GroundingLoss, GroundingTarget  # noqa: E402
@@ -86,13 +86,8 @@ def main() -> None:
             best = min(loss_seconds(inputs, align, args.runs) for _ in range(args.rounds))
             rows.append(f"| {batch} | {'weight 4' if align else 'off'} | {1000 * best:.2f} |")
             print(rows[-1], flush=True)
-    body = "\n".join(rows)
-    print(body)
-    if args.write:
-        command = " ".join(["python bench/grounding_loss.py", *sys.argv[1:]])
-        write_section(args.write, "grounding_loss",
-                      f"Command: `{command}` ({torch.__version__}, {args.threads} threads; the least of "
-                      f"{args.rounds} medians of {args.runs} calls).\n\n{body}")
+    publish_table("\n".join(rows), args.write, "grounding_loss",
+                  f"{args.threads} threads; the least of {args.rounds} medians of {args.runs} calls")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from forward import median_time, write_section  # noqa: E402
+from forward import median_time, publish_table  # noqa: E402
 from fibervl.config import get_preset  # noqa: E402
 from fibervl.modeling.fiber import FiberModel  # noqa: E402
 
@@ -62,14 +62,8 @@ def main() -> None:
         rows.append(f"| {preset} | {len(params)} | {sum(p.numel() for p in params) / 1e6:.2f} M | "
                     + " | ".join(f"{1000 * best[v]:.2f}" for v in VARIANTS) + " |")
         print(rows[-1], flush=True)
-    body = "\n".join(rows)
-    print(body)
-    if args.write:
-        command = " ".join(["python bench/optimizer_step.py", *sys.argv[1:]])
-        write_section(args.write, "optimizer_step",
-                      f"Command: `{command}` ({torch.__version__}, {args.threads} threads; the least of "
-                      f"{args.rounds} alternated medians of {args.runs} steps each).\n\n{body}")
-
+    publish_table("\n".join(rows), args.write, "optimizer_step",
+                  f"{args.threads} threads; the least of {args.rounds} alternated medians of {args.runs} steps each")
 
 if __name__ == "__main__":
     main()
