@@ -65,5 +65,6 @@ def main() -> None:
     publish_table("\n".join(rows), args.write, "optimizer_step",
                   f"{args.threads} threads; the least of {args.rounds} alternated medians of {args.runs} steps each")
 
+
 if __name__ == "__main__":
     main()

@@ -102,7 +102,6 @@ def test_optimizer_defaults_and_tied_params() -> None:
         build_param_groups(nn.Linear(2, 2).requires_grad_(False).named_parameters(), OptimConfig())
 
 
-
 def test_fused_update_matches_the_per_tensor_loop() -> None:
     """The engine's AdamW is the fused kernel; its updates, group rates and decay included, are
     the per-tensor AdamW's to float rounding over several steps."""
@@ -127,6 +126,7 @@ def test_fused_update_matches_the_per_tensor_loop() -> None:
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
     assert (fused_model.heads.itm.weight - start["heads.itm.weight"]).abs().min() > 1e-3  # it trained
     assert torch.equal(fused_model.frozen.weight, start["frozen.weight"])
+
 
 def test_schedules() -> None:
     lin = ScheduleConfig(name="linear", warmup=0.1, end_factor=0.0)

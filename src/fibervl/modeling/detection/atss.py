@@ -57,6 +57,7 @@ def atss_assign_batch(
     gt_boxes: Sequence[Tensor],
     topk: int = 9,
     pixel_offset: float = LEGACY_PIXEL_OFFSET,
+    name: str = "gt_boxes[{}]",
 ) -> Tensor:
     """:func:`atss_assign` for the images of a batch, which share their anchors, in one pass
     (a loss assigns every image at every step; one image at a time that is ~40 small operations
@@ -65,13 +66,14 @@ def atss_assign_batch(
     Args:
         anchors_per_level: per level ``[A_l, 4]`` xyxy anchors, the same for every image.
         gt_boxes: per image ``[G_b, 4]`` xyxy ground-truth boxes (``G_b`` may be 0).
+        name: how a bad image's boxes are named in the error (``name.format(b)``).
 
     Returns:
         ``matched [B, A]`` int64: per image and anchor the index of its assigned box among that
         image's boxes, ``-1`` for background.
     """
     anchors = _checked_anchors(anchors_per_level, pixel_offset)
-    check_box_lists(gt_boxes, "gt_boxes[{}]", pixel_offset)
+    check_box_lists(gt_boxes, name, pixel_offset)
     if len(gt_boxes) == 0:
         return torch.empty(0, anchors.shape[0], dtype=torch.long, device=anchors.device)
     counts = torch.tensor([len(boxes) for boxes in gt_boxes], device=anchors.device)

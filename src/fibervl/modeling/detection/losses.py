@@ -34,7 +34,6 @@ from torch.nn.utils.rnn import pad_sequence
 
 from .atss import atss_assign_batch
 from .box_coder import BoxCoder
-from ...boxes import check_box_lists
 
 __all__ = [
     "GroundingTarget",
@@ -254,8 +253,9 @@ class GroundingLoss:
                 f"predictions cover {box_flat.shape[1]} / {logits.shape[1]} locations but there are {num_anchors} anchors"
             )
 
-        pixel_offset = self.box_coder.pixel_offset
-        check_box_lists([t.boxes for t in targets], "targets[{}].boxes", pixel_offset)
+        # ATSS checks the boxes as given (named as the caller's targets[b].boxes[i]) before any use
+        matched = atss_assign_batch(anchors, [t.boxes for t in targets], self.topk, self.box_coder.pixel_offset,
+                                    "targets[{}].boxes")  # [B, A]
         for b, target in enumerate(targets):
             g = target.boxes.shape[0]
             if target.positive_map.shape != (g, num_tokens):
@@ -263,16 +263,14 @@ class GroundingLoss:
                     f"targets[{b}].positive_map must be [{g}, {num_tokens}], got {tuple(target.positive_map.shape)}"
                 )
         # Every image's boxes and positive map padded to the batch's most boxes: [B, G, 4], [B, G, T].
-        boxes = [t.boxes.to(anchors_flat) for t in targets]
-        gt = pad_sequence(boxes, batch_first=True)
+        gt = pad_sequence([t.boxes.to(anchors_flat) for t in targets], batch_first=True)
         maps = pad_sequence([(t.positive_map != 0).to(logits) for t in targets], batch_first=True)
-        matched = atss_assign_batch(anchors, boxes, self.topk, pixel_offset)  # [B, A]
         positive = matched >= 0  # [B, A]
         image_idx, anchor_idx = positive.nonzero(as_tuple=True)  # image-major, as the losses sum
         box_idx = matched[positive]
         token_targets = torch.zeros_like(logits)
         token_targets[..., -1] = (~positive).to(logits)  # official "no object" token
-        token_targets[image_idx, anchor_idx] = maps[image_idx, box_idx] if len(box_idx) else 0.0
+        token_targets[image_idx, anchor_idx] = maps[image_idx, box_idx]
         if self.align_loss_weight > 0:
             positive_tokens = token_targets.bool() & positive[..., None]  # the "no object" column is not a word
             anchor_to_token, token_to_anchor = token_region_contrastive_loss(logits, positive_tokens, text_mask)
