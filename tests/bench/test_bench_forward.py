@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 from fibervl.engine.precision import bf16_is_fast
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def test_forward_bench_writes_its_section(tmp_path):
-    out = tmp_path / "BENCH.md"
-    out.write_text("# Benchmarks\n\nbefore\n\n<!-- bench:forward -->\nold table\n<!-- /bench:forward -->\n\nafter\n")
-    subprocess.run([sys.executable, str(ROOT / "bench" / "forward.py"), "--presets", "fiber-tiny", "--runs", "1",
-                    "--write", str(out)], check=True, capture_output=True, text=True, timeout=600)
-    text = out.read_text()
-    assert "old table" not in text and "before" in text and "after" in text
+def test_forward_bench_writes_its_section(run_bench_into_section):
+    text = run_bench_into_section("forward.py", "forward", "--presets", "fiber-tiny", "--runs", "1")
     rows = [line for line in text.splitlines() if line.startswith("| fiber-tiny |")]
     modes = [row.split(" | ")[1] for row in rows]
     expected = ["fp32", "fp32, its linear layers alone"]
