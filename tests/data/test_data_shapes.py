@@ -253,3 +253,39 @@ def test_a_scene_can_be_drawn_from_some_shapes_only():
     assert drawn and drawn <= set(seen)
     everything = {o.shape for k in range(40) for o in sample_scene(random.Random(k), k, "x", 128, 1, 3).objects}
     assert everything & set(HELD_OUT_SHAPES)  # the default draws every shape
+
+
+def test_noise_is_a_standard_normal_window_chosen_by_the_scene_rng():
+    import numpy as np
+
+    from fibervl.data.shapes.render import _noise
+
+    a = _noise(np.random.default_rng(1), 128, 128)
+    assert a.shape == (128, 128, 3) and a.dtype == np.float32
+    assert np.array_equal(a, _noise(np.random.default_rng(1), 128, 128))  # a scene's pixels follow its seed
+    assert not np.array_equal(a, _noise(np.random.default_rng(2), 128, 128))
+    assert abs(float(a.mean())) < 0.05 and abs(float(a.std()) - 1) < 0.05
+    assert _noise(np.random.default_rng(3), 7, 20, 1).shape == (7, 20, 1)
+
+
+def test_visible_box_is_the_extent_of_the_pixels_no_later_object_covers():
+    import numpy as np
+
+    from fibervl.data.shapes.render import _draw_mask, render
+
+    occluded = 0
+    for k in range(60):
+        scene = sample_scene(random.Random(k), k, "x", 96, 3, 5)
+        render(scene)
+        masks = []
+        for obj in scene.objects:
+            alpha, (x0, y0) = _draw_mask(obj, scene.size)
+            full = np.zeros((scene.size, scene.size), dtype=bool)
+            full[y0:y0 + alpha.shape[0], x0:x0 + alpha.shape[1]] = alpha >= 0.5
+            masks.append(full)
+        for i, obj in enumerate(scene.objects):
+            visible = masks[i] & ~np.any(masks[i + 1:], axis=0) if i + 1 < len(masks) else masks[i]
+            occluded += int(visible.sum() < masks[i].sum())
+            ys, xs = np.nonzero(visible)
+            assert obj.visible_box == (xs.min(), ys.min(), xs.max() + 1.0, ys.max() + 1.0)
+    assert occluded > 0  # the scenes did put objects over others

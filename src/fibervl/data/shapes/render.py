@@ -2,7 +2,8 @@
 
 Shapes are drawn into a 2x supersampled mask (so 13 px objects keep their outline) and
 composited in order; later objects occlude earlier ones. The box stored for each object is
-the extent of its *visible* pixels, as in COCO.
+the extent of its *visible* pixels, as in COCO. Pixel noise (the sensor-like noise everywhere,
+speckled backgrounds, noise textures) is a window of a fixed bank (:func:`_noise`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,28 @@ def _normalised(points):
 
 
 _POLYGONS = {}
+
+# Seed of the noise banks: fixed, so a scene's pixels depend only on its own seeds.
+NOISE_BANK_SEED = 0x5EED
+_NOISE_BANKS: dict[int, np.ndarray] = {}
+
+
+def _noise(rng: np.random.Generator, h: int, w: int, channels: int = 3) -> np.ndarray:
+    """[h, w, channels] float32 standard-normal noise: the window at an offset drawn from ``rng``
+    of a bank drawn once per process (side 2s for the smallest power of two s >= h, w).
+
+    Why a bank: drawing h * w * 3 fresh normals was two thirds of rendering a plain 128 px scene,
+    and the image stage renders a fresh scene for every sample it trains on. Every window has the
+    same per-pixel distribution, and (s + 1)^2 or more offsets keep two scenes from sharing theirs.
+    """
+    side = 1 << (max(h, w, 1) - 1).bit_length()
+    if side not in _NOISE_BANKS:
+        _NOISE_BANKS[side] = np.random.default_rng(NOISE_BANK_SEED + side).standard_normal(
+            (2 * side, 2 * side, 3), dtype=np.float32)
+    bank = _NOISE_BANKS[side]
+    y = int(rng.integers(0, bank.shape[0] - h + 1))
+    x = int(rng.integers(0, bank.shape[1] - w + 1))
+    return bank[y:y + h, x:x + w, :channels]
 
 
 def _polygon(shape):
@@ -76,7 +99,7 @@ def _texture(obj: ObjectSpec, h: int, w: int) -> np.ndarray:
     """[h, w, 3] float32 fill: the object's colour with a brightness pattern (hue kept)."""
     rng = np.random.default_rng(obj.shade_seed)
     base = np.array(COLORS[obj.color], dtype=np.float32) + rng.uniform(-10, 10, size=3).astype(np.float32)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yy, xx = (g[:h, :w] for g in _grid(max(h, w)))
     if obj.texture == "stripes":
         period = rng.uniform(3, 6)
         angle = rng.uniform(0, math.pi)
@@ -85,7 +108,7 @@ def _texture(obj: ObjectSpec, h: int, w: int) -> np.ndarray:
         period = rng.integers(3, 6)
         shade = np.where(((xx.astype(int) % period) < 2) & ((yy.astype(int) % period) < 2), -28.0, 6.0)
     elif obj.texture == "noise":
-        shade = 14 * rng.standard_normal((h, w), dtype=np.float32)
+        shade = 14 * _noise(rng, h, w, 1)[..., 0]
     elif obj.texture == "gradient":
         angle = rng.uniform(0, 2 * math.pi)
         ramp = xx * math.cos(angle) + yy * math.sin(angle)
@@ -123,12 +146,12 @@ def _background(scene: SceneSpec) -> np.ndarray:
         cell = int(rng.integers(8, 20))
         img += (12 * (((xx // cell + yy // cell) % 2) * 2 - 1))[..., None]
     elif kind == "speckled":
-        img += 16 * rng.standard_normal((size, size, 1), dtype=np.float32)
+        img += 16 * _noise(rng, size, size, 1)
     elif kind == "cloudy":
         coarse = rng.normal(0, 22, size=(6, 6, 3)).astype(np.float32)
         up = np.asarray(Image.fromarray(coarse.astype(np.float32)[..., 0]).resize((size, size), Image.BICUBIC))
         img += up[..., None]
-    img += 4 * rng.standard_normal((size, size, 3), dtype=np.float32)  # sensor-like noise everywhere
+    img += 4 * _noise(rng, size, size)  # sensor-like noise everywhere
     return img
 
 
@@ -136,24 +159,24 @@ def render(scene: SceneSpec) -> Image.Image:
     """Draw ``scene``; fills each object's ``visible_box`` (xyxy, pixels) in place."""
     size = scene.size
     canvas = _background(scene)
-    alphas = []
+    drawn = []  # (object, its pixels at coverage >= 0.5 [h, w] bool, (y0, x0))
     for obj in scene.objects:
         alpha, (x0, y0) = _draw_mask(obj, size)
         h, w = alpha.shape
         region = canvas[y0:y0 + h, x0:x0 + w]
         fill = _texture(obj, h, w)
         region[:] = region * (1 - alpha[..., None]) + fill * alpha[..., None]
-        full = np.zeros((size, size), dtype=bool)
-        full[y0:y0 + h, x0:x0 + w] = alpha >= 0.5
-        alphas.append(full)
+        drawn.append((obj, alpha >= 0.5, (y0, x0)))
     covered = np.zeros((size, size), dtype=bool)
-    for obj, mask in zip(reversed(scene.objects), reversed(alphas)):
-        visible = mask & ~covered
-        covered |= mask
-        ys, xs = np.nonzero(visible)
-        if len(xs) == 0:  # cannot happen with MAX_OVERLAP < 1, kept as a guard
+    for obj, mask, (y0, x0) in reversed(drawn):
+        h, w = mask.shape
+        window = covered[y0:y0 + h, x0:x0 + w]
+        visible = mask & ~window
+        window |= mask
+        rows, cols = np.flatnonzero(visible.any(axis=1)), np.flatnonzero(visible.any(axis=0))
+        if len(cols) == 0:  # cannot happen with MAX_OVERLAP < 1, kept as a guard
             raise RuntimeError(f"image {scene.image_id}: a {obj.color} {obj.shape} is fully hidden")
-        obj.visible_box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+        obj.visible_box = (float(x0 + cols[0]), float(y0 + rows[0]), float(x0 + cols[-1] + 1), float(y0 + rows[-1] + 1))
     return Image.fromarray(np.clip(np.rint(canvas), 0, 255).astype(np.uint8), "RGB")
 
 
