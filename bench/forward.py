@@ -31,7 +31,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+# appended, not prepended: a PYTHONPATH naming another checkout's src wins, for timing that version
+sys.path.append(str(Path(__file__).resolve().parents[1] / "src"))
 
 from fibervl.config import get_preset  # noqa: E402
 from fibervl.engine.allocator import keep_freed_memory  # noqa: E402

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+# appended, not prepended: a PYTHONPATH naming another checkout's src wins, for timing that version
+sys.path.append(str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from forward import median_time, publish_table  # noqa: E402
