@@ -16,3 +16,21 @@ def test_forward_bench_writes_its_section(run_bench_into_section):
     for row in rows:
         cells = row.strip("|").split(" | ")
         assert float(cells[2]) > 0 and float(cells[3]) > 0 and "% of" in cells[6]
+
+
+def test_a_pythonpath_checkout_comes_before_the_repositorys_src(tmp_path):
+    """A bench run with another checkout's src on PYTHONPATH times that checkout: importing
+    bench/forward.py (which the other benches import) must not put this repository's src first."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    other = tmp_path / "other" / "src"
+    other.mkdir(parents=True)
+    code = (f"import sys; sys.path.insert(0, {str(root / 'bench')!r}); import forward; "
+            f"print(sys.path.index({str(other)!r}) < sys.path.index({str(root / 'src')!r}))")
+    env = dict(os.environ, PYTHONPATH=str(other))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "True"
