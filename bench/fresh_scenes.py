@@ -62,12 +62,15 @@ def main() -> None:
         names, _ = read_image_labels(tmp, "train", ["color", "shape", "size"])
         processor = Processor(train_transforms(128, flip=False))
         data = FreshSceneLabels(tmp, 10**6, names, processor, max_objects=3, grid=4)
-        scenes = [sample_scene(scene_rng(data.seed, FRESH_SPLIT, i), i, FRESH_SPLIT, data.size, 1, 3,
-                               data.backgrounds, data.shapes) for i in range(args.scenes)]
+
+        def draw(i: int):
+            return sample_scene(scene_rng(data.seed, FRESH_SPLIT, i), i, FRESH_SPLIT, data.size, 1, data.max_objects,
+                                data.backgrounds, data.shapes)
+
+        scenes = [draw(i) for i in range(args.scenes)]
         images = [render(s) for s in scenes]
         parts = {
-            "draw the scene": lambda i: sample_scene(scene_rng(data.seed, FRESH_SPLIT, i), i, FRESH_SPLIT, data.size,
-                                                     1, 3, data.backgrounds, data.shapes),
+            "draw the scene": draw,
             "render": lambda i: render(scenes[i]),
             "transform (colour jitter, tensor, normalise)": lambda i: processor(
                 Sample(sample_id=str(i), image_id=i, image=images[i])),

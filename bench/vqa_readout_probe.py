@@ -29,6 +29,8 @@ import torch
 from torch import nn
 
 import fibervl
+from fibervl.data.shapes.config import IMAGE_TEMPLATE
+from fibervl.data.shapes.layout import ShapesDataset
 
 TEMPLATES = "side,relation,bigger,more,exist_size_shape,shape,color"
 TEXT_TOKENS = 16  # the shapes set's questions are at most 15 tokens
@@ -36,7 +38,7 @@ TEXT_TOKENS = 16  # the shapes set's questions are at most 15 tokens
 
 def questions(root: Path, split: str, templates: set[str], per_template: int) -> list[tuple[Path, str, str, str]]:
     """(image, question, template, majority answer), at most ``per_template`` of each template."""
-    vqa = root / "vqa"
+    vqa, ext = root / "vqa", ShapesDataset(root).ext
     asked = json.loads((vqa / f"v2_OpenEnded_shapes_{split}_questions.json").read_text())["questions"]
     annotations = json.loads((vqa / f"v2_shapes_{split}_annotations.json").read_text())["annotations"]
     by_id = {a["question_id"]: a for a in annotations}
@@ -45,7 +47,7 @@ def questions(root: Path, split: str, templates: set[str], per_template: int) ->
         a = by_id[q["question_id"]]
         if a.get("template") in templates and taken[a["template"]] < per_template:
             taken[a["template"]] += 1
-            image = root / "images" / split / f"shapes_{split}_{q['image_id']:012d}.jpg"
+            image = root / "images" / IMAGE_TEMPLATE.format(split=split, image_id=q["image_id"], ext=ext)
             out.append((image, q["question"], a["template"], a["multiple_choice_answer"]))
     return out
 

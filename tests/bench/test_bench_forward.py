@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 from fibervl.engine.precision import bf16_is_fast
 
 
@@ -21,11 +26,6 @@ def test_forward_bench_writes_its_section(run_bench_into_section):
 def test_a_pythonpath_checkout_comes_before_the_repositorys_src(tmp_path):
     """A bench run with another checkout's src on PYTHONPATH times that checkout: importing
     bench/forward.py (which the other benches import) must not put this repository's src first."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[2]
     other = tmp_path / "other" / "src"
     other.mkdir(parents=True)

@@ -3,6 +3,7 @@ import json
 import random
 from collections import Counter
 
+import numpy as np
 import pytest
 
 
@@ -10,6 +11,7 @@ from fibervl.data.cli import main
 from fibervl.data.shapes import HELD_OUT_SHAPES, SHAPES, ShapesConfig, generate
 from fibervl.data.shapes.nlvr2 import NLVR2_TEMPLATES
 from fibervl.data.shapes.questions import YesNoBalancer, questions
+from fibervl.data.shapes.render import _draw_mask, _noise, render
 from fibervl.data.shapes.vocab import NUMBER_WORDS
 from fibervl.data.shapes.scene import sample_scene
 from fibervl.data.shapes.vocab import plural
@@ -256,10 +258,6 @@ def test_a_scene_can_be_drawn_from_some_shapes_only():
 
 
 def test_noise_is_a_standard_normal_window_chosen_by_the_scene_rng():
-    import numpy as np
-
-    from fibervl.data.shapes.render import _noise
-
     a = _noise(np.random.default_rng(1), 128, 128)
     assert a.shape == (128, 128, 3) and a.dtype == np.float32
     assert np.array_equal(a, _noise(np.random.default_rng(1), 128, 128))  # a scene's pixels follow its seed
@@ -269,10 +267,6 @@ def test_noise_is_a_standard_normal_window_chosen_by_the_scene_rng():
 
 
 def test_visible_box_is_the_extent_of_the_pixels_no_later_object_covers():
-    import numpy as np
-
-    from fibervl.data.shapes.render import _draw_mask, render
-
     occluded = 0
     for k in range(60):
         scene = sample_scene(random.Random(k), k, "x", 96, 3, 5)
