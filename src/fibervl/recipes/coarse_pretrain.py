@@ -40,7 +40,8 @@ def run(cfg: CoarseConfig) -> dict:
     setup = image_text_setup(cfg.model, cfg.data, cfg.train, "fiber")
     mcfg = setup.model.config
     task = CoarsePretrainTask(cfg.objectives, mcfg.hidden_size, mcfg.text.vocab_size, mcfg.text.mask_token_id,
-                              special_ids(setup.tokenizer), seed=cfg.train.seed)
+                              special_ids(setup.tokenizer), seed=cfg.train.seed,
+                              swap_table=cfg.objectives.swap_table(setup.tokenizer))
     return train_and_export(cfg, setup, task)
 
 

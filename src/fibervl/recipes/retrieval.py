@@ -146,7 +146,8 @@ def run(cfg: RetrievalConfig) -> dict:
     # separate ITC width (ALBEF).
     itc_dim = getattr(mcfg, "embed_dim", mcfg.hidden_size)
     task = CoarsePretrainTask(cfg.objectives, itc_dim, mcfg.text.vocab_size, mcfg.text.mask_token_id,
-                              special_ids(tokenizer), seed=cfg.train.seed)
+                              special_ids(tokenizer), seed=cfg.train.seed,
+                              swap_table=cfg.objectives.swap_table(tokenizer))
     # The periodic evaluation is the cheap dual-encoder one, and only when asked for: the final
     # evaluation below (with ITM re-ranking) is the one that counts.
     summary = Trainer(cfg.train, model, task, train, collate_fn=PairCollator(tokenizer, max_len, cache),

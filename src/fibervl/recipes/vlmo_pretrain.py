@@ -76,7 +76,7 @@ def _stage_task(stage: str, cfg: VlmoPretrainConfig, mcfg, tokenizer):
     if stage == "text":
         return TextMlmTask(mcfg.text.vocab_size, mcfg.text.mask_token_id, specials, cfg.unimodal.mlm_prob)
     return CoarsePretrainTask(cfg.objectives, mcfg.hidden_size, mcfg.text.vocab_size, mcfg.text.mask_token_id, specials,
-                              seed=cfg.train.seed)
+                              seed=cfg.train.seed, swap_table=cfg.objectives.swap_table(tokenizer))
 
 
 def _stage_train_config(cfg: VlmoPretrainConfig, stage: str, steps: int) -> TrainConfig:

@@ -379,6 +379,12 @@ def mlm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean
     return F.cross_entropy(logits, targets, reduction=reduction)
 
 
+def match_score(logits: torch.Tensor) -> torch.Tensor:
+    """ITM logits ``[N, 2]`` -> ``[N]`` log-odds of a match (float32)."""
+    logits = logits.float()
+    return logits[:, 1] - logits[:, 0]
+
+
 def itm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of ITM logits ``[N, 2]`` against labels ``[N]`` (1 = matched)."""
     return F.cross_entropy(logits.float(), labels.long())
@@ -387,5 +393,5 @@ def itm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 __all__ = [
     "INIT_TEMPERATURE", "TEMPERATURE_RANGE", "clamp_temperature_", "FeatureQueue", "ITCOutput",
     "itc_logits", "itc_loss", "sample_hard_negatives", "same_text", "itm_hard_negative_batch", "mask_tokens",
-    "masked_lm_logits", "mlm_loss", "itm_loss",
+    "masked_lm_logits", "mlm_loss", "itm_loss", "match_score",
 ]

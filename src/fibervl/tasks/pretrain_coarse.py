@@ -25,7 +25,7 @@ with a frozen prefix may be given ``image_prefix [B, Hs, Ws, Cs]`` (cached, see
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -38,11 +38,13 @@ from .objectives import (
     itm_hard_negative_batch,
     itm_loss,
     mask_tokens,
+    match_score,
     masked_lm_logits,
     mlm_loss,
     same_text,
     sample_hard_negatives,
 )
+from .word_swaps import WordSwapTable
 
 
 def pad_to_common_length(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,6 +66,12 @@ class CoarseObjectives:
     ``itm_negatives``: "hard" (official: drawn from the softmax of the ITC similarities) or
     "random" (uniform over the other pairs of the global batch). On templated, partial captions
     ("one shape", "a blue shape") a hard negative often describes the image too.
+
+    ``itm_swap`` (weight, 0: off; not in the official recipe): for each caption that allows one,
+    the ITM head must score (image, caption) above (image, the caption with two of its words
+    swapped); ``swap_words`` are the groups whose members swap (``[[red, blue, green], [left,
+    right]]``; :mod:`fibervl.tasks.word_swaps`). Logged as ``itm_swap`` (the pairwise logistic
+    loss, averaged over the swapped captions of the global batch) and ``itm_swap_acc``.
     """
 
     itc: float = 1.0
@@ -72,10 +80,24 @@ class CoarseObjectives:
     mlm_prob: float = 0.15
     queue_size: int = 0
     itm_negatives: str = "hard"
+    itm_swap: float = 0.0
+    swap_words: list[list[str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.itm_negatives not in ("hard", "random"):
             raise ValueError(f"objectives.itm_negatives must be 'hard' or 'random', got {self.itm_negatives!r}")
+        if self.itm_swap < 0:
+            raise ValueError(f"objectives.itm_swap must be >= 0, got {self.itm_swap}")
+        if self.itm_swap and not self.itm:
+            raise ValueError("objectives.itm_swap ranks each true caption above its swapped form by the ITM "
+                             "scores of both: it needs objectives.itm > 0")
+        if self.itm_swap and not self.swap_words:
+            raise ValueError("objectives.itm_swap > 0 needs objectives.swap_words: the groups of words to swap, "
+                             "e.g. [[red, blue, green], [left, right]]")
+
+    def swap_table(self, tokenizer) -> WordSwapTable | None:
+        """The token table of ``swap_words`` (None when ``itm_swap`` is off)."""
+        return WordSwapTable.from_words(self.swap_words, tokenizer) if self.itm_swap else None
 
 
 class CoarsePretrainTask(nn.Module):
@@ -84,9 +106,12 @@ class CoarsePretrainTask(nn.Module):
     checkpointed buffers."""
 
     def __init__(self, objectives: CoarseObjectives, embed_dim: int, vocab_size: int, mask_token_id: int,
-                 special_token_ids: tuple[int, ...], seed: int = 0) -> None:
+                 special_token_ids: tuple[int, ...], seed: int = 0, swap_table: WordSwapTable | None = None) -> None:
         super().__init__()
+        if objectives.itm_swap and swap_table is None:
+            raise ValueError("objectives.itm_swap > 0: pass the task its swap_table (CoarseObjectives.swap_table)")
         self.objectives = objectives
+        self.swap_table = swap_table
         self.vocab_size = vocab_size
         self.mask_token_id = mask_token_id
         self.seed = int(seed)
@@ -135,10 +160,15 @@ class CoarsePretrainTask(nn.Module):
         logs["temperature"] = model.temperature.detach()
 
         if obj.itm:
-            itm, itm_acc = self._itm(model, images, ids, mask, ids_all, mask_all, batch.get("image_ids"), itc,
-                                     image_prefix, text_prefix, generator)
+            itm, itm_acc, match = self._itm(model, images, ids, mask, ids_all, mask_all, batch.get("image_ids"), itc,
+                                            image_prefix, text_prefix, generator)
             loss = loss + obj.itm * itm
             logs.update(itm=itm.detach(), itm_acc=itm_acc)
+        if obj.itm_swap:
+            swap, swap_acc = self._itm_swap(model, image_prefix, ids, mask, ids_all, mask_all, itc.offset, generator,
+                                            match)
+            loss = loss + obj.itm_swap * swap
+            logs.update(itm_swap=swap.detach(), itm_swap_acc=swap_acc)
         if obj.mlm:
             mlm, mlm_acc = self._mlm(model, image_prefix, ids, mask, ids_all, mask_all, itc.offset, generator)
             loss = loss + obj.mlm * mlm
@@ -149,8 +179,9 @@ class CoarsePretrainTask(nn.Module):
         return logs
 
     def _itm(self, model, images, ids, mask, ids_all, mask_all, image_ids, itc, image_prefix, text_prefix,
-             generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """``images`` is None when the batch carried cached ``image_prefix`` instead."""
+             generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, accuracy, the positive pairs' match scores [B]); ``images`` is None when the batch
+        carried cached ``image_prefix`` instead."""
         n = itc.num_global
         # A pair whose caption is word for word another pair's is no negative for it: the text
         # is true of both images. Generic captions repeat often ("a picture of one shape": the
@@ -183,7 +214,32 @@ class CoarsePretrainTask(nn.Module):
             image_prefix, text_prefix, mask, image_pool, text_pool, mask_pool, neg_text, neg_image)
         logits = model.itm_logits(model.fuse(None, None, itm_mask, image_prefix=itm_image, text_prefix=itm_text).cls_feats)
         acc = (logits.argmax(-1) == labels).float().mean().detach()
-        return itm_loss(logits, labels), acc
+        return itm_loss(logits, labels), acc, match_score(logits[: ids.shape[0]])
+
+    def _itm_swap(self, model, image_prefix, ids, mask, ids_all, mask_all, offset, generator, match
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each image's true caption against the caption with two words swapped: ``-log sigmoid(s_true
+        - s_swapped)`` with ``s`` the ITM head's match score (``match [B]``: the positives' scores from
+        :meth:`_itm`). A pairwise term: labelling the swapped pairs 0 on their own would teach the
+        head to answer "no" (it already sees two negatives to each positive). The swaps are drawn for
+        the global batch and this rank keeps its rows; the loss is a sum over them divided by the
+        global count / world (as MLM's), so any world size gives one process's loss. Returns
+        ``(loss, fraction of this rank's pairs ranked right)``; both 0 when no caption allows a swap."""
+        swapped_all, group_all = self.swap_table.swap(ids_all, mask_all, generator)
+        made_all = group_all >= 0
+        num_made = made_all.sum()
+        swapped, made = swapped_all[offset : offset + ids.shape[0]], made_all[offset : offset + ids.shape[0]]
+        rows = made.nonzero().squeeze(1)
+        if rows.numel() == 0:
+            zero = torch.zeros((), device=ids.device)
+            return zero, zero
+        text_prefix = model.text_prefix(swapped.index_select(0, rows), mask.index_select(0, rows))
+        fused = model.fuse(None, None, mask.index_select(0, rows), image_prefix=image_prefix.index_select(0, rows),
+                           text_prefix=text_prefix)
+        margin = match.index_select(0, rows) - match_score(model.itm_logits(fused.cls_feats))
+        acc = (margin > 0).float().mean().detach()
+        loss = -nn.functional.logsigmoid(margin).sum() * (get_world_size() / num_made.clamp(min=1))
+        return loss, acc
 
     def _mlm(self, model, image_prefix, ids, mask, ids_all, mask_all, offset, generator) -> tuple[torch.Tensor, torch.Tensor]:
         # Masks drawn for the global batch, this rank's rows kept: the same tokens at any world size.

@@ -1,0 +1,73 @@
+"""bench/itm_binding_probe.py scores a model on swapped captions of a shapes set, and
+bench/fusion_binding_toy.py draws scenes whose swapped captions differ only in binding."""
+
+from __future__ import annotations
+
+import torch
+
+from fibervl.data.tokenizer import Tokenizer
+from fibervl.modeling.factory import create_model, fit_to_tokenizer, preset_config
+
+
+def test_every_swap_word_is_one_token_of_a_shapes_sets_tokenizer(shapes_tiny, load_bench):
+    probe = load_bench("itm_binding_probe")
+    tokenizer = Tokenizer.from_pretrained(shapes_tiny / "tokenizer")
+    table = probe.WordSwapTable.from_words(probe.SHAPES_SWAP_WORDS, tokenizer)  # raises for a word it cannot find
+    rows = probe.split_captions(shapes_tiny, "val")
+    assert rows and all(path.is_file() for path, _ in rows)
+    batch = tokenizer([caption for _, caption in rows], max_length=40)
+    swapped, group = table.swap(batch.input_ids, batch.attention_mask, torch.Generator().manual_seed(0))
+    made = group >= 0
+    assert made.float().mean() > 0.3  # every caption naming two colours or two shapes
+    swap_words = {w for group in probe.SHAPES_SWAP_WORDS for w in group} | {"a", "an"}
+    for row in made.nonzero().squeeze(1).tolist():
+        before, after = rows[row][1].split(), tokenizer.decode(swapped[row]).split()
+        changed = [(b, a) for b, a in zip(before, after) if b != a]
+        assert len(after) == len(before) and changed
+        assert all(b.strip(",:") in swap_words and a.strip(",:") in swap_words for b, a in changed), changed
+
+
+def test_the_probe_scores_a_saved_model(shapes_tiny, tmp_path, capsys, load_bench):
+    tokenizer = Tokenizer.from_pretrained(shapes_tiny / "tokenizer")
+    model = create_model(fit_to_tokenizer(preset_config("fiber-tiny"), tokenizer))
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save(tmp_path / "model" / "tokenizer")
+    load_bench("itm_binding_probe").main([str(tmp_path / "model"), "--data", str(shapes_tiny)])
+    out = capsys.readouterr().out
+    assert "| colour |" in out and "| all |" in out
+
+
+def test_toy_scenes_bind_the_same_words_two_ways(load_bench):
+    toy = load_bench("fusion_binding_toy")
+    scenes = toy.ToyScenes(grid=4, channels=8, object_scale=1.0)
+    image, caption, swapped = scenes.draw(16, torch.Generator().manual_seed(0))
+    assert image.shape == (16, 4, 4, 8) and caption.shape == swapped.shape == (16, 9)
+    colour_words, shape_places = (2, 6), (3, 7)
+    assert torch.equal(caption[:, shape_places], swapped[:, shape_places])
+    assert torch.equal(caption[:, colour_words], swapped[:, colour_words].flip(1))
+    assert bool((caption[:, 2] != caption[:, 6]).all())
+    # each object's cell is its colour vector plus its shape vector over the noise
+    first = scenes.last_places[:, 0]
+    colour = caption[:, 2] - scenes.colour_word[0]
+    shape = caption[:, 3] - scenes.shape_word[0]
+    cells = image.flatten(1, 2)[torch.arange(16), first]
+    expected = scenes.colour[colour] + scenes.shape[shape]
+    assert ((cells - expected).std() - 1).abs() < 0.5  # what is left is the unit noise
+    _, caption, replaced = scenes.draw(16, torch.Generator().manual_seed(0), negative="replace")
+    assert bool((replaced[:, 2] != caption[:, 2]).all() & (replaced[:, 2] != caption[:, 6]).all())
+
+
+def test_the_toy_trains_and_reports(capsys, load_bench):
+    load_bench("fusion_binding_toy").main(["--steps", "2", "--eval-every", "2", "--eval-size", "16",
+                                           "--batch-size", "4", "--attention-align", "1"])
+    assert "step 2: loss" in capsys.readouterr().out
+
+
+def test_composite_words_name_each_pair_in_one_token(load_bench):
+    toy = load_bench("fusion_binding_toy")
+    scenes = toy.ToyScenes(grid=4, channels=8, object_scale=1.0, composite=True)
+    _, caption, swapped = scenes.draw(16, torch.Generator().manual_seed(0))
+    pairs = set(scenes.pair_word.flatten().tolist())
+    assert all(int(w) in pairs for w in caption[:, [2, 5]].flatten())
+    assert bool((caption[:, [2, 5]] != swapped[:, [2, 5]]).all())  # both pair words change
+    assert bool((caption[:, 7:] == toy.PAD).all())
