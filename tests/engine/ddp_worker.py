@@ -4,8 +4,8 @@
     torchrun --nproc_per_node 2 ddp_worker.py train key=value ...  # toy regression (TrainConfig)
 
 ``coarse``: two coarse pre-training steps of fiber-tiny on one global batch of 8 pairs, each rank
-taking its rows; every rank saves the negatives it drew, its losses and the gradients (averaged
-over ranks by DDP). ``train``: a toy regression run with dropout and data noise (both drawn from
+taking its rows, with the word-swap term on (two groups of token ids as its words); every rank
+saves the negatives it drew, its losses and the gradients (averaged over ranks by DDP). ``train``: a toy regression run with dropout and data noise (both drawn from
 each rank's global RNG); with ``DIE_AT_MICRO_STEP=k`` and ``DIE_RANK=r``, rank ``r`` SIGKILLs
 itself inside its ``k``-th micro-step since the process started (set it for the first run only),
 after writing the time to the file ``DIE_STAMP``.
@@ -37,6 +37,22 @@ from fibervl.testing.workers import finish_worker
 
 GLOBAL_BATCH = 8
 BOS, PAD, EOS = 0, 1, 2
+# Two word-swap groups covering most of the vocabulary: every random caption can swap.
+SWAP_GROUPS = [[f"w{i}" for i in range(5, 1000)], [f"w{i}" for i in range(1000, 2040)]]
+
+
+class IdTokenizer:
+    """Spells token id ``i`` as the word ``wI`` (spaced forms only), enough for a WordSwapTable."""
+
+    vocab_size = 2048
+
+    def encode(self, text: str):
+        word = text.strip()
+        ids = [BOS, int(word[1:]), EOS] if text.startswith(" ") and word[1:].isdigit() else [BOS, 3, 3, EOS]
+        return ids, []
+
+    def token_to_id(self, token: str):
+        return {"<s>": BOS, "</s>": EOS}.get(token)
 
 
 def coarse_config():
@@ -99,8 +115,9 @@ def coarse_steps(out: Path, steps: int = 2) -> None:
     cfg = coarse_config()
     torch.manual_seed(0)
     model = FiberModel(cfg).train()
-    task = CoarsePretrainTask(CoarseObjectives(queue_size=16), cfg.hidden_size, cfg.text.vocab_size,
-                              cfg.text.mask_token_id, (BOS, EOS, PAD), seed=11)
+    objectives = CoarseObjectives(queue_size=16, itm_swap=1.0, swap_words=SWAP_GROUPS)
+    task = CoarsePretrainTask(objectives, cfg.hidden_size, cfg.text.vocab_size, cfg.text.mask_token_id,
+                              (BOS, EOS, PAD), seed=11, swap_table=objectives.swap_table(IdTokenizer()))
     step = Step(model, task)
     runner = DDP(step) if D.is_distributed() else step
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -110,7 +127,7 @@ def coarse_steps(out: Path, steps: int = 2) -> None:
         logs = runner(batch)
         opt.zero_grad()
         logs["loss"].backward()
-        saved.update({f"{k}.{i}": logs[k].detach() for k in ("loss", "itc", "itm", "mlm")})
+        saved.update({f"{k}.{i}": logs[k].detach() for k in ("loss", "itc", "itm", "mlm", "itm_swap")})
         saved[f"neg_text.{i}"], saved[f"neg_image.{i}"] = drawn[-2], drawn[-1]
         saved.update({f"grad.{n}.{i}": p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
         opt.step()

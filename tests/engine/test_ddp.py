@@ -70,7 +70,7 @@ def test_two_process_ddp_matches_single_process(tmp_path: Path) -> None:
 
 def test_coarse_step_draws_the_same_hard_negatives_at_any_world_size(tmp_path: Path) -> None:
     """fiber-tiny's coarse step on 8 pairs: 2 gloo processes with 4 pairs each choose exactly the
-    ITM hard negatives (and MLM masks) one process chooses with all 8, in both of two steps, and
+    ITM hard negatives (and MLM masks and word swaps) one process chooses with all 8, in both of two steps, and
     give its losses and (DDP-averaged) gradients up to float rounding. The batch has pairs of one
     image on different ranks, and ranks whose texts are padded to different lengths."""
     single = subprocess.run([sys.executable, str(HERE / "ddp_worker.py"), "coarse", str(tmp_path)], env=_env(),
@@ -86,7 +86,7 @@ def test_coarse_step_draws_the_same_hard_negatives_at_any_world_size(tmp_path: P
             chosen = torch.cat([r0[f"{kind}.{step}"], r1[f"{kind}.{step}"]])
             assert torch.equal(chosen, one[f"{kind}.{step}"]), (kind, step, chosen, one[f"{kind}.{step}"])
             assert chosen[0] != 7 and chosen[7] != 0 and chosen[3] != 4 and chosen[4] != 3  # same image
-        for key in ("loss", "itc", "itm", "mlm"):  # each rank's loss is a mean over its half
+        for key in ("loss", "itc", "itm", "mlm", "itm_swap"):  # each rank's loss is a mean over its half
             both = (r0[f"{key}.{step}"] + r1[f"{key}.{step}"]) / 2
             torch.testing.assert_close(both, one[f"{key}.{step}"], rtol=1e-5, atol=0, msg=f"{key} at step {step}")
         grads = [k for k in one if k.startswith("grad.") and k.endswith(f".{step}")]
@@ -97,6 +97,7 @@ def test_coarse_step_draws_the_same_hard_negatives_at_any_world_size(tmp_path: P
             # the same sums in other orders (4 rows instead of 8): float rounding only
             torch.testing.assert_close(r0[k], one[k], rtol=1e-4, atol=1e-5 * largest, msg=k)
     assert not torch.equal(one["neg_text.0"], one["neg_text.1"])  # each step draws anew
+    assert one["itm_swap.0"] > 0.1  # the captions were swapped and scored
 
 
 TRAIN_ARGS = ["max_steps=12", "batch_size=4", "grad_accum_steps=2", "ckpt_every=3", "keep_last=0", "clip_grad_norm=1.0",
