@@ -1,7 +1,7 @@
 """Can a model's fusion learn to bind words to objects, on inputs that make it the only thing to learn?
 
     python bench/fusion_binding_toy.py [--preset fiber-tiny] [--steps 1500] [--lr 3e-4] [--negative replace]
-        [--composite] [--shift-text] [--attention-align 1] [--override text.num_heads=8]
+        [--composite] [--shift-text] [--attention-align 1] [--override text.num_heads=8] [--init MODEL_DIR]
 
 The image prefix (what enters the first fused block) is synthetic: a grid of noise in which two
 cells hold an object, each the sum of a fixed random vector for its colour and one for its shape.
@@ -16,7 +16,8 @@ Variants: ``--negative replace`` (a colour the image lacks: recognition, the con
 ``--composite`` (one word per (colour, shape) pair: nothing for the text side to compose);
 ``--shift-text`` (each token entering the fused layers gets the one before it added);
 ``--attention-align W`` (each shape word's text-to-image attention is asked onto its object);
-``--override KEY=VALUE`` (a model config field). Results: docs/results.md.
+``--override KEY=VALUE`` (a model config field); ``--init RUN/stages/coarse/model`` (a trained
+model, the captions spelled in its tokenizer's words). Results: docs/results.md.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ import time
 import torch
 import yaml
 
+import fibervl
+from fibervl.data.shapes.vocab import COLOR_NAMES
+from fibervl.data.shapes.vocab import SHAPES as SHAPE_NAMES
 from fibervl.modeling.factory import create_model, preset_config
 from fibervl.modeling.fusion import TextToImageAttentionRecorder
 from fibervl.tasks.objectives import match_score
@@ -41,14 +45,22 @@ PAD = 1
 class ToyScenes:
     """Draws (image prefix [B, H, W, C], caption ids [B, 9], swapped ids [B, 9]) of two objects."""
 
-    def __init__(self, grid: int, channels: int, object_scale: float, seed: int = 0, composite: bool = False):
+    def __init__(self, grid: int, channels: int, object_scale: float, seed: int = 0, composite: bool = False,
+                 tokenizer=None):
+        """``tokenizer``: spell the captions in its words ("a red star and a blue ring", the shapes
+        set's colours and shapes) instead of word ids of the toy's own."""
         g = torch.Generator().manual_seed(seed)
         self.grid, self.channels = grid, channels
         self.colour = torch.randn(COLOURS, channels, generator=g) * object_scale
         self.shape = torch.randn(SHAPES, channels, generator=g) * object_scale
-        self.word_a, self.word_and = FIRST_WORD, FIRST_WORD + 1
+        self.word_first_a, self.word_a, self.word_and = FIRST_WORD, FIRST_WORD, FIRST_WORD + 1
         self.colour_word = FIRST_WORD + 2 + torch.arange(COLOURS)
         self.shape_word = FIRST_WORD + 2 + COLOURS + torch.arange(SHAPES)
+        if tokenizer is not None:
+            one = lambda text: tokenizer.encode(text)[0][1]  # noqa: E731  (after <s>)
+            self.word_first_a, self.word_a, self.word_and = one("a"), one(" a"), one(" and")
+            self.colour_word = torch.tensor([one(" " + c) for c in COLOR_NAMES[:COLOURS]])
+            self.shape_word = torch.tensor([one(" " + s) for s in SHAPE_NAMES[:SHAPES]])
         # With ``composite``, one word names a (colour, shape) pair: the text side has nothing to compose.
         self.composite = composite
         self.pair_word = FIRST_WORD + 2 + COLOURS + SHAPES + torch.arange(COLOURS * SHAPES).view(COLOURS, SHAPES)
@@ -78,9 +90,9 @@ class ToyScenes:
         column = lambda v: torch.full((b,), v)  # noqa: E731
         if self.composite:  # "a CS1 and a CS2", padded (id 1) to the same 9 places
             pair = self.pair_word[colours, shapes]
-            return torch.stack([column(0), column(self.word_a), pair[:, 0], column(self.word_and), column(self.word_a),
+            return torch.stack([column(0), column(self.word_first_a), pair[:, 0], column(self.word_and), column(self.word_a),
                                 pair[:, 1], column(2), column(PAD), column(PAD)], dim=1)
-        return torch.stack([column(0), column(self.word_a), self.colour_word[colours[:, 0]], self.shape_word[shapes[:, 0]],
+        return torch.stack([column(0), column(self.word_first_a), self.colour_word[colours[:, 0]], self.shape_word[shapes[:, 0]],
                             column(self.word_and), column(self.word_a), self.colour_word[colours[:, 1]],
                             self.shape_word[shapes[:, 1]], column(2)], dim=1)
 
@@ -135,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="one word for each (colour, shape) pair: binding without composing words")
     parser.add_argument("--shift-text", action="store_true",
                         help="add to each token entering the fused layers the token before it (\"star\" then carries \"red\")")
+    parser.add_argument("--init", help="a trained model directory (RUN/stages/coarse/model): its weights, and "
+                        "captions in its tokenizer's words")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--eval-size", type=int, default=1024, help="held-out scenes scored at each evaluation")
@@ -147,10 +161,18 @@ def main(argv: list[str] | None = None) -> None:
         key, value = item.split("=", 1)
         overrides[key] = yaml.safe_load(value)
         config = changed(config, key, overrides[key])
-    model = create_model(config).train()
+    tokenizer = None
+    if args.init:
+        if args.override or args.composite:
+            parser.error("--init takes the model as it is: no --override or --composite")
+        model, processor = fibervl.load(args.init, task="retrieval")
+        model.train()
+        tokenizer = processor.tokenizer
+    else:
+        model = create_model(config).train()
     probe = model.image_prefix(torch.zeros(1, 3, model.config.vision.image_size, model.config.vision.image_size))
     _, grid, _, channels = probe.shape
-    scenes = ToyScenes(grid, channels, args.object_scale, seed=args.seed, composite=args.composite)
+    scenes = ToyScenes(grid, channels, args.object_scale, seed=args.seed, composite=args.composite, tokenizer=tokenizer)
     fused_params = [p for n, p in model.named_parameters() if not n.startswith("vision.")
                     or n.startswith(f"vision.stages.{len(model.config.vision.depths) - 1}.")]
     optimizer = torch.optim.AdamW(fused_params, lr=args.lr, weight_decay=0.01)
@@ -158,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     train_g, eval_g = torch.Generator().manual_seed(args.seed + 1), torch.Generator().manual_seed(12345)
     held_out = scenes.draw(args.eval_size, eval_g, args.negative)
     start = time.perf_counter()
-    print(f"{args.preset} {overrides or ''}, {args.negative} negatives: image prefix {grid}x{grid}x{channels}, lr {args.lr}, "
+    print(f"{args.init or args.preset} {overrides or ''}, {args.negative} negatives: image prefix {grid}x{grid}x{channels}, lr {args.lr}, "
           f"{args.steps} steps of {args.batch_size}")
     for step in range(1, args.steps + 1):
         image, caption, swapped = scenes.draw(args.batch_size, train_g, args.negative)
@@ -177,11 +199,13 @@ def main(argv: list[str] | None = None) -> None:
             model.eval()
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
                 image, caption, swapped = held_out
-                acc = (scores(model, image, caption, args.shift_text) > scores(model, image, swapped, args.shift_text)
-                       ).float().mean()
+                true, false = scores(model, image, caption, args.shift_text), scores(model, image, swapped, args.shift_text)
             model.train()
-            print(f"step {step}: loss {loss.item():.3f}, held-out pairs ranked right {100 * float(acc):.1f} % "
-                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+            # a tie (the same score to the bf16 bit) counts as wrong: a model that scores every caption alike
+            # shows as a low number with most pairs tied, not as 50 %
+            right, ties = (true > false).float().mean(), (true == false).float().mean()
+            print(f"step {step}: loss {loss.item():.3f}, held-out pairs ranked right {100 * float(right):.1f} % "
+                  f"(tied {100 * float(ties):.1f} %) ({time.perf_counter() - start:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

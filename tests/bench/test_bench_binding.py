@@ -71,3 +71,15 @@ def test_composite_words_name_each_pair_in_one_token(load_bench):
     assert all(int(w) in pairs for w in caption[:, [2, 5]].flatten())
     assert bool((caption[:, [2, 5]] != swapped[:, [2, 5]]).all())  # both pair words change
     assert bool((caption[:, 7:] == toy.PAD).all())
+
+
+def test_toy_captions_in_a_tokenizers_words(shapes_tiny, load_bench):
+    toy = load_bench("fusion_binding_toy")
+    tokenizer = Tokenizer.from_pretrained(shapes_tiny / "tokenizer")
+    scenes = toy.ToyScenes(grid=4, channels=8, object_scale=1.0, tokenizer=tokenizer)
+    _, caption, swapped = scenes.draw(4, torch.Generator().manual_seed(0))
+    for row in range(4):
+        words, other = tokenizer.decode(caption[row]).split(), tokenizer.decode(swapped[row]).split()
+        assert len(words) == 7 and words[0] == "a" and words[3] == "and" and words[2] in toy.SHAPE_NAMES
+        # "a C1 S1 and a C2 S2" -> "a C2 S1 and a C1 S2"
+        assert (other[1], other[5]) == (words[5], words[1]) and (other[2], other[6]) == (words[2], words[6])
