@@ -6,7 +6,8 @@
 ``coarse``: two coarse pre-training steps of fiber-tiny on one global batch of 8 pairs, each rank
 taking its rows, with the word-swap term on (two groups of token ids as its words); every rank
 saves the negatives it drew, its losses and the gradients (averaged over ranks by DDP).
-``train``: a toy regression run with dropout and data noise (both drawn from each rank's global RNG); with ``DIE_AT_MICRO_STEP=k`` and ``DIE_RANK=r``, rank ``r`` SIGKILLs
+``train``: a toy regression run with dropout and data noise (both drawn from each rank's global RNG);
+with ``DIE_AT_MICRO_STEP=k`` and ``DIE_RANK=r``, rank ``r`` SIGKILLs
 itself inside its ``k``-th micro-step since the process started (set it for the first run only),
 after writing the time to the file ``DIE_STAMP``.
 """
