@@ -1,7 +1,8 @@
 """Can a model's fusion learn to bind words to objects, on inputs that make it the only thing to learn?
 
     python bench/fusion_binding_toy.py [--preset fiber-tiny] [--steps 1500] [--lr 3e-4] [--negative replace]
-        [--composite] [--shift-text] [--attention-align 1] [--override text.num_heads=8] [--init MODEL_DIR]
+        [--composite] [--shift-text] [--shift-embeddings] [--bigram-buckets 4096 --bigram-std 1] [--attention-align 1]
+        [--override text.num_heads=8] [--init MODEL_DIR]
 
 The image prefix (what enters the first fused block) is synthetic: a grid of noise in which two
 cells hold an object, each the sum of a fixed random vector for its colour and one for its shape.
@@ -15,6 +16,8 @@ pools words and regions into a bag stays at 50 %, whatever the steps.
 Variants: ``--negative replace`` (a colour the image lacks: recognition, the control);
 ``--composite`` (one word per (colour, shape) pair: nothing for the text side to compose);
 ``--shift-text`` (each token entering the fused layers gets the one before it added);
+``--shift-embeddings`` (the same on the word embeddings, below the unfused text layers);
+``--bigram-buckets N`` (a learned embedding of each (previous word, word), hashed into N rows);
 ``--attention-align W`` (each shape word's text-to-image attention is asked onto its object);
 ``--override KEY=VALUE`` (a model config field); ``--init RUN/stages/coarse/model`` (a trained
 model, the captions spelled in its tokenizer's words). Results: docs/results.md.
@@ -105,12 +108,35 @@ def changed(config, key: str, value):
     return dataclasses.replace(config, **{head: changed(getattr(config, head), rest, value)})
 
 
+def add_bigram_embeddings(model, buckets: int, std: float) -> None:
+    """Give ``model``'s text embeddings a learned row for each (previous id, id), hashed into
+    ``buckets`` rows and added to the word's embedding; rows drawn with ``std`` (0: zeros, the model
+    starts as it was)."""
+    table = torch.nn.Embedding(buckets, model.config.text.hidden_size)
+    torch.nn.init.normal_(table.weight, std=std) if std else torch.nn.init.zeros_(table.weight)
+    model.text.bigram_embeddings = table
+    current_ids: list[torch.Tensor] = []
+    model.text.embeddings.register_forward_pre_hook(lambda _module, inputs: current_ids.append(inputs[0]))
+
+    def add(_module, _inputs, out):
+        ids = current_ids.pop()
+        previous = torch.cat([torch.zeros_like(ids[:, :1]), ids[:, :-1]], dim=1)
+        return out + table((previous * 1000003 + ids) % buckets).to(out.dtype)
+
+    model.text.embeddings.register_forward_hook(add)
+
+
+def previous_token(x: torch.Tensor) -> torch.Tensor:
+    """[B, T, D] -> the state of the token before each one (zeros for the first)."""
+    return torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
+
+
 def scores(model, image: torch.Tensor, ids: torch.Tensor, shift_text: bool = False) -> torch.Tensor:
     """[B] ITM match log-odds; ``shift_text`` adds to each token of the text prefix the one before it."""
     mask = ids.ne(PAD).long()
     text = model.text_prefix(ids, mask)
     if shift_text:
-        text = text + torch.cat([torch.zeros_like(text[:, :1]), text[:, :-1]], dim=1)
+        text = text + previous_token(text)
     fused = model.fuse(None, ids, mask, image_prefix=image, text_prefix=text)
     return match_score(model.itm_logits(fused.cls_feats))
 
@@ -147,6 +173,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="one word for each (colour, shape) pair: binding without composing words")
     parser.add_argument("--shift-text", action="store_true",
                         help="add to each token entering the fused layers the token before it (\"star\" then carries \"red\")")
+    parser.add_argument("--bigram-buckets", type=int, default=0,
+                        help="add to each word embedding a learned embedding of (previous word, word), hashed into "
+                             "this many rows (0: none)")
+    parser.add_argument("--bigram-std", type=float, default=0.0, help="the bigram rows' initial std (0: zeros)")
+    parser.add_argument("--shift-embeddings", action="store_true",
+                        help="the same on the word embeddings, before the unfused text layers (whose MLPs can then "
+                             "make features of the pair)")
     parser.add_argument("--init", help="a trained model directory (RUN/stages/coarse/model): its weights, and "
                         "captions in its tokenizer's words")
     parser.add_argument("--seed", type=int, default=0)
@@ -176,6 +209,10 @@ def main(argv: list[str] | None = None) -> None:
     fused_params = [p for n, p in model.named_parameters() if not n.startswith("vision.")
                     or n.startswith(f"vision.stages.{len(model.config.vision.depths) - 1}.")]
     optimizer = torch.optim.AdamW(fused_params, lr=args.lr, weight_decay=0.01)
+    if args.bigram_buckets:
+        add_bigram_embeddings(model, args.bigram_buckets, args.bigram_std)
+    if args.shift_embeddings:
+        model.text.embeddings.register_forward_hook(lambda _module, _inputs, out: out + previous_token(out))
     recorder = TextToImageAttentionRecorder(model) if args.attention_align else contextlib.nullcontext()
     train_g, eval_g = torch.Generator().manual_seed(args.seed + 1), torch.Generator().manual_seed(12345)
     held_out = scenes.draw(args.eval_size, eval_g, args.negative)

@@ -58,9 +58,26 @@ def test_toy_scenes_bind_the_same_words_two_ways(load_bench):
 
 
 def test_the_toy_trains_and_reports(capsys, load_bench):
-    load_bench("fusion_binding_toy").main(["--steps", "2", "--eval-every", "2", "--eval-size", "16",
-                                           "--batch-size", "4", "--attention-align", "1"])
+    toy = load_bench("fusion_binding_toy")
+    toy.main(["--steps", "2", "--eval-every", "2", "--eval-size", "16", "--batch-size", "4", "--attention-align", "1"])
     assert "step 2: loss" in capsys.readouterr().out
+    toy.main(["--steps", "1", "--eval-every", "1", "--eval-size", "8", "--batch-size", "4", "--bigram-buckets", "64",
+              "--bigram-std", "1", "--shift-embeddings"])
+    assert "step 1: loss" in capsys.readouterr().out
+
+
+def test_bigram_rows_depend_on_the_word_before(load_bench):
+    """The same word after two different words is embedded differently, after the same word alike."""
+    from fibervl.modeling.factory import create_model
+
+    toy = load_bench("fusion_binding_toy")
+    model = create_model("fiber-tiny").eval()
+    toy.add_bigram_embeddings(model, 4096, std=1.0)
+    ids = torch.tensor([[0, 20, 30, 2], [0, 21, 30, 2], [0, 20, 30, 2]])
+    with torch.no_grad():
+        out = model.text.embeddings(ids)
+    assert not torch.allclose(out[0, 2], out[1, 2]) and torch.equal(out[0], out[2])
+    assert torch.equal(out[0, 0], out[1, 0])  # <s> has no word before it
 
 
 def test_composite_words_name_each_pair_in_one_token(load_bench):
