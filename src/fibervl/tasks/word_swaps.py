@@ -97,9 +97,9 @@ class WordSwapTable:
              ) -> tuple[torch.Tensor, torch.Tensor]:
         """One swapped caption per row: ``ids`` / ``mask [N, T]`` -> ``(swapped ids [N, T], group [N])``,
         ``group`` the index of the word group swapped, ``-1`` for a row with nothing to swap (it
-        comes back unchanged). The choices (which group,
-        which two places) come from ``generator``, three uniforms a row, drawn for all ``N`` rows
-        whatever is made: callers that draw for a global batch and keep their own rows choose alike.
+        comes back unchanged). The choices (which group, which two places) come from ``generator``,
+        three uniforms a row, drawn for all ``N`` rows whatever is made: callers that draw for a
+        global batch and keep their own rows choose alike.
         """
         n = ids.shape[0]
         draws = torch.rand((n, 3), generator=generator, device=ids.device, dtype=torch.float64).cpu().tolist()
