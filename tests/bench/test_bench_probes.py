@@ -4,26 +4,15 @@ bench/object_token_probe.py reads each object's token where the object is."""
 from __future__ import annotations
 
 import collections
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from fibervl.predict.processor import InputProcessor
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def load_bench(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_vqa_breakdown_scores_each_form_with_the_official_metric():
+def test_vqa_breakdown_scores_each_form_with_the_official_metric(load_bench):
     breakdown = load_bench("vqa_breakdown").breakdown
     annotations = [
         {"question_id": 1, "template": "color", "answers": [{"answer": "red"}] * 10},
@@ -46,7 +35,7 @@ class CellIndexTower:
         return torch.arange(16.0).repeat(pixels.shape[0], 1)[..., None].expand(-1, -1, 3)
 
 
-def test_object_token_probe_reads_the_cell_of_each_objects_centre(shapes_tiny):
+def test_object_token_probe_reads_the_cell_of_each_objects_centre(shapes_tiny, load_bench):
     probe = load_bench("object_token_probe")
     processor = InputProcessor(tokenizer=None, image_size=128, text_length=8)
     tokens, colours, shapes, counts = probe.object_tokens(CellIndexTower(), processor, shapes_tiny, "test", 5, False)
@@ -73,7 +62,7 @@ class StageTower(CellIndexTower):
         return [None, stage1, None]
 
 
-def test_object_token_probe_reads_a_chosen_stages_grid(shapes_tiny):
+def test_object_token_probe_reads_a_chosen_stages_grid(shapes_tiny, load_bench):
     probe = load_bench("object_token_probe")
     processor = InputProcessor(tokenizer=None, image_size=128, text_length=8)
     tokens = probe.object_tokens(StageTower(), processor, shapes_tiny, "test", 5, False, stage=1)[0]
@@ -85,7 +74,7 @@ def test_object_token_probe_reads_a_chosen_stages_grid(shapes_tiny):
     assert tokens[:, 0].tolist() == expected
 
 
-def test_linear_probe_learns_a_separable_attribute():
+def test_linear_probe_learns_a_separable_attribute(load_bench):
     probe = load_bench("object_token_probe")
     generator = torch.Generator().manual_seed(0)
     labels = ["red", "blue", "green"] * 100
@@ -99,7 +88,7 @@ def test_linear_probe_learns_a_separable_attribute():
     assert sum(probe.linear_probe(x[:240], shuffled[:240], x[240:], shuffled[240:])) < 40
 
 
-def test_detection_confusion_labels_each_object_by_its_best_overlapping_detection():
+def test_detection_confusion_labels_each_object_by_its_best_overlapping_detection(load_bench):
     probe = load_bench("detection_confusion")
     annotations = [
         {"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10]},
@@ -119,7 +108,7 @@ def test_detection_confusion_labels_each_object_by_its_best_overlapping_detectio
     assert own == [0.4] and sorted(elsewhere) == [0.7, 0.8]
 
 
-def test_retrieval_misses_counts_wrong_picks_of_an_image_with_the_same_objects():
+def test_retrieval_misses_counts_wrong_picks_of_an_image_with_the_same_objects(load_bench):
     probe = load_bench("retrieval_misses")
     # three images; image 1 shows what image 0 shows; texts 0-2 belong to images 0-2
     contents = [(("red", "star"),), (("red", "star"),), (("blue", "circle"),)]
@@ -135,7 +124,7 @@ def test_retrieval_misses_counts_wrong_picks_of_an_image_with_the_same_objects()
     assert counts["same_objects"] == 0 and counts["right_or_same"] == pytest.approx(100 / 3)
 
 
-def test_retrieval_misses_reads_each_images_coloured_shapes(shapes_tiny):
+def test_retrieval_misses_reads_each_images_coloured_shapes(shapes_tiny, load_bench):
     probe = load_bench("retrieval_misses")
     coco = json.loads((shapes_tiny / "detection" / "instances_test.json").read_text())
     names = {c["id"]: c["name"] for c in coco["categories"]}
@@ -146,7 +135,7 @@ def test_retrieval_misses_reads_each_images_coloured_shapes(shapes_tiny):
     assert got == [tuple(objects), None]
 
 
-def test_ridge_r2_reads_a_linear_target_and_not_an_independent_one():
+def test_ridge_r2_reads_a_linear_target_and_not_an_independent_one(load_bench):
     ridge_r2 = load_bench("fusion_attention_probe").ridge_r2
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(600, 10, generator=generator)
@@ -157,7 +146,7 @@ def test_ridge_r2_reads_a_linear_target_and_not_an_independent_one():
     assert (ridge_r2(x[:500], noise[:500], x[500:], noise[500:]) < 0.1).all()
 
 
-def test_fusion_attention_probe_keeps_phrases_that_ground_one_box(shapes_tiny):
+def test_fusion_attention_probe_keeps_phrases_that_ground_one_box(shapes_tiny, load_bench):
     probe = load_bench("fusion_attention_probe")
     items = probe.single_object_phrases(shapes_tiny, "val", 1000)
     coco = json.loads((shapes_tiny / "mdetr_annotations" / "final_shapes_grounding_val.json").read_text())
@@ -172,7 +161,7 @@ def test_fusion_attention_probe_keeps_phrases_that_ground_one_box(shapes_tiny):
     assert len(items) == sum(1 for (image_id, spans), n in many.items() if n == 1 and len(spans) == 1)
 
 
-def test_vqa_readout_probe_reads_the_chosen_templates_of_a_split(shapes_tiny):
+def test_vqa_readout_probe_reads_the_chosen_templates_of_a_split(shapes_tiny, load_bench):
     probe = load_bench("vqa_readout_probe")
     rows = probe.questions(shapes_tiny, "train", {"color", "side"}, 3)
     annotations = json.loads((shapes_tiny / "vqa" / "v2_shapes_train_annotations.json").read_text())["annotations"]
@@ -182,7 +171,7 @@ def test_vqa_readout_probe_reads_the_chosen_templates_of_a_split(shapes_tiny):
         assert image.is_file() and question.endswith("?") and answer
 
 
-def test_relation_probe_compares_two_places_that_a_pooled_readout_loses():
+def test_relation_probe_compares_two_places_that_a_pooled_readout_loses(load_bench):
     """Two marked tokens of a 4x4 grid, A (channel 0) and B (channel 1): is A left of B? The
     relation network, which sees each pair of tokens with its places, learns it; an MLP on the
     max over the grid, which keeps that both are there but not where, stays near the majority
