@@ -73,7 +73,7 @@ def test_an_article_agrees_with_the_word_moved_after_it(tokenizer, table):
 def test_a_group_that_cannot_be_spelled_gives_way_to_one_that_can(tokenizer, table):
     """"green" is no single token without its leading space: opening a caption, it cannot take the
     place of "red", so the shapes trade instead, whatever group is drawn first."""
-    assert table.token[table.words.index("green"), 1] == -1
+    assert table.token[table.words.index("green")][1] == -1
     for seed in range(10):
         (text,), _ = swap_texts(tokenizer, table, ["red star and a green ring"], seed)
         assert text == "red ring and a green star"

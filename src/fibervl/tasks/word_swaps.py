@@ -34,21 +34,19 @@ NO_WORD = -1
 
 @dataclass(frozen=True)
 class WordSwapTable:
-    """Token-level form of the word groups.
+    """Token-level form of the word groups, as plain lookups (a caption is edited word by word).
 
-    ``member [V]``: for each token id, the index of the word it spells (``-1``: none);
-    ``form [V]``: 0 for the spaced form, 1 for the bare one; ``token [W, 2]``: the token of word
-    ``w`` in each form (``-1`` where that form is not one token); ``group [W]``: each word's group;
-    ``group_size [G]``; ``articles``: token id -> its form (0, 1) and whether it is "an", for the
-    single-token forms of "a" / "an".
+    ``words``: every word; ``group [W]``: each word's group; ``group_size [G]``; ``token [W]``: the
+    token of each word in its spaced and bare form (``-1`` where that form is not one token);
+    ``word_of``: token id -> (word, form: 0 spaced, 1 bare); ``articles``: token id -> (form, is
+    "an") for the single-token forms of "a" / "an", ``article_token`` the reverse.
     """
 
-    member: torch.Tensor
-    form: torch.Tensor
-    token: torch.Tensor
-    group: torch.Tensor
-    group_size: torch.Tensor
     words: tuple[str, ...]
+    group: tuple[int, ...]
+    group_size: tuple[int, ...]
+    token: tuple[tuple[int, int], ...]
+    word_of: dict[int, tuple[int, int]]
     articles: dict[int, tuple[int, bool]]
     article_token: dict[tuple[int, bool], int]
 
@@ -73,25 +71,22 @@ class WordSwapTable:
                                      f"({tokenizer.encode(' ' + w)[0]!r} with a leading space); use words of its vocabulary")
                 words.append(w)
                 group_of.append(g)
-                tokens.append([spaced, NO_WORD if bare is None else bare])
-        vocab = tokenizer.vocab_size
-        member = torch.full((vocab,), NO_WORD, dtype=torch.long)
-        form = torch.zeros(vocab, dtype=torch.long)
+                tokens.append((spaced, NO_WORD if bare is None else bare))
+        word_of = {}
         for w, (spaced, bare) in enumerate(tokens):
-            member[spaced], form[spaced] = w, 0
+            word_of[spaced] = (w, 0)
             if bare != NO_WORD:
-                member[bare], form[bare] = w, 1
-        group = torch.tensor(group_of, dtype=torch.long)
+                word_of[bare] = (w, 1)
         article_token = {}
         for is_an, text in ((False, "a"), (True, "an")):
             for spelling, text_form in ((0, " " + text), (1, text)):
                 tok = _single_token(tokenizer, text_form)
                 if tok is not None:
                     article_token[(spelling, is_an)] = tok
-        articles = {tok: key for key, tok in article_token.items()}
-        return cls(member=member, form=form, token=torch.tensor(tokens, dtype=torch.long), group=group,
-                   group_size=torch.bincount(group, minlength=len(groups)), words=tuple(words),
-                   articles=articles, article_token=article_token)
+        return cls(words=tuple(words), group=tuple(group_of),
+                   group_size=tuple(group_of.count(g) for g in range(len(groups))), token=tuple(tokens),
+                   word_of=word_of, articles={tok: key for key, tok in article_token.items()},
+                   article_token=article_token)
 
     def swap(self, ids: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None
              ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,15 +98,11 @@ class WordSwapTable:
         """
         n = ids.shape[0]
         draws = torch.rand((n, 3), generator=generator, device=ids.device, dtype=torch.float64).cpu().tolist()
-        member = self.member.to(ids.device)[ids.clamp(0, self.member.numel() - 1)]
-        member = member.masked_fill(~mask.bool(), NO_WORD).cpu().tolist()
         out = ids.clone()
         swapped_group = torch.full((n,), NO_WORD, dtype=torch.long)
-        group, group_size, token, form = (self.group.tolist(), self.group_size.tolist(), self.token.tolist(),
-                                          self.form.tolist())
-        rows = ids.cpu().tolist()
-        for r in range(n):
-            g, edits = self._edit_row(rows[r], member[r], draws[r], group, group_size, token, form)
+        for r, (row, real) in enumerate(zip(ids.cpu().tolist(), mask.bool().cpu().tolist())):
+            member = [self.word_of.get(t, (NO_WORD, 0))[0] if keep else NO_WORD for t, keep in zip(row, real)]
+            g, edits = self._edit_row(row, member, draws[r])
             for place, new_token in edits:
                 out[r, place] = new_token
             swapped_group[r] = g if edits else NO_WORD
@@ -126,7 +117,7 @@ class WordSwapTable:
             if article is None:
                 continue
             spelling, is_an = article
-            wants_an = self.words[int(self.member[new_token])][0] in "aeiou"
+            wants_an = self.words[self.word_of[new_token][0]][0] in "aeiou"
             if wants_an == is_an:
                 continue
             if (spelling, wants_an) not in self.article_token:
@@ -134,44 +125,44 @@ class WordSwapTable:
             out.append((place - 1, self.article_token[(spelling, wants_an)]))
         return out
 
-    def _edit_row(self, row, member, draw, group, group_size, token, form) -> tuple[int, list[tuple[int, int]]]:
-        """``(group, [(place, new token)])`` for one caption; no edits where nothing swaps."""
+    def _edit_row(self, row: list[int], member: list[int], draw: list[float]) -> tuple[int, list[tuple[int, int]]]:
+        """``(group, [(place, new token)])`` for one caption (``member``: each place's word, or
+        ``-1``); no edits where nothing swaps."""
         places_by_group: dict[int, list[int]] = {}
         for place, w in enumerate(member):
             if w != NO_WORD:
-                places_by_group.setdefault(group[w], []).append(place)
+                places_by_group.setdefault(self.group[w], []).append(place)
         options = []
         for g, places in places_by_group.items():
             present = {member[p] for p in places}
-            if len(present) >= 2 or group_size[g] == 2:
+            if len(present) >= 2 or self.group_size[g] == 2:
                 options.append(g)
         # The drawn group first; should its words lack the spelling a place needs (a bare form that
         # is no single token), the next group that can be spelled.
         first = int(draw[0] * len(options)) if options else 0
         for g in options[first:] + options[:first]:
-            edits = _group_edits(row, member, draw, places_by_group[g], g, group, token, form)
+            edits = self._group_edits(row, member, draw, places_by_group[g], g)
             articles = self._agreeing_articles(row, edits) if all(t != NO_WORD for _, t in edits) else None
             if articles is not None:
                 return g, edits + articles
         return NO_WORD, []
 
+    def _group_edits(self, row, member, draw, places, g) -> list[tuple[int, int]]:
+        """The edits of one group's swap (or antonym replacement); ``NO_WORD`` tokens where a word
+        lacks the spelling its new place needs."""
 
-def _group_edits(row, member, draw, places, g, group, token, form) -> list[tuple[int, int]]:
-    """The edits of one group's swap (or antonym replacement); ``NO_WORD`` tokens where a word
-    lacks the spelling its new place needs."""
+        def respelled(place: int, word: int) -> int:  # ``word`` in the form the caption has at ``place``
+            return self.token[word][self.word_of[row[place]][1]]
 
-    def respelled(place: int, word: int) -> int:  # ``word`` in the form the caption has at ``place``
-        return token[word][form[row[place]]]
-
-    if len({member[p] for p in places}) >= 2:
-        a = places[int(draw[1] * len(places))]
-        others = [p for p in places if member[p] != member[a]]
-        b = others[int(draw[2] * len(others))]
-        return [(a, respelled(a, member[b])), (b, respelled(b, member[a]))]
-    # an antonym pair with one of its words present: every occurrence becomes the other
-    word = member[places[0]]
-    other = next(w for w in range(len(group)) if group[w] == g and w != word)
-    return [(p, respelled(p, other)) for p in places]
+        if len({member[p] for p in places}) >= 2:
+            a = places[int(draw[1] * len(places))]
+            others = [p for p in places if member[p] != member[a]]
+            b = others[int(draw[2] * len(others))]
+            return [(a, respelled(a, member[b])), (b, respelled(b, member[a]))]
+        # an antonym pair with one of its words present: every occurrence becomes the other
+        word = member[places[0]]
+        other = next(w for w in range(len(self.words)) if self.group[w] == g and w != word)
+        return [(p, respelled(p, other)) for p in places]
 
 
 def _single_token(tokenizer, text: str) -> int | None:
