@@ -36,9 +36,8 @@ def split_captions(root: Path, split: str) -> list[tuple[Path, str]]:
 
 
 @torch.no_grad()
-def match_scores(model, processor, images: list, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """[N] ITM log-odds of a match for each (image, text)."""
-    pixels = processor.images(images).pixels
+def match_scores(model, pixels: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[N] ITM log-odds of a match for each (image ``pixels [N, 3, S, S]``, text)."""
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = model.itm_logits(model.fuse(pixels, ids, mask).cls_feats).float()
     return logits[:, 1] - logits[:, 0]
@@ -62,13 +61,13 @@ def main(argv: list[str] | None = None) -> None:
         chunk = rows[k:k + args.batch_size]
         text = processor.text([caption for _, caption in chunk])
         swapped, group = table.swap(text.input_ids, text.attention_mask, generator)
-        images = [processor.open(str(path)) for path, _ in chunk]
-        true = match_scores(model, processor, images, text.input_ids, text.attention_mask)
+        pixels = processor.images([processor.open(str(path)) for path, _ in chunk]).pixels
+        true = match_scores(model, pixels, text.input_ids, text.attention_mask)
         true_matches += int((true > 0).sum())
         keep = (group >= 0).nonzero().squeeze(1).tolist()
         if not keep:
             continue
-        false = match_scores(model, processor, [images[i] for i in keep], swapped[keep], text.attention_mask[keep])
+        false = match_scores(model, pixels[keep], swapped[keep], text.attention_mask[keep])
         for i, score in zip(keep, false.tolist()):
             name = GROUP_NAMES[int(group[i])]
             counts[name] += 1
