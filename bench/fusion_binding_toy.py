@@ -1,7 +1,7 @@
 """Can a model's fusion learn to bind words to objects, on inputs that make it the only thing to learn?
 
     python bench/fusion_binding_toy.py [--preset fiber-tiny] [--steps 1500] [--lr 3e-4] [--negative replace]
-        [--composite] [--shift-text] [--shift-embeddings] [--bigram-buckets 4096 --bigram-std 1] [--attention-align 1]
+        [--composite] [--shift-text] [--shift-embeddings] [--bigram-buckets 4096 [--bigram-std 0.02]] [--attention-align 1]
         [--override text.num_heads=8] [--init MODEL_DIR]
 
 The image prefix (what enters the first fused block) is synthetic: a grid of noise in which two
@@ -17,7 +17,8 @@ Variants: ``--negative replace`` (a colour the image lacks: recognition, the con
 ``--composite`` (one word per (colour, shape) pair: nothing for the text side to compose);
 ``--shift-text`` (each token entering the fused layers gets the one before it added);
 ``--shift-embeddings`` (the same on the word embeddings, below the unfused text layers);
-``--bigram-buckets N`` (a learned embedding of each (previous word, word), hashed into N rows);
+``--bigram-buckets N`` (the model's ``text.bigram_buckets``: a learned embedding of each
+(previous word, word), hashed into N rows drawn at std 1, or ``--bigram-std``);
 ``--attention-align W`` (each shape word's text-to-image attention is asked onto its object);
 ``--override KEY=VALUE`` (a model config field); ``--init RUN/stages/coarse/model`` (a trained
 model, the captions spelled in its tokenizer's words). Results: docs/results.md.
@@ -108,24 +109,6 @@ def changed(config, key: str, value):
     return dataclasses.replace(config, **{head: changed(getattr(config, head), rest, value)})
 
 
-def add_bigram_embeddings(model, buckets: int, std: float) -> None:
-    """Give ``model``'s text embeddings a learned row for each (previous id, id), hashed into
-    ``buckets`` rows and added to the word's embedding; rows drawn with ``std`` (0: zeros, the model
-    starts as it was)."""
-    table = torch.nn.Embedding(buckets, model.config.text.hidden_size)
-    torch.nn.init.normal_(table.weight, std=std) if std else torch.nn.init.zeros_(table.weight)
-    model.text.bigram_embeddings = table
-    current_ids: list[torch.Tensor] = []
-    model.text.embeddings.register_forward_pre_hook(lambda _module, inputs: current_ids.append(inputs[0]))
-
-    def add(_module, _inputs, out):
-        ids = current_ids.pop()
-        previous = torch.cat([torch.zeros_like(ids[:, :1]), ids[:, :-1]], dim=1)
-        return out + table((previous * 1000003 + ids) % buckets).to(out.dtype)
-
-    model.text.embeddings.register_forward_hook(add)
-
-
 def previous_token(x: torch.Tensor) -> torch.Tensor:
     """[B, T, D] -> the state of the token before each one (zeros for the first)."""
     return torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
@@ -174,9 +157,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shift-text", action="store_true",
                         help="add to each token entering the fused layers the token before it (\"star\" then carries \"red\")")
     parser.add_argument("--bigram-buckets", type=int, default=0,
-                        help="add to each word embedding a learned embedding of (previous word, word), hashed into "
-                             "this many rows (0: none)")
-    parser.add_argument("--bigram-std", type=float, default=0.0, help="the bigram rows' initial std (0: zeros)")
+                        help="the model's text.bigram_buckets: a learned embedding of (previous word, word), hashed "
+                             "into this many rows, added to each word's (0: none)")
+    parser.add_argument("--bigram-std", type=float, default=1.0,
+                        help="the bigram rows' initial std (the model draws them at 1; 0: zeros)")
     parser.add_argument("--shift-embeddings", action="store_true",
                         help="the same on the word embeddings, before the unfused text layers (whose MLPs can then "
                              "make features of the pair)")
@@ -194,10 +178,12 @@ def main(argv: list[str] | None = None) -> None:
         key, value = item.split("=", 1)
         overrides[key] = yaml.safe_load(value)
         config = changed(config, key, overrides[key])
+    if args.bigram_buckets:
+        config = changed(config, "text.bigram_buckets", args.bigram_buckets)
     tokenizer = None
     if args.init:
-        if args.override or args.composite:
-            parser.error("--init takes the model as it is: no --override or --composite")
+        if args.override or args.composite or args.bigram_buckets:
+            parser.error("--init takes the model as it is: no --override, --composite or --bigram-buckets")
         model, processor = fibervl.load(args.init, task="retrieval")
         model.train()
         tokenizer = processor.tokenizer
@@ -209,8 +195,9 @@ def main(argv: list[str] | None = None) -> None:
     fused_params = [p for n, p in model.named_parameters() if not n.startswith("vision.")
                     or n.startswith(f"vision.stages.{len(model.config.vision.depths) - 1}.")]
     optimizer = torch.optim.AdamW(fused_params, lr=args.lr, weight_decay=0.01)
-    if args.bigram_buckets:
-        add_bigram_embeddings(model, args.bigram_buckets, args.bigram_std)
+    if args.bigram_buckets and args.bigram_std != 1.0:
+        with torch.no_grad():
+            model.text.embeddings.bigram.weight.normal_(std=args.bigram_std).mul_(bool(args.bigram_std))
     if args.shift_embeddings:
         model.text.embeddings.register_forward_hook(lambda _module, _inputs, out: out + previous_token(out))
     recorder = TextToImageAttentionRecorder(model) if args.attention_align else contextlib.nullcontext()

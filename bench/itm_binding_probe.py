@@ -21,10 +21,9 @@ from pathlib import Path
 import torch
 
 import fibervl
-from fibervl.data.shapes.vocab import COLOR_NAMES, SHAPES
+from fibervl.data.shapes.vocab import SWAP_GROUPS
 from fibervl.tasks.word_swaps import WordSwapTable
 
-SHAPES_SWAP_WORDS = [list(COLOR_NAMES), list(SHAPES), ["small", "large"], ["left", "right"], ["above", "below"]]
 GROUP_NAMES = ["colour", "shape", "size", "left/right", "above/below"]
 
 
@@ -52,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     model, processor = fibervl.load(args.model, task="retrieval")
-    table = WordSwapTable.from_words(SHAPES_SWAP_WORDS, processor.tokenizer)
+    table = WordSwapTable.from_words([list(g) for g in SWAP_GROUPS], processor.tokenizer)
     rows = split_captions(args.data, args.split)
     wins, counts = collections.Counter(), collections.Counter()
     true_matches = 0

@@ -123,7 +123,14 @@ class SwinConfig:
 
 @dataclass
 class TextConfig:
-    """The text backbone (RoBERTa-style: learned positions offset by the padding id)."""
+    """The text backbone (RoBERTa-style: learned positions offset by the padding id).
+
+    ``bigram_buckets`` > 0 gives each token a learned embedding of (previous token, token) as well,
+    hashed into that many rows drawn at unit scale (``modeling.text.BigramEmbeddings``; 0, none, in
+    every preset). Without it fiber-tiny's fusion, trained from scratch, tells which words a caption
+    names but not which goes with which ("a red star and a blue ring" against "a blue star and a red
+    ring"); with 4096 rows and the coarse stage's word-swap term it does (docs/results.md, binding).
+    """
 
     vocab_size: int = 50265
     hidden_size: int = 768
@@ -139,6 +146,7 @@ class TextConfig:
     layer_norm_eps: float = 1e-5
     dropout: float = 0.1
     max_text_len: int = 40
+    bigram_buckets: int = 0
 
 
 @dataclass
@@ -315,6 +323,8 @@ class FiberConfig(SerializableConfig):
                                   f"detection.channels={d.channels} (the head fusion attends at the pyramid width)")
         if t.max_text_len + t.pad_token_id + 1 > t.max_position_embeddings:
             raise ConfigError("text.max_text_len does not fit text.max_position_embeddings")
+        if isinstance(t.bigram_buckets, bool) or not isinstance(t.bigram_buckets, int) or t.bigram_buckets < 0:
+            raise ConfigError(f"text.bigram_buckets must be a whole number >= 0 (0: none), got {t.bigram_buckets!r}")
 
     # ---- fusion layout -------------------------------------------------------------------
     def fused_blocks(self) -> list[tuple[int, int]]:

@@ -5,21 +5,24 @@ from __future__ import annotations
 
 import torch
 
+from fibervl.data.shapes.vocab import SWAP_GROUPS
 from fibervl.data.tokenizer import Tokenizer
 from fibervl.modeling.factory import create_model, fit_to_tokenizer, preset_config
 
 
 def test_every_swap_word_is_one_token_of_a_shapes_sets_tokenizer(shapes_tiny, load_bench):
+    """The shapes set's swap groups (the main job's coarse stage and the probe use them) are
+    single tokens of its tokenizer, and a swap changes those words alone."""
     probe = load_bench("itm_binding_probe")
     tokenizer = Tokenizer.from_pretrained(shapes_tiny / "tokenizer")
-    table = probe.WordSwapTable.from_words(probe.SHAPES_SWAP_WORDS, tokenizer)  # raises for a word it cannot find
+    table = probe.WordSwapTable.from_words([list(g) for g in SWAP_GROUPS], tokenizer)  # raises for a word it cannot find
     rows = probe.split_captions(shapes_tiny, "val")
     assert rows and all(path.is_file() for path, _ in rows)
     batch = tokenizer([caption for _, caption in rows], max_length=40)
     swapped, group = table.swap(batch.input_ids, batch.attention_mask, torch.Generator().manual_seed(0))
     made = group >= 0
     assert made.float().mean() > 0.3  # every caption naming two colours or two shapes
-    swap_words = {w for group in probe.SHAPES_SWAP_WORDS for w in group} | {"a", "an"}
+    swap_words = {w for group in SWAP_GROUPS for w in group} | {"a", "an"}
     for row in made.nonzero().squeeze(1).tolist():
         before, after = rows[row][1].split(), tokenizer.decode(swapped[row]).split()
         changed = [(b, a) for b, a in zip(before, after) if b != a]
@@ -62,22 +65,8 @@ def test_the_toy_trains_and_reports(capsys, load_bench):
     toy.main(["--steps", "2", "--eval-every", "2", "--eval-size", "16", "--batch-size", "4", "--attention-align", "1"])
     assert "step 2: loss" in capsys.readouterr().out
     toy.main(["--steps", "1", "--eval-every", "1", "--eval-size", "8", "--batch-size", "4", "--bigram-buckets", "64",
-              "--bigram-std", "1", "--shift-embeddings"])
+              "--bigram-std", "0", "--shift-embeddings"])
     assert "step 1: loss" in capsys.readouterr().out
-
-
-def test_bigram_rows_depend_on_the_word_before(load_bench):
-    """The same word after two different words is embedded differently, after the same word alike."""
-    from fibervl.modeling.factory import create_model
-
-    toy = load_bench("fusion_binding_toy")
-    model = create_model("fiber-tiny").eval()
-    toy.add_bigram_embeddings(model, 4096, std=1.0)
-    ids = torch.tensor([[0, 20, 30, 2], [0, 21, 30, 2], [0, 20, 30, 2]])
-    with torch.no_grad():
-        out = model.text.embeddings(ids)
-    assert not torch.allclose(out[0, 2], out[1, 2]) and torch.equal(out[0], out[2])
-    assert torch.equal(out[0, 0], out[1, 0])  # <s> has no word before it
 
 
 def test_composite_words_name_each_pair_in_one_token(load_bench):

@@ -83,6 +83,21 @@ def test_text_encoder_matches_pytorch_at_any_batch_and_length(dual):
     assert abs(padded - alone).max() < TOL
 
 
+def test_text_encoder_with_bigram_embeddings_matches_pytorch(tmp_path):
+    """The hashed (previous token, token) rows export too (the hash is integer arithmetic in the graph)."""
+    import dataclasses
+
+    tiny = get_preset("fiber-tiny")
+    torch.manual_seed(0)
+    model = FiberModel(tiny.replace(text=dataclasses.replace(tiny.text, bigram_buckets=512))).eval()
+    path = export_onnx(model, "text", tmp_path / "text.onnx")
+    ids, mask = example_inputs(model, "text", 3, 17, 128, seed=3)
+    with torch.no_grad():
+        expected = model.encode_text(ids, mask).numpy()
+    got = _session(path).run(["embedding"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+    assert abs(got - expected).max() < TOL
+
+
 def test_files_carry_their_metadata(dual):
     import onnx
 

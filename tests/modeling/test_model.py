@@ -181,6 +181,32 @@ def test_fusion_gates_start_at_the_configured_value():
     assert get_preset("fiber-tiny").fusion.alpha_init == 1.0 and get_preset("fiber-base").fusion.alpha_init == 0.0
 
 
+def test_bigram_embeddings_start_at_unit_scale_and_load_from_older_configs():
+    """Bigram rows are drawn at std 1 (the model's std-0.02 init of embeddings must not shrink
+    them: drawn small they do not let the fusion bind words, docs/results.md) and are saved with
+    the model; no preset has them; a config saved before the field existed loads without them."""
+    import dataclasses
+
+    from fibervl.config import PRESETS, FiberConfig
+    from fibervl.errors import ConfigError
+
+    micro = micro_config()
+    cfg = micro.replace(text=dataclasses.replace(micro.text, bigram_buckets=256))
+    torch.manual_seed(0)
+    model = FiberModel(cfg)
+    rows = model.text.embeddings.bigram.weight
+    assert rows.shape == (256, cfg.text.hidden_size) and 0.9 < float(rows.std()) < 1.1
+    assert "text.embeddings.bigram.weight" in model.state_dict()
+    assert all(make().text.bigram_buckets == 0 for make in PRESETS.values())
+    assert FiberModel(micro).text.embeddings.bigram is None
+    saved = cfg.to_dict()
+    del saved["text"]["bigram_buckets"]
+    assert FiberConfig.from_dict(saved).text.bigram_buckets == 0
+    saved["text"]["bigram_buckets"] = -1
+    with pytest.raises(ConfigError, match="bigram_buckets"):
+        FiberConfig.from_dict(saved)
+
+
 @torch.no_grad()
 def test_max_image_pooling_keeps_a_small_bright_region(batch):
     """image_pooling="max": one token's feature survives pooling (a mean over N tokens divides it by N);

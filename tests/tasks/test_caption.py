@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -17,10 +18,12 @@ from fibervl.testing.models import set_fusion_gates
 BOS, PAD, EOS, MASK = 0, 1, 2, 99
 
 
-def _active_model(seed: int = 1, eos_bias: float = 1.5) -> FiberModel:
+def _active_model(seed: int = 1, eos_bias: float = 1.5, bigram_buckets: int = 0) -> FiberModel:
     """A micro model with fusion switched on and weights spread enough for varied captions."""
     torch.manual_seed(0)
-    model = FiberModel(micro_config()).eval()
+    cfg = micro_config()
+    cfg = cfg.replace(text=dataclasses.replace(cfg.text, bigram_buckets=bigram_buckets))
+    model = FiberModel(cfg).eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -39,8 +42,9 @@ def _image_tokens(model, n: int = 4, seed: int = 2) -> torch.Tensor:
         return model.caption_image(torch.randn(n, 3, 64, 64, generator=g))
 
 
-def test_cached_steps_match_full_sequence_logits():
-    model = _active_model()
+@pytest.mark.parametrize("bigram_buckets", [0, 64])
+def test_cached_steps_match_full_sequence_logits(bigram_buckets):
+    model = _active_model(bigram_buckets=bigram_buckets)
     assert all(layer.t2i is None or layer.t2i.alpha.item() != 0 for layer in model.text.layers)
     image = _image_tokens(model, 2)
     g = torch.Generator().manual_seed(3)
@@ -76,9 +80,25 @@ def test_cache_positions_follow_roberta_rule():
     torch.testing.assert_close(step[:, 0], full[:, 3])
 
 
-@pytest.mark.parametrize("beam_size,length_penalty", [(1, 1.0), (3, 1.0), (3, 0.0), (4, 2.0)])
-def test_cached_and_recomputed_decoding_agree(beam_size, length_penalty):
-    model = _active_model()
+def test_cached_bigram_embeddings_take_the_previous_token():
+    """With bigram embeddings a token's embedding depends on the token before it: a cached step
+    given that token equals the full text, and the same token after another one differs."""
+    emb = _active_model(bigram_buckets=64).text.embeddings
+    ids = torch.tensor([[BOS, 5, 6, 7], [BOS, 8, 6, 7]])
+    with torch.no_grad():
+        full = emb(ids)
+        step = emb(ids[:, 2:], past_real=torch.tensor([2, 2]), previous=ids[:, 1])
+        without_previous = emb(ids[:, 2:], past_real=torch.tensor([2, 2]))
+    torch.testing.assert_close(step, full[:, 2:])
+    assert not torch.allclose(full[0, 2], full[1, 2])  # "6" after "5" is not "6" after "8"
+    torch.testing.assert_close(full[0, 3], full[1, 3])  # "7" after "6" in both
+    assert not torch.allclose(without_previous[:, 0], full[:, 2])
+
+
+@pytest.mark.parametrize("beam_size,length_penalty,bigram_buckets",
+                         [(1, 1.0, 0), (3, 1.0, 0), (3, 0.0, 0), (4, 2.0, 0), (1, 1.0, 64), (3, 1.0, 64)])
+def test_cached_and_recomputed_decoding_agree(beam_size, length_penalty, bigram_buckets):
+    model = _active_model(bigram_buckets=bigram_buckets)
     image = _image_tokens(model)
     kw = dict(beam_size=beam_size, max_length=10, length_penalty=length_penalty, banned_ids=(5,))
     cached = generate(model, image, DecodeConfig(**kw), BOS, EOS, PAD, (MASK,))

@@ -60,11 +60,14 @@ class CaptionCache:
     self_kv: per text layer, self-attention keys/values [B, heads, P, d] of the P tokens fed so
         far (None before the first step).
     real: [B] int64, real (non-pad) tokens fed so far, for the RoBERTa positions of the next ones.
+    last: [B] int64, the last token fed, for the bigram embeddings; before the first, the pad id
+        (what the bigram embeddings put before a text's first token).
     """
 
     image_kv: list[tuple[torch.Tensor, torch.Tensor] | None]
     self_kv: list[tuple[torch.Tensor, torch.Tensor] | None]
     real: torch.Tensor
+    last: torch.Tensor
 
     @property
     def length(self) -> int:
@@ -80,7 +83,8 @@ class CaptionCache:
             return None if kv is None else (kv[0].index_select(0, index), kv[1].index_select(0, index))
 
         image_kv = self.image_kv if same_images else [pick(kv) for kv in self.image_kv]
-        return CaptionCache(image_kv, [pick(kv) for kv in self.self_kv], self.real.index_select(0, index))
+        return CaptionCache(image_kv, [pick(kv) for kv in self.self_kv], self.real.index_select(0, index),
+                            self.last.index_select(0, index))
 
     def repeat_interleave(self, n: int) -> "CaptionCache":
         """Each row n times in a row (e.g. one per beam): [B, ...] -> [B * n, ...]."""
@@ -501,7 +505,7 @@ class FiberModel(HeadLogits, nn.Module):
             image = proj[str(i)](image_tokens) if str(i) in proj else image_tokens
             image_kv.append(layer.t2i.image_kv(image))
         real = torch.zeros(image_tokens.shape[0], dtype=torch.long, device=image_tokens.device)
-        return CaptionCache(image_kv, [None] * len(self.text.layers), real)
+        return CaptionCache(image_kv, [None] * len(self.text.layers), real, torch.full_like(real, self.text.embeddings.pad_id))
 
     def caption_step(self, input_ids: torch.Tensor, cache: CaptionCache) -> tuple[torch.Tensor, CaptionCache]:
         """Feed S new tokens ``input_ids`` [B, S] after those in ``cache``; each costs one
@@ -511,14 +515,14 @@ class FiberModel(HeadLogits, nn.Module):
         and the extended cache. Equals ``mlm_logits(caption_features(image, all_ids))[:, -1]``
         with no attention mask (a pad fed here is attended to, as it is there).
         """
-        x = self.text.embeddings(input_ids, past_real=cache.real)
+        x = self.text.embeddings(input_ids, past_real=cache.real, previous=cache.last)
         self_kv = []
         for layer, past, image_kv in zip(self.text.layers, cache.self_kv, cache.image_kv):
             x, kv = layer.step(x, past, image_kv)
             self_kv.append(kv)
         real = cache.real + input_ids.ne(self.text.embeddings.pad_id).sum(dim=1)
         logits = self.mlm_logits(self.cross_modal.text_transform(x[:, -1]))
-        return logits, CaptionCache(cache.image_kv, self_kv, real)
+        return logits, CaptionCache(cache.image_kv, self_kv, real, input_ids[:, -1])
 
     def _require_caption(self) -> None:
         if "caption" not in self.config.heads:

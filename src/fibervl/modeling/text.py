@@ -11,8 +11,37 @@ from .fusion import TextToImageAttention
 from .layers import merge_heads, split_heads
 
 
+class BigramEmbeddings(nn.Module):
+    """A learned vector for each (previous token, token) pair, hashed into ``buckets`` rows.
+
+    It makes "star" after "red" a token of its own before any layer has composed the two. The rows
+    are drawn at std 1, the scale of the normalised embeddings they are added to: drawn small (0 or
+    0.02) they leave a fusion trained from scratch unable to bind words to the object they describe,
+    drawn at unit scale the random conjunctive signal breaks that symmetry (docs/results.md,
+    binding). A plain parameter, so the model's BERT-style init of ``nn.Embedding`` leaves it alone.
+    """
+
+    # Odd and larger than any vocabulary, so (previous, token) -> previous * M + token is one-to-one
+    # before the modulo.
+    MULTIPLIER = 1_000_003
+
+    def __init__(self, buckets: int, dim: int, start_id: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(buckets, dim))
+        self.start_id = start_id
+
+    def forward(self, input_ids: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids [B, T] int64 -> [B, T, D]. ``previous`` [B]: the token before the first of
+        these (incremental decoding); None: they start the text (the first has ``start_id`` before it)."""
+        if previous is None:
+            previous = input_ids.new_full((input_ids.shape[0],), self.start_id)
+        before = torch.cat([previous[:, None], input_ids[:, :-1]], dim=1)
+        return F.embedding((before * self.MULTIPLIER + input_ids) % self.weight.shape[0], self.weight)
+
+
 class TextEmbeddings(nn.Module):
-    """Word + position + token-type embeddings, LayerNorm, dropout.
+    """Word + position + token-type embeddings, LayerNorm, then (``bigram_buckets`` > 0) the
+    hashed bigram embeddings, dropout.
 
     Positions follow fairseq/RoBERTa: real tokens get ``pad_id + 1, pad_id + 2, ...`` and padding
     gets ``pad_id``, whatever the attention mask says.
@@ -25,18 +54,25 @@ class TextEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size, padding_idx=cfg.pad_token_id)
         self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.bigram = BigramEmbeddings(cfg.bigram_buckets, cfg.hidden_size, cfg.pad_token_id) if cfg.bigram_buckets else None
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, input_ids: torch.Tensor, past_real: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, T] int64 -> [B, T, D]. ``past_real`` [B]: real tokens already embedded before these
-        (incremental decoding), so positions continue where the earlier call stopped."""
+    def forward(
+        self, input_ids: torch.Tensor, past_real: torch.Tensor | None = None, previous: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """[B, T] int64 -> [B, T, D]. Incremental decoding passes what came before these tokens:
+        ``past_real`` [B], the real tokens already embedded, so positions continue where the earlier
+        call stopped, and ``previous`` [B], the last token fed (for the bigram embeddings)."""
         real = input_ids.ne(self.pad_id).long()
         count = torch.cumsum(real, dim=1)
         if past_real is not None:
             count = count + past_real[:, None]
         positions = count * real + self.pad_id
         x = self.word_embeddings(input_ids) + self.position_embeddings(positions) + self.token_type_embeddings.weight[0]
-        return self.dropout(self.norm(x))
+        x = self.norm(x)
+        if self.bigram is not None:
+            x = x + self.bigram(input_ids, previous).to(x.dtype)
+        return self.dropout(x)
 
 
 class SelfAttention(nn.Module):

@@ -53,6 +53,11 @@ SIZES: dict[str, tuple[float, float]] = {
 SIZE_NAMES: tuple[str, ...] = tuple(SIZES)
 SIZE_RANK = {name: i for i, name in enumerate(SIZE_NAMES)}
 
+# Words that trade places in a caption (or, a pair, replace each other) to bind the same things
+# the other way: "a red star left of a blue ring" -> "a blue star left of a red ring": the
+# coarse stage's ``objectives.swap_words`` for this set, and bench/itm_binding_probe.py's.
+SWAP_GROUPS: tuple[tuple[str, ...], ...] = (COLOR_NAMES, SHAPES, ("small", "large"), ("left", "right"), ("above", "below"))
+
 BACKGROUNDS: tuple[str, ...] = ("plain", "striped", "checkered", "speckled", "cloudy")
 TEXTURES: tuple[str, ...] = ("solid", "stripes", "dots", "noise", "gradient")
 
