@@ -42,6 +42,8 @@ from fibervl.modeling.fusion import TextToImageAttentionRecorder
 from fibervl.tasks.objectives import match_score
 
 COLOURS, SHAPES = 8, 10
+SHAPE_WORD_PLACES = (3, 7)  # "<s> a C1 S1 and a C2 S2 </s>"
+RELATION_SHAPE_WORDS = (2, 6)  # "<s> a S1 left of a S2 </s>"
 FIRST_WORD = 10  # word ids below are left to the special tokens
 PAD = 1
 
@@ -68,6 +70,13 @@ class ToyScenes:
         # With ``composite``, one word names a (colour, shape) pair: the text side has nothing to compose.
         self.composite = composite
         self.pair_word = FIRST_WORD + 2 + COLOURS + SHAPES + torch.arange(COLOURS * SHAPES).view(COLOURS, SHAPES)
+        self.word_left, self.word_of = FIRST_WORD + 2 + COLOURS + SHAPES + COLOURS * SHAPES + torch.arange(2)
+        if tokenizer is not None:
+            self.word_left, self.word_of = one(" left"), one(" of")
+        # With ``cell_positions``, each cell of every scene carries a fixed random vector of its own:
+        # an image prefix that knows where each token lies.
+        self.cell_position = torch.randn(grid * grid, channels, generator=g)
+        self.cell_positions = False
 
     def draw(self, batch: int, generator: torch.Generator, negative: str = "swap"
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -75,19 +84,36 @@ class ToyScenes:
         colour becomes one the image does not show: recognition, the control)."""
         cells = self.grid * self.grid
         image = torch.randn(batch, cells, self.channels, generator=generator)
+        if self.cell_positions:
+            image += self.cell_position
         colours = torch.stack([torch.randperm(COLOURS, generator=generator)[:3] for _ in range(batch)])
         shapes = torch.stack([torch.randperm(SHAPES, generator=generator)[:2] for _ in range(batch)])
-        places = torch.stack([torch.randperm(cells, generator=generator)[:2] for _ in range(batch)])
+        if negative == "relation":  # two columns, the first object's to the left of the second's
+            columns = torch.stack([torch.randperm(self.grid, generator=generator)[:2].sort().values for _ in range(batch)])
+            places = columns + self.grid * torch.randint(self.grid, (batch, 2), generator=generator)
+        else:
+            places = torch.stack([torch.randperm(cells, generator=generator)[:2] for _ in range(batch)])
         rows = torch.arange(batch)
         for k in range(2):
             image[rows, places[:, k]] += self.colour[colours[:, k]] + self.shape[shapes[:, k]]
+        self.last_places = places
+        self.last_shape_words = RELATION_SHAPE_WORDS if negative == "relation" else SHAPE_WORD_PLACES
+        if negative == "relation":  # "a S1 left of a S2" against "a S2 left of a S1"
+            image = image.view(batch, self.grid, self.grid, self.channels)
+            return image, self._relation(shapes), self._relation(shapes.flip(1))
         caption = self._caption(colours[:, :2], shapes)
         if negative == "swap":
             swapped = self._caption(colours[:, :2].flip(1), shapes)
         else:
             swapped = self._caption(colours[:, [2, 1]], shapes)
-        self.last_places = places
         return image.view(batch, self.grid, self.grid, self.channels), caption, swapped
+
+    def _relation(self, shapes: torch.Tensor) -> torch.Tensor:
+        """"<s> a S1 left of a S2 </s>", padded to the captions' 9 places."""
+        column = lambda v: torch.full((shapes.shape[0],), int(v))  # noqa: E731
+        return torch.stack([column(0), column(self.word_first_a), self.shape_word[shapes[:, 0]], column(self.word_left),
+                            column(self.word_of), column(self.word_a), self.shape_word[shapes[:, 1]], column(2),
+                            column(PAD)], dim=1)
 
     def _caption(self, colours: torch.Tensor, shapes: torch.Tensor) -> torch.Tensor:
         b = colours.shape[0]
@@ -124,16 +150,14 @@ def scores(model, image: torch.Tensor, ids: torch.Tensor, shift_text: bool = Fal
     return match_score(model.itm_logits(fused.cls_feats))
 
 
-SHAPE_WORD_PLACES = (3, 7)  # "<s> a C1 S1 and a C2 S2 </s>"
-
-
-def attention_on_objects(maps: list[torch.Tensor], places: torch.Tensor) -> torch.Tensor:
+def attention_on_objects(maps: list[torch.Tensor], places: torch.Tensor, words: tuple[int, int]) -> torch.Tensor:
     """-log of each shape word's attention mass on its object's cell, averaged over fused layers
-    and heads: ``maps`` ``[B, heads, T, cells]`` per layer, ``places [B, 2]``."""
+    and heads: ``maps`` ``[B, heads, T, cells]`` per layer, ``places [B, 2]``, ``words``: the
+    places of the two shape words in the caption."""
     rows = torch.arange(places.shape[0])
     terms = []
     for attention in maps:
-        for k, word in enumerate(SHAPE_WORD_PLACES):
+        for k, word in enumerate(words):
             mass = attention[rows, :, word, places[:, k]]  # [B, heads]
             terms.append(-torch.log(mass.clamp_min(1e-6)).mean())
     return torch.stack(terms).mean()
@@ -148,8 +172,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--object-scale", type=float, default=1.0, help="object vectors' std against the noise's 1")
     parser.add_argument("--override", action="append", default=[],
                         help="a model config field, e.g. fusion.num_layers=3 or text.num_heads=4 (repeatable)")
-    parser.add_argument("--negative", choices=("swap", "replace"), default="swap",
-                        help="swap: the colours trade places (binding); replace: a colour the image lacks (the control)")
+    parser.add_argument("--negative", choices=("swap", "replace", "relation"), default="swap",
+                        help="swap: the colours trade places (binding); replace: a colour the image lacks (the "
+                             "control); relation: \"a S1 left of a S2\" against \"a S2 left of a S1\"")
+    parser.add_argument("--cell-positions", action="store_true",
+                        help="each cell of the image prefix carries a fixed random vector of its own (where it lies)")
     parser.add_argument("--attention-align", type=float, default=0.0,
                         help="weight of a term asking each shape word's text-to-image attention onto its object's cell")
     parser.add_argument("--composite", action="store_true",
@@ -170,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--eval-size", type=int, default=1024, help="held-out scenes scored at each evaluation")
     args = parser.parse_args(argv)
-    if args.composite and args.attention_align:
+    if args.attention_align and args.composite:
         parser.error("--attention-align finds the shape words of the two-word captions: not with --composite")
     torch.manual_seed(args.seed)
     config, overrides = preset_config(args.preset), {}
@@ -192,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     probe = model.image_prefix(torch.zeros(1, 3, model.config.vision.image_size, model.config.vision.image_size))
     _, grid, _, channels = probe.shape
     scenes = ToyScenes(grid, channels, args.object_scale, seed=args.seed, composite=args.composite, tokenizer=tokenizer)
+    scenes.cell_positions = args.cell_positions
     fused_params = [p for n, p in model.named_parameters() if not n.startswith("vision.")
                     or n.startswith(f"vision.stages.{len(model.config.vision.depths) - 1}.")]
     optimizer = torch.optim.AdamW(fused_params, lr=args.lr, weight_decay=0.01)
@@ -214,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
             margin = true_scores - scores(model, image, swapped, args.shift_text)
         loss = -torch.nn.functional.logsigmoid(margin).mean()
         if args.attention_align:
-            loss = loss + args.attention_align * attention_on_objects(recorder.maps, scenes.last_places)
+            loss = loss + args.attention_align * attention_on_objects(recorder.maps, scenes.last_places, scenes.last_shape_words)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(fused_params, 1.0)

@@ -60,10 +60,29 @@ def test_toy_scenes_bind_the_same_words_two_ways(load_bench):
     assert bool((replaced[:, 2] != caption[:, 2]).all() & (replaced[:, 2] != caption[:, 6]).all())
 
 
+def test_toy_relation_captions_put_the_first_shape_left_of_the_second(load_bench):
+    toy = load_bench("fusion_binding_toy")
+    scenes = toy.ToyScenes(grid=4, channels=64, object_scale=1.0)
+    scenes.cell_positions = True
+    image, caption, swapped = scenes.draw(32, torch.Generator().manual_seed(0), negative="relation")
+    first, second = scenes.last_places[:, 0] % 4, scenes.last_places[:, 1] % 4  # columns
+    assert bool((first < second).all())
+    assert torch.equal(caption[:, [2, 6]], swapped[:, [6, 2]]) and torch.equal(caption[:, 3:6], swapped[:, 3:6])
+    assert bool((caption[:, 3] == scenes.word_left).all())
+    # every cell carries its position vector: an empty cell is that vector over the noise
+    flat = image.flatten(1, 2)
+    empty = [c for c in range(16) if c not in scenes.last_places[0].tolist()][0]
+    assert ((flat[0, empty] - scenes.cell_position[empty]).std() - 1).abs() < 0.25  # without it: sqrt(2)
+    assert scenes.last_shape_words == toy.RELATION_SHAPE_WORDS
+
+
 def test_the_toy_trains_and_reports(capsys, load_bench):
     toy = load_bench("fusion_binding_toy")
     toy.main(["--steps", "2", "--eval-every", "2", "--eval-size", "16", "--batch-size", "4", "--attention-align", "1"])
     assert "step 2: loss" in capsys.readouterr().out
+    toy.main(["--steps", "1", "--eval-every", "1", "--eval-size", "8", "--batch-size", "4", "--negative", "relation",
+              "--cell-positions", "--attention-align", "1"])
+    assert "relation negatives" in capsys.readouterr().out
     toy.main(["--steps", "1", "--eval-every", "1", "--eval-size", "8", "--batch-size", "4", "--bigram-buckets", "64",
               "--bigram-std", "0", "--shift-embeddings"])
     assert "step 1: loss" in capsys.readouterr().out
