@@ -2,6 +2,7 @@
 
     python bench/fusion_binding_toy.py [--preset fiber-tiny] [--steps 1500] [--lr 3e-4] [--negative replace]
         [--composite] [--shift-text] [--shift-embeddings] [--bigram-buckets 4096 [--bigram-std 0.02]] [--attention-align 1]
+        [--negative relation --cell-positions --slot-readout | --flat-readout | --query-readout 4]
         [--override text.num_heads=8] [--init MODEL_DIR]
 
 The image prefix (what enters the first fused block) is synthetic: a grid of noise in which two
@@ -20,6 +21,11 @@ Variants: ``--negative replace`` (a colour the image lacks: recognition, the con
 ``--bigram-buckets N`` (the model's ``text.bigram_buckets``: a learned embedding of each
 (previous word, word), hashed into N rows drawn at std 1, or ``--bigram-std``);
 ``--attention-align W`` (each shape word's text-to-image attention is asked onto its object);
+``--negative relation`` ("a S1 left of a S2" against "a S2 left of a S1"); ``--cell-positions``
+(each cell of the image prefix carries a vector of where it lies); ``--slot-readout`` (the score
+read from the two shape words' fused states side by side instead of the pooled ITM features);
+``--flat-readout`` (every place's fused state side by side); ``--query-readout K`` (K learned
+queries attending over the fused text tokens, side by side);
 ``--override KEY=VALUE`` (a model config field); ``--init RUN/stages/coarse/model`` (a trained
 model, the captions spelled in its tokenizer's words). Results: docs/results.md.
 """
@@ -44,6 +50,7 @@ from fibervl.tasks.objectives import match_score
 COLOURS, SHAPES = 8, 10
 SHAPE_WORD_PLACES = (3, 7)  # "<s> a C1 S1 and a C2 S2 </s>"
 RELATION_SHAPE_WORDS = (2, 6)  # "<s> a S1 left of a S2 </s>"
+CAPTION_LENGTH = 9  # every toy caption, padded
 FIRST_WORD = 10  # word ids below are left to the special tokens
 PAD = 1
 
@@ -140,13 +147,51 @@ def previous_token(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
 
 
-def scores(model, image: torch.Tensor, ids: torch.Tensor, shift_text: bool = False) -> torch.Tensor:
-    """[B] ITM match log-odds; ``shift_text`` adds to each token of the text prefix the one before it."""
+class SlotReadout(torch.nn.Module):
+    """A score read from the fused states of the caption places ``words``, side by side, instead
+    of the ITM head over pooled features: the two shape words (slot 1, slot 2; their roles kept
+    apart by construction) or every place (the whole caption, in order)."""
+
+    def __init__(self, width: int, words: tuple[int, ...]):
+        super().__init__()
+        self.words = list(words)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(len(words) * width, width), torch.nn.GELU(), torch.nn.Linear(width, 1))
+
+    def forward(self, text_feats: torch.Tensor) -> torch.Tensor:
+        """[B, T, H] -> [B]."""
+        return self.mlp(text_feats[:, self.words].flatten(1)).squeeze(1)
+
+
+class QueryReadout(torch.nn.Module):
+    """A score read by ``queries`` learned queries, each attending over the fused text tokens
+    (single-head, over the real ones), their results side by side: a readout that can keep words
+    apart without being told where they are."""
+
+    def __init__(self, width: int, queries: int):
+        super().__init__()
+        self.queries = torch.nn.Parameter(torch.randn(queries, width))
+        self.key = torch.nn.Linear(width, width)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(queries * width, width), torch.nn.GELU(), torch.nn.Linear(width, 1))
+
+    def forward(self, text_feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[B, T, H], mask [B, T] -> [B]."""
+        logits = torch.einsum("qh,bth->bqt", self.queries, self.key(text_feats)) / text_feats.shape[-1] ** 0.5
+        weights = logits.masked_fill(~mask.bool()[:, None], float("-inf")).softmax(dim=-1)
+        return self.mlp(torch.einsum("bqt,bth->bqh", weights, text_feats).flatten(1)).squeeze(1)
+
+
+def scores(model, image: torch.Tensor, ids: torch.Tensor, shift_text: bool = False, readout=None) -> torch.Tensor:
+    """[B] ITM match log-odds (or ``readout`` of the fused text features); ``shift_text`` adds to
+    each token of the text prefix the one before it."""
     mask = ids.ne(PAD).long()
     text = model.text_prefix(ids, mask)
     if shift_text:
         text = text + previous_token(text)
     fused = model.fuse(None, ids, mask, image_prefix=image, text_prefix=text)
+    if isinstance(readout, QueryReadout):
+        return readout(fused.text_feats, mask).float()
+    if readout is not None:
+        return readout(fused.text_feats).float()
     return match_score(model.itm_logits(fused.cls_feats))
 
 
@@ -175,6 +220,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--negative", choices=("swap", "replace", "relation"), default="swap",
                         help="swap: the colours trade places (binding); replace: a colour the image lacks (the "
                              "control); relation: \"a S1 left of a S2\" against \"a S2 left of a S1\"")
+    parser.add_argument("--slot-readout", action="store_true",
+                        help="score from the two shape words' fused states side by side, not the ITM head's pooled ones")
+    parser.add_argument("--flat-readout", action="store_true",
+                        help="score from every fused text token's state side by side (the whole caption, in order)")
+    parser.add_argument("--query-readout", type=int, default=0,
+                        help="score from this many learned queries attending over the fused text tokens (0: the ITM head)")
     parser.add_argument("--cell-positions", action="store_true",
                         help="each cell of the image prefix carries a fixed random vector of its own (where it lies)")
     parser.add_argument("--attention-align", type=float, default=0.0,
@@ -222,6 +273,14 @@ def main(argv: list[str] | None = None) -> None:
     scenes.cell_positions = args.cell_positions
     fused_params = [p for n, p in model.named_parameters() if not n.startswith("vision.")
                     or n.startswith(f"vision.stages.{len(model.config.vision.depths) - 1}.")]
+    readout = None
+    if args.slot_readout or args.flat_readout:
+        words = RELATION_SHAPE_WORDS if args.negative == "relation" else SHAPE_WORD_PLACES
+        readout = SlotReadout(model.config.hidden_size, tuple(range(CAPTION_LENGTH)) if args.flat_readout else words)
+    elif args.query_readout:
+        readout = QueryReadout(model.config.hidden_size, args.query_readout)
+    if readout is not None:
+        fused_params += list(readout.parameters())
     optimizer = torch.optim.AdamW(fused_params, lr=args.lr, weight_decay=0.01)
     if args.bigram_buckets and args.bigram_std != 1.0:
         with torch.no_grad():
@@ -237,9 +296,9 @@ def main(argv: list[str] | None = None) -> None:
     for step in range(1, args.steps + 1):
         image, caption, swapped = scenes.draw(args.batch_size, train_g, args.negative)
         with torch.autocast("cpu", dtype=torch.bfloat16), recorder:
-            true_scores = scores(model, image, caption, args.shift_text)
+            true_scores = scores(model, image, caption, args.shift_text, readout)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            margin = true_scores - scores(model, image, swapped, args.shift_text)
+            margin = true_scores - scores(model, image, swapped, args.shift_text, readout)
         loss = -torch.nn.functional.logsigmoid(margin).mean()
         if args.attention_align:
             loss = loss + args.attention_align * attention_on_objects(recorder.maps, scenes.last_places, scenes.last_shape_words)
@@ -251,7 +310,8 @@ def main(argv: list[str] | None = None) -> None:
             model.eval()
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
                 image, caption, swapped = held_out
-                true, false = scores(model, image, caption, args.shift_text), scores(model, image, swapped, args.shift_text)
+                true = scores(model, image, caption, args.shift_text, readout)
+                false = scores(model, image, swapped, args.shift_text, readout)
             model.train()
             # a tie (the same score to the bf16 bit) counts as wrong: a model that scores every caption alike
             # shows as a low number with most pairs tied, not as 50 %

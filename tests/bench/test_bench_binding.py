@@ -81,8 +81,12 @@ def test_the_toy_trains_and_reports(capsys, load_bench):
     toy.main(["--steps", "2", "--eval-every", "2", "--eval-size", "16", "--batch-size", "4", "--attention-align", "1"])
     assert "step 2: loss" in capsys.readouterr().out
     toy.main(["--steps", "1", "--eval-every", "1", "--eval-size", "8", "--batch-size", "4", "--negative", "relation",
-              "--cell-positions", "--attention-align", "1"])
+              "--cell-positions", "--attention-align", "1", "--slot-readout"])
     assert "relation negatives" in capsys.readouterr().out
+    for readout in (["--flat-readout"], ["--query-readout", "2"]):
+        toy.main(["--steps", "1", "--eval-every", "1", "--eval-size", "8", "--batch-size", "4", "--negative", "relation",
+                  *readout])
+        assert "step 1: loss" in capsys.readouterr().out
     toy.main(["--steps", "1", "--eval-every", "1", "--eval-size", "8", "--batch-size", "4", "--bigram-buckets", "64",
               "--bigram-std", "0", "--shift-embeddings"])
     assert "step 1: loss" in capsys.readouterr().out
@@ -108,3 +112,22 @@ def test_toy_captions_in_a_tokenizers_words(shapes_tiny, load_bench):
         assert len(words) == 7 and words[0] == "a" and words[3] == "and" and words[2] in toy.SHAPE_NAMES
         # "a C1 S1 and a C2 S2" -> "a C2 S1 and a C1 S2"
         assert (other[1], other[5]) == (words[5], words[1]) and (other[2], other[6]) == (words[2], words[6])
+
+
+@torch.no_grad()
+def test_toy_readouts_read_the_tokens_they_name(load_bench):
+    toy = load_bench("fusion_binding_toy")
+    torch.manual_seed(0)
+    feats = torch.randn(3, 9, 8)
+    slots = toy.SlotReadout(8, (2, 6))
+    elsewhere, on_a_slot = feats.clone(), feats.clone()
+    elsewhere[:, 4] += 1.0
+    on_a_slot[:, 6] += 1.0
+    assert torch.equal(slots(elsewhere), slots(feats)) and not torch.allclose(slots(on_a_slot), slots(feats))
+    queries = toy.QueryReadout(8, 2)
+    mask = torch.ones(3, 9, dtype=torch.long)
+    mask[:, 7:] = 0
+    padded = feats.clone()
+    padded[:, 7:] += 5.0
+    torch.testing.assert_close(queries(padded, mask), queries(feats, mask))
+    assert queries(feats, mask).shape == (3,)
