@@ -18,6 +18,8 @@ from .errors import ConfigError
 # How a detector's class scores relate (``DetectionConfig.class_scores``): each class its own
 # yes/no (official GLIP / FIBER), or one class of those a prompt names.
 CLASS_SCORES = ("independent", "exclusive")
+# How the text tokens become one vector for the poolers (``FiberConfig.text_pooling``).
+TEXT_POOLINGS = ("first", "mean", "ordered")
 
 
 def read_config_json(path: str | Path) -> dict[str, Any]:
@@ -229,6 +231,10 @@ class FiberConfig(SerializableConfig):
     ``text_pooling``: which text state the poolers read: "first" (token 0, the official model) or
     "mean" (mean over real tokens). From scratch, token 0 of a small text encoder barely depends on
     the other tokens at initialisation and contrastive training collapses; "mean" avoids that.
+    "ordered": every token's state side by side in order (padded to ``text.max_text_len``, pads
+    zeroed), projected to the hidden width: a mean makes "is the star left of the square" and "is
+    the square left of the star" the same sum, which a fusion trained from scratch does not learn
+    to tell apart; read in order it does (docs/results.md, relations in the toy).
 
     ``image_pooling``: how the poolers reduce the final image tokens: "mean" (the official model)
     or "max" (per channel). A few small objects on a plain background are a few percent of the
@@ -295,8 +301,8 @@ class FiberConfig(SerializableConfig):
                 f"vision.image_size {v.image_size} must be divisible by the last stage's stride "
                 f"{v.stage_strides()[-1]} (patch_size times 2 per merged stage)"
             )
-        if self.text_pooling not in ("first", "mean"):
-            raise ConfigError(f"text_pooling must be 'first' or 'mean', got {self.text_pooling!r}")
+        if self.text_pooling not in TEXT_POOLINGS:
+            raise ConfigError(f"text_pooling must be one of {TEXT_POOLINGS}, got {self.text_pooling!r}")
         if self.image_pooling not in ("mean", "max"):
             raise ConfigError(f"image_pooling must be 'mean' or 'max', got {self.image_pooling!r}")
         if self.detection is not None:

@@ -208,6 +208,36 @@ def test_bigram_embeddings_start_at_unit_scale_and_load_from_older_configs():
 
 
 @torch.no_grad()
+def test_ordered_text_pooling_tells_word_orders_apart():
+    """text_pooling="ordered": the fused and the ITC text vectors read the tokens in order, so two
+    texts with the same tokens in another order differ (with "mean" their pooled states from
+    order-free features are equal); padding changes nothing; a text longer than max_text_len is a
+    clear error."""
+    from fibervl.errors import ConfigError
+
+    torch.manual_seed(0)
+    model = FiberModel(micro_config().replace(text_pooling="ordered")).eval()
+    assert model.cross_modal.text_order.in_features == model.config.text.max_text_len * model.config.hidden_size
+    feats = torch.randn(1, 5, model.config.hidden_size)
+    swapped = feats[:, [0, 3, 2, 1, 4]]
+    mask = torch.ones(1, 5, dtype=torch.long)
+    order = model.cross_modal.text_order
+    assert not torch.allclose(model._pool_text(feats, mask, order), model._pool_text(swapped, mask, order))
+    padded = torch.cat([feats, torch.randn(1, 3, feats.shape[-1])], dim=1)
+    torch.testing.assert_close(model._pool_text(padded, torch.cat([mask, torch.zeros(1, 3, dtype=torch.long)], dim=1), order),
+                               model._pool_text(feats, mask, order))
+    too_long = torch.randn(1, model.config.text.max_text_len + 1, feats.shape[-1])
+    with pytest.raises(ValueError, match="max_text_len"):
+        model._pool_text(too_long, torch.ones(too_long.shape[:2], dtype=torch.long), order)
+    images, ids = torch.randn(2, 3, 64, 64), torch.tensor([[0, 5, 6, 7, 2], [0, 7, 6, 5, 2]])
+    mask = torch.ones_like(ids)
+    assert model.fuse(images, ids, mask).cls_feats.shape == (2, 2 * model.config.hidden_size)
+    assert model.encode_text(ids, mask).shape == (2, model.config.hidden_size)
+    with pytest.raises(ConfigError, match="text_pooling"):
+        micro_config().replace(text_pooling="sum")
+
+
+@torch.no_grad()
 def test_max_image_pooling_keeps_a_small_bright_region(batch):
     """image_pooling="max": one token's feature survives pooling (a mean over N tokens divides it by N);
     both the dual-encoder embedding and the fused cls features use it; configs saved before the

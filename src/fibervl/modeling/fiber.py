@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -102,16 +103,21 @@ class CrossModal(nn.Module):
     def __init__(self, cfg: FiberConfig, caption_proj_layers: dict[int, int]) -> None:
         super().__init__()
         h, dt, di = cfg.hidden_size, cfg.text.hidden_size, cfg.vision.stage_dims()[-1]
+        ordered = cfg.text_pooling == "ordered"  # the tokens side by side -> H, before the pooler
         if set(cfg.heads) & FUSED_HEADS:
             self.text_transform = nn.Linear(dt, h)
             self.image_transform = nn.Linear(di, h)
             self.text_pooler = Pooler(h)
             self.image_pooler = Pooler(h)
+            if ordered:
+                self.text_order = nn.Linear(cfg.text.max_text_len * h, h)
         if "itc" in cfg.heads:
             self.itc_text_transform = nn.Linear(dt, h)
             self.itc_image_transform = nn.Linear(di, h)
             self.itc_text_pooler = Pooler(h)
             self.itc_image_pooler = Pooler(h)
+            if ordered:
+                self.itc_text_order = nn.Linear(cfg.text.max_text_len * h, h)
         self.caption_image_proj = nn.ModuleDict(
             {str(layer): nn.Linear(di, width) for layer, width in caption_proj_layers.items()}
         )
@@ -389,17 +395,25 @@ class FiberModel(HeadLogits, nn.Module):
         cm = self.cross_modal
         cm.require("itc_text_transform", "dual-encoder (itc)")
         x = self.unfused_text_tokens(input_ids, attention_mask, text_prefix=text_prefix)
-        return _l2_normalise(cm.itc_text_pooler(self._pool_text(cm.itc_text_transform(x), attention_mask)))
+        pooled = self._pool_text(cm.itc_text_transform(x), attention_mask, getattr(cm, "itc_text_order", None))
+        return _l2_normalise(cm.itc_text_pooler(pooled))
 
     def itc_logits(self, image_embed: torch.Tensor, text_embed: torch.Tensor) -> torch.Tensor:
         """[Bi, H], [Bt, H] -> [Bi, Bt] similarities divided by the (clamped) temperature."""
         self.cross_modal.require("itc_text_transform", "dual-encoder (itc)")
         return image_embed @ text_embed.t() / self.temperature.clamp(0.001, 1.0)
 
-    def _pool_text(self, feats: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """[B, T, H] -> [B, H]: token 0, or the mean over real tokens (``config.text_pooling``)."""
+    def _pool_text(self, feats: torch.Tensor, attention_mask: torch.Tensor, order: nn.Linear | None = None) -> torch.Tensor:
+        """[B, T, H] -> [B, H]: token 0, the mean over real tokens, or (``order``: its projection
+        from ``max_text_len * H``) every token in order, pads zeroed (``config.text_pooling``)."""
         if self.config.text_pooling == "first":
             return feats[:, 0]
+        if self.config.text_pooling == "ordered":
+            length = self.config.text.max_text_len
+            if feats.shape[1] > length:
+                raise ValueError(f"ordered text pooling reads at most text.max_text_len={length} tokens, got {feats.shape[1]}")
+            kept = feats * attention_mask.to(feats.dtype)[..., None]
+            return order(F.pad(kept, (0, 0, 0, length - feats.shape[1])).flatten(1))
         weights = attention_mask.to(feats.dtype)[..., None]
         return (feats * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
@@ -424,7 +438,7 @@ class FiberModel(HeadLogits, nn.Module):
                                                         image_prefix=image_prefix, text_prefix=text_prefix)
         text_feats = cm.text_transform(text_hidden)
         image_feats = cm.image_transform(image_stages[-1].flatten(1, 2))
-        cls = torch.cat([cm.text_pooler(self._pool_text(text_feats, attention_mask)),
+        cls = torch.cat([cm.text_pooler(self._pool_text(text_feats, attention_mask, getattr(cm, "text_order", None))),
                          cm.image_pooler(self._pool_image(image_feats))], dim=-1)
         return FusionOutput(text_feats, image_feats, cls, text_hidden, image_stages)
 
