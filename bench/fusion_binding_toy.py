@@ -117,14 +117,13 @@ class ToyScenes:
 
     def _relation(self, shapes: torch.Tensor) -> torch.Tensor:
         """"<s> a S1 left of a S2 </s>", padded to the captions' 9 places."""
-        column = lambda v: torch.full((shapes.shape[0],), int(v))  # noqa: E731
+        column = lambda v: _column(shapes.shape[0], v)  # noqa: E731
         return torch.stack([column(0), column(self.word_first_a), self.shape_word[shapes[:, 0]], column(self.word_left),
                             column(self.word_of), column(self.word_a), self.shape_word[shapes[:, 1]], column(2),
                             column(PAD)], dim=1)
 
     def _caption(self, colours: torch.Tensor, shapes: torch.Tensor) -> torch.Tensor:
-        b = colours.shape[0]
-        column = lambda v: torch.full((b,), v)  # noqa: E731
+        column = lambda v: _column(colours.shape[0], v)  # noqa: E731
         if self.composite:  # "a CS1 and a CS2", padded (id 1) to the same 9 places
             pair = self.pair_word[colours, shapes]
             return torch.stack([column(0), column(self.word_first_a), pair[:, 0], column(self.word_and), column(self.word_a),
@@ -132,6 +131,11 @@ class ToyScenes:
         return torch.stack([column(0), column(self.word_first_a), self.colour_word[colours[:, 0]], self.shape_word[shapes[:, 0]],
                             column(self.word_and), column(self.word_a), self.colour_word[colours[:, 1]],
                             self.shape_word[shapes[:, 1]], column(2)], dim=1)
+
+
+def _column(batch: int, word) -> torch.Tensor:
+    """[batch] copies of one word id (an int or a 0-d tensor): a caption place every row shares."""
+    return torch.full((batch,), int(word))
 
 
 def changed(config, key: str, value):
@@ -157,8 +161,8 @@ class SlotReadout(torch.nn.Module):
         self.words = list(words)
         self.mlp = torch.nn.Sequential(torch.nn.Linear(len(words) * width, width), torch.nn.GELU(), torch.nn.Linear(width, 1))
 
-    def forward(self, text_feats: torch.Tensor) -> torch.Tensor:
-        """[B, T, H] -> [B]."""
+    def forward(self, text_feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[B, T, H], mask [B, T] (unused: the places are fixed) -> [B]."""
         return self.mlp(text_feats[:, self.words].flatten(1)).squeeze(1)
 
 
@@ -188,10 +192,8 @@ def scores(model, image: torch.Tensor, ids: torch.Tensor, shift_text: bool = Fal
     if shift_text:
         text = text + previous_token(text)
     fused = model.fuse(None, ids, mask, image_prefix=image, text_prefix=text)
-    if isinstance(readout, QueryReadout):
-        return readout(fused.text_feats, mask).float()
     if readout is not None:
-        return readout(fused.text_feats).float()
+        return readout(fused.text_feats, mask).float()
     return match_score(model.itm_logits(fused.cls_feats))
 
 
@@ -284,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     optimizer = torch.optim.AdamW(fused_params, lr=args.lr, weight_decay=0.01)
     if args.bigram_buckets and args.bigram_std != 1.0:
         with torch.no_grad():
-            model.text.embeddings.bigram.weight.normal_(std=args.bigram_std).mul_(bool(args.bigram_std))
+            model.text.embeddings.bigram.weight.normal_(std=args.bigram_std)  # std 0: zeros
     if args.shift_embeddings:
         model.text.embeddings.register_forward_hook(lambda _module, _inputs, out: out + previous_token(out))
     recorder = TextToImageAttentionRecorder(model) if args.attention_align else contextlib.nullcontext()

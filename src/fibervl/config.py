@@ -22,6 +22,12 @@ CLASS_SCORES = ("independent", "exclusive")
 TEXT_POOLINGS = ("first", "mean", "ordered")
 
 
+def _check_count(key: str, value: Any) -> None:
+    """A ConfigError unless ``value`` is a whole number >= 0 (a bool is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{key} must be a whole number >= 0, got {value!r}")
+
+
 def read_config_json(path: str | Path) -> dict[str, Any]:
     """The mapping in a model's ``config.json``: a missing file, bad JSON or a non-mapping is an
     error naming the file (a UTF-8 byte order mark is accepted)."""
@@ -319,9 +325,7 @@ class FiberConfig(SerializableConfig):
                 raise ConfigError(f"detection input sizes must be positive (0: the default), got min_size={d.min_size}, "
                                   f"max_size={d.max_size}, train_min_sizes={d.train_min_sizes}")
             for key in ("head_fusion_layers", "head_fusion_heads"):
-                value = getattr(d, key)
-                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                    raise ConfigError(f"detection.{key} must be a whole number >= 0, got {value!r}")
+                _check_count(f"detection.{key}", getattr(d, key))
             if d.class_scores not in CLASS_SCORES:
                 raise ConfigError(f"detection.class_scores must be one of {CLASS_SCORES}, got {d.class_scores!r}")
             if d.head_fusion_layers and (d.head_fusion_heads < 1 or d.channels % d.head_fusion_heads):
@@ -329,8 +333,7 @@ class FiberConfig(SerializableConfig):
                                   f"detection.channels={d.channels} (the head fusion attends at the pyramid width)")
         if t.max_text_len + t.pad_token_id + 1 > t.max_position_embeddings:
             raise ConfigError("text.max_text_len does not fit text.max_position_embeddings")
-        if isinstance(t.bigram_buckets, bool) or not isinstance(t.bigram_buckets, int) or t.bigram_buckets < 0:
-            raise ConfigError(f"text.bigram_buckets must be a whole number >= 0 (0: none), got {t.bigram_buckets!r}")
+        _check_count("text.bigram_buckets", t.bigram_buckets)
 
     # ---- fusion layout -------------------------------------------------------------------
     def fused_blocks(self) -> list[tuple[int, int]]:

@@ -123,10 +123,11 @@ def test_toy_readouts_read_the_tokens_they_name(load_bench):
     elsewhere, on_a_slot = feats.clone(), feats.clone()
     elsewhere[:, 4] += 1.0
     on_a_slot[:, 6] += 1.0
-    assert torch.equal(slots(elsewhere), slots(feats)) and not torch.allclose(slots(on_a_slot), slots(feats))
-    queries = toy.QueryReadout(8, 2)
     mask = torch.ones(3, 9, dtype=torch.long)
     mask[:, 7:] = 0
+    assert torch.equal(slots(elsewhere, mask), slots(feats, mask))
+    assert not torch.allclose(slots(on_a_slot, mask), slots(feats, mask))
+    queries = toy.QueryReadout(8, 2)
     padded = feats.clone()
     padded[:, 7:] += 5.0
     torch.testing.assert_close(queries(padded, mask), queries(feats, mask))
